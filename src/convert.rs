@@ -1,0 +1,542 @@
+//! The convert engine: any [`ImageReader`] into any [`ImageWriter`].
+//!
+//! The calling thread plans the work by walking the source's extents: runs of zero or
+//! unallocated disk become one "zeroes" item without reading anything; the rest is cut into
+//! chunks (2 MiB by default, a whole number of the writer's granules). Chunks are read,
+//! zero-detected granule by granule and, when the writer asks for it, compressed on the rayon
+//! pool, with at most [`ConvertOptions::max_in_flight`] chunks in memory at once. The calling
+//! thread hands the finished items to the writer strictly in ascending order, so sequential
+//! formats (compressed qcow2, streamOptimized VMDK) work the same as random-access ones.
+//!
+//! [`convert_to_path`] adds the file handling: the output is written under a temporary name in
+//! the target folder and renamed over the target only after [`ImageWriter::finish`] succeeded.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::image::{Chunk, Compressor, ExtentKind, GranuleState, ImageReader, ImageWriter};
+use crate::storage::{FileStorage, Storage};
+use crate::util::{align_down, is_zero};
+
+/// Default size of one unit of parallel work.
+pub const DEFAULT_CHUNK_SIZE: u64 = 2 << 20;
+
+/// Progress of a conversion, as passed to the progress callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes of virtual disk handed to the writer so far.
+    pub done: u64,
+    /// Size of the virtual disk.
+    pub total: u64,
+}
+
+/// A progress callback; called on the thread that called [`convert`].
+pub type ProgressFn<'a> = dyn FnMut(Progress) + 'a;
+
+/// Tuning and control of a conversion.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// Bytes of virtual disk per unit of parallel work (rounded up to the writer's granularity).
+    pub chunk_size: u64,
+    /// Chunks read or compressed but not yet written, at most. Bounds memory:
+    /// about `max_in_flight x chunk_size x 2`.
+    pub max_in_flight: usize,
+    /// Set from any thread to stop the conversion with [`Error::Cancelled`].
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            max_in_flight: (rayon::current_num_threads() * 2).max(4),
+            cancel: None,
+        }
+    }
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConvertStats {
+    /// Size of the virtual disk.
+    pub virtual_size: u64,
+    /// Bytes read from the source (zero and unallocated extents are not read).
+    pub bytes_read: u64,
+    /// Bytes of virtual disk written as data (compressed or not).
+    pub data_bytes: u64,
+    /// Bytes of virtual disk written as zeros (holes, zero clusters).
+    pub zero_bytes: u64,
+    /// Bytes after compression, for compressed granules.
+    pub compressed_bytes: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// One unit of ordered output.
+enum Item {
+    /// Known to read as zeros; nothing to read.
+    Zeroes { offset: u64, len: u64 },
+    /// A window of data, processed on a worker.
+    Chunk(Chunk),
+}
+
+/// Copies the whole virtual disk of `src` into `dst` and finishes `dst`.
+///
+/// `progress` is called after every item written. Both images must have the same virtual size.
+pub fn convert(
+    src: &dyn ImageReader,
+    mut dst: Box<dyn ImageWriter>,
+    opts: &ConvertOptions,
+    mut progress: Option<&mut ProgressFn<'_>>,
+) -> Result<ConvertStats> {
+    let start = Instant::now();
+    let size = src.virtual_size();
+    if dst.virtual_size() != size {
+        return Err(Error::InvalidArgument(format!(
+            "the output is {} bytes but the source is {size} bytes",
+            dst.virtual_size()
+        )));
+    }
+    let granule = dst.granularity().max(512);
+    if !granule.is_power_of_two() {
+        return Err(Error::InvalidArgument(format!(
+            "writer granularity {granule} is not a power of two"
+        )));
+    }
+    let chunk_size = opts.chunk_size.max(granule).div_ceil(granule) * granule;
+    let compressor = dst.compressor();
+    let max_in_flight = opts.max_in_flight.max(1);
+    let cancelled = || {
+        opts.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    };
+    let stop = AtomicBool::new(false);
+
+    let mut stats = ConvertStats {
+        virtual_size: size,
+        ..Default::default()
+    };
+    let (tx, rx) = mpsc::channel::<(u64, Result<Item>)>();
+    let mut planner = Planner {
+        src,
+        size,
+        granule,
+        chunk_size,
+        pos: 0,
+    };
+
+    let result: Result<()> = rayon::in_place_scope(|scope| {
+        let mut next_index = 0u64; // index of the next item to plan
+        let mut next_write = 0u64; // index of the next item to hand to the writer
+        let mut ready: BTreeMap<u64, Item> = BTreeMap::new();
+        let mut running = 0usize;
+        let mut done = 0u64;
+        let mut failure: Option<Error> = None;
+
+        loop {
+            // Plan and launch while there is room.
+            while failure.is_none() && running + ready.len() < max_in_flight {
+                if cancelled() {
+                    failure = Some(Error::Cancelled);
+                    break;
+                }
+                match planner.next() {
+                    Ok(None) => break,
+                    Ok(Some(Planned::Zeroes { offset, len })) => {
+                        ready.insert(next_index, Item::Zeroes { offset, len });
+                        next_index += 1;
+                    }
+                    Ok(Some(Planned::Data { offset, len })) => {
+                        let tx = tx.clone();
+                        let compressor = compressor.clone();
+                        let index = next_index;
+                        let stop = &stop;
+                        next_index += 1;
+                        running += 1;
+                        scope.spawn(move |_| {
+                            let r = if stop.load(Ordering::Relaxed) {
+                                Err(Error::Cancelled)
+                            } else {
+                                prepare_chunk(src, offset, len, granule, compressor.as_deref())
+                            };
+                            let _ = tx.send((index, r.map(Item::Chunk)));
+                        });
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            }
+            // Hand everything that is ready, in order, to the writer.
+            while failure.is_none() {
+                let Some(item) = ready.remove(&next_write) else {
+                    break;
+                };
+                next_write += 1;
+                let r = match &item {
+                    Item::Zeroes { offset, len } => {
+                        stats.zero_bytes += len;
+                        done += len;
+                        dst.write_zeroes(*offset, *len)
+                    }
+                    Item::Chunk(c) => {
+                        account(&mut stats, c);
+                        done += c.data.len() as u64;
+                        dst.write_chunk(c)
+                    }
+                };
+                if let Err(e) = r {
+                    failure = Some(e);
+                    break;
+                }
+                if let Some(p) = progress.as_mut() {
+                    p(Progress { done, total: size });
+                }
+            }
+            if let Some(e) = failure.take() {
+                // Let the running workers see the stop flag; the scope waits for them.
+                stop.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+            if running == 0 && ready.is_empty() && planner.pos >= size {
+                return Ok(());
+            }
+            if running == 0 {
+                continue;
+            }
+            // Wait for a worker.
+            match rx.recv() {
+                Ok((index, r)) => {
+                    running -= 1;
+                    match r {
+                        Ok(item) => {
+                            ready.insert(index, item);
+                        }
+                        Err(e) => failure = Some(e),
+                    }
+                }
+                Err(_) => {
+                    failure = Some(Error::Corrupt("a conversion worker vanished".into()));
+                }
+            }
+            if let Some(e) = failure.take() {
+                stop.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+    });
+    result?;
+    dst.finish()?;
+    stats.elapsed = start.elapsed();
+    Ok(stats)
+}
+
+fn account(stats: &mut ConvertStats, c: &Chunk) {
+    for (i, s) in c.states.iter().enumerate() {
+        let n = c.granule_range(i).len() as u64;
+        match s {
+            GranuleState::Zero => stats.zero_bytes += n,
+            GranuleState::Data => stats.data_bytes += n,
+            GranuleState::Compressed(v) => {
+                stats.data_bytes += n;
+                stats.compressed_bytes += v.len() as u64;
+            }
+        }
+    }
+    stats.bytes_read += c.data.len() as u64;
+}
+
+enum Planned {
+    Zeroes { offset: u64, len: u64 },
+    Data { offset: u64, len: u64 },
+}
+
+/// Walks the source's extents and cuts the disk into items. Positions stay granule-aligned.
+struct Planner<'a> {
+    src: &'a dyn ImageReader,
+    size: u64,
+    granule: u64,
+    chunk_size: u64,
+    pos: u64,
+}
+
+impl Planner<'_> {
+    fn next(&mut self) -> Result<Option<Planned>> {
+        if self.pos >= self.size {
+            return Ok(None);
+        }
+        let pos = self.pos;
+        let e = self.src.map(pos, self.size - pos)?;
+        if e.len == 0 {
+            return Err(Error::Corrupt(format!(
+                "the source reports no extent at offset {pos:#x} inside the disk"
+            )));
+        }
+        if e.kind != ExtentKind::Data {
+            // Whole granules of zeros become one item; a partial granule goes with the data.
+            let end = if e.end() >= self.size {
+                self.size
+            } else {
+                align_down(e.end(), self.granule)
+            };
+            if end > pos {
+                self.pos = end;
+                return Ok(Some(Planned::Zeroes {
+                    offset: pos,
+                    len: end - pos,
+                }));
+            }
+        }
+        let end = (pos + self.chunk_size).min(self.size);
+        self.pos = end;
+        Ok(Some(Planned::Data {
+            offset: pos,
+            len: end - pos,
+        }))
+    }
+}
+
+/// Reads one chunk (skipping its zero extents), classifies its granules and compresses them.
+fn prepare_chunk(
+    src: &dyn ImageReader,
+    offset: u64,
+    len: u64,
+    granule: u64,
+    compressor: Option<&dyn Compressor>,
+) -> Result<Chunk> {
+    let mut data = vec![0u8; len as usize];
+    let mut pos = offset;
+    let end = offset + len;
+    while pos < end {
+        let e = src.map(pos, end - pos)?;
+        if e.len == 0 {
+            return Err(Error::Corrupt(format!(
+                "the source reports no extent at offset {pos:#x} inside the disk"
+            )));
+        }
+        let n = e.len.min(end - pos);
+        if e.kind == ExtentKind::Data {
+            let at = (pos - offset) as usize;
+            src.read_at(&mut data[at..at + n as usize], pos)?;
+        }
+        pos += n;
+    }
+    let count = len.div_ceil(granule) as usize;
+    let mut chunk = Chunk {
+        offset,
+        data,
+        granule,
+        states: Vec::with_capacity(count),
+    };
+    for i in 0..count {
+        let bytes = &chunk.data[chunk.granule_range(i)];
+        let state = if is_zero(bytes) {
+            GranuleState::Zero
+        } else if let Some(c) = compressor {
+            let mut out = Vec::new();
+            if c.compress(bytes, &mut out)? {
+                GranuleState::Compressed(out)
+            } else {
+                GranuleState::Data
+            }
+        } else {
+            GranuleState::Data
+        };
+        chunk.states.push(state);
+    }
+    Ok(chunk)
+}
+
+/// A temporary output file that is removed unless [`TempOutput::commit`] renames it into place.
+#[derive(Debug)]
+pub struct TempOutput {
+    temp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl TempOutput {
+    /// Creates a new empty temporary file next to `target`.
+    pub fn create(target: &Path) -> Result<(Self, Arc<FileStorage>)> {
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = target
+            .file_name()
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("output '{}' is not a file name", target.display()))
+            })?
+            .to_string_lossy()
+            .into_owned();
+        for attempt in 0..100u32 {
+            let temp = dir.join(format!(
+                ".{name}.diskconv-{}-{attempt}.tmp",
+                std::process::id()
+            ));
+            match FileStorage::create_new(&temp) {
+                Ok(s) => {
+                    return Ok((
+                        TempOutput {
+                            temp,
+                            target: target.to_path_buf(),
+                            committed: false,
+                        },
+                        Arc::new(s),
+                    ));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("creating the temporary output {}", temp.display()),
+                        e,
+                    ));
+                }
+            }
+        }
+        Err(Error::InvalidArgument(format!(
+            "could not find a free temporary name next to {}",
+            target.display()
+        )))
+    }
+
+    /// The temporary path.
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// Renames the temporary file over the target.
+    pub fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.temp, &self.target).map_err(|e| {
+            Error::io(
+                format!(
+                    "renaming {} to {}",
+                    self.temp.display(),
+                    self.target.display()
+                ),
+                e,
+            )
+        })?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempOutput {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Converts `src` into a new file at `target`.
+///
+/// `create` builds the writer over the (empty, temporary) output storage. The target appears
+/// only when everything succeeded; on any error, or a cancellation, the temporary file is removed
+/// and an existing target is left untouched.
+pub fn convert_to_path(
+    src: &dyn ImageReader,
+    target: &Path,
+    create: impl FnOnce(Arc<dyn Storage>) -> Result<Box<dyn ImageWriter>>,
+    opts: &ConvertOptions,
+    progress: Option<&mut ProgressFn<'_>>,
+) -> Result<ConvertStats> {
+    let (temp, storage) = TempOutput::create(target)?;
+    let writer = create(storage)?;
+    let stats = convert(src, writer, opts, progress)?;
+    temp.commit()?;
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::raw::{Preallocation, RawReader, RawWriter};
+    use crate::storage::MemStorage;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        // Data in some 64 KiB granules, zeros in others, a partial granule at the end.
+        for (i, b) in v.iter_mut().enumerate() {
+            let g = i / 65536;
+            if g % 3 != 1 {
+                *b = (i % 251) as u8 | 1;
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn raw_to_raw_is_identical() {
+        let src_bytes = pattern(5 * (1 << 20) + 4096 + 17);
+        let src = RawReader::new(Arc::new(MemStorage::from_vec(src_bytes.clone())), None).unwrap();
+        let out = Arc::new(MemStorage::new());
+        let w = RawWriter::create(out.clone(), src_bytes.len() as u64, Preallocation::Off).unwrap();
+        let mut calls = 0;
+        let mut last = Progress { done: 0, total: 0 };
+        let mut cb = |p: Progress| {
+            calls += 1;
+            last = p;
+        };
+        let opts = ConvertOptions {
+            chunk_size: 1 << 20,
+            max_in_flight: 3,
+            cancel: None,
+        };
+        let stats = convert(&src, Box::new(w), &opts, Some(&mut cb)).unwrap();
+        assert_eq!(out.to_vec(), src_bytes);
+        assert!(calls >= 5);
+        assert_eq!(last.done, src_bytes.len() as u64);
+        assert_eq!(stats.data_bytes + stats.zero_bytes, src_bytes.len() as u64);
+        assert!(stats.zero_bytes > 0);
+    }
+
+    #[test]
+    fn cancellation_stops_and_size_mismatch_is_refused() {
+        let src = RawReader::new(Arc::new(MemStorage::from_vec(pattern(4 << 20))), None).unwrap();
+        let out = Arc::new(MemStorage::new());
+        let w = RawWriter::create(out.clone(), 4 << 20, Preallocation::Off).unwrap();
+        let cancel = Arc::new(AtomicBool::new(true));
+        let opts = ConvertOptions {
+            cancel: Some(cancel),
+            ..Default::default()
+        };
+        let e = convert(&src, Box::new(w), &opts, None).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Cancelled);
+        let w = RawWriter::create(Arc::new(MemStorage::new()), 1, Preallocation::Off).unwrap();
+        let e = convert(&src, Box::new(w), &ConvertOptions::default(), None).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn failed_conversion_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.raw");
+        std::fs::write(&target, b"old").unwrap();
+        let src = RawReader::new(Arc::new(MemStorage::from_vec(pattern(1 << 20))), None).unwrap();
+        let e = convert_to_path(
+            &src,
+            &target,
+            |s| Ok(Box::new(RawWriter::create(s, 5, Preallocation::Off)?)),
+            &ConvertOptions::default(),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        convert_to_path(
+            &src,
+            &target,
+            |s| Ok(Box::new(RawWriter::create(s, 1 << 20, Preallocation::Off)?)),
+            &ConvertOptions::default(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), pattern(1 << 20));
+    }
+}

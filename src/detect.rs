@@ -1,0 +1,105 @@
+//! Format detection from content, never from the file name.
+
+use crate::error::{Error, Result};
+use crate::image::Format;
+use crate::storage::Storage;
+
+/// qcow2 magic "QFI\xfb" (qcow2.txt, "Header", bytes 0-3).
+pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+/// VMDK hosted sparse extent magic "KDMV" (VMDK spec 1.1, "Hosted Sparse Extent Header").
+pub const VMDK_SPARSE_MAGIC: [u8; 4] = *b"KDMV";
+/// ESXi vmfsSparse (COWD) extent magic "COWD".
+pub const VMDK_COWD_MAGIC: [u8; 4] = *b"COWD";
+/// Start of a VMDK text descriptor.
+pub const VMDK_DESCRIPTOR_START: &[u8] = b"# Disk DescriptorFile";
+/// VHD footer cookie "conectix" (VHD spec, "Hard Disk Footer Format").
+pub const VHD_COOKIE: [u8; 8] = *b"conectix";
+/// VHDX file type identifier "vhdxfile" (MS-VHDX 2.2.1).
+pub const VHDX_SIGNATURE: [u8; 8] = *b"vhdxfile";
+/// VDI signature at offset 0x40 (VirtualBox VDIHEADER, u32 little-endian 0xbeda107f).
+pub const VDI_SIGNATURE: [u8; 4] = 0xbeda_107f_u32.to_le_bytes();
+
+/// Detects the format of an image from its first and last sectors.
+///
+/// Anything not recognised is raw. A raw disk that happens to start with a known magic (a guest
+/// may write anything into its disk) must be opened with the format forced to raw.
+pub fn detect(storage: &dyn Storage) -> Result<Format> {
+    let len = storage
+        .len()
+        .map_err(|e| Error::io("reading the file size", e))?;
+    let mut head = [0u8; 512];
+    let n = storage
+        .read_at(&mut head, 0)
+        .map_err(|e| Error::io("reading the first sector", e))?;
+    let head = &head[..n];
+    if head.starts_with(&QCOW2_MAGIC) {
+        return Ok(Format::Qcow2);
+    }
+    if head.starts_with(&VMDK_SPARSE_MAGIC)
+        || head.starts_with(&VMDK_COWD_MAGIC)
+        || head.starts_with(VMDK_DESCRIPTOR_START)
+    {
+        return Ok(Format::Vmdk);
+    }
+    if head.starts_with(&VHDX_SIGNATURE) {
+        return Ok(Format::Vhdx);
+    }
+    if head.starts_with(&VHD_COOKIE) {
+        return Ok(Format::Vhd);
+    }
+    if head.len() >= 0x44 && head[0x40..0x44] == VDI_SIGNATURE {
+        return Ok(Format::Vdi);
+    }
+    if len >= 512 {
+        // Fixed VHD: the footer is the last sector (older tools wrote a 511-byte footer).
+        let mut tail = [0u8; 512];
+        storage
+            .read_exact_at(&mut tail, len - 512)
+            .map_err(|e| Error::io("reading the last sector", e))?;
+        if tail.starts_with(&VHD_COOKIE) || tail[1..].starts_with(&VHD_COOKIE) {
+            return Ok(Format::Vhd);
+        }
+    }
+    Ok(Format::Raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStorage;
+
+    fn detect_bytes(b: Vec<u8>) -> Format {
+        detect(&MemStorage::from_vec(b)).unwrap()
+    }
+
+    #[test]
+    fn recognises_magics() {
+        let mut q = vec![0u8; 1024];
+        q[..4].copy_from_slice(&QCOW2_MAGIC);
+        assert_eq!(detect_bytes(q), Format::Qcow2);
+        let mut v = vec![0u8; 1024];
+        v[..4].copy_from_slice(b"KDMV");
+        assert_eq!(detect_bytes(v), Format::Vmdk);
+        let mut d = b"# Disk DescriptorFile\nversion=1\n".to_vec();
+        d.resize(600, 0);
+        assert_eq!(detect_bytes(d), Format::Vmdk);
+        let mut x = vec![0u8; 1024];
+        x[..8].copy_from_slice(b"vhdxfile");
+        assert_eq!(detect_bytes(x), Format::Vhdx);
+        let mut f = vec![0u8; 2048];
+        f[1536..1544].copy_from_slice(b"conectix");
+        assert_eq!(detect_bytes(f), Format::Vhd);
+        let mut vdi = vec![0u8; 1024];
+        vdi[0x40..0x44].copy_from_slice(&VDI_SIGNATURE);
+        assert_eq!(detect_bytes(vdi), Format::Vdi);
+    }
+
+    #[test]
+    fn everything_else_is_raw() {
+        assert_eq!(detect_bytes(vec![]), Format::Raw);
+        assert_eq!(detect_bytes(vec![0x55; 100]), Format::Raw);
+        assert_eq!(detect_bytes(vec![0; 4096]), Format::Raw);
+        // "QFI" alone is not the magic.
+        assert_eq!(detect_bytes(b"QFI\x00".to_vec()), Format::Raw);
+    }
+}

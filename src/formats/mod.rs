@@ -1,0 +1,6 @@
+//! Image formats, one module each. A format module knows nothing of the convert engine; it
+//! implements [`ImageReader`](crate::image::ImageReader) and
+//! [`ImageWriter`](crate::image::ImageWriter).
+
+pub mod qcow2;
+pub mod raw;

@@ -1,0 +1,243 @@
+//! Raw images: the bytes of the disk, in a regular file or a block device.
+//!
+//! Reading is sparse-aware: holes in the file (`SEEK_DATA` / `SEEK_HOLE`) are reported as zero
+//! extents without reading them. Writing leaves holes for zero blocks unless preallocation was
+//! asked for.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::image::{
+    Extent, ExtentKind, Format, ImageInfo, ImageReader, ImageWriter, check_read_range,
+};
+use crate::storage::Storage;
+
+/// A raw image opened for reading.
+#[derive(Debug)]
+pub struct RawReader {
+    storage: Arc<dyn Storage>,
+    size: u64,
+    path: Option<PathBuf>,
+}
+
+impl RawReader {
+    /// Wraps `storage`; its current length is the virtual size.
+    pub fn new(storage: Arc<dyn Storage>, path: Option<&Path>) -> Result<Self> {
+        let size = storage
+            .len()
+            .map_err(|e| Error::io("reading the size", e))?;
+        Ok(RawReader {
+            storage,
+            size,
+            path: path.map(Path::to_path_buf),
+        })
+    }
+}
+
+impl ImageReader for RawReader {
+    fn format(&self) -> Format {
+        Format::Raw
+    }
+
+    fn virtual_size(&self) -> u64 {
+        self.size
+    }
+
+    fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
+        if offset >= self.size || max_len == 0 {
+            return Ok(Extent::new(offset, 0, ExtentKind::Data));
+        }
+        let seg = self
+            .storage
+            .segment(offset)
+            .map_err(|e| Error::io(format!("looking for holes at offset {offset:#x}"), e))?;
+        let len = seg.len.clamp(1, self.size - offset).min(max_len);
+        let mut e = Extent::new(
+            offset,
+            len,
+            if seg.data {
+                ExtentKind::Data
+            } else {
+                ExtentKind::Zero
+            },
+        );
+        if seg.data {
+            e.host_offset = Some(offset);
+        }
+        Ok(e)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_read_range(offset, buf.len(), self.size)?;
+        self.storage.read_exact_at(buf, offset).map_err(|e| {
+            Error::io(
+                format!("reading {} bytes at offset {offset:#x}", buf.len()),
+                e,
+            )
+        })
+    }
+
+    fn info(&self) -> ImageInfo {
+        let mut info = ImageInfo::new(Format::Raw, self.size);
+        info.filename = self.path.as_ref().map(|p| p.display().to_string());
+        info.file_size = Some(self.size);
+        info.allocated_bytes = self.storage.allocated_bytes().ok().flatten();
+        info
+    }
+}
+
+/// How a raw (or other) output reserves its space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preallocation {
+    /// Sparse: zero blocks are holes.
+    #[default]
+    Off,
+    /// Metadata only (qcow2: every cluster mapped; raw: same as `off`).
+    Metadata,
+    /// Space reserved with `fallocate`, reading as zeros.
+    Falloc,
+    /// Every byte written, zeros included.
+    Full,
+}
+
+impl std::str::FromStr for Preallocation {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "off" => Ok(Preallocation::Off),
+            "metadata" => Ok(Preallocation::Metadata),
+            "falloc" => Ok(Preallocation::Falloc),
+            "full" => Ok(Preallocation::Full),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown preallocation mode '{other}' (expected off, metadata, falloc or full)"
+            ))),
+        }
+    }
+}
+
+/// Writes a raw image.
+#[derive(Debug)]
+pub struct RawWriter {
+    storage: Arc<dyn Storage>,
+    size: u64,
+    prealloc: Preallocation,
+}
+
+/// Granule of zero detection for raw output: holes smaller than a file system block are useless.
+const RAW_GRANULE: u64 = 64 * 1024;
+
+impl RawWriter {
+    /// Creates a raw image of `size` bytes in `storage`, which must be empty (a new file).
+    pub fn create(storage: Arc<dyn Storage>, size: u64, prealloc: Preallocation) -> Result<Self> {
+        storage
+            .set_len(size)
+            .map_err(|e| Error::io(format!("setting the file size to {size}"), e))?;
+        if prealloc == Preallocation::Falloc || prealloc == Preallocation::Full {
+            storage
+                .preallocate(0, size)
+                .map_err(|e| Error::io(format!("preallocating {size} bytes"), e))?;
+        }
+        Ok(RawWriter {
+            storage,
+            size,
+            prealloc,
+        })
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(Error::InvalidArgument(format!(
+                "write of {len} bytes at {offset:#x} goes past the end of the disk ({:#x})",
+                self.size
+            ))),
+        }
+    }
+}
+
+impl ImageWriter for RawWriter {
+    fn format(&self) -> Format {
+        Format::Raw
+    }
+
+    fn virtual_size(&self) -> u64 {
+        self.size
+    }
+
+    fn granularity(&self) -> u64 {
+        RAW_GRANULE
+    }
+
+    fn needs_sequential(&self) -> bool {
+        false
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        self.storage.write_all_at(buf, offset).map_err(|e| {
+            Error::io(
+                format!("writing {} bytes at offset {offset:#x}", buf.len()),
+                e,
+            )
+        })
+    }
+
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        match self.prealloc {
+            // A new sparse file already reads as zeros there.
+            Preallocation::Off | Preallocation::Metadata | Preallocation::Falloc => Ok(()),
+            Preallocation::Full => {
+                let zeros = vec![0u8; RAW_GRANULE as usize * 16];
+                let mut off = offset;
+                while off < offset + len {
+                    let n = (offset + len - off).min(zeros.len() as u64) as usize;
+                    self.write_at(&zeros[..n], off)?;
+                    off += n as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        self.storage
+            .sync()
+            .map_err(|e| Error::io("syncing the output", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStorage;
+
+    #[test]
+    fn reads_and_maps() {
+        let s = Arc::new(MemStorage::from_vec(vec![7u8; 4096]));
+        let r = RawReader::new(s, None).unwrap();
+        assert_eq!(r.virtual_size(), 4096);
+        let e = r.map(0, u64::MAX).unwrap();
+        assert_eq!((e.offset, e.len, e.kind), (0, 4096, ExtentKind::Data));
+        assert_eq!(r.map(4096, 10).unwrap().len, 0);
+        let mut b = [0u8; 16];
+        r.read_at(&mut b, 4080).unwrap();
+        assert_eq!(b, [7u8; 16]);
+        assert!(r.read_at(&mut b, 4090).is_err());
+    }
+
+    #[test]
+    fn writes() {
+        let s = Arc::new(MemStorage::new());
+        let mut w = Box::new(RawWriter::create(s.clone(), 8192, Preallocation::Off).unwrap());
+        w.write_at(&[1, 2, 3], 100).unwrap();
+        w.write_zeroes(0, 50).unwrap();
+        assert!(w.write_at(&[1], 8192).is_err());
+        w.finish().unwrap();
+        let v = s.to_vec();
+        assert_eq!(v.len(), 8192);
+        assert_eq!(&v[100..103], &[1, 2, 3]);
+    }
+}

@@ -1,0 +1,349 @@
+//! The two traits every format implements: [`ImageReader`] and [`ImageWriter`].
+//!
+//! A reader answers one question, "what is at this offset, and for how long?"
+//! ([`ImageReader::map`]), and reads bytes. A writer accepts data in ascending order (sequential
+//! formats need it, the others do not mind) and turns it into an image on
+//! [`ImageWriter::finish`]. The convert engine ([`crate::convert`]) is built on these two traits
+//! only; it knows no format.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Image formats diskconv knows about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Raw bytes: a plain file or a block device.
+    Raw,
+    /// QEMU copy-on-write version 2 or 3.
+    Qcow2,
+    /// VMware virtual disk (recognised; reading arrives with VMDK support).
+    Vmdk,
+    /// Microsoft Virtual PC / Hyper-V VHD, called `vpc` by qemu (recognised only, for now).
+    Vhd,
+    /// Microsoft Hyper-V VHDX (recognised only, for now).
+    Vhdx,
+    /// VirtualBox VDI (recognised only).
+    Vdi,
+}
+
+impl Format {
+    /// The canonical name, as accepted by `-f` / `-O`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::Qcow2 => "qcow2",
+            Format::Vmdk => "vmdk",
+            Format::Vhd => "vpc",
+            Format::Vhdx => "vhdx",
+            Format::Vdi => "vdi",
+        }
+    }
+
+    /// Whether this version can read the format.
+    pub fn can_read(self) -> bool {
+        matches!(self, Format::Raw | Format::Qcow2)
+    }
+
+    /// Whether this version can write the format.
+    pub fn can_write(self) -> bool {
+        matches!(self, Format::Raw | Format::Qcow2)
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Format {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "raw" | "img" => Format::Raw,
+            "qcow2" => Format::Qcow2,
+            "vmdk" => Format::Vmdk,
+            "vpc" | "vhd" => Format::Vhd,
+            "vhdx" => Format::Vhdx,
+            "vdi" => Format::Vdi,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown format '{other}' (known: raw, qcow2, vmdk, vpc/vhd, vhdx, vdi)"
+                )));
+            }
+        })
+    }
+}
+
+/// What a stretch of the virtual disk holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtentKind {
+    /// Stored data (which may still happen to be zeros).
+    Data,
+    /// Known to read as zeros (a zero cluster, a hole in a raw file).
+    Zero,
+    /// Not allocated anywhere in the chain; reads as zeros.
+    Unallocated,
+}
+
+/// A stretch of the virtual disk with one [`ExtentKind`], as returned by [`ImageReader::map`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Extent {
+    /// Start, in bytes of virtual disk.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// What it holds.
+    pub kind: ExtentKind,
+    /// Which image of a chain it comes from: 0 = the image itself, 1 = its backing file, ...
+    pub depth: u32,
+    /// Where the bytes are stored in that image's file (or its data file), when they are stored
+    /// plainly; `None` for zero, unallocated and compressed extents.
+    pub host_offset: Option<u64>,
+    /// The data is stored compressed.
+    pub compressed: bool,
+}
+
+impl Extent {
+    /// An extent of `kind` with no host location, at depth 0.
+    pub fn new(offset: u64, len: u64, kind: ExtentKind) -> Self {
+        Extent {
+            offset,
+            len,
+            kind,
+            depth: 0,
+            host_offset: None,
+            compressed: false,
+        }
+    }
+
+    /// End offset (exclusive).
+    pub fn end(&self) -> u64 {
+        self.offset + self.len
+    }
+}
+
+/// One persistent dirty bitmap stored in an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BitmapInfo {
+    /// Bitmap name.
+    pub name: String,
+    /// Bytes of virtual disk per bit.
+    pub granularity: u64,
+    /// The bitmap was not saved cleanly and may be stale.
+    pub in_use: bool,
+    /// The bitmap tracks every write (`auto` flag).
+    pub auto: bool,
+}
+
+/// One internal snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotInfo {
+    /// Unique id string.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Virtual size of the disk in this snapshot.
+    pub virtual_size: u64,
+    /// Size of the saved VM state (0 for disk-only snapshots).
+    pub vm_state_size: u64,
+    /// Seconds since the Unix epoch when it was taken.
+    pub date_sec: u32,
+}
+
+/// What `diskconv info` prints about an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageInfo {
+    /// The file, when opened from a path.
+    pub filename: Option<String>,
+    /// Container format.
+    pub format: Format,
+    /// Format variant, e.g. "compat 1.1" for qcow2 v3.
+    pub subformat: Option<String>,
+    /// Size of the virtual disk in bytes.
+    pub virtual_size: u64,
+    /// Bytes allocated on the host for this file (not its backing files).
+    pub allocated_bytes: Option<u64>,
+    /// Length of the file itself.
+    pub file_size: Option<u64>,
+    /// Allocation unit of the format, if it has one.
+    pub cluster_size: Option<u64>,
+    /// The backing file as named inside the image.
+    pub backing_file: Option<String>,
+    /// The backing file's format as named inside the image.
+    pub backing_format: Option<String>,
+    /// External data file as named inside the image.
+    pub data_file: Option<String>,
+    /// Persistent dirty bitmaps.
+    pub bitmaps: Vec<BitmapInfo>,
+    /// Internal snapshots.
+    pub snapshots: Vec<SnapshotInfo>,
+    /// Format flags worth knowing (dirty, corrupt, lazy_refcounts, extended_l2, ...).
+    pub flags: Vec<String>,
+    /// Compression type for compressed data, if the format has one.
+    pub compression: Option<String>,
+    /// The backing image, opened (when the chain was followed).
+    pub backing: Option<Box<ImageInfo>>,
+}
+
+impl ImageInfo {
+    /// A minimal description; format modules fill in the rest.
+    pub fn new(format: Format, virtual_size: u64) -> Self {
+        ImageInfo {
+            filename: None,
+            format,
+            subformat: None,
+            virtual_size,
+            allocated_bytes: None,
+            file_size: None,
+            cluster_size: None,
+            backing_file: None,
+            backing_format: None,
+            data_file: None,
+            bitmaps: Vec::new(),
+            snapshots: Vec::new(),
+            flags: Vec::new(),
+            compression: None,
+            backing: None,
+        }
+    }
+}
+
+/// Read access to a virtual disk.
+///
+/// All methods take `&self` and may be called from many threads at once.
+pub trait ImageReader: Send + Sync {
+    /// Container format.
+    fn format(&self) -> Format;
+
+    /// Size of the virtual disk in bytes.
+    fn virtual_size(&self) -> u64;
+
+    /// The extent that starts at `offset` and is at most `max_len` long. Its length is at least
+    /// 1 when `offset` is inside the disk and `max_len > 0`; it is 0 at or past the end.
+    fn map(&self, offset: u64, max_len: u64) -> Result<Extent>;
+
+    /// Reads `buf.len()` bytes of virtual disk at `offset`. Reading past the end is an error.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+
+    /// A description for `diskconv info`.
+    fn info(&self) -> ImageInfo;
+}
+
+/// Checks that a read of `len` bytes at `offset` lies inside a disk of `size` bytes.
+pub fn check_read_range(offset: u64, len: usize, size: u64) -> Result<()> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::InvalidArgument(format!(
+            "read of {len} bytes at offset {offset:#x} goes past the end of the disk ({size:#x} bytes)"
+        ))),
+    }
+}
+
+/// How one granule of a [`Chunk`] is to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GranuleState {
+    /// Reads as zeros: nothing to store.
+    Zero,
+    /// Store the granule's bytes as they are.
+    Data,
+    /// Store these compressed bytes instead.
+    Compressed(Vec<u8>),
+}
+
+/// A window of virtual disk handed from the convert engine to a writer: the bytes, plus what
+/// the engine learnt about each granule (zero detection, compression) on its worker threads.
+#[derive(Debug)]
+pub struct Chunk {
+    /// Start in virtual disk, aligned to the writer's granularity.
+    pub offset: u64,
+    /// The bytes of the window (the last window of a disk may be short).
+    pub data: Vec<u8>,
+    /// Granule size (the writer's [`ImageWriter::granularity`]).
+    pub granule: u64,
+    /// One entry per granule of `data`.
+    pub states: Vec<GranuleState>,
+}
+
+impl Chunk {
+    /// Byte range of granule `i` inside `data`.
+    pub fn granule_range(&self, i: usize) -> std::ops::Range<usize> {
+        let g = self.granule as usize;
+        let start = i * g;
+        start..(start + g).min(self.data.len())
+    }
+}
+
+/// A compressor that runs on the convert engine's worker threads.
+pub trait Compressor: Send + Sync {
+    /// Compresses one granule into `out` (cleared first). Returns `false` when the result would
+    /// not be smaller than the input, in which case the granule is stored plainly.
+    fn compress(&self, input: &[u8], out: &mut Vec<u8>) -> Result<bool>;
+}
+
+/// Write access to a new image.
+pub trait ImageWriter: Send {
+    /// Container format.
+    fn format(&self) -> Format;
+
+    /// Size of the virtual disk being written.
+    fn virtual_size(&self) -> u64;
+
+    /// Unit of zero detection and compression (the cluster size for qcow2).
+    fn granularity(&self) -> u64;
+
+    /// Whether data must arrive in ascending offset order. The convert engine always writes in
+    /// order; direct callers of a sequential writer get an error if they do not.
+    fn needs_sequential(&self) -> bool;
+
+    /// The compressor to run on worker threads, when the image is written compressed.
+    fn compressor(&self) -> Option<Arc<dyn Compressor>> {
+        None
+    }
+
+    /// Writes `buf` at virtual offset `offset`.
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()>;
+
+    /// Makes `len` bytes at `offset` read as zeros.
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()>;
+
+    /// Writes a prepared chunk. The default stores runs of data granules with
+    /// [`write_at`](Self::write_at) and zero runs with [`write_zeroes`](Self::write_zeroes);
+    /// writers that take compressed granules override it.
+    fn write_chunk(&mut self, chunk: &Chunk) -> Result<()> {
+        let mut i = 0;
+        while i < chunk.states.len() {
+            let zero = matches!(chunk.states[i], GranuleState::Zero);
+            let mut j = i + 1;
+            while j < chunk.states.len() && matches!(chunk.states[j], GranuleState::Zero) == zero
+            {
+                j += 1;
+            }
+            let start = chunk.granule_range(i).start;
+            let end = chunk.granule_range(j - 1).end;
+            let off = chunk.offset + start as u64;
+            if zero {
+                self.write_zeroes(off, (end - start) as u64)?;
+            } else {
+                self.write_at(&chunk.data[start..end], off)?;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Writes the remaining metadata (tables, footers, headers) and syncs. Until this returns,
+    /// the output is recognisably incomplete.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// A reader shared between threads and between images of a chain.
+pub type SharedReader = Arc<dyn ImageReader>;

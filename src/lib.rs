@@ -1,0 +1,38 @@
+//! # diskconv
+//!
+//! Block-level disk image conversion for machine migrations.
+//!
+//! The crate is layered (see `DESIGN.md` of the project): [`storage`] gives positional bytes;
+//! each format in [`formats`] implements [`ImageReader`] and/or [`ImageWriter`]; the
+//! [`convert`](mod@convert) engine copies any reader into any writer in parallel, skipping zero
+//! and unallocated blocks; [`open`](fn@open) detects formats and applies the policy for files
+//! named inside an image.
+//!
+//! ```no_run
+//! use diskconv::{open, OpenOptions, OutputOptions, ConvertOptions, Format};
+//!
+//! let src = open("disk.vmdk", &OpenOptions::default())?;
+//! let out = OutputOptions::new(Format::Qcow2).with_options("compression_type=zstd")?.compressed(true);
+//! let stats = diskconv::convert_file(src.as_ref(), "disk.qcow2".as_ref(), &out,
+//!                                    &ConvertOptions::default(), None)?;
+//! println!("{} bytes of data written", stats.data_bytes);
+//! # Ok::<(), diskconv::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod convert;
+pub mod detect;
+pub mod error;
+pub mod formats;
+pub mod image;
+pub mod open;
+pub mod output;
+pub mod storage;
+pub mod util;
+
+pub use convert::{ConvertOptions, ConvertStats, Progress, convert, convert_to_path};
+pub use error::{Error, ErrorKind, Result};
+pub use image::{Extent, ExtentKind, Format, ImageInfo, ImageReader, ImageWriter};
+pub use open::{OpenOptions, ReferencePolicy, open, open_storage};
+pub use output::{OutputOptions, convert_file, create_writer};

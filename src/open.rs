@@ -1,0 +1,395 @@
+//! Opening images, and the policy for files named inside them.
+//!
+//! An image can name other files: a qcow2 backing file or external data file, VMDK extents, a
+//! VHD/VHDX parent. A hostile image could name `/etc/shadow` or a device, or a chain that loops.
+//! Every such file is opened through [`OpenContext`], which applies the caller's
+//! [`ReferencePolicy`], resolves relative names against the folder of the image that names them,
+//! detects loops and limits the depth of a chain.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use crate::detect::detect;
+use crate::error::{Error, Result, ResultExt};
+use crate::formats::qcow2::Qcow2Reader;
+use crate::formats::raw::RawReader;
+use crate::image::{Format, ImageReader};
+use crate::storage::{FileStorage, Storage};
+
+/// Which files named inside an image may be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReferencePolicy {
+    /// Open none: an image that needs another file fails to open.
+    Deny,
+    /// Only files inside the folder of the image the caller opened (after resolving symlinks
+    /// and `..`). The default.
+    #[default]
+    ImageFolder,
+    /// Any file the process can read.
+    Anywhere,
+}
+
+impl std::str::FromStr for ReferencePolicy {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "deny" | "none" => Ok(ReferencePolicy::Deny),
+            "folder" | "image-folder" => Ok(ReferencePolicy::ImageFolder),
+            "anywhere" | "any" => Ok(ReferencePolicy::Anywhere),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown reference policy '{other}' (expected deny, folder or anywhere)"
+            ))),
+        }
+    }
+}
+
+/// Default limit on the length of a chain of images (crosvm uses the same bound).
+pub const DEFAULT_MAX_DEPTH: u32 = 16;
+
+/// How to open an image.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Force a format instead of detecting it from the content.
+    pub format: Option<Format>,
+    /// Policy for files named inside the image.
+    pub references: ReferencePolicy,
+    /// Maximum number of images in a chain below the top one.
+    pub max_depth: u32,
+    /// Read this internal snapshot (by id or name) instead of the active layer.
+    pub snapshot: Option<String>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            format: None,
+            references: ReferencePolicy::default(),
+            max_depth: DEFAULT_MAX_DEPTH,
+            snapshot: None,
+        }
+    }
+}
+
+impl OpenOptions {
+    /// Default options: detect the format, references under the image's folder, depth 16.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forces the format.
+    pub fn format(mut self, format: Format) -> Self {
+        self.format = Some(format);
+        self
+    }
+
+    /// Sets the reference policy.
+    pub fn references(mut self, policy: ReferencePolicy) -> Self {
+        self.references = policy;
+        self
+    }
+
+    /// Selects an internal snapshot by id or name.
+    pub fn snapshot(mut self, name: impl Into<String>) -> Self {
+        self.snapshot = Some(name.into());
+        self
+    }
+}
+
+/// Opens the image at `path` for reading.
+///
+/// The file is opened read-only and never modified. The format is detected from the content
+/// unless forced in `opts`.
+///
+/// ```no_run
+/// use diskconv::{open, OpenOptions};
+/// let img = open("disk.qcow2", &OpenOptions::default())?;
+/// println!("{} bytes of {}", img.virtual_size(), img.format());
+/// # Ok::<(), diskconv::Error>(())
+/// ```
+pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Box<dyn ImageReader>> {
+    let path = path.as_ref();
+    let canonical = std::fs::canonicalize(path)
+        .map_err(|e| Error::io("opening", e))
+        .in_file(path)?;
+    let root = canonical
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let ctx = OpenContext {
+        opts,
+        root: Some(root),
+        chain: Vec::new(),
+    };
+    ctx.open_path(path, opts.format, opts.snapshot.as_deref())
+}
+
+/// Opens an image held in an arbitrary [`Storage`] (memory, a file opened by the caller).
+///
+/// Such an image has no folder, so any file it names is refused.
+pub fn open_storage(
+    storage: Arc<dyn Storage>,
+    opts: &OpenOptions,
+) -> Result<Box<dyn ImageReader>> {
+    let ctx = OpenContext {
+        opts,
+        root: None,
+        chain: Vec::new(),
+    };
+    ctx.open_storage(storage, None, opts.format, opts.snapshot.as_deref())
+}
+
+/// State carried down a chain of images while opening it.
+#[derive(Debug, Clone)]
+pub struct OpenContext<'a> {
+    opts: &'a OpenOptions,
+    /// Folder that references must stay inside (the folder of the top image).
+    root: Option<PathBuf>,
+    /// Canonical paths of the images above the one being opened, top first.
+    chain: Vec<PathBuf>,
+}
+
+impl OpenContext<'_> {
+    /// Number of images above the one being opened.
+    pub fn depth(&self) -> u32 {
+        self.chain.len() as u32
+    }
+
+    fn open_path(
+        &self,
+        path: &Path,
+        format: Option<Format>,
+        snapshot: Option<&str>,
+    ) -> Result<Box<dyn ImageReader>> {
+        let canonical = std::fs::canonicalize(path)
+            .map_err(|e| Error::io("opening", e))
+            .in_file(path)?;
+        if self.chain.contains(&canonical) {
+            let mut names: Vec<String> = self
+                .chain
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            names.push(canonical.display().to_string());
+            return Err(Error::Corrupt(format!(
+                "the chain of images loops: {}",
+                names.join(" -> ")
+            )));
+        }
+        let storage = FileStorage::open_read_only(&canonical)
+            .map_err(|e| Error::io("opening read-only", e))
+            .in_file(path)?;
+        let mut child = self.clone();
+        child.chain.push(canonical.clone());
+        child
+            .open_storage(Arc::new(storage), Some(&canonical), format, snapshot)
+            .in_file(path)
+    }
+
+    fn open_storage(
+        &self,
+        storage: Arc<dyn Storage>,
+        path: Option<&Path>,
+        format: Option<Format>,
+        snapshot: Option<&str>,
+    ) -> Result<Box<dyn ImageReader>> {
+        let format = match format {
+            Some(f) => f,
+            None => detect(storage.as_ref())?,
+        };
+        if snapshot.is_some() && format != Format::Qcow2 {
+            return Err(Error::InvalidArgument(format!(
+                "internal snapshots exist only in qcow2 images, this is {format}"
+            )));
+        }
+        match format {
+            Format::Raw => Ok(Box::new(RawReader::new(storage, path)?)),
+            Format::Qcow2 => Ok(Box::new(Qcow2Reader::open(
+                storage, path, self, snapshot,
+            )?)),
+            other => Err(Error::Unsupported(format!(
+                "reading {} images is not implemented yet (this build reads raw and qcow2)",
+                match other {
+                    Format::Vmdk => "VMDK",
+                    Format::Vhd => "VHD",
+                    Format::Vhdx => "VHDX",
+                    Format::Vdi => "VDI",
+                    _ => other.name(),
+                }
+            ))),
+        }
+    }
+
+    /// Resolves `name`, as written inside the image at `referrer`, to a path the policy allows.
+    pub fn resolve_reference(
+        &self,
+        referrer: Option<&Path>,
+        what: &'static str,
+        name: &str,
+    ) -> Result<PathBuf> {
+        let denied = |reason: String| Error::ReferenceDenied {
+            what,
+            name: name.to_string(),
+            reason,
+        };
+        if name.is_empty() {
+            return Err(Error::Corrupt(format!("the {what} name is empty")));
+        }
+        if name.contains('\0') {
+            return Err(Error::Corrupt(format!("the {what} name contains a NUL byte")));
+        }
+        if name.starts_with("json:") || name.contains("://") {
+            return Err(Error::Unsupported(format!(
+                "{what} '{name}' is not a file name (protocols and json: names are not supported)"
+            )));
+        }
+        if self.opts.references == ReferencePolicy::Deny {
+            return Err(denied("not opened because references are denied".into()));
+        }
+        let (Some(referrer), Some(root)) = (referrer, self.root.as_ref()) else {
+            return Err(denied(
+                "named by an image that has no folder (opened from memory)".into(),
+            ));
+        };
+        if self.depth() > self.opts.max_depth {
+            return Err(Error::Corrupt(format!(
+                "the chain of images is deeper than {} levels at {what} '{name}'",
+                self.opts.max_depth
+            )));
+        }
+        let base = referrer.parent().unwrap_or(Path::new("/"));
+        let joined = base.join(name);
+        let resolved = std::fs::canonicalize(&joined).map_err(|e| {
+            Error::io(
+                format!("opening {what} '{name}' (resolved to {})", joined.display()),
+                e,
+            )
+        })?;
+        if self.opts.references == ReferencePolicy::ImageFolder && !resolved.starts_with(root) {
+            return Err(denied(format!(
+                "outside the image's folder {} (it resolves to {})",
+                root.display(),
+                resolved.display()
+            )));
+        }
+        Ok(resolved)
+    }
+
+    /// Opens another image named inside the current one (a backing file or parent).
+    pub fn open_reference(
+        &self,
+        referrer: Option<&Path>,
+        what: &'static str,
+        name: &str,
+        format: Option<Format>,
+    ) -> Result<Box<dyn ImageReader>> {
+        let path = self.resolve_reference(referrer, what, name)?;
+        // Snapshots apply to the top image only.
+        self.open_path(&path, format, None)
+    }
+
+    /// Opens a plain file named inside the current image (an external data file, an extent).
+    pub fn open_reference_storage(
+        &self,
+        referrer: Option<&Path>,
+        what: &'static str,
+        name: &str,
+    ) -> Result<Arc<dyn Storage>> {
+        let path = self.resolve_reference(referrer, what, name)?;
+        let s = FileStorage::open_read_only(&path)
+            .map_err(|e| Error::io(format!("opening {what} read-only"), e))
+            .in_file(&path)?;
+        Ok(Arc::new(s))
+    }
+}
+
+/// Whether a name, as written inside an image, climbs out of its folder lexically.
+/// Used by writers that must not record such names.
+pub fn is_plain_relative(name: &str) -> bool {
+    let p = Path::new(name);
+    p.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_parses() {
+        assert_eq!(
+            "deny".parse::<ReferencePolicy>().unwrap(),
+            ReferencePolicy::Deny
+        );
+        assert_eq!(
+            "anywhere".parse::<ReferencePolicy>().unwrap(),
+            ReferencePolicy::Anywhere
+        );
+        assert!("x".parse::<ReferencePolicy>().is_err());
+    }
+
+    #[test]
+    fn references_outside_folder_are_denied_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(dir.path().join("outside"), b"x").unwrap();
+        std::fs::write(sub.join("inside"), b"x").unwrap();
+        let top = sub.join("top");
+        std::fs::write(&top, b"x").unwrap();
+        let opts = OpenOptions::default();
+        let ctx = OpenContext {
+            opts: &opts,
+            root: Some(std::fs::canonicalize(&sub).unwrap()),
+            chain: vec![],
+        };
+        assert!(ctx.resolve_reference(Some(&top), "backing file", "inside").is_ok());
+        let err = ctx
+            .resolve_reference(Some(&top), "backing file", "../outside")
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::ReferenceDenied);
+        assert!(err.to_string().contains("--references=anywhere"), "{err}");
+        let abs = dir.path().join("outside");
+        let err = ctx
+            .resolve_reference(Some(&top), "backing file", abs.to_str().unwrap())
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::ReferenceDenied);
+        let any = OpenOptions::default().references(ReferencePolicy::Anywhere);
+        let ctx = OpenContext {
+            opts: &any,
+            ..ctx
+        };
+        assert!(
+            ctx.resolve_reference(Some(&top), "backing file", "../outside")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn symlink_escaping_the_folder_is_denied() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(dir.path().join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), sub.join("link")).unwrap();
+        let top = sub.join("top");
+        std::fs::write(&top, b"x").unwrap();
+        let opts = OpenOptions::default();
+        let ctx = OpenContext {
+            opts: &opts,
+            root: Some(std::fs::canonicalize(&sub).unwrap()),
+            chain: vec![],
+        };
+        let err = ctx
+            .resolve_reference(Some(&top), "backing file", "link")
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::ReferenceDenied);
+    }
+
+    #[test]
+    fn plain_relative_names() {
+        assert!(is_plain_relative("a.qcow2"));
+        assert!(is_plain_relative("d/a.qcow2"));
+        assert!(!is_plain_relative("../a.qcow2"));
+        assert!(!is_plain_relative("/a.qcow2"));
+    }
+}

@@ -1,0 +1,220 @@
+//! Output options (`-O FMT -o key=value,... -c`) and the writer factory.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::convert::{ConvertOptions, ConvertStats, ProgressFn, convert_to_path};
+use crate::error::{Error, Result};
+use crate::formats::qcow2::header::{CompressionType, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
+use crate::formats::qcow2::{Qcow2WriteOptions, Qcow2Writer};
+use crate::formats::raw::{Preallocation, RawWriter};
+use crate::image::{Format, ImageReader, ImageWriter};
+use crate::storage::Storage;
+use crate::util::parse_size;
+
+/// What to write: the format and its options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputOptions {
+    /// Output format.
+    pub format: Format,
+    /// qcow2 options (also carries the preallocation mode used by raw).
+    pub qcow2: Qcow2WriteOptions,
+}
+
+impl OutputOptions {
+    /// Defaults for `format`.
+    pub fn new(format: Format) -> Self {
+        OutputOptions {
+            format,
+            qcow2: Qcow2WriteOptions::default(),
+        }
+    }
+
+    /// Turns compression on or off (`-c`).
+    pub fn compressed(mut self, on: bool) -> Self {
+        self.qcow2.compress = on;
+        self
+    }
+
+    /// Applies a qemu-img style option list, `key=value,key=value`.
+    pub fn with_options(mut self, list: &str) -> Result<Self> {
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = item.split_once('=').ok_or_else(|| {
+                Error::InvalidArgument(format!("option '{item}' is not of the form key=value"))
+            })?;
+            self.set(key.trim(), value.trim())?;
+        }
+        Ok(self)
+    }
+
+    /// Sets one option, checking it applies to the output format.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let fmt = self.format;
+        let only = |formats: &[Format]| -> Result<()> {
+            if formats.contains(&fmt) {
+                Ok(())
+            } else {
+                Err(Error::InvalidArgument(format!(
+                    "option '{key}' does not apply to {fmt} output"
+                )))
+            }
+        };
+        match key {
+            "compat" => {
+                only(&[Format::Qcow2])?;
+                self.qcow2.version = match value {
+                    "0.10" | "v2" => 2,
+                    "1.1" | "v3" => 3,
+                    other => {
+                        return Err(Error::InvalidArgument(format!(
+                            "compat={other}: expected 0.10 or 1.1"
+                        )));
+                    }
+                };
+            }
+            "cluster_size" => {
+                only(&[Format::Qcow2])?;
+                let v = parse_size(value).filter(|v| v.is_power_of_two()).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "cluster_size={value}: expected a power of two from 512 to 2M"
+                    ))
+                })?;
+                let bits = v.trailing_zeros();
+                if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&bits) {
+                    return Err(Error::InvalidArgument(format!(
+                        "cluster_size={value}: expected a power of two from 512 to 2M"
+                    )));
+                }
+                self.qcow2.cluster_bits = bits;
+            }
+            "compression_type" => {
+                only(&[Format::Qcow2])?;
+                self.qcow2.compression_type = match value {
+                    "zlib" => CompressionType::Zlib,
+                    "zstd" => CompressionType::Zstd,
+                    other => {
+                        return Err(Error::InvalidArgument(format!(
+                            "compression_type={other}: expected zlib or zstd"
+                        )));
+                    }
+                };
+            }
+            "preallocation" => {
+                only(&[Format::Qcow2, Format::Raw])?;
+                self.qcow2.preallocation = value.parse()?;
+            }
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown option '{other}' for {fmt} output (known: {})",
+                    match fmt {
+                        Format::Raw => "preallocation",
+                        _ => "compat, cluster_size, compression_type, preallocation",
+                    }
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks combinations of options.
+    pub fn validate(&self) -> Result<()> {
+        if !self.format.can_write() {
+            return Err(Error::Unsupported(format!(
+                "writing {} images is not implemented yet (this build writes raw and qcow2)",
+                self.format
+            )));
+        }
+        if self.format == Format::Raw && self.qcow2.compress {
+            return Err(Error::InvalidArgument(
+                "raw output cannot be compressed (-c needs -O qcow2)".into(),
+            ));
+        }
+        if self.format == Format::Qcow2 {
+            let q = &self.qcow2;
+            if q.version == 2 && q.compression_type != CompressionType::Zlib {
+                return Err(Error::InvalidArgument(
+                    "compression_type=zstd needs compat=1.1 (version 2 images have only zlib)"
+                        .into(),
+                ));
+            }
+            if q.compress && q.preallocation != Preallocation::Off {
+                return Err(Error::InvalidArgument(
+                    "compressed images cannot be preallocated".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates the writer for `opts` over an empty storage.
+pub fn create_writer(
+    storage: Arc<dyn Storage>,
+    size: u64,
+    opts: &OutputOptions,
+) -> Result<Box<dyn ImageWriter>> {
+    opts.validate()?;
+    Ok(match opts.format {
+        Format::Raw => Box::new(RawWriter::create(storage, size, opts.qcow2.preallocation)?),
+        Format::Qcow2 => Box::new(Qcow2Writer::create(storage, size, &opts.qcow2)?),
+        other => {
+            return Err(Error::Unsupported(format!(
+                "writing {other} images is not implemented yet"
+            )));
+        }
+    })
+}
+
+/// Converts `src` into a new file at `target` in the format `opts` names.
+///
+/// The output is written under a temporary name and renamed into place only on success.
+pub fn convert_file(
+    src: &dyn ImageReader,
+    target: &Path,
+    opts: &OutputOptions,
+    convert_opts: &ConvertOptions,
+    progress: Option<&mut ProgressFn<'_>>,
+) -> Result<ConvertStats> {
+    opts.validate()?;
+    let size = src.virtual_size();
+    convert_to_path(
+        src,
+        target,
+        |s| create_writer(s, size, opts),
+        convert_opts,
+        progress,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_qemu_style_options() {
+        let o = OutputOptions::new(Format::Qcow2)
+            .with_options("compat=0.10,cluster_size=4k,preallocation=metadata")
+            .unwrap();
+        assert_eq!(o.qcow2.version, 2);
+        assert_eq!(o.qcow2.cluster_bits, 12);
+        assert_eq!(o.qcow2.preallocation, Preallocation::Metadata);
+        let e = OutputOptions::new(Format::Raw)
+            .with_options("cluster_size=64k")
+            .unwrap_err();
+        assert!(e.to_string().contains("does not apply to raw"), "{e}");
+        assert!(
+            OutputOptions::new(Format::Qcow2)
+                .with_options("cluster_size=3M")
+                .is_err()
+        );
+        assert!(
+            OutputOptions::new(Format::Qcow2)
+                .with_options("bogus=1")
+                .is_err()
+        );
+        let o = OutputOptions::new(Format::Qcow2)
+            .with_options("compat=0.10,compression_type=zstd")
+            .unwrap();
+        assert!(o.validate().is_err());
+    }
+}
