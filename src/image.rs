@@ -323,8 +323,7 @@ pub trait ImageWriter: Send {
         while i < chunk.states.len() {
             let zero = matches!(chunk.states[i], GranuleState::Zero);
             let mut j = i + 1;
-            while j < chunk.states.len() && matches!(chunk.states[j], GranuleState::Zero) == zero
-            {
+            while j < chunk.states.len() && matches!(chunk.states[j], GranuleState::Zero) == zero {
                 j += 1;
             }
             let start = chunk.granule_range(i).start;

@@ -127,10 +127,7 @@ pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Box<dyn ImageR
 /// Opens an image held in an arbitrary [`Storage`] (memory, a file opened by the caller).
 ///
 /// Such an image has no folder, so any file it names is refused.
-pub fn open_storage(
-    storage: Arc<dyn Storage>,
-    opts: &OpenOptions,
-) -> Result<Box<dyn ImageReader>> {
+pub fn open_storage(storage: Arc<dyn Storage>, opts: &OpenOptions) -> Result<Box<dyn ImageReader>> {
     let ctx = OpenContext {
         opts,
         root: None,
@@ -165,11 +162,8 @@ impl OpenContext<'_> {
             .map_err(|e| Error::io("opening", e))
             .in_file(path)?;
         if self.chain.contains(&canonical) {
-            let mut names: Vec<String> = self
-                .chain
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
+            let mut names: Vec<String> =
+                self.chain.iter().map(|p| p.display().to_string()).collect();
             names.push(canonical.display().to_string());
             return Err(Error::Corrupt(format!(
                 "the chain of images loops: {}",
@@ -204,9 +198,7 @@ impl OpenContext<'_> {
         }
         match format {
             Format::Raw => Ok(Box::new(RawReader::new(storage, path)?)),
-            Format::Qcow2 => Ok(Box::new(Qcow2Reader::open(
-                storage, path, self, snapshot,
-            )?)),
+            Format::Qcow2 => Ok(Box::new(Qcow2Reader::open(storage, path, self, snapshot)?)),
             other => Err(Error::Unsupported(format!(
                 "reading {} images is not implemented yet (this build reads raw and qcow2)",
                 match other {
@@ -236,7 +228,9 @@ impl OpenContext<'_> {
             return Err(Error::Corrupt(format!("the {what} name is empty")));
         }
         if name.contains('\0') {
-            return Err(Error::Corrupt(format!("the {what} name contains a NUL byte")));
+            return Err(Error::Corrupt(format!(
+                "the {what} name contains a NUL byte"
+            )));
         }
         if name.starts_with("json:") || name.contains("://") {
             return Err(Error::Unsupported(format!(
@@ -342,7 +336,10 @@ mod tests {
             root: Some(std::fs::canonicalize(&sub).unwrap()),
             chain: vec![],
         };
-        assert!(ctx.resolve_reference(Some(&top), "backing file", "inside").is_ok());
+        assert!(
+            ctx.resolve_reference(Some(&top), "backing file", "inside")
+                .is_ok()
+        );
         let err = ctx
             .resolve_reference(Some(&top), "backing file", "../outside")
             .unwrap_err();
@@ -354,10 +351,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::ReferenceDenied);
         let any = OpenOptions::default().references(ReferencePolicy::Anywhere);
-        let ctx = OpenContext {
-            opts: &any,
-            ..ctx
-        };
+        let ctx = OpenContext { opts: &any, ..ctx };
         assert!(
             ctx.resolve_reference(Some(&top), "backing file", "../outside")
                 .is_ok()

@@ -74,11 +74,13 @@ impl OutputOptions {
             }
             "cluster_size" => {
                 only(&[Format::Qcow2])?;
-                let v = parse_size(value).filter(|v| v.is_power_of_two()).ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "cluster_size={value}: expected a power of two from 512 to 2M"
-                    ))
-                })?;
+                let v = parse_size(value)
+                    .filter(|v| v.is_power_of_two())
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "cluster_size={value}: expected a power of two from 512 to 2M"
+                        ))
+                    })?;
                 let bits = v.trailing_zeros();
                 if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&bits) {
                     return Err(Error::InvalidArgument(format!(

@@ -225,9 +225,8 @@ fn block_device_size(file: &File) -> io::Result<u64> {
     const BLKGETSIZE64: rustix::ioctl::Opcode = rustix::ioctl::opcode::read::<u64>(0x12, 114);
     // SAFETY: BLKGETSIZE64 writes exactly one u64 (size_t on 64-bit Linux) through its argument,
     // which is what `Getter<_, u64>` provides.
-    let size = unsafe {
-        rustix::ioctl::ioctl(file, rustix::ioctl::Getter::<BLKGETSIZE64, u64>::new())
-    }?;
+    let size =
+        unsafe { rustix::ioctl::ioctl(file, rustix::ioctl::Getter::<BLKGETSIZE64, u64>::new()) }?;
     Ok(size)
 }
 

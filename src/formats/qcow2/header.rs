@@ -488,9 +488,7 @@ impl Qcow2Header {
                 return Err(Qcow2Error::invalid(
                     what(),
                     off as u64,
-                    format!(
-                        "length {len} runs past the end of the extension area at {limit:#x}"
-                    ),
+                    format!("length {len} runs past the end of the extension area at {limit:#x}"),
                 ));
             };
             let data = &head[data_start..data_end];
@@ -662,7 +660,9 @@ fn check_table(
     if offset == 0 || offset % cluster_size != 0 {
         return Err(invalid(
             field,
-            format!("{what} offset {offset:#x} is not a non-zero multiple of the cluster size ({cluster_size:#x})"),
+            format!(
+                "{what} offset {offset:#x} is not a non-zero multiple of the cluster size ({cluster_size:#x})"
+            ),
         ));
     }
     match offset.checked_add(len) {

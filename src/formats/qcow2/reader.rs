@@ -18,7 +18,9 @@ impl Qcow2Reader {
         _ctx: &OpenContext<'_>,
         _snapshot: Option<&str>,
     ) -> Result<Self> {
-        Err(crate::Error::Unsupported("qcow2 reader not built yet".into()))
+        Err(crate::Error::Unsupported(
+            "qcow2 reader not built yet".into(),
+        ))
     }
 }
 
@@ -30,7 +32,11 @@ impl crate::image::ImageReader for Qcow2Reader {
         0
     }
     fn map(&self, offset: u64, _max_len: u64) -> Result<crate::image::Extent> {
-        Ok(crate::image::Extent::new(offset, 0, crate::image::ExtentKind::Data))
+        Ok(crate::image::Extent::new(
+            offset,
+            0,
+            crate::image::ExtentKind::Data,
+        ))
     }
     fn read_at(&self, _buf: &mut [u8], _offset: u64) -> Result<()> {
         Ok(())

@@ -39,8 +39,14 @@ pub struct Qcow2Writer;
 
 impl Qcow2Writer {
     /// Creates a new image of `size` bytes in the empty `storage`.
-    pub fn create(_storage: Arc<dyn Storage>, _size: u64, _opts: &Qcow2WriteOptions) -> Result<Self> {
-        Err(crate::Error::Unsupported("qcow2 writer not built yet".into()))
+    pub fn create(
+        _storage: Arc<dyn Storage>,
+        _size: u64,
+        _opts: &Qcow2WriteOptions,
+    ) -> Result<Self> {
+        Err(crate::Error::Unsupported(
+            "qcow2 writer not built yet".into(),
+        ))
     }
 }
 
