@@ -1,0 +1,191 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+/// Whether we run in CI, where a missing oracle is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether `tool` is on PATH. In CI a missing tool panics; elsewhere the caller skips.
+pub fn require(tool: &str) -> bool {
+    let found = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|p| p.join(tool).is_file())
+    });
+    if !found {
+        if in_ci() {
+            panic!("{tool} is required in CI (CI=true) but is not on PATH");
+        }
+        eprintln!("skipping: {tool} is not on PATH");
+    }
+    found
+}
+
+/// A file of the shared real-world corpus, or `None` (with a printed reason) when the corpus is
+/// absent. In CI the corpus must be there.
+pub fn corpus(rel: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/corpus")
+        .join(rel);
+    if p.exists() {
+        Some(p)
+    } else {
+        if in_ci() {
+            panic!("corpus file {} is missing in CI", p.display());
+        }
+        eprintln!("skipping: corpus file {} is absent", p.display());
+        None
+    }
+}
+
+/// A fresh temporary folder.
+pub fn tmpdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temporary folder")
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// Runs `qemu-img ARGS` and returns its stdout.
+pub fn qemu_img(args: &[&str]) -> String {
+    let out = run(Command::new("qemu-img").args(args));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `qemu-io ARGS` (writes patterns into test images).
+pub fn qemu_io(args: &[&str]) -> String {
+    let out = run(Command::new("qemu-io").args(args));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `qemu-img compare` of two images (formats given explicitly); true when equal.
+pub fn qemu_compare(a: &Path, fa: &str, b: &Path, fb: &str) -> bool {
+    let out = Command::new("qemu-img")
+        .args(["compare", "-f", fa, "-F", fb])
+        .arg(a)
+        .arg(b)
+        .output()
+        .expect("qemu-img compare");
+    match out.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!(
+            "qemu-img compare failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// `qemu-img check` passes with no errors and no leaks.
+pub fn assert_qemu_check(img: &Path) {
+    let out = Command::new("qemu-img")
+        .args(["check", "--output=json"])
+        .arg(img)
+        .output()
+        .expect("qemu-img check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "qemu-img check {} failed: {text} {}",
+        img.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).expect("check json");
+    for key in ["corruptions", "leaks", "check-errors"] {
+        let n = v.get(key).and_then(|x| x.as_u64()).unwrap_or(0);
+        assert_eq!(n, 0, "qemu-img check {}: {key} = {n}: {text}", img.display());
+    }
+}
+
+/// `qemu-img info --output=json` parsed.
+pub fn qemu_info(img: &Path) -> serde_json::Value {
+    let out = qemu_img(&["info", "--output=json", img.to_str().unwrap()]);
+    serde_json::from_str(&out).expect("info json")
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(p: &Path) -> String {
+    let mut h = Sha256::new();
+    let mut f = std::fs::File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    std::io::copy(&mut f, &mut h).unwrap();
+    hex(&h.finalize())
+}
+
+/// SHA-256 of the whole virtual disk of an image read through diskconv.
+pub fn sha256_image(img: &dyn diskconv::ImageReader) -> String {
+    let mut h = Sha256::new();
+    let size = img.virtual_size();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(buf.len() as u64) as usize;
+        img.read_at(&mut buf[..n], off).unwrap();
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    hex(&h.finalize())
+}
+
+/// Lower-case hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The diskconv binary built for these tests.
+pub fn diskconv() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_diskconv"))
+}
+
+/// Writes a deterministic pseudo-random, partly zero, partly repetitive raw image.
+pub fn make_raw(path: &Path, size: u64, seed: u64) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let mut state = seed | 1;
+    let mut buf = vec![0u8; 65536];
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(buf.len() as u64) as usize;
+        let block = off / 65536;
+        match block % 4 {
+            0 | 3 => {
+                for b in buf[..n].iter_mut() {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    *b = state as u8;
+                }
+            }
+            1 => buf[..n].fill(0),
+            _ => {
+                for (i, b) in buf[..n].iter_mut().enumerate() {
+                    *b = (i % 64) as u8;
+                }
+            }
+        }
+        if block % 4 == 1 {
+            // Leave a hole.
+            f.set_len(off + n as u64).unwrap();
+            use std::io::Seek;
+            f.seek(std::io::SeekFrom::Start(off + n as u64)).unwrap();
+        } else {
+            f.write_all(&buf[..n]).unwrap();
+        }
+        off += n as u64;
+    }
+    f.set_len(size).unwrap();
+}
