@@ -18,7 +18,9 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::image::{Chunk, Compressor, ExtentKind, GranuleState, ImageReader, ImageWriter};
+use crate::image::{
+    Chunk, Compressor, ExtentKind, GranuleState, ImageReader, ImageWriter, read_skipping_holes,
+};
 use crate::storage::{FileStorage, Storage};
 use crate::util::{align_down, is_zero};
 
@@ -300,6 +302,7 @@ impl Planner<'_> {
 }
 
 /// Reads one chunk (skipping its zero extents), classifies its granules and compresses them.
+/// `bytes_read` in the stats counts the whole chunk.
 fn prepare_chunk(
     src: &dyn ImageReader,
     offset: u64,
@@ -308,22 +311,7 @@ fn prepare_chunk(
     compressor: Option<&dyn Compressor>,
 ) -> Result<Chunk> {
     let mut data = vec![0u8; len as usize];
-    let mut pos = offset;
-    let end = offset + len;
-    while pos < end {
-        let e = src.map(pos, end - pos)?;
-        if e.len == 0 {
-            return Err(Error::Corrupt(format!(
-                "the source reports no extent at offset {pos:#x} inside the disk"
-            )));
-        }
-        let n = e.len.min(end - pos);
-        if e.kind == ExtentKind::Data {
-            let at = (pos - offset) as usize;
-            src.read_at(&mut data[at..at + n as usize], pos)?;
-        }
-        pos += n;
-    }
+    read_skipping_holes(src, &mut data, offset)?;
     let count = len.div_ceil(granule) as usize;
     let mut chunk = Chunk {
         offset,

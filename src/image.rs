@@ -248,6 +248,35 @@ pub fn check_read_range(offset: u64, len: usize, size: u64) -> Result<()> {
     }
 }
 
+/// Reads `buf.len()` bytes at `offset`, asking the image for its extents first and reading only
+/// the data extents; zero and unallocated stretches are filled with zeros without I/O.
+/// Returns the number of bytes actually read.
+pub fn read_skipping_holes(img: &dyn ImageReader, buf: &mut [u8], offset: u64) -> Result<u64> {
+    check_read_range(offset, buf.len(), img.virtual_size())?;
+    let end = offset + buf.len() as u64;
+    let mut pos = offset;
+    let mut read = 0;
+    while pos < end {
+        let e = img.map(pos, end - pos)?;
+        if e.len == 0 {
+            return Err(Error::Corrupt(format!(
+                "the image reports no extent at offset {pos:#x} inside the disk"
+            )));
+        }
+        let n = e.len.min(end - pos);
+        let at = (pos - offset) as usize;
+        let dst = &mut buf[at..at + n as usize];
+        if e.kind == ExtentKind::Data {
+            img.read_at(dst, pos)?;
+            read += n;
+        } else {
+            dst.fill(0);
+        }
+        pos += n;
+    }
+    Ok(read)
+}
+
 /// How one granule of a [`Chunk`] is to be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GranuleState {

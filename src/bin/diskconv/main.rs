@@ -1,1 +1,414 @@
-fn main() {}
+//! The `diskconv` command: a thin layer over the library.
+//!
+//! Every failure prints one line, `diskconv: <cause chain>`, and exits non-zero; a panic is a bug.
+
+mod args;
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use diskconv::compare::{Comparison, compare};
+use diskconv::error::ResultExt;
+use diskconv::formats::qcow2;
+use diskconv::image::{ExtentKind, ImageInfo};
+use diskconv::storage::FileStorage;
+use diskconv::util::human_bytes;
+use diskconv::{
+    ConvertOptions, Error, Format, ImageReader, OpenOptions, OutputOptions, Progress,
+    ReferencePolicy, Result,
+};
+
+use args::{Cli, Command, Input};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // Help and version go to stdout with exit 0; usage errors exit 2 (clap's choice).
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+        {
+            eprintln!("diskconv: setting up {n} threads: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    // `compare` reports errors with exit code 2 (1 means "different").
+    let error_code = match cli.command {
+        Command::Compare(_) => 2,
+        _ => 1,
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("diskconv: {}", e.chain());
+            ExitCode::from(error_code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let policy: ReferencePolicy = cli.references.parse()?;
+    match cli.command {
+        Command::Convert(a) => convert(a, policy),
+        Command::Info(a) => info(a, policy),
+        Command::Map(a) => map(a, policy),
+        Command::Compare(a) => compare_cmd(a, policy),
+        Command::Check(a) => check(a),
+    }
+}
+
+fn open_options(
+    format: Option<&str>,
+    snapshot: Option<&str>,
+    policy: ReferencePolicy,
+) -> Result<OpenOptions> {
+    let mut o = OpenOptions::new().references(policy);
+    if let Some(f) = format {
+        o = o.format(f.parse()?);
+    }
+    if let Some(s) = snapshot {
+        // qemu-img spells it `snapshot.name=NAME` or `snapshot.id=ID`; a bare value is either.
+        let s = s
+            .strip_prefix("snapshot.name=")
+            .or_else(|| s.strip_prefix("snapshot.id="))
+            .unwrap_or(s);
+        o = o.snapshot(s);
+    }
+    Ok(o)
+}
+
+fn open_input(path: &Path, input: &Input, policy: ReferencePolicy) -> Result<Box<dyn ImageReader>> {
+    let opts = open_options(input.format.as_deref(), input.snapshot.as_deref(), policy)?;
+    diskconv::open(path, &opts)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
+    let format: Format = a.output_format.parse()?;
+    let mut out = OutputOptions::new(format).compressed(a.compress);
+    for o in &a.options {
+        out = out.with_options(o)?;
+    }
+    out.validate()?;
+    if same_file(&a.src, &a.dst) {
+        return Err(Error::InvalidArgument(format!(
+            "the output {} is the source itself; choose another name",
+            a.dst.display()
+        )));
+    }
+    let src = open_input(&a.src, &a.input, policy)?;
+    let size = src.virtual_size();
+    let opts = ConvertOptions::default();
+    let start = Instant::now();
+
+    let bar = (a.progress && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(size);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40.cyan/blue} {percent:>3}% {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut last_percent = None;
+    let mut cb = |p: Progress| match &bar {
+        Some(bar) => bar.set_position(p.done),
+        None if a.progress => {
+            // Not a terminal: one line per 10%, so logs stay readable.
+            let pct = p.done.saturating_mul(10).checked_div(p.total).unwrap_or(10);
+            if last_percent != Some(pct) {
+                last_percent = Some(pct);
+                eprintln!(
+                    "diskconv: {}% ({} of {})",
+                    pct * 10,
+                    human_bytes(p.done),
+                    human_bytes(p.total)
+                );
+            }
+        }
+        None => {}
+    };
+    let stats =
+        diskconv::convert_file(src.as_ref(), &a.dst, &out, &opts, Some(&mut cb)).in_file(&a.dst)?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if a.stats {
+        let secs = start.elapsed().as_secs_f64();
+        let mbps = if secs > 0.0 {
+            size as f64 / secs / 1e6
+        } else {
+            0.0
+        };
+        println!(
+            "converted {} in {secs:.2} s ({mbps:.0} MB/s): {} data, {} zeros{}",
+            human_bytes(size),
+            human_bytes(stats.data_bytes),
+            human_bytes(stats.zero_bytes),
+            if stats.compressed_bytes > 0 {
+                format!(", compressed to {}", human_bytes(stats.compressed_bytes))
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_info(info: &ImageInfo, out: &mut impl Write, indent: &str) -> std::io::Result<()> {
+    if let Some(f) = &info.filename {
+        writeln!(out, "{indent}image: {f}")?;
+    }
+    writeln!(out, "{indent}file format: {}", info.format)?;
+    if let Some(s) = &info.subformat {
+        writeln!(out, "{indent}subformat: {s}")?;
+    }
+    writeln!(
+        out,
+        "{indent}virtual size: {} ({} bytes)",
+        human_bytes(info.virtual_size),
+        info.virtual_size
+    )?;
+    if let Some(n) = info.allocated_bytes {
+        writeln!(out, "{indent}disk size: {}", human_bytes(n))?;
+    }
+    if let Some(n) = info.file_size {
+        writeln!(out, "{indent}file length: {} ({n} bytes)", human_bytes(n))?;
+    }
+    if let Some(n) = info.cluster_size {
+        writeln!(out, "{indent}cluster_size: {n}")?;
+    }
+    if let Some(c) = &info.compression {
+        writeln!(out, "{indent}compression type: {c}")?;
+    }
+    if let Some(b) = &info.backing_file {
+        match &info.backing_format {
+            Some(f) => writeln!(out, "{indent}backing file: {b} (format {f})")?,
+            None => writeln!(out, "{indent}backing file: {b}")?,
+        }
+    }
+    if let Some(d) = &info.data_file {
+        writeln!(out, "{indent}data file: {d}")?;
+    }
+    if !info.flags.is_empty() {
+        writeln!(out, "{indent}flags: {}", info.flags.join(", "))?;
+    }
+    if !info.bitmaps.is_empty() {
+        writeln!(out, "{indent}bitmaps:")?;
+        for b in &info.bitmaps {
+            writeln!(
+                out,
+                "{indent}    {} (granularity {}{}{})",
+                b.name,
+                b.granularity,
+                if b.auto { ", auto" } else { "" },
+                if b.in_use { ", in use" } else { "" }
+            )?;
+        }
+    }
+    if !info.snapshots.is_empty() {
+        writeln!(out, "{indent}snapshots:")?;
+        writeln!(
+            out,
+            "{indent}    {:<4} {:<24} {:>12} {:>12}",
+            "ID", "TAG", "DISK SIZE", "VM SIZE"
+        )?;
+        for s in &info.snapshots {
+            writeln!(
+                out,
+                "{indent}    {:<4} {:<24} {:>12} {:>12}",
+                s.id,
+                s.name,
+                human_bytes(s.virtual_size),
+                human_bytes(s.vm_state_size)
+            )?;
+        }
+    }
+    if let Some(b) = &info.backing {
+        writeln!(out, "{indent}backing image:")?;
+        print_info(b, out, &format!("{indent}    "))?;
+    }
+    Ok(())
+}
+
+fn info(a: args::InfoArgs, policy: ReferencePolicy) -> Result<ExitCode> {
+    let img = open_input(&a.image, &a.input, policy)?;
+    let mut info = img.info();
+    if info.filename.is_none() {
+        info.filename = Some(a.image.display().to_string());
+    }
+    let mut stdout = std::io::stdout().lock();
+    let r = if a.json {
+        serde_json::to_writer_pretty(&mut stdout, &info)
+            .map_err(std::io::Error::other)
+            .and_then(|_| writeln!(stdout))
+    } else {
+        print_info(&info, &mut stdout, "")
+    };
+    r.map_err(|e| Error::io("writing to standard output", e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line of `diskconv map --json`.
+#[derive(serde::Serialize)]
+struct MapEntry {
+    start: u64,
+    length: u64,
+    kind: ExtentKind,
+    depth: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    compressed: bool,
+}
+
+fn map(a: args::MapArgs, policy: ReferencePolicy) -> Result<ExitCode> {
+    let img = open_input(&a.image, &a.input, policy)?;
+    let size = img.virtual_size();
+    let mut entries: Vec<MapEntry> = Vec::new();
+    let mut pos = 0;
+    while pos < size {
+        let e = img.map(pos, size - pos)?;
+        if e.len == 0 {
+            return Err(Error::Corrupt(format!("no extent at offset {pos:#x}")));
+        }
+        // Merge with the previous entry when nothing distinguishes them.
+        if let Some(last) = entries.last_mut() {
+            let contiguous = match (last.offset, e.host_offset) {
+                (Some(h), Some(n)) => h + last.length == n,
+                (None, None) => true,
+                _ => false,
+            };
+            if last.kind == e.kind
+                && last.depth == e.depth
+                && last.compressed == e.compressed
+                && contiguous
+            {
+                last.length += e.len;
+                pos += e.len;
+                continue;
+            }
+        }
+        entries.push(MapEntry {
+            start: e.offset,
+            length: e.len,
+            kind: e.kind,
+            depth: e.depth,
+            offset: e.host_offset,
+            compressed: e.compressed,
+        });
+        pos += e.len;
+    }
+    let mut stdout = std::io::stdout().lock();
+    let r = if a.json {
+        serde_json::to_writer_pretty(&mut stdout, &entries)
+            .map_err(std::io::Error::other)
+            .and_then(|_| writeln!(stdout))
+    } else {
+        (|| {
+            writeln!(
+                stdout,
+                "{:<18} {:<18} {:<12} {:>5} {:<18}",
+                "Offset", "Length", "Kind", "Depth", "Host offset"
+            )?;
+            for m in &entries {
+                let kind = match m.kind {
+                    ExtentKind::Data if m.compressed => "compressed",
+                    ExtentKind::Data => "data",
+                    ExtentKind::Zero => "zero",
+                    ExtentKind::Unallocated => "unallocated",
+                };
+                writeln!(
+                    stdout,
+                    "{:<#18x} {:<#18x} {:<12} {:>5} {}",
+                    m.start,
+                    m.length,
+                    kind,
+                    m.depth,
+                    m.offset
+                        .map(|o| format!("{o:#x}"))
+                        .unwrap_or_else(|| "-".into())
+                )?;
+            }
+            Ok(())
+        })()
+    };
+    r.map_err(|e| Error::io("writing to standard output", e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compare_cmd(a: args::CompareArgs, policy: ReferencePolicy) -> Result<ExitCode> {
+    let ia = diskconv::open(&a.a, &open_options(a.format_a.as_deref(), None, policy)?)?;
+    let ib = diskconv::open(&a.b, &open_options(a.format_b.as_deref(), None, policy)?)?;
+    if ia.virtual_size() != ib.virtual_size() && !a.strict {
+        eprintln!(
+            "Warning: image sizes differ: {} is {} bytes, {} is {} bytes",
+            a.a.display(),
+            ia.virtual_size(),
+            a.b.display(),
+            ib.virtual_size()
+        );
+    }
+    match compare(ia.as_ref(), ib.as_ref(), a.strict)? {
+        Comparison::Same => {
+            println!("Images are identical.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Comparison::Differ { offset } => {
+            println!("Content mismatch at offset {offset} ({offset:#x})!");
+            Ok(ExitCode::from(1))
+        }
+        Comparison::SizeDiffers { a: sa, b: sb } => {
+            println!("Strict mode: image sizes differ ({sa} and {sb} bytes)");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn check(a: args::CheckArgs) -> Result<ExitCode> {
+    let storage = FileStorage::open_read_only(&a.image)
+        .map_err(|e| Error::io("opening read-only", e))
+        .in_file(&a.image)?;
+    let format = diskconv::detect::detect(&storage).in_file(&a.image)?;
+    if format != Format::Qcow2 {
+        return Err(Error::Unsupported(format!(
+            "{} is a {format} image; only qcow2 images have structure to check",
+            a.image.display()
+        )));
+    }
+    let report = qcow2::check(&storage).in_file(&a.image)?;
+    let mut stdout = std::io::stdout().lock();
+    let r = if a.json {
+        serde_json::to_writer_pretty(&mut stdout, &report)
+            .map_err(std::io::Error::other)
+            .and_then(|_| writeln!(stdout))
+    } else {
+        write!(stdout, "{report}")
+    };
+    r.map_err(|e| Error::io("writing to standard output", e))?;
+    Ok(ExitCode::from(
+        if report.corruptions > 0 || report.check_errors > 0 {
+            2
+        } else if report.leaks > 0 {
+            3
+        } else {
+            0
+        },
+    ))
+}

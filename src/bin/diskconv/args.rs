@@ -1,0 +1,135 @@
+//! Command-line arguments. Option names follow qemu-img where a user would expect that.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Block-level disk image conversion for machine migrations.
+#[derive(Debug, Parser)]
+#[command(name = "diskconv", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Which files named inside an image (backing files, data files, extents) may be opened:
+    /// `deny`, `folder` (only under the image's own folder, the default) or `anywhere`.
+    #[arg(long, global = true, default_value = "folder", value_name = "POLICY")]
+    pub references: String,
+
+    /// Worker threads for reading, zero detection and compression (default: one per core).
+    #[arg(long, short = 'm', global = true, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Convert an image to another format (or the same one), skipping zero and unallocated blocks.
+    Convert(ConvertArgs),
+    /// Describe an image: format, sizes, clusters, backing chain, bitmaps, snapshots, flags.
+    Info(InfoArgs),
+    /// List the extents of an image: data, zero or unallocated, and where they come from.
+    Map(MapArgs),
+    /// Compare the contents of two images of any formats. Exit 0: same, 1: different, 2: error.
+    Compare(CompareArgs),
+    /// Check the structure of a qcow2 image. Exit 0: clean, 2: corruptions, 3: leaks only,
+    /// 1: the check could not run.
+    Check(CheckArgs),
+}
+
+/// The input format and snapshot.
+#[derive(Debug, Args)]
+pub struct Input {
+    /// Source format (detected from the content when omitted; never from the file name).
+    #[arg(short = 'f', long = "format", value_name = "FMT")]
+    pub format: Option<String>,
+    /// Read an internal snapshot (qcow2) instead of the active layer: NAME, ID,
+    /// `snapshot.name=NAME` or `snapshot.id=ID`.
+    #[arg(short = 'l', long = "snapshot", value_name = "SNAPSHOT")]
+    pub snapshot: Option<String>,
+}
+
+/// `diskconv convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    #[command(flatten)]
+    pub input: Input,
+    /// Output format: raw or qcow2.
+    #[arg(
+        short = 'O',
+        long = "output-format",
+        value_name = "FMT",
+        default_value = "raw"
+    )]
+    pub output_format: String,
+    /// Output options, `key=value,...`: compat=0.10|1.1, cluster_size=SIZE,
+    /// compression_type=zlib|zstd, preallocation=off|metadata|falloc|full.
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    pub options: Vec<String>,
+    /// Compress the output (qcow2).
+    #[arg(short = 'c', long = "compress")]
+    pub compress: bool,
+    /// Show a progress bar with rate and time left (on a terminal).
+    #[arg(short = 'p', long = "progress")]
+    pub progress: bool,
+    /// Print what was done (bytes of data, zeros, compressed size, time) when finished.
+    #[arg(long)]
+    pub stats: bool,
+    /// The source image or block device.
+    pub src: PathBuf,
+    /// The output file (written under a temporary name, renamed into place on success).
+    pub dst: PathBuf,
+}
+
+/// `diskconv info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub input: Input,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The image.
+    pub image: PathBuf,
+}
+
+/// `diskconv map`.
+#[derive(Debug, Args)]
+pub struct MapArgs {
+    #[command(flatten)]
+    pub input: Input,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The image.
+    pub image: PathBuf,
+}
+
+/// `diskconv compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Format of the first image (detected when omitted).
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format_a: Option<String>,
+    /// Format of the second image (detected when omitted).
+    #[arg(short = 'F', value_name = "FMT")]
+    pub format_b: Option<String>,
+    /// Images of different sizes are different (by default the extra part must read as zeros).
+    #[arg(short = 's', long)]
+    pub strict: bool,
+    /// First image.
+    pub a: PathBuf,
+    /// Second image.
+    pub b: PathBuf,
+}
+
+/// `diskconv check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The image.
+    pub image: PathBuf,
+}
