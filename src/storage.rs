@@ -90,7 +90,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
 /// Writes zero buffers over a range (the fallback when holes cannot be punched).
 fn write_zero_buffers<S: Storage + ?Sized>(s: &S, mut offset: u64, len: u64) -> io::Result<()> {
-    const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
     let end = offset + len;
     while offset < end {
         let n = (end - offset).min(ZEROS.len() as u64) as usize;

@@ -8,7 +8,7 @@ pub const REFTABLE_RESERVED: u64 = 0x1ff;
 
 /// Number of refcounts in one refcount block.
 pub fn entries_per_block(cluster_bits: u32, refcount_order: u32) -> u64 {
-    (1u64 << cluster_bits) * 8 >> refcount_order
+    ((1u64 << cluster_bits) * 8) >> refcount_order
 }
 
 /// Reads refcount `index` from a refcount block of the given width.
