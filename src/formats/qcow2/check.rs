@@ -1397,6 +1397,33 @@ mod tests {
     }
 
     #[test]
+    fn preallocated_zero_cluster_is_counted() {
+        let mut img = Img::new(4);
+        // Guest cluster 1 reads as zeros but keeps host cluster 6; guest cluster 2 is a plain
+        // zero cluster without a host cluster.
+        img.l2(1, 6 * CS | COPIED | l1l2::ZERO);
+        img.l2(2, l1l2::ZERO);
+        let r = img.check();
+        assert!(r.is_clean(), "{r}");
+        assert_eq!(r.allocated_clusters, 2);
+        img.rc(6, 0);
+        let r = img.check();
+        assert!(has(
+            &r,
+            ProblemKind::Corruption,
+            "cluster 6 refcount=0 reference=1"
+        ));
+        // In a version 2 image the zero flag does not exist.
+        let mut img = Img::with(4, |h| h.version = 2);
+        img.l2(1, 6 * CS | COPIED | l1l2::ZERO);
+        let r = img.check();
+        assert!(
+            has(&r, ProblemKind::Corruption, "zero flag set in a version 2"),
+            "{r}"
+        );
+    }
+
+    #[test]
     fn leaked_cluster() {
         let mut img = Img::new(4);
         // Cluster 7: appended, refcount 1, referenced by nothing.
