@@ -68,10 +68,7 @@ fn compare_reports_first_difference_and_exit_codes() {
     let mut bytes = std::fs::read(&b).unwrap();
     bytes[1_000_001] ^= 0xff;
     std::fs::write(&b, &bytes).unwrap();
-    let out = diskconv()
-        .args(["compare", s(&a), s(&b)])
-        .output()
-        .unwrap();
+    let out = diskconv().args(["compare", s(&a), s(&b)]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("offset 1000001"),
@@ -101,10 +98,19 @@ fn bad_options_and_inputs_fail_cleanly() {
         ),
         (vec!["convert", "-O", "raw", "-c"], "cannot be compressed"),
         (
-            vec!["convert", "-O", "qcow2", "-o", "compat=0.10,compression_type=zstd"],
+            vec![
+                "convert",
+                "-O",
+                "qcow2",
+                "-o",
+                "compat=0.10,compression_type=zstd",
+            ],
             "compat=1.1",
         ),
-        (vec!["convert", "--references", "sometimes"], "reference policy"),
+        (
+            vec!["convert", "--references", "sometimes"],
+            "reference policy",
+        ),
         (vec!["convert", "-f", "qcow2"], "qcow2"),
     ] {
         let mut a: Vec<&str> = args.clone();

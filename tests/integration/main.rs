@@ -4,4 +4,5 @@
 //! oracle fails the test instead of skipping it.
 
 mod cli;
+mod qcow2_check;
 mod util;
