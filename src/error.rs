@@ -2,7 +2,7 @@
 //!
 //! Every fallible function returns [`Result`]. An [`Error`] has a stable [`ErrorKind`] (what a
 //! caller branches on) and a chain of causes (what a person reads). Format parsers produce their
-//! own typed errors ([`Qcow2Error`](crate::formats::qcow2::Qcow2Error)) with the byte offset of
+//! own typed errors ([`Qcow2Error`]) with the byte offset of
 //! the structure at fault; the path of the file is attached once, where the file is opened.
 
 use std::fmt;

@@ -3,7 +3,7 @@
 //! A reader answers one question, "what is at this offset, and for how long?"
 //! ([`ImageReader::map`]), and reads bytes. A writer accepts data in ascending order (sequential
 //! formats need it, the others do not mind) and turns it into an image on
-//! [`ImageWriter::finish`]. The convert engine ([`crate::convert`]) is built on these two traits
+//! [`ImageWriter::finish`]. The convert engine ([`crate::convert`](mod@crate::convert)) is built on these two traits
 //! only; it knows no format.
 
 use std::fmt;

@@ -1298,10 +1298,10 @@ mod tests {
                 img.rc(c, 1);
             }
             // Active L1 table: entry 0 -> L2 table at cluster 4, copied flag.
-            img.set64(3 * CS, 4 * CS | COPIED);
+            img.set64(3 * CS, (4 * CS) | COPIED);
             // L2 table: guest cluster 0 -> host cluster 5, guest cluster 1 -> host cluster 6.
-            img.l2(0, 5 * CS | COPIED);
-            img.l2(1, 6 * CS | COPIED);
+            img.l2(0, (5 * CS) | COPIED);
+            img.l2(1, (6 * CS) | COPIED);
             // Data.
             img.b[5 * CS as usize..7 * CS as usize].fill(0xAA);
             img
@@ -1401,7 +1401,7 @@ mod tests {
         let mut img = Img::new(4);
         // Guest cluster 1 reads as zeros but keeps host cluster 6; guest cluster 2 is a plain
         // zero cluster without a host cluster.
-        img.l2(1, 6 * CS | COPIED | l1l2::ZERO);
+        img.l2(1, (6 * CS) | COPIED | l1l2::ZERO);
         img.l2(2, l1l2::ZERO);
         let r = img.check();
         assert!(r.is_clean(), "{r}");
@@ -1415,7 +1415,7 @@ mod tests {
         ));
         // In a version 2 image the zero flag does not exist.
         let mut img = Img::with(4, |h| h.version = 2);
-        img.l2(1, 6 * CS | COPIED | l1l2::ZERO);
+        img.l2(1, (6 * CS) | COPIED | l1l2::ZERO);
         let r = img.check();
         assert!(
             has(&r, ProblemKind::Corruption, "zero flag set in a version 2"),
@@ -1486,7 +1486,7 @@ mod tests {
     fn two_l2_entries_share_a_cluster() {
         let mut img = Img::new(4);
         // Guest cluster 1 -> host cluster 5 as well; cluster 6 is freed.
-        img.l2(1, 5 * CS | COPIED);
+        img.l2(1, (5 * CS) | COPIED);
         img.rc(6, 0);
         let r = img.check();
         assert!(
@@ -1505,7 +1505,7 @@ mod tests {
     #[test]
     fn l2_entry_pointing_at_l1_table_overlaps() {
         let mut img = Img::new(4);
-        img.l2(1, 3 * CS | COPIED);
+        img.l2(1, (3 * CS) | COPIED);
         img.rc(6, 0);
         let r = img.check();
         let text = r.to_string();
@@ -1527,7 +1527,7 @@ mod tests {
     fn l1_entry_pointing_at_refcount_block_overlaps() {
         let mut img = Img::new(4);
         // The L2 table is said to be the refcount block (cluster 2); cluster 4 is freed.
-        img.set64(3 * CS, 2 * CS | COPIED);
+        img.set64(3 * CS, (2 * CS) | COPIED);
         img.rc(4, 0);
         let r = img.check();
         assert!(
@@ -1544,9 +1544,9 @@ mod tests {
     fn reserved_bits_and_alignment() {
         let mut img = Img::new(4);
         // L1 entry bit 57 is reserved.
-        img.set64(3 * CS, 4 * CS | COPIED | 1 << 57);
+        img.set64(3 * CS, (4 * CS) | COPIED | 1 << 57);
         // L2 entry bit 1 is reserved.
-        img.l2(0, 5 * CS | COPIED | 2);
+        img.l2(0, (5 * CS) | COPIED | 2);
         let r = img.check();
         assert!(
             has(&r, ProblemKind::Corruption, "reserved bits set in L1 entry"),
@@ -1570,7 +1570,7 @@ mod tests {
 
         let mut img = Img::new(4);
         // Refcount table entry with a reserved bit: its refcounts cannot be read.
-        img.set64(CS, 2 * CS | 0x10);
+        img.set64(CS, (2 * CS) | 0x10);
         let r = img.check();
         assert!(
             has(
@@ -1740,9 +1740,9 @@ mod tests {
     fn extended_l2_entries() {
         let mut img = Img::with(4, |h| h.incompatible_features |= INCOMPAT_EXTL2);
         // Extended L2 entries are 16 bytes: entry 1 is at byte 16.
-        img.l2(0, 5 * CS | COPIED);
+        img.l2(0, (5 * CS) | COPIED);
         img.l2(1, 1); // subcluster 0 of guest cluster 0 allocated
-        img.l2(2, 6 * CS | COPIED);
+        img.l2(2, (6 * CS) | COPIED);
         img.l2(3, 0x0000_0000_ffff_ffff); // all of guest cluster 1 allocated
         let r = img.check();
         assert!(r.is_clean(), "{r}");
@@ -1831,7 +1831,7 @@ mod tests {
 
         // A bitmap table entry with a reserved bit.
         let mut img = with_bitmap();
-        img.set64(8 * CS, 9 * CS | 1 << 60);
+        img.set64(8 * CS, (9 * CS) | (1 << 60));
         let r = img.check();
         assert!(
             has(&r, ProblemKind::Corruption, "bitmap 'b0' table entry 0"),

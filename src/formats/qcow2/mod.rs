@@ -9,7 +9,7 @@
 //! - [`bitmaps`]: the persistent dirty bitmap directory;
 //! - [`reader`]: [`Qcow2Reader`], an [`ImageReader`](crate::image::ImageReader) over the above;
 //! - [`writer`]: [`Qcow2Writer`], a streaming [`ImageWriter`](crate::image::ImageWriter);
-//! - [`check`]: structural consistency check (`diskconv check`).
+//! - [`check`](mod@check): structural consistency check (`diskconv check`).
 //!
 //! The specification is qemu's `docs/interop/qcow2.txt`; section names in comments refer to it.
 
