@@ -1,5 +1,5 @@
 //! `cargo bench --bench convert -- [--size 2G] [--runs N] [--workdir DIR] [--keep] [--json FILE]
-//! [--only CASE[,CASE]] [--warmup]`
+//! [--only CASE[,CASE]] [--no-warmup]`
 //!
 //! Converts one realistic disk image (see `common/source.rs`) with the release `diskconv` binary
 //! and, when it is on PATH, with `qemu-img convert`, case by case in the same run, and prints wall
@@ -118,7 +118,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: cargo bench --bench convert -- [--size 2G] [--runs N] [--workdir DIR] \
-[--keep] [--json FILE] [--only CASE[,CASE...]] [--warmup]
+[--keep] [--json FILE] [--only CASE[,CASE...]] [--no-warmup]
 cases: raw-qcow2 raw-qcow2-zlib raw-qcow2-zstd qcow2-raw raw-raw";
 
 fn target_dir() -> PathBuf {
@@ -157,7 +157,7 @@ fn parse_args() -> Result<Args, String> {
         keep: false,
         json: target_dir().join("bench-results.json"),
         only: None,
-        warmup: false,
+        warmup: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -177,6 +177,7 @@ fn parse_args() -> Result<Args, String> {
             "--json" => a.json = value("--json")?.into(),
             "--keep" => a.keep = true,
             "--warmup" => a.warmup = true,
+            "--no-warmup" => a.warmup = false,
             "--only" => {
                 let v = value("--only")?;
                 let names: Vec<String> = v.split(',').map(|s| s.trim().to_owned()).collect();
