@@ -13,9 +13,8 @@ pub fn in_ci() -> bool {
 
 /// Whether `tool` is on PATH. In CI a missing tool panics; elsewhere the caller skips.
 pub fn require(tool: &str) -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|p| p.join(tool).is_file())
-    });
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()));
     if !found {
         if in_ci() {
             panic!("{tool} is required in CI (CI=true) but is not on PATH");
@@ -49,7 +48,9 @@ pub fn tmpdir() -> tempfile::TempDir {
 
 /// Runs a command, panicking with its output when it fails.
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
@@ -108,7 +109,12 @@ pub fn assert_qemu_check(img: &Path) {
     let v: serde_json::Value = serde_json::from_str(&text).expect("check json");
     for key in ["corruptions", "leaks", "check-errors"] {
         let n = v.get(key).and_then(|x| x.as_u64()).unwrap_or(0);
-        assert_eq!(n, 0, "qemu-img check {}: {key} = {n}: {text}", img.display());
+        assert_eq!(
+            n,
+            0,
+            "qemu-img check {}: {key} = {n}: {text}",
+            img.display()
+        );
     }
 }
 
