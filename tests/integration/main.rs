@@ -3,4 +3,6 @@
 //! Oracles (qemu-img, imago) make the inputs and check the outputs. With `CI=true` a missing
 //! oracle fails the test instead of skipping it.
 
+mod contract;
+mod qcow2_read;
 mod util;

@@ -432,7 +432,8 @@ mod tests {
         push_set_ranges(&[0b0000_0011, 0b0000_0010], 0, 9, 1 << 20, &mut out);
         assert_eq!(out, vec![0..1024, 9 * 512..10 * 512]);
         // A run across a word of 0xff and into the next bytes, merged with the previous range.
-        let mut out = vec![0..512];
+        let mut out: Vec<Range<u64>> = Vec::new();
+        out.push(0..512);
         let mut data = vec![0xffu8; 16];
         data[10] = 0x0f;
         data[11..].fill(0);
