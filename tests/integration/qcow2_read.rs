@@ -483,6 +483,23 @@ fn persistent_bitmaps_and_dirty_ranges() {
     let err = ctx_reader.dirty_ranges("missing").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     assert!(err.to_string().contains("'b4k'"), "{err}");
+
+    // Bitmap table entries without data: 1 = all ones, 0 = all zeros; reserved bits = corrupt.
+    let table = ctx_reader.bitmaps()[0].table_offset;
+    drop(ctx_reader);
+    for (entry, want) in [(1u64, Ok(vec![0..8 * MIB])), (0, Ok(vec![])), (2, Err(()))] {
+        patch(&img, table, &entry.to_be_bytes());
+        let r = diskconv::open_qcow2(&img, &opts).unwrap();
+        match (r.dirty_ranges("b64k"), want) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "entry {entry:#x}"),
+            (Err(e), Err(())) => {
+                assert_eq!(e.kind(), ErrorKind::Corrupt);
+                assert!(e.to_string().contains("bitmap table at"), "{e}");
+                assert!(e.to_string().contains("reserved bits"), "{e}");
+            }
+            (got, want) => panic!("entry {entry:#x}: got {got:?}, want {want:?}"),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1279,6 +1279,44 @@ mod tests {
     }
 
     #[test]
+    fn l2_cache_is_bounded() {
+        // 2 MiB clusters: 16 tables fit in 32 MiB.
+        let c = L2Cache::new(2 << 20);
+        assert_eq!(c.max_tables, 16);
+        for i in 0..40u64 {
+            c.insert(i, vec![i; 4].into());
+        }
+        let inner = c.inner.lock().unwrap();
+        assert_eq!(inner.tables.len(), 16);
+        assert_eq!(inner.order.len(), 16);
+        drop(inner);
+        // The oldest went first.
+        assert!(c.get(0).is_none());
+        assert_eq!(c.get(39).unwrap()[0], 39);
+        // Re-inserting a present table does not grow the queue.
+        c.insert(39, vec![0; 4].into());
+        assert_eq!(c.inner.lock().unwrap().order.len(), 16);
+    }
+
+    #[test]
+    fn reads_from_many_threads() {
+        let r = open_mem(image()).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let r = &r;
+                s.spawn(move || {
+                    let mut b = vec![0u8; 4096 + t as usize * 100];
+                    for i in 0..50u64 {
+                        let off = (i * 7919 + t * 13) % (65536 - b.len() as u64);
+                        r.read_at(&mut b, off).unwrap();
+                        assert!(b.iter().all(|&x| x == 0xab));
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
     fn unknown_snapshot_lists_the_available_ones() {
         let s = vec![Qcow2Snapshot {
             entry_offset: 0,
