@@ -487,7 +487,11 @@ fn persistent_bitmaps_and_dirty_ranges() {
     // Bitmap table entries without data: 1 = all ones, 0 = all zeros; reserved bits = corrupt.
     let table = ctx_reader.bitmaps()[0].table_offset;
     drop(ctx_reader);
-    for (entry, want) in [(1u64, Ok(vec![0..8 * MIB])), (0, Ok(vec![])), (2, Err(()))] {
+    for (entry, want) in [
+        (1u64, Ok(Vec::from([0..8 * MIB]))),
+        (0, Ok(vec![])),
+        (2, Err(())),
+    ] {
         patch(&img, table, &entry.to_be_bytes());
         let r = diskconv::open_qcow2(&img, &opts).unwrap();
         match (r.dirty_ranges("b64k"), want) {
