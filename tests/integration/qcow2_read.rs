@@ -488,7 +488,7 @@ fn persistent_bitmaps_and_dirty_ranges() {
     let table = ctx_reader.bitmaps()[0].table_offset;
     drop(ctx_reader);
     for (entry, want) in [
-        (1u64, Ok(Vec::from([0..8 * MIB]))),
+        (1u64, Ok(std::iter::once(0..8 * MIB).collect::<Vec<_>>())),
         (0, Ok(vec![])),
         (2, Err(())),
     ] {
