@@ -35,5 +35,5 @@ pub mod util;
 pub use convert::{ConvertOptions, ConvertStats, Progress, convert, convert_to_path};
 pub use error::{Error, ErrorKind, Result};
 pub use image::{Extent, ExtentKind, Format, ImageInfo, ImageReader, ImageWriter};
-pub use open::{OpenOptions, ReferencePolicy, open, open_storage};
+pub use open::{OpenOptions, ReferencePolicy, open, open_qcow2, open_storage};
 pub use output::{OutputOptions, convert_file, create_writer};

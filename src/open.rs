@@ -124,6 +124,36 @@ pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Box<dyn ImageR
     ctx.open_path(path, opts.format, opts.snapshot.as_deref())
 }
 
+/// Opens the qcow2 image at `path` as a concrete [`Qcow2Reader`], for what only qcow2 has
+/// (persistent dirty bitmaps, the header, the snapshot table). Same rules as [`open`]: the
+/// file is opened read-only, files it names go through the reference policy, and
+/// `opts.snapshot` selects an internal snapshot. `opts.format` is ignored.
+pub fn open_qcow2(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Qcow2Reader> {
+    let path = path.as_ref();
+    let canonical = std::fs::canonicalize(path)
+        .map_err(|e| Error::io("opening", e))
+        .in_file(path)?;
+    let root = canonical
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let storage = FileStorage::open_read_only(&canonical)
+        .map_err(|e| Error::io("opening read-only", e))
+        .in_file(path)?;
+    let ctx = OpenContext {
+        opts,
+        root: Some(root),
+        chain: vec![canonical.clone()],
+    };
+    Qcow2Reader::open(
+        Arc::new(storage),
+        Some(&canonical),
+        &ctx,
+        opts.snapshot.as_deref(),
+    )
+    .in_file(path)
+}
+
 /// Opens an image held in an arbitrary [`Storage`] (memory, a file opened by the caller).
 ///
 /// Such an image has no folder, so any file it names is refused.

@@ -4,5 +4,7 @@
 //! oracle fails the test instead of skipping it.
 
 mod cli;
+mod contract;
 mod qcow2_check;
+mod qcow2_read;
 mod util;
