@@ -3,4 +3,5 @@
 //! Oracles (qemu-img, imago) make the inputs and check the outputs. With `CI=true` a missing
 //! oracle fails the test instead of skipping it.
 
+mod qcow2_write;
 mod util;

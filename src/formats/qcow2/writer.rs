@@ -31,6 +31,10 @@
 //! number of compressed clusters touching it (at most 65535, the 16-bit limit; a new host
 //! cluster is started before that).
 //!
+//! A virtual size that is not a multiple of 512 is rounded up to whole sectors in the header,
+//! as `qemu-img convert` does: qemu drops a partial last sector otherwise. The padding reads as
+//! zeros; [`ImageWriter::virtual_size`] still reports the exact size.
+//!
 //! # Memory
 //!
 //! Independent of the virtual size except for two small tables: one L2 table and one refcount
@@ -222,8 +226,8 @@ impl Qcow2Writer {
         }
         let cb = opts.cluster_bits;
         let cs = 1u64 << cb;
-        let hdr = Qcow2Header::new(opts.version, cb, size);
-        let l1_size = hdr.l1_entries_needed(size);
+        let hdr = Qcow2Header::new(opts.version, cb, header_size(size));
+        let l1_size = hdr.l1_entries_needed(header_size(size));
         if l1_size * 8 > MAX_L1_BYTES {
             return Err(invalid_arg(format!(
                 "a virtual size of {size} bytes needs an L1 table of {} bytes with {cs}-byte \
@@ -860,7 +864,11 @@ impl Qcow2Writer {
             .sync()
             .map_err(|e| Error::io("syncing the qcow2 output", e))?;
 
-        let mut hdr = Qcow2Header::new(self.opts.version, self.opts.cluster_bits, self.size);
+        let mut hdr = Qcow2Header::new(
+            self.opts.version,
+            self.opts.cluster_bits,
+            header_size(self.size),
+        );
         hdr.l1_size = self.l1.len() as u32;
         hdr.l1_table_offset = self.l1_offset;
         hdr.refcount_table_offset = self.reftable_offset;
@@ -885,6 +893,16 @@ impl Qcow2Writer {
         }
         r
     }
+}
+
+/// The virtual size recorded in the header: rounded up to whole 512-byte sectors.
+///
+/// qemu counts a disk in sectors and drops a partial last sector of an image whose header
+/// size is not a multiple of 512 (`total_sectors = size / 512`), and `qemu-img convert` rounds
+/// the size up for the same reason; we do the same, so the last bytes of such a disk stay
+/// readable. The padding reads as zeros (the last cluster is padded with zeros anyway).
+fn header_size(size: u64) -> u64 {
+    size.div_ceil(512) * 512
 }
 
 /// Number of refcount blocks needed to cover `n` clusters placed before them plus the blocks
@@ -1078,6 +1096,13 @@ mod tests {
         (guest, walk)
     }
 
+    /// The guest bytes read back equal `data`, plus zeros up to the next 512-byte boundary.
+    fn eq_padded(guest: &[u8], data: &[u8]) -> bool {
+        guest.len() == data.len().div_ceil(512) * 512
+            && &guest[..data.len()] == data
+            && guest[data.len()..].iter().all(|&b| b == 0)
+    }
+
     /// Data clusters, zero clusters, compressible and incompressible ones, by cluster index.
     fn pattern(len: usize, cs: usize) -> Vec<u8> {
         let mut s = 0x1234_5678_9abc_def1u64;
@@ -1158,10 +1183,11 @@ mod tests {
         let data = pattern(5 * (1 << 20) + 4097, cs);
         let file = write_image(&data, &opts(3, 16));
         let (guest, walk) = read_back(&file);
-        assert!(guest == data, "guest data differs");
+        assert!(eq_padded(&guest, &data), "guest data differs");
         let h = walk.header.unwrap();
         assert_eq!(h.version, 3);
-        assert_eq!(h.size, data.len() as u64);
+        // qemu counts the disk in 512-byte sectors: the size is rounded up, like qemu-img does.
+        assert_eq!(h.size, (data.len() as u64).div_ceil(512) * 512);
         assert_eq!(h.compression_type, CompressionType::Zlib);
         assert_eq!(h.incompatible_features, 0);
         // Clusters 0, 5, 10, ... are zero and not allocated; nothing is zero-allocated.
@@ -1174,7 +1200,7 @@ mod tests {
         assert_eq!(walk.shared, 0);
         // Same result through the convert engine.
         let file2 = convert_image(&data, &opts(3, 16));
-        assert!(read_back(&file2).0 == data);
+        assert!(eq_padded(&read_back(&file2).0, &data));
     }
 
     #[test]
@@ -1191,7 +1217,10 @@ mod tests {
             let o = opts(version, bits);
             for file in [write_image(&data, &o), convert_image(&data, &o)] {
                 let (guest, walk) = read_back(&file);
-                assert!(guest == data, "v{version} {cs}: guest data differs");
+                assert!(
+                    eq_padded(&guest, &data),
+                    "v{version} {cs}: guest data differs"
+                );
                 let h = walk.header.unwrap();
                 assert_eq!(h.version, version);
                 assert_eq!(h.cluster_bits, bits);
@@ -1226,7 +1255,10 @@ mod tests {
                     ("write_at", write_image(&data, &o)),
                 ] {
                     let (guest, walk) = read_back(&file);
-                    assert!(guest == data, "{ty:?} {cs} {how}: guest data differs");
+                    assert!(
+                        eq_padded(&guest, &data),
+                        "{ty:?} {cs} {how}: guest data differs"
+                    );
                     let h = walk.header.unwrap();
                     assert_eq!(h.compression_type, ty);
                     assert_eq!(
@@ -1252,7 +1284,7 @@ mod tests {
             ..opts(2, 16)
         };
         let (guest, walk) = read_back(&convert_image(&data, &o));
-        assert!(guest == data);
+        assert!(eq_padded(&guest, &data));
         assert!(walk.compressed > 0);
         assert_eq!(walk.header.unwrap().version, 2);
     }
@@ -1273,7 +1305,7 @@ mod tests {
                 };
                 let file = write_image(&data, &o);
                 let (guest, walk) = read_back(&file);
-                assert!(guest == data, "v{version} {mode:?}");
+                assert!(eq_padded(&guest, &data), "v{version} {mode:?}");
                 let total = (data.len() as u64).div_ceil(cs as u64);
                 assert_eq!(walk.unallocated, 0, "v{version} {mode:?}");
                 if version == 3 {
@@ -1302,7 +1334,7 @@ mod tests {
             Box::new(w).finish().unwrap();
             let file = st.to_vec();
             let (guest, walk) = read_back(&file);
-            assert_eq!(guest.len() as u64, size);
+            assert_eq!(guest.len() as u64, size.div_ceil(512) * 512);
             assert!(guest.iter().all(|&b| b == 0));
             assert_eq!(walk.normal + walk.compressed + walk.zero_alloc, 0);
             // Header, L1 (when there is one), refcount table, one refcount block.
