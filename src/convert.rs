@@ -164,7 +164,18 @@ pub fn convert(
                             let r = if stop.load(Ordering::Relaxed) {
                                 Err(Error::Cancelled)
                             } else {
-                                prepare_chunk(src, offset, len, granule, compressor.as_deref())
+                                // A panic in a codec must not leave the writer loop waiting
+                                // for a result that never comes: turn it into an error.
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    prepare_chunk(src, offset, len, granule, compressor.as_deref())
+                                }))
+                                .unwrap_or_else(|p| {
+                                    Err(Error::Corrupt(format!(
+                                        "internal error: a conversion worker panicked at offset \
+                                         {offset:#x}: {}",
+                                        panic_message(&p)
+                                    )))
+                                })
                             };
                             let _ = tx.send((index, r.map(Item::Chunk)));
                         });
@@ -234,6 +245,13 @@ pub fn convert(
     dst.finish()?;
     stats.elapsed = start.elapsed();
     Ok(stats)
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 fn account(stats: &mut ConvertStats, c: &Chunk) {
@@ -526,5 +544,59 @@ mod tests {
         )
         .unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), pattern(1 << 20));
+    }
+
+    /// A raw writer whose compressor panics: the engine must report it, not hang.
+    #[derive(Debug)]
+    struct PanickyWriter(RawWriter);
+
+    struct Boom;
+
+    impl Compressor for Boom {
+        fn compress(&self, _input: &[u8], _out: &mut Vec<u8>) -> Result<bool> {
+            panic!("codec exploded");
+        }
+    }
+
+    impl ImageWriter for PanickyWriter {
+        fn format(&self) -> crate::Format {
+            self.0.format()
+        }
+        fn virtual_size(&self) -> u64 {
+            self.0.virtual_size()
+        }
+        fn granularity(&self) -> u64 {
+            self.0.granularity()
+        }
+        fn needs_sequential(&self) -> bool {
+            true
+        }
+        fn compressor(&self) -> Option<Arc<dyn Compressor>> {
+            Some(Arc::new(Boom))
+        }
+        fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+            self.0.write_at(buf, offset)
+        }
+        fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+            self.0.write_zeroes(offset, len)
+        }
+        fn finish(self: Box<Self>) -> Result<()> {
+            Box::new(self.0).finish()
+        }
+    }
+
+    #[test]
+    fn a_panicking_worker_is_an_error_not_a_hang() {
+        let src = RawReader::new(Arc::new(MemStorage::from_vec(pattern(4 << 20))), None).unwrap();
+        let w =
+            RawWriter::create(Arc::new(MemStorage::new()), 4 << 20, Preallocation::Off).unwrap();
+        let e = convert(
+            &src,
+            Box::new(PanickyWriter(w)),
+            &ConvertOptions::default(),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("codec exploded"), "{e}");
     }
 }

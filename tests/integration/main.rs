@@ -5,6 +5,8 @@
 
 mod cli;
 mod contract;
+mod convert;
 mod qcow2_check;
 mod qcow2_read;
+mod qcow2_write;
 mod util;

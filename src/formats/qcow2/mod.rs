@@ -15,6 +15,7 @@
 
 pub mod bitmaps;
 pub mod check;
+pub mod compress;
 pub mod header;
 pub mod l1l2;
 pub mod reader;
