@@ -217,3 +217,16 @@ fn block_device_source() {
     run_ok(&["convert", &dev.0, s(&dst)]);
     assert_eq!(util::sha256_file(&src), util::sha256_file(&dst));
 }
+
+#[test]
+fn raw_reader_meets_the_contract_on_a_sparse_file() {
+    let dir = tmpdir();
+    let src = dir.path().join("sparse.raw");
+    make_raw(&src, (4 << 20) + 123, 5);
+    let img = diskconv::open(&src, &diskconv::OpenOptions::default()).unwrap();
+    let bytes = std::fs::read(&src).unwrap();
+    crate::contract::check_reader(img.as_ref(), &bytes);
+    // Holes are reported without reading them (on file systems that report holes).
+    let e = img.map(65536, u64::MAX).unwrap();
+    assert_eq!(e.offset, 65536);
+}
