@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -118,6 +118,8 @@ pub fn convert(
             .is_some_and(|c| c.load(Ordering::Relaxed))
     };
     let stop = AtomicBool::new(false);
+    // Chunk buffers handed back by the writer loop for reuse by the workers.
+    let pool: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
     let mut stats = ConvertStats {
         virtual_size: size,
@@ -158,6 +160,7 @@ pub fn convert(
                         let compressor = compressor.clone();
                         let index = next_index;
                         let stop = &stop;
+                        let pool = &pool;
                         next_index += 1;
                         running += 1;
                         scope.spawn(move |_| {
@@ -167,7 +170,15 @@ pub fn convert(
                                 // A panic in a codec must not leave the writer loop waiting
                                 // for a result that never comes: turn it into an error.
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                    prepare_chunk(src, offset, len, granule, compressor.as_deref())
+                                    let buf = pool.lock().ok().and_then(|mut p| p.pop());
+                                    prepare_chunk(
+                                        src,
+                                        offset,
+                                        len,
+                                        granule,
+                                        compressor.as_deref(),
+                                        buf.unwrap_or_default(),
+                                    )
                                 }))
                                 .unwrap_or_else(|p| {
                                     Err(Error::Corrupt(format!(
@@ -201,6 +212,15 @@ pub fn convert(
                         dst.write_chunk(c)
                     }
                 };
+                if let Item::Chunk(c) = item {
+                    // Recycle the buffer: fresh multi-megabyte allocations cost a page fault
+                    // per 4 KiB and a kernel-side clear on every chunk.
+                    if let Ok(mut p) = pool.lock() {
+                        if p.len() < max_in_flight {
+                            p.push(c.data);
+                        }
+                    }
+                }
                 if let Err(e) = r {
                     failure = Some(e);
                     break;
@@ -327,8 +347,11 @@ fn prepare_chunk(
     len: u64,
     granule: u64,
     compressor: Option<&dyn Compressor>,
+    mut data: Vec<u8>,
 ) -> Result<Chunk> {
-    let mut data = vec![0u8; len as usize];
+    // Every byte is overwritten below (data read, holes zero-filled), so a recycled buffer's
+    // old contents never leak through.
+    data.resize(len as usize, 0);
     read_skipping_holes(src, &mut data, offset)?;
     let count = len.div_ceil(granule) as usize;
     let mut chunk = Chunk {
