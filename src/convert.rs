@@ -3,8 +3,8 @@
 //! The calling thread plans the work by walking the source's extents: runs of zero or
 //! unallocated disk become one "zeroes" item without reading anything; the rest is cut into
 //! chunks (2 MiB by default, a whole number of the writer's granules). Chunks are read,
-//! zero-detected granule by granule and, when the writer asks for it, compressed on the rayon
-//! pool, with at most [`ConvertOptions::max_in_flight`] chunks in memory at once. The calling
+//! zero-detected granule by granule and, when the writer asks for it, compressed on worker
+//! threads (one per core; they block when idle instead of spinning), with at most [`ConvertOptions::max_in_flight`] chunks in memory at once. The calling
 //! thread hands the finished items to the writer strictly in ascending order, so sequential
 //! formats (compressed qcow2, streamOptimized VMDK) work the same as random-access ones.
 //!
@@ -49,6 +49,8 @@ pub struct ConvertOptions {
     pub max_in_flight: usize,
     /// Set from any thread to stop the conversion with [`Error::Cancelled`].
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Worker threads (default: the size of the rayon pool, one per core unless configured).
+    pub threads: Option<usize>,
 }
 
 impl Default for ConvertOptions {
@@ -57,6 +59,7 @@ impl Default for ConvertOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             max_in_flight: (rayon::current_num_threads() * 2).max(4),
             cancel: None,
+            threads: None,
         }
     }
 }
@@ -134,7 +137,61 @@ pub fn convert(
         pos: 0,
     };
 
-    let result: Result<()> = rayon::in_place_scope(|scope| {
+    // Dedicated worker threads that block when idle: on small machines a spinning pool takes
+    // CPU time from the thread that issues the writes.
+    let workers = opts
+        .threads
+        .unwrap_or_else(rayon::current_num_threads)
+        .max(1);
+    let (job_tx, job_rx) = mpsc::sync_channel::<Job>(max_in_flight);
+    let job_rx = Mutex::new(job_rx);
+
+    let result: Result<()> = std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (job_rx, stop, pool, compressor) = (&job_rx, &stop, &pool, compressor.clone());
+            scope.spawn(move || {
+                loop {
+                    // The lock is held only while waiting for the next job.
+                    let job = match job_rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(Job { index, offset, len }) = job else {
+                        return; // channel closed: no more work
+                    };
+                    let r = if stop.load(Ordering::Relaxed) {
+                        Err(Error::Cancelled)
+                    } else {
+                        // A panic in a codec must not leave the writer loop waiting for a
+                        // result that never comes: turn it into an error.
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            let buf = pool.lock().ok().and_then(|mut p| p.pop());
+                            prepare_chunk(
+                                src,
+                                offset,
+                                len,
+                                granule,
+                                compressor.as_deref(),
+                                buf.unwrap_or_default(),
+                            )
+                        }))
+                        .unwrap_or_else(|p| {
+                            Err(Error::Corrupt(format!(
+                                "internal error: a conversion worker panicked at offset \
+                                 {offset:#x}: {}",
+                                panic_message(&p)
+                            )))
+                        })
+                    };
+                    if tx.send((index, r.map(Item::Chunk))).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        // Workers exit when this sender is dropped, whichever way the loop below ends.
+        let job_tx = job_tx;
         let mut next_index = 0u64; // index of the next item to plan
         let mut next_write = 0u64; // index of the next item to hand to the writer
         let mut ready: BTreeMap<u64, Item> = BTreeMap::new();
@@ -156,40 +213,19 @@ pub fn convert(
                         next_index += 1;
                     }
                     Ok(Some(Planned::Data { offset, len })) => {
-                        let tx = tx.clone();
-                        let compressor = compressor.clone();
-                        let index = next_index;
-                        let stop = &stop;
-                        let pool = &pool;
+                        let job = Job {
+                            index: next_index,
+                            offset,
+                            len,
+                        };
                         next_index += 1;
                         running += 1;
-                        scope.spawn(move |_| {
-                            let r = if stop.load(Ordering::Relaxed) {
-                                Err(Error::Cancelled)
-                            } else {
-                                // A panic in a codec must not leave the writer loop waiting
-                                // for a result that never comes: turn it into an error.
-                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                    let buf = pool.lock().ok().and_then(|mut p| p.pop());
-                                    prepare_chunk(
-                                        src,
-                                        offset,
-                                        len,
-                                        granule,
-                                        compressor.as_deref(),
-                                        buf.unwrap_or_default(),
-                                    )
-                                }))
-                                .unwrap_or_else(|p| {
-                                    Err(Error::Corrupt(format!(
-                                        "internal error: a conversion worker panicked at offset \
-                                         {offset:#x}: {}",
-                                        panic_message(&p)
-                                    )))
-                                })
-                            };
-                            let _ = tx.send((index, r.map(Item::Chunk)));
-                        });
+                        // Never blocks: fewer than `max_in_flight` jobs are outstanding.
+                        if job_tx.send(job).is_err() {
+                            failure = Some(Error::Corrupt(
+                                "internal error: the conversion workers stopped".into(),
+                            ));
+                        }
                     }
                     Err(e) => failure = Some(e),
                 }
@@ -287,6 +323,13 @@ fn account(stats: &mut ConvertStats, c: &Chunk) {
         }
     }
     stats.bytes_read += c.data.len() as u64;
+}
+
+/// A chunk for a worker to read and prepare.
+struct Job {
+    index: u64,
+    offset: u64,
+    len: u64,
 }
 
 enum Planned {
@@ -515,6 +558,7 @@ mod tests {
             chunk_size: 1 << 20,
             max_in_flight: 3,
             cancel: None,
+            threads: Some(2),
         };
         let stats = convert(&src, Box::new(w), &opts, Some(&mut cb)).unwrap();
         assert_eq!(out.to_vec(), src_bytes);

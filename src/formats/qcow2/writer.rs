@@ -1170,7 +1170,7 @@ mod tests {
         let copts = ConvertOptions {
             chunk_size: 1 << 20,
             max_in_flight: 4,
-            cancel: None,
+            ..Default::default()
         };
         convert(&src, Box::new(w), &copts, None).unwrap();
         st.to_vec()
