@@ -505,6 +505,116 @@ impl Drop for TempOutput {
     }
 }
 
+/// The files of one output: the target itself, final files beside it (a flat VMDK's extent) and
+/// scratch files. All are created under temporary names in the target's folder; [`commit`]
+/// renames the final ones into place (beside-files first, the target last), and dropping an
+/// uncommitted set removes everything it created.
+///
+/// [`commit`]: OutputFiles::commit
+#[derive(Debug)]
+pub struct OutputFiles {
+    target: PathBuf,
+    main: Option<TempOutput>,
+    siblings: Vec<TempOutput>,
+    scratch: Vec<TempOutput>,
+}
+
+impl OutputFiles {
+    /// An empty set for `target`; nothing is created yet.
+    pub fn new(target: &Path) -> Self {
+        OutputFiles {
+            target: target.to_path_buf(),
+            main: None,
+            siblings: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The final path of the output.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Creates the (temporary) storage that becomes the target. Once per set.
+    pub fn main(&mut self) -> Result<Arc<dyn Storage>> {
+        if self.main.is_some() {
+            return Err(Error::InvalidArgument(
+                "the main output was already created".into(),
+            ));
+        }
+        let (t, s) = TempOutput::create(&self.target)?;
+        self.main = Some(t);
+        Ok(s)
+    }
+
+    /// Creates the storage of another final file, `file_name`, in the target's folder. The name
+    /// must be a plain file name (no folders).
+    pub fn sibling(&mut self, file_name: &str) -> Result<Arc<dyn Storage>> {
+        if file_name.is_empty()
+            || file_name.contains('/')
+            || file_name == "."
+            || file_name == ".."
+            || file_name.contains('\0')
+        {
+            return Err(Error::InvalidArgument(format!(
+                "'{file_name}' is not a plain file name"
+            )));
+        }
+        let path = self.dir().join(file_name);
+        if path == self.target || self.siblings.iter().any(|t| t.target == path) {
+            return Err(Error::InvalidArgument(format!(
+                "output file {} is named twice",
+                path.display()
+            )));
+        }
+        let (t, s) = TempOutput::create(&path)?;
+        self.siblings.push(t);
+        Ok(s)
+    }
+
+    /// Creates a scratch file in the target's folder, removed when the set is committed or
+    /// dropped.
+    pub fn scratch(&mut self) -> Result<Arc<dyn Storage>> {
+        let n = self.scratch.len();
+        let name = format!(
+            "{}.scratch{n}",
+            self.target
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+        let (t, s) = TempOutput::create(&self.dir().join(name))?;
+        self.scratch.push(t);
+        Ok(s)
+    }
+
+    fn dir(&self) -> PathBuf {
+        match self.target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// Renames the final files into place (beside-files first, the target last) and removes
+    /// the scratch files.
+    pub fn commit(self) -> Result<()> {
+        let OutputFiles {
+            main,
+            siblings,
+            scratch,
+            ..
+        } = self;
+        for t in siblings {
+            t.commit()?;
+        }
+        if let Some(m) = main {
+            m.commit()?;
+        }
+        drop(scratch);
+        Ok(())
+    }
+}
+
 /// Converts `src` into a new file at `target`.
 ///
 /// `create` builds the writer over the (empty, temporary) output storage. The target appears
@@ -517,10 +627,22 @@ pub fn convert_to_path(
     opts: &ConvertOptions,
     progress: Option<&mut ProgressFn<'_>>,
 ) -> Result<ConvertStats> {
-    let (temp, storage) = TempOutput::create(target)?;
-    let writer = create(storage)?;
+    convert_to_files(src, target, |files| create(files.main()?), opts, progress)
+}
+
+/// Converts `src` into the files of a new output at `target` (see [`OutputFiles`]): for formats
+/// that write more than one file.
+pub fn convert_to_files(
+    src: &dyn ImageReader,
+    target: &Path,
+    create: impl FnOnce(&mut OutputFiles) -> Result<Box<dyn ImageWriter>>,
+    opts: &ConvertOptions,
+    progress: Option<&mut ProgressFn<'_>>,
+) -> Result<ConvertStats> {
+    let mut files = OutputFiles::new(target);
+    let writer = create(&mut files)?;
     let stats = convert(src, writer, opts, progress)?;
-    temp.commit()?;
+    files.commit()?;
     Ok(stats)
 }
 
@@ -665,5 +787,39 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("codec exploded"), "{e}");
+    }
+
+    #[test]
+    fn output_files_commit_siblings_and_drop_scratch() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("disk.vmdk");
+        let mut files = OutputFiles::new(&target);
+        let main = files.main().unwrap();
+        let ext = files.sibling("disk-flat.vmdk").unwrap();
+        let scratch = files.scratch().unwrap();
+        assert!(files.sibling("../x").is_err());
+        assert!(files.sibling("disk-flat.vmdk").is_err());
+        assert!(files.main().is_err());
+        main.write_all_at(b"desc", 0).unwrap();
+        ext.write_all_at(b"data", 0).unwrap();
+        scratch.write_all_at(b"tmp", 0).unwrap();
+        // Nothing is visible under the final names before the commit.
+        assert!(!target.exists());
+        files.commit().unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"desc");
+        assert_eq!(
+            std::fs::read(dir.path().join("disk-flat.vmdk")).unwrap(),
+            b"data"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+
+        // A set dropped without a commit leaves nothing behind.
+        let other = dir.path().join("other.vmdk");
+        let mut files = OutputFiles::new(&other);
+        files.main().unwrap();
+        files.sibling("other-flat.vmdk").unwrap();
+        files.scratch().unwrap();
+        drop(files);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 }

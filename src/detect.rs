@@ -47,6 +47,13 @@ pub fn detect(storage: &dyn Storage) -> Result<Format> {
     if head.starts_with(&VHD_COOKIE) {
         return Ok(Format::Vhd);
     }
+    if head.len() >= 263 && &head[257..262] == b"ustar" {
+        // A tar whose first member is an OVF descriptor: an OVA package.
+        let name = head[..100].split(|&b| b == 0).next().unwrap_or(&[]);
+        if name.to_ascii_lowercase().ends_with(b".ovf") {
+            return Ok(Format::Ova);
+        }
+    }
     if head.len() >= 0x44 && head[0x40..0x44] == VDI_SIGNATURE {
         return Ok(Format::Vdi);
     }
@@ -92,6 +99,12 @@ mod tests {
         let mut vdi = vec![0u8; 1024];
         vdi[0x40..0x44].copy_from_slice(&VDI_SIGNATURE);
         assert_eq!(detect_bytes(vdi), Format::Vdi);
+        let mut ova = vec![0u8; 1024];
+        ova[..9].copy_from_slice(b"vm/vm.ovf");
+        ova[257..263].copy_from_slice(b"ustar\0");
+        assert_eq!(detect_bytes(ova.clone()), Format::Ova);
+        ova[..9].copy_from_slice(b"vm/vm.txt");
+        assert_eq!(detect_bytes(ova), Format::Raw);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::formats::qcow2::Qcow2Error;
+use crate::formats::vmdk::VmdkError;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -76,6 +77,9 @@ pub enum Error {
     /// A qcow2 structure is invalid, corrupt or unsupported.
     #[error(transparent)]
     Qcow2(#[from] Qcow2Error),
+    /// A VMDK structure is invalid, corrupt or unsupported.
+    #[error(transparent)]
+    Vmdk(#[from] VmdkError),
     /// The content of a file matched no format, or the wrong one.
     #[error("{0}")]
     InvalidFormat(String),
@@ -119,6 +123,7 @@ impl Error {
             }
             Error::File { source, .. } => source.kind(),
             Error::Qcow2(e) => e.kind(),
+            Error::Vmdk(e) => e.kind(),
             Error::InvalidFormat(_) => ErrorKind::InvalidFormat,
             Error::Corrupt(_) => ErrorKind::Corrupt,
             Error::Unsupported(_) => ErrorKind::Unsupported,

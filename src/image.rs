@@ -22,7 +22,7 @@ pub enum Format {
     Raw,
     /// QEMU copy-on-write version 2 or 3.
     Qcow2,
-    /// VMware virtual disk (recognised; reading arrives with VMDK support).
+    /// VMware virtual disk.
     Vmdk,
     /// Microsoft Virtual PC / Hyper-V VHD, called `vpc` by qemu (recognised only, for now).
     Vhd,
@@ -30,6 +30,8 @@ pub enum Format {
     Vhdx,
     /// VirtualBox VDI (recognised only).
     Vdi,
+    /// An OVA package (a tar holding an OVF descriptor, a manifest and VMDK disks).
+    Ova,
 }
 
 impl Format {
@@ -42,17 +44,24 @@ impl Format {
             Format::Vhd => "vpc",
             Format::Vhdx => "vhdx",
             Format::Vdi => "vdi",
+            Format::Ova => "ova",
         }
     }
 
     /// Whether this version can read the format.
     pub fn can_read(self) -> bool {
-        matches!(self, Format::Raw | Format::Qcow2)
+        matches!(
+            self,
+            Format::Raw | Format::Qcow2 | Format::Vmdk | Format::Ova
+        )
     }
 
     /// Whether this version can write the format.
     pub fn can_write(self) -> bool {
-        matches!(self, Format::Raw | Format::Qcow2)
+        matches!(
+            self,
+            Format::Raw | Format::Qcow2 | Format::Vmdk | Format::Ova
+        )
     }
 }
 
@@ -73,9 +82,10 @@ impl FromStr for Format {
             "vpc" | "vhd" => Format::Vhd,
             "vhdx" => Format::Vhdx,
             "vdi" => Format::Vdi,
+            "ova" => Format::Ova,
             other => {
                 return Err(Error::InvalidArgument(format!(
-                    "unknown format '{other}' (known: raw, qcow2, vmdk, vpc/vhd, vhdx, vdi)"
+                    "unknown format '{other}' (known: raw, qcow2, vmdk, vpc/vhd, vhdx, vdi, ova)"
                 )));
             }
         })

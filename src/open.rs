@@ -13,6 +13,8 @@ use crate::detect::detect;
 use crate::error::{Error, Result, ResultExt};
 use crate::formats::qcow2::Qcow2Reader;
 use crate::formats::raw::RawReader;
+use crate::formats::vmdk::VmdkReader;
+use crate::formats::vmdk::ova::open_ova;
 use crate::image::{Format, ImageReader};
 use crate::storage::{FileStorage, Storage};
 
@@ -229,10 +231,11 @@ impl OpenContext<'_> {
         match format {
             Format::Raw => Ok(Box::new(RawReader::new(storage, path)?)),
             Format::Qcow2 => Ok(Box::new(Qcow2Reader::open(storage, path, self, snapshot)?)),
+            Format::Vmdk => Ok(Box::new(VmdkReader::open(storage, path, self)?)),
+            Format::Ova => Ok(Box::new(open_ova(storage, path, self)?)),
             other => Err(Error::Unsupported(format!(
-                "reading {} images is not implemented yet (this build reads raw and qcow2)",
+                "reading {} images is not implemented yet (this build reads raw, qcow2, VMDK and OVA)",
                 match other {
-                    Format::Vmdk => "VMDK",
                     Format::Vhd => "VHD",
                     Format::Vhdx => "VHDX",
                     Format::Vdi => "VDI",

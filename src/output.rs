@@ -1,15 +1,15 @@
 //! Output options (`-O FMT -o key=value,... -c`) and the writer factory.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use crate::convert::{ConvertOptions, ConvertStats, ProgressFn, convert_to_path};
+use crate::convert::{ConvertOptions, ConvertStats, OutputFiles, ProgressFn, convert_to_files};
 use crate::error::{Error, Result};
 use crate::formats::qcow2::header::{CompressionType, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
 use crate::formats::qcow2::{Qcow2WriteOptions, Qcow2Writer};
 use crate::formats::raw::{Preallocation, RawWriter};
+use crate::formats::vmdk::ova::{self, Firmware, OvaOptions};
+use crate::formats::vmdk::{self, AdapterType, VmdkSubformat, VmdkWriteOptions};
 use crate::image::{Format, ImageReader, ImageWriter};
-use crate::storage::Storage;
 use crate::util::parse_size;
 
 /// What to write: the format and its options.
@@ -19,6 +19,10 @@ pub struct OutputOptions {
     pub format: Format,
     /// qcow2 options (also carries the preallocation mode used by raw).
     pub qcow2: Qcow2WriteOptions,
+    /// VMDK options (also used for the disk inside an OVA).
+    pub vmdk: VmdkWriteOptions,
+    /// OVA options (the virtual machine the OVF describes).
+    pub ova: OvaOptions,
 }
 
 impl OutputOptions {
@@ -27,6 +31,8 @@ impl OutputOptions {
         OutputOptions {
             format,
             qcow2: Qcow2WriteOptions::default(),
+            vmdk: VmdkWriteOptions::default(),
+            ova: OvaOptions::default(),
         }
     }
 
@@ -105,11 +111,114 @@ impl OutputOptions {
                 only(&[Format::Qcow2, Format::Raw])?;
                 self.qcow2.preallocation = value.parse()?;
             }
+            "subformat" => {
+                only(&[Format::Vmdk])?;
+                self.vmdk.subformat = match value {
+                    "streamOptimized" => VmdkSubformat::StreamOptimized,
+                    "monolithicSparse" => VmdkSubformat::MonolithicSparse,
+                    "monolithicFlat" => VmdkSubformat::MonolithicFlat,
+                    "vmfs" => VmdkSubformat::Vmfs,
+                    other => {
+                        return Err(Error::InvalidArgument(format!(
+                            "subformat={other}: expected streamOptimized, monolithicSparse, \
+                             monolithicFlat or vmfs"
+                        )));
+                    }
+                };
+            }
+            "adapter_type" => {
+                only(&[Format::Vmdk, Format::Ova])?;
+                self.vmdk.adapter_type = match value {
+                    "lsilogic" => AdapterType::LsiLogic,
+                    "ide" => AdapterType::Ide,
+                    "buslogic" => AdapterType::BusLogic,
+                    "legacyESX" => AdapterType::LegacyEsx,
+                    other => {
+                        return Err(Error::InvalidArgument(format!(
+                            "adapter_type={other}: expected lsilogic, ide, buslogic or legacyESX"
+                        )));
+                    }
+                };
+            }
+            "hwversion" => {
+                only(&[Format::Vmdk, Format::Ova])?;
+                self.vmdk.hw_version = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|v| (4..=99).contains(v))
+                    .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "hwversion={value}: expected a virtual hardware version from 4 to 99"
+                    ))
+                })?;
+            }
+            "name" => {
+                only(&[Format::Ova])?;
+                if value.is_empty()
+                    || !value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "name={value}: use letters, digits, '-', '_' and '.' only"
+                    )));
+                }
+                self.ova.vm_name = value.to_string();
+            }
+            "cpus" => {
+                only(&[Format::Ova])?;
+                self.ova.cpus = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|v| (1..=768).contains(v))
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!("cpus={value}: expected 1 to 768"))
+                    })?;
+            }
+            "memory" => {
+                only(&[Format::Ova])?;
+                // A plain number is MiB (as in VMware's memsize); a suffix gives the unit.
+                let mib = if value.chars().all(|c| c.is_ascii_digit()) {
+                    value.parse::<u64>().ok()
+                } else {
+                    parse_size(value).map(|b| b >> 20)
+                };
+                self.ova.memory_mib = mib.filter(|&m| m >= 4).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "memory={value}: expected MiB (4096) or a size with a unit (4G)"
+                    ))
+                })?;
+            }
+            "os_type" => {
+                only(&[Format::Ova])?;
+                if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
+                    return Err(Error::InvalidArgument(format!(
+                        "os_type={value}: expected a VMware guest id such as otherGuest64 or \
+                         windows2019srv_64Guest"
+                    )));
+                }
+                self.ova.os_type = value.to_string();
+            }
+            "firmware" => {
+                only(&[Format::Ova])?;
+                self.ova.firmware = match value {
+                    "bios" => Firmware::Bios,
+                    "efi" | "uefi" => Firmware::Efi,
+                    other => {
+                        return Err(Error::InvalidArgument(format!(
+                            "firmware={other}: expected bios or efi"
+                        )));
+                    }
+                };
+            }
             other => {
                 return Err(Error::InvalidArgument(format!(
                     "unknown option '{other}' for {fmt} output (known: {})",
                     match fmt {
                         Format::Raw => "preallocation",
+                        Format::Vmdk => "subformat, adapter_type, hwversion",
+                        Format::Ova =>
+                            "name, cpus, memory, os_type, firmware, adapter_type, hwversion",
                         _ => "compat, cluster_size, compression_type, preallocation",
                     }
                 )));
@@ -122,14 +231,16 @@ impl OutputOptions {
     pub fn validate(&self) -> Result<()> {
         if !self.format.can_write() {
             return Err(Error::Unsupported(format!(
-                "writing {} images is not implemented yet (this build writes raw and qcow2)",
+                "writing {} images is not implemented yet (this build writes raw, qcow2, VMDK and OVA)",
                 self.format
             )));
         }
-        if self.format == Format::Raw && self.qcow2.compress {
-            return Err(Error::InvalidArgument(
-                "raw output cannot be compressed (-c needs -O qcow2)".into(),
-            ));
+        if self.format != Format::Qcow2 && self.qcow2.compress {
+            return Err(Error::InvalidArgument(format!(
+                "{} output cannot be compressed with -c (-c is for qcow2; streamOptimized VMDK \
+                 and OVA are always compressed)",
+                self.format
+            )));
         }
         if self.format == Format::Qcow2 {
             let q = &self.qcow2;
@@ -149,16 +260,22 @@ impl OutputOptions {
     }
 }
 
-/// Creates the writer for `opts` over an empty storage.
+/// Creates the writer for `opts` over the output files of one conversion.
 pub fn create_writer(
-    storage: Arc<dyn Storage>,
+    files: &mut OutputFiles,
     size: u64,
     opts: &OutputOptions,
 ) -> Result<Box<dyn ImageWriter>> {
     opts.validate()?;
     Ok(match opts.format {
-        Format::Raw => Box::new(RawWriter::create(storage, size, opts.qcow2.preallocation)?),
-        Format::Qcow2 => Box::new(Qcow2Writer::create(storage, size, &opts.qcow2)?),
+        Format::Raw => Box::new(RawWriter::create(
+            files.main()?,
+            size,
+            opts.qcow2.preallocation,
+        )?),
+        Format::Qcow2 => Box::new(Qcow2Writer::create(files.main()?, size, &opts.qcow2)?),
+        Format::Vmdk => vmdk::writer::create(files, size, &opts.vmdk)?,
+        Format::Ova => ova::create_writer(files, size, &opts.vmdk, &opts.ova)?,
         other => {
             return Err(Error::Unsupported(format!(
                 "writing {other} images is not implemented yet"
@@ -179,10 +296,10 @@ pub fn convert_file(
 ) -> Result<ConvertStats> {
     opts.validate()?;
     let size = src.virtual_size();
-    convert_to_path(
+    convert_to_files(
         src,
         target,
-        |s| create_writer(s, size, opts),
+        |files| create_writer(files, size, opts),
         convert_opts,
         progress,
     )

@@ -55,7 +55,7 @@ pub struct Input {
 pub struct ConvertArgs {
     #[command(flatten)]
     pub input: Input,
-    /// Output format: raw or qcow2.
+    /// Output format: raw, qcow2, vmdk or ova.
     #[arg(
         short = 'O',
         long = "output-format",
@@ -63,8 +63,11 @@ pub struct ConvertArgs {
         default_value = "raw"
     )]
     pub output_format: String,
-    /// Output options, `key=value,...`: compat=0.10|1.1, cluster_size=SIZE,
-    /// compression_type=zlib|zstd, preallocation=off|metadata|falloc|full.
+    /// Output options, `key=value,...`. qcow2: compat=0.10|1.1, cluster_size=SIZE,
+    /// compression_type=zlib|zstd, preallocation=off|metadata|falloc|full. raw: preallocation.
+    /// vmdk: subformat=streamOptimized|monolithicSparse|monolithicFlat|vmfs,
+    /// adapter_type=lsilogic|ide|buslogic|legacyESX, hwversion=N. ova: name=, cpus=, memory=,
+    /// os_type=, firmware=bios|efi, adapter_type=, hwversion=.
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     pub options: Vec<String>,
     /// Compress the output (qcow2).

@@ -1,0 +1,65 @@
+//! Placeholder: replaced by the OVA reader and writer.
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::open::OpenContext;
+use crate::storage::Storage;
+
+use super::VmdkReader;
+
+/// Opens the first disk of the OVA package in `storage`.
+pub fn open_ova(
+    _storage: Arc<dyn Storage>,
+    _path: Option<&Path>,
+    _ctx: &OpenContext<'_>,
+) -> Result<VmdkReader> {
+    Err(Error::Unsupported("OVA reader not built yet".into()))
+}
+
+/// Firmware declared in the OVF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Firmware {
+    /// Legacy BIOS.
+    #[default]
+    Bios,
+    /// UEFI.
+    Efi,
+}
+
+/// The virtual machine an OVA describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OvaOptions {
+    /// Virtual machine name (also the base name of the members).
+    pub vm_name: String,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// OVF operating system type (VMware guest id, e.g. `otherGuest64`, `windows9Server64Guest`).
+    pub os_type: String,
+    /// Firmware.
+    pub firmware: Firmware,
+}
+
+impl Default for OvaOptions {
+    fn default() -> Self {
+        OvaOptions {
+            vm_name: "vm".into(),
+            cpus: 2,
+            memory_mib: 4096,
+            os_type: "otherGuest64".into(),
+            firmware: Firmware::Bios,
+        }
+    }
+}
+
+/// Creates the OVA writer over the output files (placeholder).
+pub fn create_writer(
+    _files: &mut crate::convert::OutputFiles,
+    _size: u64,
+    _vmdk: &super::VmdkWriteOptions,
+    _ova: &OvaOptions,
+) -> crate::error::Result<Box<dyn crate::image::ImageWriter>> {
+    Err(Error::Unsupported("OVA writer not built yet".into()))
+}
