@@ -111,18 +111,7 @@ impl OpenOptions {
 /// ```
 pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Box<dyn ImageReader>> {
     let path = path.as_ref();
-    let canonical = std::fs::canonicalize(path)
-        .map_err(|e| Error::io("opening", e))
-        .in_file(path)?;
-    let root = canonical
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("/"));
-    let ctx = OpenContext {
-        opts,
-        root: Some(root),
-        chain: Vec::new(),
-    };
+    let (ctx, _) = OpenContext::for_top(path, opts)?;
     ctx.open_path(path, opts.format, opts.snapshot.as_deref())
 }
 
@@ -132,21 +121,11 @@ pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Box<dyn ImageR
 /// `opts.snapshot` selects an internal snapshot. `opts.format` is ignored.
 pub fn open_qcow2(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Qcow2Reader> {
     let path = path.as_ref();
-    let canonical = std::fs::canonicalize(path)
-        .map_err(|e| Error::io("opening", e))
-        .in_file(path)?;
-    let root = canonical
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("/"));
+    let (mut ctx, canonical) = OpenContext::for_top(path, opts)?;
     let storage = FileStorage::open_read_only(&canonical)
         .map_err(|e| Error::io("opening read-only", e))
         .in_file(path)?;
-    let ctx = OpenContext {
-        opts,
-        root: Some(root),
-        chain: vec![canonical.clone()],
-    };
+    ctx.chain.push(canonical.clone());
     Qcow2Reader::open(
         Arc::new(storage),
         Some(&canonical),
@@ -178,7 +157,25 @@ pub struct OpenContext<'a> {
     chain: Vec<PathBuf>,
 }
 
-impl OpenContext<'_> {
+impl<'a> OpenContext<'a> {
+    /// The context for opening the image at `path` (the top of a chain): references are
+    /// confined to its folder. Returns the canonical path too.
+    fn for_top(path: &Path, opts: &'a OpenOptions) -> Result<(Self, PathBuf)> {
+        let canonical = std::fs::canonicalize(path)
+            .map_err(|e| Error::io("opening", e))
+            .in_file(path)?;
+        let root = canonical
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let ctx = OpenContext {
+            opts,
+            root: Some(root),
+            chain: Vec::new(),
+        };
+        Ok((ctx, canonical))
+    }
+
     /// Number of images above the one being opened.
     pub fn depth(&self) -> u32 {
         self.chain.len() as u32

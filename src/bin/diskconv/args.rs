@@ -28,9 +28,9 @@ pub enum Command {
     /// Convert an image to another format (or the same one), skipping zero and unallocated blocks.
     Convert(ConvertArgs),
     /// Describe an image: format, sizes, clusters, backing chain, bitmaps, snapshots, flags.
-    Info(InfoArgs),
+    Info(ImageArgs),
     /// List the extents of an image: data, zero or unallocated, and where they come from.
-    Map(MapArgs),
+    Map(ImageArgs),
     /// Compare the contents of two images of any formats. Exit 0: same, 1: different, 2: error.
     Compare(CompareArgs),
     /// Check the structure of a qcow2 image. Exit 0: clean, 2: corruptions, 3: leaks only,
@@ -85,21 +85,9 @@ pub struct ConvertArgs {
     pub dst: PathBuf,
 }
 
-/// `diskconv info`.
+/// `diskconv info` and `diskconv map`: one image, text or JSON.
 #[derive(Debug, Args)]
-pub struct InfoArgs {
-    #[command(flatten)]
-    pub input: Input,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// The image.
-    pub image: PathBuf,
-}
-
-/// `diskconv map`.
-#[derive(Debug, Args)]
-pub struct MapArgs {
+pub struct ImageArgs {
     #[command(flatten)]
     pub input: Input,
     /// Print JSON.

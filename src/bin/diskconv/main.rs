@@ -248,7 +248,7 @@ fn print_info(info: &ImageInfo, out: &mut impl Write, indent: &str) -> std::io::
     Ok(())
 }
 
-fn info(a: args::InfoArgs, policy: ReferencePolicy) -> Result<ExitCode> {
+fn info(a: args::ImageArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     let img = open_input(&a.image, &a.input, policy)?;
     let mut info = img.info();
     if info.filename.is_none() {
@@ -278,7 +278,7 @@ struct MapEntry {
     compressed: bool,
 }
 
-fn map(a: args::MapArgs, policy: ReferencePolicy) -> Result<ExitCode> {
+fn map(a: args::ImageArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     let img = open_input(&a.image, &a.input, policy)?;
     let size = img.virtual_size();
     let mut entries: Vec<MapEntry> = Vec::new();
