@@ -250,7 +250,11 @@ impl OvaWriter {
     /// Writes one member (header, data, padding) at `off`; returns the offset after it.
     fn put_member(&self, name: &str, data: &[u8], off: u64, mtime: u64) -> Result<u64> {
         let len = data.len() as u64;
-        self.put(&tar_header(name, len, mtime)?, off, &format!("{name} header"))?;
+        self.put(
+            &tar_header(name, len, mtime)?,
+            off,
+            &format!("{name} header"),
+        )?;
         let mut body = data.to_vec();
         body.resize(len.div_ceil(BLOCK) as usize * BLOCK as usize, 0);
         self.put(&body, off + BLOCK, name)?;

@@ -299,7 +299,9 @@ pub fn descriptor_text(
     opts: &VmdkWriteOptions,
 ) -> String {
     let (cyl, heads, spt) = opts.adapter_type.geometry(capacity_sectors);
-    let long_cid = format!("{:016x}{:016x}", random_u64(), random_u64());
+    let cid = random_cid();
+    // VMware's longContentID ends with the CID.
+    let long_cid = format!("{:016x}{:08x}{cid:08x}", random_u64(), random_u64() as u32);
     format!(
         "# Disk DescriptorFile\n\
          version=1\n\
@@ -323,7 +325,6 @@ pub fn descriptor_text(
          ddb.toolsVersion = \"2147483647\"\n\
          ddb.uuid = \"{uuid}\"\n\
          ddb.virtualHWVersion = \"{hw}\"\n",
-        cid = random_cid(),
         adapter = opts.adapter_type.ddb_name(),
         uuid = random_uuid_text(),
         hw = opts.hw_version,
@@ -392,7 +393,9 @@ pub fn compress_grain(input: &[u8], out: &mut Vec<u8>) -> Result<()> {
             }
             Ok((Err(e), _, _)) => {
                 *slot = None;
-                Err(Error::Corrupt(format!("deflate of a VMDK grain failed: {e}")))
+                Err(Error::Corrupt(format!(
+                    "deflate of a VMDK grain failed: {e}"
+                )))
             }
             _ => {
                 *slot = None;
@@ -544,7 +547,8 @@ impl<S: GrainStore> GrainWriter<S> {
                 {
                     self.check_range(off, len)?;
                     self.advance_zero(off)?;
-                    self.store.store(off / GRAIN_SIZE, &chunk.data[r], Some(c))?;
+                    self.store
+                        .store(off / GRAIN_SIZE, &chunk.data[r], Some(c))?;
                     self.next = off + len;
                 }
                 _ => self.write_data(&chunk.data[r], off)?,
@@ -1065,10 +1069,8 @@ impl GrainStore for HostedStore {
         let at = u32::try_from(self.next_sector).map_err(|_| too_big(self.next_sector))?;
         self.wb.extend_from_slice(data);
         // A short last grain is padded to a whole grain.
-        self.wb.resize(
-            self.wb.len() + (GRAIN_SIZE as usize - data.len()),
-            0,
-        );
+        self.wb
+            .resize(self.wb.len() + (GRAIN_SIZE as usize - data.len()), 0);
         self.gt[(g % GTES_PER_GT) as usize] = at;
         self.gt_used = true;
         self.next_sector += GRAIN_SECTORS;
@@ -1231,4 +1233,406 @@ pub fn create(
             })
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::{ConvertOptions, convert};
+    use crate::formats::raw::RawReader;
+    use crate::storage::MemStorage;
+    use std::collections::{BTreeMap, HashMap};
+
+    fn u32_at(b: &[u8], i: usize) -> u32 {
+        u32::from_le_bytes(b[i..i + 4].try_into().unwrap())
+    }
+    fn u64_at(b: &[u8], i: usize) -> u64 {
+        u64::from_le_bytes(b[i..i + 8].try_into().unwrap())
+    }
+
+    /// Data grains, zero grains, a repetitive grain, and a short tail.
+    fn pattern(len: usize) -> Vec<u8> {
+        let mut s = 0x1234_5678_9abc_def1u64;
+        let mut v = vec![0u8; len];
+        for (i, b) in v.iter_mut().enumerate() {
+            let g = i / GRAIN_SIZE as usize;
+            *b = match g % 5 {
+                1 | 4 => 0,
+                2 => (i % 61) as u8,
+                _ => {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    s as u8
+                }
+            };
+        }
+        v
+    }
+
+    fn engine_write(
+        data: &[u8],
+        make: impl FnOnce(Arc<dyn Storage>, u64) -> Box<dyn ImageWriter>,
+    ) -> Vec<u8> {
+        let out = Arc::new(MemStorage::new());
+        let w = make(out.clone(), data.len() as u64);
+        let src = RawReader::new(Arc::new(MemStorage::from_vec(data.to_vec())), None).unwrap();
+        let opts = ConvertOptions {
+            chunk_size: 1 << 20,
+            ..Default::default()
+        };
+        convert(&src, w, &opts, None).unwrap();
+        out.to_vec()
+    }
+
+    fn stream_writer(
+        opts: VmdkWriteOptions,
+    ) -> impl FnOnce(Arc<dyn Storage>, u64) -> Box<dyn ImageWriter> {
+        move |s, size| {
+            Box::new(GrainWriter::new(
+                StreamStore::create(s, size, "disk.vmdk", &opts, false).unwrap(),
+                size,
+                "test",
+            ))
+        }
+    }
+
+    fn descriptor_keys(file: &[u8], h: &SparseHeader) -> (String, HashMap<String, String>) {
+        let start = (h.descriptor_offset * SECTOR) as usize;
+        let end = start + (h.descriptor_size * SECTOR) as usize;
+        let text = String::from_utf8(file[start..end].to_vec()).unwrap();
+        let text = text.trim_end_matches('\0').to_string();
+        let mut keys = HashMap::new();
+        for line in text.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                if !line.starts_with('#') {
+                    keys.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
+                }
+            }
+        }
+        (text, keys)
+    }
+
+    fn inflate(c: &[u8]) -> Vec<u8> {
+        let mut d = flate2::Decompress::new(true);
+        let mut out = vec![0u8; GRAIN_SIZE as usize];
+        let st = d
+            .decompress(c, &mut out, flate2::FlushDecompress::Finish)
+            .unwrap();
+        assert_eq!(st, flate2::Status::StreamEnd);
+        assert_eq!(d.total_out(), GRAIN_SIZE);
+        assert_eq!(d.total_in() as usize, c.len(), "size field = stream length");
+        out
+    }
+
+    /// Walks a streamOptimized file field by field; returns the virtual disk it holds.
+    fn parse_stream(file: &[u8], size: usize) -> Vec<u8> {
+        let h = SparseHeader::parse(file, 0).unwrap();
+        assert_eq!(&file[0..4], b"KDMV");
+        assert_eq!(h.version, 3);
+        assert_eq!(h.flags, 0x0003_0001);
+        assert_eq!(h.capacity, size.div_ceil(512) as u64);
+        assert_eq!(h.grain_size, 128);
+        assert_eq!(h.num_gtes_per_gt, 512);
+        assert_eq!(h.descriptor_offset, 1);
+        assert_eq!(h.descriptor_size, 20);
+        assert_eq!(h.rgd_offset, 0);
+        assert_eq!(h.gd_offset, u64::MAX);
+        assert_eq!(h.overhead, 128);
+        assert!(!h.unclean_shutdown);
+        assert_eq!(&file[73..77], b"\n \r\n");
+        assert_eq!(h.compress_algorithm, 1);
+        assert!(file[79..512].iter().all(|&b| b == 0));
+        assert_eq!(file.len() % 512, 0);
+
+        let mut disk = vec![0u8; size.div_ceil(512) * 512];
+        let mut grains: BTreeMap<u64, u64> = BTreeMap::new(); // marker sector -> lba
+        let mut tables: HashMap<u64, Vec<u32>> = HashMap::new(); // sector of GT -> entries
+        let mut gd: Option<(u64, Vec<u32>)> = None;
+        let mut pos = (h.overhead * 512) as usize;
+        let mut last_lba = None;
+        loop {
+            let val = u64_at(file, pos);
+            let sz = u32_at(file, pos + 8) as usize;
+            if sz != 0 {
+                // Grain marker: LBA, size, zlib data, padding to the sector.
+                assert_eq!(val % 128, 0, "grain LBA is grain-aligned");
+                assert!(last_lba.is_none_or(|l| val > l), "ascending LBAs");
+                last_lba = Some(val);
+                let g = inflate(&file[pos + 12..pos + 12 + sz]);
+                assert!(!g.iter().all(|&b| b == 0), "zero grain written");
+                let at = (val * 512) as usize;
+                let n = (disk.len() - at).min(g.len());
+                disk[at..at + n].copy_from_slice(&g[..n]);
+                assert!(g[n..].iter().all(|&b| b == 0));
+                grains.insert(pos as u64 / 512, val);
+                pos += (12 + sz).div_ceil(512) * 512;
+                continue;
+            }
+            let ty = u32_at(file, pos + 12);
+            assert!(file[pos + 16..pos + 512].iter().all(|&b| b == 0));
+            pos += 512;
+            match ty {
+                MARKER_GT => {
+                    assert_eq!(val, 4);
+                    let e = (0..512).map(|i| u32_at(file, pos + 4 * i)).collect();
+                    tables.insert(pos as u64 / 512, e);
+                    pos += 2048;
+                }
+                MARKER_GD => {
+                    let n = size.div_ceil(GT_COVERAGE as usize);
+                    assert_eq!(val, (n as u64 * 4).div_ceil(512));
+                    let e = (0..n).map(|i| u32_at(file, pos + 4 * i)).collect();
+                    gd = Some((pos as u64 / 512, e));
+                    pos += val as usize * 512;
+                }
+                MARKER_FOOTER => {
+                    assert_eq!(val, 1);
+                    let f = SparseHeader::parse(&file[pos..], pos as u64).unwrap();
+                    let (gd_sector, _) = gd.as_ref().expect("GD before footer");
+                    assert_eq!(f.gd_offset, *gd_sector);
+                    assert_eq!(
+                        SparseHeader {
+                            gd_offset: GD_AT_END,
+                            ..f
+                        },
+                        h
+                    );
+                    assert_eq!(file[pos..pos + 512][64..], file[..512][64..]);
+                    pos += 512;
+                }
+                MARKER_EOS => {
+                    assert_eq!(val, 0);
+                    assert_eq!(pos, file.len(), "EOS is the last sector");
+                    break;
+                }
+                other => panic!("unknown marker type {other} at {pos:#x}"),
+            }
+        }
+        // Every grain is reachable from GD -> GT, and nothing else is.
+        let (_, gd) = gd.expect("grain directory");
+        let mut reached = 0;
+        for (t, &gt_sector) in gd.iter().enumerate() {
+            if gt_sector == 0 {
+                continue;
+            }
+            let gt = &tables[&u64::from(gt_sector)];
+            for (i, &e) in gt.iter().enumerate() {
+                if e != 0 {
+                    let lba = grains[&u64::from(e)];
+                    assert_eq!(lba, ((t * 512 + i) * 128) as u64);
+                    reached += 1;
+                }
+            }
+        }
+        assert_eq!(reached, grains.len());
+        assert_eq!(tables.len(), gd.iter().filter(|&&e| e != 0).count());
+        disk.truncate(size);
+        disk
+    }
+
+    #[test]
+    fn stream_optimized_field_by_field() {
+        // 70 MiB + a short tail: three grain tables, the middle one empty.
+        let mut data = pattern(70 * (1 << 20) + 3 * 512);
+        data[32 << 20..64 << 20].fill(0);
+        let file = engine_write(&data, stream_writer(VmdkWriteOptions::default()));
+        assert_eq!(parse_stream(&file, data.len()), data);
+        let h = SparseHeader::parse(&file, 0).unwrap();
+        let (text, keys) = descriptor_keys(&file, &h);
+        assert!(text.starts_with("# Disk DescriptorFile\n"), "{text}");
+        assert_eq!(keys["version"], "1");
+        assert_eq!(keys["createType"], "streamOptimized");
+        assert_eq!(keys["parentCID"], "ffffffff");
+        let cid = u32::from_str_radix(&keys["CID"], 16).unwrap();
+        assert_ne!(cid, u32::MAX);
+        assert!(keys["ddb.longContentID"].ends_with(&keys["CID"]));
+        assert!(text.contains(&format!("\nRW {} SPARSE \"disk.vmdk\"\n", h.capacity)));
+        assert_eq!(keys["ddb.adapterType"], "lsilogic");
+        assert_eq!(keys["ddb.virtualHWVersion"], "14");
+        assert_eq!(keys["ddb.geometry.heads"], "255");
+        assert_eq!(keys["ddb.geometry.sectors"], "63");
+        assert_eq!(
+            keys["ddb.geometry.cylinders"],
+            (h.capacity / (255 * 63)).to_string()
+        );
+        assert_eq!(keys["ddb.uuid"].len(), 47);
+        // The middle table had no grain: GD entry 0 (checked in parse_stream via counts).
+    }
+
+    #[test]
+    fn stream_ide_geometry_and_direct_unaligned_writes() {
+        let data = pattern(5 * GRAIN_SIZE as usize + 1536);
+        let opts = VmdkWriteOptions {
+            adapter_type: AdapterType::Ide,
+            hw_version: 10,
+            ..Default::default()
+        };
+        let out = Arc::new(MemStorage::new());
+        let mut w = GrainWriter::new(
+            StreamStore::create(out.clone(), data.len() as u64, "d.vmdk", &opts, false).unwrap(),
+            data.len() as u64,
+            "test",
+        );
+        // Pieces that straddle grains, a gap (reads as zero), then the rest.
+        w.write_at(&data[..1000], 0).unwrap();
+        w.write_at(&data[1000..70000], 1000).unwrap();
+        assert!(
+            w.write_at(&data[..10], 500).is_err(),
+            "backwards write refused"
+        );
+        let mut w = GrainWriter::new(
+            StreamStore::create(out.clone(), data.len() as u64, "d.vmdk", &opts, false).unwrap(),
+            data.len() as u64,
+            "test",
+        );
+        out.set_len(0).unwrap();
+        w.write_at(&data[..1000], 0).unwrap();
+        w.write_at(&data[1000..70000], 1000).unwrap();
+        w.write_zeroes(70000, 200_000 - 70000).unwrap();
+        w.write_at(&data[200_000..], 200_000).unwrap();
+        Box::new(w).finish().unwrap();
+        let mut expect = data.clone();
+        expect[70000..200_000].fill(0);
+        let file = out.to_vec();
+        assert_eq!(parse_stream(&file, data.len()), expect);
+        let h = SparseHeader::parse(&file, 0).unwrap();
+        let (_, keys) = descriptor_keys(&file, &h);
+        assert_eq!(keys["ddb.adapterType"], "ide");
+        assert_eq!(keys["ddb.geometry.heads"], "16");
+        assert_eq!(keys["ddb.geometry.sectors"], "63");
+        assert_eq!(keys["ddb.virtualHWVersion"], "10");
+    }
+
+    #[test]
+    fn geometry_rules() {
+        assert_eq!(
+            AdapterType::LsiLogic.geometry(255 * 63 * 1000),
+            (1000, 255, 63)
+        );
+        assert_eq!(AdapterType::Ide.geometry(16 * 63 * 100), (100, 16, 63));
+        assert_eq!(AdapterType::Ide.geometry(1 << 40).0, 16383);
+        assert_eq!(AdapterType::BusLogic.geometry(8), (1, 255, 63));
+    }
+
+    #[test]
+    fn empty_and_all_zero_streams() {
+        for len in [0usize, 512, 3 * GRAIN_SIZE as usize] {
+            let data = vec![0u8; len];
+            let file = engine_write(&data, stream_writer(VmdkWriteOptions::default()));
+            assert_eq!(parse_stream(&file, len), data);
+            // header area + GD marker + GD + footer marker + footer + EOS
+            let gd = (len.div_ceil(GT_COVERAGE as usize) * 4).div_ceil(512) * 512;
+            assert_eq!(file.len(), 65536 + 512 + gd + 3 * 512, "len {len}");
+        }
+    }
+
+    #[test]
+    fn monolithic_sparse_field_by_field() {
+        let data = pattern(40 * (1 << 20) + 1024);
+        let file = engine_write(&data, |s, size| {
+            Box::new(GrainWriter::new(
+                HostedStore::create(s, size, "m.vmdk", &VmdkWriteOptions::default()).unwrap(),
+                size,
+                "test",
+            ))
+        });
+        let h = SparseHeader::parse(&file, 0).unwrap();
+        assert_eq!(h.version, 1);
+        assert_eq!(h.flags, 3);
+        assert_eq!(h.compress_algorithm, 0);
+        assert_eq!(h.grain_size, 128);
+        assert_eq!(h.capacity, data.len().div_ceil(512) as u64);
+        assert_eq!(h.rgd_offset, 21);
+        let num_gts = 2u64;
+        assert_eq!(h.gd_offset, 21 + 1 + num_gts * 4);
+        assert_eq!(h.overhead, 128);
+        let (_, keys) = descriptor_keys(&file, &h);
+        assert_eq!(keys["createType"], "monolithicSparse");
+        let mut disk = vec![0u8; data.len().div_ceil(512) * 512];
+        let mut allocated = 0;
+        for dir in [h.rgd_offset, h.gd_offset] {
+            for t in 0..num_gts as usize {
+                let gt = u32_at(&file, (dir * 512) as usize + 4 * t) as usize;
+                assert_eq!(gt as u64, dir + 1 + t as u64 * 4, "GT follows its GD");
+                for i in 0..512 {
+                    let e = u32_at(&file, gt * 512 + 4 * i) as usize;
+                    let v = (t * 512 + i) * GRAIN_SIZE as usize;
+                    if e == 0 {
+                        continue;
+                    }
+                    assert!(e as u64 >= h.overhead && e % 128 == 0);
+                    let n = (disk.len() - v).min(GRAIN_SIZE as usize);
+                    disk[v..v + n].copy_from_slice(&file[e * 512..e * 512 + n]);
+                    allocated += 1;
+                }
+            }
+        }
+        disk.truncate(data.len());
+        assert_eq!(disk, data);
+        let nonzero = data
+            .chunks(GRAIN_SIZE as usize)
+            .filter(|c| !is_zero(c))
+            .count();
+        assert_eq!(
+            allocated,
+            2 * nonzero,
+            "zero grains unallocated, both copies"
+        );
+        assert_eq!(file.len(), (128 + nonzero * 128) * 512);
+    }
+
+    #[test]
+    fn rejects_too_large_sparse_and_names() {
+        let e = StreamStore::create(
+            Arc::new(MemStorage::new()),
+            3 << 40,
+            "x.vmdk",
+            &VmdkWriteOptions::default(),
+            false,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
+        assert_eq!(flat_extent_name("disk.vmdk"), "disk-flat.vmdk");
+        assert_eq!(flat_extent_name("disk"), "disk-flat.vmdk");
+    }
+
+    #[test]
+    fn io_error_names_offset_and_poisons() {
+        #[derive(Debug)]
+        struct Failing;
+        impl Storage for Failing {
+            fn len(&self) -> std::io::Result<u64> {
+                Ok(0)
+            }
+            fn read_at(&self, _: &mut [u8], _: u64) -> std::io::Result<usize> {
+                Ok(0)
+            }
+            fn write_all_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+                Err(std::io::Error::other("disk full"))
+            }
+            fn set_len(&self, _: u64) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let size = 4 << 20;
+        let mut w = GrainWriter::new(
+            StreamStore::create(
+                Arc::new(Failing),
+                size,
+                "f.vmdk",
+                &Default::default(),
+                false,
+            )
+            .unwrap(),
+            size,
+            "test",
+        );
+        let data = pattern(size as usize);
+        let e = w.write_at(&data, 0).unwrap_err();
+        assert!(e.to_string().contains("at file offset 0x0"), "{e}");
+        assert!(w.write_at(&data[..512], size - 512).is_err());
+        assert!(Box::new(w).finish().is_err());
+    }
 }
