@@ -361,3 +361,39 @@ impl ImageWriter for OvaWriter {
         self.assemble(&summary)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_escaped_and_sanitised() {
+        assert_eq!(xml_escape("a<b>&\"c'"), "a&lt;b&gt;&amp;&quot;c&apos;");
+        assert_eq!(member_base_name("My VM/1"), "My_VM_1");
+        assert_eq!(member_base_name(".hidden"), "v.hidden");
+        assert_eq!(member_base_name(&"x".repeat(200)).len(), 80);
+        let ova = OvaOptions {
+            vm_name: "A <&> B".into(),
+            ..Default::default()
+        };
+        let disk = OvfDisk {
+            href: "d.vmdk",
+            file_size: 1024,
+            capacity: 1 << 20,
+            populated: 65536,
+        };
+        let t = ovf_text(&disk, &VmdkWriteOptions::default(), &ova);
+        assert!(t.contains("<Name>A &lt;&amp;&gt; B</Name>"), "{t}");
+        assert!(t.contains("ovf:capacity=\"1048576\""));
+        assert!(t.contains("<rasd:ResourceSubType>lsilogic</rasd:ResourceSubType>"));
+        assert!(t.contains("vmx-14"));
+    }
+
+    #[test]
+    fn tar_headers_are_ustar() {
+        let h = tar_header("a.ovf", 1234, 0).unwrap();
+        assert_eq!(&h[257..263], b"ustar\0");
+        assert_eq!(&h[..5], b"a.ovf");
+        assert_eq!(&h[124..135], b"00000002322"); // 1234 in octal
+    }
+}
