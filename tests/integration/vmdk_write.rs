@@ -111,6 +111,12 @@ fn vmdk_write_subformats_and_adapters_pass_qemu_img() {
                 assert_eq!(ddb(&d, "ddb.virtualHWVersion"), "13", "{name}");
                 assert_eq!(ddb(&d, "parentCID"), "ffffffff", "{name}");
                 let sectors = size / 512;
+                let h: u64 = heads.parse().unwrap();
+                assert_eq!(
+                    ddb(&d, "ddb.geometry.cylinders"),
+                    (sectors / (h * 63)).max(1).to_string(),
+                    "{name}"
+                );
                 match sf {
                     "monolithicFlat" | "vmfs" => {
                         let flat = dir.path().join(format!("{name}-flat.vmdk"));

@@ -88,18 +88,17 @@ impl AdapterType {
 
     /// Disk geometry (cylinders, heads, sectors per track) for a disk of `sectors` sectors.
     ///
-    /// IDE uses 16 heads and 63 sectors with the cylinders capped at 16383 (the ATA CHS limit,
-    /// what VMware writes for large IDE disks; qemu caps at 65535); SCSI adapters use 255 heads
-    /// and 63 sectors, uncapped. At least one cylinder is reported, also for tiny disks.
+    /// IDE uses 16 heads and 63 sectors, SCSI adapters 255 heads and 63 sectors; cylinders are
+    /// the whole number of `heads * 63` tracks, not capped: qemu writes it so, and VMware
+    /// records large IDE disks the same way (e.g. `Geo (83220/16/63)` in a Fusion log), leaving
+    /// the 16383-cylinder BIOS limit to the guest's BIOS geometry. At least one cylinder is
+    /// reported, also for disks smaller than one cylinder (qemu would write 0).
     pub fn geometry(self, sectors: u64) -> (u64, u32, u32) {
         let (heads, spt) = match self {
             AdapterType::Ide => (16u32, 63u32),
             _ => (255, 63),
         };
-        let mut cyl = sectors / (u64::from(heads) * u64::from(spt));
-        if self == AdapterType::Ide {
-            cyl = cyl.min(16383);
-        }
+        let cyl = sectors / (u64::from(heads) * u64::from(spt));
         (cyl.max(1), heads, spt)
     }
 }
@@ -1625,7 +1624,7 @@ mod tests {
             (1000, 255, 63)
         );
         assert_eq!(AdapterType::Ide.geometry(16 * 63 * 100), (100, 16, 63));
-        assert_eq!(AdapterType::Ide.geometry(1 << 40).0, 16383);
+        assert_eq!(AdapterType::Ide.geometry(83220 * 16 * 63 + 5).0, 83220);
         assert_eq!(AdapterType::BusLogic.geometry(8), (1, 255, 63));
     }
 
