@@ -155,7 +155,7 @@ fn vmdk_write_subformats_and_adapters_pass_qemu_img() {
 }
 
 #[test]
-fn vmdk_write_stream_optimized_by_cli_round_trips_through_qemu_convert() {
+fn vmdk_write_sparse_by_cli_round_trips_through_qemu_convert() {
     if !util::require("qemu-img") {
         return;
     }
@@ -163,36 +163,42 @@ fn vmdk_write_stream_optimized_by_cli_round_trips_through_qemu_convert() {
     let src = dir.path().join("src.raw");
     // Spans several grain tables (32 MiB each), with a tail of 3 sectors.
     util::make_raw(&src, (70 << 20) + 1536, 5);
-    let dst = dir.path().join("out.vmdk");
-    let out = util::diskconv()
-        .args(["convert", "-f", "raw", "-O", "vmdk"])
-        .arg(&src)
-        .arg(&dst)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    util::assert_qemu_check(&dst);
-    let back = dir.path().join("back.raw");
-    util::qemu_img(&[
-        "convert",
-        "-f",
-        "vmdk",
-        "-O",
-        "raw",
-        dst.to_str().unwrap(),
-        back.to_str().unwrap(),
-    ]);
-    assert_eq!(util::sha256_file(&back), util::sha256_file(&src));
-    let d = descriptor(&dst, "streamOptimized");
-    assert_eq!(ddb(&d, "createType"), "streamOptimized");
-    assert_eq!(ddb(&d, "ddb.adapterType"), "lsilogic");
-    assert_eq!(ddb(&d, "ddb.virtualHWVersion"), "14");
-    // Zero grains are not stored: the file is smaller than the data it holds.
-    assert!(std::fs::metadata(&dst).unwrap().len() < (70 << 20));
+    // No -o: streamOptimized is the default.
+    for (sf, opts) in [
+        ("streamOptimized", None),
+        ("monolithicSparse", Some("subformat=monolithicSparse")),
+    ] {
+        let dst = dir.path().join(format!("{sf}.vmdk"));
+        let mut cmd = util::diskconv();
+        cmd.args(["convert", "-f", "raw", "-O", "vmdk"]);
+        if let Some(o) = opts {
+            cmd.args(["-o", o]);
+        }
+        let out = cmd.arg(&src).arg(&dst).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{sf}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        util::assert_qemu_check(&dst);
+        let back = dir.path().join(format!("{sf}.raw"));
+        util::qemu_img(&[
+            "convert",
+            "-f",
+            "vmdk",
+            "-O",
+            "raw",
+            dst.to_str().unwrap(),
+            back.to_str().unwrap(),
+        ]);
+        assert_eq!(util::sha256_file(&back), util::sha256_file(&src), "{sf}");
+        let d = descriptor(&dst, sf);
+        assert_eq!(ddb(&d, "createType"), sf);
+        assert_eq!(ddb(&d, "ddb.adapterType"), "lsilogic");
+        assert_eq!(ddb(&d, "ddb.virtualHWVersion"), "14");
+        // Zero grains are not stored: the file is smaller than the disk.
+        assert!(std::fs::metadata(&dst).unwrap().len() < (70 << 20), "{sf}");
+    }
 }
 
 #[test]
