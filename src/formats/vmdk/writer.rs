@@ -17,6 +17,20 @@
 //!   `<stem>-flat.vmdk` extent beside it, written like a raw image (holes for zeros).
 //!
 //! Layout facts are from VMware's "Virtual Disk Format 5.0" and REFERENCE.md section 2.
+//!
+//! Measured (release build, 2 shared cores, the 2 GiB benchmark image of `benches/`: ext4 with
+//! 8949 files from /usr plus 307 MiB of random bytes, 1.5 GiB allocated), raw to
+//! streamOptimized against `qemu-img convert -O vmdk -o subformat=streamOptimized` (qemu-img
+//! 10.0.2), two alternating runs while another build loaded the machine:
+//!
+//! | | wall s | CPU s (user + sys) | peak RSS | output bytes |
+//! |---|---|---|---|---|
+//! | diskconv | 13.97 / 9.34 | 13.8 / 14.4 | 23 MB | 713 030 656 (+2.2 %) |
+//! | qemu-img | 40.53 / 44.11 | 40.3 / 43.6 | 9 MB | 697 666 048 |
+//!
+//! zlib level 4 instead of qemu's 6: 17.1 CPU s and +2.1 % against 21.5 s and +1.1 %; storing
+//! random-looking grains without deflating them (`looks_incompressible`) took 17.1 s to
+//! 12.8 s for +0.05 % size.
 
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
