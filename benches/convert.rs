@@ -64,6 +64,13 @@ const CASES: &[Case] = &[
         extra: &["-c", "-o", "compression_type=zstd"],
     },
     Case {
+        name: "raw-vmdk-stream",
+        title: "raw->vmdk streamOptimized",
+        input: Input::Raw,
+        out_fmt: "vmdk",
+        extra: &["-o", "subformat=streamOptimized,adapter_type=lsilogic"],
+    },
+    Case {
         name: "qcow2-raw",
         title: "qcow2->raw",
         input: Input::QemuQcow2,
@@ -336,9 +343,9 @@ fn verify(src: &Path, out: &Path, out_fmt: &str, have_qemu: bool) -> (String, bo
         }
         Err(e) => (format!("MISMATCH? could not run {by} compare: {e}"), false),
     };
-    if have_qemu && out_fmt == "qcow2" {
+    if have_qemu && (out_fmt == "qcow2" || out_fmt == "vmdk") {
         match Command::new("qemu-img")
-            .args(["check", "-f", "qcow2"])
+            .args(["check", "-f", out_fmt])
             .arg(out)
             .output()
         {

@@ -9,7 +9,8 @@
 //! - [`reader`]: [`VmdkReader`], an [`ImageReader`](crate::image::ImageReader) over one disk
 //!   (all its extents, and its parent chain);
 //! - [`writer`]: streamOptimized, monolithicSparse and monolithicFlat / vmfs writers;
-//! - [`ova`]: reading the disk inside an OVA, and writing OVA packages (OVF + manifest + disk).
+//! - [`ova`]: reading the disk inside an OVA, and the OVA options;
+//! - [`ova_write`]: writing OVA packages (OVF + manifest + streamOptimized disk).
 //!
 //! The specification is VMware's "Virtual Disk Format 5.0"; REFERENCE.md section 2 lists what
 //! real tools write that the specification does not say.
@@ -17,6 +18,7 @@
 pub mod cowd;
 pub mod descriptor;
 pub mod ova;
+pub mod ova_write;
 pub mod reader;
 pub mod sesparse;
 pub mod sparse;

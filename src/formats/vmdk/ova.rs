@@ -54,12 +54,14 @@ impl Default for OvaOptions {
     }
 }
 
-/// Creates the OVA writer over the output files (placeholder).
+/// Creates the OVA writer over the output files (see [`super::ova_write`]).
 pub fn create_writer(
-    _files: &mut crate::convert::OutputFiles,
-    _size: u64,
-    _vmdk: &super::VmdkWriteOptions,
-    _ova: &OvaOptions,
+    files: &mut crate::convert::OutputFiles,
+    size: u64,
+    vmdk: &super::VmdkWriteOptions,
+    ova: &OvaOptions,
 ) -> crate::error::Result<Box<dyn crate::image::ImageWriter>> {
-    Err(Error::Unsupported("OVA writer not built yet".into()))
+    Ok(Box::new(super::ova_write::OvaWriter::create(
+        files, size, vmdk, ova,
+    )?))
 }
