@@ -10,3 +10,4 @@ mod qcow2_check;
 mod qcow2_read;
 mod qcow2_write;
 mod util;
+mod vmdk_read;

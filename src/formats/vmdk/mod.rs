@@ -17,6 +17,7 @@
 pub mod cowd;
 pub mod descriptor;
 pub mod ova;
+pub mod ova_read;
 pub mod reader;
 pub mod sesparse;
 pub mod sparse;

@@ -195,10 +195,13 @@ pub enum Grain {
     Compressed(u64),
 }
 
+/// Cached grain tables by byte offset, and their insertion order.
+type GtTables = (HashMap<u64, Arc<[u32]>>, VecDeque<u64>);
+
 /// A bounded FIFO cache of grain tables, keyed by their byte offset.
 struct GtCache {
     max: usize,
-    inner: Mutex<(HashMap<u64, Arc<[u32]>>, VecDeque<u64>)>,
+    inner: Mutex<GtTables>,
 }
 
 impl GtCache {

@@ -1,0 +1,427 @@
+//! Reading VMDK and OVA: qemu-img makes the inputs, the corpus supplies real-world files.
+
+use std::path::Path;
+
+use diskconv::{ErrorKind, OpenOptions, ReferencePolicy, open};
+
+use crate::contract::check_reader;
+use crate::util::{corpus, qemu_img, qemu_io, require, sha256_image, tmpdir};
+
+const SIZE: u64 = 5 << 20;
+
+fn raw_source(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let raw = dir.join("src.raw");
+    crate::util::make_raw(&raw, SIZE + 3 * 512, 7);
+    let bytes = std::fs::read(&raw).unwrap();
+    (raw, bytes)
+}
+
+fn check_file(p: &Path, expected: &[u8]) {
+    let img = open(p, &OpenOptions::default())
+        .unwrap_or_else(|e| panic!("opening {}: {}", p.display(), e.chain()));
+    assert_eq!(img.format(), diskconv::Format::Vmdk);
+    check_reader(img.as_ref(), expected);
+}
+
+#[test]
+fn vmdk_read_qemu_subformats() {
+    if !require("qemu-img") {
+        return;
+    }
+    let dir = tmpdir();
+    let (raw, bytes) = raw_source(dir.path());
+    for sub in [
+        "monolithicSparse",
+        "monolithicFlat",
+        "twoGbMaxExtentSparse",
+        "twoGbMaxExtentFlat",
+        "streamOptimized",
+    ] {
+        for adapter in ["ide", "lsilogic"] {
+            let out = dir.path().join(format!("{sub}-{adapter}.vmdk"));
+            qemu_img(&[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "vmdk",
+                "-o",
+                &format!("subformat={sub},adapter_type={adapter}"),
+                raw.to_str().unwrap(),
+                out.to_str().unwrap(),
+            ]);
+            check_file(&out, &bytes);
+            let img = open(&out, &OpenOptions::default()).unwrap();
+            let info = img.info();
+            assert_eq!(info.subformat.as_deref(), Some(sub));
+            assert!(
+                info.flags
+                    .iter()
+                    .any(|f| f == &format!("adapter={adapter}")),
+                "{:?}",
+                info.flags
+            );
+        }
+    }
+    for opts in [
+        "subformat=monolithicSparse,zeroed_grain=on",
+        "subformat=monolithicSparse,adapter_type=buslogic",
+        "subformat=monolithicFlat,adapter_type=legacyESX",
+    ] {
+        let out = dir.path().join("extra.vmdk");
+        let _ = std::fs::remove_file(&out);
+        qemu_img(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            opts,
+            raw.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
+        check_file(&out, &bytes);
+    }
+}
+
+#[test]
+fn vmdk_read_zeroed_grains_and_snapshot_chain() {
+    if !require("qemu-img") || !require("qemu-io") {
+        return;
+    }
+    let dir = tmpdir();
+    let (raw, _) = raw_source(dir.path());
+    let base = dir.path().join("base.vmdk");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=monolithicSparse,zeroed_grain=on",
+        raw.to_str().unwrap(),
+        base.to_str().unwrap(),
+    ]);
+    let top = dir.path().join("top.vmdk");
+    qemu_img(&[
+        "create",
+        "-f",
+        "vmdk",
+        "-b",
+        "base.vmdk",
+        "-F",
+        "vmdk",
+        top.to_str().unwrap(),
+    ]);
+    let t = top.to_str().unwrap();
+    qemu_io(&["-f", "vmdk", "-c", "write -P 0x11 65536 131072", t]);
+    qemu_io(&["-f", "vmdk", "-c", "write -P 0x22 1000 3000", t]);
+    qemu_io(&["-f", "vmdk", "-c", "write -z 1048576 65536", t]);
+    let expect = dir.path().join("expect.raw");
+    qemu_img(&["convert", "-O", "raw", t, expect.to_str().unwrap()]);
+    let bytes = std::fs::read(&expect).unwrap();
+    let img = open(&top, &OpenOptions::default()).unwrap_or_else(|e| panic!("{}", e.chain()));
+    check_reader(img.as_ref(), &bytes);
+    let info = img.info();
+    assert_eq!(info.backing_file.as_deref(), Some("base.vmdk"));
+    assert!(info.backing.is_some());
+    // Something must come from the parent, at depth 1.
+    let e = img.map(4 << 20, 4096).unwrap();
+    assert_eq!(e.depth, 1, "{e:?}");
+    let e = img.map(65536, 4096).unwrap();
+    assert_eq!(e.depth, 0, "{e:?}");
+
+    // A parent whose CID changed (the descriptor is embedded in the sparse file).
+    let mut f = std::fs::read(&top).unwrap();
+    let pos = find(&f, b"parentCID=").expect("parentCID in the embedded descriptor");
+    f[pos + 10..pos + 18].copy_from_slice(b"12345678");
+    let bad = dir.path().join("bad.vmdk");
+    std::fs::write(&bad, &f).unwrap();
+    let e = open(&bad, &OpenOptions::default())
+        .err()
+        .expect("must fail");
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    let msg = e.chain();
+    assert!(
+        msg.contains("12345678") && msg.contains("base.vmdk"),
+        "{msg}"
+    );
+
+    // A parent loop: a descriptor whose parent is itself.
+    let lp = dir.path().join("loop.vmdk");
+    std::fs::write(
+        &lp,
+        "# Disk DescriptorFile\nversion=1\nCID=00000001\nparentCID=00000001\n\
+         createType=\"monolithicFlat\"\nparentFileNameHint=\"loop.vmdk\"\n\
+         RW 8 FLAT \"src.raw\" 0\n",
+    )
+    .unwrap();
+    let e = open(&lp, &OpenOptions::default()).err().expect("must fail");
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{}", e.chain());
+    assert!(e.chain().contains("loops"), "{}", e.chain());
+}
+
+fn find(h: &[u8], n: &[u8]) -> Option<usize> {
+    h.windows(n.len()).position(|w| w == n)
+}
+
+const VMDK_RS_SHA: &str = "a3bcf05f07a1c06a3380eeca8571f0efb2b85afafa1e21662b8cad436d1f7727";
+
+#[test]
+fn vmdk_read_corpus() {
+    let cases = [
+        (
+            "images/vmdk-rs/monolithicSparse.vmdk",
+            VMDK_RS_SHA,
+            "monolithicSparse",
+        ),
+        (
+            "images/vmdk-rs/monolithicFlat.vmdk",
+            VMDK_RS_SHA,
+            "monolithicFlat",
+        ),
+        (
+            "images/vmdk-rs/twoGbMaxExtentSparse.vmdk",
+            VMDK_RS_SHA,
+            "twoGbMaxExtentSparse",
+        ),
+        (
+            "images/vmdk-rs/twoGbMaxExtentFlat.vmdk",
+            VMDK_RS_SHA,
+            "twoGbMaxExtentFlat",
+        ),
+        (
+            "images/vmdk-rs/streamOptimized.vmdk",
+            VMDK_RS_SHA,
+            "streamOptimized",
+        ),
+        (
+            "images/vmdk-rs/streamOptimizedWithMarkers.vmdk",
+            "92c0f8b4280377437056f57c51ef51a5f8aeb1462ac630ef0633febcbfc3db4e",
+            "streamOptimized",
+        ),
+        (
+            "images/vmdk-rs/vmfs_thick.vmdk",
+            "8d43c795d24bce01b49f92744f934c1072210dcac170bb1c83a5aa56df46ab7d",
+            "vmfs",
+        ),
+    ];
+    let mut reference: Option<Vec<u8>> = None;
+    for (rel, sha, sub) in cases {
+        let Some(p) = corpus(rel) else { return };
+        let img =
+            open(&p, &OpenOptions::default()).unwrap_or_else(|e| panic!("{rel}: {}", e.chain()));
+        assert_eq!(sha256_image(img.as_ref()), sha, "{rel}");
+        assert_eq!(img.info().subformat.as_deref(), Some(sub), "{rel}");
+        let mut all = vec![0u8; img.virtual_size() as usize];
+        img.read_at(&mut all, 0).unwrap();
+        check_reader(img.as_ref(), &all);
+        if sha == VMDK_RS_SHA {
+            // Cross-check against the flat extent, the bytes themselves.
+            let flat = reference.get_or_insert_with(|| {
+                std::fs::read(corpus("images/vmdk-rs/monolithicFlat-flat.vmdk").unwrap()).unwrap()
+            });
+            assert!(all == *flat, "{rel}");
+        }
+    }
+    // The ESXi snapshot whose delta extent is absent: an error naming it.
+    let Some(p) = corpus("images/vmdk-rs/vmfs_thick-000001.vmdk") else {
+        return;
+    };
+    let e = open(&p, &OpenOptions::default()).err().expect("must fail");
+    assert!(
+        e.chain().contains("vmfs_thick-000001-delta.vmdk"),
+        "{}",
+        e.chain()
+    );
+}
+
+#[test]
+fn vmdk_read_ova_corpus() {
+    let Some(p) = corpus("images/cdi_fake_vmware_ovf.ova") else {
+        return;
+    };
+    if !require("qemu-img") || !require("tar") {
+        return;
+    }
+    let dir = tmpdir();
+    crate::util::run(
+        std::process::Command::new("tar")
+            .arg("-xf")
+            .arg(&p)
+            .arg("-C")
+            .arg(dir.path()),
+    );
+    let disk = dir.path().join("disk1.vmdk");
+    let expect = dir.path().join("disk1.raw");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "vmdk",
+        "-O",
+        "raw",
+        disk.to_str().unwrap(),
+        expect.to_str().unwrap(),
+    ]);
+    let bytes = std::fs::read(&expect).unwrap();
+    let img = open(&p, &OpenOptions::default()).unwrap_or_else(|e| panic!("{}", e.chain()));
+    assert_eq!(img.format(), diskconv::Format::Vmdk);
+    check_reader(img.as_ref(), &bytes);
+}
+
+#[test]
+fn vmdk_read_ova_made_with_tar() {
+    if !require("qemu-img") || !require("tar") {
+        return;
+    }
+    let dir = tmpdir();
+    let (raw, bytes) = raw_source(dir.path());
+    let disk = dir.path().join("vm-disk1.vmdk");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        raw.to_str().unwrap(),
+        disk.to_str().unwrap(),
+    ]);
+    std::fs::write(
+        dir.path().join("vm.ovf"),
+        "<?xml version=\"1.0\"?>\n<Envelope xmlns:ovf=\"http://schemas.dmtf.org/ovf/envelope/1\">\n\
+         <References><File ovf:href=\"vm-disk1.vmdk\" ovf:id=\"file1\"/></References>\n\
+         <DiskSection><Disk ovf:capacity=\"5244416\" ovf:diskId=\"vmdisk1\" ovf:fileRef=\"file1\"/></DiskSection>\n\
+         </Envelope>\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("vm.mf"), "SHA256(vm-disk1.vmdk)= 00\n").unwrap();
+    let ova = dir.path().join("vm.ova");
+    crate::util::run(
+        std::process::Command::new("tar")
+            .args(["--format=ustar", "-cf"])
+            .arg(&ova)
+            .arg("-C")
+            .arg(dir.path())
+            .args(["vm.ovf", "vm.mf", "vm-disk1.vmdk"]),
+    );
+    let img = open(&ova, &OpenOptions::default()).unwrap_or_else(|e| panic!("{}", e.chain()));
+    check_reader(img.as_ref(), &bytes);
+    // A truncated OVA is an error, not a panic.
+    let all = std::fs::read(&ova).unwrap();
+    let cut = dir.path().join("cut.ova");
+    std::fs::write(&cut, &all[..all.len() / 2]).unwrap();
+    assert!(open(&cut, &OpenOptions::default()).is_err());
+}
+
+#[test]
+fn vmdk_read_bad_inputs() {
+    if !require("qemu-img") {
+        return;
+    }
+    let dir = tmpdir();
+    let (raw, _) = raw_source(dir.path());
+    let sparse = dir.path().join("s.vmdk");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        raw.to_str().unwrap(),
+        sparse.to_str().unwrap(),
+    ]);
+    let good = std::fs::read(&sparse).unwrap();
+    let try_bytes = |name: &str, b: &[u8]| -> diskconv::Error {
+        let p = dir.path().join(name);
+        std::fs::write(&p, b).unwrap();
+        match open(&p, &OpenOptions::default().format(diskconv::Format::Vmdk)) {
+            Err(e) => e,
+            Ok(img) => {
+                // Opening may succeed; reading everything must then fail cleanly.
+                let mut buf = vec![0u8; img.virtual_size() as usize];
+                img.read_at(&mut buf, 0)
+                    .err()
+                    .unwrap_or_else(|| panic!("{name}: no error, size {}", buf.len()))
+            }
+        }
+    };
+    // Truncated files.
+    for cut in [100, 600, 4096, good.len() / 2, good.len() - 70000] {
+        eprintln!("cut {cut} of {}", good.len());
+        let e = try_bytes("cut.vmdk", &good[..cut]);
+        assert!(
+            matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::InvalidFormat),
+            "cut at {cut}: {}",
+            e.chain()
+        );
+    }
+    // A grain table entry past the end of the file.
+    let gd = u64::from_le_bytes(good[56..64].try_into().unwrap()) as usize * 512;
+    let gt = u32::from_le_bytes(good[gd..gd + 4].try_into().unwrap()) as usize * 512;
+    let mut b = good.clone();
+    b[gt..gt + 4].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
+    let e = try_bytes("gte.vmdk", &b);
+    assert!(
+        e.chain().contains("entry 0") && e.chain().contains("grain table"),
+        "{}",
+        e.chain()
+    );
+    // Absurd capacity and grain size.
+    let mut b = good.clone();
+    b[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(try_bytes("cap.vmdk", &b).chain().contains("capacity"));
+    let mut b = good.clone();
+    b[20..28].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    assert!(try_bytes("grain.vmdk", &b).chain().contains("grain size"));
+    // Garbage descriptors.
+    let e = try_bytes(
+        "g1.vmdk",
+        b"# Disk DescriptorFile\nversion=1\nRW 10 BOGUS \"x\"\n",
+    );
+    assert_eq!(e.kind(), ErrorKind::InvalidFormat);
+    assert!(e.chain().contains("line 3"), "{}", e.chain());
+    let e = try_bytes("g2.vmdk", &[0xffu8; 3000]);
+    assert_eq!(e.kind(), ErrorKind::InvalidFormat, "{}", e.chain());
+    // A missing extent names the file.
+    let e = try_bytes(
+        "missing.vmdk",
+        b"# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 16 FLAT \"nowhere-flat.vmdk\" 0\n",
+    );
+    assert!(e.chain().contains("nowhere-flat.vmdk"), "{}", e.chain());
+    // An extent shorter than the descriptor says.
+    let e = try_bytes(
+        "short.vmdk",
+        b"# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\nRW 99999999 FLAT \"src.raw\" 0\n",
+    );
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{}", e.chain());
+    // An extent outside the folder is denied by the default policy, allowed by Anywhere.
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let out = sub.join("out.vmdk");
+    std::fs::write(
+        &out,
+        "# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\nRW 8 FLAT \"../src.raw\" 0\n",
+    )
+    .unwrap();
+    let e = open(&out, &OpenOptions::default())
+        .err()
+        .expect("must fail");
+    assert_eq!(e.kind(), ErrorKind::ReferenceDenied, "{}", e.chain());
+    let any = OpenOptions::default().references(ReferencePolicy::Anywhere);
+    assert_eq!(open(&out, &any).unwrap().virtual_size(), 4096);
+    // ZERO extents and VMFS offsets (VMware writes one; qemu refuses it).
+    let z = dir.path().join("z.vmdk");
+    std::fs::write(
+        &z,
+        "# Disk DescriptorFile\nversion=1\ncreateType=\"vmfs\"\nRW 8 VMFS \"src.raw\" 16\nRW 8 ZERO\n",
+    )
+    .unwrap();
+    let img = open(&z, &OpenOptions::default()).unwrap();
+    let mut want = std::fs::read(&raw).unwrap()[8192..12288].to_vec();
+    want.extend_from_slice(&[0u8; 4096]);
+    check_reader(img.as_ref(), &want);
+}
