@@ -425,3 +425,91 @@ fn vmdk_read_bad_inputs() {
     want.extend_from_slice(&[0u8; 4096]);
     check_reader(img.as_ref(), &want);
 }
+
+/// A hand-made ESXi-style snapshot: a vmfsSparse (COWD) delta over a qemu-made flat base.
+#[test]
+fn vmdk_read_vmfs_sparse_snapshot() {
+    if !require("qemu-img") {
+        return;
+    }
+    let dir = tmpdir();
+    let (raw, bytes) = raw_source(dir.path());
+    let base = dir.path().join("base.vmdk");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=monolithicFlat",
+        raw.to_str().unwrap(),
+        base.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&base).unwrap();
+    let cid = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CID="))
+        .expect("CID in the base descriptor")
+        .trim()
+        .to_string();
+    let sectors = bytes.len() as u64 / 512;
+    // COWD: header in sector 0, GD (1 entry per 4096 grains of 1 sector) at sector 4, grain
+    // tables from sector 8 (32 sectors each), grains after them.
+    let gts = sectors.div_ceil(4096);
+    let mut f = vec![0u8; 512];
+    f[0..4].copy_from_slice(b"COWD");
+    f[4..8].copy_from_slice(&1u32.to_le_bytes());
+    f[12..16].copy_from_slice(&(sectors as u32).to_le_bytes());
+    f[16..20].copy_from_slice(&1u32.to_le_bytes());
+    f[20..24].copy_from_slice(&4u32.to_le_bytes());
+    f[24..28].copy_from_slice(&(gts as u32).to_le_bytes());
+    let mut next = 8 + gts * 32;
+    f.resize((next * 512) as usize, 0);
+    let mut expected = bytes.clone();
+    for g in 0..gts {
+        f[2048 + g as usize * 4..2048 + g as usize * 4 + 4]
+            .copy_from_slice(&((8 + g * 32) as u32).to_le_bytes());
+    }
+    for (i, lba) in [0u64, 1, 7, 4095, 4096, 5000, sectors - 1]
+        .into_iter()
+        .enumerate()
+    {
+        let gt = 8 + (lba / 4096) * 32;
+        let at = (gt * 512 + (lba % 4096) * 4) as usize;
+        f[at..at + 4].copy_from_slice(&(next as u32).to_le_bytes());
+        let data = vec![0x40 + i as u8; 512];
+        f.extend_from_slice(&data);
+        expected[(lba * 512) as usize..(lba * 512 + 512) as usize].copy_from_slice(&data);
+        next += 1;
+    }
+    std::fs::write(dir.path().join("top-delta.vmdk"), &f).unwrap();
+    let top = dir.path().join("top.vmdk");
+    std::fs::write(
+        &top,
+        format!(
+            "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID=0000abcd\nparentCID={cid}\n\
+             createType=\"vmfsSparse\"\nparentFileNameHint=\"base.vmdk\"\n# Extent description\n\
+             RW {sectors} VMFSSPARSE \"top-delta.vmdk\"\n\n# The Disk Data Base\n#DDB\n\n\
+             ddb.longContentID = \"4b98b55ba6a6bc2e8fd6eb368f67ca74\"\n"
+        ),
+    )
+    .unwrap();
+    let img = open(&top, &OpenOptions::default()).unwrap_or_else(|e| panic!("{}", e.chain()));
+    assert_eq!(img.info().subformat.as_deref(), Some("vmfsSparse"));
+    check_reader(img.as_ref(), &expected);
+    assert_eq!(img.map(512 * 2, 512).unwrap().depth, 1);
+    assert_eq!(img.map(512 * 7, 512).unwrap().depth, 0);
+    // A grain table entry past the end of the delta.
+    let mut bad = f.clone();
+    bad[8 * 512..8 * 512 + 4].copy_from_slice(&0x00ff_ffffu32.to_le_bytes());
+    std::fs::write(dir.path().join("top-delta.vmdk"), &bad).unwrap();
+    let img = open(&top, &OpenOptions::default()).unwrap();
+    let mut b = [0u8; 512];
+    let e = img.read_at(&mut b, 0).expect_err("GTE past the end");
+    assert!(
+        e.chain().contains("top-delta.vmdk") && e.chain().contains("entry 0"),
+        "{}",
+        e.chain()
+    );
+}

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::VmdkError;
+use super::cowd::{COWD_HEADER_SIZE, COWD_MAGIC, parse_cowd_header};
 use super::descriptor::{MAX_DESCRIPTOR_BYTES, VmdkDescriptor, VmdkExtentLine, VmdkExtentType};
 use super::sparse::{Grain, HEADER_SIZE, SPARSE_MAGIC, SparseExtent, SparseHeader};
 use super::stream::{GRAIN_MARKER_SIZE, Marker, inflate_grain};
@@ -19,9 +20,6 @@ use crate::error::{Error, Result, ResultExt};
 use crate::image::{Extent, ExtentKind, Format, ImageInfo, ImageReader, check_read_range};
 use crate::open::OpenContext;
 use crate::storage::Storage;
-
-/// `VMFSSPARSE` (COWD) extent magic, "COWD" (ESXi vmfsSparse snapshots).
-const COWD_MAGIC: [u8; 4] = *b"COWD";
 
 /// What one extent of the disk is backed by.
 enum Backing {
@@ -95,6 +93,16 @@ fn read_sparse_header(storage: &dyn Storage) -> Result<SparseHeader> {
     Ok(SparseHeader::parse(&b, 0)?)
 }
 
+/// Opens a vmfsSparse (COWD) extent.
+fn open_cowd(storage: Arc<dyn Storage>) -> Result<SparseExtent> {
+    let mut b = [0u8; COWD_HEADER_SIZE];
+    storage
+        .read_exact_at(&mut b, 0)
+        .map_err(io_err("reading the COWD header".into()))?;
+    let h = parse_cowd_header(&b, 0)?;
+    SparseExtent::open_with_gd_entries(storage, h.sparse, Some(h.gd_entries))
+}
+
 impl VmdkReader {
     /// Opens the VMDK whose descriptor or sparse extent is in `storage` (found at `path`).
     pub fn open(
@@ -112,10 +120,28 @@ impl VmdkReader {
         let (descriptor, embedded, extents) = if n == 4 && head == SPARSE_MAGIC {
             Self::open_sparse_file(storage.clone(), file_len)?
         } else if n == 4 && head == COWD_MAGIC {
-            return Err(VmdkError::Unsupported(
-                "vmfsSparse (COWD) extents opened directly are not supported yet".into(),
-            )
-            .into());
+            let ext = open_cowd(storage.clone())?;
+            let sectors = ext.header.capacity;
+            let d = VmdkDescriptor {
+                version: 1,
+                create_type: "vmfsSparse".into(),
+                extents: vec![VmdkExtentLine {
+                    access: super::descriptor::VmdkAccess::ReadWrite,
+                    sectors,
+                    kind: VmdkExtentType::VmfsSparse,
+                    file: String::new(),
+                    offset: 0,
+                    line: 0,
+                }],
+                ..VmdkDescriptor::default()
+            };
+            let ex = vec![VExtent {
+                start: 0,
+                len: sectors * 512,
+                backing: Backing::Sparse(ext),
+                name: String::new(),
+            }];
+            (d, true, ex)
         } else {
             let d = Self::read_text_descriptor(storage.as_ref(), file_len)?;
             let ex = Self::open_extents(&d, path, ctx)?;
@@ -235,9 +261,13 @@ impl VmdkReader {
                 .map_or_else(|| PathBuf::from(&line.file), |p| p.join(&line.file));
             let backing = match line.kind {
                 VmdkExtentType::Zero => Backing::Zero,
-                VmdkExtentType::VmfsSparse | VmdkExtentType::SeSparse => {
+                VmdkExtentType::VmfsSparse => {
+                    let s = ctx.open_reference_storage(path, "extent", &line.file)?;
+                    Backing::Sparse(open_cowd(s).in_file(&shown)?)
+                }
+                VmdkExtentType::SeSparse => {
                     return Err(VmdkError::Unsupported(format!(
-                        "{:?} extent '{}' (descriptor line {}): ESXi snapshot extents are not supported yet",
+                        "{:?} extent '{}' (descriptor line {}): seSparse (ESXi 6.5+ snapshot) extents are not supported yet",
                         line.kind, line.file, line.line
                     ))
                     .into());

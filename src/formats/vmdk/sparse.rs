@@ -253,6 +253,16 @@ impl SparseExtent {
     /// Opens a sparse extent whose (first) header is `header`. For streamOptimized extents with
     /// the grain directory at the end, the footer is read to find it.
     pub fn open(storage: Arc<dyn Storage>, header: SparseHeader) -> Result<Self> {
+        Self::open_with_gd_entries(storage, header, None)
+    }
+
+    /// Like [`open`](Self::open), reading `gd_entries` directory entries instead of the number
+    /// the capacity needs (COWD extents).
+    pub fn open_with_gd_entries(
+        storage: Arc<dyn Storage>,
+        header: SparseHeader,
+        gd_entries: Option<u64>,
+    ) -> Result<Self> {
         let file_len = storage
             .len()
             .map_err(io_err("getting the extent's length".into()))?;
@@ -261,7 +271,7 @@ impl SparseExtent {
         } else {
             header
         };
-        let n = header.gd_entries();
+        let n = gd_entries.unwrap_or_else(|| header.gd_entries());
         let gd_bytes = n * 4;
         let gd_start = header.gd_offset.checked_mul(512).filter(|&o| o > 0);
         let Some(gd_start) =
