@@ -513,3 +513,48 @@ fn vmdk_read_vmfs_sparse_snapshot() {
         e.chain()
     );
 }
+
+/// VMware's streamOptimized layout: header gdOffset all ones, the real one in the footer
+/// (footer marker, header copy, end-of-stream marker at the end). Made from qemu's layout.
+#[test]
+fn vmdk_read_stream_gd_at_end() {
+    if !require("qemu-img") {
+        return;
+    }
+    let dir = tmpdir();
+    let (raw, bytes) = raw_source(dir.path());
+    let qemu = dir.path().join("q.vmdk");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        raw.to_str().unwrap(),
+        qemu.to_str().unwrap(),
+    ]);
+    let mut f = std::fs::read(&qemu).unwrap();
+    let header = f[..512].to_vec();
+    f[56..64].copy_from_slice(&u64::MAX.to_le_bytes());
+    let mut footer_marker = vec![0u8; 512];
+    footer_marker[0..8].copy_from_slice(&1u64.to_le_bytes()); // numSectors
+    footer_marker[12..16].copy_from_slice(&3u32.to_le_bytes()); // type: footer
+    f.extend_from_slice(&footer_marker);
+    f.extend_from_slice(&header);
+    f.extend_from_slice(&[0u8; 512]); // end-of-stream marker (type 0)
+    let p = dir.path().join("vmware-layout.vmdk");
+    std::fs::write(&p, &f).unwrap();
+    let img = open(&p, &OpenOptions::default()).unwrap_or_else(|e| panic!("{}", e.chain()));
+    check_reader(img.as_ref(), &bytes);
+    assert_eq!(img.info().compression.as_deref(), Some("deflate"));
+    // Without the end-of-stream marker the footer is not where it must be.
+    let cut = dir.path().join("no-eos.vmdk");
+    std::fs::write(&cut, &f[..f.len() - 512]).unwrap();
+    let e = open(&cut, &OpenOptions::default())
+        .err()
+        .expect("no footer");
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{}", e.chain());
+    assert!(e.chain().contains("marker"), "{}", e.chain());
+}
