@@ -558,3 +558,77 @@ fn vmdk_read_stream_gd_at_end() {
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{}", e.chain());
     assert!(e.chain().contains("marker"), "{}", e.chain());
 }
+
+/// A hand-made seSparse snapshot over a qemu-made flat base.
+#[test]
+fn vmdk_read_sesparse_snapshot() {
+    if !require("qemu-img") {
+        return;
+    }
+    let dir = tmpdir();
+    let (raw, bytes) = raw_source(dir.path());
+    let base = dir.path().join("base.vmdk");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=monolithicFlat",
+        raw.to_str().unwrap(),
+        base.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&base).unwrap();
+    let cid = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CID="))
+        .unwrap()
+        .trim()
+        .to_string();
+    let sectors = bytes.len() as u64 / 512;
+    let put = |f: &mut Vec<u8>, at: usize, v: u64| f[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    // Constant header @0, volatile header @1, GD @2, grain tables @8, grains @200.
+    let mut f = vec![0u8; 200 * 512];
+    put(&mut f, 0, 0xcafe_babe);
+    put(&mut f, 8, 0x0000_0002_0000_0001);
+    put(&mut f, 16, sectors);
+    put(&mut f, 24, 8);
+    put(&mut f, 32, 64);
+    put(&mut f, 80, 1);
+    put(&mut f, 88, 1);
+    put(&mut f, 128, 2);
+    put(&mut f, 136, 1);
+    put(&mut f, 144, 8);
+    put(&mut f, 192, 200);
+    put(&mut f, 512, 0xcafe_cafe);
+    put(&mut f, 1024, 0x1000_0000_0000_0000); // GD[0] -> grain table 0
+    let gt = 8 * 512;
+    put(&mut f, gt, 0x3000_0000_0000_0000); // grain 0 -> cluster 0
+    put(&mut f, gt + 5 * 8, 0x3001_0000_0000_0000); // grain 5 -> cluster 1
+    put(&mut f, gt + 6 * 8, 0x2000_0000_0000_0000); // grain 6 -> zero
+    let mut expected = bytes.clone();
+    for (grain, fill) in [(0usize, 0x61u8), (5, 0x62)] {
+        f.extend_from_slice(&[fill; 4096]);
+        expected[grain * 4096..grain * 4096 + 4096].fill(fill);
+    }
+    expected[6 * 4096..7 * 4096].fill(0);
+    std::fs::write(dir.path().join("top-sesparse.vmdk"), &f).unwrap();
+    let top = dir.path().join("top.vmdk");
+    std::fs::write(
+        &top,
+        format!(
+            "# Disk DescriptorFile\nversion=1\nCID=0000beef\nparentCID={cid}\n\
+             createType=\"seSparse\"\nparentFileNameHint=\"base.vmdk\"\n\
+             RW {sectors} SESPARSE \"top-sesparse.vmdk\"\n"
+        ),
+    )
+    .unwrap();
+    let img = open(&top, &OpenOptions::default()).unwrap_or_else(|e| panic!("{}", e.chain()));
+    check_reader(img.as_ref(), &expected);
+    assert_eq!(
+        img.map(6 * 4096, 4096).unwrap().kind,
+        diskconv::ExtentKind::Zero
+    );
+    assert_eq!(img.map(7 * 4096, 4096).unwrap().depth, 1);
+}

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use super::VmdkError;
 use super::cowd::{COWD_HEADER_SIZE, COWD_MAGIC, parse_cowd_header};
 use super::descriptor::{MAX_DESCRIPTOR_BYTES, VmdkDescriptor, VmdkExtentLine, VmdkExtentType};
+use super::sesparse::SeSparseExtent;
 use super::sparse::{Grain, HEADER_SIZE, SPARSE_MAGIC, SparseExtent, SparseHeader};
 use super::stream::{GRAIN_MARKER_SIZE, Marker, inflate_grain};
 use crate::error::{Error, Result, ResultExt};
@@ -23,8 +24,10 @@ use crate::storage::Storage;
 
 /// What one extent of the disk is backed by.
 enum Backing {
-    /// A hosted sparse extent.
+    /// A hosted sparse extent (or a COWD extent, which has the same lookup).
     Sparse(SparseExtent),
+    /// An ESXi seSparse extent.
+    SeSparse(SeSparseExtent),
     /// Raw bytes in a file from this byte offset.
     Flat(Arc<dyn Storage>, u64),
     /// Zeros.
@@ -266,11 +269,8 @@ impl VmdkReader {
                     Backing::Sparse(open_cowd(s).in_file(&shown)?)
                 }
                 VmdkExtentType::SeSparse => {
-                    return Err(VmdkError::Unsupported(format!(
-                        "{:?} extent '{}' (descriptor line {}): seSparse (ESXi 6.5+ snapshot) extents are not supported yet",
-                        line.kind, line.file, line.line
-                    ))
-                    .into());
+                    let s = ctx.open_reference_storage(path, "extent", &line.file)?;
+                    Backing::SeSparse(SeSparseExtent::open(s).in_file(&shown)?)
                 }
                 VmdkExtentType::Sparse => {
                     let s = ctx.open_reference_storage(path, "extent", &line.file)?;
@@ -382,46 +382,60 @@ impl VmdkReader {
                 limit,
             )),
             Backing::Sparse(s) => {
-                let gb = s.header.grain_bytes();
-                let mut g = rel / gb;
-                let in_grain = rel % gb;
-                let (first, n) = s.grain_run(g).in_file(self.extent_path(i))?;
-                let run = |grain: Grain, g: u64| match grain {
-                    Grain::Unallocated => Run::Unallocated,
-                    Grain::Zero => Run::Zero,
-                    Grain::Data(h) => Run::Data { ext: i, host: h },
-                    Grain::Compressed(h) => Run::Compressed {
-                        ext: i,
-                        grain: g,
-                        host: h,
-                    },
-                };
-                let first_run = match run(first, g) {
-                    Run::Data { ext, host } => Run::Data {
-                        ext,
-                        host: host + in_grain,
-                    },
-                    r => r,
-                };
-                let mut len = (n * gb - in_grain).min(limit);
-                g += n;
-                // Merge following grains of the same kind (contiguous ones for data).
-                while len < limit {
-                    let (next, n) = s.grain_run(g).in_file(self.extent_path(i))?;
-                    let same = match (first_run, run(next, g)) {
-                        (Run::Data { host, .. }, Run::Data { host: h2, .. }) => host + len == h2,
-                        (Run::Compressed { .. }, _) => false,
-                        (a, b) => a == b,
-                    };
-                    if !same {
-                        break;
-                    }
-                    len = (len + n * gb).min(limit);
-                    g += n;
-                }
-                Ok((first_run, len))
+                self.lookup_grains(i, s.header.grain_bytes(), rel, limit, |g| s.grain_run(g))
+            }
+            Backing::SeSparse(s) => {
+                self.lookup_grains(i, s.header.grain_bytes(), rel, limit, |g| s.grain_run(g))
             }
         }
+    }
+
+    /// Lookup inside a grain-mapped extent `i` with grains of `gb` bytes.
+    fn lookup_grains(
+        &self,
+        i: usize,
+        gb: u64,
+        rel: u64,
+        limit: u64,
+        grain_run: impl Fn(u64) -> Result<(Grain, u64)>,
+    ) -> Result<(Run, u64)> {
+        let mut g = rel / gb;
+        let in_grain = rel % gb;
+        let (first, n) = grain_run(g).in_file(self.extent_path(i))?;
+        let run = |grain: Grain, g: u64| match grain {
+            Grain::Unallocated => Run::Unallocated,
+            Grain::Zero => Run::Zero,
+            Grain::Data(h) => Run::Data { ext: i, host: h },
+            Grain::Compressed(h) => Run::Compressed {
+                ext: i,
+                grain: g,
+                host: h,
+            },
+        };
+        let first_run = match run(first, g) {
+            Run::Data { ext, host } => Run::Data {
+                ext,
+                host: host + in_grain,
+            },
+            r => r,
+        };
+        let mut len = (n * gb - in_grain).min(limit);
+        g += n;
+        // Merge following grains of the same kind (contiguous ones for data).
+        while len < limit {
+            let (next, n) = grain_run(g).in_file(self.extent_path(i))?;
+            let same = match (first_run, run(next, g)) {
+                (Run::Data { host, .. }, Run::Data { host: h2, .. }) => host + len == h2,
+                (Run::Compressed { .. }, _) => false,
+                (a, b) => a == b,
+            };
+            if !same {
+                break;
+            }
+            len = (len + n * gb).min(limit);
+            g += n;
+        }
+        Ok((first_run, len))
     }
 
     fn extent_path(&self, i: usize) -> PathBuf {
@@ -598,6 +612,7 @@ impl ImageReader for VmdkReader {
                 Run::Data { ext, host } => {
                     let storage = match &self.extents[ext].backing {
                         Backing::Sparse(s) => &s.storage,
+                        Backing::SeSparse(s) => &s.storage,
                         Backing::Flat(s, _) => s,
                         Backing::Zero => unreachable!("zero extents map to Run::Zero"),
                     };
@@ -647,6 +662,12 @@ impl ImageReader for VmdkReader {
                         && !info.flags.iter().any(|f| f == "unclean_shutdown")
                     {
                         info.flags.push("unclean_shutdown".into());
+                    }
+                    &s.storage
+                }
+                Backing::SeSparse(s) => {
+                    if info.cluster_size.is_none() {
+                        info.cluster_size = Some(s.header.grain_bytes());
                     }
                     &s.storage
                 }
