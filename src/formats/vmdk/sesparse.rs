@@ -123,6 +123,9 @@ impl SeSparseHeader {
     }
 }
 
+/// Cached grain tables by byte offset, and their insertion order.
+type GtTables = (HashMap<u64, Arc<[u64]>>, VecDeque<u64>);
+
 /// An opened seSparse extent.
 pub struct SeSparseExtent {
     /// The extent file.
@@ -131,7 +134,7 @@ pub struct SeSparseExtent {
     /// The header.
     pub header: SeSparseHeader,
     gd: Vec<u64>,
-    cache: Mutex<(HashMap<u64, Arc<[u64]>>, VecDeque<u64>)>,
+    cache: Mutex<GtTables>,
 }
 
 impl std::fmt::Debug for SeSparseExtent {
@@ -327,7 +330,7 @@ pub(crate) mod tests {
         let mut f = sesparse_bytes(4096);
         put(&mut f, 1024, 0x1000_0000_0000_0000); // GD[0] -> GT 0 at sector 8
         let gt = 8 * 512;
-        put(&mut f, gt, 0x3000_0000_0000_0001); // grain 0 -> cluster 1 << 12? no: low bits << 12
+        put(&mut f, gt, 0x3000_0000_0000_0001); // grain 0 -> cluster 1 << 12 (low bits shift up)
         put(&mut f, gt + 8, 0x3001_0000_0000_0000); // grain 1 -> cluster 1
         put(&mut f, gt + 16, 0x2000_0000_0000_0000); // grain 2 zero
         put(&mut f, gt + 24, 0x1000_0000_0000_0000); // grain 3 unmapped
