@@ -632,3 +632,42 @@ fn vmdk_read_sesparse_snapshot() {
     );
     assert_eq!(img.map(7 * 4096, 4096).unwrap().depth, 1);
 }
+
+/// twoGbMaxExtentSparse with an extent line claiming more sectors than its sparse file holds.
+#[test]
+fn vmdk_read_extent_capacity_mismatch() {
+    if !require("qemu-img") {
+        return;
+    }
+    let dir = tmpdir();
+    let (raw, _) = raw_source(dir.path());
+    let d = dir.path().join("two.vmdk");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=twoGbMaxExtentSparse",
+        raw.to_str().unwrap(),
+        d.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&d).unwrap();
+    let sectors = SIZE / 512 + 3;
+    let bad = text.replace(
+        &format!("RW {sectors} SPARSE"),
+        &format!("RW {} SPARSE", sectors + 128),
+    );
+    assert_ne!(bad, text, "the extent line was found");
+    std::fs::write(&d, bad).unwrap();
+    let e = open(&d, &OpenOptions::default())
+        .err()
+        .expect("capacity mismatch");
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    assert!(
+        e.chain().contains("two-s001.vmdk") && e.chain().contains("capacity"),
+        "{}",
+        e.chain()
+    );
+}

@@ -96,6 +96,22 @@ fn read_sparse_header(storage: &dyn Storage) -> Result<SparseHeader> {
     Ok(SparseHeader::parse(&b, 0)?)
 }
 
+/// A sparse extent must hold at least the sectors its descriptor line gives it.
+fn check_capacity(line: &VmdkExtentLine, capacity: u64) -> Result<()> {
+    if capacity < line.sectors {
+        return Err(VmdkError::corrupt(
+            "sparse extent header",
+            0,
+            format!(
+                "capacity {capacity} sectors, but descriptor line {} gives the extent {} sectors",
+                line.line, line.sectors
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Opens a vmfsSparse (COWD) extent.
 fn open_cowd(storage: Arc<dyn Storage>) -> Result<SparseExtent> {
     let mut b = [0u8; COWD_HEADER_SIZE];
@@ -220,6 +236,7 @@ impl VmdkReader {
                 ..VmdkDescriptor::default()
             }
         };
+        check_capacity(&descriptor.extents[0], header.capacity)?;
         let len = descriptor.extents[0].sectors * 512;
         let sparse = SparseExtent::open(storage, header)?;
         let extents = vec![VExtent {
@@ -266,16 +283,21 @@ impl VmdkReader {
                 VmdkExtentType::Zero => Backing::Zero,
                 VmdkExtentType::VmfsSparse => {
                     let s = ctx.open_reference_storage(path, "extent", &line.file)?;
-                    Backing::Sparse(open_cowd(s).in_file(&shown)?)
+                    let ext = open_cowd(s).in_file(&shown)?;
+                    check_capacity(line, ext.header.capacity).in_file(&shown)?;
+                    Backing::Sparse(ext)
                 }
                 VmdkExtentType::SeSparse => {
                     let s = ctx.open_reference_storage(path, "extent", &line.file)?;
-                    Backing::SeSparse(SeSparseExtent::open(s).in_file(&shown)?)
+                    let ext = SeSparseExtent::open(s).in_file(&shown)?;
+                    check_capacity(line, ext.header.capacity).in_file(&shown)?;
+                    Backing::SeSparse(ext)
                 }
                 VmdkExtentType::Sparse => {
                     let s = ctx.open_reference_storage(path, "extent", &line.file)?;
                     let open = || -> Result<SparseExtent> {
                         let h = read_sparse_header(s.as_ref())?;
+                        check_capacity(line, h.capacity)?;
                         SparseExtent::open(s.clone(), h)
                     };
                     Backing::Sparse(open().in_file(&shown)?)
