@@ -148,13 +148,16 @@ impl VmdkDescriptor {
                 ),
             ));
         }
-        let text = std::str::from_utf8(bytes).map_err(|e| {
-            VmdkError::invalid(
-                "descriptor",
-                offset,
-                format!("not UTF-8 text (at byte {})", e.valid_up_to()),
-            )
-        })?;
+        // VMware writes `encoding="windows-1252"` (or other code pages) on older hosts; such
+        // text is read as Latin-1, which maps every byte to a character.
+        let text: std::borrow::Cow<'_, str> = match std::str::from_utf8(bytes) {
+            Ok(t) => t.into(),
+            Err(_) => bytes
+                .iter()
+                .map(|&b| char::from(b))
+                .collect::<String>()
+                .into(),
+        };
         let mut d = VmdkDescriptor::default();
         let mut version = None;
         let mut total: u64 = 0;
@@ -443,5 +446,15 @@ mod tests {
         ));
         assert!(e.contains("line 4") && e.contains("64 TiB"), "{e}");
         assert!(VmdkDescriptor::parse(&[0xff, 0xfe, b'\n'], 0).is_err());
+    }
+
+    #[test]
+    fn windows_1252_text_is_read_as_latin1() {
+        let mut b =
+            b"encoding=\"windows-1252\"\ncreateType=\"monolithicFlat\"\nRW 8 FLAT \"d".to_vec();
+        b.push(0xe9); // e acute in windows-1252
+        b.extend_from_slice(b"-flat.vmdk\" 0\n");
+        let d = VmdkDescriptor::parse(&b, 0).unwrap();
+        assert_eq!(d.extents[0].file, "d\u{e9}-flat.vmdk");
     }
 }
