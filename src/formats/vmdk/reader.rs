@@ -22,6 +22,9 @@ use crate::image::{Extent, ExtentKind, Format, ImageInfo, ImageReader, check_rea
 use crate::open::OpenContext;
 use crate::storage::Storage;
 
+/// Most grain lookups one `map` call makes while merging grains into one extent.
+const MAX_MERGE_LOOKUPS: u32 = 1 << 16;
+
 /// What one extent of the disk is backed by.
 enum Backing {
     /// A hosted sparse extent (or a COWD extent, which has the same lookup).
@@ -443,8 +446,11 @@ impl VmdkReader {
         };
         let mut len = (n * gb - in_grain).min(limit);
         g += n;
-        // Merge following grains of the same kind (contiguous ones for data).
-        while len < limit {
+        // Merge following grains of the same kind (contiguous ones for data), with a bound on
+        // the lookups per call (a shorter extent is always a valid answer).
+        let mut lookups = 0u32;
+        while len < limit && lookups < MAX_MERGE_LOOKUPS {
+            lookups += 1;
             let (next, n) = grain_run(g).in_file(self.extent_path(i))?;
             let same = match (first_run, run(next, g)) {
                 (Run::Data { host, .. }, Run::Data { host: h2, .. }) => host + len == h2,

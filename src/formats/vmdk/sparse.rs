@@ -308,7 +308,8 @@ impl SparseExtent {
                 .into());
             }
         }
-        let max = (GT_CACHE_BYTES / gt_bytes as usize).max(4);
+        // Bounded in bytes and in count (tiny tables would otherwise mean millions of entries).
+        let max = (GT_CACHE_BYTES / gt_bytes as usize).clamp(4, 8192);
         Ok(SparseExtent {
             storage,
             file_len,
