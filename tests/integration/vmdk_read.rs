@@ -671,3 +671,79 @@ fn vmdk_read_extent_capacity_mismatch() {
         e.chain()
     );
 }
+
+/// Zeroed-grain GTEs (value 1, flag bit 2) map as zero and read as zeros.
+#[test]
+fn vmdk_read_zeroed_grain_entries() {
+    if !require("qemu-img") || !require("qemu-io") {
+        return;
+    }
+    let dir = tmpdir();
+    let (raw, _) = raw_source(dir.path());
+    let img_path = dir.path().join("zg.vmdk");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=monolithicSparse,zeroed_grain=on",
+        raw.to_str().unwrap(),
+        img_path.to_str().unwrap(),
+    ]);
+    let p = img_path.to_str().unwrap();
+    qemu_io(&["-f", "vmdk", "-c", "write -z 0 131072", p]);
+    let expect = dir.path().join("zg.raw");
+    qemu_img(&["convert", "-O", "raw", p, expect.to_str().unwrap()]);
+    let bytes = std::fs::read(&expect).unwrap();
+    let img = open(&img_path, &OpenOptions::default()).unwrap();
+    let e = img.map(0, u64::MAX).unwrap();
+    assert_eq!(
+        (e.kind, e.len),
+        (diskconv::ExtentKind::Zero, 131072),
+        "{e:?}"
+    );
+    check_reader(img.as_ref(), &bytes);
+}
+
+/// OVA packages whose OVF names a missing or compressed disk: clear errors.
+#[test]
+fn vmdk_read_ova_bad_packages() {
+    if !require("tar") {
+        return;
+    }
+    let dir = tmpdir();
+    std::fs::write(dir.path().join("d.vmdk"), vec![0u8; 1024]).unwrap();
+    let make = |name: &str, ovf: &str| -> diskconv::Error {
+        std::fs::write(dir.path().join("p.ovf"), ovf).unwrap();
+        let ova = dir.path().join(name);
+        crate::util::run(
+            std::process::Command::new("tar")
+                .args(["--format=ustar", "-cf"])
+                .arg(&ova)
+                .arg("-C")
+                .arg(dir.path())
+                .args(["p.ovf", "d.vmdk"]),
+        );
+        open(&ova, &OpenOptions::default()).err().expect(name)
+    };
+    let files = |attrs: &str| {
+        format!(
+            "<Envelope><References><File ovf:href=\"{attrs}\" ovf:id=\"f1\"/></References>\
+             <DiskSection><Disk ovf:diskId=\"d1\" ovf:fileRef=\"f1\"/></DiskSection></Envelope>"
+        )
+    };
+    let e = make("missing.ova", &files("nope.vmdk"));
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{}", e.chain());
+    assert!(
+        e.chain().contains("nope.vmdk") && e.chain().contains("d.vmdk"),
+        "{}",
+        e.chain()
+    );
+    let e = make("gz.ova", &files("d.vmdk\" ovf:compression=\"gzip"));
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{}", e.chain());
+    // The disk member exists but is not a VMDK.
+    let e = make("junk.ova", &files("d.vmdk"));
+    assert!(e.chain().contains("d.vmdk"), "{}", e.chain());
+}
