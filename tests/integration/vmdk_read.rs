@@ -747,3 +747,29 @@ fn vmdk_read_ova_bad_packages() {
     let e = make("junk.ova", &files("d.vmdk"));
     assert!(e.chain().contains("d.vmdk"), "{}", e.chain());
 }
+
+/// A KDMV file with capacity 0 whose embedded descriptor names other extents.
+#[test]
+fn vmdk_read_sparse_container_of_a_descriptor() {
+    let dir = tmpdir();
+    let (_, bytes) = raw_source(dir.path());
+    let sectors = bytes.len() / 512;
+    let mut f = vec![0u8; 512];
+    f[0..4].copy_from_slice(b"KDMV"); // magic
+    f[4..8].copy_from_slice(&1u32.to_le_bytes()); // version
+    f[20..28].copy_from_slice(&128u64.to_le_bytes()); // grain size
+    f[28..36].copy_from_slice(&1u64.to_le_bytes()); // descriptor offset (sectors)
+    f[36..44].copy_from_slice(&2u64.to_le_bytes()); // descriptor size (sectors)
+    f[44..48].copy_from_slice(&512u32.to_le_bytes()); // numGTEsPerGT
+    let desc = format!(
+        "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n\
+         createType=\"monolithicFlat\"\nRW {sectors} FLAT \"src.raw\" 0\n"
+    );
+    f.extend_from_slice(desc.as_bytes());
+    f.resize(3 * 512, 0);
+    let p = dir.path().join("container.vmdk");
+    std::fs::write(&p, &f).unwrap();
+    let img = open(&p, &OpenOptions::default()).unwrap_or_else(|e| panic!("{}", e.chain()));
+    assert_eq!(img.info().subformat.as_deref(), Some("monolithicFlat"));
+    check_reader(img.as_ref(), &bytes);
+}

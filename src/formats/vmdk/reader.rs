@@ -140,7 +140,7 @@ impl VmdkReader {
             .read_at(&mut head, 0)
             .map_err(io_err("reading the first bytes".into()))?;
         let (descriptor, embedded, extents) = if n == 4 && head == SPARSE_MAGIC {
-            Self::open_sparse_file(storage.clone(), file_len)?
+            Self::open_sparse_file(storage.clone(), file_len, path, ctx)?
         } else if n == 4 && head == COWD_MAGIC {
             let ext = open_cowd(storage.clone())?;
             let sectors = ext.header.capacity;
@@ -190,6 +190,8 @@ impl VmdkReader {
     fn open_sparse_file(
         storage: Arc<dyn Storage>,
         file_len: u64,
+        path: Option<&Path>,
+        ctx: &OpenContext<'_>,
     ) -> Result<(VmdkDescriptor, bool, Vec<VExtent>)> {
         let header = read_sparse_header(storage.as_ref())?;
         let descriptor = if header.descriptor_offset != 0 {
@@ -210,6 +212,12 @@ impl VmdkReader {
                 "reading the embedded descriptor at {off:#x}"
             )))?;
             let d = VmdkDescriptor::parse(&b, off)?;
+            if header.capacity == 0 {
+                // A sparse file used only as a container for a descriptor naming other extents
+                // (qemu accepts these too): the extents resolve like a stand-alone descriptor's.
+                let ex = Self::open_extents(&d, path, ctx)?;
+                return Ok((d, false, ex));
+            }
             if d.extents.len() != 1 || d.extents[0].kind != VmdkExtentType::Sparse {
                 return Err(VmdkError::Unsupported(format!(
                     "an embedded descriptor with {} extent(s) of types {:?} (expected one SPARSE extent, the file itself)",
