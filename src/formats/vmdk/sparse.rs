@@ -3,8 +3,9 @@
 //! tables (GT) of grain offsets, all in 512-byte sectors.
 //!
 //! A grain table entry (GTE) of 0 means unallocated (read the parent, else zeros); 1 means a
-//! zeroed grain when the header has the zeroed-grain flag (bit 2); anything else is the sector
-//! where the grain (or, in compressed extents, its marker) starts.
+//! zeroed grain when the header has the zeroed-grain flag (bit 2) or is version 2 or later (sector
+//! 1 always holds metadata, so it cannot be a grain); anything else is the sector where the grain
+//! (or, in compressed extents, its marker) starts.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
