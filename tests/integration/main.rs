@@ -10,4 +10,5 @@ mod qcow2_check;
 mod qcow2_read;
 mod qcow2_write;
 mod util;
+mod vmdk_read;
 mod vmdk_write;

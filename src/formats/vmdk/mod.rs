@@ -18,6 +18,7 @@
 pub mod cowd;
 pub mod descriptor;
 pub mod ova;
+pub mod ova_read;
 pub mod ova_write;
 pub mod reader;
 pub mod sesparse;

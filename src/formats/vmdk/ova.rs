@@ -2,7 +2,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::open::OpenContext;
 use crate::storage::Storage;
 
@@ -10,11 +10,11 @@ use super::VmdkReader;
 
 /// Opens the first disk of the OVA package in `storage`.
 pub fn open_ova(
-    _storage: Arc<dyn Storage>,
-    _path: Option<&Path>,
-    _ctx: &OpenContext<'_>,
+    storage: Arc<dyn Storage>,
+    path: Option<&Path>,
+    ctx: &OpenContext<'_>,
 ) -> Result<VmdkReader> {
-    Err(Error::Unsupported("OVA reader not built yet".into()))
+    super::ova_read::open_ova(storage, path, ctx)
 }
 
 /// Firmware declared in the OVF.
