@@ -19,6 +19,22 @@ pub const VHDX_SIGNATURE: [u8; 8] = *b"vhdxfile";
 /// VDI signature at offset 0x40 (VirtualBox VDIHEADER, u32 little-endian 0xbeda107f).
 pub const VDI_SIGNATURE: [u8; 4] = 0xbeda_107f_u32.to_le_bytes();
 
+/// A small text file whose first sector names a `createType` and an extent access mode: a VMDK
+/// descriptor whose writer left out the `# Disk DescriptorFile` comment (the comment is
+/// optional). Large files never qualify, so a raw disk is not mistaken for one.
+fn looks_like_vmdk_descriptor(head: &[u8], len: u64) -> bool {
+    const MAX_DESCRIPTOR: u64 = 1 << 20;
+    if len > MAX_DESCRIPTOR || head.iter().any(|&b| b == 0) {
+        return false;
+    }
+    let text = String::from_utf8_lossy(head);
+    let has_key = |k: &str| {
+        text.lines()
+            .any(|l| l.trim_start().to_ascii_lowercase().starts_with(k))
+    };
+    has_key("createtype") && (has_key("rw ") || has_key("rdonly ") || has_key("noaccess "))
+}
+
 /// Detects the format of an image from its first and last sectors.
 ///
 /// Anything not recognised is raw. A raw disk that happens to start with a known magic (a guest
@@ -38,6 +54,7 @@ pub fn detect(storage: &dyn Storage) -> Result<Format> {
     if head.starts_with(&VMDK_SPARSE_MAGIC)
         || head.starts_with(&VMDK_COWD_MAGIC)
         || head.starts_with(VMDK_DESCRIPTOR_START)
+        || looks_like_vmdk_descriptor(head, len)
     {
         return Ok(Format::Vmdk);
     }
@@ -105,6 +122,18 @@ mod tests {
         assert_eq!(detect_bytes(ova.clone()), Format::Ova);
         ova[..9].copy_from_slice(b"vm/vm.txt");
         assert_eq!(detect_bytes(ova), Format::Raw);
+    }
+
+    #[test]
+    fn descriptor_without_its_comment_is_vmdk() {
+        let d = b"version=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\
+                  RW 20480 FLAT \"a-flat.vmdk\" 0\n"
+            .to_vec();
+        assert_eq!(detect_bytes(d), Format::Vmdk);
+        // The same words inside a large binary image do not count.
+        let mut big = b"createType=x\nRW 1 FLAT \"a\"\n".to_vec();
+        big.resize(2 << 20, 0);
+        assert_eq!(detect_bytes(big), Format::Raw);
     }
 
     #[test]
