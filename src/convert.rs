@@ -67,8 +67,10 @@ impl Default for ConvertOptions {
 /// What a conversion did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConvertStats {
-    /// Size of the virtual disk.
+    /// Size of the source's virtual disk.
     pub virtual_size: u64,
+    /// Size of the output's virtual disk (larger when the format rounds the size up).
+    pub output_size: u64,
     /// Bytes read from the source (zero and unallocated extents are not read).
     pub bytes_read: u64,
     /// Bytes of virtual disk written as data (compressed or not).
@@ -100,10 +102,12 @@ pub fn convert(
 ) -> Result<ConvertStats> {
     let start = Instant::now();
     let size = src.virtual_size();
-    if dst.virtual_size() != size {
+    // A writer may round the size up (a VHD for Azure is a whole number of MiB); the extra
+    // tail reads as zeros. It may never be smaller.
+    let out_size = dst.virtual_size();
+    if out_size < size {
         return Err(Error::InvalidArgument(format!(
-            "the output is {} bytes but the source is {size} bytes",
-            dst.virtual_size()
+            "the output is {out_size} bytes but the source is {size} bytes"
         )));
     }
     let granule = dst.granularity().max(512);
@@ -126,6 +130,7 @@ pub fn convert(
 
     let mut stats = ConvertStats {
         virtual_size: size,
+        output_size: out_size,
         ..Default::default()
     };
     let (tx, rx) = mpsc::channel::<(u64, Result<Item>)>();
@@ -298,6 +303,9 @@ pub fn convert(
         }
     });
     result?;
+    if out_size > size {
+        dst.write_zeroes(size, out_size - size)?;
+    }
     dst.finish()?;
     stats.elapsed = start.elapsed();
     Ok(stats)
@@ -705,6 +713,14 @@ mod tests {
         let w = RawWriter::create(Arc::new(MemStorage::new()), 1, Preallocation::Off).unwrap();
         let e = convert(&src, Box::new(w), &ConvertOptions::default(), None).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
+        // A larger output gets a zero tail.
+        let out = Arc::new(MemStorage::new());
+        let w = RawWriter::create(out.clone(), (4 << 20) + 4096, Preallocation::Full).unwrap();
+        let stats = convert(&src, Box::new(w), &ConvertOptions::default(), None).unwrap();
+        assert_eq!(stats.output_size, (4 << 20) + 4096);
+        let v = out.to_vec();
+        assert_eq!(&v[..4 << 20], &pattern(4 << 20)[..]);
+        assert!(v[4 << 20..].iter().all(|&b| b == 0));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+use crate::formats::error::FormatError;
 use crate::formats::qcow2::Qcow2Error;
 use crate::formats::vmdk::VmdkError;
 
@@ -80,6 +81,9 @@ pub enum Error {
     /// A VMDK structure is invalid, corrupt or unsupported.
     #[error(transparent)]
     Vmdk(#[from] VmdkError),
+    /// A VHD or VHDX structure is invalid, corrupt or unsupported.
+    #[error(transparent)]
+    Format(#[from] FormatError),
     /// The content of a file matched no format, or the wrong one.
     #[error("{0}")]
     InvalidFormat(String),
@@ -124,6 +128,7 @@ impl Error {
             Error::File { source, .. } => source.kind(),
             Error::Qcow2(e) => e.kind(),
             Error::Vmdk(e) => e.kind(),
+            Error::Format(e) => e.kind(),
             Error::InvalidFormat(_) => ErrorKind::InvalidFormat,
             Error::Corrupt(_) => ErrorKind::Corrupt,
             Error::Unsupported(_) => ErrorKind::Unsupported,

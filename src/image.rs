@@ -24,9 +24,9 @@ pub enum Format {
     Qcow2,
     /// VMware virtual disk.
     Vmdk,
-    /// Microsoft Virtual PC / Hyper-V VHD, called `vpc` by qemu (recognised only, for now).
+    /// Microsoft Virtual PC / Hyper-V VHD, called `vpc` by qemu.
     Vhd,
-    /// Microsoft Hyper-V VHDX (recognised only, for now).
+    /// Microsoft Hyper-V VHDX.
     Vhdx,
     /// VirtualBox VDI (recognised only).
     Vdi,

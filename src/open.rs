@@ -13,6 +13,8 @@ use crate::detect::detect;
 use crate::error::{Error, Result, ResultExt};
 use crate::formats::qcow2::Qcow2Reader;
 use crate::formats::raw::RawReader;
+use crate::formats::vhd::VhdReader;
+use crate::formats::vhdx::VhdxReader;
 use crate::formats::vmdk::VmdkReader;
 use crate::formats::vmdk::ova::open_ova;
 use crate::image::{Format, ImageReader};
@@ -230,11 +232,11 @@ impl<'a> OpenContext<'a> {
             Format::Qcow2 => Ok(Box::new(Qcow2Reader::open(storage, path, self, snapshot)?)),
             Format::Vmdk => Ok(Box::new(VmdkReader::open(storage, path, self)?)),
             Format::Ova => Ok(Box::new(open_ova(storage, path, self)?)),
+            Format::Vhd => Ok(Box::new(VhdReader::open(storage, path, self)?)),
+            Format::Vhdx => Ok(Box::new(VhdxReader::open(storage, path, self)?)),
             other => Err(Error::Unsupported(format!(
-                "reading {} images is not implemented yet (this build reads raw, qcow2, VMDK and OVA)",
+                "reading {} images is not implemented yet (this build reads raw, qcow2, VMDK, OVA, VHD and VHDX)",
                 match other {
-                    Format::Vhd => "VHD",
-                    Format::Vhdx => "VHDX",
                     Format::Vdi => "VDI",
                     _ => other.name(),
                 }

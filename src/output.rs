@@ -7,6 +7,8 @@ use crate::error::{Error, Result};
 use crate::formats::qcow2::header::{CompressionType, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
 use crate::formats::qcow2::{Qcow2WriteOptions, Qcow2Writer};
 use crate::formats::raw::{Preallocation, RawWriter};
+use crate::formats::vhd::{self, VhdSubformat, VhdWriteOptions};
+use crate::formats::vhdx::{self, VhdxSubformat, VhdxWriteOptions};
 use crate::formats::vmdk::ova::{self, Firmware, OvaOptions};
 use crate::formats::vmdk::{self, AdapterType, VmdkSubformat, VmdkWriteOptions};
 use crate::image::{Format, ImageReader, ImageWriter};
@@ -23,6 +25,10 @@ pub struct OutputOptions {
     pub vmdk: VmdkWriteOptions,
     /// OVA options (the virtual machine the OVF describes).
     pub ova: OvaOptions,
+    /// VHD options.
+    pub vhd: VhdWriteOptions,
+    /// VHDX options.
+    pub vhdx: VhdxWriteOptions,
 }
 
 impl OutputOptions {
@@ -33,6 +39,8 @@ impl OutputOptions {
             qcow2: Qcow2WriteOptions::default(),
             vmdk: VmdkWriteOptions::default(),
             ova: OvaOptions::default(),
+            vhd: VhdWriteOptions::default(),
+            vhdx: VhdxWriteOptions::default(),
         }
     }
 
@@ -110,6 +118,71 @@ impl OutputOptions {
             "preallocation" => {
                 only(&[Format::Qcow2, Format::Raw])?;
                 self.qcow2.preallocation = value.parse()?;
+            }
+            "subformat" if fmt == Format::Vhd => {
+                self.vhd.subformat = match value {
+                    "dynamic" => VhdSubformat::Dynamic,
+                    "fixed" => VhdSubformat::Fixed,
+                    other => {
+                        return Err(Error::InvalidArgument(format!(
+                            "subformat={other}: expected fixed or dynamic"
+                        )));
+                    }
+                };
+            }
+            "subformat" if fmt == Format::Vhdx => {
+                self.vhdx.subformat = match value {
+                    "dynamic" => VhdxSubformat::Dynamic,
+                    "fixed" => VhdxSubformat::Fixed,
+                    other => {
+                        return Err(Error::InvalidArgument(format!(
+                            "subformat={other}: expected fixed or dynamic"
+                        )));
+                    }
+                };
+            }
+            "block_size" => {
+                only(&[Format::Vhd, Format::Vhdx])?;
+                let (min, max) = if fmt == Format::Vhd {
+                    (512 * 1024, 256 << 20)
+                } else {
+                    (1 << 20, 256 << 20)
+                };
+                let v = parse_size(value)
+                    .filter(|v| v.is_power_of_two() && (min..=max).contains(v))
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "block_size={value}: expected a power of two from {} to {}",
+                            crate::util::human_bytes(min),
+                            crate::util::human_bytes(max)
+                        ))
+                    })? as u32;
+                if fmt == Format::Vhd {
+                    self.vhd.block_size = v;
+                } else {
+                    self.vhdx.block_size = v;
+                }
+            }
+            "round_to_mib" => {
+                only(&[Format::Vhd])?;
+                self.vhd.round_to_mib = parse_on_off(key, value)?;
+            }
+            "logical_sector_size" | "physical_sector_size" => {
+                only(&[Format::Vhdx])?;
+                let v = match value {
+                    "512" => 512,
+                    "4096" | "4k" | "4K" => 4096,
+                    other => {
+                        return Err(Error::InvalidArgument(format!(
+                            "{key}={other}: expected 512 or 4096"
+                        )));
+                    }
+                };
+                if key == "logical_sector_size" {
+                    self.vhdx.logical_sector_size = v;
+                } else {
+                    self.vhdx.physical_sector_size = v;
+                }
             }
             "subformat" => {
                 only(&[Format::Vmdk])?;
@@ -217,6 +290,10 @@ impl OutputOptions {
                     match fmt {
                         Format::Raw => "preallocation",
                         Format::Vmdk => "subformat, adapter_type, hwversion",
+                        Format::Vhd => "subformat, block_size, round_to_mib",
+                        Format::Vhdx => {
+                            "subformat, block_size, logical_sector_size, physical_sector_size"
+                        }
                         Format::Ova =>
                             "name, cpus, memory, os_type, firmware, adapter_type, hwversion",
                         _ => "compat, cluster_size, compression_type, preallocation",
@@ -231,7 +308,7 @@ impl OutputOptions {
     pub fn validate(&self) -> Result<()> {
         if !self.format.can_write() {
             return Err(Error::Unsupported(format!(
-                "writing {} images is not implemented yet (this build writes raw, qcow2, VMDK and OVA)",
+                "writing {} images is not implemented yet (this build writes raw, qcow2, VMDK, OVA, VHD and VHDX)",
                 self.format
             )));
         }
@@ -260,6 +337,16 @@ impl OutputOptions {
     }
 }
 
+fn parse_on_off(key: &str, value: &str) -> Result<bool> {
+    match value {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        other => Err(Error::InvalidArgument(format!(
+            "{key}={other}: expected on or off"
+        ))),
+    }
+}
+
 /// Creates the writer for `opts` over the output files of one conversion.
 pub fn create_writer(
     files: &mut OutputFiles,
@@ -276,6 +363,8 @@ pub fn create_writer(
         Format::Qcow2 => Box::new(Qcow2Writer::create(files.main()?, size, &opts.qcow2)?),
         Format::Vmdk => vmdk::writer::create(files, size, &opts.vmdk)?,
         Format::Ova => ova::create_writer(files, size, &opts.vmdk, &opts.ova)?,
+        Format::Vhd => vhd::writer::create(files, size, &opts.vhd)?,
+        Format::Vhdx => vhdx::writer::create(files, size, &opts.vhdx)?,
         other => {
             return Err(Error::Unsupported(format!(
                 "writing {other} images is not implemented yet"

@@ -2,6 +2,9 @@
 //! implements [`ImageReader`](crate::image::ImageReader) and
 //! [`ImageWriter`](crate::image::ImageWriter).
 
+pub mod error;
 pub mod qcow2;
 pub mod raw;
+pub mod vhd;
+pub mod vhdx;
 pub mod vmdk;

@@ -150,6 +150,15 @@ fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    if stats.output_size != stats.virtual_size {
+        eprintln!(
+            "diskconv: note: the {format} output is {} bytes ({}), the source {} bytes: the size \
+             was rounded up as the format requires; the extra tail reads as zeros",
+            stats.output_size,
+            human_bytes(stats.output_size),
+            stats.virtual_size
+        );
+    }
     if a.stats {
         let secs = start.elapsed().as_secs_f64();
         let mbps = if secs > 0.0 {
