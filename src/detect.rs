@@ -24,7 +24,7 @@ pub const VDI_SIGNATURE: [u8; 4] = 0xbeda_107f_u32.to_le_bytes();
 /// optional). Large files never qualify, so a raw disk is not mistaken for one.
 fn looks_like_vmdk_descriptor(head: &[u8], len: u64) -> bool {
     const MAX_DESCRIPTOR: u64 = 1 << 20;
-    if len > MAX_DESCRIPTOR || head.iter().any(|&b| b == 0) {
+    if len > MAX_DESCRIPTOR || head.contains(&0) {
         return false;
     }
     let text = String::from_utf8_lossy(head);
