@@ -287,6 +287,30 @@ pub fn read_skipping_holes(img: &dyn ImageReader, buf: &mut [u8], offset: u64) -
     Ok(read)
 }
 
+/// Maps `[offset, offset + len)` of a disk that is unallocated in a child image through its
+/// parent (backing file): the parent's extent, one level deeper; past the parent's end (a
+/// parent smaller than the child), unallocated. Checks that the parent answers for exactly the
+/// range asked.
+pub fn map_through_parent(
+    parent: Option<&dyn ImageReader>,
+    offset: u64,
+    len: u64,
+) -> Result<Extent> {
+    let Some(p) = parent.filter(|p| offset < p.virtual_size()) else {
+        return Ok(Extent::new(offset, len, ExtentKind::Unallocated));
+    };
+    let want = len.min(p.virtual_size() - offset);
+    let mut e = p.map(offset, want)?;
+    if e.offset != offset || e.len == 0 || e.len > want {
+        return Err(Error::Corrupt(format!(
+            "the parent image mapped {:#x}+{:#x} when asked for {offset:#x}+{want:#x}",
+            e.offset, e.len
+        )));
+    }
+    e.depth += 1;
+    Ok(e)
+}
+
 /// How one granule of a [`Chunk`] is to be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GranuleState {

@@ -1,39 +1,10 @@
-//! Fuzzes an OVA package held in memory (tar member table, OVF scan, then the VMDK member):
-//! open with the format forced, map and read a bounded number of extents. Any panic is a bug;
-//! errors are fine.
+//! Fuzzes an OVA package held in memory: tar member table, OVF scan, then the VMDK member.
 #![no_main]
 
-use std::sync::Arc;
+#[path = "common.rs"]
+mod common;
 
-use diskconv::storage::MemStorage;
-use diskconv::{Format, OpenOptions};
+use diskconv::Format;
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let storage = Arc::new(MemStorage::from_vec(data.to_vec()));
-    let opts = OpenOptions::new().format(Format::Ova);
-    let Ok(img) = diskconv::open_storage(storage, &opts) else {
-        return;
-    };
-    let _ = img.info();
-    let size = img.virtual_size();
-    let mut pos = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    for _ in 0..256 {
-        if pos >= size {
-            break;
-        }
-        let Ok(e) = img.map(pos, size - pos) else {
-            break;
-        };
-        if e.len == 0 {
-            break;
-        }
-        let n = e.len.min(buf.len() as u64) as usize;
-        let _ = img.read_at(&mut buf[..n], pos);
-        // An unaligned read across the extent's end too.
-        let m = (e.len + 1000).min(size - pos).min(buf.len() as u64) as usize;
-        let _ = img.read_at(&mut buf[..m], pos + (e.len / 3).min(size - pos - m as u64));
-        pos = pos.saturating_add(e.len);
-    }
-});
+fuzz_target!(|data: &[u8]| common::open_and_walk(data, Format::Ova));

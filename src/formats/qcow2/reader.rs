@@ -26,7 +26,9 @@ use super::header::{
 use super::l1l2::{self, COMPRESSED, COPIED, L2_RESERVED, L2Entry, OFFSET_MASK, SubclusterBitmap};
 use super::snapshot::{self, Qcow2Snapshot};
 use crate::error::{Error, Result};
-use crate::image::{Extent, ExtentKind, Format, ImageInfo, ImageReader, check_read_range};
+use crate::image::{
+    Extent, ExtentKind, Format, ImageInfo, ImageReader, check_read_range, map_through_parent,
+};
 use crate::open::OpenContext;
 use crate::storage::Storage;
 use crate::util::be32;
@@ -954,21 +956,7 @@ impl ImageReader for Qcow2Reader {
                 ..Extent::new(offset, len, ExtentKind::Data)
             },
             Run::Zero => Extent::new(offset, len, ExtentKind::Zero),
-            Run::Unallocated => match &self.backing {
-                Some(b) if offset < self.backing_size => {
-                    let want = len.min(self.backing_size - offset);
-                    let mut e = b.map(offset, want)?;
-                    if e.offset != offset || e.len == 0 || e.len > want {
-                        return Err(Error::Corrupt(format!(
-                            "the backing file mapped {:#x}+{:#x} when asked for {offset:#x}+{want:#x}",
-                            e.offset, e.len
-                        )));
-                    }
-                    e.depth += 1;
-                    e
-                }
-                _ => Extent::new(offset, len, ExtentKind::Unallocated),
-            },
+            Run::Unallocated => map_through_parent(self.backing.as_deref(), offset, len)?,
         })
     }
 

@@ -18,7 +18,9 @@ use super::sesparse::SeSparseExtent;
 use super::sparse::{Grain, HEADER_SIZE, SPARSE_MAGIC, SparseExtent, SparseHeader};
 use super::stream::{GRAIN_MARKER_SIZE, Marker, inflate_grain};
 use crate::error::{Error, Result, ResultExt};
-use crate::image::{Extent, ExtentKind, Format, ImageInfo, ImageReader, check_read_range};
+use crate::image::{
+    Extent, ExtentKind, Format, ImageInfo, ImageReader, check_read_range, map_through_parent,
+};
 use crate::open::OpenContext;
 use crate::storage::Storage;
 
@@ -617,21 +619,7 @@ impl ImageReader for VmdkReader {
                 ..Extent::new(offset, len, ExtentKind::Data)
             },
             Run::Zero => Extent::new(offset, len, ExtentKind::Zero),
-            Run::Unallocated => match &self.parent {
-                Some(p) if offset < self.parent_size => {
-                    let want = len.min(self.parent_size - offset);
-                    let mut e = p.map(offset, want)?;
-                    if e.offset != offset || e.len == 0 || e.len > want {
-                        return Err(Error::Corrupt(format!(
-                            "the parent mapped {:#x}+{:#x} when asked for {offset:#x}+{want:#x}",
-                            e.offset, e.len
-                        )));
-                    }
-                    e.depth += 1;
-                    e
-                }
-                _ => Extent::new(offset, len, ExtentKind::Unallocated),
-            },
+            Run::Unallocated => map_through_parent(self.parent.as_deref(), offset, len)?,
         })
     }
 
