@@ -52,7 +52,7 @@ impl Format {
     pub fn can_read(self) -> bool {
         matches!(
             self,
-            Format::Raw | Format::Qcow2 | Format::Vmdk | Format::Ova
+            Format::Raw | Format::Qcow2 | Format::Vmdk | Format::Ova | Format::Vhd | Format::Vhdx
         )
     }
 
@@ -60,7 +60,7 @@ impl Format {
     pub fn can_write(self) -> bool {
         matches!(
             self,
-            Format::Raw | Format::Qcow2 | Format::Vmdk | Format::Ova
+            Format::Raw | Format::Qcow2 | Format::Vmdk | Format::Ova | Format::Vhd | Format::Vhdx
         )
     }
 }
