@@ -61,6 +61,8 @@ pub const MAX_DYNAMIC_SIZE: u64 = 2040 << 30;
 /// Largest fixed disk: Azure's 32 TiB limit (REFERENCE.md section 3) and far below any
 /// arithmetic limit.
 pub const MAX_FIXED_SIZE: u64 = 32 << 40;
+/// Smallest block size written (see [`create`]).
+pub const MIN_WRITE_BLOCK_SIZE: u32 = 4096;
 const MIB: u64 = 1 << 20;
 
 /// The virtual size written for a source of `size` bytes.
@@ -147,9 +149,11 @@ pub fn create(
         }
         VhdSubformat::Dynamic => {
             let bs = opts.block_size;
-            if !bs.is_power_of_two() || !(512..=MAX_BLOCK_SIZE).contains(&bs) {
+            // The format allows 512-byte blocks, but qemu computes the bitmap of blocks under
+            // 4 KiB as 0 bytes (it rounds down) and would misread them: write 4 KiB and up.
+            if !bs.is_power_of_two() || !(MIN_WRITE_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) {
                 return Err(Error::InvalidArgument(format!(
-                    "VHD block size {bs} is not a power of two from 512 to {MAX_BLOCK_SIZE}"
+                    "VHD block size {bs} is not a power of two from {MIN_WRITE_BLOCK_SIZE} to {MAX_BLOCK_SIZE}"
                 )));
             }
             if vsize > MAX_DYNAMIC_SIZE {
