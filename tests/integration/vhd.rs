@@ -291,6 +291,41 @@ fn vhd_corpus_reads_to_manifest() {
     }
 }
 
+/// VHD to VHD: the corpus' Windows-made fixed disk, rewritten both ways, compares equal.
+#[test]
+fn vhd_corpus_rewritten_compares_equal() {
+    let Some(p) = util::corpus("images/dissect_fixed.vhd") else {
+        return;
+    };
+    if !util::require("qemu-img") {
+        return;
+    }
+    let dir = util::tmpdir();
+    let img = open_vhd(&p).unwrap();
+    // Holes of the fixed disk's file are reported as zeros, data as data.
+    let e = img.map(0, u64::MAX).unwrap();
+    assert!(e.len > 0);
+    for sub in [VhdSubformat::Fixed, VhdSubformat::Dynamic] {
+        let out = dir.path().join(format!("{sub:?}.vhd"));
+        let o = opts(sub, true);
+        convert_to_files(
+            &*img,
+            &out,
+            |files| writer::create(files, img.virtual_size(), &o),
+            &ConvertOptions::default(),
+            None,
+        )
+        .unwrap();
+        assert!(util::qemu_compare(&p, "vpc", &out, "vpc"), "{sub:?}");
+        assert_eq!(qemu_size(&out), 10_485_760);
+        let back = open_vhd(&out).unwrap();
+        assert_eq!(
+            util::sha256_image(&*back),
+            "459325ab1fcd1d5ec9854cba790ee26378317cda177ffc1072008a1df88e6463"
+        );
+    }
+}
+
 #[test]
 fn vhd_corpus_disk2vhd() {
     let Some(p) = util::corpus("images/qemu_samples/d2v-zerofilled.vhd.bz2") else {

@@ -490,6 +490,21 @@ impl ImageReader for VhdReader {
             return Ok(Extent::new(offset, 0, ExtentKind::Data));
         }
         let max = max_len.min(self.size - offset);
+        if self.sparse.is_none() {
+            // A fixed disk is raw data: report the file's holes as zeros.
+            let seg = self
+                .storage
+                .segment(offset)
+                .map_err(io(format!("looking for holes at {offset:#x}")))?;
+            let len = if seg.len == 0 { max } else { seg.len.min(max) };
+            return Ok(if seg.data {
+                let mut e = Extent::new(offset, len, ExtentKind::Data);
+                e.host_offset = Some(offset);
+                e
+            } else {
+                Extent::new(offset, len, ExtentKind::Zero)
+            });
+        }
         let (len, loc) = self.locate(offset, max)?;
         if loc == Loc::Absent {
             if let Some(p) = &self.parent {
