@@ -299,8 +299,12 @@ impl VhdReader {
     }
 
     fn open_parent(&mut self, path: Option<&Path>, ctx: &OpenContext<'_>) -> Result<()> {
-        let sparse = self.sparse.as_ref().expect("differencing disks are sparse");
-        let header = &sparse.header;
+        // Only sparse disks have a dynamic header (and so a parent).
+        let Some(sparse) = &self.sparse else {
+            return Ok(());
+        };
+        let header = sparse.header.clone();
+        let hoff = sparse.header_offset;
         // Candidate names, best first: relative locators, absolute ones, the parent's name.
         let mut names: Vec<String> = Vec::new();
         let mut locs = header.locators.clone();
@@ -350,13 +354,13 @@ impl VhdReader {
         if candidates.is_empty() {
             return Err(corrupt(
                 "dynamic header",
-                sparse.header_offset,
+                hoff,
                 "differencing disk without a usable parent locator or parent name".into(),
             ));
         }
         let mut first_err: Option<Error> = None;
         for c in &candidates {
-            match self.try_parent(path, ctx, c) {
+            match self.try_parent(path, ctx, c, &header.parent_unique_id, hoff) {
                 Ok(()) => return Ok(()),
                 // The policy said no, or the parent is there but wrong: stop here.
                 Err(e) if e.kind() != ErrorKind::Io => return Err(e),
@@ -367,6 +371,7 @@ impl VhdReader {
                 }
             }
         }
+        // `candidates` is not empty and every failed try stored its error or returned.
         let e = first_err.expect("at least one candidate was tried");
         Err(Error::Corrupt(format!(
             "the parent of this differencing VHD was not found (tried {}): {}",
@@ -375,25 +380,26 @@ impl VhdReader {
         )))
     }
 
-    fn try_parent(&mut self, path: Option<&Path>, ctx: &OpenContext<'_>, name: &str) -> Result<()> {
-        let expected = self
-            .sparse
-            .as_ref()
-            .expect("differencing disks are sparse")
-            .header
-            .parent_unique_id;
+    fn try_parent(
+        &mut self,
+        path: Option<&Path>,
+        ctx: &OpenContext<'_>,
+        name: &str,
+        expected: &[u8; 16],
+        hoff: u64,
+    ) -> Result<()> {
         let pstorage = ctx.open_reference_storage(path, "parent", name)?;
         let resolved: PathBuf = ctx.resolve_reference(path, "parent", name)?;
         let (pfooter, _, _) =
             load_footer(pstorage.as_ref()).map_err(|e| e.in_file(resolved.clone()))?;
-        if pfooter.unique_id != expected {
+        if pfooter.unique_id != *expected {
             return Err(corrupt(
                 "dynamic header",
-                self.sparse.as_ref().map_or(0, |s| s.header_offset),
+                hoff,
                 format!(
                     "{} expects a parent with unique id {}, but its parent {} has unique id {}",
                     path.map_or("this image".into(), |p| p.display().to_string()),
-                    guid(&expected),
+                    guid(expected),
                     resolved.display(),
                     guid(&pfooter.unique_id)
                 ),
@@ -411,13 +417,18 @@ impl VhdReader {
     }
 
     fn bitmap(&self, s: &Sparse, block: u32, host: u64) -> Result<Arc<Vec<u8>>> {
-        if let Some(b) = s.bitmaps.lock().expect("bitmap cache lock").get(&block) {
+        if let Some(b) = s
+            .bitmaps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&block)
+        {
             return Ok(b.clone());
         }
         let mut buf = vec![0u8; s.header.bitmap_size() as usize];
         read_exact(self.storage.as_ref(), &mut buf, host)?;
         let b = Arc::new(buf);
-        let mut cache = s.bitmaps.lock().expect("bitmap cache lock");
+        let mut cache = s.bitmaps.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= BITMAP_CACHE {
             cache.clear();
         }
