@@ -381,6 +381,17 @@ fn vhd_corpus_differencing_without_parent() {
 /// Builds a differencing VHD over `parent` (a dynamic VHD written by us) in `dir`, where
 /// `block` 0's sectors 1 and 3 hold 0xcc and the rest comes from the parent.
 fn make_child(dir: &Path, parent: &Path, locator: &str, parent_id: Option<[u8; 16]>) -> Vec<u8> {
+    make_child_with(dir, parent, b"W2ru", locator, parent_id)
+}
+
+/// [`make_child`] with a chosen locator platform code.
+fn make_child_with(
+    dir: &Path,
+    parent: &Path,
+    code: &[u8; 4],
+    locator: &str,
+    parent_id: Option<[u8; 16]>,
+) -> Vec<u8> {
     let pbytes = std::fs::read(parent).unwrap();
     let pf = &pbytes[pbytes.len() - 512..];
     let size = be64(pf, 48);
@@ -415,7 +426,7 @@ fn make_child(dir: &Path, parent: &Path, locator: &str, parent_id: Option<[u8; 1
     for (i, u) in "unused-name.vhd".encode_utf16().enumerate() {
         h[64 + 2 * i..66 + 2 * i].copy_from_slice(&u.to_be_bytes());
     }
-    h[576..580].copy_from_slice(b"W2ru");
+    h[576..580].copy_from_slice(code);
     h[580..584].copy_from_slice(&(loc_space as u32).to_be_bytes());
     h[584..588].copy_from_slice(&(loc.len() as u32).to_be_bytes());
     h[592..600].copy_from_slice(&loc_off.to_be_bytes());
@@ -471,6 +482,23 @@ fn vhd_differencing_reads_through_parent() {
     assert_eq!(info.backing_file.as_deref(), Some("parent.vhd"));
     assert!(img.map(0, 512).unwrap().depth == 1);
     assert!(img.map(512, 512).unwrap().depth == 0);
+}
+
+/// A Windows absolute locator (drive letter) cannot be opened here: its file name is looked
+/// for beside the child, under the reference policy.
+#[test]
+fn vhd_differencing_absolute_windows_locator() {
+    let dir = util::tmpdir();
+    let parent = parent_in(dir.path());
+    let want = make_child_with(
+        dir.path(),
+        &parent,
+        b"W2ku",
+        "C:\\VMs\\Disks\\parent.vhd",
+        None,
+    );
+    let img = open_vhd(&dir.path().join("child.vhd")).unwrap_or_else(|e| panic!("{}", e.chain()));
+    contract::check_reader(&*img, &want);
 }
 
 #[test]
