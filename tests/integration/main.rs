@@ -10,5 +10,6 @@ mod qcow2_check;
 mod qcow2_read;
 mod qcow2_write;
 mod util;
+mod vhdx;
 mod vmdk_read;
 mod vmdk_write;
