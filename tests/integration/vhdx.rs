@@ -428,3 +428,118 @@ fn vhdx_bad_input_gives_clear_errors() {
         assert!(diskconv::open_storage(s, &OpenOptions::default().format(Format::Vhdx)).is_err());
     }
 }
+
+/// Turns the dynamic VHDX at `child` (1 MiB blocks, 512-byte sectors, 4 MiB) into a
+/// differencing disk of `parent_name` with `linkage`: block 0 not present (parent), block 1
+/// partially present (its first 8 sectors here), block 2 zero, block 3 as written.
+fn make_child(child: &Path, parent_name: &str, linkage: &str) {
+    use diskconv::formats::vhdx::metadata;
+    let mut b = std::fs::read(child).unwrap();
+    let mut m = metadata::parse(&b[0x200000..0x300000], 0x200000).unwrap();
+    m.has_parent = true;
+    m.parent_locator = Some(vec![
+        ("parent_linkage".into(), linkage.into()),
+        ("relative_path".into(), format!(".\\{parent_name}")),
+        (
+            "absolute_win32_path".into(),
+            format!("C:\\nowhere\\{parent_name}"),
+        ),
+    ]);
+    b[0x200000..0x300000].copy_from_slice(&metadata::to_bytes(&m, 1 << 20));
+    let entry = |b: &[u8], i: usize| {
+        u64::from_le_bytes(b[0x300000 + 8 * i..0x300008 + 8 * i].try_into().unwrap())
+    };
+    let set = |b: &mut Vec<u8>, i: usize, v: u64| {
+        b[0x300000 + 8 * i..0x300008 + 8 * i].copy_from_slice(&v.to_le_bytes())
+    };
+    assert_eq!(entry(&b, 0) & 7, 0);
+    let e1 = entry(&b, 1);
+    assert_eq!(e1 & 7, 6);
+    set(&mut b, 1, (e1 & !7) | 7);
+    set(&mut b, 2, 2);
+    // Sector bitmap block for chunk 0 (entry 4096), appended at the end of the file.
+    let bm = b.len();
+    b.resize(bm + (1 << 20), 0);
+    b[bm + 2048 / 8] = 0xff; // block 1 starts at bit 2048: its first 8 sectors
+    set(&mut b, 4096, bm as u64 | 6);
+    std::fs::write(child, b).unwrap();
+}
+
+#[test]
+fn vhdx_differencing_reads_through_parent() {
+    let dir = util::tmpdir();
+    let praw = dir.path().join("p.raw");
+    util::make_raw(&praw, 4 << 20, 21);
+    let psrc = diskconv::open(&praw, &OpenOptions::default().format(Format::Raw)).unwrap();
+    let opts = VhdxWriteOptions {
+        block_size: 1 << 20,
+        ..Default::default()
+    };
+    let parent = dir.path().join("base.vhdx");
+    write_vhdx(&*psrc, &parent, &opts);
+    let pb = std::fs::read(&parent).unwrap();
+    let dwg: [u8; 16] = pb[0x10000 + 32..0x10000 + 48].try_into().unwrap();
+    let linkage = format!("{{{}}}", diskconv::formats::vhdx::guid_to_string(&dwg));
+
+    let mut craw = vec![0u8; 4 << 20];
+    craw[1 << 20..2 << 20].fill(0x77);
+    craw[3 << 20..].fill(0x88);
+    let crawp = dir.path().join("c.raw");
+    std::fs::write(&crawp, &craw).unwrap();
+    let csrc = diskconv::open(&crawp, &OpenOptions::default().format(Format::Raw)).unwrap();
+    let child = dir.path().join("child.avhdx");
+    write_vhdx(&*csrc, &child, &opts);
+    make_child(&child, "base.vhdx", &linkage);
+
+    let mut expected = std::fs::read(&praw).unwrap();
+    expected[1 << 20..(1 << 20) + 4096].fill(0x77);
+    expected[2 << 20..3 << 20].fill(0);
+    expected[3 << 20..].fill(0x88);
+    let img = open(&child).unwrap();
+    contract::check_reader(&*img, &expected);
+    let info = img.info();
+    assert_eq!(info.subformat.as_deref(), Some("differencing"));
+    assert_eq!(info.backing_file.as_deref(), Some("base.vhdx"));
+
+    // Wrong linkage: the parent changed after the child was made.
+    write_vhdx(&*csrc, &child, &opts);
+    make_child(
+        &child,
+        "base.vhdx",
+        "{00000000-1111-2222-3333-444444444444}",
+    );
+    let e = open(&child).err().unwrap();
+    let m = chain(&e);
+    assert!(m.contains("parent_linkage"), "{m}");
+
+    // A parent outside the image's folder is refused by the default policy.
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let child2 = sub.join("child.avhdx");
+    write_vhdx(&*csrc, &child2, &opts);
+    make_child(&child2, "..\\base.vhdx", &linkage);
+    let e = open(&child2).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::ReferenceDenied, "{e:#}");
+    let any = diskconv::open(
+        &child2,
+        &OpenOptions::default()
+            .format(Format::Vhdx)
+            .references(diskconv::ReferencePolicy::Anywhere),
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 4 << 20];
+    any.read_at(&mut buf, 0).unwrap();
+    assert!(buf == expected);
+}
+
+/// The error and all its causes, joined.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
