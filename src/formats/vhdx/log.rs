@@ -153,11 +153,13 @@ fn apply(log: &[u8], e: &Entry, log_offset: u64, o: &mut LogOverlay) -> Result<(
                 ),
             ));
         }
-        if file_offset % SECTOR as u64 != 0 {
+        if file_offset % SECTOR as u64 != 0 || file_offset > super::MAX_FILE_OFFSET {
             return Err(invalid(
                 "log entry",
                 at,
-                format!("descriptor {i}: file offset {file_offset:#x} is not 4 KiB-aligned"),
+                format!(
+                    "descriptor {i}: file offset {file_offset:#x} is not 4 KiB-aligned or too large"
+                ),
             ));
         }
         match &d[0..4] {

@@ -20,6 +20,10 @@ use crate::formats::error::FormatError;
 /// 1 MiB: region, log and payload alignment.
 pub const MIB: u64 = 1 << 20;
 
+/// Largest file offset accepted from any on-disk field (2^56 bytes), so that offset + length
+/// never overflows.
+pub const MAX_FILE_OFFSET: u64 = 1 << 56;
+
 /// A GUID in its on-disk (mixed-endian, Windows) byte order.
 pub type Guid = [u8; 16];
 

@@ -135,17 +135,6 @@ impl VhdxReader {
             .len()
             .map_err(|e| Error::io("getting the file size", e))?;
         let header = read_header(storage.as_ref(), len)?;
-        let mut first = vec![0u8; 0x50000];
-        storage
-            .read_exact_at(&mut first, 0)
-            .map_err(|e| Error::io("reading the VHDX region tables", e))?;
-        let rt = |o: u64| region::parse(&first[o as usize..o as usize + REGION_TABLE_SIZE], o);
-        let regions = match rt(REGION_OFFSETS[0]) {
-            Ok(r) => r,
-            Err(e @ crate::formats::error::FormatError::Unsupported { .. }) => return Err(e.into()),
-            Err(e) => rt(REGION_OFFSETS[1]).map_err(|_| e)?,
-        };
-
         // The log: replay in memory when its guid is set.
         let mut overlay = LogOverlay::default();
         let log_end = header.log_offset + u64::from(header.log_length);
@@ -179,6 +168,16 @@ impl VhdxReader {
             inner: storage,
             len,
             overlay,
+        };
+
+        // Region tables, read as the log left them.
+        let mut first = vec![0u8; 0x50000];
+        file.read(&mut first, 0, "region tables")?;
+        let rt = |o: u64| region::parse(&first[o as usize..o as usize + REGION_TABLE_SIZE], o);
+        let regions = match rt(REGION_OFFSETS[0]) {
+            Ok(r) => r,
+            Err(e @ crate::formats::error::FormatError::Unsupported { .. }) => return Err(e.into()),
+            Err(e) => rt(REGION_OFFSETS[1]).map_err(|_| e)?,
         };
 
         // Regions must not overlap each other, the log or the first MiB, and must fit the file.

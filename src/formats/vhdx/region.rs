@@ -89,7 +89,11 @@ pub fn parse(bytes: &[u8], offset: u64) -> Result<VhdxRegions, FormatError> {
             length: le32(b, at + 24),
             required: le32(b, at + 28) & 1 != 0,
         };
-        if r.offset % MIB != 0 || r.offset < MIB || u64::from(r.length) % MIB != 0 || r.length == 0
+        if r.offset % MIB != 0
+            || r.offset < MIB
+            || r.offset > super::MAX_FILE_OFFSET
+            || u64::from(r.length) % MIB != 0
+            || r.length == 0
         {
             return Err(invalid(
                 W,

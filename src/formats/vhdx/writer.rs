@@ -99,6 +99,8 @@ pub struct VhdxWriter {
     bat: Vec<BatEntry>,
     bat_length: u64,
     next_offset: u64,
+    /// Blocks that received data: only those need zeroing (the rest are holes).
+    written: Vec<bool>,
 }
 
 impl VhdxWriter {
@@ -140,6 +142,7 @@ impl VhdxWriter {
             bat: vec![BatEntry::default(); entries as usize],
             bat_length,
             next_offset: data_start,
+            written: vec![false; blocks as usize],
         };
         if opts.subformat == VhdxSubformat::Fixed {
             for b in 0..blocks {
@@ -219,6 +222,12 @@ impl ImageWriter for VhdxWriter {
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
+        let bs = u64::from(self.opts.block_size);
+        if !buf.is_empty() {
+            for b in offset / bs..=(offset + buf.len() as u64 - 1) / bs {
+                self.written[b as usize] = true;
+            }
+        }
         self.per_block(offset, buf.len() as u64, true, |w, host, at, n| {
             // Safe: `alloc` is true, so every block has a host offset.
             let h = host.expect("allocated");
@@ -230,12 +239,13 @@ impl ImageWriter for VhdxWriter {
 
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
-        self.per_block(offset, len, false, |w, host, _, n| match host {
-            Some(h) => w
+        let bs = u64::from(self.opts.block_size);
+        self.per_block(offset, len, false, |w, host, at, n| match host {
+            Some(h) if w.written[((offset + at) / bs) as usize] => w
                 .file
                 .write_zeroes(h, n)
                 .map_err(|e| Error::io(format!("zeroing {n:#x} bytes at {h:#x}"), e)),
-            None => Ok(()),
+            _ => Ok(()),
         })
     }
 
