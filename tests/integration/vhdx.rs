@@ -216,6 +216,35 @@ fn vhdx_4k_sector_output_field_by_field() {
     }
 }
 
+/// A fixed VHDX of a mostly empty disk is a sparse file: zeros are never written.
+#[test]
+fn vhdx_fixed_output_is_sparse() {
+    let dir = util::tmpdir();
+    let raw = dir.path().join("z.raw");
+    let f = std::fs::File::create(&raw).unwrap();
+    f.set_len(256 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[1u8; 4096], 100 << 20).unwrap();
+    let src = diskconv::open(&raw, &OpenOptions::default().format(Format::Raw)).unwrap();
+    let out = dir.path().join("fixed.vhdx");
+    let opts = VhdxWriteOptions {
+        subformat: VhdxSubformat::Fixed,
+        ..Default::default()
+    };
+    write_vhdx(&*src, &out, &opts);
+    let meta = std::fs::metadata(&out).unwrap();
+    assert!(meta.len() >= (256 + 4) << 20);
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 16 << 20,
+        "not sparse"
+    );
+    let img = open(&out).unwrap();
+    assert_eq!(util::sha256_image(&*img), util::sha256_file(&raw));
+    if util::require("qemu-img") {
+        util::assert_qemu_check(&out);
+        assert!(util::qemu_compare(&raw, "raw", &out, "vhdx"));
+    }
+}
+
 #[test]
 fn vhdx_corpus_hyperv_dynamic() {
     let Some(p) = util::corpus("images/dissect_hyperv_dynamic.vhdx") else {

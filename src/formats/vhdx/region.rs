@@ -234,6 +234,14 @@ mod tests {
             required: false,
         };
         assert!(parse(&table(Some(odd)), 0).is_err());
+        // Regression: an offset near 2^64 used to overflow the overlap check.
+        let huge = Region {
+            guid: [9; 16],
+            offset: !(MIB - 1),
+            length: MIB as u32,
+            required: false,
+        };
+        assert!(parse(&table(Some(huge)), 0).is_err());
         let mut b = table(None);
         b[8..12].copy_from_slice(&5000u32.to_le_bytes());
         set_checksum(&mut b, 4);
