@@ -257,6 +257,18 @@ fn vhdx_corpus_hyperv_dynamic() {
         util::sha256_image(&*img),
         "8e2b5e9265d694b42b81819e3bff29770eff4ed0f4f9f311693ff3dbdc93efac"
     );
+    if util::require("qemu-img") {
+        let dir = util::tmpdir();
+        let raw = dir.path().join("d.raw");
+        util::qemu_img(&[
+            "convert",
+            "-O",
+            "raw",
+            p.to_str().unwrap(),
+            raw.to_str().unwrap(),
+        ]);
+        contract::check_reader(&*img, &raw_bytes(&raw));
+    }
     assert_eq!(util::sha256_file(&p), before);
 }
 
