@@ -562,3 +562,61 @@ impl ImageReader for VhdxReader {
         i
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::vhdx::writer::{VhdxWriteOptions, VhdxWriter};
+    use crate::image::ImageWriter;
+    use crate::open::{OpenOptions, open_storage};
+    use crate::storage::MemStorage;
+
+    /// A 4-block dynamic image (1 MiB blocks) with every block written, then `states` applied.
+    fn image(states: &[u8]) -> Result<Box<dyn ImageReader>> {
+        let mem = Arc::new(MemStorage::new());
+        let opts = VhdxWriteOptions {
+            block_size: 1 << 20,
+            ..Default::default()
+        };
+        let mut w = Box::new(VhdxWriter::new(mem.clone(), 4 << 20, &opts).unwrap());
+        w.write_at(&vec![0x5a; 4 << 20], 0).unwrap();
+        w.finish().unwrap();
+        let mut b = mem.to_vec();
+        for (i, &s) in states.iter().enumerate() {
+            let at = 0x300000 + 8 * i;
+            b[at] = (b[at] & !7) | s;
+        }
+        open_storage(
+            Arc::new(MemStorage::from_vec(b)),
+            &OpenOptions::new().format(Format::Vhdx),
+        )
+    }
+
+    #[test]
+    fn payload_states() {
+        let img = image(&[6, 1, 2, 3]).unwrap();
+        let mut buf = vec![0u8; 4 << 20];
+        img.read_at(&mut buf, 0).unwrap();
+        assert!(buf[..1 << 20].iter().all(|&b| b == 0x5a));
+        assert!(buf[1 << 20..].iter().all(|&b| b == 0));
+        let kinds: Vec<_> = (0..4)
+            .map(|i| img.map(i << 20, 1 << 20).unwrap().kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ExtentKind::Data,
+                ExtentKind::Unallocated,
+                ExtentKind::Zero,
+                ExtentKind::Zero
+            ]
+        );
+        // Adjacent blocks of one kind merge into one extent.
+        assert_eq!(img.map(2 << 20, 2 << 20).unwrap().len, 2 << 20);
+        // Partially present needs a parent; 4 and 5 are reserved.
+        for bad in [7, 4, 5] {
+            let e = image(&[bad]).err().expect("an error");
+            assert_eq!(e.kind(), crate::error::ErrorKind::Corrupt, "{e}");
+        }
+    }
+}
