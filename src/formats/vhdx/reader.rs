@@ -416,18 +416,20 @@ impl VhdxReader {
         self.bat[bat::payload_index(block, self.chunk_ratio) as usize]
     }
 
-    /// Whether sector `sector` of block `block` is present in this file (state 7 blocks).
-    fn sector_present(&self, block: u64, sector: u64) -> Result<bool> {
+    /// Presence bits of sectors `first..last` of block `block` (state 7 blocks), read from
+    /// the sector bitmap block in one I/O: `(bytes, bit index of sector `first`)`.
+    fn sector_bits(&self, block: u64, first: u64, last: u64) -> Result<Option<(Vec<u8>, u64)>> {
         let bm = self.bat[bat::bitmap_index(block, self.chunk_ratio) as usize];
         if bm.state() != bat::SB_PRESENT {
-            return Ok(false);
+            return Ok(None);
         }
         let spb = u64::from(self.meta.block_size / self.meta.logical_sector_size);
-        let bit = (block % self.chunk_ratio) * spb + sector;
-        let mut b = [0u8; 1];
+        let bit0 = (block % self.chunk_ratio) * spb + first;
+        let bit1 = (block % self.chunk_ratio) * spb + last;
+        let mut bytes = vec![0u8; (bit1.div_ceil(8) - bit0 / 8) as usize];
         self.file
-            .read(&mut b, bm.offset() + bit / 8, "sector bitmap")?;
-        Ok(b[0] >> (bit % 8) & 1 != 0)
+            .read(&mut bytes, bm.offset() + bit0 / 8, "sector bitmap")?;
+        Ok(Some((bytes, bit0 % 8)))
     }
 
     /// Where the `n` bytes at `offset` (inside one block) come from: (kind, host offset,
@@ -444,9 +446,17 @@ impl VhdxReader {
             bat::PAYLOAD_PARTIALLY_PRESENT => {
                 let lss = u64::from(self.meta.logical_sector_size);
                 let s0 = within / lss;
-                let here = self.sector_present(block, s0)?;
+                let s_end = (within + n).div_ceil(lss);
+                let bits = self.sector_bits(block, s0, s_end)?;
+                let present = |s: u64| {
+                    bits.as_ref().is_some_and(|(b, shift)| {
+                        let bit = s - s0 + shift;
+                        b[(bit / 8) as usize] >> (bit % 8) & 1 != 0
+                    })
+                };
+                let here = present(s0);
                 let mut s = s0 + 1;
-                while s * lss < within + n && self.sector_present(block, s)? == here {
+                while s < s_end && present(s) == here {
                     s += 1;
                 }
                 let len = (s * lss - within).min(n);
