@@ -11,5 +11,6 @@ mod qcow2_read;
 mod qcow2_write;
 mod util;
 mod vhd;
+mod vhdx;
 mod vmdk_read;
 mod vmdk_write;
