@@ -71,6 +71,20 @@ const CASES: &[Case] = &[
         extra: &["-o", "subformat=streamOptimized,adapter_type=lsilogic"],
     },
     Case {
+        name: "raw-vhd-fixed",
+        title: "raw->vhd fixed",
+        input: Input::Raw,
+        out_fmt: "vpc",
+        extra: &["-o", "subformat=fixed"],
+    },
+    Case {
+        name: "raw-vhdx-dynamic",
+        title: "raw->vhdx dynamic",
+        input: Input::Raw,
+        out_fmt: "vhdx",
+        extra: &["-o", "subformat=dynamic"],
+    },
+    Case {
         name: "qcow2-raw",
         title: "qcow2->raw",
         input: Input::QemuQcow2,
@@ -343,7 +357,7 @@ fn verify(src: &Path, out: &Path, out_fmt: &str, have_qemu: bool) -> (String, bo
         }
         Err(e) => (format!("MISMATCH? could not run {by} compare: {e}"), false),
     };
-    if have_qemu && (out_fmt == "qcow2" || out_fmt == "vmdk") {
+    if have_qemu && matches!(out_fmt, "qcow2" | "vmdk" | "vhdx") {
         match Command::new("qemu-img")
             .args(["check", "-f", out_fmt])
             .arg(out)
