@@ -5,13 +5,16 @@
 //! table, metadata, BAT, log) and fixes the checksums, so the fuzzer reaches the deep checks.
 #![no_main]
 
+#[path = "common.rs"]
+mod common;
+
 use std::sync::{Arc, OnceLock};
 
 use diskconv::ImageWriter;
 use diskconv::formats::vhdx::writer::{VhdxWriteOptions, VhdxWriter};
 use diskconv::formats::vhdx::{self, header, log, metadata, region};
 use diskconv::storage::MemStorage;
-use diskconv::{Format, OpenOptions};
+use diskconv::Format;
 use libfuzzer_sys::fuzz_target;
 
 fn padded(data: &[u8], len: usize) -> Vec<u8> {
@@ -76,28 +79,7 @@ fn patched(mut rest: &[u8], fix: bool) -> Vec<u8> {
 }
 
 fn exercise(bytes: Vec<u8>) {
-    let storage = Arc::new(MemStorage::from_vec(bytes));
-    let Ok(img) = diskconv::open_storage(storage, &OpenOptions::new().format(Format::Vhdx)) else {
-        return;
-    };
-    let _ = img.info();
-    let size = img.virtual_size();
-    let mut pos = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
-    for _ in 0..64 {
-        if pos >= size {
-            break;
-        }
-        let Ok(e) = img.map(pos, size - pos) else {
-            break;
-        };
-        if e.len == 0 {
-            break;
-        }
-        let n = e.len.min(buf.len() as u64) as usize;
-        let _ = img.read_at(&mut buf[..n], pos);
-        pos = pos.saturating_add(e.len);
-    }
+    common::open_and_walk(&bytes, Format::Vhdx);
 }
 
 fuzz_target!(|data: &[u8]| {
