@@ -5,9 +5,9 @@
 #[path = "common.rs"]
 mod common;
 
+use diskconv::Format;
 use diskconv::formats::vhd::dynamic::VhdDynamicHeader;
 use diskconv::formats::vhd::footer::VhdFooter;
-use diskconv::Format;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -10,11 +10,11 @@ mod common;
 
 use std::sync::{Arc, OnceLock};
 
+use diskconv::Format;
 use diskconv::ImageWriter;
 use diskconv::formats::vhdx::writer::{VhdxWriteOptions, VhdxWriter};
 use diskconv::formats::vhdx::{self, header, log, metadata, region};
 use diskconv::storage::MemStorage;
-use diskconv::Format;
 use libfuzzer_sys::fuzz_target;
 
 fn padded(data: &[u8], len: usize) -> Vec<u8> {
