@@ -311,6 +311,27 @@ pub fn map_through_parent(
     Ok(e)
 }
 
+/// Reads `buf.len()` bytes at `offset` of a disk that is unallocated in a child image from its
+/// parent: what lies inside the parent is read from it, the rest (a smaller parent, or none)
+/// reads as zeros.
+pub fn read_through_parent(
+    parent: Option<&dyn ImageReader>,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<()> {
+    let inside = match parent {
+        Some(p) if offset < p.virtual_size() => {
+            ((p.virtual_size() - offset).min(buf.len() as u64)) as usize
+        }
+        _ => 0,
+    };
+    if let (Some(p), true) = (parent, inside > 0) {
+        p.read_at(&mut buf[..inside], offset)?;
+    }
+    buf[inside..].fill(0);
+    Ok(())
+}
+
 /// How one granule of a [`Chunk`] is to be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GranuleState {

@@ -8,6 +8,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::formats::error::FormatError;
 use crate::image::{
     Extent, ExtentKind, Format, ImageInfo, ImageReader, SharedReader, check_read_range,
+    map_through_parent, read_through_parent,
 };
 use crate::open::OpenContext;
 use crate::storage::Storage;
@@ -517,17 +518,8 @@ impl ImageReader for VhdReader {
             });
         }
         let (len, loc) = self.locate(offset, max)?;
-        if loc == Loc::Absent {
-            if let Some(p) = &self.parent {
-                let psize = p.virtual_size();
-                if offset >= psize {
-                    // Past the end of a smaller parent: zeros.
-                    return Ok(Extent::new(offset, len, ExtentKind::Zero));
-                }
-                let mut e = p.map(offset, len.min(psize - offset))?;
-                e.depth += 1;
-                return Ok(e);
-            }
+        if loc == Loc::Absent && self.parent.is_some() {
+            return map_through_parent(self.parent.as_deref(), offset, len);
         }
         // Merge following runs of the same kind (and, for data, contiguous in the file).
         let mut total = len;
@@ -562,15 +554,9 @@ impl ImageReader for VhdReader {
             let pos = offset + done as u64;
             let (n, loc) = self.locate(pos, (buf.len() - done) as u64)?;
             let dst = &mut buf[done..done + n as usize];
-            match (loc, &self.parent) {
-                (Loc::Host(h), _) => read_exact(self.storage.as_ref(), dst, h)?,
-                (Loc::Absent, Some(p)) => {
-                    let psize = p.virtual_size();
-                    let inside = psize.saturating_sub(pos).min(n) as usize;
-                    p.read_at(&mut dst[..inside], pos)?;
-                    dst[inside..].fill(0);
-                }
-                (Loc::Absent, None) => dst.fill(0),
+            match loc {
+                Loc::Host(h) => read_exact(self.storage.as_ref(), dst, h)?,
+                Loc::Absent => read_through_parent(self.parent.as_deref(), dst, pos)?,
             }
             done += n as usize;
         }

@@ -12,6 +12,7 @@ use super::{MIB, corrupt, guid_from_str, guid_to_string, invalid, unsupported};
 use crate::error::{Error, Result};
 use crate::image::{
     Extent, ExtentKind, Format, ImageInfo, ImageReader, SharedReader, check_read_range,
+    map_through_parent, read_through_parent,
 };
 use crate::open::OpenContext;
 use crate::storage::{FileStorage, Storage};
@@ -494,11 +495,7 @@ impl ImageReader for VhdxReader {
         let max = max_len.min(size - offset);
         let (kind, host, mut len, from_parent) = self.locate(offset, max)?;
         if from_parent {
-            // Safe: `from_parent` is only set when there is a parent.
-            let p = self.parent.as_ref().expect("parent");
-            let mut e = p.map(offset, len)?;
-            e.depth += 1;
-            return Ok(e);
+            return map_through_parent(self.parent.as_deref(), offset, len);
         }
         while offset + len < size && len < max {
             let (k2, h2, l2, p2) = self.locate(offset + len, max - len)?;
@@ -524,8 +521,7 @@ impl ImageReader for VhdxReader {
             let (kind, host, len, from_parent) = self.locate(pos, (buf.len() - done) as u64)?;
             let dst = &mut buf[done..done + len as usize];
             if from_parent {
-                // Safe: `from_parent` is only set when there is a parent.
-                self.parent.as_ref().expect("parent").read_at(dst, pos)?;
+                read_through_parent(self.parent.as_deref(), dst, pos)?;
             } else if let (ExtentKind::Data, Some(h)) = (kind, host) {
                 self.file.read(dst, h, "payload block")?;
             } else {

@@ -20,6 +20,7 @@ use super::stream::{GRAIN_MARKER_SIZE, Marker, inflate_grain};
 use crate::error::{Error, Result, ResultExt};
 use crate::image::{
     Extent, ExtentKind, Format, ImageInfo, ImageReader, check_read_range, map_through_parent,
+    read_through_parent,
 };
 use crate::open::OpenContext;
 use crate::storage::Storage;
@@ -579,18 +580,7 @@ impl VmdkReader {
     }
 
     fn read_parent(&self, buf: &mut [u8], pos: u64) -> Result<()> {
-        let in_parent = if pos < self.parent_size {
-            ((self.parent_size - pos) as usize).min(buf.len())
-        } else {
-            0
-        };
-        if let (Some(p), true) = (&self.parent, in_parent > 0) {
-            p.read_at(&mut buf[..in_parent], pos)?;
-        } else {
-            buf[..in_parent].fill(0);
-        }
-        buf[in_parent..].fill(0);
-        Ok(())
+        read_through_parent(self.parent.as_deref(), buf, pos)
     }
 }
 
