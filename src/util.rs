@@ -46,6 +46,28 @@ pub fn be64(b: &[u8], off: usize) -> u64 {
     u64::from_be_bytes(a)
 }
 
+/// A random 64-bit value from the standard library's per-process random hasher keys (fresh
+/// CIDs, UUIDs and GUIDs for new images; not for cryptography).
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// 16 random bytes (see [`random_u64`]).
+pub fn random_bytes16() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&random_u64().to_le_bytes());
+    b[8..].copy_from_slice(&random_u64().to_le_bytes());
+    b
+}
+
 /// Human-readable byte count, binary units ("1.5 GiB").
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];

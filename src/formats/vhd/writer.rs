@@ -76,19 +76,7 @@ pub fn rounded_size(size: u64, round_to_mib: bool) -> u64 {
 
 /// 16 random bytes (a version-4 style id) from the OS-seeded hasher of the standard library.
 fn random_id() -> [u8; 16] {
-    use std::hash::{BuildHasher, Hasher};
-    let mut id = [0u8; 16];
-    for (i, half) in id.chunks_exact_mut(8).enumerate() {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_usize(i);
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-        );
-        half.copy_from_slice(&h.finish().to_be_bytes());
-    }
+    let mut id = crate::util::random_bytes16();
     id[6] = (id[6] & 0x0f) | 0x40;
     id[8] = (id[8] & 0x3f) | 0x80;
     id

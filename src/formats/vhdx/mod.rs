@@ -79,19 +79,7 @@ pub fn guid_from_str(s: &str) -> Option<Guid> {
 
 /// A random GUID (version 4 bits set), from the standard library's random hasher keys.
 pub fn random_guid() -> Guid {
-    use std::hash::{BuildHasher, Hasher};
-    let mut g = [0u8; 16];
-    for (i, half) in g.chunks_mut(8).enumerate() {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_usize(i);
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-        );
-        half.copy_from_slice(&h.finish().to_le_bytes());
-    }
+    let mut g: Guid = crate::util::random_bytes16();
     g[7] = (g[7] & 0x0f) | 0x40;
     g[8] = (g[8] & 0x3f) | 0x80;
     g

@@ -42,7 +42,7 @@ pub const COMPRESSION_DEFLATE: u16 = 1;
 const GT_CACHE_BYTES: usize = 16 << 20;
 
 /// The validated header of a hosted sparse extent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SparseHeader {
     /// Version, 1 to 3.
     pub version: u32,
@@ -83,6 +83,27 @@ fn le64(b: &[u8], at: usize) -> u64 {
 }
 
 impl SparseHeader {
+    /// The 512 bytes on disk (layout as in [`parse`](Self::parse)), for the writers.
+    pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
+        let mut b = [0u8; HEADER_SIZE];
+        b[0..4].copy_from_slice(&SPARSE_MAGIC);
+        b[4..8].copy_from_slice(&self.version.to_le_bytes());
+        b[8..12].copy_from_slice(&self.flags.to_le_bytes());
+        b[12..20].copy_from_slice(&self.capacity.to_le_bytes());
+        b[20..28].copy_from_slice(&self.grain_size.to_le_bytes());
+        b[28..36].copy_from_slice(&self.descriptor_offset.to_le_bytes());
+        b[36..44].copy_from_slice(&self.descriptor_size.to_le_bytes());
+        b[44..48].copy_from_slice(&self.num_gtes_per_gt.to_le_bytes());
+        b[48..56].copy_from_slice(&self.rgd_offset.to_le_bytes());
+        b[56..64].copy_from_slice(&self.gd_offset.to_le_bytes());
+        b[64..72].copy_from_slice(&self.overhead.to_le_bytes());
+        b[72] = u8::from(self.unclean_shutdown);
+        // Newline-detection characters: '\n', ' ', '\r', '\n'.
+        b[73..77].copy_from_slice(b"\n \r\n");
+        b[77..79].copy_from_slice(&self.compress_algorithm.to_le_bytes());
+        b
+    }
+
     /// Parses and validates a header. `offset` is where it lies in its file (0, or the footer).
     ///
     /// Layout: magic u32 @0, version u32 @4, flags u32 @8, capacity u64 @12, grainSize u64 @20,

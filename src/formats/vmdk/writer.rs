@@ -33,9 +33,8 @@
 //! 12.8 s for +0.05 % size.
 
 use std::cell::RefCell;
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
+
 use std::sync::Arc;
 
 use flate2::{Compress, Compression, FlushCompress, Status};
@@ -160,135 +159,17 @@ const MAX_SPARSE_BYTES: u64 = (u32::MAX as u64) * SECTOR;
 /// Writes are gathered into buffers of this size before they are issued.
 const WRITE_BEHIND: usize = 1 << 20;
 
-/// Magic of a hosted sparse extent header: "KDMV" (spec section "Hosted Sparse Extent Header").
-pub const SPARSE_MAGIC: [u8; 4] = *b"KDMV";
-/// Header flag: the newline-detection characters are valid.
-pub const FLAG_VALID_NEWLINE: u32 = 1 << 0;
-/// Header flag: a redundant grain directory is used.
-pub const FLAG_REDUNDANT_GT: u32 = 1 << 1;
-/// Header flag: grains are compressed.
-pub const FLAG_COMPRESSED: u32 = 1 << 16;
-/// Header flag: the extent has markers (streamOptimized).
-pub const FLAG_MARKERS: u32 = 1 << 17;
-/// `compressAlgorithm` value for deflate.
-pub const COMPRESS_DEFLATE: u16 = 1;
-/// `gdOffset` meaning "the grain directory is at the end; read the footer".
-pub const GD_AT_END: u64 = u64::MAX;
-/// Marker type: end of stream.
-pub const MARKER_EOS: u32 = 0;
-/// Marker type: grain table follows.
-pub const MARKER_GT: u32 = 1;
-/// Marker type: grain directory follows.
-pub const MARKER_GD: u32 = 2;
-/// Marker type: footer follows.
-pub const MARKER_FOOTER: u32 = 3;
-
-/// A hosted sparse extent header (`SparseExtentHeader`, 512 bytes little-endian).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SparseHeader {
-    /// 1 for monolithicSparse, 3 for streamOptimized.
-    pub version: u32,
-    /// `FLAG_*` bits.
-    pub flags: u32,
-    /// Virtual disk size in sectors.
-    pub capacity: u64,
-    /// Grain size in sectors.
-    pub grain_size: u64,
-    /// Embedded descriptor offset in sectors.
-    pub descriptor_offset: u64,
-    /// Embedded descriptor size in sectors.
-    pub descriptor_size: u64,
-    /// Grain-table entries per grain table.
-    pub num_gtes_per_gt: u32,
-    /// Redundant grain directory offset in sectors (0 when none).
-    pub rgd_offset: u64,
-    /// Grain directory offset in sectors ([`GD_AT_END`] in a stream header).
-    pub gd_offset: u64,
-    /// Sectors of metadata before the first grain.
-    pub overhead: u64,
-    /// The disk was not closed cleanly.
-    pub unclean_shutdown: bool,
-    /// Compression algorithm (0 none, 1 deflate).
-    pub compress_algorithm: u16,
-}
-
-impl SparseHeader {
-    /// The 512 bytes on disk. Field offsets from the specification's packed struct.
-    pub fn to_bytes(&self) -> [u8; 512] {
-        let mut b = [0u8; 512];
-        b[0..4].copy_from_slice(&SPARSE_MAGIC);
-        b[4..8].copy_from_slice(&self.version.to_le_bytes());
-        b[8..12].copy_from_slice(&self.flags.to_le_bytes());
-        b[12..20].copy_from_slice(&self.capacity.to_le_bytes());
-        b[20..28].copy_from_slice(&self.grain_size.to_le_bytes());
-        b[28..36].copy_from_slice(&self.descriptor_offset.to_le_bytes());
-        b[36..44].copy_from_slice(&self.descriptor_size.to_le_bytes());
-        b[44..48].copy_from_slice(&self.num_gtes_per_gt.to_le_bytes());
-        b[48..56].copy_from_slice(&self.rgd_offset.to_le_bytes());
-        b[56..64].copy_from_slice(&self.gd_offset.to_le_bytes());
-        b[64..72].copy_from_slice(&self.overhead.to_le_bytes());
-        b[72] = u8::from(self.unclean_shutdown);
-        // Newline-detection characters: '\n', ' ', '\r', '\n'.
-        b[73..77].copy_from_slice(b"\n \r\n");
-        b[77..79].copy_from_slice(&self.compress_algorithm.to_le_bytes());
-        b
-    }
-
-    /// Parses a header from `b` (at least 512 bytes) found at byte `offset`.
-    pub fn parse(b: &[u8], offset: u64) -> std::result::Result<Self, VmdkError> {
-        if b.len() < 512 {
-            return Err(VmdkError::invalid(
-                "sparse header",
-                offset,
-                format!("expected 512 bytes, found {}", b.len()),
-            ));
-        }
-        if b[0..4] != SPARSE_MAGIC {
-            return Err(VmdkError::invalid(
-                "sparse header",
-                offset,
-                format!("expected magic \"KDMV\", found {:02x?}", &b[0..4]),
-            ));
-        }
-        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let u64_at = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
-        Ok(SparseHeader {
-            version: u32_at(4),
-            flags: u32_at(8),
-            capacity: u64_at(12),
-            grain_size: u64_at(20),
-            descriptor_offset: u64_at(28),
-            descriptor_size: u64_at(36),
-            num_gtes_per_gt: u32_at(44),
-            rgd_offset: u64_at(48),
-            gd_offset: u64_at(56),
-            overhead: u64_at(64),
-            unclean_shutdown: b[72] != 0,
-            compress_algorithm: u16::from_le_bytes([b[77], b[78]]),
-        })
-    }
-}
-
-/// A random 32-bit value from the standard library's per-process random hasher keys.
-fn random_u64() -> u64 {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
-}
+use super::sparse::COMPRESSION_DEFLATE;
+pub use super::sparse::{
+    FLAG_COMPRESSED, FLAG_MARKERS, FLAG_REDUNDANT_GT, FLAG_VALID_NEWLINE, GD_AT_END, SPARSE_MAGIC,
+    SparseHeader,
+};
+pub use super::stream::{MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT};
 
 /// A fresh content id: random, never `ffffffff` (which means "no parent").
 fn random_cid() -> u32 {
     loop {
-        let v = random_u64() as u32;
+        let v = crate::util::random_u64() as u32;
         if v != u32::MAX {
             return v;
         }
@@ -298,8 +179,7 @@ fn random_cid() -> u32 {
 /// `ddb.uuid` text: 16 random bytes as VMware prints them, `xx xx xx xx xx xx xx xx-xx ...`.
 fn random_uuid_text() -> String {
     let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&random_u64().to_le_bytes());
-    bytes[8..].copy_from_slice(&random_u64().to_le_bytes());
+    bytes.copy_from_slice(&crate::util::random_bytes16());
     let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("{}-{}", hex[..8].join(" "), hex[8..].join(" "))
 }
@@ -314,7 +194,11 @@ pub fn descriptor_text(
     let (cyl, heads, spt) = opts.adapter_type.geometry(capacity_sectors);
     let cid = random_cid();
     // VMware's longContentID ends with the CID.
-    let long_cid = format!("{:016x}{:08x}{cid:08x}", random_u64(), random_u64() as u32);
+    let long_cid = format!(
+        "{:016x}{:08x}{cid:08x}",
+        crate::util::random_u64(),
+        crate::util::random_u64() as u32
+    );
     format!(
         "# Disk DescriptorFile\n\
          version=1\n\
@@ -833,7 +717,7 @@ impl StreamStore {
             gd_offset: GD_AT_END,
             overhead: GRAIN_SECTORS,
             unclean_shutdown: false,
-            compress_algorithm: COMPRESS_DEFLATE,
+            compress_algorithm: COMPRESSION_DEFLATE,
         };
         let desc = descriptor_text(
             "streamOptimized",
