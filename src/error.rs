@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use crate::formats::error::FormatError;
 use crate::formats::qcow2::Qcow2Error;
 use crate::formats::vmdk::VmdkError;
+use crate::inject::hive::HiveError;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -84,6 +85,9 @@ pub enum Error {
     /// A VHD or VHDX structure is invalid, corrupt or unsupported.
     #[error(transparent)]
     Format(#[from] FormatError),
+    /// A registry hive or transaction log is invalid, corrupt or dirty, or an edit is impossible.
+    #[error(transparent)]
+    Hive(#[from] HiveError),
     /// The content of a file matched no format, or the wrong one.
     #[error("{0}")]
     InvalidFormat(String),
@@ -129,6 +133,7 @@ impl Error {
             Error::Qcow2(e) => e.kind(),
             Error::Vmdk(e) => e.kind(),
             Error::Format(e) => e.kind(),
+            Error::Hive(e) => e.kind(),
             Error::InvalidFormat(_) => ErrorKind::InvalidFormat,
             Error::Corrupt(_) => ErrorKind::Corrupt,
             Error::Unsupported(_) => ErrorKind::Unsupported,

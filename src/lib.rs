@@ -27,6 +27,7 @@ pub mod detect;
 pub mod error;
 pub mod formats;
 pub mod image;
+pub mod inject;
 pub mod open;
 pub mod output;
 pub mod storage;

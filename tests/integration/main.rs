@@ -6,6 +6,10 @@
 mod cli;
 mod contract;
 mod convert;
+mod hive_cli;
+mod hive_core;
+mod hive_log;
+mod hive_reg;
 mod qcow2_check;
 mod qcow2_read;
 mod qcow2_write;

@@ -195,3 +195,65 @@ pub fn make_raw(path: &Path, size: u64, seed: u64) {
     }
     f.set_len(size).unwrap();
 }
+
+/// Whether python3 can import regipy (the second independent hive reader). In CI a missing
+/// regipy panics; elsewhere the caller skips.
+pub fn require_regipy() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import regipy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if in_ci() {
+            panic!("regipy is required in CI (CI=true) but python3 cannot import it");
+        }
+        eprintln!("skipping: python3 cannot import regipy");
+    }
+    ok
+}
+
+/// `hivexregedit --export HIVE '\'`: the whole hive as `.reg` text as hivex reads it (every
+/// value in `hex(N):` form, so the text is exact). Panics when hivex cannot read the hive.
+pub fn hivex_export(hive: &Path) -> String {
+    let out = run(Command::new("hivexregedit")
+        .arg("--export")
+        .arg(hive)
+        .arg("\\"));
+    assert!(
+        out.status.success(),
+        "hivexregedit --export {} failed: {}",
+        hive.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `hivexsh` on `hive` with the commands of `script` (one per line) and returns stdout.
+/// Panics when hivexsh fails.
+pub fn hivexsh(hive: &Path, script: &str) -> String {
+    use std::io::Write;
+    let mut f = tempfile::NamedTempFile::new().expect("temp file");
+    f.write_all(script.as_bytes()).expect("write script");
+    let out = run(Command::new("hivexsh").arg("-f").arg(f.path()).arg(hive));
+    assert!(
+        out.status.success(),
+        "hivexsh on {} failed: {}",
+        hive.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The whole hive as regipy reads it (tests/oracles/regipy_dump.py: one `[path]` line per key,
+/// one `  name = TYPE: value` line per value). Panics when regipy cannot read the hive.
+pub fn regipy_dump(hive: &Path) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracles/regipy_dump.py");
+    let out = run(Command::new("python3").arg(script).arg(hive));
+    assert!(
+        out.status.success(),
+        "regipy_dump {} failed: {}",
+        hive.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

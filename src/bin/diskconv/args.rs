@@ -36,6 +36,9 @@ pub enum Command {
     /// Check the structure of a qcow2 image. Exit 0: clean, 2: corruptions, 3: leaks only,
     /// 1: the check could not run.
     Check(CheckArgs),
+    /// Read and edit Windows registry hives offline: ls, get, set, delete, import, export, check,
+    /// replay.
+    Hive(crate::hive::HiveArgs),
 }
 
 /// The input format and snapshot.

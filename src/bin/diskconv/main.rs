@@ -3,6 +3,7 @@
 //! Every failure prints one line, `diskconv: <cause chain>`, and exits non-zero; a panic is a bug.
 
 mod args;
+mod hive;
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -63,6 +64,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Map(a) => map(a, policy),
         Command::Compare(a) => compare_cmd(a, policy),
         Command::Check(a) => check(a),
+        Command::Hive(a) => hive::run(a),
     }
 }
 

@@ -1,0 +1,1 @@
+//! Windows guest adaptation: the registry edits that make a storage driver boot-critical.

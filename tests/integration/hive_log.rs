@@ -1,0 +1,1 @@
+//! Registry hive tests (hive_log): filled in by the work on issue 5.
