@@ -10,6 +10,7 @@ mod hive_cli;
 mod hive_core;
 mod hive_log;
 mod hive_reg;
+mod hive_windows;
 mod qcow2_check;
 mod qcow2_read;
 mod qcow2_write;
