@@ -301,18 +301,21 @@ impl Hive {
         bin[32..36].copy_from_slice(&free.to_le_bytes());
         let mut cells = Cells::parse(bin)?;
         cells.now = now;
-        let desc = security::default_descriptor();
-        let sk = cells.alloc(&security::build_sk(0, 0, 1, &desc))?;
-        cells.write_u32(sk, 4, sk)?;
-        cells.write_u32(sk, 8, sk)?;
+        // The root key node is the first cell of the first bin, as Windows lays it out (some
+        // readers, regipy among them, rely on it); its sk cell follows.
         let nk = key::build_nk(
             root_name,
             key::KEY_HIVE_ENTRY | key::KEY_NO_DELETE,
             NIL,
-            sk,
+            NIL,
             now,
         )?;
         let root = cells.alloc(&nk)?;
+        let desc = security::default_descriptor();
+        let sk = cells.alloc(&security::build_sk(0, 0, 1, &desc))?;
+        cells.write_u32(sk, 4, sk)?;
+        cells.write_u32(sk, 8, sk)?;
+        cells.write_u32(root, key::off::SECURITY, sk)?;
         let base = BaseBlock::new(root, cells.bytes.len() as u32, now, root_name);
         Ok(Hive {
             base,
@@ -839,8 +842,13 @@ impl Hive {
         }
         if len > value::BIG_DATA_SEGMENT && self.base.allows_big_data() {
             let mut segs = Vec::new();
+            // Every segment cell gets the full segment size, the last one too (as offreg.dll
+            // does): hivex reads a segment's length from its cell size.
+            let mut seg = vec![0u8; value::BIG_DATA_SEGMENT];
             for chunk in data.chunks(value::BIG_DATA_SEGMENT) {
-                segs.push(self.cells.alloc(chunk)?);
+                seg[..chunk.len()].copy_from_slice(chunk);
+                seg[chunk.len()..].fill(0);
+                segs.push(self.cells.alloc(&seg)?);
             }
             let n = u16::try_from(segs.len()).map_err(|_| {
                 HiveError::InvalidArgument(format!("value data of {len} bytes is too big"))
