@@ -458,6 +458,18 @@ fn edit_corpus_hive(rel: &str, extra: impl Fn(&mut Hive, &mut Model)) {
     assert!(h.is_modified());
     assert_models_eq(&our_model(&h), &m, &format!("{rel} in memory"));
     let touched = h.touched_pages();
+    let original_pages = (before.len() / 4096 - 1) as u32;
+    let touched_old = touched.iter().filter(|&&p| p < original_pages).count();
+    eprintln!(
+        "{rel}: {touched_old} of {original_pages} original pages touched, {} in all",
+        touched.len()
+    );
+    if original_pages > 1000 {
+        assert!(
+            touched_old < original_pages as usize / 10,
+            "an edit set touches few pages"
+        );
+    }
     let stats = h.save().unwrap();
     assert!(!h.is_modified());
     assert_eq!(stats.pages_written as usize, touched.len());

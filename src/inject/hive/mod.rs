@@ -200,7 +200,7 @@ impl Hive {
         let end = base::BASE_BLOCK_SIZE + size;
         if bytes.len() < end {
             return Err(HiveError::corrupt(
-                "hive bins",
+                "bins",
                 bytes.len() as u64,
                 format!(
                     "the base block says the hive bins end at {end:#x}, the file ends at {:#x}: the hive is truncated",
