@@ -261,26 +261,38 @@ impl Hive {
         Ok(())
     }
 
-    /// Finds the subkey named by the upper-cased units `target`: (index in list, key node).
+    /// Finds the subkey whose upper-cased name is `target`.
     fn find_subkey(
         &self,
         nk: &KeyNode,
         target: &[u16],
     ) -> std::result::Result<Option<KeyNode>, HiveError> {
         let hash = list::lh_hash(target);
-        let uses_hash = nk.subkey_count != 0
-            && nk.subkey_list != NIL
+        let items = self.subkey_items(nk)?;
+        let uses_hash = !items.is_empty()
             && list::read_leaves(&self.cells, nk.subkey_list)?
                 .iter()
                 .all(|l| &l.kind == list::LH);
-        for (o, hint) in self.subkey_items(nk)? {
-            if uses_hash && hint != hash {
-                continue;
-            }
-            let child = KeyNode::read(&self.cells, o)?;
-            if key::upcase_units(&child.name_units()) == target {
-                self.check_child(nk.offset, &child)?;
-                return Ok(Some(child));
+        // With hash leaves only the matching hashes are compared; when that finds nothing and
+        // the name has non-ASCII characters (where Windows' upper-case table might differ
+        // from ours, and so the stored hash), every name is compared.
+        let passes: &[bool] = if !uses_hash {
+            &[false]
+        } else if target.iter().all(|&u| u < 0x80) {
+            &[true]
+        } else {
+            &[true, false]
+        };
+        for &filter in passes {
+            for &(o, hint) in &items {
+                if filter && hint != hash {
+                    continue;
+                }
+                let child = KeyNode::read(&self.cells, o)?;
+                if key::upcase_units(&child.name_units()) == target {
+                    self.check_child(nk.offset, &child)?;
+                    return Ok(Some(child));
+                }
             }
         }
         Ok(None)
@@ -516,8 +528,10 @@ impl Hive {
         Ok(())
     }
 
-    /// Sets the last-written time of a key node to now.
+    /// Sets the last-written time of a key node to now (the last step of every edit, which
+    /// also brings the base block's hive-bins size up to date).
     fn stamp(&mut self, key: u32) -> std::result::Result<(), HiveError> {
+        self.base.set_hive_bins_size(self.cells.bytes.len() as u32);
         let now = self.cells.now;
         self.cells
             .write(key, key::off::LAST_WRITTEN, &now.to_le_bytes())
@@ -1178,6 +1192,25 @@ mod tests {
         assert_eq!(h.free_bytes() + root_cells, used_bins as u64 - headers);
         let sk = SecurityNode::read(&h.cells, h.nk(h.root()).unwrap().security).unwrap();
         assert_eq!(sk.refcount, 1, "references of the deleted keys released");
+    }
+
+    #[test]
+    fn grows_by_appending_bins_and_tracks_pages() {
+        let mut h = Hive::new("ROOT").unwrap();
+        let k = h.create_key("k").unwrap();
+        assert_eq!(h.touched_pages(), vec![0]);
+        h.set_value(k, "big", RegType::BINARY, &[3; 50_000])
+            .unwrap();
+        assert!(h.base_block().hive_bins_size() > 4096);
+        assert_eq!(
+            h.base_block().hive_bins_size() as usize,
+            h.to_bytes().len() - 4096
+        );
+        let pages = h.touched_pages();
+        assert_eq!(pages.len(), h.base_block().hive_bins_size() as usize / 4096);
+        let h2 = Hive::from_bytes(h.to_bytes()).unwrap();
+        assert_eq!(h2.value(k, "big").unwrap().unwrap().data, vec![3; 50_000]);
+        assert!(!h2.is_modified());
     }
 
     #[test]
