@@ -642,16 +642,43 @@ fn assert_lists_sorted(h: &Hive) {
     rec(h, h.root());
 }
 
+fn node_from_hive(h: &Hive, k: KeyId) -> Node {
+    let mut n = Node {
+        name: h.key_name(k).unwrap(),
+        ..Node::default()
+    };
+    for v in h.values(k).unwrap() {
+        n.values
+            .insert(up(&v.name), (v.name.clone(), v.kind.0, v.data));
+    }
+    for c in h.subkeys(k).unwrap() {
+        let child = node_from_hive(h, c);
+        n.children.insert(up(&child.name), child);
+    }
+    n
+}
+
 #[test]
 fn random_edits_match_model_and_hivex() {
+    random_edits(Hive::new("ROOT").unwrap(), "new hive");
+}
+
+#[test]
+fn random_edits_on_version_1_3_hive_match_model_and_hivex() {
+    let Some(p) = util::corpus("hives/regipy/BCD") else {
+        return;
+    };
+    random_edits(Hive::open(&p, &HiveOpenOptions::default()).unwrap(), "BCD");
+}
+
+fn random_edits(mut h: Hive, what: &str) {
     let seed: u64 = std::env::var("HIVE_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0xD15C_0123);
-    eprintln!("random edit seed {seed} (HIVE_SEED to replay)");
+    eprintln!("{what}: random edit seed {seed} (HIVE_SEED to replay)");
     let mut rng = Rng::new(seed);
-    let mut h = Hive::new("ROOT").unwrap();
-    let mut tree = Node::default();
+    let mut tree = node_from_hive(&h, h.root());
     for step in 0..400 {
         let mut paths = Vec::new();
         tree.paths(&[], &mut paths);

@@ -339,6 +339,13 @@ impl Hive {
         })
     }
 
+    /// The hive bins with bounds-checked cell access, for structural checks: read cells with
+    /// [`cell::Cells::data`], [`key::KeyNode::read`], [`value::ValueNode::read`],
+    /// [`list::read_leaves`] and [`security::SecurityNode::read`].
+    pub fn cells(&self) -> &Cells {
+        &self.cells
+    }
+
     /// The base block.
     pub fn base_block(&self) -> &BaseBlock {
         &self.base
