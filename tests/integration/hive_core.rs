@@ -441,6 +441,47 @@ fn apply_edit_set(h: &mut Hive, m: &mut Model, rng: &mut Rng) {
     assert!(h.open_key("diskconv-test\\КЛЮЧ Ж\\X").unwrap().is_some());
 }
 
+/// For every `sk` of the ring: (stored reference count) - (keys pointing at it). The ring
+/// must close with consistent back links. Edits must leave these differences unchanged
+/// (a real hive's counts may include references from volatile keys, which the file lacks).
+fn sk_ref_deltas(h: &Hive) -> BTreeMap<u32, i64> {
+    use diskconv::inject::hive::security::SecurityNode;
+    let mut refs: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut stack = vec![h.root()];
+    while let Some(k) = stack.pop() {
+        let nk = diskconv::inject::hive::key::KeyNode::read(h.cells(), k.0).unwrap();
+        *refs.entry(nk.security).or_default() += 1;
+        stack.extend(h.subkeys(k).unwrap());
+    }
+    let first = *refs.keys().next().unwrap();
+    let mut deltas = BTreeMap::new();
+    let mut cur = first;
+    loop {
+        let sk = SecurityNode::read(h.cells(), cur).unwrap();
+        let next = SecurityNode::read(h.cells(), sk.flink).unwrap();
+        assert_eq!(next.blink, cur, "sk ring back link at {cur:#x}");
+        assert!(
+            deltas.len() <= refs.len() + 10_000,
+            "sk ring does not close"
+        );
+        deltas.insert(
+            cur,
+            i64::from(sk.refcount) - refs.get(&cur).copied().unwrap_or(0),
+        );
+        cur = sk.flink;
+        if cur == first {
+            break;
+        }
+    }
+    for k in refs.keys() {
+        assert!(
+            deltas.contains_key(k),
+            "sk {k:#x} used by keys is not in the ring"
+        );
+    }
+    deltas
+}
+
 fn edit_corpus_hive(rel: &str, extra: impl Fn(&mut Hive, &mut Model)) {
     if !util::require("hivexregedit") || !util::require("hivexsh") || !util::require_regipy() {
         return;
@@ -452,9 +493,18 @@ fn edit_corpus_hive(rel: &str, extra: impl Fn(&mut Hive, &mut Model)) {
     let before = std::fs::read(&p).unwrap();
     let mut m = hivex_model(&p);
     let mut h = Hive::open(&p, &HiveOpenOptions::default()).unwrap();
+    let deltas = sk_ref_deltas(&h);
     let mut rng = Rng::new(0x5eed);
     apply_edit_set(&mut h, &mut m, &mut rng);
     extra(&mut h, &mut m);
+    let after_deltas = sk_ref_deltas(&h);
+    for (sk, d) in &after_deltas {
+        assert_eq!(
+            deltas.get(sk).copied().unwrap_or(0),
+            *d,
+            "{rel}: sk {sk:#x} reference count"
+        );
+    }
     assert!(h.is_modified());
     assert_models_eq(&our_model(&h), &m, &format!("{rel} in memory"));
     let touched = h.touched_pages();

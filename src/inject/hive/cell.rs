@@ -320,6 +320,9 @@ impl Cells {
         let mut start = off;
         let mut size = (l + 4) as u32;
         let _ = s;
+        // The cell's own size field turns positive even when it merges into a preceding free
+        // cell, so a stale reference to it never looks like an allocated cell.
+        self.set_size_field(off, size as i32);
         // Merge with the following cell.
         let next = off + size;
         if next < bin_end {

@@ -1221,6 +1221,30 @@ mod tests {
     }
 
     #[test]
+    fn last_reference_unlinks_and_frees_the_sk() {
+        let mut h = Hive::new("ROOT").unwrap();
+        let k = h.create_key("own").unwrap();
+        let root_sk = h.nk(h.root()).unwrap().security;
+        // Give "own" its own sk, linked into the ring after the root's.
+        let sk2 = h
+            .cells
+            .alloc(&security::build_sk(root_sk, root_sk, 1, &[1, 0, 4, 0x80]))
+            .unwrap();
+        h.cells.write_u32(root_sk, 4, sk2).unwrap();
+        h.cells.write_u32(root_sk, 8, sk2).unwrap();
+        h.cells.write_u32(root_sk, 12, 1).unwrap(); // only the root now
+        h.cells.write_u32(k.0, key::off::SECURITY, sk2).unwrap();
+        assert_eq!(h.security_descriptor(k).unwrap(), vec![1, 0, 4, 0x80]);
+        let sub = h.create_key("own\\sub").unwrap();
+        assert_eq!(SecurityNode::read(&h.cells, sk2).unwrap().refcount, 2);
+        assert_eq!(h.security_descriptor(sub).unwrap(), vec![1, 0, 4, 0x80]);
+        assert!(h.delete_key("own").unwrap());
+        let r = SecurityNode::read(&h.cells, root_sk).unwrap();
+        assert_eq!((r.flink, r.blink, r.refcount), (root_sk, root_sk, 1));
+        assert!(h.cells.cell(sk2, "sk").is_err(), "the sk cell is free");
+    }
+
+    #[test]
     fn refuses_edits_when_dirty_read_only() {
         let (mut h, _, b) = sample();
         h.read_only_dirty = true;
