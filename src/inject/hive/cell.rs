@@ -340,6 +340,11 @@ impl Cells {
         Ok(())
     }
 
+    /// Number of hive bins.
+    pub fn bin_count(&self) -> usize {
+        self.bin_starts.len()
+    }
+
     /// Number of bytes in free cells (for tests and statistics).
     pub fn free_bytes(&self) -> u64 {
         self.free.values().map(|&s| u64::from(s)).sum()
