@@ -501,3 +501,76 @@ fn mutations_import_and_export_consistently() {
     // Most mutations still parse (they land in names, data or comments).
     assert!(parsed > base.len() * 3, "{parsed}");
 }
+
+/// Our export read by another `.reg` reader: `hivexregedit --merge` of our export of a real
+/// SYSTEM hive into an empty hive gives what hivex reads in the original. (hivex wants LF line
+/// ends, and it stores a "string" byte by byte: see [`hivex_safe`].)
+#[test]
+fn hivexregedit_reads_our_export() {
+    if !util::require("hivexregedit") {
+        return;
+    }
+    let dir = util::tmpdir();
+    let Some(src) = util::corpus("hives/regipy/SYSTEM") else {
+        return;
+    };
+    let Some(target) = copy_of("hives/virt-v2v/minimal-hive", dir.path(), "target") else {
+        return;
+    };
+    let h = Hive::open(&src, &HiveOpenOptions::default()).unwrap();
+    let text = reg::export(&h, h.root(), SYSTEM).unwrap();
+    let file = write(dir.path(), "sys.reg", hivex_safe(&text).as_bytes());
+    util::run(
+        Command::new("hivexregedit")
+            .arg("--merge")
+            .arg("--prefix")
+            .arg(SYSTEM)
+            .arg(&target)
+            .arg(&file),
+    );
+    let a = util::hivex_export(&src);
+    let b = util::hivex_export(&target);
+    if a != b {
+        let first = a
+            .lines()
+            .zip(b.lines())
+            .position(|(x, y)| x != y)
+            .unwrap_or(0);
+        let show = |s: &str| s.lines().skip(first).take(2).collect::<Vec<_>>().join("\n");
+        panic!(
+            "line {}:\noriginal:\n{}\nmerged:\n{}",
+            first + 1,
+            show(&a),
+            show(&b)
+        );
+    }
+    // Our export used every short form.
+    assert!(text.contains("\"=dword:") && text.contains("\"=hex:") && text.contains("\"=\""));
+}
+
+/// Our export made readable by `hivexregedit --merge`: LF line ends, and the `"string"` values
+/// holding non-ASCII characters rewritten as `hex(1):` (hivex's Perl reads the file as bytes
+/// and stores each byte of a string as one UTF-16 unit).
+fn hivex_safe(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.split("\r\n") {
+        if !line.is_ascii() && line.ends_with('"') {
+            let one = format!("{}\n\n[K]\n{line}\n", reg::HEADER_V5);
+            let ops = reg::parse(one.as_bytes()).expect("one value line");
+            if let Some(RegOp::SetValue { name, data, .. }) = ops.get(1) {
+                assert!(name.is_ascii(), "non-ASCII value name {name:?}");
+                let hex: Vec<String> = data.iter().map(|b| format!("{b:02x}")).collect();
+                let lhs = if name.is_empty() {
+                    "@".to_string()
+                } else {
+                    format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+                };
+                out.push_str(&format!("{lhs}=hex(1):{}\n", hex.join(",")));
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
