@@ -200,7 +200,7 @@ impl Hive {
         let end = base::BASE_BLOCK_SIZE + size;
         if bytes.len() < end {
             return Err(HiveError::corrupt(
-                "hive bins",
+                "bins",
                 bytes.len() as u64,
                 format!(
                     "the base block says the hive bins end at {end:#x}, the file ends at {:#x}: the hive is truncated",
@@ -261,26 +261,38 @@ impl Hive {
         Ok(())
     }
 
-    /// Finds the subkey named by the upper-cased units `target`: (index in list, key node).
+    /// Finds the subkey whose upper-cased name is `target`.
     fn find_subkey(
         &self,
         nk: &KeyNode,
         target: &[u16],
     ) -> std::result::Result<Option<KeyNode>, HiveError> {
         let hash = list::lh_hash(target);
-        let uses_hash = nk.subkey_count != 0
-            && nk.subkey_list != NIL
+        let items = self.subkey_items(nk)?;
+        let uses_hash = !items.is_empty()
             && list::read_leaves(&self.cells, nk.subkey_list)?
                 .iter()
                 .all(|l| &l.kind == list::LH);
-        for (o, hint) in self.subkey_items(nk)? {
-            if uses_hash && hint != hash {
-                continue;
-            }
-            let child = KeyNode::read(&self.cells, o)?;
-            if key::upcase_units(&child.name_units()) == target {
-                self.check_child(nk.offset, &child)?;
-                return Ok(Some(child));
+        // With hash leaves only the matching hashes are compared; when that finds nothing and
+        // the name has non-ASCII characters (where Windows' upper-case table might differ
+        // from ours, and so the stored hash), every name is compared.
+        let passes: &[bool] = if !uses_hash {
+            &[false]
+        } else if target.iter().all(|&u| u < 0x80) {
+            &[true]
+        } else {
+            &[true, false]
+        };
+        for &filter in passes {
+            for &(o, hint) in &items {
+                if filter && hint != hash {
+                    continue;
+                }
+                let child = KeyNode::read(&self.cells, o)?;
+                if key::upcase_units(&child.name_units()) == target {
+                    self.check_child(nk.offset, &child)?;
+                    return Ok(Some(child));
+                }
             }
         }
         Ok(None)
@@ -325,6 +337,13 @@ impl Hive {
             read_only_dirty: false,
             modified: true,
         })
+    }
+
+    /// The hive bins with bounds-checked cell access, for structural checks: read cells with
+    /// [`cell::Cells::data`], [`key::KeyNode::read`], [`value::ValueNode::read`],
+    /// [`list::read_leaves`] and [`security::SecurityNode::read`].
+    pub fn cells(&self) -> &Cells {
+        &self.cells
     }
 
     /// The base block.
@@ -516,8 +535,10 @@ impl Hive {
         Ok(())
     }
 
-    /// Sets the last-written time of a key node to now.
+    /// Sets the last-written time of a key node to now (the last step of every edit, which
+    /// also brings the base block's hive-bins size up to date).
     fn stamp(&mut self, key: u32) -> std::result::Result<(), HiveError> {
+        self.base.set_hive_bins_size(self.cells.bytes.len() as u32);
         let now = self.cells.now;
         self.cells
             .write(key, key::off::LAST_WRITTEN, &now.to_le_bytes())
@@ -1178,6 +1199,49 @@ mod tests {
         assert_eq!(h.free_bytes() + root_cells, used_bins as u64 - headers);
         let sk = SecurityNode::read(&h.cells, h.nk(h.root()).unwrap().security).unwrap();
         assert_eq!(sk.refcount, 1, "references of the deleted keys released");
+    }
+
+    #[test]
+    fn grows_by_appending_bins_and_tracks_pages() {
+        let mut h = Hive::new("ROOT").unwrap();
+        let k = h.create_key("k").unwrap();
+        assert_eq!(h.touched_pages(), vec![0]);
+        h.set_value(k, "big", RegType::BINARY, &[3; 50_000])
+            .unwrap();
+        assert!(h.base_block().hive_bins_size() > 4096);
+        assert_eq!(
+            h.base_block().hive_bins_size() as usize,
+            h.to_bytes().len() - 4096
+        );
+        let pages = h.touched_pages();
+        assert_eq!(pages.len(), h.base_block().hive_bins_size() as usize / 4096);
+        let h2 = Hive::from_bytes(h.to_bytes()).unwrap();
+        assert_eq!(h2.value(k, "big").unwrap().unwrap().data, vec![3; 50_000]);
+        assert!(!h2.is_modified());
+    }
+
+    #[test]
+    fn last_reference_unlinks_and_frees_the_sk() {
+        let mut h = Hive::new("ROOT").unwrap();
+        let k = h.create_key("own").unwrap();
+        let root_sk = h.nk(h.root()).unwrap().security;
+        // Give "own" its own sk, linked into the ring after the root's.
+        let sk2 = h
+            .cells
+            .alloc(&security::build_sk(root_sk, root_sk, 1, &[1, 0, 4, 0x80]))
+            .unwrap();
+        h.cells.write_u32(root_sk, 4, sk2).unwrap();
+        h.cells.write_u32(root_sk, 8, sk2).unwrap();
+        h.cells.write_u32(root_sk, 12, 1).unwrap(); // only the root now
+        h.cells.write_u32(k.0, key::off::SECURITY, sk2).unwrap();
+        assert_eq!(h.security_descriptor(k).unwrap(), vec![1, 0, 4, 0x80]);
+        let sub = h.create_key("own\\sub").unwrap();
+        assert_eq!(SecurityNode::read(&h.cells, sk2).unwrap().refcount, 2);
+        assert_eq!(h.security_descriptor(sub).unwrap(), vec![1, 0, 4, 0x80]);
+        assert!(h.delete_key("own").unwrap());
+        let r = SecurityNode::read(&h.cells, root_sk).unwrap();
+        assert_eq!((r.flink, r.blink, r.refcount), (root_sk, root_sk, 1));
+        assert!(h.cells.cell(sk2, "sk").is_err(), "the sk cell is free");
     }
 
     #[test]
