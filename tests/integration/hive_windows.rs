@@ -266,6 +266,12 @@ fn assert_models_equal(what: &str, expected: &Model, actual: &Model) {
         match actual.get(k) {
             None => diffs.push(format!("missing key {}", e.path)),
             Some(a) => {
+                // The key's own name is compared exactly (its parents' spelling may differ
+                // between the expectations and the hive).
+                let own = |p: &str| p.rsplit('\\').next().unwrap_or("").to_string();
+                if own(&a.path) != own(&e.path) {
+                    diffs.push(format!("key {} is spelled {}", e.path, a.path));
+                }
                 for (vn, ev) in &e.values {
                     match a.values.get(vn) {
                         None => diffs.push(format!("{}: missing value {:?}", e.path, ev.name)),
