@@ -774,3 +774,46 @@ fn hivex_export_parser() {
     assert_eq!(k.values["e"].data, Vec::<u8>::new());
     assert_eq!(k.values["h"].kind, 3);
 }
+
+/// `Select\Current` read by us and by hivexget name the same control set on every SYSTEM hive of
+/// the corpus, and the plan picks the binding hivex says the hive needs.
+#[test]
+fn control_set_and_binding_kind_match_hivex() {
+    if !oracles() {
+        return;
+    }
+    for rel in [
+        "hives/regipy/SYSTEM",
+        "hives/regipy/SYSTEM_2",
+        "hives/regipy/SYSTEM_B",
+    ] {
+        let Some(path) = util::corpus(rel) else {
+            return;
+        };
+        let h = Hive::open(&path, &open_opts(false)).expect("open");
+        let cs = current_control_set(&h).expect("control set");
+        let n: u32 = hivexget(&path, "Select", "Current")
+            .parse()
+            .expect("number");
+        assert_eq!(cs, format!("ControlSet{n:03}"), "{rel}");
+        let root = util::hivexsh(&path, "ls\n");
+        let dd = root.lines().any(|l| l.trim() == "DriverDatabase");
+        let plan =
+            diskconv::inject::windows::plan_boot_storage_driver(&h, &BootStorageDriver::viostor())
+                .expect("plan");
+        assert_eq!(
+            plan.keys
+                .iter()
+                .any(|k| k.path.starts_with("DriverDatabase\\")),
+            dd,
+            "{rel}"
+        );
+        assert_eq!(
+            plan.keys
+                .iter()
+                .any(|k| k.path.contains("\\CriticalDeviceDatabase\\")),
+            !dd,
+            "{rel}"
+        );
+    }
+}
