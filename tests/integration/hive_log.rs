@@ -109,7 +109,10 @@ fn new_format_replay_equals_the_windows10_recovery() {
     assert!(p.report.was_dirty && !p.report.base_block_from_log && !p.report.data_lost);
     // LOG1 holds entry 2, LOG2 entries 3, 4 and 5: chained across both logs.
     assert_eq!(p.report.entries_applied, 4, "{:?}", p.report);
-    assert_eq!(p.report.logs_used, vec![logs[0].0.clone(), logs[1].0.clone()]);
+    assert_eq!(
+        p.report.logs_used,
+        vec![logs[0].0.clone(), logs[1].0.clone()]
+    );
     assert_same_as(&p, &expected);
     // The order the logs are given in does not matter.
     let rev = vec![logs[1].clone(), logs[0].clone()];
