@@ -550,22 +550,24 @@ fn viostor_and_vioscsi_on_system_2_driver_database() {
 /// SYSTEM_B is dirty with its LOG1/LOG2: the logs are replayed on open, the replayed hive is the
 /// baseline (saved with `save_as`, then read by hivex), and the edits go on top of it.
 #[test]
-fn viostor_on_system_b_replayed() {
+fn viostor_and_vioscsi_on_system_b_replayed() {
     if !oracles() {
         return;
     }
-    let dir = util::tmpdir();
-    let Some(path) = copy_corpus("hives/regipy/SYSTEM_B", dir.path(), true) else {
-        return;
-    };
-    let mut hive = Hive::open(&path, &open_opts(false)).expect("open with logs");
-    assert!(hive.recovery().was_dirty);
-    assert!(!hive.recovery().data_lost);
-    let clean = dir.path().join("SYSTEM_B.clean");
-    hive.save_as(&clean).expect("save replayed hive");
-    drop(hive);
-    let before = hivex_model(&clean);
-    apply_and_check(&clean, &before, &BootStorageDriver::viostor(), false, true);
+    for drv in [BootStorageDriver::viostor(), BootStorageDriver::vioscsi()] {
+        let dir = util::tmpdir();
+        let Some(path) = copy_corpus("hives/regipy/SYSTEM_B", dir.path(), true) else {
+            return;
+        };
+        let mut hive = Hive::open(&path, &open_opts(false)).expect("open with logs");
+        assert!(hive.recovery().was_dirty);
+        assert!(!hive.recovery().data_lost);
+        let clean = dir.path().join("SYSTEM_B.clean");
+        hive.save_as(&clean).expect("save replayed hive");
+        drop(hive);
+        let before = hivex_model(&clean);
+        apply_and_check(&clean, &before, &drv, false, true);
+    }
 }
 
 #[test]
