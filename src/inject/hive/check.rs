@@ -1062,3 +1062,710 @@ struct Node {
     max_value_data: u32,
     class_len: u16,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds hive files cell by cell: one bin (or more) after a base block.
+    struct Builder {
+        /// Hive bins (relative offsets).
+        bins: Vec<u8>,
+        /// Next free byte in the last bin.
+        next: usize,
+        minor: u32,
+    }
+
+    impl Builder {
+        fn new() -> Builder {
+            let mut b = Builder {
+                bins: Vec::new(),
+                next: 0,
+                minor: 5,
+            };
+            b.new_bin(4096);
+            b
+        }
+
+        fn new_bin(&mut self, size: usize) {
+            let at = self.bins.len();
+            self.bins.resize(at + size, 0);
+            self.bins[at..at + 4].copy_from_slice(b"hbin"); // signature
+            self.bins[at + 4..at + 8].copy_from_slice(&(at as u32).to_le_bytes()); // offset
+            self.bins[at + 8..at + 12].copy_from_slice(&(size as u32).to_le_bytes()); // size
+            self.next = at + 32;
+        }
+
+        /// Allocates a cell for `len` data bytes; returns its offset.
+        fn alloc(&mut self, len: usize) -> u32 {
+            let size = (len + 4).div_ceil(8) * 8;
+            if self.next + size > self.bins.len() {
+                self.close_bin();
+                self.new_bin((size + 32).div_ceil(4096) * 4096);
+            }
+            let off = self.next;
+            self.bins[off..off + 4].copy_from_slice(&(-(size as i32)).to_le_bytes());
+            self.next += size;
+            off as u32
+        }
+
+        /// Fills the rest of the current bin with one free cell.
+        fn close_bin(&mut self) {
+            let left = self.bins.len() - self.next;
+            if left > 0 {
+                let n = self.next;
+                self.bins[n..n + 4].copy_from_slice(&(left as i32).to_le_bytes());
+            }
+            self.next = self.bins.len();
+        }
+
+        fn cell(&mut self, data: &[u8]) -> u32 {
+            let off = self.alloc(data.len());
+            self.write(off, data);
+            off
+        }
+
+        fn write(&mut self, off: u32, data: &[u8]) {
+            let at = off as usize + 4;
+            self.bins[at..at + data.len()].copy_from_slice(data);
+        }
+
+        fn finish(mut self, root: u32) -> Vec<u8> {
+            self.close_bin();
+            let mut base = vec![0u8; 4096];
+            base[..4].copy_from_slice(b"regf"); // signature
+            base[4..8].copy_from_slice(&7u32.to_le_bytes()); // primary sequence
+            base[8..12].copy_from_slice(&7u32.to_le_bytes()); // secondary sequence
+            base[20..24].copy_from_slice(&1u32.to_le_bytes()); // major version
+            base[24..28].copy_from_slice(&self.minor.to_le_bytes()); // minor version
+            base[32..36].copy_from_slice(&1u32.to_le_bytes()); // file format
+            base[36..40].copy_from_slice(&root.to_le_bytes()); // root cell
+            base[40..44].copy_from_slice(&(self.bins.len() as u32).to_le_bytes()); // bins size
+            base[44..48].copy_from_slice(&1u32.to_le_bytes()); // clustering factor
+            fix_checksum(&mut base);
+            base.extend_from_slice(&self.bins);
+            base
+        }
+    }
+
+    fn fix_checksum(file: &mut [u8]) {
+        let mut sum = (0..127).fold(0u32, |x, i| x ^ le32(file, i * 4).unwrap());
+        if sum == 0xFFFF_FFFF {
+            sum = 0xFFFF_FFFE;
+        } else if sum == 0 {
+            sum = 1;
+        }
+        file[508..512].copy_from_slice(&sum.to_le_bytes());
+    }
+
+    /// Key node fields, in the order they appear.
+    #[derive(Clone, Default)]
+    struct Nk {
+        flags: u16,
+        parent: u32,
+        subkeys: u32,
+        list: u32,
+        values: u32,
+        value_list: u32,
+        sk: u32,
+        max_name: u32,
+        max_value_name: u32,
+        max_value_data: u32,
+        name: &'static str,
+    }
+
+    fn nk(k: &Nk) -> Vec<u8> {
+        let mut v = vec![0u8; 76];
+        v[..2].copy_from_slice(b"nk"); // signature
+        v[2..4].copy_from_slice(&(k.flags | 0x20).to_le_bytes()); // flags: compressed name
+        v[16..20].copy_from_slice(&k.parent.to_le_bytes()); // parent
+        v[20..24].copy_from_slice(&k.subkeys.to_le_bytes()); // subkey count
+        v[28..32].copy_from_slice(&(if k.subkeys > 0 { k.list } else { NONE }).to_le_bytes());
+        v[32..36].copy_from_slice(&NONE.to_le_bytes()); // volatile list
+        v[36..40].copy_from_slice(&k.values.to_le_bytes()); // value count
+        v[40..44].copy_from_slice(&(if k.values > 0 { k.value_list } else { NONE }).to_le_bytes());
+        v[44..48].copy_from_slice(&k.sk.to_le_bytes()); // security
+        v[48..52].copy_from_slice(&NONE.to_le_bytes()); // class
+        v[52..56].copy_from_slice(&k.max_name.to_le_bytes()); // max subkey name
+        v[60..64].copy_from_slice(&k.max_value_name.to_le_bytes()); // max value name
+        v[64..68].copy_from_slice(&k.max_value_data.to_le_bytes()); // max value data
+        v[72..74].copy_from_slice(&(k.name.len() as u16).to_le_bytes()); // name length
+        v.extend_from_slice(k.name.as_bytes()); // name (ASCII, compressed)
+        v
+    }
+
+    fn vk(name: &str, size: u32, data: u32, kind: u32) -> Vec<u8> {
+        let mut v = vec![0u8; 20];
+        v[..2].copy_from_slice(b"vk"); // signature
+        v[2..4].copy_from_slice(&(name.len() as u16).to_le_bytes()); // name length
+        v[4..8].copy_from_slice(&size.to_le_bytes()); // data size (bit 31: inline)
+        v[8..12].copy_from_slice(&data.to_le_bytes()); // data offset or inline data
+        v[12..16].copy_from_slice(&kind.to_le_bytes()); // type
+        v[16..18].copy_from_slice(&1u16.to_le_bytes()); // flags: compressed name
+        v.extend_from_slice(name.as_bytes());
+        v
+    }
+
+    fn sk(flink: u32, blink: u32, refs: u32) -> Vec<u8> {
+        let mut v = vec![0u8; 20];
+        v[..2].copy_from_slice(b"sk"); // signature
+        v[4..8].copy_from_slice(&flink.to_le_bytes()); // forward link
+        v[8..12].copy_from_slice(&blink.to_le_bytes()); // backward link
+        v[12..16].copy_from_slice(&refs.to_le_bytes()); // reference count
+        v[16..20].copy_from_slice(&20u32.to_le_bytes()); // descriptor size
+        v.extend_from_slice(&[1, 0, 4, 0x80]); // a descriptor header (revision 1, self-relative)
+        v.extend_from_slice(&[0; 16]);
+        v
+    }
+
+    /// Offsets of the cells of [`good`].
+    #[derive(Clone, Copy)]
+    struct Good {
+        root: u32,
+        sk: u32,
+        alpha: u32,
+        beta: u32,
+        list: u32,
+        values: u32,
+        name_vk: u32,
+        dw_vk: u32,
+        data: u32,
+    }
+
+    /// A sound hive: root (subkeys Alpha, beta in an `lh` list; values "Name" = sz, "Dw" =
+    /// inline dword), one security cell used by the three keys.
+    fn good_with(edit: impl FnOnce(&mut Builder, &mut Good)) -> Vec<u8> {
+        let mut b = Builder::new();
+        let mut g = Good {
+            root: b.alloc(76 + 4),
+            sk: b.alloc(40),
+            alpha: b.alloc(76 + 5),
+            beta: b.alloc(76 + 4),
+            list: b.alloc(4 + 16),
+            values: b.alloc(8),
+            name_vk: b.alloc(20 + 4),
+            dw_vk: b.alloc(20 + 2),
+            data: b.alloc(10),
+        };
+        let root = Nk {
+            flags: 0x2c,
+            parent: 0,
+            subkeys: 2,
+            list: g.list,
+            values: 2,
+            value_list: g.values,
+            sk: g.sk,
+            max_name: 10,
+            max_value_name: 8,
+            max_value_data: 10,
+            name: "ROOT",
+        };
+        b.write(g.root, &nk(&root));
+        b.write(g.sk, &sk(g.sk, g.sk, 3));
+        let child = |name| Nk {
+            parent: g.root,
+            sk: g.sk,
+            name,
+            ..Nk::default()
+        };
+        b.write(g.alpha, &nk(&child("Alpha")));
+        b.write(g.beta, &nk(&child("beta")));
+        let mut list = b"lh".to_vec();
+        list.extend_from_slice(&2u16.to_le_bytes());
+        for (off, name) in [(g.alpha, "Alpha"), (g.beta, "beta")] {
+            list.extend_from_slice(&off.to_le_bytes());
+            let units: Vec<u16> = name.encode_utf16().collect();
+            list.extend_from_slice(&lh_hash(&units).to_le_bytes());
+        }
+        b.write(g.list, &list);
+        let mut vl = g.name_vk.to_le_bytes().to_vec();
+        vl.extend_from_slice(&g.dw_vk.to_le_bytes());
+        b.write(g.values, &vl);
+        b.write(g.name_vk, &vk("Name", 10, g.data, 1));
+        b.write(g.dw_vk, &vk("Dw", 0x8000_0004, 7, 4));
+        b.write(g.data, &utf16("abcd\0"));
+        edit(&mut b, &mut g);
+        b.finish(g.root)
+    }
+
+    fn good() -> Vec<u8> {
+        good_with(|_, _| {})
+    }
+
+    fn utf16(s: &str) -> Vec<u8> {
+        s.encode_utf16().flat_map(|u| u.to_le_bytes()).collect()
+    }
+
+    /// Offsets of the good hive (they do not depend on the edit).
+    fn offsets() -> Good {
+        let mut out = None;
+        good_with(|_, g| {
+            out = Some(*g);
+        });
+        out.unwrap()
+    }
+
+    /// Writes `v` at cell-data offset `at` of the cell at `cell` (file bytes).
+    fn poke(file: &mut [u8], cell: u32, at: usize, v: &[u8]) {
+        let p = 4096 + cell as usize + 4 + at;
+        file[p..p + v.len()].copy_from_slice(v);
+    }
+
+    fn has(r: &CheckReport, what: &str, detail: &str) -> bool {
+        r.issues
+            .iter()
+            .any(|i| i.what == what && i.detail.contains(detail))
+    }
+
+    #[test]
+    fn sound_hive_is_clean() {
+        let r = check_bytes(&good());
+        assert!(r.is_clean(), "{:#?}", r.issues);
+        assert_eq!((r.keys, r.values, r.security_cells), (3, 2, 1));
+        assert_eq!(r.leaked_cells, 0);
+        assert_eq!(r.bins, 1);
+        assert_eq!(r.allocated_bytes + r.free_bytes, 4096 - 32);
+    }
+
+    #[test]
+    fn bad_signature_and_short_file() {
+        let mut f = good();
+        f[0] = b'x';
+        let r = check_bytes(&f);
+        assert!(has(&r, "base block", "expected \"regf\""), "{r:#?}");
+        let r = check_bytes(&f[..100]);
+        assert!(has(&r, "base block", "shorter than"), "{r:#?}");
+        assert!(!check_bytes(&[]).is_clean());
+    }
+
+    #[test]
+    fn bad_checksum() {
+        let mut f = good();
+        f[508] ^= 1;
+        let r = check_bytes(&f);
+        assert_eq!(r.issues.len(), 1, "{r:#?}");
+        assert_eq!(r.issues[0].offset, 508);
+        assert!(r.issues[0].detail.contains("checksum"));
+    }
+
+    #[test]
+    fn dirty_sequence_numbers() {
+        let mut f = good();
+        f[4] = 8; // primary 8, secondary 7
+        fix_checksum(&mut f);
+        let r = check_bytes(&f);
+        assert!(has(&r, "base block", "sequence numbers differ"), "{r:#?}");
+    }
+
+    #[test]
+    fn bad_version() {
+        let mut f = good();
+        f[24] = 9;
+        fix_checksum(&mut f);
+        assert!(has(&check_bytes(&f), "base block", "version 1.9"));
+    }
+
+    #[test]
+    fn bins_size_not_matching() {
+        let mut f = good();
+        f[40..44].copy_from_slice(&8192u32.to_le_bytes());
+        fix_checksum(&mut f);
+        let r = check_bytes(&f);
+        assert!(has(&r, "base block", "past the end of the file"), "{r:#?}");
+        f[40..44].copy_from_slice(&100u32.to_le_bytes());
+        fix_checksum(&mut f);
+        let r = check_bytes(&f);
+        assert!(
+            has(&r, "base block", "not a non-zero multiple of 4096"),
+            "{r:#?}"
+        );
+    }
+
+    #[test]
+    fn bin_offset_and_signature() {
+        let mut f = good();
+        f[4096 + 4] = 0x10;
+        let r = check_bytes(&f);
+        assert!(has(&r, "hive bin", "offset field 0x10"), "{r:#?}");
+        let mut f = good();
+        f[4096] = b'H';
+        let r = check_bytes(&f);
+        assert!(has(&r, "hive bin", "expected \"hbin\""), "{r:#?}");
+        let mut f = good();
+        f[4096 + 8..4096 + 12].copy_from_slice(&8192u32.to_le_bytes());
+        let r = check_bytes(&f);
+        assert!(
+            has(&r, "hive bin", "past the end of the hive bins"),
+            "{r:#?}"
+        );
+    }
+
+    #[test]
+    fn cell_size_problems() {
+        let g = offsets();
+        // The data cell's size made odd.
+        let mut f = good();
+        let p = 4096 + g.data as usize;
+        f[p..p + 4].copy_from_slice(&(-13i32).to_le_bytes());
+        let r = check_bytes(&f);
+        assert!(has(&r, "cell", "not a multiple of 8"), "{r:#?}");
+        // The last (free) cell made to cross the bin's end.
+        let mut f = good();
+        let mut c = 4096 + 32;
+        loop {
+            let s = (le32(&f, c).unwrap() as i32).unsigned_abs() as usize;
+            if c + s == f.len() {
+                break;
+            }
+            c += s;
+        }
+        let s = (le32(&f, c).unwrap() as i32).unsigned_abs() + 8;
+        f[c..c + 4].copy_from_slice(&(s as i32).to_le_bytes());
+        let r = check_bytes(&f);
+        assert!(has(&r, "cell", "crosses the end of its bin"), "{r:#?}");
+    }
+
+    #[test]
+    fn unsorted_subkey_list() {
+        let g = offsets();
+        let mut f = good();
+        // Swap the two (offset, hash) entries of the lh list.
+        let p = 4096 + g.list as usize + 4 + 4;
+        let (a, b) = (f[p..p + 8].to_vec(), f[p + 8..p + 16].to_vec());
+        f[p..p + 8].copy_from_slice(&b);
+        f[p + 8..p + 16].copy_from_slice(&a);
+        let r = check_bytes(&f);
+        assert!(has(&r, "subkey list", "not sorted"), "{r:#?}");
+        assert_eq!(r.issues.len(), 1, "{r:#?}");
+    }
+
+    #[test]
+    fn wrong_lh_hash() {
+        let g = offsets();
+        let mut f = good();
+        poke(&mut f, g.list, 8, &0x1234u32.to_le_bytes());
+        let r = check_bytes(&f);
+        assert!(has(&r, "subkey list", "lh hash 0x00001234"), "{r:#?}");
+    }
+
+    #[test]
+    fn wrong_lf_hint_and_li_list() {
+        let g = offsets();
+        let mut f = good();
+        poke(&mut f, g.list, 0, b"lf");
+        // Hints: "Alph" is right, "xx" for beta is wrong.
+        poke(&mut f, g.list, 8, b"Alph");
+        poke(&mut f, g.list, 16, b"xx\0\0");
+        let r = check_bytes(&f);
+        assert_eq!(r.issues.len(), 1, "{r:#?}");
+        assert!(has(&r, "subkey list", "lf hint"), "{r:#?}");
+        // The same entries as an li list (4 bytes each): the count of 2 reads two entries.
+        let mut f = good();
+        poke(&mut f, g.list, 0, b"li");
+        poke(&mut f, g.list, 4, &g.alpha.to_le_bytes());
+        poke(&mut f, g.list, 8, &g.beta.to_le_bytes());
+        let r = check_bytes(&f);
+        assert!(r.is_clean(), "{r:#?}");
+        assert_eq!(r.keys, 3);
+    }
+
+    #[test]
+    fn index_root() {
+        // root -> ri -> [li(Alpha), lh(beta)]
+        let f = good_with(|b, g| {
+            let li = {
+                let mut v = b"li".to_vec();
+                v.extend_from_slice(&1u16.to_le_bytes());
+                v.extend_from_slice(&g.alpha.to_le_bytes());
+                b.cell(&v)
+            };
+            let lh = {
+                let mut v = b"lh".to_vec();
+                v.extend_from_slice(&1u16.to_le_bytes());
+                v.extend_from_slice(&g.beta.to_le_bytes());
+                v.extend_from_slice(&lh_hash(&[98, 101, 116, 97]).to_le_bytes());
+                b.cell(&v)
+            };
+            let mut ri = b"ri".to_vec();
+            ri.extend_from_slice(&2u16.to_le_bytes());
+            ri.extend_from_slice(&li.to_le_bytes());
+            ri.extend_from_slice(&lh.to_le_bytes());
+            b.write(g.list, &ri);
+        });
+        let r = check_bytes(&f);
+        assert!(r.is_clean(), "{r:#?}");
+        assert_eq!(r.keys, 3);
+    }
+
+    #[test]
+    fn wrong_subkey_count() {
+        let g = offsets();
+        let mut f = good();
+        poke(&mut f, g.root, 20, &3u32.to_le_bytes());
+        let r = check_bytes(&f);
+        assert!(
+            has(
+                &r,
+                "key node",
+                "subkey count 3, but its subkey list holds 2"
+            ),
+            "{r:#?}"
+        );
+        // The list's own count larger than its cell.
+        let mut f = good();
+        poke(&mut f, g.list, 2, &200u16.to_le_bytes());
+        let r = check_bytes(&f);
+        assert!(has(&r, "subkey list", "does not fit"), "{r:#?}");
+    }
+
+    #[test]
+    fn maxima() {
+        let g = offsets();
+        // Smaller than the longest subkey name (Alpha: 10 bytes) is a problem ...
+        let mut f = good();
+        poke(&mut f, g.root, 52, &8u32.to_le_bytes());
+        assert!(has(
+            &check_bytes(&f),
+            "key node",
+            "largest subkey name length 8"
+        ));
+        // ... larger is not, and only the low 16 bits count.
+        let mut f = good();
+        poke(&mut f, g.root, 52, &0x0001_0040u32.to_le_bytes());
+        assert!(check_bytes(&f).is_clean());
+        let mut f = good();
+        poke(&mut f, g.root, 52, &0x0001_0004u32.to_le_bytes());
+        assert!(!check_bytes(&f).is_clean());
+        // Value name ("Name": 8 bytes) and data (10 bytes).
+        let mut f = good();
+        poke(&mut f, g.root, 60, &6u32.to_le_bytes());
+        poke(&mut f, g.root, 64, &9u32.to_le_bytes());
+        let r = check_bytes(&f);
+        assert!(has(&r, "key node", "largest value name length 6"), "{r:#?}");
+        assert!(has(&r, "key node", "largest value data size 9"), "{r:#?}");
+    }
+
+    #[test]
+    fn bad_parent_pointer() {
+        let g = offsets();
+        let mut f = good();
+        poke(&mut f, g.beta, 16, &g.alpha.to_le_bytes());
+        let r = check_bytes(&f);
+        assert!(has(&r, "key node", "parent"), "{r:#?}");
+        assert_eq!(r.issues[0].offset, 4096 + g.beta as u64 + 4 + 16);
+    }
+
+    #[test]
+    fn security_refcount() {
+        let g = offsets();
+        let mut f = good();
+        poke(&mut f, g.sk, 12, &2u32.to_le_bytes());
+        let r = check_bytes(&f);
+        assert!(
+            has(&r, "security cell", "reference count 2, but 3 keys use it"),
+            "{r:#?}"
+        );
+    }
+
+    #[test]
+    fn security_ring() {
+        // A second sk for beta, left out of the ring.
+        let f = good_with(|b, g| {
+            let other = b.cell(&sk(g.sk, g.sk, 1));
+            b.write(g.sk, &sk(g.sk, g.sk, 2));
+            let mut n = nk(&Nk {
+                parent: g.root,
+                sk: other,
+                name: "beta",
+                ..Nk::default()
+            });
+            n.truncate(80);
+            b.write(g.beta, &n);
+        });
+        let r = check_bytes(&f);
+        assert!(has(&r, "key node", "is not in the security ring"), "{r:#?}");
+        assert_eq!(r.leaked_cells, 1);
+        // The same cell in the ring: clean.
+        let f = good_with(|b, g| {
+            let other = b.alloc(40);
+            b.write(other, &sk(g.sk, g.sk, 1));
+            b.write(g.sk, &sk(other, other, 2));
+            b.write(
+                g.beta,
+                &nk(&Nk {
+                    parent: g.root,
+                    sk: other,
+                    name: "beta",
+                    ..Nk::default()
+                }),
+            );
+        });
+        let r = check_bytes(&f);
+        assert!(r.is_clean(), "{r:#?}");
+        assert_eq!(r.security_cells, 2);
+        // Broken backward link.
+        let g = offsets();
+        let mut f = good();
+        poke(&mut f, g.sk, 8, &g.root.to_le_bytes());
+        let r = check_bytes(&f);
+        assert!(has(&r, "security cell", "backward link"), "{r:#?}");
+        // A forward link into a non-sk cell.
+        let mut f = good();
+        poke(&mut f, g.sk, 4, &g.data.to_le_bytes());
+        let r = check_bytes(&f);
+        assert!(has(&r, "security cell", "expected \"sk\""), "{r:#?}");
+    }
+
+    #[test]
+    fn shared_cells_and_cycles() {
+        let g = offsets();
+        // Both value list entries point at the same value.
+        let mut f = good();
+        poke(&mut f, g.values, 4, &g.name_vk.to_le_bytes());
+        let r = check_bytes(&f);
+        assert!(has(&r, "value", "more than one place"), "{r:#?}");
+        // Alpha's subkey list is the root's list: a cycle.
+        let mut f = good();
+        poke(&mut f, g.alpha, 20, &2u32.to_le_bytes());
+        poke(&mut f, g.alpha, 28, &g.list.to_le_bytes());
+        let r = check_bytes(&f);
+        assert!(has(&r, "subkey list", "more than one place"), "{r:#?}");
+        // Alpha lists the root as its subkey.
+        let f = good_with(|b, g| {
+            let mut li = b"li".to_vec();
+            li.extend_from_slice(&1u16.to_le_bytes());
+            li.extend_from_slice(&g.root.to_le_bytes());
+            let li = b.cell(&li);
+            let p = g.alpha as usize + 4;
+            b.bins[p + 20..p + 24].copy_from_slice(&1u32.to_le_bytes());
+            b.bins[p + 28..p + 32].copy_from_slice(&li.to_le_bytes());
+            b.bins[p + 52..p + 56].copy_from_slice(&8u32.to_le_bytes());
+        });
+        let r = check_bytes(&f);
+        assert!(has(&r, "key node", "more than one place"), "{r:#?}");
+        assert_eq!(r.keys, 3);
+    }
+
+    #[test]
+    fn leaks_are_counted_not_problems() {
+        let f = good_with(|b, _| {
+            b.cell(&[0; 20]);
+        });
+        let r = check_bytes(&f);
+        assert!(r.is_clean(), "{r:#?}");
+        assert_eq!(r.leaked_cells, 1);
+        assert_eq!(r.leaked_bytes, 24);
+        assert_eq!(r.leaks.len(), 1);
+    }
+
+    #[test]
+    fn value_problems() {
+        let g = offsets();
+        // Data size larger than its cell.
+        let mut f = good();
+        poke(&mut f, g.name_vk, 4, &100u32.to_le_bytes());
+        poke(&mut f, g.root, 64, &100u32.to_le_bytes());
+        let r = check_bytes(&f);
+        assert!(has(&r, "value data", "cell holds 12 bytes"), "{r:#?}");
+        // Inline data of more than 4 bytes.
+        let mut f = good();
+        poke(&mut f, g.dw_vk, 4, &0x8000_0008u32.to_le_bytes());
+        let r = check_bytes(&f);
+        assert!(has(&r, "value", "inline data of 8 bytes"), "{r:#?}");
+        // Value list pointing into the middle of a cell.
+        let mut f = good();
+        poke(&mut f, g.values, 0, &(g.name_vk + 8).to_le_bytes());
+        let r = check_bytes(&f);
+        assert!(has(&r, "value", "not the start of a cell"), "{r:#?}");
+        // A vk signature damaged.
+        let mut f = good();
+        poke(&mut f, g.dw_vk, 0, b"vx");
+        assert!(has(&check_bytes(&f), "value", "expected \"vk\""));
+        // Two values of the same name (case-insensitive).
+        let mut f = good();
+        poke(&mut f, g.dw_vk, 2, &4u16.to_le_bytes());
+        poke(&mut f, g.dw_vk, 20, b"NA");
+        let f2 = {
+            // "NA" + the 2 bytes after it in the cell must spell "NAME"; rewrite the cell.
+            let mut f2 = f.clone();
+            let mut v = vk("NAME", 0x8000_0004, 7, 4);
+            v.truncate(24);
+            poke(&mut f2, g.dw_vk, 0, &v);
+            f2
+        };
+        assert!(has(&check_bytes(&f2), "value", "appears twice"));
+    }
+
+    #[test]
+    fn big_data() {
+        let len = 20000u32;
+        let f = good_with(|b, g| {
+            let s1 = b.alloc(16344);
+            let s2 = b.alloc((len - 16344) as usize);
+            let mut l = s1.to_le_bytes().to_vec();
+            l.extend_from_slice(&s2.to_le_bytes());
+            let list = b.cell(&l);
+            let mut db = b"db".to_vec();
+            db.extend_from_slice(&2u16.to_le_bytes());
+            db.extend_from_slice(&list.to_le_bytes());
+            let rec = b.cell(&db);
+            b.write(g.name_vk, &vk("Name", len, rec, 3));
+            let p = g.root as usize + 4 + 64;
+            b.bins[p..p + 4].copy_from_slice(&len.to_le_bytes());
+            // The old data cell is now unreferenced: free it.
+            let d = g.data as usize;
+            let s = (le32(&b.bins, d).unwrap() as i32).unsigned_abs();
+            b.bins[d..d + 4].copy_from_slice(&(s as i32).to_le_bytes());
+        });
+        let r = check_bytes(&f);
+        assert!(r.is_clean(), "{r:#?}");
+        assert_eq!(r.leaked_cells, 0);
+        assert!(r.bins > 1);
+        // The record's segment count wrong.
+        let mut f2 = f.clone();
+        let mut c = 4096 + 32;
+        while c < f2.len() {
+            let s = (le32(&f2, c).unwrap() as i32).unsigned_abs() as usize;
+            if f2.get(c + 4..c + 6) == Some(b"db") {
+                f2[c + 6..c + 8].copy_from_slice(&3u16.to_le_bytes());
+            }
+            c += if s == 0 { 8 } else { s };
+            if c % 4096 == 0 && f2.get(c..c + 4) == Some(b"hbin") {
+                c += 32;
+            }
+        }
+        let r = check_bytes(&f2);
+        assert!(has(&r, "big data", "3 segments"), "{r:#?}");
+    }
+
+    #[test]
+    fn hash_and_upcase() {
+        assert_eq!(lh_hash(&[]), 0);
+        // "ab": 37 * 'A' + 'B'.
+        assert_eq!(lh_hash(&[97, 98]), 37 * 65 + 66);
+        assert_eq!(upcase_unit(0xE4), 0xC4); // ä -> Ä
+        assert_eq!(upcase_unit(0xDF), 0xDF); // ß has no one-character upper case
+        assert_eq!(upcase_unit(0xD800), 0xD800); // a lone surrogate stays
+    }
+
+    /// Every truncation and many corruptions of the sound hive: no panic.
+    #[test]
+    fn hostile_bytes_never_panic() {
+        let f = good();
+        for n in 0..f.len() {
+            let _ = check_bytes(&f[..n]);
+        }
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..3000 {
+            let mut g = f.clone();
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let p = 4096 + (x as usize % (g.len() - 4096));
+                g[p] = (x >> 32) as u8;
+            }
+            let _ = check_bytes(&g);
+        }
+    }
+}
