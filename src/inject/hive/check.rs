@@ -532,7 +532,8 @@ impl<'a> Walker<'a> {
         self.security(root_sk, &sk_refs);
     }
 
-    /// Decodes a key node's fields (`nk` is the cell data, `abs` its cell's file offset).
+    /// Decodes a key node's fields (`nk` is the cell data, `abs` its cell's file offset),
+    /// reporting why it cannot.
     fn key_node(&mut self, nk: &[u8], abs: u64) -> Option<Node> {
         if nk.len() < NK_MIN || &nk[..2] != b"nk" {
             self.issue(
@@ -546,35 +547,19 @@ impl<'a> Walker<'a> {
             );
             return None;
         }
-        let f = |at: usize| le32(nk, at).unwrap_or(0);
-        let flags = le16(nk, 2).unwrap_or(0);
-        let name_len = le16(nk, 72).unwrap_or(0) as usize;
-        let Some(raw) = nk.get(NK_MIN..NK_MIN + name_len) else {
+        let node = parse_node(nk);
+        if node.is_none() {
             self.issue(
                 abs + 4 + 72,
                 "key node",
                 format!(
-                    "name length {name_len} goes past the end of the {}-byte cell",
+                    "name length {} goes past the end of the {}-byte cell",
+                    le16(nk, 72).unwrap_or(0),
                     nk.len()
                 ),
             );
-            return None;
-        };
-        Some(Node {
-            name: name_units(raw, flags & 0x20 != 0),
-            parent: f(16),
-            subkey_count: f(20),
-            subkey_list: f(28),
-            value_count: f(36),
-            value_list: f(40),
-            security: f(44),
-            class: f(48),
-            max_name: f(52),
-            max_class: f(56),
-            max_value_name: f(60),
-            max_value_data: f(64),
-            class_len: le16(nk, 74).unwrap_or(0),
-        })
+        }
+        node
     }
 
     /// Checks the value list of a key and its values.
@@ -769,21 +754,18 @@ impl<'a> Walker<'a> {
         let mut out = Vec::with_capacity(entries.len());
         let mut prev: Option<Vec<u16>> = None;
         for e in entries {
-            // Read the subkey's name without claiming it (the tree walk claims it).
-            let Some(nk) = self.cells.get(&e.key).copied().filter(|c| c.allocated) else {
-                self.issue(
-                    BASE + e.list as u64,
-                    "subkey list",
-                    format!("entry {:#x} is not an allocated cell", BASE + e.key as u64),
-                );
-                continue;
-            };
-            let data = self
-                .bins
-                .get(e.key as usize + 4..e.key as usize + nk.size as usize)
-                .unwrap_or(&[]);
+            // Read the subkey's name without claiming it or reporting about it: the tree walk
+            // claims it and reports what is wrong with it.
             let kabs = BASE + e.key as u64;
-            let Some(sub) = self.key_node(data, kabs) else {
+            let data = match self.cells.get(&e.key) {
+                Some(c) if c.allocated => self
+                    .bins
+                    .get(e.key as usize + 4..e.key as usize + c.size as usize)
+                    .unwrap_or(&[]),
+                _ => &[],
+            };
+            let Some(sub) = parse_node(data) else {
+                out.push((e.key, 0, 0));
                 continue;
             };
             let upper: Vec<u16> = sub.name.iter().map(|&u| upcase_unit(u)).collect();
@@ -1044,6 +1026,32 @@ impl<'a> Walker<'a> {
             }
         }
     }
+}
+
+/// Decodes a key node's fields from its cell data; `None` when it is no key node.
+fn parse_node(nk: &[u8]) -> Option<Node> {
+    if nk.len() < NK_MIN || &nk[..2] != b"nk" {
+        return None;
+    }
+    let f = |at: usize| le32(nk, at).unwrap_or(0);
+    let flags = le16(nk, 2).unwrap_or(0);
+    let name_len = le16(nk, 72).unwrap_or(0) as usize;
+    let raw = nk.get(NK_MIN..NK_MIN + name_len)?;
+    Some(Node {
+        name: name_units(raw, flags & 0x20 != 0),
+        parent: f(16),
+        subkey_count: f(20),
+        subkey_list: f(28),
+        value_count: f(36),
+        value_list: f(40),
+        security: f(44),
+        class: f(48),
+        max_name: f(52),
+        max_class: f(56),
+        max_value_name: f(60),
+        max_value_data: f(64),
+        class_len: le16(nk, 74).unwrap_or(0),
+    })
 }
 
 /// The fields of a key node the check uses.
@@ -1644,6 +1652,36 @@ mod tests {
         let r = check_bytes(&f);
         assert!(has(&r, "key node", "more than one place"), "{r:#?}");
         assert_eq!(r.keys, 3);
+    }
+
+    #[test]
+    fn bad_subkey_reported_once() {
+        // beta's entry points at a cell that is not a key node.
+        let f = good_with(|b, g| {
+            let junk = b.cell(&[0x41; 90]);
+            let p = g.list as usize + 4 + 12;
+            b.bins[p..p + 4].copy_from_slice(&junk.to_le_bytes());
+        });
+        let r = check_bytes(&f);
+        let nk: Vec<_> = r.issues.iter().filter(|i| i.what == "key node").collect();
+        assert_eq!(nk.len(), 1, "{r:#?}");
+        assert!(nk[0].detail.contains("expected \"nk\""), "{r:#?}");
+        // And at a free cell.
+        let g = offsets();
+        let mut f = good();
+        let last_free = {
+            let mut c = 4096 + 32;
+            loop {
+                let s = le32(&f, c).unwrap() as i32;
+                if s > 0 {
+                    break c - 4096;
+                }
+                c += s.unsigned_abs() as usize;
+            }
+        };
+        poke(&mut f, g.list, 12, &(last_free as u32).to_le_bytes());
+        let r = check_bytes(&f);
+        assert!(has(&r, "key node", "which is free"), "{r:#?}");
     }
 
     #[test]
