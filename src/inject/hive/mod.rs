@@ -21,17 +21,27 @@
 //! ```
 
 pub mod base;
+pub mod cell;
 pub mod check;
 pub mod data;
 mod error;
+pub mod key;
+pub mod list;
 pub mod log;
 pub mod reg;
+pub mod security;
+pub mod value;
 
 use std::path::{Path, PathBuf};
 
 pub use base::BaseBlock;
 pub use data::{RegData, RegType};
 pub use error::HiveError;
+
+use cell::{Cells, abs};
+use key::{KeyNode, NIL};
+use security::SecurityNode;
+use value::ValueNode;
 
 use crate::error::{Error, Result};
 
@@ -118,13 +128,19 @@ pub struct SaveStats {
 #[derive(Debug)]
 pub struct Hive {
     base: BaseBlock,
-    /// The hive bins (the file from offset 4096 on, `hive_bins_size` bytes).
-    bins: Vec<u8>,
+    /// The hive bins (the file from offset 4096 on, `hive_bins_size` bytes), free cells and
+    /// touched pages.
+    cells: Cells,
     path: Option<PathBuf>,
     recovery: RecoveryReport,
     /// Edits are refused: the hive is dirty and its logs were not replayed.
     read_only_dirty: bool,
+    /// Something changed since opening or the last save.
+    modified: bool,
 }
+
+/// The deepest key path accepted (Windows' own limit is 512 levels).
+pub const MAX_DEPTH: usize = 512;
 
 impl Hive {
     /// Opens the hive at `path`: reads it whole, replays its transaction logs in memory when it
@@ -172,9 +188,96 @@ impl Hive {
     }
 
     /// Parses a hive that needs no log replay (the base block's dirty state is ignored).
-    fn parse(bytes: Vec<u8>) -> Result<Hive> {
-        let _ = bytes;
-        Err(HiveError::Unsupported("hive parsing is not implemented yet".into()).into())
+    fn parse(mut bytes: Vec<u8>) -> Result<Hive> {
+        let base = BaseBlock::parse(&bytes, 0)?;
+        let size = base.hive_bins_size() as usize;
+        let end = base::BASE_BLOCK_SIZE + size;
+        if bytes.len() < end {
+            return Err(HiveError::corrupt(
+                "hive bins",
+                bytes.len() as u64,
+                format!(
+                    "the base block says the hive bins end at {end:#x}, the file ends at {:#x}: the hive is truncated",
+                    bytes.len()
+                ),
+            )
+            .into());
+        }
+        bytes.truncate(end);
+        let bins = bytes.split_off(base::BASE_BLOCK_SIZE);
+        let mut cells = Cells::parse(bins)?;
+        cells.now = filetime_now();
+        let hive = Hive {
+            base,
+            cells,
+            path: None,
+            recovery: RecoveryReport::default(),
+            read_only_dirty: false,
+            modified: false,
+        };
+        KeyNode::read(&hive.cells, hive.base.root_cell()).map_err(|e| match e {
+            HiveError::Invalid { detail, .. } | HiveError::Corrupt { detail, .. } => {
+                HiveError::corrupt(
+                    "root key",
+                    abs(hive.base.root_cell()),
+                    format!("the base block's root cell is not a key node: {detail}"),
+                )
+            }
+            e => e,
+        })?;
+        Ok(hive)
+    }
+
+    fn nk(&self, key: KeyId) -> std::result::Result<KeyNode, HiveError> {
+        KeyNode::read(&self.cells, key.0)
+    }
+
+    /// Subkeys with their hints, validated: each is a key node whose parent is `key`.
+    fn subkey_items(&self, nk: &KeyNode) -> std::result::Result<Vec<(u32, u32)>, HiveError> {
+        if nk.subkey_count == 0 || nk.subkey_list == NIL {
+            return Ok(Vec::new());
+        }
+        list::read_all(&self.cells, nk.subkey_list)
+    }
+
+    fn check_child(&self, parent: u32, child: &KeyNode) -> std::result::Result<(), HiveError> {
+        if child.parent != parent {
+            return Err(HiveError::corrupt(
+                "key node",
+                abs(child.offset),
+                format!(
+                    "listed as a subkey of the key at {:#x} but its parent field says {:#x}",
+                    abs(parent),
+                    abs(child.parent)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Finds the subkey named by the upper-cased units `target`: (index in list, key node).
+    fn find_subkey(
+        &self,
+        nk: &KeyNode,
+        target: &[u16],
+    ) -> std::result::Result<Option<KeyNode>, HiveError> {
+        let hash = list::lh_hash(target);
+        let uses_hash = nk.subkey_count != 0
+            && nk.subkey_list != NIL
+            && list::read_leaves(&self.cells, nk.subkey_list)?
+                .iter()
+                .all(|l| &l.kind == list::LH);
+        for (o, hint) in self.subkey_items(nk)? {
+            if uses_hash && hint != hash {
+                continue;
+            }
+            let child = KeyNode::read(&self.cells, o)?;
+            if key::upcase_units(&child.name_units()) == target {
+                self.check_child(nk.offset, &child)?;
+                return Ok(Some(child));
+            }
+        }
+        Ok(None)
     }
 
     /// A new, empty hive: base block, one bin, a root key named `root_name` with a default
@@ -208,62 +311,161 @@ impl Hive {
     /// Finds a key by path relative to the root: components separated by `\`, compared without
     /// regard to case; a leading `\` and an empty path (the root) are accepted.
     pub fn open_key(&self, path: &str) -> Result<Option<KeyId>> {
-        let _ = path;
-        Err(HiveError::Unsupported("not implemented yet".into()).into())
+        let mut k = self.root();
+        for comp in path.split('\\').filter(|c| !c.is_empty()) {
+            match self.subkey(k, comp)? {
+                Some(c) => k = c,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(k))
     }
 
     /// The subkey of `key` named `name` (case-insensitive).
     pub fn subkey(&self, key: KeyId, name: &str) -> Result<Option<KeyId>> {
-        let _ = (key, name);
-        Err(HiveError::Unsupported("not implemented yet".into()).into())
+        let nk = self.nk(key)?;
+        Ok(self
+            .find_subkey(&nk, &key::upcase_str(name))?
+            .map(|c| KeyId(c.offset)))
     }
 
     /// The subkeys of `key`, in the order of its subkey list (sorted by upper-cased name).
+    /// Each is checked to be a key node whose parent is `key`.
     pub fn subkeys(&self, key: KeyId) -> Result<Vec<KeyId>> {
-        let _ = key;
-        Err(HiveError::Unsupported("not implemented yet".into()).into())
+        let nk = self.nk(key)?;
+        let mut out = Vec::new();
+        for (o, _) in self.subkey_items(&nk)? {
+            let child = KeyNode::read(&self.cells, o)?;
+            self.check_child(key.0, &child)?;
+            out.push(KeyId(o));
+        }
+        Ok(out)
     }
 
     /// The key's name, class, timestamp, counts and flags.
     pub fn key_info(&self, key: KeyId) -> Result<KeyInfo> {
-        let _ = key;
-        Err(HiveError::Unsupported("not implemented yet".into()).into())
+        let nk = self.nk(key)?;
+        let class = if nk.class != NIL && nk.class_len > 0 {
+            let d = self.cells.data(nk.class, "class name")?;
+            let raw = d.get(..nk.class_len as usize).ok_or_else(|| {
+                HiveError::corrupt(
+                    "class name",
+                    abs(nk.class),
+                    format!(
+                        "key node at {:#x} says {} bytes, the cell holds {}",
+                        abs(key.0),
+                        nk.class_len,
+                        d.len()
+                    ),
+                )
+            })?;
+            Some(key::decode_name(raw, false))
+        } else {
+            None
+        };
+        Ok(KeyInfo {
+            name: nk.name(),
+            class,
+            last_written: nk.last_written,
+            subkey_count: nk.subkey_count,
+            value_count: nk.value_count,
+            flags: nk.flags,
+        })
     }
 
     /// The key's name.
     pub fn key_name(&self, key: KeyId) -> Result<String> {
-        Ok(self.key_info(key)?.name)
+        Ok(self.nk(key)?.name())
     }
 
     /// The parent of `key` (`None` for the root).
     pub fn parent(&self, key: KeyId) -> Result<Option<KeyId>> {
-        let _ = key;
-        Err(HiveError::Unsupported("not implemented yet".into()).into())
+        if key == self.root() {
+            return Ok(None);
+        }
+        let nk = self.nk(key)?;
+        KeyNode::read(&self.cells, nk.parent).map_err(|e| {
+            HiveError::corrupt(
+                "key node",
+                abs(key.0),
+                format!("parent {:#x} is not a key node: {e}", abs(nk.parent)),
+            )
+        })?;
+        Ok(Some(KeyId(nk.parent)))
     }
 
     /// The path of `key` from the root (the root itself is the empty string).
     pub fn key_path(&self, key: KeyId) -> Result<String> {
-        let _ = key;
-        Err(HiveError::Unsupported("not implemented yet".into()).into())
+        let mut names = Vec::new();
+        let mut k = key;
+        while let Some(p) = self.parent(k)? {
+            if names.len() >= MAX_DEPTH {
+                return Err(HiveError::corrupt(
+                    "key node",
+                    abs(key.0),
+                    format!("the parent chain does not reach the root within {MAX_DEPTH} levels (a loop?)"),
+                )
+                .into());
+            }
+            names.push(self.key_name(k)?);
+            k = p;
+        }
+        names.reverse();
+        Ok(names.join("\\"))
+    }
+
+    fn value_nodes(&self, nk: &KeyNode) -> std::result::Result<Vec<ValueNode>, HiveError> {
+        value::read_value_list(&self.cells, nk.value_list, nk.value_count)?
+            .into_iter()
+            .map(|o| ValueNode::read(&self.cells, o))
+            .collect()
+    }
+
+    fn reg_value(&self, v: &ValueNode) -> std::result::Result<RegValue, HiveError> {
+        Ok(RegValue {
+            name: v.name(),
+            kind: RegType(v.kind),
+            data: v.data(&self.cells, self.base.allows_big_data())?,
+        })
     }
 
     /// The values of `key`, in the order of its value list.
     pub fn values(&self, key: KeyId) -> Result<Vec<RegValue>> {
-        let _ = key;
-        Err(HiveError::Unsupported("not implemented yet".into()).into())
+        let nk = self.nk(key)?;
+        let mut out = Vec::new();
+        for v in self.value_nodes(&nk)? {
+            out.push(self.reg_value(&v)?);
+        }
+        Ok(out)
+    }
+
+    fn find_value(
+        &self,
+        nk: &KeyNode,
+        name: &str,
+    ) -> std::result::Result<Option<(usize, ValueNode)>, HiveError> {
+        let target = key::upcase_str(name);
+        Ok(self
+            .value_nodes(nk)?
+            .into_iter()
+            .enumerate()
+            .find(|(_, v)| key::upcase_units(&v.name_units()) == target))
     }
 
     /// The value of `key` named `name` (case-insensitive; "" is the default value).
     pub fn value(&self, key: KeyId, name: &str) -> Result<Option<RegValue>> {
-        let _ = (key, name);
-        Err(HiveError::Unsupported("not implemented yet".into()).into())
+        let nk = self.nk(key)?;
+        match self.find_value(&nk, name)? {
+            Some((_, v)) => Ok(Some(self.reg_value(&v)?)),
+            None => Ok(None),
+        }
     }
 
     /// The key's security descriptor (self-relative `SECURITY_DESCRIPTOR` bytes from its `sk`
     /// cell).
     pub fn security_descriptor(&self, key: KeyId) -> Result<Vec<u8>> {
-        let _ = key;
-        Err(HiveError::Unsupported("not implemented yet".into()).into())
+        let nk = self.nk(key)?;
+        Ok(SecurityNode::read(&self.cells, nk.security)?.descriptor)
     }
 
     /// Creates the key at `path` and any missing parents (an existing key is returned as it
@@ -300,7 +502,7 @@ impl Hive {
 
     /// Whether anything was changed since opening or the last save.
     pub fn is_modified(&self) -> bool {
-        false
+        self.modified
     }
 
     /// Writes the changes back to the file the hive was opened from: the touched pages and the
@@ -320,7 +522,16 @@ impl Hive {
     /// checksum recomputed, then the bins).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut v = self.base.to_bytes().to_vec();
-        v.extend_from_slice(&self.bins);
+        v.extend_from_slice(&self.cells.bytes);
         v
     }
+}
+
+/// The current time as a FILETIME.
+pub fn filetime_now() -> u64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    116_444_736_000_000_000u64
+        .saturating_add(d.as_nanos().min(u128::from(u64::MAX / 2)) as u64 / 100)
 }
