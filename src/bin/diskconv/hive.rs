@@ -447,12 +447,11 @@ fn set(
     let k = hive.create_key(key)?;
     hive.set_data(k, name, &data)?;
     let what = format!(
-        "set {}{}\\{} ({kind}, {} bytes){}",
+        "set {}\\{} ({kind}, {} bytes){}",
         hive.key_path(k)?,
-        if existed { "" } else { " (new key)" },
         shown_name(name),
         data.encode().len(),
-        ""
+        if existed { "" } else { " in a new key" }
     );
     finish(&mut hive, path, edit, &what)
 }
