@@ -126,18 +126,27 @@ pub fn read_all(cells: &Cells, off: u32) -> Result<Vec<(u32, u32)>, HiveError> {
         .collect())
 }
 
-/// Builds a leaf of the given kind from (key node offset, upper-cased... name units).
-pub fn build_leaf(kind: &[u8; 2], items: &[(u32, Vec<u16>)]) -> Vec<u8> {
+/// The hint stored for a name in a leaf of `kind` (0 for `li`).
+pub fn hint(kind: &[u8; 2], units: &[u16]) -> u32 {
+    if kind == LH {
+        lh_hash(units)
+    } else if kind == LF {
+        lf_hint(units)
+    } else {
+        0
+    }
+}
+
+/// Builds a leaf of the given kind from (key node offset, hint) elements.
+pub fn build_leaf_raw(kind: &[u8; 2], items: &[(u32, u32)]) -> Vec<u8> {
     let width = if kind == LI { 4 } else { 8 };
     let mut d = Vec::with_capacity(4 + items.len() * width);
     d.extend_from_slice(kind);
     d.extend_from_slice(&(items.len() as u16).to_le_bytes());
-    for (o, units) in items {
+    for (o, h) in items {
         d.extend_from_slice(&o.to_le_bytes());
-        if kind == LH {
-            d.extend_from_slice(&lh_hash(units).to_le_bytes());
-        } else if kind == LF {
-            d.extend_from_slice(&lf_hint(units).to_le_bytes());
+        if width == 8 {
+            d.extend_from_slice(&h.to_le_bytes());
         }
     }
     d
@@ -167,7 +176,7 @@ mod tests {
             lh_hash(&u)
         );
         assert_eq!(lf_hint(&u), u32::from_le_bytes([b'a', b'b', 0, 0]));
-        let l = build_leaf(LH, &[(0x20, u.clone())]);
+        let l = build_leaf_raw(LH, &[(0x20, hint(LH, &u))]);
         assert_eq!(&l[..4], b"lh\x01\x00");
         assert_eq!(l.len(), 12);
     }

@@ -184,6 +184,12 @@ impl Hive {
         let mut hive = Hive::parse(prepared.bytes)?;
         hive.read_only_dirty = prepared.read_only;
         hive.recovery = prepared.report;
+        let r = &hive.recovery;
+        if r.was_dirty && !r.data_lost && r.entries_applied > 0 {
+            // The file does not hold the recovered state: the next save writes every page.
+            let len = hive.cells.bytes.len();
+            hive.cells.touch(0, len);
+        }
         Ok(hive)
     }
 
@@ -280,12 +286,42 @@ impl Hive {
         Ok(None)
     }
 
-    /// A new, empty hive: base block, one bin, a root key named `root_name` with a default
+    /// A new, empty hive: base block (version 1.5), one bin, a root key named `root_name`
+    /// (flags `KEY_HIVE_ENTRY | KEY_NO_DELETE`, compressed name when possible) with a default
     /// security descriptor (owner Administrators, full control for SYSTEM and Administrators,
-    /// read for Users).
+    /// read for Users; see [`security::default_descriptor`]) in an `sk` cell that forms a ring
+    /// of itself with reference count 1.
     pub fn new(root_name: &str) -> Result<Hive> {
-        let _ = root_name;
-        Err(HiveError::Unsupported("creating a hive is not implemented yet".into()).into())
+        let now = filetime_now();
+        let mut bin = vec![0u8; cell::PAGE_SIZE as usize];
+        bin[..4].copy_from_slice(cell::HBIN_SIGNATURE);
+        bin[8..12].copy_from_slice(&cell::PAGE_SIZE.to_le_bytes());
+        bin[20..28].copy_from_slice(&now.to_le_bytes());
+        let free = (cell::PAGE_SIZE - cell::HBIN_HEADER_SIZE) as i32;
+        bin[32..36].copy_from_slice(&free.to_le_bytes());
+        let mut cells = Cells::parse(bin)?;
+        cells.now = now;
+        let desc = security::default_descriptor();
+        let sk = cells.alloc(&security::build_sk(0, 0, 1, &desc))?;
+        cells.write_u32(sk, 4, sk)?;
+        cells.write_u32(sk, 8, sk)?;
+        let nk = key::build_nk(
+            root_name,
+            key::KEY_HIVE_ENTRY | key::KEY_NO_DELETE,
+            NIL,
+            sk,
+            now,
+        )?;
+        let root = cells.alloc(&nk)?;
+        let base = BaseBlock::new(root, cells.bytes.len() as u32, now, root_name);
+        Ok(Hive {
+            base,
+            cells,
+            path: None,
+            recovery: RecoveryReport::default(),
+            read_only_dirty: false,
+            modified: true,
+        })
     }
 
     /// The base block.
@@ -468,25 +504,424 @@ impl Hive {
         Ok(SecurityNode::read(&self.cells, nk.security)?.descriptor)
     }
 
+    fn check_writable(&self) -> std::result::Result<(), HiveError> {
+        if self.read_only_dirty {
+            return Err(HiveError::Dirty {
+                detail: "its transaction logs were not replayed, so it opened read-only".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sets the last-written time of a key node to now.
+    fn stamp(&mut self, key: u32) -> std::result::Result<(), HiveError> {
+        let now = self.cells.now;
+        self.cells
+            .write(key, key::off::LAST_WRITTEN, &now.to_le_bytes())
+    }
+
+    /// Writes `data` into the cell at `old` when it fits, else into a new cell (freeing the
+    /// old one). Returns the cell's offset.
+    fn replace_cell(&mut self, old: u32, data: &[u8]) -> std::result::Result<u32, HiveError> {
+        let (_, cap) = self.cells.cell(old, "cell")?;
+        if cap >= data.len() {
+            self.cells.write(old, 0, data)?;
+            Ok(old)
+        } else {
+            let new = self.cells.alloc(data)?;
+            self.cells.free(old)?;
+            Ok(new)
+        }
+    }
+
+    /// The upper-cased name of the key node at `off`.
+    fn upname(&self, off: u32) -> std::result::Result<Vec<u16>, HiveError> {
+        Ok(key::upcase_units(
+            &KeyNode::read(&self.cells, off)?.name_units(),
+        ))
+    }
+
+    /// Inserts `child` (name `units`) into the subkey list of `parent`, keeping it sorted.
+    /// Returns the list's (possibly new) offset.
+    fn insert_subkey(
+        &mut self,
+        parent: &KeyNode,
+        child: u32,
+        units: &[u16],
+    ) -> std::result::Result<u32, HiveError> {
+        let up = key::upcase_units(units);
+        let new_kind = if self.base.minor_version() >= 5 {
+            list::LH
+        } else {
+            list::LF
+        };
+        if parent.subkey_list == NIL || parent.subkey_count == 0 {
+            let hint = list::hint(new_kind, units);
+            return self
+                .cells
+                .alloc(&list::build_leaf_raw(new_kind, &[(child, hint)]));
+        }
+        let top = parent.subkey_list;
+        let is_ri = self.cells.data(top, "subkey list")?.get(..2) == Some(&list::RI[..]);
+        let leaves = list::read_leaves(&self.cells, top)?;
+        if leaves.is_empty() {
+            return Err(HiveError::corrupt(
+                "subkey list",
+                abs(top),
+                "index root without leaves",
+            ));
+        }
+        // The first leaf whose last name sorts after the new one, else the last leaf.
+        let mut li = leaves.len() - 1;
+        for (i, leaf) in leaves.iter().enumerate() {
+            if let Some(&(last, _)) = leaf.items.last() {
+                if self.upname(last)? > up {
+                    li = i;
+                    break;
+                }
+            }
+        }
+        let leaf = &leaves[li]; // li < leaves.len()
+        let mut names = Vec::with_capacity(leaf.items.len());
+        for &(o, _) in &leaf.items {
+            names.push(self.upname(o)?);
+        }
+        let pos = names.partition_point(|n| *n < up);
+        let mut items = leaf.items.clone();
+        items.insert(pos, (child, list::hint(&leaf.kind, units)));
+        if items.len() <= list::LEAF_MAX {
+            let new_leaf =
+                self.replace_cell(leaf.offset, &list::build_leaf_raw(&leaf.kind, &items))?;
+            if !is_ri {
+                return Ok(new_leaf);
+            }
+            if new_leaf != leaf.offset {
+                self.cells.write_u32(top, 4 + 4 * li, new_leaf)?;
+            }
+            return Ok(top);
+        }
+        let half = items.len() / 2;
+        let a = self.replace_cell(
+            leaf.offset,
+            &list::build_leaf_raw(&leaf.kind, &items[..half]),
+        )?;
+        let b = self
+            .cells
+            .alloc(&list::build_leaf_raw(&leaf.kind, &items[half..]))?;
+        if !is_ri {
+            return self.cells.alloc(&list::build_ri(&[a, b]));
+        }
+        let mut entries: Vec<u32> = leaves.iter().map(|l| l.offset).collect();
+        entries[li] = a;
+        entries.insert(li + 1, b);
+        if entries.len() > usize::from(u16::MAX) {
+            return Err(HiveError::InvalidArgument("too many subkeys".into()));
+        }
+        self.replace_cell(top, &list::build_ri(&entries))
+    }
+
+    /// Removes `child` from the subkey list of `parent`. Returns the list's offset, or NIL
+    /// when the list became empty (and was freed).
+    fn remove_subkey(
+        &mut self,
+        parent: &KeyNode,
+        child: u32,
+    ) -> std::result::Result<u32, HiveError> {
+        let top = parent.subkey_list;
+        let is_ri = self.cells.data(top, "subkey list")?.get(..2) == Some(&list::RI[..]);
+        let leaves = list::read_leaves(&self.cells, top)?;
+        let found = leaves.iter().enumerate().find_map(|(li, l)| {
+            l.items
+                .iter()
+                .position(|&(o, _)| o == child)
+                .map(|i| (li, i))
+        });
+        let Some((li, idx)) = found else {
+            return Err(HiveError::corrupt(
+                "subkey list",
+                abs(top),
+                format!("the key at {:#x} is not in its parent's list", abs(child)),
+            ));
+        };
+        let leaf = &leaves[li];
+        let mut items = leaf.items.clone();
+        items.remove(idx);
+        if !items.is_empty() {
+            self.cells
+                .write(leaf.offset, 0, &list::build_leaf_raw(&leaf.kind, &items))?;
+            return Ok(top);
+        }
+        self.cells.free(leaf.offset)?;
+        if !is_ri {
+            return Ok(NIL);
+        }
+        let entries: Vec<u32> = leaves
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != li)
+            .map(|(_, l)| l.offset)
+            .collect();
+        if entries.is_empty() {
+            self.cells.free(top)?;
+            return Ok(NIL);
+        }
+        self.cells.write(top, 0, &list::build_ri(&entries))?;
+        Ok(top)
+    }
+
+    /// Adds a reference to the `sk` at `off`.
+    fn sk_ref(&mut self, off: u32) -> std::result::Result<(), HiveError> {
+        let sk = SecurityNode::read(&self.cells, off)?;
+        self.cells.write_u32(off, 12, sk.refcount.saturating_add(1))
+    }
+
+    /// Drops a reference to the `sk` at `off`; at zero it is unlinked from the ring and freed.
+    fn sk_unref(&mut self, off: u32) -> std::result::Result<(), HiveError> {
+        let sk = SecurityNode::read(&self.cells, off)?;
+        if sk.refcount > 1 {
+            return self.cells.write_u32(off, 12, sk.refcount - 1);
+        }
+        if sk.flink != off {
+            SecurityNode::read(&self.cells, sk.flink)?;
+            SecurityNode::read(&self.cells, sk.blink)?;
+            self.cells.write_u32(sk.blink, 4, sk.flink)?;
+            self.cells.write_u32(sk.flink, 8, sk.blink)?;
+        }
+        self.cells.free(off)
+    }
+
+    fn create_child(&mut self, parent: KeyId, name: &str) -> std::result::Result<KeyId, HiveError> {
+        if name.contains('\\') || name.is_empty() || name.chars().count() > 255 {
+            return Err(HiveError::InvalidArgument(format!(
+                "invalid key name '{name}' (1 to 255 characters, no backslash)"
+            )));
+        }
+        let p = self.nk(parent)?;
+        let now = self.cells.now;
+        let nk = key::build_nk(name, 0, parent.0, p.security, now)?;
+        SecurityNode::read(&self.cells, p.security)?;
+        let child = self.cells.alloc(&nk)?;
+        self.sk_ref(p.security)?;
+        let units: Vec<u16> = name.encode_utf16().collect();
+        let list = self.insert_subkey(&p, child, &units)?;
+        let p = self.nk(parent)?;
+        self.cells.write_u32(
+            parent.0,
+            key::off::SUBKEY_COUNT,
+            p.subkey_count.saturating_add(1),
+        )?;
+        self.cells
+            .write_u32(parent.0, key::off::SUBKEY_LIST, list)?;
+        let len = key::utf16_len(name) as u32;
+        if len > p.max_subkey_name & 0xFFFF {
+            self.cells.write_u32(
+                parent.0,
+                key::off::MAX_SUBKEY_NAME,
+                (p.max_subkey_name & 0xFFFF_0000) | len,
+            )?;
+        }
+        self.stamp(parent.0)?;
+        self.modified = true;
+        Ok(KeyId(child))
+    }
+
     /// Creates the key at `path` and any missing parents (an existing key is returned as it
     /// is). New keys take their parent's security cell.
     pub fn create_key(&mut self, path: &str) -> Result<KeyId> {
-        let _ = path;
-        Err(HiveError::Unsupported("not implemented yet".into()).into())
+        self.check_writable()?;
+        self.cells.now = filetime_now();
+        let mut k = self.root();
+        for comp in path.split('\\').filter(|c| !c.is_empty()) {
+            k = match self.subkey(k, comp)? {
+                Some(c) => c,
+                None => self.create_child(k, comp)?,
+            };
+        }
+        Ok(k)
+    }
+
+    /// Frees a key node and everything below it (not its entry in the parent's list).
+    fn free_tree(&mut self, key: u32, depth: usize) -> std::result::Result<(), HiveError> {
+        if depth > MAX_DEPTH {
+            return Err(HiveError::corrupt(
+                "key node",
+                abs(key),
+                format!("subkeys nest deeper than {MAX_DEPTH} levels (a loop?)"),
+            ));
+        }
+        let nk = self.nk(KeyId(key))?;
+        if nk.subkey_count > 0 && nk.subkey_list != NIL {
+            let leaves = list::read_leaves(&self.cells, nk.subkey_list)?;
+            for l in &leaves {
+                for &(c, _) in &l.items {
+                    let child = KeyNode::read(&self.cells, c)?;
+                    self.check_child(key, &child)?;
+                    self.free_tree(c, depth + 1)?;
+                }
+            }
+            for l in &leaves {
+                if l.offset != nk.subkey_list {
+                    self.cells.free(l.offset)?;
+                }
+            }
+            self.cells.free(nk.subkey_list)?;
+        }
+        for v in self.value_nodes(&nk)? {
+            self.free_value_data(&v)?;
+            self.cells.free(v.offset)?;
+        }
+        if nk.value_count > 0 && nk.value_list != NIL {
+            self.cells.free(nk.value_list)?;
+        }
+        if nk.class != NIL && nk.class_len > 0 {
+            self.cells.free(nk.class)?;
+        }
+        self.sk_unref(nk.security)?;
+        self.cells.free(key)
     }
 
     /// Deletes the key at `path` with all its subkeys and values. Returns false when it did not
     /// exist. The root cannot be deleted.
     pub fn delete_key(&mut self, path: &str) -> Result<bool> {
-        let _ = path;
-        Err(HiveError::Unsupported("not implemented yet".into()).into())
+        self.check_writable()?;
+        self.cells.now = filetime_now();
+        let Some(k) = self.open_key(path)? else {
+            return Ok(false);
+        };
+        let Some(parent) = self.parent(k)? else {
+            return Err(HiveError::InvalidArgument("the root key cannot be deleted".into()).into());
+        };
+        let p = self.nk(parent)?;
+        // Unlink first: a failure while freeing then leaves leaked cells, not a dangling entry.
+        let list = self.remove_subkey(&p, k.0)?;
+        self.cells
+            .write_u32(parent.0, key::off::SUBKEY_LIST, list)?;
+        self.cells.write_u32(
+            parent.0,
+            key::off::SUBKEY_COUNT,
+            p.subkey_count.saturating_sub(1),
+        )?;
+        self.stamp(parent.0)?;
+        self.modified = true;
+        self.free_tree(k.0, 0)?;
+        Ok(true)
+    }
+
+    /// Frees the data cells of a value (nothing for inline or empty data).
+    fn free_value_data(&mut self, v: &ValueNode) -> std::result::Result<(), HiveError> {
+        if v.inline() || v.data_len() == 0 {
+            return Ok(());
+        }
+        if v.is_big(self.base.allows_big_data()) {
+            let segs = value::big_segments(&self.cells, v.data_off)?;
+            let d = self.cells.data(v.data_off, "big data")?;
+            let list = key::le32(d, 4);
+            for s in segs {
+                self.cells.free(s)?;
+            }
+            self.cells.free(list)?;
+        }
+        self.cells.free(v.data_off)
+    }
+
+    /// Stores value data; returns the (size field, data offset field) of the `vk`.
+    fn store_data(&mut self, data: &[u8]) -> std::result::Result<(u32, u32), HiveError> {
+        let len = data.len();
+        if len > value::MAX_DATA {
+            return Err(HiveError::InvalidArgument(format!(
+                "value data of {len} bytes is too big"
+            )));
+        }
+        if len <= 4 {
+            let mut b = [0u8; 4];
+            b[..len].copy_from_slice(data);
+            return Ok((len as u32 | value::DATA_INLINE, u32::from_le_bytes(b)));
+        }
+        if len > value::BIG_DATA_SEGMENT && self.base.allows_big_data() {
+            let mut segs = Vec::new();
+            for chunk in data.chunks(value::BIG_DATA_SEGMENT) {
+                segs.push(self.cells.alloc(chunk)?);
+            }
+            let n = u16::try_from(segs.len()).map_err(|_| {
+                HiveError::InvalidArgument(format!("value data of {len} bytes is too big"))
+            })?;
+            let list: Vec<u8> = segs.iter().flat_map(|s| s.to_le_bytes()).collect();
+            let list = self.cells.alloc(&list)?;
+            let mut db = Vec::with_capacity(8);
+            db.extend_from_slice(value::DB_SIGNATURE);
+            db.extend_from_slice(&n.to_le_bytes());
+            db.extend_from_slice(&list.to_le_bytes());
+            let db = self.cells.alloc(&db)?;
+            return Ok((len as u32, db));
+        }
+        // A hive of version 1.3 has no big data: Windows NT stored any size in one cell.
+        Ok((len as u32, self.cells.alloc(data)?))
     }
 
     /// Sets (creates or replaces) value `name` of `key` to raw `data` of type `kind`. Data over
-    /// 16344 bytes is stored in a big-data cell (hive version 1.4 and later).
+    /// 16344 bytes is stored in a big-data cell (hive version 1.4 and later; a version 1.3 hive
+    /// keeps it in one cell, as Windows NT did).
     pub fn set_value(&mut self, key: KeyId, name: &str, kind: RegType, data: &[u8]) -> Result<()> {
-        let _ = (key, name, kind, data);
-        Err(HiveError::Unsupported("not implemented yet".into()).into())
+        self.check_writable()?;
+        self.cells.now = filetime_now();
+        if name.encode_utf16().count() > 16383 {
+            return Err(HiveError::InvalidArgument(
+                "a value name has at most 16383 characters".into(),
+            )
+            .into());
+        }
+        let nk = self.nk(key)?;
+        match self.find_value(&nk, name)? {
+            Some((_, v)) => {
+                let big = self.base.allows_big_data();
+                let plain_old = !v.inline() && v.data_len() > 0 && !v.is_big(big);
+                let plain_new = data.len() > 4 && (data.len() <= value::BIG_DATA_SEGMENT || !big);
+                let fits = plain_old
+                    && plain_new
+                    && self.cells.cell(v.data_off, "value data")?.1 >= data.len();
+                let (size, off) = if fits {
+                    self.cells.write(v.data_off, 0, data)?;
+                    (data.len() as u32, v.data_off)
+                } else {
+                    let new = self.store_data(data)?;
+                    self.free_value_data(&v)?;
+                    new
+                };
+                self.cells.write_u32(v.offset, 4, size)?;
+                self.cells.write_u32(v.offset, 8, off)?;
+                self.cells.write_u32(v.offset, 12, kind.0)?;
+            }
+            None => {
+                let (size, off) = self.store_data(data)?;
+                let vk = self
+                    .cells
+                    .alloc(&value::build_vk(name, kind.0, size, off))?;
+                let mut offs = value::read_value_list(&self.cells, nk.value_list, nk.value_count)?;
+                offs.push(vk);
+                let bytes: Vec<u8> = offs.iter().flat_map(|o| o.to_le_bytes()).collect();
+                let list = if nk.value_count == 0 || nk.value_list == NIL {
+                    self.cells.alloc(&bytes)?
+                } else {
+                    self.replace_cell(nk.value_list, &bytes)?
+                };
+                self.cells.write_u32(key.0, key::off::VALUE_LIST, list)?;
+                self.cells
+                    .write_u32(key.0, key::off::VALUE_COUNT, offs.len() as u32)?;
+            }
+        }
+        let nk = self.nk(key)?;
+        let nlen = key::utf16_len(name) as u32;
+        if nlen > nk.max_value_name {
+            self.cells
+                .write_u32(key.0, key::off::MAX_VALUE_NAME, nlen)?;
+        }
+        if data.len() as u32 > nk.max_value_data {
+            self.cells
+                .write_u32(key.0, key::off::MAX_VALUE_DATA, data.len() as u32)?;
+        }
+        self.stamp(key.0)?;
+        self.modified = true;
+        Ok(())
     }
 
     /// Sets value `name` of `key` to decoded `data`.
@@ -496,32 +931,176 @@ impl Hive {
 
     /// Deletes value `name` of `key`. Returns false when it did not exist.
     pub fn delete_value(&mut self, key: KeyId, name: &str) -> Result<bool> {
-        let _ = (key, name);
-        Err(HiveError::Unsupported("not implemented yet".into()).into())
+        self.check_writable()?;
+        self.cells.now = filetime_now();
+        let nk = self.nk(key)?;
+        let Some((idx, v)) = self.find_value(&nk, name)? else {
+            return Ok(false);
+        };
+        let mut offs = value::read_value_list(&self.cells, nk.value_list, nk.value_count)?;
+        offs.remove(idx);
+        if offs.is_empty() {
+            self.cells.free(nk.value_list)?;
+            self.cells.write_u32(key.0, key::off::VALUE_LIST, NIL)?;
+        } else {
+            let bytes: Vec<u8> = offs.iter().flat_map(|o| o.to_le_bytes()).collect();
+            self.cells.write(nk.value_list, 0, &bytes)?;
+        }
+        self.cells
+            .write_u32(key.0, key::off::VALUE_COUNT, offs.len() as u32)?;
+        self.free_value_data(&v)?;
+        self.cells.free(v.offset)?;
+        self.stamp(key.0)?;
+        self.modified = true;
+        Ok(true)
     }
 
-    /// Whether anything was changed since opening or the last save.
+    /// Whether anything was changed since opening or the last save (a hive recovered from its
+    /// logs counts as changed: the file does not hold the recovered state yet).
     pub fn is_modified(&self) -> bool {
-        self.modified
+        self.modified || !self.cells.dirty.is_empty()
+    }
+
+    /// Number of bytes in free cells.
+    pub fn free_bytes(&self) -> u64 {
+        self.cells.free_bytes()
+    }
+
+    /// The 4096-byte pages (relative to the first hive bin) touched since opening or the last
+    /// save; [`Hive::save`] writes exactly these.
+    pub fn touched_pages(&self) -> Vec<u32> {
+        self.cells.dirty.iter().copied().collect()
     }
 
     /// Writes the changes back to the file the hive was opened from: the touched pages and the
     /// base block (sequence numbers advanced, checksum recomputed), in the order that leaves a
-    /// crash recognisable as a dirty hive.
+    /// crash recognisable as a dirty hive: base block with the primary sequence number advanced,
+    /// the pages, then the base block with the secondary equal to the primary; each step
+    /// flushed to disk.
     pub fn save(&mut self) -> Result<SaveStats> {
-        Err(HiveError::Unsupported("not implemented yet".into()).into())
+        use std::io::{Seek, SeekFrom, Write};
+        self.check_writable()?;
+        let Some(path) = self.path.clone() else {
+            return Err(HiveError::InvalidArgument(
+                "this hive has no file yet: use save_as".into(),
+            )
+            .into());
+        };
+        let io = |op: &str, e: std::io::Error| Error::io(op.to_string(), e).in_file(&path);
+        if !self.is_modified() {
+            let file_size = std::fs::metadata(&path)
+                .map_err(|e| io("reading the hive's size", e))?
+                .len();
+            return Ok(SaveStats {
+                file_size,
+                ..SaveStats::default()
+            });
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| io("opening the hive for writing", e))?;
+        let seq = self.base.primary_sequence().wrapping_add(1);
+        self.base.set_sequences(seq, self.base.secondary_sequence());
+        self.base.set_hive_bins_size(self.cells.bytes.len() as u32);
+        self.base.set_timestamp(filetime_now());
+        let mut written = 0u64;
+        f.write_all(&self.base.to_bytes())
+            .and_then(|()| f.sync_data())
+            .map_err(|e| io("writing the base block", e))?;
+        written += base::BASE_BLOCK_SIZE as u64;
+        let page = cell::PAGE_SIZE as usize;
+        let mut pages = 0u64;
+        for &p in &self.cells.dirty {
+            let start = p as usize * page;
+            let Some(bytes) = self
+                .cells
+                .bytes
+                .get(start..(start + page).min(self.cells.bytes.len()))
+            else {
+                continue;
+            };
+            f.seek(SeekFrom::Start(4096 + start as u64))
+                .and_then(|_| f.write_all(bytes))
+                .map_err(|e| io("writing hive pages", e))?;
+            written += bytes.len() as u64;
+            pages += 1;
+        }
+        f.sync_data().map_err(|e| io("flushing hive pages", e))?;
+        self.base.set_sequences(seq, seq);
+        f.seek(SeekFrom::Start(0))
+            .and_then(|_| f.write_all(&self.base.to_bytes()))
+            .and_then(|()| f.sync_data())
+            .map_err(|e| io("writing the base block", e))?;
+        written += base::BASE_BLOCK_SIZE as u64;
+        let file_size = f
+            .metadata()
+            .map_err(|e| io("reading the hive's size", e))?
+            .len();
+        self.cells.dirty.clear();
+        self.cells.saved_len = self.cells.bytes.len();
+        self.modified = false;
+        Ok(SaveStats {
+            bytes_written: written,
+            pages_written: pages,
+            file_size,
+        })
     }
 
-    /// Writes the whole hive to `path` (through a temporary file renamed into place).
+    /// Writes the whole hive to `path` (through a temporary file in the same folder renamed
+    /// into place, flushed to disk). Afterwards [`Hive::save`] writes to `path`.
     pub fn save_as(&mut self, path: &Path) -> Result<SaveStats> {
-        let _ = path;
-        Err(HiveError::Unsupported("not implemented yet".into()).into())
+        use std::io::Write;
+        self.check_writable()?;
+        let io = |op: &str, e: std::io::Error| Error::io(op.to_string(), e).in_file(path);
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let seq = self.base.primary_sequence().wrapping_add(1);
+        self.base.set_sequences(seq, seq);
+        self.base.set_timestamp(filetime_now());
+        let bytes = self.to_bytes();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "hive".into());
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&bytes)?;
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io("writing the hive through a temporary file", e));
+        }
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        self.base.set_hive_bins_size(self.cells.bytes.len() as u32);
+        self.cells.dirty.clear();
+        self.cells.saved_len = self.cells.bytes.len();
+        self.modified = false;
+        self.path = Some(path.to_path_buf());
+        Ok(SaveStats {
+            bytes_written: bytes.len() as u64,
+            pages_written: (self.cells.bytes.len() / cell::PAGE_SIZE as usize) as u64,
+            file_size: bytes.len() as u64,
+        })
     }
 
     /// The whole hive file as it would be saved (base block with sequence numbers equal and the
     /// checksum recomputed, then the bins).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut v = self.base.to_bytes().to_vec();
+        let mut base = self.base.clone();
+        base.set_sequences(base.primary_sequence(), base.primary_sequence());
+        base.set_hive_bins_size(self.cells.bytes.len() as u32);
+        let mut v = base.to_bytes().to_vec();
         v.extend_from_slice(&self.cells.bytes);
         v
     }
