@@ -301,18 +301,21 @@ impl Hive {
         bin[32..36].copy_from_slice(&free.to_le_bytes());
         let mut cells = Cells::parse(bin)?;
         cells.now = now;
-        let desc = security::default_descriptor();
-        let sk = cells.alloc(&security::build_sk(0, 0, 1, &desc))?;
-        cells.write_u32(sk, 4, sk)?;
-        cells.write_u32(sk, 8, sk)?;
+        // The root key is the first cell of the first bin: readers such as regipy take it
+        // from there rather than from the base block.
         let nk = key::build_nk(
             root_name,
             key::KEY_HIVE_ENTRY | key::KEY_NO_DELETE,
             NIL,
-            sk,
+            NIL,
             now,
         )?;
         let root = cells.alloc(&nk)?;
+        let desc = security::default_descriptor();
+        let sk = cells.alloc(&security::build_sk(0, 0, 1, &desc))?;
+        cells.write_u32(sk, 4, sk)?;
+        cells.write_u32(sk, 8, sk)?;
+        cells.write_u32(root, 44, sk)?;
         let base = BaseBlock::new(root, cells.bytes.len() as u32, now, root_name);
         Ok(Hive {
             base,
