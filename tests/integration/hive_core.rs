@@ -339,10 +339,38 @@ fn apply_edit_set(h: &mut Hive, m: &mut Model, rng: &mut Rng) {
     let k = h.create_key("diskconv-test\\Sub Key\\Deeper").unwrap();
     model_create(m, "diskconv-test\\Sub Key\\Deeper");
     let sets: Vec<(&str, u32, Vec<u8>)> = vec![
-        ("", 1, "default\0".encode_utf16().flat_map(u16::to_le_bytes).collect()),
-        ("sz", 1, "hello\0".encode_utf16().flat_map(u16::to_le_bytes).collect()),
-        ("expand", 2, "%SystemRoot%\\x\0".encode_utf16().flat_map(u16::to_le_bytes).collect()),
-        ("multi", 7, "a\0bc\0\0".encode_utf16().flat_map(u16::to_le_bytes).collect()),
+        (
+            "",
+            1,
+            "default\0"
+                .encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect(),
+        ),
+        (
+            "sz",
+            1,
+            "hello\0"
+                .encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect(),
+        ),
+        (
+            "expand",
+            2,
+            "%SystemRoot%\\x\0"
+                .encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect(),
+        ),
+        (
+            "multi",
+            7,
+            "a\0bc\0\0"
+                .encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect(),
+        ),
         ("dword", 4, 0x1234_5678u32.to_le_bytes().to_vec()),
         ("dword be", 5, 0x1234_5678u32.to_be_bytes().to_vec()),
         ("qword", 11, 0x1122_3344_5566_7788u64.to_le_bytes().to_vec()),
@@ -352,7 +380,11 @@ fn apply_edit_set(h: &mut Hive, m: &mut Model, rng: &mut Rng) {
         ("five", 3, vec![1, 2, 3, 4, 5]),
         ("big 20k", 3, big20),
         ("big 1m", 3, big1m),
-        ("ünïcødé Ω名", 1, "Ω\0".encode_utf16().flat_map(u16::to_le_bytes).collect()),
+        (
+            "ünïcødé Ω名",
+            1,
+            "Ω\0".encode_utf16().flat_map(u16::to_le_bytes).collect(),
+        ),
         ("odd type", 0x1234, vec![0xAA; 100]),
     ];
     let key = "diskconv-test\\Sub Key\\Deeper";
@@ -407,17 +439,28 @@ fn edit_corpus_hive(rel: &str, extra: impl Fn(&mut Hive, &mut Model)) {
     assert_eq!(stats.pages_written as usize, touched.len());
     let after = std::fs::read(&p).unwrap();
     assert_untouched_identical(&before, &after, &touched);
-    assert_models_eq(&hivex_model(&p), &m, &format!("{rel} saved in place, read by hivex"));
+    assert_models_eq(
+        &hivex_model(&p),
+        &m,
+        &format!("{rel} saved in place, read by hivex"),
+    );
     util::hivexsh(&p, "cd \\diskconv-test\\Sub Key\\Deeper\nlsval\n");
     util::regipy_dump(&p);
     // Base block: sequences equal, checksum valid, bins size matches the file.
     let b = diskconv::inject::hive::BaseBlock::parse(&after, 0).unwrap();
     assert!(!b.is_dirty());
-    assert_eq!(b.primary_sequence(), diskconv::inject::hive::BaseBlock::parse(&before, 0).unwrap().primary_sequence() + 1);
+    assert_eq!(
+        b.primary_sequence(),
+        diskconv::inject::hive::BaseBlock::parse(&before, 0)
+            .unwrap()
+            .primary_sequence()
+            + 1
+    );
     assert!(after.len() as u64 >= 4096 + u64::from(b.hive_bins_size()));
     // Reopen and save_as a copy: the same content.
     let mut h2 = Hive::open(&p, &HiveOpenOptions::default()).unwrap();
-    h2.set_value(h2.root(), "after reopen", RegType::DWORD, &[1, 2, 3, 4]).unwrap();
+    h2.set_value(h2.root(), "after reopen", RegType::DWORD, &[1, 2, 3, 4])
+        .unwrap();
     model_set(&mut m, "", "after reopen", 4, &[1, 2, 3, 4]);
     let q = dir.path().join("copy");
     h2.save_as(&q).unwrap();
@@ -440,13 +483,18 @@ fn edits_on_version_1_3_hive_match_hivex() {
 #[test]
 fn edits_on_system_hive_match_hivex() {
     edit_corpus_hive("hives/regipy/SYSTEM", |h, m| {
-        let k = h
-            .create_key("ControlSet001\\Services\\viostor")
+        let k = h.create_key("ControlSet001\\Services\\viostor").unwrap();
+        h.set_value(k, "Start", RegType::DWORD, &0u32.to_le_bytes())
             .unwrap();
-        h.set_value(k, "Start", RegType::DWORD, &0u32.to_le_bytes()).unwrap();
         // The hive stores "services" in lower case: the new key goes under it.
         model_create(m, "ControlSet001\\services\\viostor");
-        model_set(m, "ControlSet001\\services\\viostor", "Start", 4, &0u32.to_le_bytes());
+        model_set(
+            m,
+            "ControlSet001\\services\\viostor",
+            "Start",
+            4,
+            &0u32.to_le_bytes(),
+        );
         // Deleting an existing tree of the original hive.
         let path = "ControlSet001\\services\\Tcpip";
         assert!(h.delete_key(path).unwrap());

@@ -96,8 +96,8 @@ pub enum HiveCommand {
         /// The value type.
         #[arg(value_name = "TYPE")]
         kind: String,
-        /// The data.
-        #[arg(allow_hyphen_values = true, num_args = 0..)]
+        /// The data (put `--` before data that starts with `-`).
+        #[arg(num_args = 0.., allow_negative_numbers = true)]
         data: Vec<String>,
         #[command(flatten)]
         edit: EditArgs,
