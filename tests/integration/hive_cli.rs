@@ -115,6 +115,23 @@ fn assert_same(got: &Model, want: &Model, what: &str) {
     assert!(diffs.is_empty(), "{what}:\n{}", diffs.join("\n"));
 }
 
+/// The model without the string values (REG_SZ, REG_EXPAND_SZ, REG_MULTI_SZ) holding a
+/// non-ASCII UTF-16 unit, and how many were removed.
+fn ascii_strings_only(mut m: Model) -> (Model, usize) {
+    let mut removed = 0;
+    for values in m.values_mut() {
+        let before = values.len();
+        values.retain(|(_, kind, data)| {
+            !matches!(kind, 1 | 2 | 7)
+                || data
+                    .chunks(2)
+                    .all(|c| c.len() == 2 && c[0] < 0x80 && c[1] == 0)
+        });
+        removed += before - values.len();
+    }
+    (m, removed)
+}
+
 /// The path of an existing key as the model spells it (case as stored).
 fn stored_path(m: &Model, key: &str) -> String {
     m.keys()
@@ -529,11 +546,17 @@ fn export_merges_back_with_hivexregedit() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(
-            model(&hivex_export(&target)),
-            model(&hivex_export(&src)),
+        // hivexregedit --merge reads a UTF-8 .reg file's strings as Latin-1, so string values
+        // with non-ASCII characters cannot come through it intact: leave those out of the
+        // comparison (the import test covers them).
+        let (got, n1) = ascii_strings_only(model(&hivex_export(&target)));
+        let (want, n2) = ascii_strings_only(model(&hivex_export(&src)));
+        assert_eq!(n1, n2, "{rel}");
+        assert!(
+            n2 * 10 < want.values().map(|v| v.len()).sum::<usize>(),
             "{rel}"
         );
+        assert_same(&got, &want, rel);
         // The same export to stdout, and as UTF-16LE with a byte order mark.
         let text = ok(&dcp(&src, &["export", "", "--prefix", prefix]));
         assert_eq!(text.as_bytes(), std::fs::read(&reg).unwrap().as_slice());

@@ -109,7 +109,10 @@ fn new_format_replay_equals_the_windows10_recovery() {
     assert!(p.report.was_dirty && !p.report.base_block_from_log && !p.report.data_lost);
     // LOG1 holds entry 2, LOG2 entries 3, 4 and 5: chained across both logs.
     assert_eq!(p.report.entries_applied, 4, "{:?}", p.report);
-    assert_eq!(p.report.logs_used, vec![logs[0].0.clone(), logs[1].0.clone()]);
+    assert_eq!(
+        p.report.logs_used,
+        vec![logs[0].0.clone(), logs[1].0.clone()]
+    );
     assert_same_as(&p, &expected);
     // The order the logs are given in does not matter.
     let rev = vec![logs[1].clone(), logs[0].clone()];
@@ -243,7 +246,11 @@ fn system_b_replays_across_both_logs_like_regipy() {
     let h = diskconv::inject::hive::Hive::from_bytes(p.bytes.clone()).unwrap();
     assert!(h.open_key("ControlSet001\\Services").unwrap().is_some());
     let report = diskconv::inject::hive::check::check_bytes(&p.bytes);
-    assert!(report.issues.is_empty(), "{:?}", &report.issues[..report.issues.len().min(5)]);
+    assert!(
+        report.issues.is_empty(),
+        "{:?}",
+        &report.issues[..report.issues.len().min(5)]
+    );
     if util::require("hivexsh") {
         let ls = util::hivexsh(&ours, "ls\n");
         assert_eq!(ls.lines().count(), 15, "{ls}");
@@ -291,14 +298,23 @@ fn replay_like_regipy(rel: &str, want_logs: &[&str], want_entries: usize) {
     assert_eq!(p.report.entries_applied, want_entries, "{:?}", p.report);
     assert_clean_base(&p.bytes);
     let report = diskconv::inject::hive::check::check_bytes(&p.bytes);
-    assert!(report.issues.is_empty(), "{:?}", &report.issues[..report.issues.len().min(5)]);
+    assert!(
+        report.issues.is_empty(),
+        "{:?}",
+        &report.issues[..report.issues.len().min(5)]
+    );
     let dir = util::tmpdir();
     let ours = write(dir.path(), "replayed", &p.bytes);
     if util::require_regipy() && util::require("hivexregedit") {
         // regipy applies every HvLE entry of the logs it is given; give it the logs we used,
         // earlier first.
         let used = &p.report.logs_used;
-        let theirs = regipy_replay(dir.path(), &hive_path, &used[0], used.get(1).map(|p| p.as_path()));
+        let theirs = regipy_replay(
+            dir.path(),
+            &hive_path,
+            &used[0],
+            used.get(1).map(|p| p.as_path()),
+        );
         assert!(
             util::hivex_export(&ours) == util::hivex_export(&theirs),
             "{rel}: hivex reads our replay and regipy's differently"
@@ -321,7 +337,10 @@ fn transactions_ntuser_with_lower_case_logs_replays_like_regipy() {
     // .log2 (sequence 562) is older than the hive (567/566): only .log1 applies.
     replay_like_regipy(
         "hives/regipy/transactions_NTUSER.DAT",
-        &["transactions_ntuser.dat.log1", "transactions_ntuser.dat.log2"],
+        &[
+            "transactions_ntuser.dat.log1",
+            "transactions_ntuser.dat.log2",
+        ],
         23,
     );
 }
@@ -362,7 +381,11 @@ fn damaged_primary_base_block_is_recovered_from_a_log() {
     let mut bad = hive.clone();
     bad[100] ^= 0x55;
     let p = prepare(bad, &logs, false).unwrap();
-    assert!(p.report.base_block_from_log && !p.read_only, "{:?}", p.report);
+    assert!(
+        p.report.base_block_from_log && !p.read_only,
+        "{:?}",
+        p.report
+    );
     assert!(notes(&p).contains("checksum"), "{}", notes(&p));
     assert_eq!(p.report.entries_applied, 4);
     assert_same_as(&p, &expected);
@@ -374,7 +397,10 @@ fn damaged_primary_base_block_is_recovered_from_a_log() {
     assert_same_as(&p, &expected);
     // Without logs there is nothing to recover it from: an error that says so.
     let e = prepare(zero, &[], false).unwrap_err().to_string();
-    assert!(e.contains("regf") && e.contains("no transaction log"), "{e}");
+    assert!(
+        e.contains("regf") && e.contains("no transaction log"),
+        "{e}"
+    );
 
     let Some((hive, logs, expected)) = old_dirty() else {
         return;
@@ -382,7 +408,11 @@ fn damaged_primary_base_block_is_recovered_from_a_log() {
     let mut bad = hive;
     bad[60] ^= 0x01;
     let p = prepare(bad, &logs, false).unwrap();
-    assert!(p.report.base_block_from_log && !p.read_only, "{:?}", p.report);
+    assert!(
+        p.report.base_block_from_log && !p.read_only,
+        "{:?}",
+        p.report
+    );
     assert_same_as(&p, &expected);
 }
 
@@ -392,14 +422,23 @@ fn dirty_hive_without_logs_is_read_only_unless_data_loss_is_accepted() {
         let Some((path, bytes)) = load(rel) else {
             return;
         };
-        assert!(find_logs(&path).is_empty(), "{rel} has no logs in the corpus");
+        assert!(
+            find_logs(&path).is_empty(),
+            "{rel} has no logs in the corpus"
+        );
         let p = prepare(bytes.clone(), &[], false).unwrap();
-        assert!(p.read_only && p.report.was_dirty && !p.report.data_lost, "{rel}");
+        assert!(
+            p.read_only && p.report.was_dirty && !p.report.data_lost,
+            "{rel}"
+        );
         assert_eq!(p.report.entries_applied, 0);
         assert!(notes(&p).contains("no transaction log"), "{}", notes(&p));
         assert!(p.bytes == bytes, "bytes returned as they are");
         let q = prepare(bytes, &[], true).unwrap();
-        assert!(!q.read_only && q.report.data_lost && q.report.was_dirty, "{rel}");
+        assert!(
+            !q.read_only && q.report.data_lost && q.report.was_dirty,
+            "{rel}"
+        );
     }
     // Through the hive API: reads work, edits are refused with the reason.
     let Some((_, bytes)) = load("hives/regipy/SECURITY") else {
@@ -408,7 +447,10 @@ fn dirty_hive_without_logs_is_read_only_unless_data_loss_is_accepted() {
     let mut h = diskconv::inject::hive::Hive::from_bytes(bytes.clone()).unwrap();
     assert!(h.recovery().was_dirty && !h.recovery().data_lost);
     assert!(h.open_key("Policy").unwrap().is_some());
-    let e = h.create_key("Policy\\diskconv-test").unwrap_err().to_string();
+    let e = h
+        .create_key("Policy\\diskconv-test")
+        .unwrap_err()
+        .to_string();
     assert!(e.to_lowercase().contains("dirty"), "{e}");
     let mut h = diskconv::inject::hive::Hive::from_bytes_with_logs(bytes, &[], true).unwrap();
     assert!(h.recovery().data_lost);
@@ -537,7 +579,11 @@ fn bad_new_format_entries_stop_the_replay_cleanly() {
         l[o + 100] ^= 1;
     }
     let p = prepare(hive.clone(), &logs, false).unwrap();
-    assert!(p.read_only && p.report.entries_applied == 0, "{:?}", p.report);
+    assert!(
+        p.read_only && p.report.entries_applied == 0,
+        "{:?}",
+        p.report
+    );
     assert!(notes(&p).contains("hash-1"), "{}", notes(&p));
     assert!(p.bytes == hive);
     let q = prepare(hive, &logs, true).unwrap();
@@ -555,11 +601,19 @@ fn bad_old_format_logs_are_refused_with_the_reason() {
     // A DIRT vector longer than the file.
     let p = try_log(log[..1024].to_vec());
     assert!(p.read_only, "{:?}", p.report);
-    assert!(notes(&p).contains("run past the end of the file"), "{}", notes(&p));
+    assert!(
+        notes(&p).contains("run past the end of the file"),
+        "{}",
+        notes(&p)
+    );
     // Dirty pages missing at the end.
     let p = try_log(log[..log.len() - 4096].to_vec());
     assert!(p.read_only);
-    assert!(notes(&p).contains("past the end of the file"), "{}", notes(&p));
+    assert!(
+        notes(&p).contains("past the end of the file"),
+        "{}",
+        notes(&p)
+    );
     // No DIRT signature.
     let mut l = log.clone();
     l[512] = b'X';
@@ -574,7 +628,11 @@ fn bad_old_format_logs_are_refused_with_the_reason() {
     }
     put32(&mut l, 508, x);
     let p = try_log(l);
-    assert!(p.read_only && notes(&p).contains("0x7ffff000"), "{}", notes(&p));
+    assert!(
+        p.read_only && notes(&p).contains("0x7ffff000"),
+        "{}",
+        notes(&p)
+    );
     // A dirty hive bin whose header names another offset: replay stops before it.
     let mut l = log.clone();
     let first_hbin = (1024..l.len())
@@ -593,7 +651,11 @@ fn bad_old_format_logs_are_refused_with_the_reason() {
     }
     put32(&mut l, 508, x);
     let p = try_log(l);
-    assert!(p.read_only && notes(&p).contains("timestamp"), "{}", notes(&p));
+    assert!(
+        p.read_only && notes(&p).contains("timestamp"),
+        "{}",
+        notes(&p)
+    );
 }
 
 #[test]
@@ -609,7 +671,11 @@ fn mutated_logs_and_base_blocks_never_panic() {
         seed
     };
     for round in 0..400 {
-        let (hive, logs) = if round % 2 == 0 { (&nh, &nl) } else { (&oh, &ol) };
+        let (hive, logs) = if round % 2 == 0 {
+            (&nh, &nl)
+        } else {
+            (&oh, &ol)
+        };
         let mut hive = hive.clone();
         let mut logs = logs.clone();
         for _ in 0..(1 + rnd() % 8) {
@@ -638,7 +704,11 @@ fn mutated_logs_and_base_blocks_never_panic() {
                     // Keep the entry hashes right so the checks past them are reached.
                     for o in inspect_log(target).map(|i| i.entries).unwrap_or_default() {
                         let o = o.offset as usize;
-                        put32(target, o + 12 + 4 * (rnd() % 3) as usize, rnd() as u32 % 0x10000);
+                        put32(
+                            target,
+                            o + 12 + 4 * (rnd() % 3) as usize,
+                            rnd() as u32 % 0x10000,
+                        );
                         rehash(target, o);
                     }
                 }
@@ -686,7 +756,10 @@ fn hive_open_replays_the_logs_beside_it_and_leaves_the_files_alone() {
     write(dir.path(), "NewDirtyHive.LOG2", &logs[1].1);
     let h = diskconv::inject::hive::Hive::open(&path, &Default::default()).unwrap();
     let r = h.recovery();
-    assert!(r.was_dirty && r.entries_applied == 4 && r.logs_used.len() == 2, "{r:?}");
+    assert!(
+        r.was_dirty && r.entries_applied == 4 && r.logs_used.len() == 2,
+        "{r:?}"
+    );
     let subkeys: Vec<String> = h
         .subkeys(h.root())
         .unwrap()
@@ -695,6 +768,9 @@ fn hive_open_replays_the_logs_beside_it_and_leaves_the_files_alone() {
         .collect();
     assert_eq!(subkeys, ["Key3"], "as Windows 10 recovered it");
     assert!(h.to_bytes()[4096..] == prepare(hive.clone(), &logs, false).unwrap().bytes[4096..]);
-    assert!(std::fs::read(&path).unwrap() == hive, "the hive file is not modified");
+    assert!(
+        std::fs::read(&path).unwrap() == hive,
+        "the hive file is not modified"
+    );
     assert!(std::fs::read(dir.path().join("NewDirtyHive.LOG2")).unwrap() == logs[1].1);
 }

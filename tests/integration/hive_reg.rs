@@ -121,16 +121,18 @@ fn corpus_reg_files_parse() {
         assert!(keys > 0 && values > 0);
         // hivex's str(1):"..." is a NUL-terminated UTF-16LE REG_SZ.
         if name == "windows-system.reg" {
-            assert!(ops.contains(&RegOp::SetValue {
-                key: "HKEY_LOCAL_MACHINE\\SYSTEM\\ControlSet001\\Services\\Tcpip\\Parameters"
-                    .into(),
-                name: "Hostname".into(),
-                kind: RegType::SZ,
-                data: "windows.invalid\0"
-                    .encode_utf16()
-                    .flat_map(|u| u.to_le_bytes())
-                    .collect(),
-            }));
+            assert!(
+                ops.contains(&RegOp::SetValue {
+                    key: "HKEY_LOCAL_MACHINE\\SYSTEM\\ControlSet001\\Services\\Tcpip\\Parameters"
+                        .into(),
+                    name: "Hostname".into(),
+                    kind: RegType::SZ,
+                    data: "windows.invalid\0"
+                        .encode_utf16()
+                        .flat_map(|u| u.to_le_bytes())
+                        .collect(),
+                })
+            );
         }
     }
 }
@@ -372,10 +374,9 @@ fn deletions_seen_by_hivexsh() {
 #[test]
 fn import_errors() {
     let mut h = Hive::new("ROOT").unwrap();
-    let ops = reg::parse(
-        b"Windows Registry Editor Version 5.00\n\n[HKEY_LOCAL_MACHINE\\SOFTWARE\\A]\n",
-    )
-    .unwrap();
+    let ops =
+        reg::parse(b"Windows Registry Editor Version 5.00\n\n[HKEY_LOCAL_MACHINE\\SOFTWARE\\A]\n")
+            .unwrap();
     let e = reg::import(&mut h, &ops, SYSTEM).unwrap_err().to_string();
     assert!(
         e.contains("HKEY_LOCAL_MACHINE\\SOFTWARE\\A") && e.contains("outside the prefix"),
@@ -385,8 +386,8 @@ fn import_errors() {
     let e = reg::import(&mut h, &ops, SYSTEM).unwrap_err().to_string();
     assert!(e.contains("root"), "{e}");
     // The key equal to the prefix is the root.
-    let ops = reg::parse(b"REGEDIT4\n\n[HKEY_LOCAL_MACHINE\\SYSTEM]\n\"v\"=dword:00000007\n")
-        .unwrap();
+    let ops =
+        reg::parse(b"REGEDIT4\n\n[HKEY_LOCAL_MACHINE\\SYSTEM]\n\"v\"=dword:00000007\n").unwrap();
     let s = reg::import(&mut h, &ops, SYSTEM).unwrap();
     assert_eq!((s.keys_created, s.values_set), (0, 1));
     assert_eq!(

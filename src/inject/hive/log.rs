@@ -38,8 +38,8 @@ use std::path::{Path, PathBuf};
 pub use marvin::{HVLE_SEED, marvin32};
 
 use super::base::{
-    BASE_BLOCK_SIZE, FILE_TYPE_LOG_NEW, FILE_TYPE_LOG_OLD, FILE_TYPE_LOG_OLD2,
-    FILE_TYPE_PRIMARY, checksum,
+    BASE_BLOCK_SIZE, FILE_TYPE_LOG_NEW, FILE_TYPE_LOG_OLD, FILE_TYPE_LOG_OLD2, FILE_TYPE_PRIMARY,
+    checksum,
 };
 use super::{BaseBlock, HiveError, RecoveryReport};
 use crate::error::Result;
@@ -237,8 +237,8 @@ pub struct LogInfo {
 /// Reads a transaction log's base block and entries (new format) or dirty vector (old format)
 /// without applying anything. An error when its base-block copy is not valid.
 pub fn inspect_log(bytes: &[u8]) -> Result<LogInfo> {
-    let header = log_header(bytes)
-        .map_err(|d| HiveError::invalid("transaction log base block", 0, d))?;
+    let header =
+        log_header(bytes).map_err(|d| HiveError::invalid("transaction log base block", 0, d))?;
     let mut info = LogInfo {
         format: header.format,
         sequence: header.base.primary_sequence(),
@@ -718,7 +718,9 @@ fn replay_new(
             if used > 0 || expected.is_some() {
                 report.notes.push(format!("{}: {g}", name.display()));
             } else {
-                report.notes.push(format!("{}: not used: {g}", name.display()));
+                report
+                    .notes
+                    .push(format!("{}: not used: {g}", name.display()));
             }
         }
         if let Some(why) = stop {
@@ -774,7 +776,8 @@ fn replay_new(
     }
     let mut raw = *base.raw();
     let f = u32_at(&raw, BASE_FLAGS_OFFSET).unwrap_or(0);
-    raw[BASE_FLAGS_OFFSET..BASE_FLAGS_OFFSET + 4].copy_from_slice(&((f & !1) | flags).to_le_bytes());
+    raw[BASE_FLAGS_OFFSET..BASE_FLAGS_OFFSET + 4]
+        .copy_from_slice(&((f & !1) | flags).to_le_bytes());
     if let Ok(b) = BaseBlock::parse(&raw, 0) {
         base = b;
     }
