@@ -80,7 +80,7 @@ impl Cells {
             let b = &cells.bytes;
             if b.get(pos..pos + 4) != Some(&HBIN_SIGNATURE[..]) {
                 return Err(HiveError::invalid(
-                    "hive bin",
+                    "bin",
                     abs(p32),
                     format!(
                         "expected signature 'hbin', found {:02x?}",
@@ -91,7 +91,7 @@ impl Cells {
             let off_field = rd_u32(b, pos + 4).unwrap_or(u32::MAX);
             if off_field != p32 {
                 return Err(HiveError::invalid(
-                    "hive bin",
+                    "bin",
                     abs(p32),
                     format!("offset field says {off_field:#x}, the bin lies at {p32:#x}"),
                 ));
@@ -99,14 +99,14 @@ impl Cells {
             let size = rd_u32(b, pos + 8).unwrap_or(0);
             if size == 0 || size % PAGE_SIZE != 0 {
                 return Err(HiveError::invalid(
-                    "hive bin",
+                    "bin",
                     abs(p32),
                     format!("size must be a non-zero multiple of 4096, found {size:#x}"),
                 ));
             }
             let end = pos.checked_add(size as usize).filter(|&e| e <= total).ok_or_else(|| {
                 HiveError::corrupt(
-                    "hive bin",
+                    "bin",
                     abs(p32),
                     format!(
                         "size {size:#x} runs past the end of the hive bins ({total:#x} bytes): the hive is truncated"
@@ -320,6 +320,9 @@ impl Cells {
         let mut start = off;
         let mut size = (l + 4) as u32;
         let _ = s;
+        // The cell's own size field turns positive even when it merges into a preceding free
+        // cell, so a stale reference to it never looks like an allocated cell.
+        self.set_size_field(off, size as i32);
         // Merge with the following cell.
         let next = off + size;
         if next < bin_end {
@@ -338,6 +341,11 @@ impl Cells {
         self.free.insert(start, size);
         self.set_size_field(start, size as i32);
         Ok(())
+    }
+
+    /// Number of hive bins.
+    pub fn bin_count(&self) -> usize {
+        self.bin_starts.len()
     }
 
     /// Number of bytes in free cells (for tests and statistics).

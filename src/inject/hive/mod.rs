@@ -111,9 +111,6 @@ pub struct RecoveryReport {
     pub base_block_from_log: bool,
     /// A dirty hive was opened without its logged data (`accept_data_loss`).
     pub data_lost: bool,
-    /// Why the hive needed recovery and why a log or log entry was not used (one line each,
-    /// naming the file and the offset), e.g. a bad hash or a gap in sequence numbers.
-    pub notes: Vec<String>,
 }
 
 /// What [`Hive::save`] wrote.
@@ -203,7 +200,7 @@ impl Hive {
         let end = base::BASE_BLOCK_SIZE + size;
         if bytes.len() < end {
             return Err(HiveError::corrupt(
-                "hive bins",
+                "bins",
                 bytes.len() as u64,
                 format!(
                     "the base block says the hive bins end at {end:#x}, the file ends at {:#x}: the hive is truncated",
@@ -264,26 +261,38 @@ impl Hive {
         Ok(())
     }
 
-    /// Finds the subkey named by the upper-cased units `target`: (index in list, key node).
+    /// Finds the subkey whose upper-cased name is `target`.
     fn find_subkey(
         &self,
         nk: &KeyNode,
         target: &[u16],
     ) -> std::result::Result<Option<KeyNode>, HiveError> {
         let hash = list::lh_hash(target);
-        let uses_hash = nk.subkey_count != 0
-            && nk.subkey_list != NIL
+        let items = self.subkey_items(nk)?;
+        let uses_hash = !items.is_empty()
             && list::read_leaves(&self.cells, nk.subkey_list)?
                 .iter()
                 .all(|l| &l.kind == list::LH);
-        for (o, hint) in self.subkey_items(nk)? {
-            if uses_hash && hint != hash {
-                continue;
-            }
-            let child = KeyNode::read(&self.cells, o)?;
-            if key::upcase_units(&child.name_units()) == target {
-                self.check_child(nk.offset, &child)?;
-                return Ok(Some(child));
+        // With hash leaves only the matching hashes are compared; when that finds nothing and
+        // the name has non-ASCII characters (where Windows' upper-case table might differ
+        // from ours, and so the stored hash), every name is compared.
+        let passes: &[bool] = if !uses_hash {
+            &[false]
+        } else if target.iter().all(|&u| u < 0x80) {
+            &[true]
+        } else {
+            &[true, false]
+        };
+        for &filter in passes {
+            for &(o, hint) in &items {
+                if filter && hint != hash {
+                    continue;
+                }
+                let child = KeyNode::read(&self.cells, o)?;
+                if key::upcase_units(&child.name_units()) == target {
+                    self.check_child(nk.offset, &child)?;
+                    return Ok(Some(child));
+                }
             }
         }
         Ok(None)
@@ -304,8 +313,8 @@ impl Hive {
         bin[32..36].copy_from_slice(&free.to_le_bytes());
         let mut cells = Cells::parse(bin)?;
         cells.now = now;
-        // The root key is the first cell of the first bin: readers such as regipy take it
-        // from there rather than from the base block.
+        // The root key node is the first cell of the first bin, as Windows lays it out (some
+        // readers, regipy among them, rely on it); its sk cell follows.
         let nk = key::build_nk(
             root_name,
             key::KEY_HIVE_ENTRY | key::KEY_NO_DELETE,
@@ -318,7 +327,7 @@ impl Hive {
         let sk = cells.alloc(&security::build_sk(0, 0, 1, &desc))?;
         cells.write_u32(sk, 4, sk)?;
         cells.write_u32(sk, 8, sk)?;
-        cells.write_u32(root, 44, sk)?;
+        cells.write_u32(root, key::off::SECURITY, sk)?;
         let base = BaseBlock::new(root, cells.bytes.len() as u32, now, root_name);
         Ok(Hive {
             base,
@@ -328,6 +337,13 @@ impl Hive {
             read_only_dirty: false,
             modified: true,
         })
+    }
+
+    /// The hive bins with bounds-checked cell access, for structural checks: read cells with
+    /// [`cell::Cells::data`], [`key::KeyNode::read`], [`value::ValueNode::read`],
+    /// [`list::read_leaves`] and [`security::SecurityNode::read`].
+    pub fn cells(&self) -> &Cells {
+        &self.cells
     }
 
     /// The base block.
@@ -519,8 +535,10 @@ impl Hive {
         Ok(())
     }
 
-    /// Sets the last-written time of a key node to now.
+    /// Sets the last-written time of a key node to now (the last step of every edit, which
+    /// also brings the base block's hive-bins size up to date).
     fn stamp(&mut self, key: u32) -> std::result::Result<(), HiveError> {
+        self.base.set_hive_bins_size(self.cells.bytes.len() as u32);
         let now = self.cells.now;
         self.cells
             .write(key, key::off::LAST_WRITTEN, &now.to_le_bytes())
@@ -845,8 +863,13 @@ impl Hive {
         }
         if len > value::BIG_DATA_SEGMENT && self.base.allows_big_data() {
             let mut segs = Vec::new();
+            // Every segment cell gets the full segment size, the last one too (as offreg.dll
+            // does): hivex reads a segment's length from its cell size.
+            let mut seg = vec![0u8; value::BIG_DATA_SEGMENT];
             for chunk in data.chunks(value::BIG_DATA_SEGMENT) {
-                segs.push(self.cells.alloc(chunk)?);
+                seg[..chunk.len()].copy_from_slice(chunk);
+                seg[chunk.len()..].fill(0);
+                segs.push(self.cells.alloc(&seg)?);
             }
             let n = u16::try_from(segs.len()).map_err(|_| {
                 HiveError::InvalidArgument(format!("value data of {len} bytes is too big"))
@@ -1119,4 +1142,182 @@ pub fn filetime_now() -> u64 {
         .unwrap_or_default();
     116_444_736_000_000_000u64
         .saturating_add(d.as_nanos().min(u128::from(u64::MAX / 2)) as u64 / 100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (Hive, KeyId, KeyId) {
+        let mut h = Hive::new("ROOT").unwrap();
+        let a = h.create_key("a").unwrap();
+        let b = h.create_key("a\\b").unwrap();
+        h.set_value(b, "v", RegType::BINARY, &[1; 100]).unwrap();
+        (h, a, b)
+    }
+
+    fn put(bytes: &mut [u8], cell: u32, field: usize, v: u32) {
+        let o = 4096 + cell as usize + 4 + field;
+        bytes[o..o + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn fix_checksum(bytes: &mut [u8]) {
+        let c = base::checksum(bytes);
+        bytes[508..512].copy_from_slice(&c.to_le_bytes());
+    }
+
+    fn err(r: Result<impl std::fmt::Debug>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn round_trip_and_edits() {
+        let (h, a, b) = sample();
+        let h2 = Hive::from_bytes(h.to_bytes()).unwrap();
+        assert_eq!(h2.open_key("A\\B").unwrap(), Some(b));
+        assert_eq!(h2.key_path(b).unwrap(), "a\\b");
+        assert_eq!(h2.parent(b).unwrap(), Some(a));
+        assert_eq!(h2.value(b, "V").unwrap().unwrap().data, vec![1; 100]);
+        let info = h2.key_info(a).unwrap();
+        assert_eq!((info.subkey_count, info.value_count), (1, 0));
+        assert!(info.flags & key::KEY_COMP_NAME != 0);
+    }
+
+    #[test]
+    fn delete_frees_everything() {
+        let mut h = Hive::new("ROOT").unwrap();
+        let free0 = h.free_bytes();
+        let k = h.create_key("x\\y\\z").unwrap();
+        h.set_value(k, "big", RegType::BINARY, &vec![7; 100_000])
+            .unwrap();
+        h.set_value(k, "s", RegType::BINARY, &[7; 10]).unwrap();
+        assert!(h.delete_key("X").unwrap());
+        let used_bins = h.to_bytes().len() - 4096;
+        // Everything but the root and its sk is free again (new bins included).
+        let root_cells = (4096 - 32) as u64 - free0;
+        let headers = 32 * h.cells.bin_count() as u64;
+        assert_eq!(h.free_bytes() + root_cells, used_bins as u64 - headers);
+        let sk = SecurityNode::read(&h.cells, h.nk(h.root()).unwrap().security).unwrap();
+        assert_eq!(sk.refcount, 1, "references of the deleted keys released");
+    }
+
+    #[test]
+    fn grows_by_appending_bins_and_tracks_pages() {
+        let mut h = Hive::new("ROOT").unwrap();
+        let k = h.create_key("k").unwrap();
+        assert_eq!(h.touched_pages(), vec![0]);
+        h.set_value(k, "big", RegType::BINARY, &[3; 50_000])
+            .unwrap();
+        assert!(h.base_block().hive_bins_size() > 4096);
+        assert_eq!(
+            h.base_block().hive_bins_size() as usize,
+            h.to_bytes().len() - 4096
+        );
+        let pages = h.touched_pages();
+        assert_eq!(pages.len(), h.base_block().hive_bins_size() as usize / 4096);
+        let h2 = Hive::from_bytes(h.to_bytes()).unwrap();
+        assert_eq!(h2.value(k, "big").unwrap().unwrap().data, vec![3; 50_000]);
+        assert!(!h2.is_modified());
+    }
+
+    #[test]
+    fn last_reference_unlinks_and_frees_the_sk() {
+        let mut h = Hive::new("ROOT").unwrap();
+        let k = h.create_key("own").unwrap();
+        let root_sk = h.nk(h.root()).unwrap().security;
+        // Give "own" its own sk, linked into the ring after the root's.
+        let sk2 = h
+            .cells
+            .alloc(&security::build_sk(root_sk, root_sk, 1, &[1, 0, 4, 0x80]))
+            .unwrap();
+        h.cells.write_u32(root_sk, 4, sk2).unwrap();
+        h.cells.write_u32(root_sk, 8, sk2).unwrap();
+        h.cells.write_u32(root_sk, 12, 1).unwrap(); // only the root now
+        h.cells.write_u32(k.0, key::off::SECURITY, sk2).unwrap();
+        assert_eq!(h.security_descriptor(k).unwrap(), vec![1, 0, 4, 0x80]);
+        let sub = h.create_key("own\\sub").unwrap();
+        assert_eq!(SecurityNode::read(&h.cells, sk2).unwrap().refcount, 2);
+        assert_eq!(h.security_descriptor(sub).unwrap(), vec![1, 0, 4, 0x80]);
+        assert!(h.delete_key("own").unwrap());
+        let r = SecurityNode::read(&h.cells, root_sk).unwrap();
+        assert_eq!((r.flink, r.blink, r.refcount), (root_sk, root_sk, 1));
+        assert!(h.cells.cell(sk2, "sk").is_err(), "the sk cell is free");
+    }
+
+    #[test]
+    fn refuses_edits_when_dirty_read_only() {
+        let (mut h, _, b) = sample();
+        h.read_only_dirty = true;
+        assert!(err(h.create_key("c")).contains("dirty"));
+        assert!(err(h.set_value(b, "w", RegType::DWORD, &[0; 4])).contains("dirty"));
+        assert!(err(h.delete_key("a")).contains("dirty"));
+        assert!(h.value(b, "v").unwrap().is_some(), "reads still work");
+    }
+
+    #[test]
+    fn subkey_list_loop_is_an_error() {
+        let (h, a, b) = sample();
+        let mut bytes = h.to_bytes();
+        let root_list = h.nk(h.root()).unwrap().subkey_list;
+        // b lists the root's list (which holds a): a cycle a -> b -> a.
+        put(&mut bytes, b.0, key::off::SUBKEY_COUNT, 1);
+        put(&mut bytes, b.0, key::off::SUBKEY_LIST, root_list);
+        let h2 = Hive::from_bytes(bytes).unwrap();
+        let e = err(h2.subkeys(b));
+        assert!(e.contains(&format!("{:#x}", 4096 + a.0)), "{e}");
+        // An index root that contains itself.
+        let mut bytes = h.to_bytes();
+        let o = 4096 + root_list as usize + 4;
+        bytes[o..o + 2].copy_from_slice(b"ri");
+        bytes[o + 4..o + 8].copy_from_slice(&root_list.to_le_bytes());
+        let h3 = Hive::from_bytes(bytes).unwrap();
+        let e = err(h3.subkeys(h3.root()));
+        assert!(e.contains("index root"), "{e}");
+    }
+
+    #[test]
+    fn parent_chain_loop_is_an_error() {
+        let (h, a, b) = sample();
+        let mut bytes = h.to_bytes();
+        put(&mut bytes, a.0, key::off::PARENT, b.0);
+        let h2 = Hive::from_bytes(bytes).unwrap();
+        let e = err(h2.key_path(b));
+        assert!(e.contains("parent chain"), "{e}");
+    }
+
+    #[test]
+    fn bad_offsets_and_truncation() {
+        let (h, _, b) = sample();
+        let good = h.to_bytes();
+        // Root cell outside the bins.
+        let mut bytes = good.clone();
+        bytes[36..40].copy_from_slice(&0x10000u32.to_le_bytes());
+        fix_checksum(&mut bytes);
+        let e = err(Hive::from_bytes(bytes));
+        assert!(e.contains("0x11000"), "{e}");
+        // A value list pointing outside the bins.
+        let mut bytes = good.clone();
+        put(&mut bytes, b.0, key::off::VALUE_LIST, 0x7000_0000);
+        let e = err(Hive::from_bytes(bytes).unwrap().values(b));
+        assert!(e.contains("0x70001000"), "{e}");
+        // Truncated file.
+        let e = err(Hive::from_bytes(good[..good.len() - 100].to_vec()));
+        assert!(e.contains("truncated"), "{e}");
+        // Bad bin signature.
+        let mut bytes = good.clone();
+        bytes[4096] = b'X';
+        let e = err(Hive::from_bytes(bytes));
+        assert!(e.contains("hbin") && e.contains("0x1000"), "{e}");
+        // Hive bins size of zero.
+        let mut bytes = good.clone();
+        bytes[40..44].copy_from_slice(&0u32.to_le_bytes());
+        fix_checksum(&mut bytes);
+        assert!(Hive::from_bytes(bytes).is_err());
+        // A value whose data size overflows its cell.
+        let mut bytes = good;
+        let v = h.value_nodes(&h.nk(b).unwrap()).unwrap()[0].offset;
+        put(&mut bytes, v, 4, 0x0FFF_FFFF);
+        let e = err(Hive::from_bytes(bytes).unwrap().values(b));
+        assert!(e.contains("value data") || e.contains("big data"), "{e}");
+    }
 }
