@@ -15,6 +15,8 @@
 //!   `hex(N):` for any type number N written in hex (`hex(7)`, `hex(b)`, `hex(100000)`), comma
 //!   separated hex bytes possibly empty and continued over lines ending in `\`, `-` (delete the
 //!   value), and hivex's `str(N):"string"` (a UTF-16LE NUL-terminated string of type N).
+//! - Value lines in the section of a deleted key (`[-path]`) are refused (regedit skips them
+//!   silently).
 //! - REGEDIT4 files: `hex(2)` and `hex(7)` data are single-byte ANSI characters, as regedit of
 //!   that era wrote them. Like regedit, we convert them to UTF-16LE; we read the bytes as
 //!   Windows-1252 (each byte becomes one UTF-16 unit, the terminating NUL bytes included).
@@ -475,8 +477,9 @@ impl<'a> Parser<'a> {
             match self.lines.get(self.pos).copied() {
                 Some((m, l)) => {
                     let lt = l.trim();
-                    if lt.is_empty() || lt.starts_with('[') {
-                        // Not a continuation: leave the line to the caller.
+                    if lt.is_empty() || lt.starts_with(['[', '"', '@']) {
+                        // Not a continuation (a `\` before a blank line, a key or a value
+                        // line): leave the line to the caller.
                         return Ok(out);
                     }
                     self.pos += 1;
@@ -903,6 +906,7 @@ mod tests {
 \"cont\"=hex:01,02,\\\r\n\
     03,04,\\\r\n\
   05\r\n\
+\"ends\"=hex:06,\\\r\n\
 \"gone\"=-\r\n\
 \"hstr\"=str(2):\"%x%\"\r\n\
 \r\n\
@@ -931,6 +935,7 @@ mod tests {
                 set(K, "q", RegType::QWORD, &[1, 0, 0, 0, 0, 0, 0, 0]),
                 set(K, "big", RegType(0x100000), &[0xaa]),
                 set(K, "cont", RegType::BINARY, &[1, 2, 3, 4, 5]),
+                set(K, "ends", RegType::BINARY, &[6]),
                 RegOp::DeleteValue {
                     key: K.into(),
                     name: "gone".into()
