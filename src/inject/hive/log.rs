@@ -866,3 +866,207 @@ fn replay_old(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A primary hive: base block with the given sequence numbers, bins of `bins_size` bytes
+    /// filled with `fill`.
+    fn hive(seq1: u32, seq2: u32, bins_size: u32, fill: u8) -> Vec<u8> {
+        let mut b = BaseBlock::new(0x20, bins_size, 7, "test");
+        b.set_sequences(seq1, seq2);
+        let mut out = b.to_bytes().to_vec();
+        out.resize(BASE_BLOCK_SIZE + bins_size as usize, fill);
+        out
+    }
+
+    /// The 512-byte base-block copy of a log: file type `ft`, both sequence numbers `seq`.
+    fn log_base(ft: u32, seq: u32, bins_size: u32) -> Vec<u8> {
+        let mut b = BaseBlock::new(0x20, bins_size, 7, "test");
+        b.set_sequences(seq, seq);
+        b.set_file_type(ft);
+        b.to_bytes()[..SECTOR].to_vec()
+    }
+
+    /// An `HvLE` entry: sequence, flags, hive-bins size, pages (offset, bytes); hashes right.
+    fn entry(seq: u32, flags: u32, bins_size: u32, pages: &[(u32, &[u8])]) -> Vec<u8> {
+        let mut e = Vec::new();
+        e.extend_from_slice(HVLE_SIGNATURE); // 0: signature
+        e.extend_from_slice(&0u32.to_le_bytes()); // 4: size, set below
+        e.extend_from_slice(&flags.to_le_bytes()); // 8: flags
+        e.extend_from_slice(&seq.to_le_bytes()); // 12: sequence number
+        e.extend_from_slice(&bins_size.to_le_bytes()); // 16: hive-bins size
+        e.extend_from_slice(&(pages.len() as u32).to_le_bytes()); // 20: page count
+        e.extend_from_slice(&[0; 16]); // 24: hash-1, 32: hash-2
+        for (off, data) in pages {
+            e.extend_from_slice(&off.to_le_bytes());
+            e.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        }
+        for (_, data) in pages {
+            e.extend_from_slice(data);
+        }
+        e.resize(e.len().div_ceil(SECTOR) * SECTOR, 0);
+        let size = e.len() as u32;
+        e[4..8].copy_from_slice(&size.to_le_bytes());
+        let h1 = marvin32(HVLE_SEED, &e[40..]);
+        e[24..32].copy_from_slice(&h1.to_le_bytes());
+        let h2 = marvin32(HVLE_SEED, &e[..32]);
+        e[32..40].copy_from_slice(&h2.to_le_bytes());
+        e
+    }
+
+    fn new_log(seq: u32, entries: &[Vec<u8>]) -> (PathBuf, Vec<u8>) {
+        let mut l = log_base(FILE_TYPE_LOG_NEW, seq, 4096);
+        for e in entries {
+            l.extend_from_slice(e);
+        }
+        (PathBuf::from(format!("h.LOG{seq}")), l)
+    }
+
+    fn page(b: u8) -> Vec<u8> {
+        vec![b; 4096]
+    }
+
+    #[test]
+    fn clean_hive_is_returned_unchanged() {
+        let h = hive(5, 5, 4096, 0xAA);
+        let logs = [new_log(5, &[entry(5, 0, 4096, &[(0, &page(1))])])];
+        let p = prepare(h.clone(), &logs, false).unwrap();
+        assert_eq!(p.bytes, h);
+        assert!(!p.read_only);
+        assert_eq!(p.report, RecoveryReport::default());
+    }
+
+    #[test]
+    fn entries_chain_across_logs_grow_the_hive_and_restore_flag_bit_0() {
+        let h = hive(11, 10, 4096, 0xAA);
+        let p1 = page(1);
+        let p2 = page(2);
+        let p3 = page(3);
+        // Log A: entries 10 and 11 (then a stale 3); log B: entries 12 and 13.
+        let a = new_log(
+            10,
+            &[
+                entry(10, 0, 4096, &[(0, &p1)]),
+                entry(11, 0, 8192, &[(4096, &p2)]),
+                entry(3, 0, 4096, &[(0, &p3)]),
+            ],
+        );
+        let b = new_log(
+            12,
+            &[
+                entry(12, 0, 12288, &[(8192, &p3)]),
+                entry(13, 1, 12288, &[(0, &p2)]),
+            ],
+        );
+        for logs in [vec![a.clone(), b.clone()], vec![b.clone(), a.clone()]] {
+            let p = prepare(h.clone(), &logs, false).unwrap();
+            assert_eq!(p.report.entries_applied, 4, "{:?}", p.report);
+            assert_eq!(p.report.logs_used, vec![a.0.clone(), b.0.clone()]);
+            assert_eq!(p.bytes.len(), 4096 + 12288);
+            assert!(p.bytes[4096..8192].iter().all(|&x| x == 2));
+            assert!(p.bytes[8192..12288].iter().all(|&x| x == 2));
+            assert!(p.bytes[12288..].iter().all(|&x| x == 3));
+            let base = BaseBlock::parse(&p.bytes, 0).unwrap();
+            assert!(!base.is_dirty());
+            assert_eq!(base.primary_sequence(), 13);
+            assert_eq!(base.file_type(), FILE_TYPE_PRIMARY);
+            assert_eq!(base.hive_bins_size(), 12288);
+            assert_eq!(u32_at(base.raw(), BASE_FLAGS_OFFSET), Some(1));
+        }
+    }
+
+    #[test]
+    fn a_shrinking_entry_shrinks_the_hive() {
+        let h = hive(4, 3, 12288, 0xAA);
+        let logs = [new_log(3, &[entry(3, 0, 4096, &[(0, &page(9))])])];
+        let p = prepare(h, &logs, false).unwrap();
+        assert_eq!(p.bytes.len(), 4096 + 4096);
+        assert!(p.bytes[4096..].iter().all(|&x| x == 9));
+    }
+
+    #[test]
+    fn a_gap_stops_the_replay_and_the_notes_say_where() {
+        let h = hive(2, 1, 4096, 0);
+        let logs = [new_log(
+            1,
+            &[
+                entry(1, 0, 4096, &[(0, &page(1))]),
+                entry(3, 0, 4096, &[(0, &page(3))]),
+            ],
+        )];
+        let p = prepare(h, &logs, false).unwrap();
+        assert_eq!(p.report.entries_applied, 1);
+        assert!(p.bytes[4096..].iter().all(|&x| x == 1));
+        let n = p.report.notes.join("\n");
+        assert!(
+            n.contains("sequence number 3, expected 2") && n.contains("0x"),
+            "{n}"
+        );
+    }
+
+    #[test]
+    fn a_log_that_does_not_start_at_its_sequence_number_is_not_used() {
+        let h = hive(6, 5, 4096, 0);
+        let logs = [new_log(5, &[entry(7, 0, 4096, &[(0, &page(1))])])];
+        let p = prepare(h.clone(), &logs, false).unwrap();
+        assert!(p.read_only && p.report.was_dirty);
+        assert_eq!(p.bytes, h);
+        assert!(p.report.notes.join("\n").contains("expected 5"));
+    }
+
+    #[test]
+    fn an_invalid_log_base_block_is_named() {
+        let h = hive(6, 5, 4096, 0);
+        let (n, mut l) = new_log(5, &[entry(5, 0, 4096, &[(0, &page(1))])]);
+        l[8] ^= 1; // secondary sequence number: checksum now wrong
+        let p = prepare(h, &[(n, l)], false).unwrap();
+        assert!(p.read_only);
+        assert!(p.report.notes.join("\n").contains("checksum"));
+        let e = inspect_log(&[0u8; 100]).unwrap_err().to_string();
+        assert!(e.contains("512"), "{e}");
+    }
+
+    #[test]
+    fn old_format_dirty_vector_replays_pages_and_resizes() {
+        let h = hive(9, 8, 4096, 0xAA);
+        // Log for a hive grown to 8192 bytes: pages 1 and 8..=15 dirty (bit = 512-byte page).
+        let mut l = log_base(FILE_TYPE_LOG_OLD, 9, 8192);
+        l.extend_from_slice(DIRT_SIGNATURE);
+        l.extend_from_slice(&[0b0000_0010, 0xFF]); // 16 bits
+        l.resize(1024, 0); // pages start at the next sector
+        l.extend_from_slice(&[5u8; 512]); // page 1
+        let mut bin = vec![7u8; 4096]; // pages 8..=15: a new hive bin at 4096
+        bin[..4].copy_from_slice(b"hbin");
+        bin[4..8].copy_from_slice(&4096u32.to_le_bytes());
+        bin[8..12].copy_from_slice(&4096u32.to_le_bytes());
+        l.extend_from_slice(&bin);
+        let p = prepare(h.clone(), &[(PathBuf::from("h.LOG1"), l.clone())], false).unwrap();
+        assert_eq!(p.report.entries_applied, 9, "{:?}", p.report);
+        assert_eq!(p.bytes.len(), 4096 + 8192);
+        assert!(p.bytes[4096..4608].iter().all(|&x| x == 0xAA));
+        assert!(p.bytes[4608..5120].iter().all(|&x| x == 5));
+        assert!(p.bytes[5120..8192].iter().all(|&x| x == 0xAA));
+        assert_eq!(&p.bytes[8192..], &bin[..]);
+        let base = BaseBlock::parse(&p.bytes, 0).unwrap();
+        assert!(!base.is_dirty() && base.hive_bins_size() == 8192);
+        // A bin header naming the wrong offset stops the replay before it.
+        let mut bad = l.clone();
+        bad[1536 + 4..1536 + 8].copy_from_slice(&0u32.to_le_bytes());
+        let p = prepare(h, &[(PathBuf::from("h.LOG1"), bad)], false).unwrap();
+        assert_eq!(p.report.entries_applied, 1);
+        assert!(p.report.notes.join("\n").contains("dirty hive bin"));
+    }
+
+    #[test]
+    fn hive_bins_sizes_are_capped_by_the_input() {
+        // An entry claiming far more bins than the hive and logs could hold stops the replay
+        // instead of allocating.
+        let h = hive(2, 1, 4096, 0);
+        let logs = [new_log(1, &[entry(1, 0, 0x4000_0000, &[(0, &page(1))])])];
+        let p = prepare(h, &logs, false).unwrap();
+        assert!(p.read_only);
+        assert!(p.report.notes.join("\n").contains("0x40000000"));
+    }
+}
