@@ -111,6 +111,9 @@ pub struct RecoveryReport {
     pub base_block_from_log: bool,
     /// A dirty hive was opened without its logged data (`accept_data_loss`).
     pub data_lost: bool,
+    /// Why the hive needed recovery and why a log or log entry was not used (one line each,
+    /// naming the file and the offset), e.g. a bad hash or a gap in sequence numbers.
+    pub notes: Vec<String>,
 }
 
 /// What [`Hive::save`] wrote.
