@@ -944,3 +944,32 @@ fn dirty_hive_without_logs_is_not_edited_unless_asked() {
         assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "1");
     }
 }
+
+/// The dirty real Windows 10 SYSTEM hive with its two logs: replayed, then sound by the
+/// structural check and readable by hivex, with more keys than before replay.
+#[test]
+fn replay_of_dirty_system_hive_is_sound() {
+    let dir = util::tmpdir();
+    let Some(hive) = copy_with_logs(
+        "hives/regipy",
+        "SYSTEM_B",
+        &["SYSTEM_B.LOG1", "SYSTEM_B.LOG2"],
+        dir.path(),
+    ) else {
+        return;
+    };
+    let out_path = dir.path().join("SYSTEM_B.clean");
+    let out = dcp(&hive, &["replay", "-o", out_path.to_str().unwrap()]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SYSTEM_B.LOG2"));
+    assert_sound(&out_path);
+    let (code, _) = check_exit(&hive);
+    assert_eq!(code, 2, "the dirty hive itself is reported dirty");
+    if require("hivexsh") {
+        assert!(
+            hivexsh(&out_path, "ls\n")
+                .lines()
+                .any(|l| l == "ControlSet001")
+        );
+    }
+}
