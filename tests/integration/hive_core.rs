@@ -520,6 +520,7 @@ fn edit_corpus_hive(rel: &str, extra: impl Fn(&mut Hive, &mut Model)) {
             "an edit set touches few pages"
         );
     }
+    util::assert_hive_sound(&h.to_bytes(), "hive_core.rs:523");
     let stats = h.save().unwrap();
     assert!(!h.is_modified());
     assert_eq!(stats.pages_written as usize, touched.len());
@@ -551,6 +552,7 @@ fn edit_corpus_hive(rel: &str, extra: impl Fn(&mut Hive, &mut Model)) {
         .unwrap();
     model_set(&mut m, "", "after reopen", 4, &[1, 2, 3, 4]);
     let q = dir.path().join("copy");
+    util::assert_hive_sound(&h2.to_bytes(), "hive_core.rs:554");
     h2.save_as(&q).unwrap();
     assert_models_eq(&hivex_model(&q), &m, &format!("{rel} save_as"));
     assert_eq!(h2.to_bytes(), std::fs::read(&q).unwrap());
@@ -816,6 +818,7 @@ fn random_edits(mut h: Hive, what: &str) {
     if util::require("hivexregedit") {
         let dir = util::tmpdir();
         let p = dir.path().join("random");
+        util::assert_hive_sound(&h.to_bytes(), "hive_core.rs:819");
         h.save_as(&p).unwrap();
         assert_models_eq(&hivex_model(&p), &m, &format!("seed {seed} hivex"));
     }
@@ -871,6 +874,7 @@ fn thousands_of_subkeys_stay_sorted_under_index_roots() {
         assert_lists_sorted(h);
     };
     check(&h, &names);
+    util::assert_hive_sound(&h.to_bytes(), "hive_core.rs:874");
     h.save_as(&p).unwrap();
     // Index root present: the list of "many" is an ri over leaves.
     let bytes = std::fs::read(&p).unwrap();
@@ -905,6 +909,7 @@ fn thousands_of_subkeys_stay_sorted_under_index_roots() {
         }
     }
     check(&h, &names);
+    util::assert_hive_sound(&h.to_bytes(), "hive_core.rs:908");
     h.save().unwrap();
     hivex_check(&p, &names);
 }
@@ -920,6 +925,7 @@ fn new_hive_is_read_by_hivex_and_regipy() {
     assert_eq!(h.root().0, 0x20, "the root key is the first cell");
     let sd = h.security_descriptor(h.root()).unwrap();
     assert_eq!(sd, diskconv::inject::hive::security::default_descriptor());
+    util::assert_hive_sound(&h.to_bytes(), "hive_core.rs:923");
     h.save_as(&p).unwrap();
     if util::require("hivexsh") {
         assert_eq!(util::hivexsh(&p, "ls\n"), "");
@@ -936,6 +942,7 @@ fn new_hive_is_read_by_hivex_and_regipy() {
         sd,
         "new keys share the parent's sk"
     );
+    util::assert_hive_sound(&h.to_bytes(), "hive_core.rs:939");
     h.save().unwrap();
     if util::require("hivexregedit") {
         let m = hivex_model(&p);

@@ -74,6 +74,7 @@ fn import_ours(hive: &Path, text: &[u8], prefix: &str) -> reg::ImportStats {
     let ops = reg::parse(text).expect("parse");
     let mut h = Hive::open(hive, &HiveOpenOptions::default()).expect("open");
     let stats = reg::import(&mut h, &ops, prefix).expect("import");
+    util::assert_hive_sound(&h.to_bytes(), "hive_reg.rs:77");
     h.save().expect("save");
     stats
 }
@@ -258,6 +259,7 @@ fn round_trip(rel: &str, prefix: &str) {
     reg::import(&mut fresh, &ops, prefix).expect("import");
     let dir = util::tmpdir();
     let out = dir.path().join("copy");
+    util::assert_hive_sound(&fresh.to_bytes(), "hive_reg.rs:261");
     fresh.save_as(&out).expect("save_as");
     // Our own reader sees every value of the text in the saved copy.
     let back = Hive::open(&out, &HiveOpenOptions::default()).expect("reopen the copy");
@@ -329,6 +331,7 @@ fn windows_system_reg_into_real_system() {
     let mut h = Hive::open(&hive, &HiveOpenOptions::default()).unwrap();
     let stats = reg::import(&mut h, &ops, SYSTEM).unwrap();
     assert!(stats.values_set > 0);
+    util::assert_hive_sound(&h.to_bytes(), "hive_reg.rs:332");
     h.save().unwrap();
     let mut checked = 0;
     for op in &ops {

@@ -355,6 +355,7 @@ fn apply_and_check(
     assert_eq!(cs, format!("ControlSet{n:03}"));
 
     let report = add_boot_storage_driver(&mut hive, drv).expect("add driver");
+    util::assert_hive_sound(&hive.to_bytes(), "hive_windows.rs:358");
     hive.save().expect("save");
     drop(hive);
 
@@ -563,6 +564,7 @@ fn viostor_and_vioscsi_on_system_b_replayed() {
         assert!(hive.recovery().was_dirty);
         assert!(!hive.recovery().data_lost);
         let clean = dir.path().join("SYSTEM_B.clean");
+        util::assert_hive_sound(&hive.to_bytes(), "hive_windows.rs:566");
         hive.save_as(&clean).expect("save replayed hive");
         drop(hive);
         let before = hivex_model(&clean);
@@ -590,11 +592,13 @@ fn applying_twice_equals_applying_once() {
         let mut h = Hive::open(&once, &open_opts(true)).expect("open");
         let r1 = add_boot_storage_driver(&mut h, &drv).expect("first run");
         assert!(r1.changed());
+        util::assert_hive_sound(&h.to_bytes(), "hive_windows.rs:593");
         h.save().expect("save");
         drop(h);
 
         let mut h = Hive::open(&twice, &open_opts(true)).expect("open");
         add_boot_storage_driver(&mut h, &drv).expect("first run");
+        util::assert_hive_sound(&h.to_bytes(), "hive_windows.rs:598");
         h.save().expect("save");
         drop(h);
         let mut h = Hive::open(&twice, &open_opts(true)).expect("reopen");
@@ -611,6 +615,7 @@ fn applying_twice_equals_applying_once() {
             h.to_bytes()[4096..] == bytes_before[4096..],
             "{rel}: the second run changed the hive bins"
         );
+        util::assert_hive_sound(&h.to_bytes(), "hive_windows.rs:614");
         h.save().expect("save");
         drop(h);
         let m_once = hivex_model(&once);
@@ -658,6 +663,7 @@ fn same_result_as_reged() {
         let mut h = Hive::open(&ours, &open_opts(true)).expect("open");
         let cs = current_control_set(&h).expect("control set");
         add_boot_storage_driver(&mut h, &drv).expect("edit");
+        util::assert_hive_sound(&h.to_bytes(), "hive_windows.rs:661");
         h.save().expect("save");
         drop(h);
 
@@ -713,6 +719,7 @@ fn service_start_crash_control_and_errors() {
     assert!(set_service_start(&mut h, "NoSuchService", 3).is_err());
     assert!(set_service_start(&mut h, "Tcpip", 5).is_err());
     assert!(disable_service(&mut h, "a\\b").is_err());
+    util::assert_hive_sound(&h.to_bytes(), "hive_windows.rs:716");
     h.save().expect("save");
     drop(h);
 

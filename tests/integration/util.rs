@@ -257,3 +257,16 @@ pub fn regipy_dump(hive: &Path) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Asserts that hive bytes pass our structural check (`check_bytes`: checksums, bins, cells,
+/// sorted lists and hashes, counts, maxima, security ring and reference counts). Leaks (allocated
+/// cells nothing points at) are reported separately by the check and are not failures.
+pub fn assert_hive_sound(bytes: &[u8], what: &str) {
+    let report = diskconv::inject::hive::check::check_bytes(bytes);
+    assert!(
+        report.issues.is_empty(),
+        "{what}: structural check found {} issue(s), first: {:?}",
+        report.issues.len(),
+        &report.issues[..report.issues.len().min(5)]
+    );
+}

@@ -33,11 +33,11 @@ pub enum HiveError {
     /// The hive is dirty (its transaction logs hold data not yet in the file) and the logs are
     /// missing or unusable; editing it would lose that data.
     #[error(
-        "hive is dirty ({detail}); {hint}",
+        "{detail}; {hint}",
         hint = "replay its transaction logs first (diskconv hive replay), name them, or accept losing the logged data (--accept-data-loss)"
     )]
     Dirty {
-        /// Why it is dirty and what was looked for.
+        /// Why it is dirty and what was looked for ("the hive is dirty: ...").
         detail: String,
     },
     /// A key or value named by the caller does not exist (or already exists where it must not).

@@ -531,9 +531,20 @@ impl Hive {
 
     fn check_writable(&self) -> std::result::Result<(), HiveError> {
         if self.read_only_dirty {
-            return Err(HiveError::Dirty {
-                detail: "its transaction logs were not replayed, so it opened read-only".into(),
-            });
+            // The log module's notes say why (sequence numbers, which logs were looked for and
+            // why each was not used).
+            let detail = if self.recovery.notes.is_empty() {
+                let b = &self.base;
+                format!(
+                    "the hive is dirty: sequence numbers {} and {} differ or the checksum is \
+                     wrong, and no log was replayed",
+                    b.primary_sequence(),
+                    b.secondary_sequence()
+                )
+            } else {
+                self.recovery.notes.join("; ")
+            };
+            return Err(HiveError::Dirty { detail });
         }
         Ok(())
     }
