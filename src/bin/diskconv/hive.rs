@@ -610,7 +610,11 @@ fn replay(path: &Path, output: &Path, logs: Vec<PathBuf>) -> Result<ExitCode> {
     let rec = hive.recovery().clone();
     if rec.was_dirty && rec.logs_used.is_empty() {
         return Err(HiveError::Dirty {
-            detail: format!("no usable transaction log for {}", path.display()),
+            detail: format!(
+                "the hive {} is dirty and no usable transaction log was found ({})",
+                path.display(),
+                rec.notes.join("; ")
+            ),
         }
         .into());
     }
