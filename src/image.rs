@@ -430,3 +430,29 @@ pub trait ImageWriter: Send {
 
 /// A reader shared between threads and between images of a chain.
 pub type SharedReader = Arc<dyn ImageReader>;
+
+/// In-place write access to an existing image (the target of an incremental sync).
+///
+/// Unlike an [`ImageWriter`], which creates a new file and is complete only after `finish`, an
+/// updater changes an image that is already valid and keeps it valid: after [`flush`]
+/// (Self::flush) returns, everything written so far is durable and the image's metadata is
+/// consistent on disk. A crash between flushes may lose writes since the last flush and may
+/// leave leaked (allocated but unreferenced) space, but never metadata that points at garbage:
+/// data is written before the metadata that references it.
+pub trait ImageUpdater: Send {
+    /// Container format.
+    fn format(&self) -> Format;
+
+    /// Size of the virtual disk.
+    fn virtual_size(&self) -> u64;
+
+    /// Writes `buf` at virtual offset `offset` (any alignment), allocating space as needed.
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()>;
+
+    /// Makes `len` bytes at `offset` read as zeros (deallocating or marking zero where the
+    /// format can, writing zeros otherwise).
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()>;
+
+    /// Writes pending metadata in a safe order and syncs the file(s).
+    fn flush(&mut self) -> Result<()>;
+}

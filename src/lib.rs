@@ -31,10 +31,11 @@ pub mod inject;
 pub mod open;
 pub mod output;
 pub mod storage;
+pub mod sync;
 pub mod util;
 
 pub use convert::{ConvertOptions, ConvertStats, Progress, convert, convert_to_path};
 pub use error::{Error, ErrorKind, Result};
-pub use image::{Extent, ExtentKind, Format, ImageInfo, ImageReader, ImageWriter};
+pub use image::{Extent, ExtentKind, Format, ImageInfo, ImageReader, ImageUpdater, ImageWriter};
 pub use open::{OpenOptions, ReferencePolicy, open, open_qcow2, open_storage};
 pub use output::{OutputOptions, convert_file, create_writer};

@@ -241,3 +241,46 @@ mod tests {
         assert_eq!(&v[100..103], &[1, 2, 3]);
     }
 }
+
+/// In-place updates of a raw image (a plain file; zero ranges become holes where the file
+/// system can punch them).
+#[derive(Debug)]
+pub struct RawUpdater {
+    virtual_size: u64,
+}
+
+impl RawUpdater {
+    /// Opens the raw file at `path` read-write.
+    pub fn open(path: &Path) -> Result<RawUpdater> {
+        let _ = path;
+        Err(crate::error::Error::Unsupported(
+            "in-place update of raw images is not implemented yet".into(),
+        ))
+    }
+}
+
+impl crate::image::ImageUpdater for RawUpdater {
+    fn format(&self) -> Format {
+        Format::Raw
+    }
+    fn virtual_size(&self) -> u64 {
+        self.virtual_size
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        let _ = (buf, offset);
+        Err(crate::error::Error::Unsupported(
+            "not implemented yet".into(),
+        ))
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        let _ = (offset, len);
+        Err(crate::error::Error::Unsupported(
+            "not implemented yet".into(),
+        ))
+    }
+    fn flush(&mut self) -> Result<()> {
+        Err(crate::error::Error::Unsupported(
+            "not implemented yet".into(),
+        ))
+    }
+}

@@ -39,6 +39,12 @@ pub enum Command {
     /// Read and edit Windows registry hives offline: ls, get, set, delete, import, export, check,
     /// replay.
     Hive(crate::hive::HiveArgs),
+    /// Copy SRC to DST, then on later runs only the blocks that changed (live migration passes);
+    /// resumable, with a state file beside the target.
+    Sync(crate::sync::SyncArgs),
+    /// Compare two images block by block by hash; list mismatching ranges; write a SHA-256
+    /// manifest. Exit 0: equal, 1: different, 2: error.
+    Verify(crate::verify::VerifyArgs),
 }
 
 /// The input format and snapshot.

@@ -4,6 +4,8 @@
 
 mod args;
 mod hive;
+mod sync;
+mod verify;
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -44,7 +46,7 @@ fn main() -> ExitCode {
     }
     // `compare` reports errors with exit code 2 (1 means "different").
     let error_code = match cli.command {
-        Command::Compare(_) => 2,
+        Command::Compare(_) | Command::Verify(_) => 2,
         _ => 1,
     };
     match run(cli) {
@@ -65,6 +67,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Compare(a) => compare_cmd(a, policy),
         Command::Check(a) => check(a),
         Command::Hive(a) => hive::run(a),
+        Command::Sync(a) => sync::run(a, policy),
+        Command::Verify(a) => verify::run(a, policy),
     }
 }
 

@@ -21,6 +21,7 @@ pub mod l1l2;
 pub mod reader;
 pub mod refcount;
 pub mod snapshot;
+pub mod update;
 pub mod writer;
 
 pub use check::{CheckReport, check};

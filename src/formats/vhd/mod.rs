@@ -3,6 +3,7 @@
 pub mod dynamic;
 pub mod footer;
 pub mod reader;
+pub mod update;
 pub mod writer;
 
 pub use reader::VhdReader;

@@ -10,6 +10,7 @@ pub mod log;
 pub mod metadata;
 pub mod reader;
 pub mod region;
+pub mod update;
 pub mod writer;
 
 pub use reader::VhdxReader;

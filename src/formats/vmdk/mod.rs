@@ -24,6 +24,7 @@ pub mod reader;
 pub mod sesparse;
 pub mod sparse;
 pub mod stream;
+pub mod update;
 pub mod writer;
 
 pub use reader::VmdkReader;
