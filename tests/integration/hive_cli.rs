@@ -17,76 +17,13 @@ type Damage = Box<dyn Fn(&mut Vec<u8>)>;
 /// A key of a hivex export and its values (name, type, bytes) in list order.
 type Model = BTreeMap<String, Vec<(String, u32, Vec<u8>)>>;
 
-/// Parses `hivexregedit --export` text (`dword:` for REG_DWORD, `hex(N):` for the rest) into a
-/// model.
+/// Parses `hivexregedit --export` text into a model keyed by `\path` (the root is `\`), with
+/// the parser of the hive_core tests.
 fn model(text: &str) -> Model {
-    let mut lines: Vec<String> = Vec::new();
-    let mut cont = false;
-    for l in text.lines() {
-        if cont {
-            let last = lines.last_mut().expect("a line to continue");
-            last.push_str(l.trim_start());
-        } else {
-            lines.push(l.to_string());
-        }
-        cont = lines
-            .last()
-            .is_some_and(|l| l.ends_with('\\') && !l.starts_with('['));
-        if cont {
-            lines.last_mut().unwrap().pop();
-        }
-    }
-    let mut m = Model::new();
-    let mut key = None;
-    for l in lines {
-        if let Some(k) = l.strip_prefix('[').and_then(|k| k.strip_suffix(']')) {
-            m.entry(k.to_string()).or_default();
-            key = Some(k.to_string());
-            continue;
-        }
-        if l.is_empty() || l.starts_with("Windows Registry Editor") {
-            continue;
-        }
-        let (name, rest) = if let Some(r) = l.strip_prefix('@') {
-            (String::new(), r)
-        } else {
-            // A quoted name with \\ and \" escapes.
-            let mut name = String::new();
-            let mut chars = l.char_indices().skip(1);
-            let mut end = None;
-            while let Some((i, c)) = chars.next() {
-                match c {
-                    '\\' => name.push(chars.next().expect("escaped character").1),
-                    '"' => {
-                        end = Some(i + 1);
-                        break;
-                    }
-                    c => name.push(c),
-                }
-            }
-            (name, &l[end.expect("closing quote")..])
-        };
-        let (kind, bytes) = if let Some(d) = rest.strip_prefix("=dword:") {
-            let n = u32::from_str_radix(d, 16).expect("dword");
-            (4, n.to_le_bytes().to_vec())
-        } else {
-            let rest = rest
-                .strip_prefix("=hex(")
-                .expect("a hex(N): or dword: value");
-            let (t, hexes) = rest.split_once("):").expect("hex(N):");
-            let kind = u32::from_str_radix(t, 16).expect("type number");
-            let bytes = hexes
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(|h| u8::from_str_radix(h.trim(), 16).expect("hex byte"))
-                .collect();
-            (kind, bytes)
-        };
-        m.get_mut(key.as_ref().expect("a key before values"))
-            .unwrap()
-            .push((name, kind, bytes));
-    }
-    m
+    crate::hive_core::parse_hivex_export(text)
+        .into_iter()
+        .map(|(k, v)| (format!("\\{k}"), v))
+        .collect()
 }
 
 /// The values of `key` in a model, the key's path compared without regard to case.
