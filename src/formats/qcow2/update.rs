@@ -234,7 +234,7 @@ impl Qcow2Updater {
         if self.bitmaps_marked {
             return Ok(());
         }
-        let Some(ext) = self.header.bitmaps.clone() else {
+        let Some(ext) = self.header.bitmaps else {
             self.bitmaps_marked = true;
             return Ok(());
         };
