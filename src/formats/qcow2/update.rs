@@ -188,8 +188,9 @@ impl Qcow2Updater {
             }
         }
         let per_block = refcount::entries_per_block(cluster_bits, header.refcount_order);
-        let bitmaps_marked =
-            header.bitmaps.is_none() || header.autoclear_features & AUTOCLEAR_BITMAPS == 0;
+        let bitmaps_marked = (header.bitmaps.is_none()
+            || header.autoclear_features & AUTOCLEAR_BITMAPS == 0)
+            && header.autoclear_features & !AUTOCLEAR_BITMAPS == 0;
         Ok(Qcow2Updater {
             file,
             path: path.to_path_buf(),
@@ -234,14 +235,26 @@ impl Qcow2Updater {
         self.file.sync_all().map_err(|e| Error::io("syncing", e))
     }
 
-    /// Marks every persistent bitmap "in use" before the first change (see the module docs).
+    /// Before the first change: clears the autoclear feature bits this updater does not
+    /// maintain (the specification asks writers that do not know a bit to clear it) and marks
+    /// every persistent bitmap "in use" (see the module docs).
     fn mark_bitmaps(&mut self) -> Result<()> {
         if self.bitmaps_marked {
             return Ok(());
         }
-        let Some(ext) = self.header.bitmaps else {
-            self.bitmaps_marked = true;
-            return Ok(());
+        let unknown = self.header.autoclear_features & !AUTOCLEAR_BITMAPS;
+        if self.header.version >= 3 && unknown != 0 {
+            let kept = self.header.autoclear_features & AUTOCLEAR_BITMAPS;
+            self.pwrite("header (autoclear features)", &kept.to_be_bytes(), 88)?;
+            self.sync()?;
+            self.header.autoclear_features = kept;
+        }
+        let ext = match self.header.bitmaps {
+            Some(ext) if self.header.autoclear_features & AUTOCLEAR_BITMAPS != 0 => ext,
+            _ => {
+                self.bitmaps_marked = true;
+                return Ok(());
+            }
         };
         if ext.directory_size > bitmaps::MAX_DIRECTORY_BYTES {
             return Err(Qcow2Error::corrupt(
@@ -780,6 +793,19 @@ impl ImageUpdater for Qcow2Updater {
                 let within = pos % cs;
                 let n = (cs - within).min(end - pos);
                 let gc = pos >> s.cluster_bits;
+                let per_l2 = s.header.l2_entries();
+                let l1_empty =
+                    s.l1.get((gc / per_l2) as usize)
+                        .is_some_and(|&e| e & OFFSET_MASK == 0);
+                if l1_empty {
+                    // No L2 table: the whole stretch it would cover reads as zeros already.
+                    let stretch_end = (gc / per_l2 + 1)
+                        .saturating_mul(per_l2)
+                        .saturating_mul(cs)
+                        .min(end);
+                    pos = stretch_end;
+                    continue;
+                }
                 if n == cs {
                     s.zero_cluster(gc)?;
                 } else {
@@ -983,6 +1009,32 @@ mod tests {
     }
 
     #[test]
+    fn unknown_autoclear_bits_are_cleared_on_the_first_change() {
+        if !have("qemu-img") {
+            eprintln!("skipping: qemu-img missing");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("a.qcow2");
+        let ip = img.to_str().unwrap();
+        qemu("qemu-img", &["create", "-q", "-f", "qcow2", ip, "1M"]);
+        let mut b = std::fs::read(&img).unwrap();
+        b[95] |= 1 << 5;
+        std::fs::write(&img, &b).unwrap();
+        let mut u = Qcow2Updater::open(&img).unwrap();
+        assert_eq!(
+            std::fs::read(&img).unwrap()[95],
+            1 << 5,
+            "opening changed the header"
+        );
+        u.write_at(&[5u8; 100], 1000).unwrap();
+        u.flush().unwrap();
+        drop(u);
+        assert_eq!(std::fs::read(&img).unwrap()[95], 0);
+        assert_eq!(check(&img), (0, 0));
+    }
+
+    #[test]
     fn refuses_non_qcow2_and_out_of_range() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("junk");
@@ -990,5 +1042,17 @@ mod tests {
         let e = Qcow2Updater::open(&p).unwrap_err();
         assert!(e.chain().contains("junk"), "{}", e.chain());
         assert!(Qcow2Updater::open(dir.path()).is_err());
+        let img = dir.path().join("ok.qcow2");
+        if have("qemu-img") {
+            qemu(
+                "qemu-img",
+                &["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "1M"],
+            );
+            let mut u = Qcow2Updater::open(&img).unwrap();
+            assert_eq!(u.virtual_size(), 1 << 20);
+            assert!(u.write_at(&[1, 2], (1 << 20) - 1).is_err());
+            assert!(u.write_zeroes(u64::MAX - 1, 5).is_err());
+            u.write_zeroes(0, 1 << 20).unwrap();
+        }
     }
 }
