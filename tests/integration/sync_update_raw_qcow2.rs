@@ -361,6 +361,11 @@ fn qcow2_refusals_leave_the_file_untouched() {
         std::fs::write(&enc, &b).unwrap();
     }
     assert_refused(&enc, "encrypt");
+    // External data file.
+    let df = dir.path().join("df.qcow2");
+    let data = dir.path().join("df.data");
+    create_qcow2(&df, "4M", &format!("data_file={}", p(&data)));
+    assert_refused(&df, "data file");
     // Extended L2.
     let ext = dir.path().join("extl2.qcow2");
     create_qcow2(&ext, "4M", "cluster_size=65536,extended_l2=on");
@@ -455,4 +460,59 @@ fn qcow2_bitmaps_are_marked_in_use() {
         "{:?}",
         flags(&img)
     );
+}
+
+#[test]
+fn qcow2_compressed_images_are_updated() {
+    if !require("qemu-img") {
+        return;
+    }
+    // Compressed clusters of 4 KiB and 512 bytes share host clusters; overwriting them must
+    // drop exactly the right references (qemu-img check counts them).
+    let dir = tmpdir();
+    let src = dir.path().join("src.raw");
+    make_raw(&src, 3 << 20, 8);
+    for (k, opts) in [
+        "cluster_size=4096",
+        "cluster_size=512",
+        "cluster_size=65536,compression_type=zstd",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let img = dir.path().join(format!("comp{k}.qcow2"));
+        qemu_img(&[
+            "convert",
+            "-c",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-o",
+            opts,
+            p(&src),
+            p(&img),
+        ]);
+        // Every cluster-sized piece of the first MiB gets a short write: all of them COW.
+        let model = dir.path().join(format!("comp{k}.model"));
+        model_of(&img, &model);
+        let mut up = open_updater(&img, None).unwrap();
+        let m = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&model)
+            .unwrap();
+        let mut off = 0;
+        while off < 1 << 20 {
+            up.write_at(&[0x5A; 100], off + 17).unwrap();
+            m.write_all_at(&[0x5A; 100], off + 17).unwrap();
+            off += 4096;
+        }
+        up.write_zeroes(2 << 20, 256 << 10).unwrap();
+        m.write_all_at(&vec![0; 256 << 10], 2 << 20).unwrap();
+        up.flush().unwrap();
+        drop(up);
+        assert_qemu_check(&img);
+        assert!(qemu_compare(&img, "qcow2", &model, "raw"), "{opts}");
+        update_and_verify(&img, 40 + k as u64, 150, 50_000);
+    }
 }
