@@ -516,3 +516,49 @@ fn qcow2_compressed_images_are_updated() {
         update_and_verify(&img, 40 + k as u64, 150, 50_000);
     }
 }
+
+/// Detaches a loop device when dropped.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn raw_block_device_target() {
+    // /proc/self belongs to the effective user.
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    if !require("qemu-img") || !root {
+        eprintln!("skipping: needs root for a loop device");
+        return;
+    }
+    let dir = tmpdir();
+    let backing = dir.path().join("dev.img");
+    let model = dir.path().join("dev.model");
+    make_raw(&backing, 4 << 20, 17);
+    std::fs::copy(&backing, &model).unwrap();
+    let out = std::process::Command::new("losetup")
+        .args(["-f", "--show", p(&backing)])
+        .output();
+    let dev = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        other => {
+            eprintln!("skipping: losetup failed: {other:?}");
+            return;
+        }
+    };
+    let lo = Loop(dev);
+    let mut up = open_updater(Path::new(&lo.0), Some(diskconv::Format::Raw))
+        .unwrap_or_else(|e| panic!("{}", e.chain()));
+    assert_eq!(up.virtual_size(), 4 << 20);
+    random_ops(up.as_mut(), &model, 99, 200, 100_000);
+    up.flush().unwrap();
+    assert!(up.write_at(&[1], 4 << 20).is_err());
+    drop(up);
+    drop(lo);
+    assert!(qemu_compare(&backing, "raw", &model, "raw"));
+}
