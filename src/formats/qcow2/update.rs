@@ -46,6 +46,9 @@ use crate::util::be32;
 /// forced to write them back and drop them.
 const CACHE_BYTES: u64 = 32 << 20;
 
+/// Largest single data write (bytes) when consecutive pieces are merged.
+const MAX_RUN: usize = 4 << 20;
+
 /// One cached L2 table or refcount block.
 #[derive(Debug)]
 struct Cached<T> {
@@ -612,6 +615,12 @@ impl Qcow2Updater {
                 )
                 .into())
             }
+            L2Entry::Compressed { host, .. } if host >= file_len => Err(Qcow2Error::corrupt(
+                "L2 table",
+                l2off,
+                format!("entry {l2i}: compressed data at {host:#x} is past the end of the file"),
+            )
+            .into()),
             _ => Ok(e),
         }
     }
@@ -654,42 +663,56 @@ impl Qcow2Updater {
         Ok(())
     }
 
-    /// Writes `data` at byte `within` of guest cluster `gc` (`data` stays inside the cluster).
-    fn write_in_cluster(&mut self, gc: u64, within: u64, data: &[u8]) -> Result<()> {
+    /// Prepares the write of `data` at byte `within` of guest cluster `gc` (`data` stays
+    /// inside the cluster). Returns the host offset where the caller must write `data` (an
+    /// in-place overwrite, or a whole new cluster), or `None` when the write was done here (a
+    /// partial write that needed the old content).
+    fn write_in_cluster(&mut self, gc: u64, within: u64, data: &[u8]) -> Result<Option<u64>> {
         let cs = self.cluster_size;
         let Some((l2off, l2i)) = self.l2_for(gc, true)? else {
-            return Ok(());
+            return Err(Qcow2Error::corrupt(
+                "L1 table",
+                self.header.l1_table_offset,
+                format!("no L2 table for guest cluster {gc}"),
+            )
+            .into());
         };
         let entry = self.l2_get(l2off, l2i)?;
         if let L2Entry::Normal { host, copied } = entry
             && self.get_rc(host / cs)? == 1
         {
-            self.pwrite("guest data", data, host + within)?;
             if !copied {
                 self.l2_set(l2off, l2i, l1l2::encode_normal(host));
             }
-            return Ok(());
+            return Ok(Some(host + within));
         }
-        if let L2Entry::Zero { host: Some(host) } = entry
-            && self.get_rc(host / cs)? == 1
-        {
-            // A preallocated zero cluster: make it whole, then clear the zero flag.
-            let mut buf = vec![0u8; cs as usize];
-            buf[within as usize..within as usize + data.len()].copy_from_slice(data);
-            self.pwrite("guest data", &buf, host)?;
+        if data.len() as u64 == cs {
+            let host = match entry {
+                L2Entry::Zero { host: Some(h) } if self.get_rc(h / cs)? == 1 => h,
+                _ => {
+                    let h = self.alloc_cluster()?;
+                    self.release(entry);
+                    h
+                }
+            };
             self.l2_set(l2off, l2i, l1l2::encode_normal(host));
-            return Ok(());
+            return Ok(Some(host));
         }
         let mut buf = vec![0u8; cs as usize];
-        if data.len() as u64 != cs {
-            self.read_cluster(entry, &mut buf)?;
-        }
+        let host = match entry {
+            // A preallocated zero cluster: made whole with zeros around the data.
+            L2Entry::Zero { host: Some(h) } if self.get_rc(h / cs)? == 1 => h,
+            _ => {
+                self.read_cluster(entry, &mut buf)?;
+                let h = self.alloc_cluster()?;
+                self.release(entry);
+                h
+            }
+        };
         buf[within as usize..within as usize + data.len()].copy_from_slice(data);
-        let host = self.alloc_cluster()?;
         self.pwrite("guest data", &buf, host)?;
         self.l2_set(l2off, l2i, l1l2::encode_normal(host));
-        self.release(entry);
-        Ok(())
+        Ok(None)
     }
 
     /// Makes a whole guest cluster read as zeros, dropping its host cluster.
@@ -766,14 +789,33 @@ impl ImageUpdater for Qcow2Updater {
             s.mark_bitmaps()?;
             let cs = s.cluster_size;
             let mut done = 0usize;
+            // Pieces going to consecutive host offsets are written with one call:
+            // (host offset, start in `buf`, length).
+            let mut run: Option<(u64, usize, usize)> = None;
             while done < buf.len() {
                 let pos = offset + done as u64;
                 let within = pos % cs;
                 let n = ((cs - within) as usize).min(buf.len() - done);
-                s.write_in_cluster(pos >> s.cluster_bits, within, &buf[done..done + n])?;
+                let direct =
+                    s.write_in_cluster(pos >> s.cluster_bits, within, &buf[done..done + n])?;
+                run = match (run, direct) {
+                    (Some((h, b, l)), Some(d)) if h + l as u64 == d && l < MAX_RUN => {
+                        Some((h, b, l + n))
+                    }
+                    (prev, next) => {
+                        if let Some((h, b, l)) = prev {
+                            s.pwrite("guest data", &buf[b..b + l], h)?;
+                        }
+                        next.map(|d| (d, done, n))
+                    }
+                };
                 done += n;
-                s.maybe_evict()?;
             }
+            if let Some((h, b, l)) = run {
+                s.pwrite("guest data", &buf[b..b + l], h)?;
+            }
+            // Only now that the data is written may metadata pointing at it be written back.
+            s.maybe_evict()?;
             Ok(())
         };
         inner(self).map_err(|e| e.in_file(path))
@@ -813,7 +855,7 @@ impl ImageUpdater for Qcow2Updater {
                     if let Some((l2off, l2i)) = s.l2_for(gc, false)? {
                         match s.l2_get(l2off, l2i)? {
                             L2Entry::Unallocated | L2Entry::Zero { .. } => {}
-                            _ => s.write_in_cluster(gc, within, &vec![0u8; n as usize])?,
+                            _ => s.write_at(&vec![0u8; n as usize], pos)?,
                         }
                     }
                 }
