@@ -242,20 +242,78 @@ mod tests {
     }
 }
 
-/// In-place updates of a raw image (a plain file; zero ranges become holes where the file
-/// system can punch them).
+/// In-place updates of a raw image: a regular file or a block device. Zero ranges become
+/// holes where the file system (or the device) can punch them, written zeros otherwise. The
+/// size never changes: it is the file's (or the device's) current size.
 #[derive(Debug)]
 pub struct RawUpdater {
+    file: std::fs::File,
+    path: PathBuf,
     virtual_size: u64,
+    /// `false` once punching was refused (the fallback then writes zero buffers).
+    can_punch: bool,
 }
 
 impl RawUpdater {
-    /// Opens the raw file at `path` read-write.
+    /// Opens the raw file or block device at `path` read-write.
     pub fn open(path: &Path) -> Result<RawUpdater> {
-        let _ = path;
-        Err(crate::error::Error::Unsupported(
-            "in-place update of raw images is not implemented yet".into(),
-        ))
+        use std::io::{Seek, SeekFrom};
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io("opening for in-place update", e).in_file(path))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("reading the file's metadata", e).in_file(path))?;
+        let ft = meta.file_type();
+        let virtual_size = if ft.is_file() {
+            meta.len()
+        } else {
+            use std::os::unix::fs::FileTypeExt;
+            if !ft.is_block_device() {
+                return Err(Error::InvalidArgument(
+                    "a raw update target must be a regular file or a block device".into(),
+                )
+                .in_file(path));
+            }
+            // The kernel reports a block device's size at its end.
+            file.seek(SeekFrom::End(0))
+                .map_err(|e| Error::io("finding the size of the block device", e).in_file(path))?
+        };
+        Ok(RawUpdater {
+            file,
+            path: path.to_path_buf(),
+            virtual_size,
+            can_punch: true,
+        })
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.virtual_size => Ok(()),
+            _ => Err(Error::InvalidArgument(format!(
+                "range of {len} bytes at offset {offset:#x} is past the end of the disk \
+                 ({} bytes)",
+                self.virtual_size
+            ))
+            .in_file(&self.path)),
+        }
+    }
+
+    fn write_zero_buffers(&self, mut offset: u64, len: u64) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let end = offset + len;
+        while offset < end {
+            let n = (end - offset).min(ZEROS.len() as u64) as usize;
+            self.file.write_all_at(&ZEROS[..n], offset).map_err(|e| {
+                Error::io(format!("writing {n} zero bytes at offset {offset:#x}"), e)
+                    .in_file(&self.path)
+            })?;
+            offset += n as u64;
+        }
+        Ok(())
     }
 }
 
@@ -267,20 +325,89 @@ impl crate::image::ImageUpdater for RawUpdater {
         self.virtual_size
     }
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        let _ = (buf, offset);
-        Err(crate::error::Error::Unsupported(
-            "not implemented yet".into(),
-        ))
+        use std::os::unix::fs::FileExt;
+        self.check_range(offset, buf.len() as u64)?;
+        self.file.write_all_at(buf, offset).map_err(|e| {
+            Error::io(
+                format!("writing {} bytes at offset {offset:#x}", buf.len()),
+                e,
+            )
+            .in_file(&self.path)
+        })
     }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
-        let _ = (offset, len);
-        Err(crate::error::Error::Unsupported(
-            "not implemented yet".into(),
-        ))
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        if self.can_punch {
+            use rustix::fs::{FallocateFlags, fallocate};
+            match fallocate(
+                &self.file,
+                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                offset,
+                len,
+            ) {
+                Ok(()) => return Ok(()),
+                Err(
+                    rustix::io::Errno::OPNOTSUPP
+                    | rustix::io::Errno::NOSYS
+                    | rustix::io::Errno::INVAL
+                    | rustix::io::Errno::NODEV,
+                ) => self.can_punch = false,
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("punching a hole of {len} bytes at offset {offset:#x}"),
+                        e.into(),
+                    )
+                    .in_file(&self.path));
+                }
+            }
+        }
+        self.write_zero_buffers(offset, len)
     }
     fn flush(&mut self) -> Result<()> {
-        Err(crate::error::Error::Unsupported(
-            "not implemented yet".into(),
-        ))
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io("syncing", e).in_file(&self.path))
+    }
+}
+
+#[cfg(test)]
+mod updater_tests {
+    use super::*;
+    use crate::image::ImageUpdater;
+
+    #[test]
+    fn updates_in_place_and_refuses_out_of_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.raw");
+        std::fs::write(&p, vec![9u8; 1 << 20]).unwrap();
+        let mut u = RawUpdater::open(&p).unwrap();
+        assert_eq!(u.virtual_size(), 1 << 20);
+        u.write_at(&[1, 2, 3], 10).unwrap();
+        u.write_zeroes(4096, 8192).unwrap();
+        u.write_zeroes(100, 7).unwrap();
+        assert!(u.write_at(&[1], 1 << 20).is_err());
+        assert!(u.write_zeroes((1 << 20) - 1, 2).is_err());
+        assert!(u.write_zeroes(u64::MAX, 2).is_err());
+        u.flush().unwrap();
+        drop(u);
+        let v = std::fs::read(&p).unwrap();
+        assert_eq!(v.len(), 1 << 20);
+        assert_eq!(&v[10..13], &[1, 2, 3]);
+        assert!(v[100..107].iter().all(|&b| b == 0));
+        assert_eq!(v[99], 9);
+        assert_eq!(v[107], 9);
+        assert!(v[4096..12288].iter().all(|&b| b == 0));
+        assert_eq!(v[4095], 9);
+        assert_eq!(v[12288], 9);
+    }
+
+    #[test]
+    fn refuses_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = RawUpdater::open(dir.path()).unwrap_err();
+        assert!(!e.chain().is_empty());
     }
 }
