@@ -208,7 +208,8 @@ impl Dynamic {
         if !self.pending_bitmaps.contains_key(&b) {
             let mut bits = vec![0u8; self.bitmap_size as usize];
             read(s, &mut bits, bm)?;
-            let all = (first..first + count).all(|i| bits[(i / 8) as usize] & (0x80 >> (i % 8)) != 0);
+            let all =
+                (first..first + count).all(|i| bits[(i / 8) as usize] & (0x80 >> (i % 8)) != 0);
             if all {
                 return Ok(());
             }
@@ -282,9 +283,9 @@ impl ImageUpdater for VhdUpdater {
         self.check_range(offset, len)?;
         let s = self.storage.as_ref();
         let Some(d) = self.dynamic.as_mut() else {
-            return s.write_zeroes(offset, len).map_err(io(format!(
-                "zeroing {len} bytes at offset {offset:#x}"
-            )));
+            return s
+                .write_zeroes(offset, len)
+                .map_err(io(format!("zeroing {len} bytes at offset {offset:#x}")));
         };
         let mut pos = offset;
         let end = offset + len;

@@ -110,7 +110,11 @@ impl VhdxUpdater {
             (Ok(a), Ok(b)) if b.sequence_number > a.sequence_number => 1,
             (Ok(_), _) => 0,
             (Err(_), Ok(_)) => 1,
-            (Err(_), Err(_)) => return Err(h0.err().unwrap_or_else(|| Error::Corrupt("no valid header".into()))),
+            (Err(_), Err(_)) => {
+                return Err(h0
+                    .err()
+                    .unwrap_or_else(|| Error::Corrupt("no valid header".into())));
+            }
         };
         let header = if header_slot == 0 { h0? } else { h1? };
         if header.log_guid != [0; 16] {
@@ -189,8 +193,8 @@ impl VhdxUpdater {
                 regions.bat.length
             )));
         }
-        let storage = FileStorage::open_read_write(path)
-            .map_err(io("opening the VHDX read-write".into()))?;
+        let storage =
+            FileStorage::open_read_write(path).map_err(io("opening the VHDX read-write".into()))?;
         let mut raw = vec![0u8; bat_bytes as usize];
         read(&storage, &mut raw, regions.bat.offset)?;
         let bat_table = bat::decode(&raw, entries as usize);
@@ -362,8 +366,7 @@ impl ImageUpdater for VhdxUpdater {
             let within = pos % self.block_size;
             let n = (self.block_size - within).min(end - pos);
             let e = self.entry(block);
-            let whole = within == 0
-                && (n == self.block_size || pos + n == self.virtual_size);
+            let whole = within == 0 && (n == self.block_size || pos + n == self.virtual_size);
             if e.state() == PAYLOAD_FULLY_PRESENT {
                 if !touched {
                     self.touch_headers()?;
