@@ -352,7 +352,7 @@ fn assert_refused(img: &Path, format: Format, needle: &str) {
         Ok(_) => panic!("{} was accepted for update", img.display()),
         Err(e) => e,
     };
-    let text = format!("{}", err.chain());
+    let text = err.chain();
     assert!(text.contains(needle), "{}: {text}", img.display());
     assert!(
         text.contains(img.file_name().unwrap().to_str().unwrap()),

@@ -111,13 +111,47 @@ impl VhdUpdater {
                 .chunks_exact(4)
                 .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
-            // Every block must end before the footer: the next block is appended there.
+            // The reader only reports bad entries when their block is read; writing through
+            // one would damage the file, so every entry is checked here: its block ends
+            // before the footer (the next block is appended there), misses the footer copy,
+            // the dynamic header and the BAT, and overlaps no other block.
             let span = header.bitmap_size() + block_size;
+            let meta = [
+                (0u64, FOOTER_SIZE as u64, "the footer copy"),
+                (footer.data_offset, HEADER_SIZE as u64, "the dynamic header"),
+                (
+                    header.table_offset,
+                    (entries * 4).next_multiple_of(512),
+                    "the BAT",
+                ),
+            ];
+            let mut used: Vec<(u64, usize)> = Vec::new();
             for (i, &e) in bat.iter().enumerate() {
-                if e != UNALLOCATED && u64::from(e) * 512 + span > footer_offset {
+                if e == UNALLOCATED {
+                    continue;
+                }
+                let start = u64::from(e) * 512;
+                let end = start + span;
+                if end > footer_offset {
                     return Err(Error::Corrupt(format!(
-                        "BAT entry {i} points at {:#x}: its block overlaps the footer at {footer_offset:#x}",
-                        u64::from(e) * 512
+                        "BAT entry {i} points at {start:#x}: its block of {span} bytes runs into \
+                         the footer at {footer_offset:#x}"
+                    )));
+                }
+                if let Some((_, _, what)) = meta.iter().find(|(o, l, _)| start < o + l && *o < end)
+                {
+                    return Err(Error::Corrupt(format!(
+                        "BAT entry {i} points at {start:#x}, overlapping {what}"
+                    )));
+                }
+                used.push((start, i));
+            }
+            used.sort_unstable();
+            for w in used.windows(2) {
+                if w[1].0 < w[0].0 + span {
+                    return Err(Error::Corrupt(format!(
+                        "BAT entries {} and {} point at overlapping blocks ({:#x} and {:#x})",
+                        w[0].1, w[1].1, w[0].0, w[1].0
                     )));
                 }
             }
@@ -309,5 +343,150 @@ impl ImageUpdater for VhdUpdater {
             Some(d) => d.flush(s),
             None => s.sync().map_err(io("syncing the VHD".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::ConvertOptions;
+    use crate::formats::raw::RawReader;
+    use crate::formats::vhd::VhdSubformat;
+    use crate::formats::vhd::footer::VhdFooter;
+    use crate::output::{OutputOptions, convert_file};
+    use crate::storage::MemStorage;
+    use std::path::PathBuf;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A VHD made by our writer from `content`.
+    fn make(dir: &Path, content: &[u8], sub: VhdSubformat) -> PathBuf {
+        let src = RawReader::new(Arc::new(MemStorage::from_vec(content.to_vec())), None).unwrap();
+        let p = dir.join("t.vhd");
+        let mut o = OutputOptions::new(Format::Vhd);
+        o.vhd.subformat = sub;
+        convert_file(&src, &p, &o, &ConvertOptions::default(), None).unwrap();
+        p
+    }
+
+    fn read_all(p: &Path) -> Vec<u8> {
+        let opts = OpenOptions {
+            format: Some(Format::Vhd),
+            ..OpenOptions::default()
+        };
+        let r = open(p, &opts).unwrap();
+        let mut v = vec![0u8; r.info().virtual_size as usize];
+        r.read_at(&mut v, 0).unwrap();
+        v
+    }
+
+    fn content(size: usize) -> Vec<u8> {
+        // Data in the first and third 2 MiB blocks, the second empty.
+        let mut c = vec![0u8; size];
+        for (i, b) in c.iter_mut().enumerate() {
+            if !(2 * MIB as usize..4 * MIB as usize).contains(&i) {
+                *b = (i % 253) as u8 | 1;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn writes_match_a_model_fixed_and_dynamic() {
+        for sub in [VhdSubformat::Dynamic, VhdSubformat::Fixed] {
+            let d = tempfile::tempdir().unwrap();
+            let mut model = content(5 * MIB as usize + 512);
+            let p = make(d.path(), &model, sub);
+            let mut up = VhdUpdater::open(&p).unwrap();
+            // The writer rounds the size up to a CHS geometry; the rest reads as zeros.
+            assert!(up.virtual_size() >= model.len() as u64);
+            model.resize(up.virtual_size() as usize, 0);
+            let writes: [(u64, usize, u8); 4] = [
+                (3, 100, 0xa1),                    // allocated block, unaligned
+                (2 * MIB - 7, 20, 0xb2),           // across into the empty block
+                (3 * MIB + 1000, 70_000, 0xc3),    // inside the empty block
+                (model.len() as u64 - 9, 9, 0xd4), // the partial last block
+            ];
+            for (off, len, byte) in writes {
+                up.write_at(&vec![byte; len], off).unwrap();
+                model[off as usize..off as usize + len].fill(byte);
+            }
+            // Zeroes: in an allocated block, and over a block never allocated (nothing).
+            up.write_zeroes(10, 50).unwrap();
+            model[10..60].fill(0);
+            up.write_zeroes(4 * MIB + 5, 4096).unwrap();
+            model[(4 * MIB + 5) as usize..(4 * MIB + 5 + 4096) as usize].fill(0);
+            up.flush().unwrap();
+            drop(up);
+            assert_eq!(read_all(&p), model, "{sub:?}");
+        }
+    }
+
+    #[test]
+    fn dynamic_appends_blocks_before_a_valid_footer() {
+        let d = tempfile::tempdir().unwrap();
+        let p = make(
+            d.path(),
+            &vec![0u8; 4 * MIB as usize],
+            VhdSubformat::Dynamic,
+        );
+        let len0 = std::fs::metadata(&p).unwrap().len();
+        let footer0 = std::fs::read(&p).unwrap()[(len0 - 512) as usize..].to_vec();
+        let mut up = VhdUpdater::open(&p).unwrap();
+        up.write_at(b"hello", MIB).unwrap();
+        // Before the flush: the new block is there, the file ends with the same footer,
+        // and the BAT on disk does not reference the block yet (the disk still reads zeros).
+        let len1 = std::fs::metadata(&p).unwrap().len();
+        assert_eq!(len1, len0 + 512 + 2 * MIB);
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(footer0, bytes[(len1 - 512) as usize..]);
+        assert!(read_all(&p).iter().all(|&b| b == 0));
+        up.flush().unwrap();
+        let v = read_all(&p);
+        assert_eq!(&v[MIB as usize..MIB as usize + 5], b"hello");
+        // Zeroing the whole block keeps it allocated (VHD cannot free it) but reads zeros.
+        up.write_zeroes(0, 4 * MIB).unwrap();
+        up.flush().unwrap();
+        assert!(read_all(&p).iter().all(|&b| b == 0));
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), len1);
+    }
+
+    #[test]
+    fn refuses_differencing_and_bad_bat_without_writing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = make(d.path(), &content(4 * MIB as usize), VhdSubformat::Dynamic);
+        let good = std::fs::read(&p).unwrap();
+        let len = good.len();
+        // Differencing: both footers say so.
+        let mut f = VhdFooter::parse(&good[len - 512..], 0).unwrap();
+        f.disk_type = DiskType::Differencing;
+        let mut b = good.clone();
+        b[len - 512..].copy_from_slice(&f.to_bytes());
+        b[..512].copy_from_slice(&f.to_bytes());
+        std::fs::write(&p, &b).unwrap();
+        let e = VhdUpdater::open(&p).unwrap_err().chain();
+        assert!(e.contains("differencing"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), b);
+        // A BAT entry pointing at the dynamic header (the reader only flags it on use).
+        let f = VhdFooter::parse(&good[len - 512..], 0).unwrap();
+        let h = VhdDynamicHeader::parse(
+            &good[f.data_offset as usize..f.data_offset as usize + HEADER_SIZE],
+            f.data_offset,
+        )
+        .unwrap();
+        let mut b = good.clone();
+        let t = h.table_offset as usize;
+        b[t..t + 4].copy_from_slice(&((f.data_offset / 512) as u32).to_be_bytes());
+        std::fs::write(&p, &b).unwrap();
+        let e = VhdUpdater::open(&p).unwrap_err().chain();
+        assert!(e.contains("BAT entry 0"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), b);
+        // Two entries sharing a block.
+        let mut b = good.clone();
+        let first: [u8; 4] = b[t..t + 4].try_into().unwrap();
+        b[t + 4..t + 8].copy_from_slice(&first);
+        std::fs::write(&p, &b).unwrap();
+        let e = VhdUpdater::open(&p).unwrap_err().chain();
+        assert!(e.contains("overlapping"), "{e}");
     }
 }
