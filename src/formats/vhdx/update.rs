@@ -394,3 +394,178 @@ impl ImageUpdater for VhdxUpdater {
         self.flush_pending()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::ConvertOptions;
+    use crate::formats::raw::RawReader;
+    use crate::formats::vhdx::VhdxSubformat;
+    use crate::output::{OutputOptions, convert_file};
+    use crate::storage::MemStorage;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    /// A VHDX made by our writer from `content`.
+    fn make(dir: &Path, content: &[u8], sub: VhdxSubformat, bs: u32, lss: u32) -> PathBuf {
+        let src = RawReader::new(Arc::new(MemStorage::from_vec(content.to_vec())), None).unwrap();
+        let p = dir.join("t.vhdx");
+        let mut o = OutputOptions::new(Format::Vhdx);
+        o.vhdx.subformat = sub;
+        o.vhdx.block_size = bs;
+        o.vhdx.logical_sector_size = lss;
+        convert_file(&src, &p, &o, &ConvertOptions::default(), None).unwrap();
+        p
+    }
+
+    fn read_all(p: &Path) -> Vec<u8> {
+        let opts = OpenOptions {
+            format: Some(Format::Vhdx),
+            ..OpenOptions::default()
+        };
+        let r = open(p, &opts).unwrap();
+        let mut v = vec![0u8; r.info().virtual_size as usize];
+        r.read_at(&mut v, 0).unwrap();
+        v
+    }
+
+    fn content(size: usize) -> Vec<u8> {
+        let mut c = vec![0u8; size];
+        for (i, b) in c.iter_mut().enumerate() {
+            if !(MIB as usize..3 * MIB as usize).contains(&i) {
+                *b = (i % 251) as u8 | 1;
+            }
+        }
+        c
+    }
+
+    fn bat_states(p: &Path) -> Vec<u8> {
+        let b = std::fs::read(p).unwrap();
+        let r = region::parse(&b[REGION_OFFSETS[0] as usize..], REGION_OFFSETS[0]).unwrap();
+        let o = r.bat.offset as usize;
+        bat::decode(&b[o..o + 64], 8)
+            .iter()
+            .map(|e| e.state())
+            .collect()
+    }
+
+    #[test]
+    fn writes_match_a_model() {
+        for (sub, bs, lss) in [
+            (VhdxSubformat::Dynamic, 1 << 20, 512),
+            (VhdxSubformat::Dynamic, 1 << 20, 4096),
+            (VhdxSubformat::Dynamic, 32 << 20, 4096),
+            (VhdxSubformat::Fixed, 1 << 20, 512),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            let mut model = content(5 * MIB as usize);
+            let p = make(d.path(), &model, sub, bs, lss);
+            let mut up = VhdxUpdater::open(&p).unwrap();
+            assert_eq!(up.virtual_size(), model.len() as u64);
+            let writes: [(u64, usize, u8); 4] = [
+                (3, 100, 0xa1),
+                (MIB - 7, 20, 0xb2),
+                (2 * MIB + 1000, 70_000, 0xc3),
+                (model.len() as u64 - 9, 9, 0xd4),
+            ];
+            for (off, len, byte) in writes {
+                up.write_at(&vec![byte; len], off).unwrap();
+                model[off as usize..off as usize + len].fill(byte);
+            }
+            up.write_zeroes(10, 50).unwrap();
+            model[10..60].fill(0);
+            // A whole block, then written again (its space is reused).
+            up.write_zeroes(3 * MIB, MIB).unwrap();
+            model[3 * MIB as usize..4 * MIB as usize].fill(0);
+            up.flush().unwrap();
+            let len = std::fs::metadata(&p).unwrap().len();
+            up.write_at(b"again", 3 * MIB + 77).unwrap();
+            model[(3 * MIB + 77) as usize..(3 * MIB + 82) as usize].copy_from_slice(b"again");
+            up.flush().unwrap();
+            assert_eq!(std::fs::metadata(&p).unwrap().len(), len);
+            drop(up);
+            assert_eq!(read_all(&p), model, "{sub:?} {bs} {lss}");
+        }
+    }
+
+    #[test]
+    fn whole_block_zeroes_mark_the_block_zero() {
+        let d = tempfile::tempdir().unwrap();
+        let p = make(
+            d.path(),
+            &content(4 * MIB as usize),
+            VhdxSubformat::Dynamic,
+            1 << 20,
+            512,
+        );
+        assert_eq!(bat_states(&p)[0], PAYLOAD_FULLY_PRESENT);
+        let mut up = VhdxUpdater::open(&p).unwrap();
+        up.write_zeroes(0, MIB).unwrap();
+        // Not on disk before the flush.
+        assert_eq!(bat_states(&p)[0], PAYLOAD_FULLY_PRESENT);
+        up.flush().unwrap();
+        assert_eq!(bat_states(&p)[0], PAYLOAD_ZERO);
+        // A block never written gets allocated FULLY_PRESENT at flush, 1 MiB aligned.
+        let len = std::fs::metadata(&p).unwrap().len();
+        up.write_at(b"x", MIB + 5).unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().len(),
+            len.next_multiple_of(MIB) + MIB
+        );
+        up.flush().unwrap();
+        assert_eq!(bat_states(&p)[1], PAYLOAD_FULLY_PRESENT);
+        let v = read_all(&p);
+        assert!(v[..MIB as usize].iter().all(|&b| b == 0));
+        assert_eq!(v[MIB as usize + 5], b'x');
+    }
+
+    #[test]
+    fn refuses_a_log_with_entries_and_a_parent() {
+        let d = tempfile::tempdir().unwrap();
+        let p = make(
+            d.path(),
+            &content(2 * MIB as usize),
+            VhdxSubformat::Dynamic,
+            1 << 20,
+            512,
+        );
+        let good = std::fs::read(&p).unwrap();
+        // A log entry and the log GUID in the current header.
+        let h0 = VhdxHeader::parse(&good[65536..65536 + HEADER_SIZE], 65536).unwrap();
+        let h1 = VhdxHeader::parse(&good[131072..131072 + HEADER_SIZE], 131072).unwrap();
+        let (at, mut h) = if h1.sequence_number > h0.sequence_number {
+            (131072, h1)
+        } else {
+            (65536, h0)
+        };
+        h.log_guid = random_guid();
+        let sector = vec![0x5a; 4096];
+        let entry = log::build_entry(&h.log_guid, 1, 0, &[(4 * MIB, Some(&sector))]);
+        let mut b = good.clone();
+        let lo = h.log_offset as usize;
+        b[lo..lo + entry.len()].copy_from_slice(&entry);
+        b[at..at + HEADER_SIZE].copy_from_slice(&h.to_bytes());
+        std::fs::write(&p, &b).unwrap();
+        let e = VhdxUpdater::open(&p).unwrap_err().chain();
+        assert!(e.contains("log holds 1 entries"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), b);
+        // A parent.
+        let r = region::parse(&good[REGION_OFFSETS[0] as usize..], REGION_OFFSETS[0]).unwrap();
+        let (mo, ml) = (r.metadata.offset as usize, r.metadata.length as usize);
+        let mut m = metadata::parse(&good[mo..mo + ml], mo as u64).unwrap();
+        m.has_parent = true;
+        m.parent_locator = Some(vec![
+            (
+                "parent_linkage".into(),
+                "{00000000-0000-0000-0000-000000000000}".into(),
+            ),
+            ("relative_path".into(), "parent.vhdx".into()),
+        ]);
+        let mut b = good.clone();
+        b[mo..mo + ml].copy_from_slice(&metadata::to_bytes(&m, ml));
+        std::fs::write(&p, &b).unwrap();
+        let e = VhdxUpdater::open(&p).unwrap_err().chain();
+        assert!(e.contains("differencing"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), b);
+    }
+}
