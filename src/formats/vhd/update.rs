@@ -14,7 +14,7 @@
 //! without a parent. Differencing disks are refused (their blocks would need the parent's data
 //! merged in).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -44,6 +44,8 @@ struct Dynamic {
     pending_bat: BTreeMap<u32, u32>,
     /// Sector bitmaps changed since the last flush (block -> bitmap bytes).
     pending_bitmaps: BTreeMap<u32, Vec<u8>>,
+    /// Blocks whose bitmap on disk is known to have every bit set (no need to read it).
+    full: HashSet<u32>,
     /// Where the footer at the end of the file starts (and the next block goes).
     footer_offset: u64,
     /// The footer's bytes, rewritten after each appended block.
@@ -164,6 +166,7 @@ impl VhdUpdater {
                 bat,
                 pending_bat: BTreeMap::new(),
                 pending_bitmaps: BTreeMap::new(),
+                full: HashSet::new(),
                 footer_offset,
                 footer: fb,
             })
@@ -230,6 +233,7 @@ impl Dynamic {
         // covers the old footer; the rest of the block is a hole, reading as zeros.
         write(s, &vec![0xff; self.bitmap_size as usize], start)?;
         self.footer_offset = end;
+        self.full.insert(b);
         self.pending_bat.insert(b, sector);
         if let Some(slot) = self.bat.get_mut(b as usize) {
             *slot = sector;
@@ -239,12 +243,18 @@ impl Dynamic {
 
     /// Sets the bits of sectors `first..first+count` in block `b` (bitmap at `bm`).
     fn mark(&mut self, s: &FileStorage, b: u32, bm: u64, first: u64, count: u64) -> Result<()> {
+        if self.full.contains(&b) {
+            return Ok(());
+        }
         if !self.pending_bitmaps.contains_key(&b) {
             let mut bits = vec![0u8; self.bitmap_size as usize];
             read(s, &mut bits, bm)?;
             let all =
                 (first..first + count).all(|i| bits[(i / 8) as usize] & (0x80 >> (i % 8)) != 0);
             if all {
+                if bits.iter().all(|&x| x == 0xff) {
+                    self.full.insert(b);
+                }
                 return Ok(());
             }
             self.pending_bitmaps.insert(b, bits);
