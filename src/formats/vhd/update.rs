@@ -267,6 +267,48 @@ impl Dynamic {
         Ok(())
     }
 
+    /// Whether sector `sector` of block `b` (bitmap at `bm`) is marked present.
+    fn present(&self, s: &FileStorage, b: u32, bm: u64, sector: u64) -> Result<bool> {
+        if self.full.contains(&b) {
+            return Ok(true);
+        }
+        let mask = 0x80 >> (sector % 8);
+        if let Some(bits) = self.pending_bitmaps.get(&b) {
+            return Ok(bits
+                .get((sector / 8) as usize)
+                .is_some_and(|x| x & mask != 0));
+        }
+        let mut byte = [0u8; 1];
+        read(s, &mut byte, bm + sector / 8)?;
+        Ok(byte[0] & mask != 0)
+    }
+
+    /// Before a write of bytes `within..within+n` of block `b`: a partly written sector not
+    /// yet marked present may hold stale bytes (a clear bit reads as zeros whatever is
+    /// stored), so it is zeroed first; setting its bit then reveals only zeros and the data.
+    fn clear_partial_sectors(
+        &self,
+        s: &FileStorage,
+        b: u32,
+        bm: u64,
+        within: u64,
+        n: u64,
+    ) -> Result<()> {
+        let end = within + n;
+        let mut done = None;
+        for (partial, sector) in [
+            (within % 512 != 0, within / 512),
+            (end % 512 != 0, end / 512),
+        ] {
+            if partial && done != Some(sector) && !self.present(s, b, bm, sector)? {
+                let at = bm + self.bitmap_size + sector * 512;
+                write(s, &[0u8; 512], at)?;
+                done = Some(sector);
+            }
+        }
+        Ok(())
+    }
+
     fn flush(&mut self, s: &FileStorage) -> Result<()> {
         if self.pending_bat.is_empty() && self.pending_bitmaps.is_empty() {
             return s.sync().map_err(io("syncing the VHD".into()));
@@ -312,6 +354,7 @@ impl ImageUpdater for VhdUpdater {
             let Some(bm) = d.block(s, bi, true)? else {
                 return Err(Error::Corrupt(format!("block {b} could not be allocated")));
             };
+            d.clear_partial_sectors(s, bi, bm, within, n as u64)?;
             write(s, &buf[done..done + n], bm + d.bitmap_size + within)?;
             let first = within / 512;
             let last = (within + n as u64).div_ceil(512);
@@ -459,6 +502,38 @@ mod tests {
         up.flush().unwrap();
         assert!(read_all(&p).iter().all(|&b| b == 0));
         assert_eq!(std::fs::metadata(&p).unwrap().len(), len1);
+    }
+
+    #[test]
+    fn a_partly_written_sector_not_present_is_zeroed_first() {
+        let d = tempfile::tempdir().unwrap();
+        let p = make(d.path(), &content(2 * MIB as usize), VhdSubformat::Dynamic);
+        let mut b = std::fs::read(&p).unwrap();
+        let len = b.len();
+        let f = VhdFooter::parse(&b[len - 512..], 0).unwrap();
+        let hs = f.data_offset as usize;
+        let h = VhdDynamicHeader::parse(&b[hs..hs + HEADER_SIZE], f.data_offset).unwrap();
+        let t = h.table_offset as usize;
+        let start = u32::from_be_bytes(b[t..t + 4].try_into().unwrap()) as usize * 512;
+        let bitmap = h.bitmap_size() as usize;
+        // Sector 1 of block 0: bit clear (reads as zeros on Windows), stale bytes stored.
+        b[start] &= !0x40;
+        b[start + bitmap + 512..start + bitmap + 1024].fill(0xee);
+        std::fs::write(&p, &b).unwrap();
+        let mut up = VhdUpdater::open(&p).unwrap();
+        up.write_at(&[0x77; 10], 512 + 100).unwrap();
+        up.flush().unwrap();
+        drop(up);
+        let b = std::fs::read(&p).unwrap();
+        assert_eq!(b[start] & 0x40, 0x40, "bit of sector 1 set");
+        let sector = &b[start + bitmap + 512..start + bitmap + 1024];
+        for (i, &x) in sector.iter().enumerate() {
+            assert_eq!(
+                x,
+                if (100..110).contains(&i) { 0x77 } else { 0 },
+                "byte {i}"
+            );
+        }
     }
 
     #[test]
