@@ -1,24 +1,530 @@
-//! In-place updates of an existing image (the target of an incremental sync).
+//! In-place updates of an existing monolithicSparse VMDK (the target of an incremental sync).
+//!
+//! One hosted sparse extent with its descriptor embedded. A write to an allocated grain
+//! overwrites it where it is; a write to an unallocated (or zeroed) grain appends a whole grain
+//! at the end of the file (grain aligned; the rest of the grain is zeros, there is no parent)
+//! and points the grain table entry at it, in the primary and in the redundant grain table. A
+//! grain directory entry of 0 gets a new grain table (both copies) at the end of the file.
+//!
+//! Ordering (see [`ImageUpdater`]): grain tables are changed in memory and written back by
+//! [`flush`](ImageUpdater::flush) (or when too many are pending): sync the data, write the grain
+//! tables, sync, write the grain directory entries, sync. A crash between two flushes leaves
+//! at worst grains (and tables) appended but not referenced yet.
+//!
+//! Zeroing: an unallocated or zeroed grain already reads as zeros (no parent is accepted); an
+//! allocated one is zeroed where it is (a punched hole where the file system can, so it costs
+//! no disk space and the grain is reused by a later write instead of being leaked).
+//!
+//! Refused, with the reason and nothing written: streamOptimized (compressed grains, markers,
+//! directory at the end), a disk with a parent, an extent not closed cleanly (its two grain
+//! tables may disagree), descriptor files (twoGbMaxExtentSparse, flat, vmfs: update the source
+//! image in another format and convert at the end), and any table entry pointing outside the
+//! file or into the header and descriptor.
 
-use std::path::Path;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 
+use super::VmdkError;
+use super::descriptor::{VmdkDescriptor, VmdkExtentType};
+use super::sparse::{FLAG_REDUNDANT_GT, GD_AT_END, HEADER_SIZE, SPARSE_MAGIC, SparseHeader};
 use crate::error::{Error, Result};
-use crate::image::{Format, ImageUpdater};
+use crate::image::{Format, ImageUpdater, check_read_range};
+use crate::storage::{FileStorage, Storage};
 
-/// Writes into an existing image in place; see [`ImageUpdater`].
+const SECTOR: u64 = 512;
+/// Grain tables kept in memory before a write-back (each is 2 KiB with 512 entries).
+const MAX_CACHED_GTS: usize = 1024;
+
+/// One grain table in memory: its entries and whether they differ from the file.
+#[derive(Debug)]
+struct Gt {
+    entries: Vec<u32>,
+    dirty: bool,
+}
+
+/// Writes into an existing monolithicSparse VMDK in place; see [`ImageUpdater`] and the module
+/// documentation.
 #[derive(Debug)]
 pub struct VmdkUpdater {
+    path: PathBuf,
+    storage: FileStorage,
+    header: SparseHeader,
     virtual_size: u64,
+    /// Primary grain directory (GT offsets in sectors).
+    gd: Vec<u32>,
+    /// Redundant grain directory, when the extent has one.
+    rgd: Option<Vec<u32>>,
+    /// Grain directory entries changed since the last flush.
+    dirty_gd: BTreeSet<u64>,
+    /// Grain tables by directory index: primary copy (the redundant one is kept equal).
+    gts: HashMap<u64, Gt>,
+    /// Where the next grain or table goes (bytes, sector aligned).
+    end: u64,
+    /// Nothing below this byte offset may be a grain (header and embedded descriptor).
+    min_host: u64,
+    /// Writes since the last sync of the data.
+    unsynced: bool,
+}
+
+fn le32(b: &[u8], i: usize) -> u32 {
+    let mut a = [0u8; 4];
+    if let Some(s) = b.get(i * 4..i * 4 + 4) {
+        a.copy_from_slice(s);
+    }
+    u32::from_le_bytes(a)
+}
+
+fn refuse(why: String) -> Error {
+    Error::Unsupported(format!("this VMDK cannot be updated in place: {why}"))
 }
 
 impl VmdkUpdater {
     /// Opens the image at `path` read-write for in-place updates. Refuses images it cannot
-    /// update safely (saying why).
+    /// update safely (saying why), before writing anything.
     pub fn open(path: &Path) -> Result<VmdkUpdater> {
-        let _ = path;
-        Err(Error::Unsupported(
-            "in-place update of this format is not implemented yet".into(),
-        ))
+        Self::open_inner(path).map_err(|e| e.in_file(path))
+    }
+
+    fn open_inner(path: &Path) -> Result<VmdkUpdater> {
+        // Everything is checked through a read-only handle first: a refused file is never
+        // opened for writing.
+        let ro = FileStorage::open_read_only(path)
+            .map_err(|e| Error::io("opening the VMDK to update", e))?;
+        let file_len = ro
+            .len()
+            .map_err(|e| Error::io("getting the VMDK's length", e))?;
+        let mut hb = [0u8; HEADER_SIZE];
+        let got = ro
+            .read_at(&mut hb, 0)
+            .map_err(|e| Error::io("reading the sparse header at 0x0", e))?;
+        if got < 4 || hb[0..4] != SPARSE_MAGIC {
+            let kind = Self::descriptor_type(&ro, file_len);
+            return Err(refuse(format!(
+                "it is a descriptor file ({kind}), not a monolithicSparse VMDK; only \
+                 monolithicSparse is updated in place: sync to a raw, qcow2 or monolithicSparse \
+                 target and convert at the end"
+            )));
+        }
+        let h = SparseHeader::parse(&hb[..got], 0)?;
+        if h.compressed() || h.markers() || h.gd_offset == GD_AT_END {
+            return Err(refuse(
+                "it is streamOptimized (compressed grains) and cannot be updated in place: sync \
+                 to another format and convert at the end"
+                    .into(),
+            ));
+        }
+        if h.unclean_shutdown {
+            return Err(refuse(
+                "its header says it was not closed cleanly (uncleanShutdown = 1), so its grain \
+                 tables may be inconsistent; open and close it in its hypervisor, or convert it"
+                    .into(),
+            ));
+        }
+        if h.capacity == 0 {
+            return Err(refuse(
+                "its capacity is 0 (a descriptor container naming other extents)".into(),
+            ));
+        }
+        if h.descriptor_offset == 0 {
+            return Err(refuse(
+                "it is a bare sparse extent without an embedded descriptor (part of a \
+                 multi-extent disk); only monolithicSparse is updated in place"
+                    .into(),
+            ));
+        }
+        let doff = h.descriptor_offset.saturating_mul(SECTOR);
+        let dlen = h.descriptor_size * SECTOR; // <= 2048 sectors (validated)
+        if doff.saturating_add(dlen) > file_len {
+            return Err(VmdkError::corrupt(
+                "embedded descriptor",
+                doff,
+                format!("{dlen} bytes run past the end of the file ({file_len:#x} bytes)"),
+            )
+            .into());
+        }
+        let mut db = vec![0u8; dlen as usize];
+        ro.read_exact_at(&mut db, doff)
+            .map_err(|e| Error::io(format!("reading the embedded descriptor at {doff:#x}"), e))?;
+        let d = VmdkDescriptor::parse(&db, doff)?;
+        if d.has_parent() {
+            return Err(refuse(format!(
+                "it is a snapshot with a parent ({}); update a disk without a parent",
+                d.parent_hint.as_deref().unwrap_or("parentCID set")
+            )));
+        }
+        if d.extents.len() != 1 || d.extents[0].kind != VmdkExtentType::Sparse {
+            return Err(refuse(format!(
+                "its embedded descriptor (createType {}) names {} extent(s), expected the file \
+                 itself as one SPARSE extent",
+                d.create_type,
+                d.extents.len()
+            )));
+        }
+        let min_host = doff + dlen;
+        let n = h.gd_entries();
+        let gd = Self::read_dir(&ro, &h, h.gd_offset, n, file_len, min_host, "grain directory")?;
+        let rgd = if h.flags & FLAG_REDUNDANT_GT != 0 && h.rgd_offset != 0 {
+            Some(Self::read_dir(
+                &ro,
+                &h,
+                h.rgd_offset,
+                n,
+                file_len,
+                min_host,
+                "redundant grain directory",
+            )?)
+        } else {
+            None
+        };
+        drop(ro);
+        let storage = FileStorage::open_read_write(path)
+            .map_err(|e| Error::io("opening the VMDK read-write", e))?;
+        Ok(VmdkUpdater {
+            path: path.to_path_buf(),
+            storage,
+            virtual_size: h.capacity * SECTOR,
+            header: h,
+            gd,
+            rgd,
+            dirty_gd: BTreeSet::new(),
+            gts: HashMap::new(),
+            end: file_len.div_ceil(SECTOR) * SECTOR,
+            min_host,
+            unsynced: false,
+        })
+    }
+
+    /// The createType of a text descriptor, for the refusal message.
+    fn descriptor_type(st: &FileStorage, file_len: u64) -> String {
+        let mut b = vec![0u8; file_len.min(64 << 10) as usize];
+        if st.read_exact_at(&mut b, 0).is_err() {
+            return "unreadable".into();
+        }
+        match VmdkDescriptor::parse(&b, 0) {
+            Ok(d) => format!("createType {}", d.create_type),
+            Err(_) => "not a parsable descriptor".into(),
+        }
+    }
+
+    /// Reads and checks one grain directory (`n` entries at sector `at`).
+    fn read_dir(
+        st: &FileStorage,
+        h: &SparseHeader,
+        at: u64,
+        n: u64,
+        file_len: u64,
+        min_host: u64,
+        what: &str,
+    ) -> Result<Vec<u32>> {
+        let bytes = n * 4; // n <= 2^37 / 8 (capacity and grain limits), no overflow
+        let start = at.checked_mul(SECTOR).filter(|&o| o >= min_host);
+        let Some(start) = start.filter(|&o| o.checked_add(bytes).is_some_and(|e| e <= file_len))
+        else {
+            return Err(VmdkError::corrupt(
+                what,
+                at.saturating_mul(SECTOR),
+                format!(
+                    "{n} entries at sector {at:#x} lie outside the file ({file_len:#x} bytes) or \
+                     over the header and descriptor"
+                ),
+            )
+            .into());
+        };
+        // bytes <= file_len: the allocation is bounded by the file.
+        let mut raw = vec![0u8; bytes as usize];
+        st.read_exact_at(&mut raw, start)
+            .map_err(|e| Error::io(format!("reading the {what} at {start:#x}"), e))?;
+        let gt_bytes = h.num_gtes_per_gt as u64 * 4;
+        let dir: Vec<u32> = (0..n as usize).map(|i| le32(&raw, i)).collect();
+        for (i, &e) in dir.iter().enumerate() {
+            let off = e as u64 * SECTOR;
+            if e != 0 && (off < min_host || off + gt_bytes > file_len) {
+                return Err(VmdkError::corrupt(
+                    what,
+                    start,
+                    format!(
+                        "entry {i} points at sector {e:#x}, outside the file ({file_len:#x} bytes) \
+                         or over the header and descriptor"
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok(dir)
+    }
+
+    fn io(&self, op: String) -> impl FnOnce(std::io::Error) -> Error {
+        move |e| Error::io(op, e)
+    }
+
+    fn gt_bytes(&self) -> u64 {
+        self.header.num_gtes_per_gt as u64 * 4
+    }
+
+    /// Reserves `len` bytes at the end of the file, aligned to `align`, and returns the offset.
+    fn allocate(&mut self, len: u64, align: u64) -> Result<u64> {
+        let at = self.end.div_ceil(align) * align;
+        let end = at
+            .checked_add(len)
+            .filter(|&e| e / SECTOR <= u32::MAX as u64)
+            .ok_or_else(|| {
+                refuse("the file would grow past the 2 TiB a grain table entry can address".into())
+            })?;
+        self.end = end;
+        Ok(at)
+    }
+
+    fn read_gt(&self, sector: u32) -> Result<Vec<u32>> {
+        let off = sector as u64 * SECTOR;
+        let mut raw = vec![0u8; self.gt_bytes() as usize];
+        self.storage
+            .read_exact_at(&mut raw, off)
+            .map_err(self.io(format!("reading the grain table at {off:#x}")))?;
+        Ok((0..self.header.num_gtes_per_gt as usize)
+            .map(|i| le32(&raw, i))
+            .collect())
+    }
+
+    /// Makes sure grain table `gdi` is in memory (allocating it when its directory entry is 0).
+    fn load_gt(&mut self, gdi: u64) -> Result<()> {
+        if self.gts.contains_key(&gdi) {
+            return Ok(());
+        }
+        if self.gts.len() >= MAX_CACHED_GTS {
+            self.write_back()?;
+            self.gts.clear();
+        }
+        let i = gdi as usize;
+        let gde = self.gd.get(i).copied().ok_or_else(|| {
+            Error::InvalidArgument(format!("grain table {gdi} is past the grain directory"))
+        })?;
+        let gt_alloc = self.gt_bytes().div_ceil(SECTOR) * SECTOR;
+        let gt = if gde == 0 {
+            let at = self.allocate(gt_alloc, SECTOR)?;
+            self.gd[i] = (at / SECTOR) as u32;
+            self.dirty_gd.insert(gdi);
+            Gt {
+                entries: vec![0; self.header.num_gtes_per_gt as usize],
+                dirty: true,
+            }
+        } else {
+            Gt {
+                entries: self.read_gt(gde)?,
+                dirty: false,
+            }
+        };
+        let mut gt = gt;
+        if let Some(rgd) = self.rgd.as_ref() {
+            if rgd.get(i).copied() == Some(0) {
+                // A redundant table missing: give it one, equal to the primary.
+                let at = self.allocate(gt_alloc, SECTOR)?;
+                if let Some(r) = self.rgd.as_mut() {
+                    r[i] = (at / SECTOR) as u32;
+                }
+                self.dirty_gd.insert(gdi);
+                gt.dirty = true;
+            }
+        }
+        // Extend the file over newly reserved tables now, so they read as zeros until written.
+        self.extend_file()?;
+        self.gts.insert(gdi, gt);
+        Ok(())
+    }
+
+    fn extend_file(&mut self) -> Result<()> {
+        let len = self
+            .storage
+            .len()
+            .map_err(self.io("getting the VMDK's length".into()))?;
+        if len < self.end {
+            self.storage
+                .set_len(self.end)
+                .map_err(self.io(format!("extending the VMDK to {:#x} bytes", self.end)))?;
+        }
+        Ok(())
+    }
+
+    /// The host offset of grain `g` if allocated (checked against the file and the header).
+    fn grain_host(&mut self, g: u64) -> Result<Option<u64>> {
+        let per = self.header.num_gtes_per_gt as u64;
+        let (gdi, idx) = (g / per, (g % per) as usize);
+        self.load_gt(gdi)?;
+        let gte = self
+            .gts
+            .get(&gdi)
+            .and_then(|t| t.entries.get(idx))
+            .copied()
+            .unwrap_or(0);
+        if gte == 0 || (gte == 1 && self.header.zeroed_grain()) {
+            return Ok(None);
+        }
+        let host = gte as u64 * SECTOR;
+        if host < self.min_host {
+            return Err(VmdkError::corrupt(
+                "grain table",
+                self.gd.get(gdi as usize).copied().unwrap_or(0) as u64 * SECTOR,
+                format!(
+                    "entry {idx} (grain {g}) points at sector {gte:#x}, over the header and \
+                     descriptor"
+                ),
+            )
+            .into());
+        }
+        if host >= self.end {
+            return Err(VmdkError::corrupt(
+                "grain table",
+                self.gd.get(gdi as usize).copied().unwrap_or(0) as u64 * SECTOR,
+                format!(
+                    "entry {idx} (grain {g}) points at sector {gte:#x}, past the end of the file \
+                     ({:#x} bytes)",
+                    self.end
+                ),
+            )
+            .into());
+        }
+        Ok(Some(host))
+    }
+
+    fn set_gte(&mut self, g: u64, sector: u32) {
+        let per = self.header.num_gtes_per_gt as u64;
+        if let Some(t) = self.gts.get_mut(&(g / per)) {
+            if let Some(e) = t.entries.get_mut((g % per) as usize) {
+                *e = sector;
+                t.dirty = true;
+            }
+        }
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        check_read_range(offset, 0, self.virtual_size)?;
+        match offset.checked_add(len) {
+            Some(e) if e <= self.virtual_size => Ok(()),
+            _ => Err(Error::InvalidArgument(format!(
+                "write of {len} bytes at offset {offset:#x} goes past the end of the disk \
+                 ({:#x} bytes)",
+                self.virtual_size
+            ))),
+        }
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.storage
+            .sync()
+            .map_err(self.io("syncing the VMDK".into()))?;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Data, then grain tables, then grain directory entries, with a sync after each step.
+    fn write_back(&mut self) -> Result<()> {
+        let any_gt = self.gts.values().any(|t| t.dirty);
+        if !any_gt && self.dirty_gd.is_empty() {
+            if self.unsynced {
+                self.sync()?;
+            }
+            return Ok(());
+        }
+        self.extend_file()?;
+        self.sync()?;
+        let mut dirty: Vec<u64> = self
+            .gts
+            .iter()
+            .filter(|(_, t)| t.dirty)
+            .map(|(&k, _)| k)
+            .collect();
+        dirty.sort_unstable();
+        for gdi in &dirty {
+            let Some(t) = self.gts.get(gdi) else { continue };
+            let raw: Vec<u8> = t.entries.iter().flat_map(|e| e.to_le_bytes()).collect();
+            let i = *gdi as usize;
+            let mut places = vec![self.gd.get(i).copied().unwrap_or(0)];
+            if let Some(r) = &self.rgd {
+                places.push(r.get(i).copied().unwrap_or(0));
+            }
+            for s in places.into_iter().filter(|&s| s != 0) {
+                let off = s as u64 * SECTOR;
+                self.storage
+                    .write_all_at(&raw, off)
+                    .map_err(self.io(format!("writing the grain table at {off:#x}")))?;
+            }
+        }
+        self.sync()?;
+        for gdi in std::mem::take(&mut self.dirty_gd) {
+            let i = gdi as usize;
+            let mut writes = vec![(self.header.gd_offset, self.gd.get(i).copied())];
+            if let Some(r) = &self.rgd {
+                writes.push((self.header.rgd_offset, r.get(i).copied()));
+            }
+            for (dir, v) in writes {
+                let Some(v) = v else { continue };
+                let off = dir * SECTOR + gdi * 4;
+                self.storage
+                    .write_all_at(&v.to_le_bytes(), off)
+                    .map_err(self.io(format!("writing grain directory entry {gdi} at {off:#x}")))?;
+            }
+        }
+        self.sync()?;
+        for gdi in dirty {
+            if let Some(t) = self.gts.get_mut(&gdi) {
+                t.dirty = false;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_inner(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        let gb = self.header.grain_bytes();
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            let at = offset + pos as u64;
+            let g = at / gb;
+            let within = at % gb;
+            let n = ((gb - within) as usize).min(buf.len() - pos);
+            let part = &buf[pos..pos + n];
+            match self.grain_host(g)? {
+                Some(host) => {
+                    let o = host + within;
+                    self.storage
+                        .write_all_at(part, o)
+                        .map_err(self.io(format!("writing grain {g} at {o:#x}")))?;
+                }
+                None => {
+                    let mut grain = vec![0u8; gb as usize];
+                    grain[within as usize..within as usize + n].copy_from_slice(part);
+                    let host = self.allocate(gb, gb)?;
+                    self.storage
+                        .write_all_at(&grain, host)
+                        .map_err(self.io(format!("writing new grain {g} at {host:#x}")))?;
+                    self.set_gte(g, (host / SECTOR) as u32);
+                }
+            }
+            self.unsynced = true;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    fn zero_inner(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        let gb = self.header.grain_bytes();
+        let end = offset + len;
+        let mut at = offset;
+        while at < end {
+            let g = at / gb;
+            let within = at % gb;
+            let n = (gb - within).min(end - at);
+            // Unallocated and zeroed grains read as zeros already (no parent).
+            if let Some(host) = self.grain_host(g)? {
+                let o = host + within;
+                self.storage
+                    .write_zeroes(o, n)
+                    .map_err(self.io(format!("zeroing {n} bytes of grain {g} at {o:#x}")))?;
+                self.unsynced = true;
+            }
+            at += n;
+        }
+        Ok(())
     }
 }
 
@@ -30,14 +536,71 @@ impl ImageUpdater for VmdkUpdater {
         self.virtual_size
     }
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        let _ = (buf, offset);
-        Err(Error::Unsupported("not implemented yet".into()))
+        let path = self.path.clone();
+        self.write_inner(buf, offset).map_err(|e| e.in_file(path))
     }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
-        let _ = (offset, len);
-        Err(Error::Unsupported("not implemented yet".into()))
+        let path = self.path.clone();
+        self.zero_inner(offset, len).map_err(|e| e.in_file(path))
     }
     fn flush(&mut self) -> Result<()> {
-        Err(Error::Unsupported("not implemented yet".into()))
+        let path = self.path.clone();
+        self.write_back().map_err(|e| e.in_file(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn make(dir: &Path, size: u64) -> PathBuf {
+        let raw = dir.join("zero.raw");
+        std::fs::File::create(&raw).unwrap().set_len(size).unwrap();
+        let src = crate::open(&raw, &crate::OpenOptions::default()).unwrap();
+        let p = dir.join("t.vmdk");
+        let mut opts = crate::output::OutputOptions::new(Format::Vmdk);
+        opts.set("subformat", "monolithicSparse").unwrap();
+        crate::output::convert_file(
+            src.as_ref(),
+            &p,
+            &opts,
+            &crate::convert::ConvertOptions::default(),
+            None,
+        )
+        .unwrap();
+        p
+    }
+
+    #[test]
+    fn writes_read_back_through_the_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = make(dir.path(), 4 << 20);
+        let mut model = vec![0u8; 4 << 20];
+        let mut u = VmdkUpdater::open(&p).unwrap();
+        for (i, off) in [0u64, 70_000, 1 << 20, (4 << 20) - 10].iter().enumerate() {
+            let data = vec![i as u8 + 1; 10];
+            u.write_at(&data, *off).unwrap();
+            model[*off as usize..*off as usize + 10].copy_from_slice(&data);
+        }
+        u.write_zeroes(70_002, 3).unwrap();
+        model[70_002..70_005].fill(0);
+        assert!(u.write_at(&[1], 4 << 20).is_err());
+        u.flush().unwrap();
+        drop(u);
+        let r = crate::open(&p, &crate::OpenOptions::default()).unwrap();
+        let mut got = vec![0u8; 4 << 20];
+        r.read_at(&mut got, 0).unwrap();
+        assert!(got == model);
+    }
+
+    #[test]
+    fn refuses_a_file_that_is_not_sparse() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.vmdk");
+        std::fs::write(&p, b"# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 8 FLAT \"x-flat.vmdk\" 0\n").unwrap();
+        let before = std::fs::read(&p).unwrap();
+        let e = VmdkUpdater::open(&p).unwrap_err().to_string();
+        assert!(format!("{e:?}").contains("monolithicFlat") || e.contains("d.vmdk"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), before);
     }
 }
