@@ -228,11 +228,10 @@ pub fn verify(
             if !r.equal {
                 report.equal = false;
                 report.mismatched_blocks += 1;
+                let full = report.mismatches.len() >= MAX_RANGES;
                 match report.mismatches.last_mut() {
                     Some(last) if last.end == off => last.end = off + len,
-                    _ if report.mismatches.len() >= MAX_RANGES => {
-                        report.mismatches_truncated = true
-                    }
+                    _ if full => report.mismatches_truncated = true,
                     _ => report.mismatches.push(off..off + len),
                 }
             }
