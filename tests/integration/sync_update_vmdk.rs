@@ -93,10 +93,25 @@ fn qemu_made_monolithic_sparse_random_updates() {
         .unwrap()
         .set_len(8 << 20)
         .unwrap();
-    qemu_io(&["-f", "raw", "-c", "write -P 0x5a 0 200k", model.to_str().unwrap()]);
-    qemu_io(&["-f", "raw", "-c", "write -P 0xa5 3M 64k", model.to_str().unwrap()]);
+    qemu_io(&[
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0x5a 0 200k",
+        model.to_str().unwrap(),
+    ]);
+    qemu_io(&[
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0xa5 3M 64k",
+        model.to_str().unwrap(),
+    ]);
+    let cid_before = cid(&v);
     random_ops(&v, &model, 300, 150_000, 7);
     check_equal(&v, &model);
+    // The content changed, so the descriptor's content id did too.
+    assert_ne!(cid(&v), cid_before);
     // A second session on the same file (tables read back from disk).
     random_ops(&v, &model, 100, 70_000, 99);
     check_equal(&v, &model);
@@ -123,6 +138,14 @@ fn our_monolithic_sparse_random_updates() {
     let model = src; // the source becomes the model
     random_ops(&v, &model, 300, 200_000, 12345);
     check_equal(&v, &model);
+}
+
+/// The `CID=` value of the embedded descriptor.
+fn cid(vmdk: &Path) -> String {
+    let b = std::fs::read(vmdk).unwrap();
+    let t = String::from_utf8_lossy(&b[..b.len().min(1 << 20)]).into_owned();
+    let at = t.find("\nCID=").expect("a CID line") + 5;
+    t[at..at + 8].to_string()
 }
 
 /// Sector offsets of the grain directory and redundant grain directory, from the header.
@@ -174,7 +197,10 @@ fn grain_directory_entries_of_zero_get_new_grain_tables() {
     for i in 1..3u64 {
         let p = le32(gd * 512 + i * 4) as u64 * 512;
         let r = le32(rgd * 512 + i * 4) as u64 * 512;
-        assert!(p >= len_before && r >= len_before && p != r, "table {i}: {p:#x} {r:#x}");
+        assert!(
+            p >= len_before && r >= len_before && p != r,
+            "table {i}: {p:#x} {r:#x}"
+        );
         assert_eq!(
             b[p as usize..p as usize + 2048],
             b[r as usize..r as usize + 2048],
@@ -192,7 +218,11 @@ fn assert_refused(path: &Path, others: &[&Path], want: &str) {
         Ok(_) => panic!("{} was accepted for update", path.display()),
         Err(e) => e.chain(),
     };
-    assert!(e.contains(want), "{}: expected '{want}' in: {e}", path.display());
+    assert!(
+        e.contains(want),
+        "{}: expected '{want}' in: {e}",
+        path.display()
+    );
     let after: Vec<String> = std::iter::once(path)
         .chain(others.iter().copied())
         .map(sha256_file)
@@ -224,7 +254,11 @@ fn refusals_leave_the_files_untouched() {
     create("flat.vmdk", "monolithicFlat");
     assert_refused(&p("flat.vmdk"), &[&p("flat-flat.vmdk")], "monolithicFlat");
     create("two.vmdk", "twoGbMaxExtentSparse");
-    assert_refused(&p("two.vmdk"), &[&p("two-s001.vmdk")], "twoGbMaxExtentSparse");
+    assert_refused(
+        &p("two.vmdk"),
+        &[&p("two-s001.vmdk")],
+        "twoGbMaxExtentSparse",
+    );
 
     create("base.vmdk", "monolithicSparse");
     qemu_img(&[
@@ -257,7 +291,8 @@ fn refusals_leave_the_files_untouched() {
         .write(true)
         .open(p("badgd.vmdk"))
         .unwrap();
-    f.write_all_at(&0x00ff_ffffu32.to_le_bytes(), gd * 512).unwrap();
+    f.write_all_at(&0x00ff_ffffu32.to_le_bytes(), gd * 512)
+        .unwrap();
     drop(f);
     assert_refused(&p("badgd.vmdk"), &[], "grain directory");
 }
@@ -285,7 +320,8 @@ fn a_grain_table_entry_outside_the_file_is_an_error_not_a_write() {
     let at = (gd * 512) as usize;
     let gt = u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as u64 * 512;
     let f = std::fs::OpenOptions::new().write(true).open(&v).unwrap();
-    f.write_all_at(&0x7fff_0000u32.to_le_bytes(), gt + 4).unwrap(); // grain 1
+    f.write_all_at(&0x7fff_0000u32.to_le_bytes(), gt + 4)
+        .unwrap(); // grain 1
     f.write_all_at(&2u32.to_le_bytes(), gt + 8).unwrap(); // grain 2: inside the header
     drop(f);
     let before = sha256_file(&v);

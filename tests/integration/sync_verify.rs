@@ -80,7 +80,10 @@ fn one_changed_byte_is_reported_as_exactly_its_block() {
     let at: u64 = 1_234_567;
     let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
     let mut b = [0u8; 1];
-    std::fs::File::open(&raw).unwrap().read_exact_at(&mut b, at).unwrap();
+    std::fs::File::open(&raw)
+        .unwrap()
+        .read_exact_at(&mut b, at)
+        .unwrap();
     f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
     drop(f);
     for bs in [65536u64, 4096] {

@@ -40,9 +40,8 @@ pub struct VerifyArgs {
 pub fn run(args: VerifyArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     let block_size = match &args.block_size {
         None => DEFAULT_BLOCK_SIZE,
-        Some(s) => diskconv::util::parse_size(s).ok_or_else(|| {
-            Error::InvalidArgument(format!("--block-size {s:?} is not a size"))
-        })?,
+        Some(s) => diskconv::util::parse_size(s)
+            .ok_or_else(|| Error::InvalidArgument(format!("--block-size {s:?} is not a size")))?,
     };
     diskconv::sync::verify::check_block_size(block_size)?;
     let a = diskconv::open(

@@ -64,6 +64,8 @@ pub struct VmdkUpdater {
     min_host: u64,
     /// Writes since the last sync of the data.
     unsynced: bool,
+    /// Byte offset and bytes of the embedded descriptor, until its CID has been renewed.
+    descriptor: Option<(u64, Vec<u8>)>,
 }
 
 fn le32(b: &[u8], i: usize) -> u32 {
@@ -162,7 +164,15 @@ impl VmdkUpdater {
         }
         let min_host = doff + dlen;
         let n = h.gd_entries();
-        let gd = Self::read_dir(&ro, &h, h.gd_offset, n, file_len, min_host, "grain directory")?;
+        let gd = Self::read_dir(
+            &ro,
+            &h,
+            h.gd_offset,
+            n,
+            file_len,
+            min_host,
+            "grain directory",
+        )?;
         let rgd = if h.flags & FLAG_REDUNDANT_GT != 0 && h.rgd_offset != 0 {
             Some(Self::read_dir(
                 &ro,
@@ -191,6 +201,7 @@ impl VmdkUpdater {
             end: file_len.div_ceil(SECTOR) * SECTOR,
             min_host,
             unsynced: false,
+            descriptor: Some((doff, db)),
         })
     }
 
@@ -417,6 +428,9 @@ impl VmdkUpdater {
 
     /// Data, then grain tables, then grain directory entries, with a sync after each step.
     fn write_back(&mut self) -> Result<()> {
+        if self.unsynced || !self.dirty_gd.is_empty() {
+            self.renew_cid()?;
+        }
         let any_gt = self.gts.values().any(|t| t.dirty);
         if !any_gt && self.dirty_gd.is_empty() {
             if self.unsynced {
@@ -470,6 +484,22 @@ impl VmdkUpdater {
             }
         }
         Ok(())
+    }
+
+    /// Gives the embedded descriptor a new content id (`CID`) the first time the disk changes,
+    /// as VMware and qemu do: a snapshot made on this disk earlier (its `parentCID`) then no
+    /// longer matches, instead of silently reading changed data. Rewritten in place, same
+    /// length; a descriptor without a parsable `CID` line is left alone.
+    fn renew_cid(&mut self) -> Result<()> {
+        let Some((off, bytes)) = self.descriptor.take() else {
+            return Ok(());
+        };
+        let Some(new) = renewed_cid(&bytes) else {
+            return Ok(());
+        };
+        self.storage
+            .write_all_at(&new, off)
+            .map_err(self.io(format!("writing the embedded descriptor at {off:#x}")))
     }
 
     fn write_inner(&mut self, buf: &[u8], offset: u64) -> Result<()> {
@@ -549,6 +579,33 @@ impl ImageUpdater for VmdkUpdater {
     }
 }
 
+/// The descriptor with its `CID=xxxxxxxx` value replaced by a different one (same length), or
+/// `None` when it has no such line.
+fn renewed_cid(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut at = 0;
+    let pos = loop {
+        let line_end = bytes[at..].iter().position(|&b| b == b'\n').map(|p| at + p);
+        let line = &bytes[at..line_end.unwrap_or(bytes.len())];
+        if line.starts_with(b"CID=") {
+            break at + 4;
+        }
+        at = line_end? + 1;
+    };
+    let hex = bytes.get(pos..pos + 8)?;
+    let old = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+        .unwrap_or(0);
+    let mut cid = nanos.wrapping_mul(0x9e37_79b9) ^ old.rotate_left(7);
+    if cid == old || cid == super::descriptor::CID_NO_PARENT {
+        cid = old.wrapping_add(1) & 0x7fff_ffff;
+    }
+    let mut out = bytes.to_vec();
+    out[pos..pos + 8].copy_from_slice(format!("{cid:08x}").as_bytes());
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,13 +651,31 @@ mod tests {
     }
 
     #[test]
+    fn cid_is_renewed_in_place() {
+        let d = b"# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n\0\0";
+        let n = renewed_cid(d).unwrap();
+        assert_eq!(n.len(), d.len());
+        assert_ne!(&n[..], &d[..]);
+        let t = String::from_utf8_lossy(&n);
+        assert!(
+            t.contains("parentCID=ffffffff") && !t.contains("CID=12345678"),
+            "{t}"
+        );
+        assert!(renewed_cid(b"version=1\nCID=zz\n").is_none());
+        assert!(renewed_cid(b"version=1\n").is_none());
+    }
+
+    #[test]
     fn refuses_a_file_that_is_not_sparse() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.vmdk");
         std::fs::write(&p, b"# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 8 FLAT \"x-flat.vmdk\" 0\n").unwrap();
         let before = std::fs::read(&p).unwrap();
         let e = VmdkUpdater::open(&p).unwrap_err().to_string();
-        assert!(format!("{e:?}").contains("monolithicFlat") || e.contains("d.vmdk"), "{e}");
+        assert!(
+            format!("{e:?}").contains("monolithicFlat") || e.contains("d.vmdk"),
+            "{e}"
+        );
         assert_eq!(std::fs::read(&p).unwrap(), before);
     }
 }
