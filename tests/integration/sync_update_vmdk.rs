@@ -138,6 +138,28 @@ fn our_monolithic_sparse_random_updates() {
     let model = src; // the source becomes the model
     random_ops(&v, &model, 300, 200_000, 12345);
     check_equal(&v, &model);
+    // diskconv verify agrees (exit 0), and sees one changed byte in the model (exit 1).
+    let out = diskconv()
+        .arg("verify")
+        .arg(&model)
+        .arg(&v)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&model)
+        .unwrap();
+    f.write_all_at(&[0xee], 5 << 20).unwrap();
+    f.write_all_at(&[0xef], (5 << 20) + 1).unwrap();
+    drop(f);
+    let out = diskconv()
+        .arg("verify")
+        .arg(&model)
+        .arg(&v)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
 
 /// The `CID=` value of the embedded descriptor.

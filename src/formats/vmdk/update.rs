@@ -366,7 +366,9 @@ impl VmdkUpdater {
             .and_then(|t| t.entries.get(idx))
             .copied()
             .unwrap_or(0);
-        if gte == 0 || (gte == 1 && self.header.zeroed_grain()) {
+        // GTE 1 is a zeroed grain with the flag, and in version 2 and later (sector 1 always
+        // holds metadata there), as the reader reads it.
+        if gte == 0 || (gte == 1 && (self.header.zeroed_grain() || self.header.version >= 2)) {
             return Ok(None);
         }
         let host = gte as u64 * SECTOR;
