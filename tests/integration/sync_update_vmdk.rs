@@ -231,6 +231,37 @@ fn grain_directory_entries_of_zero_get_new_grain_tables() {
     }
 }
 
+#[test]
+fn flat_descriptors_are_written_in_place() {
+    if !require("qemu-img") {
+        return;
+    }
+    for sub in ["monolithicFlat", "twoGbMaxExtentFlat"] {
+        let d = tmpdir();
+        let v = d.path().join("f.vmdk");
+        let model = d.path().join("model.raw");
+        make_raw(&model, 5 << 20, 8);
+        qemu_img(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            &format!("subformat={sub}"),
+            model.to_str().unwrap(),
+            v.to_str().unwrap(),
+        ]);
+        let cid_before = cid(&v);
+        random_ops(&v, &model, 200, 150_000, 77);
+        assert!(
+            qemu_compare(&v, "vmdk", &model, "raw"),
+            "{sub}: differs from its raw model"
+        );
+        assert_ne!(cid(&v), cid_before, "{sub}: CID not renewed");
+    }
+}
+
 fn assert_refused(path: &Path, others: &[&Path], want: &str) {
     let before: Vec<String> = std::iter::once(path)
         .chain(others.iter().copied())
@@ -273,14 +304,21 @@ fn refusals_leave_the_files_untouched() {
     };
     create("so.vmdk", "streamOptimized");
     assert_refused(&p("so.vmdk"), &[], "streamOptimized");
-    create("flat.vmdk", "monolithicFlat");
-    assert_refused(&p("flat.vmdk"), &[&p("flat-flat.vmdk")], "monolithicFlat");
     create("two.vmdk", "twoGbMaxExtentSparse");
     assert_refused(
         &p("two.vmdk"),
         &[&p("two-s001.vmdk")],
         "twoGbMaxExtentSparse",
     );
+    // A flat descriptor naming a file outside its folder.
+    create("flat.vmdk", "monolithicFlat");
+    let text = std::fs::read_to_string(p("flat.vmdk")).unwrap();
+    std::fs::write(
+        p("evil.vmdk"),
+        text.replace("\"flat-flat.vmdk\"", "\"../flat-flat.vmdk\""),
+    )
+    .unwrap();
+    assert_refused(&p("evil.vmdk"), &[&p("flat-flat.vmdk")], "plain file name");
 
     create("base.vmdk", "monolithicSparse");
     qemu_img(&[

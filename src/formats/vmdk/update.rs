@@ -15,11 +15,15 @@
 //! allocated one is zeroed where it is (a punched hole where the file system can, so it costs
 //! no disk space and the grain is reused by a later write instead of being leaked).
 //!
+//! Descriptor files whose extents are all flat (monolithicFlat, twoGbMaxExtentFlat, vmfs) are
+//! written in place in their extent files, which must be plain file names beside the
+//! descriptor (a descriptor cannot direct writes anywhere else).
+//!
 //! Refused, with the reason and nothing written: streamOptimized (compressed grains, markers,
 //! directory at the end), a disk with a parent, an extent not closed cleanly (its two grain
-//! tables may disagree), descriptor files (twoGbMaxExtentSparse, flat, vmfs: update the source
-//! image in another format and convert at the end), and any table entry pointing outside the
-//! file or into the header and descriptor.
+//! tables may disagree), descriptor files with sparse or other non-flat extents
+//! (twoGbMaxExtentSparse: sync to another format and convert at the end), and any table entry
+//! pointing outside the file or into the header and descriptor.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -42,10 +46,23 @@ struct Gt {
     dirty: bool,
 }
 
-/// Writes into an existing monolithicSparse VMDK in place; see [`ImageUpdater`] and the module
-/// documentation.
+/// Writes into an existing monolithicSparse, monolithicFlat, twoGbMaxExtentFlat or vmfs VMDK
+/// in place; see [`ImageUpdater`] and the module documentation.
 #[derive(Debug)]
 pub struct VmdkUpdater {
+    virtual_size: u64,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Sparse(Box<SparseUpdater>),
+    Flat(FlatUpdater),
+}
+
+/// The monolithicSparse updater.
+#[derive(Debug)]
+struct SparseUpdater {
     path: PathBuf,
     storage: FileStorage,
     header: SparseHeader,
@@ -84,10 +101,17 @@ impl VmdkUpdater {
     /// Opens the image at `path` read-write for in-place updates. Refuses images it cannot
     /// update safely (saying why), before writing anything.
     pub fn open(path: &Path) -> Result<VmdkUpdater> {
-        Self::open_inner(path).map_err(|e| e.in_file(path))
+        let kind = SparseUpdater::open_inner(path).map_err(|e| e.in_file(path))?;
+        let virtual_size = match &kind {
+            Kind::Sparse(s) => s.virtual_size,
+            Kind::Flat(f) => f.virtual_size,
+        };
+        Ok(VmdkUpdater { virtual_size, kind })
     }
+}
 
-    fn open_inner(path: &Path) -> Result<VmdkUpdater> {
+impl SparseUpdater {
+    fn open_inner(path: &Path) -> Result<Kind> {
         // Everything is checked through a read-only handle first: a refused file is never
         // opened for writing.
         let ro = FileStorage::open_read_only(path)
@@ -100,12 +124,7 @@ impl VmdkUpdater {
             .read_at(&mut hb, 0)
             .map_err(|e| Error::io("reading the sparse header at 0x0", e))?;
         if got < 4 || hb[0..4] != SPARSE_MAGIC {
-            let kind = Self::descriptor_type(&ro, file_len);
-            return Err(refuse(format!(
-                "it is a descriptor file ({kind}), not a monolithicSparse VMDK; only \
-                 monolithicSparse is updated in place: sync to a raw, qcow2 or monolithicSparse \
-                 target and convert at the end"
-            )));
+            return Ok(Kind::Flat(FlatUpdater::open(path, &ro, file_len)?));
         }
         let h = SparseHeader::parse(&hb[..got], 0)?;
         if h.compressed() || h.markers() || h.gd_offset == GD_AT_END {
@@ -189,7 +208,7 @@ impl VmdkUpdater {
         drop(ro);
         let storage = FileStorage::open_read_write(path)
             .map_err(|e| Error::io("opening the VMDK read-write", e))?;
-        Ok(VmdkUpdater {
+        Ok(Kind::Sparse(Box::new(SparseUpdater {
             path: path.to_path_buf(),
             storage,
             virtual_size: h.capacity * SECTOR,
@@ -202,19 +221,7 @@ impl VmdkUpdater {
             min_host,
             unsynced: false,
             descriptor: Some((doff, db)),
-        })
-    }
-
-    /// The createType of a text descriptor, for the refusal message.
-    fn descriptor_type(st: &FileStorage, file_len: u64) -> String {
-        let mut b = vec![0u8; file_len.min(64 << 10) as usize];
-        if st.read_exact_at(&mut b, 0).is_err() {
-            return "unreadable".into();
-        }
-        match VmdkDescriptor::parse(&b, 0) {
-            Ok(d) => format!("createType {}", d.create_type),
-            Err(_) => "not a parsable descriptor".into(),
-        }
+        })))
     }
 
     /// Reads and checks one grain directory (`n` entries at sector `at`).
@@ -568,16 +575,233 @@ impl ImageUpdater for VmdkUpdater {
         self.virtual_size
     }
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        let path = self.path.clone();
-        self.write_inner(buf, offset).map_err(|e| e.in_file(path))
+        match &mut self.kind {
+            Kind::Sparse(s) => {
+                let path = s.path.clone();
+                s.write_inner(buf, offset).map_err(|e| e.in_file(path))
+            }
+            Kind::Flat(f) => f.write_at(buf, offset),
+        }
     }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
-        let path = self.path.clone();
-        self.zero_inner(offset, len).map_err(|e| e.in_file(path))
+        match &mut self.kind {
+            Kind::Sparse(s) => {
+                let path = s.path.clone();
+                s.zero_inner(offset, len).map_err(|e| e.in_file(path))
+            }
+            Kind::Flat(f) => f.write_zeroes(offset, len),
+        }
     }
     fn flush(&mut self) -> Result<()> {
-        let path = self.path.clone();
-        self.write_back().map_err(|e| e.in_file(path))
+        match &mut self.kind {
+            Kind::Sparse(s) => {
+                let path = s.path.clone();
+                s.write_back().map_err(|e| e.in_file(path))
+            }
+            Kind::Flat(f) => f.flush(),
+        }
+    }
+}
+
+/// One flat extent: where it lies in the virtual disk and in its file.
+#[derive(Debug)]
+struct FlatExtent {
+    start: u64,
+    len: u64,
+    file_offset: u64,
+    path: PathBuf,
+    storage: FileStorage,
+}
+
+/// The updater of descriptor files whose extents are all flat (monolithicFlat,
+/// twoGbMaxExtentFlat, vmfs): writes go straight to the extent files.
+#[derive(Debug)]
+struct FlatUpdater {
+    path: PathBuf,
+    virtual_size: u64,
+    extents: Vec<FlatExtent>,
+    /// The descriptor file's bytes, until its CID has been renewed.
+    descriptor: Option<Vec<u8>>,
+    dirty: bool,
+}
+
+impl FlatUpdater {
+    /// Extent files must be plain names in the descriptor's folder: a descriptor cannot make
+    /// us write anywhere else.
+    fn open(path: &Path, ro: &FileStorage, file_len: u64) -> Result<FlatUpdater> {
+        if file_len > super::descriptor::MAX_DESCRIPTOR_BYTES as u64 {
+            return Err(refuse(format!(
+                "it is neither a sparse extent nor a descriptor file of at most {} bytes",
+                super::descriptor::MAX_DESCRIPTOR_BYTES
+            )));
+        }
+        let mut b = vec![0u8; file_len as usize];
+        ro.read_exact_at(&mut b, 0)
+            .map_err(|e| Error::io("reading the VMDK descriptor", e))?;
+        let d = VmdkDescriptor::parse(&b, 0)?;
+        if d.has_parent() {
+            return Err(refuse(format!(
+                "it is a snapshot with a parent ({}); update a disk without a parent",
+                d.parent_hint.as_deref().unwrap_or("parentCID set")
+            )));
+        }
+        if let Some(e) = d
+            .extents
+            .iter()
+            .find(|e| !matches!(e.kind, VmdkExtentType::Flat | VmdkExtentType::Vmfs))
+        {
+            return Err(refuse(format!(
+                "createType {}: descriptor line {} is a {:?} extent; of descriptor files only \
+                 those with flat extents (monolithicFlat, twoGbMaxExtentFlat, vmfs) are updated \
+                 in place: sync to a raw, qcow2 or monolithicSparse target and convert at the end",
+                d.create_type, e.line, e.kind
+            )));
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut extents = Vec::with_capacity(d.extents.len());
+        let mut start = 0u64;
+        for e in &d.extents {
+            let line = e.line;
+            if e.access != super::descriptor::VmdkAccess::ReadWrite {
+                return Err(refuse(format!(
+                    "descriptor line {line}: extent {:?} is not RW",
+                    e.file
+                )));
+            }
+            let simple = !e.file.is_empty()
+                && !e.file.contains('/')
+                && !e.file.contains('\\')
+                && e.file != "."
+                && e.file != "..";
+            if !simple {
+                return Err(refuse(format!(
+                    "descriptor line {line}: extent file {:?} is not a plain file name beside \
+                     the descriptor; only those are written to",
+                    e.file
+                )));
+            }
+            let len = e.sectors * SECTOR; // sectors <= 2^37 (validated by the parser)
+            let file_offset = e.offset.checked_mul(SECTOR).ok_or_else(|| {
+                Error::from(VmdkError::invalid(
+                    format!("descriptor line {line}"),
+                    0,
+                    format!("extent offset {} sectors is too large", e.offset),
+                ))
+            })?;
+            let epath = dir.join(&e.file);
+            let st = FileStorage::open_read_only(&epath)
+                .map_err(|err| Error::io("opening the flat extent", err).in_file(&epath))?;
+            if st.kind() != crate::storage::FileKind::Regular {
+                return Err(refuse(format!(
+                    "descriptor line {line}: extent {:?} is not a regular file",
+                    e.file
+                )));
+            }
+            let flen = st
+                .len()
+                .map_err(|err| Error::io("getting the extent's length", err).in_file(&epath))?;
+            if file_offset.checked_add(len).is_none_or(|end| end > flen) {
+                return Err(VmdkError::corrupt(
+                    format!("descriptor line {line}"),
+                    0,
+                    format!(
+                        "flat extent {:?} of {len} bytes at {file_offset:#x} does not fit in \
+                         its file ({flen:#x} bytes)",
+                        e.file
+                    ),
+                )
+                .into());
+            }
+            extents.push((start, len, file_offset, epath));
+            start = start.checked_add(len).ok_or_else(|| {
+                Error::InvalidArgument("the extents add up to more than 2^64 bytes".into())
+            })?;
+        }
+        // Everything checked: now open for writing.
+        let mut opened = Vec::with_capacity(extents.len());
+        for (start, len, file_offset, epath) in extents {
+            let storage = FileStorage::open_read_write(&epath).map_err(|err| {
+                Error::io("opening the flat extent read-write", err).in_file(&epath)
+            })?;
+            opened.push(FlatExtent {
+                start,
+                len,
+                file_offset,
+                path: epath,
+                storage,
+            });
+        }
+        Ok(FlatUpdater {
+            path: path.to_path_buf(),
+            virtual_size: start,
+            extents: opened,
+            descriptor: Some(b),
+            dirty: false,
+        })
+    }
+
+    /// Calls `f(extent, offset in file, offset in the request, length)` for each piece of
+    /// `[offset, offset + len)`.
+    fn each(
+        &mut self,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(&FlatExtent, u64, u64, u64) -> Result<()>,
+    ) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(e) if e <= self.virtual_size => {}
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "write of {len} bytes at offset {offset:#x} goes past the end of the disk \
+                     ({:#x} bytes)",
+                    self.virtual_size
+                )));
+            }
+        }
+        self.dirty = true;
+        let end = offset + len;
+        for x in &self.extents {
+            let (a, b) = (offset.max(x.start), end.min(x.start + x.len));
+            if a < b {
+                f(x, x.file_offset + (a - x.start), a - offset, b - a)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.each(offset, buf.len() as u64, |x, at, from, n| {
+            let part = &buf[from as usize..(from + n) as usize];
+            x.storage
+                .write_all_at(part, at)
+                .map_err(|e| Error::io(format!("writing {n} bytes at {at:#x}"), e).in_file(&x.path))
+        })
+    }
+
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.each(offset, len, |x, at, _, n| {
+            x.storage
+                .write_zeroes(at, n)
+                .map_err(|e| Error::io(format!("zeroing {n} bytes at {at:#x}"), e).in_file(&x.path))
+        })
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        for x in &self.extents {
+            x.storage
+                .sync()
+                .map_err(|e| Error::io("syncing the flat extent", e).in_file(&x.path))?;
+        }
+        if self.dirty {
+            if let Some(new) = self.descriptor.take().as_deref().and_then(renewed_cid) {
+                let f = FileStorage::open_read_write(&self.path)
+                    .map_err(|e| Error::io("opening the descriptor", e).in_file(&self.path))?;
+                f.write_all_at(&new, 0)
+                    .and_then(|()| f.sync())
+                    .map_err(|e| Error::io("writing the descriptor", e).in_file(&self.path))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -668,16 +892,23 @@ mod tests {
     }
 
     #[test]
-    fn refuses_a_file_that_is_not_sparse() {
+    fn refuses_descriptors_with_sparse_extents_or_paths() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.vmdk");
-        std::fs::write(&p, b"# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 8 FLAT \"x-flat.vmdk\" 0\n").unwrap();
-        let before = std::fs::read(&p).unwrap();
-        let e = VmdkUpdater::open(&p).unwrap_err().to_string();
-        assert!(
-            format!("{e:?}").contains("monolithicFlat") || e.contains("d.vmdk"),
-            "{e}"
-        );
-        assert_eq!(std::fs::read(&p).unwrap(), before);
+        for (line, want) in [
+            ("RW 8 SPARSE \"x-s001.vmdk\"", "Sparse extent"),
+            ("RW 8 FLAT \"../x-flat.vmdk\" 0", "not a plain file name"),
+            ("RW 8 FLAT \"/etc/x\" 0", "not a plain file name"),
+            ("RDONLY 8 FLAT \"x-flat.vmdk\" 0", "not RW"),
+        ] {
+            let text = format!(
+                "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
+                 createType=\"twoGbMaxExtentSparse\"\n{line}\n"
+            );
+            std::fs::write(&p, &text).unwrap();
+            let e = VmdkUpdater::open(&p).unwrap_err().chain();
+            assert!(e.contains(want), "{line}: {e}");
+            assert_eq!(std::fs::read(&p).unwrap(), text.as_bytes());
+        }
     }
 }
