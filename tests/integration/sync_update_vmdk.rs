@@ -262,6 +262,53 @@ fn flat_descriptors_are_written_in_place() {
     }
 }
 
+#[test]
+fn a_write_across_two_flat_extents() {
+    if !require("qemu-img") {
+        return;
+    }
+    let d = tmpdir();
+    let model = d.path().join("model.raw");
+    make_raw(&model, 5 << 20, 9);
+    let m = std::fs::read(&model).unwrap();
+    // The disk split over two extent files, the second one at an offset of 1 MiB in its file.
+    // (No blank lines in the descriptor: qemu 10 maps the extent line before a blank line
+    // twice.)
+    std::fs::write(d.path().join("a.bin"), &m[..2 << 20]).unwrap();
+    let mut b = vec![0x77u8; 1 << 20];
+    b.extend_from_slice(&m[2 << 20..]);
+    std::fs::write(d.path().join("b.bin"), &b).unwrap();
+    let v = d.path().join("two.vmdk");
+    std::fs::write(
+        &v,
+        "# Disk DescriptorFile\nversion=1\nCID=0000abcd\nparentCID=ffffffff\n\
+         createType=\"twoGbMaxExtentFlat\"\nRW 4096 FLAT \"a.bin\" 0\n\
+         RW 6144 FLAT \"b.bin\" 2048\nddb.adapterType = \"ide\"\n",
+    )
+    .unwrap();
+    assert!(qemu_compare(&v, "vmdk", &model, "raw"));
+    let mut u = open_updater(&v, None).unwrap();
+    let data = vec![0x42u8; 100_000];
+    let at = (2 << 20) - 50_000;
+    u.write_at(&data, at).unwrap();
+    u.write_zeroes((2 << 20) - 10, 20).unwrap();
+    u.flush().unwrap();
+    drop(u);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&model)
+        .unwrap();
+    f.write_all_at(&data, at).unwrap();
+    f.write_all_at(&[0u8; 20], (2 << 20) - 10).unwrap();
+    drop(f);
+    assert!(qemu_compare(&v, "vmdk", &model, "raw"));
+    // The bytes before the second extent's offset in its file are untouched.
+    let b2 = std::fs::read(d.path().join("b.bin")).unwrap();
+    assert!(b2[..1 << 20].iter().all(|&x| x == 0x77));
+    random_ops(&v, &model, 100, 300_000, 5);
+    assert!(qemu_compare(&v, "vmdk", &model, "raw"));
+}
+
 fn assert_refused(path: &Path, others: &[&Path], want: &str) {
     let before: Vec<String> = std::iter::once(path)
         .chain(others.iter().copied())
