@@ -36,6 +36,8 @@ use crate::image::{Format, ImageUpdater, check_read_range};
 use crate::storage::{FileStorage, Storage};
 
 const SECTOR: u64 = 512;
+/// Largest grain directory held in memory (64 TiB of 64 KiB grains needs 8 MiB).
+const MAX_GD_BYTES: u64 = 64 << 20;
 /// Grain tables kept in memory before a write-back (each is 2 KiB with 512 entries).
 const MAX_CACHED_GTS: usize = 1024;
 
@@ -235,6 +237,12 @@ impl SparseUpdater {
         what: &str,
     ) -> Result<Vec<u32>> {
         let bytes = n * 4; // n <= 2^37 / 8 (capacity and grain limits), no overflow
+        if bytes > MAX_GD_BYTES {
+            return Err(refuse(format!(
+                "its {what} has {n} entries ({bytes} bytes, more than the {MAX_GD_BYTES} held \
+                 in memory)"
+            )));
+        }
         let start = at.checked_mul(SECTOR).filter(|&o| o >= min_host);
         let Some(start) = start.filter(|&o| o.checked_add(bytes).is_some_and(|e| e <= file_len))
         else {
