@@ -15,14 +15,15 @@
 //! allocated one is zeroed where it is (a punched hole where the file system can, so it costs
 //! no disk space and the grain is reused by a later write instead of being leaked).
 //!
-//! Descriptor files whose extents are all flat (monolithicFlat, twoGbMaxExtentFlat, vmfs) are
-//! written in place in their extent files, which must be plain file names beside the
-//! descriptor (a descriptor cannot direct writes anywhere else).
+//! Descriptor files whose extents are all flat or hosted sparse (monolithicFlat,
+//! twoGbMaxExtentFlat, vmfs, twoGbMaxExtentSparse) are written in place in their extent files
+//! (each sparse one as above), which must be plain file names beside the descriptor (a
+//! descriptor cannot direct writes anywhere else).
 //!
 //! Refused, with the reason and nothing written: streamOptimized (compressed grains, markers,
 //! directory at the end), a disk with a parent, an extent not closed cleanly (its two grain
-//! tables may disagree), descriptor files with sparse or other non-flat extents
-//! (twoGbMaxExtentSparse: sync to another format and convert at the end), and any table entry
+//! tables may disagree), descriptor files with other extents (vmfsSparse, seSparse, raw
+//! devices: sync to another format and convert at the end), and any table entry
 //! pointing outside the file or into the header and descriptor.
 
 use std::collections::{BTreeSet, HashMap};
@@ -128,7 +129,26 @@ impl SparseUpdater {
         if got < 4 || hb[0..4] != SPARSE_MAGIC {
             return Ok(Kind::Flat(FlatUpdater::open(path, &ro, file_len)?));
         }
-        let h = SparseHeader::parse(&hb[..got], 0)?;
+        Ok(Kind::Sparse(Box::new(Self::open_sparse(
+            path,
+            ro,
+            file_len,
+            &hb[..got],
+            false,
+        )?)))
+    }
+
+    /// Opens a hosted sparse extent: a monolithicSparse file (`sub` false: its embedded
+    /// descriptor must name the file itself as its only extent) or one extent of a descriptor
+    /// file (`sub` true: the descriptor file has been checked already).
+    fn open_sparse(
+        path: &Path,
+        ro: FileStorage,
+        file_len: u64,
+        hb: &[u8],
+        sub: bool,
+    ) -> Result<SparseUpdater> {
+        let h = SparseHeader::parse(hb, 0)?;
         if h.compressed() || h.markers() || h.gd_offset == GD_AT_END {
             return Err(refuse(
                 "it is streamOptimized (compressed grains) and cannot be updated in place: sync \
@@ -148,7 +168,7 @@ impl SparseUpdater {
                 "its capacity is 0 (a descriptor container naming other extents)".into(),
             ));
         }
-        if h.descriptor_offset == 0 {
+        if h.descriptor_offset == 0 && !sub {
             return Err(refuse(
                 "it is a bare sparse extent without an embedded descriptor (part of a \
                  multi-extent disk); only monolithicSparse is updated in place"
@@ -168,6 +188,10 @@ impl SparseUpdater {
         let mut db = vec![0u8; dlen as usize];
         ro.read_exact_at(&mut db, doff)
             .map_err(|e| Error::io(format!("reading the embedded descriptor at {doff:#x}"), e))?;
+        let min_host = (doff + dlen).max(SECTOR);
+        if sub {
+            return Self::finish_open(path, ro, h, file_len, min_host, None);
+        }
         let d = VmdkDescriptor::parse(&db, doff)?;
         if d.has_parent() {
             return Err(refuse(format!(
@@ -183,7 +207,17 @@ impl SparseUpdater {
                 d.extents.len()
             )));
         }
-        let min_host = doff + dlen;
+        Self::finish_open(path, ro, h, file_len, min_host, Some((doff, db)))
+    }
+
+    fn finish_open(
+        path: &Path,
+        ro: FileStorage,
+        h: SparseHeader,
+        file_len: u64,
+        min_host: u64,
+        descriptor: Option<(u64, Vec<u8>)>,
+    ) -> Result<SparseUpdater> {
         let n = h.gd_entries();
         let gd = Self::read_dir(
             &ro,
@@ -210,7 +244,7 @@ impl SparseUpdater {
         drop(ro);
         let storage = FileStorage::open_read_write(path)
             .map_err(|e| Error::io("opening the VMDK read-write", e))?;
-        Ok(Kind::Sparse(Box::new(SparseUpdater {
+        Ok(SparseUpdater {
             path: path.to_path_buf(),
             storage,
             virtual_size: h.capacity * SECTOR,
@@ -222,8 +256,8 @@ impl SparseUpdater {
             end: file_len.div_ceil(SECTOR) * SECTOR,
             min_host,
             unsynced: false,
-            descriptor: Some((doff, db)),
-        })))
+            descriptor,
+        })
     }
 
     /// Reads and checks one grain directory (`n` entries at sector `at`).
@@ -611,14 +645,23 @@ impl ImageUpdater for VmdkUpdater {
     }
 }
 
-/// One flat extent: where it lies in the virtual disk and in its file.
+/// One extent of a descriptor file: where it lies in the virtual disk and in its file.
 #[derive(Debug)]
 struct FlatExtent {
     start: u64,
     len: u64,
     file_offset: u64,
     path: PathBuf,
-    storage: FileStorage,
+    backing: Backing,
+}
+
+/// How an extent of a descriptor file is written.
+#[derive(Debug)]
+enum Backing {
+    /// FLAT / VMFS: in place in the file.
+    Flat(FileStorage),
+    /// SPARSE: a hosted sparse extent of its own.
+    Sparse(Box<SparseUpdater>),
 }
 
 /// The updater of descriptor files whose extents are all flat (monolithicFlat,
@@ -653,15 +696,17 @@ impl FlatUpdater {
                 d.parent_hint.as_deref().unwrap_or("parentCID set")
             )));
         }
-        if let Some(e) = d
-            .extents
-            .iter()
-            .find(|e| !matches!(e.kind, VmdkExtentType::Flat | VmdkExtentType::Vmfs))
-        {
+        if let Some(e) = d.extents.iter().find(|e| {
+            !matches!(
+                e.kind,
+                VmdkExtentType::Flat | VmdkExtentType::Vmfs | VmdkExtentType::Sparse
+            )
+        }) {
             return Err(refuse(format!(
                 "createType {}: descriptor line {} is a {:?} extent; of descriptor files only \
-                 those with flat extents (monolithicFlat, twoGbMaxExtentFlat, vmfs) are updated \
-                 in place: sync to a raw, qcow2 or monolithicSparse target and convert at the end",
+                 those with flat or hosted sparse extents (monolithicFlat, twoGbMaxExtentFlat, \
+                 vmfs, twoGbMaxExtentSparse) are updated in place: sync to a raw, qcow2 or \
+                 monolithicSparse target and convert at the end",
                 d.create_type, e.line, e.kind
             )));
         }
@@ -708,6 +753,30 @@ impl FlatUpdater {
             let flen = st
                 .len()
                 .map_err(|err| Error::io("getting the extent's length", err).in_file(&epath))?;
+            if e.kind == VmdkExtentType::Sparse {
+                let mut hb = [0u8; HEADER_SIZE];
+                let got = st
+                    .read_at(&mut hb, 0)
+                    .map_err(|err| Error::io("reading the sparse header", err).in_file(&epath))?;
+                let sp = SparseUpdater::open_sparse(&epath, st, flen, &hb[..got], true)
+                    .map_err(|err| err.in_file(&epath))?;
+                if sp.virtual_size < len {
+                    return Err(VmdkError::corrupt(
+                        format!("descriptor line {line}"),
+                        0,
+                        format!(
+                            "sparse extent {:?} holds {} bytes, the line says {len}",
+                            e.file, sp.virtual_size
+                        ),
+                    )
+                    .into());
+                }
+                extents.push((start, len, 0, epath, Some(Box::new(sp))));
+                start = start.checked_add(len).ok_or_else(|| {
+                    Error::InvalidArgument("the extents add up to more than 2^64 bytes".into())
+                })?;
+                continue;
+            }
             if file_offset.checked_add(len).is_none_or(|end| end > flen) {
                 return Err(VmdkError::corrupt(
                     format!("descriptor line {line}"),
@@ -720,23 +789,26 @@ impl FlatUpdater {
                 )
                 .into());
             }
-            extents.push((start, len, file_offset, epath));
+            extents.push((start, len, file_offset, epath, None));
             start = start.checked_add(len).ok_or_else(|| {
                 Error::InvalidArgument("the extents add up to more than 2^64 bytes".into())
             })?;
         }
         // Everything checked: now open for writing.
         let mut opened = Vec::with_capacity(extents.len());
-        for (start, len, file_offset, epath) in extents {
-            let storage = FileStorage::open_read_write(&epath).map_err(|err| {
-                Error::io("opening the flat extent read-write", err).in_file(&epath)
-            })?;
+        for (start, len, file_offset, epath, sparse) in extents {
+            let backing = match sparse {
+                Some(sp) => Backing::Sparse(sp),
+                None => Backing::Flat(FileStorage::open_read_write(&epath).map_err(|err| {
+                    Error::io("opening the flat extent read-write", err).in_file(&epath)
+                })?),
+            };
             opened.push(FlatExtent {
                 start,
                 len,
                 file_offset,
                 path: epath,
-                storage,
+                backing,
             });
         }
         Ok(FlatUpdater {
@@ -754,7 +826,7 @@ impl FlatUpdater {
         &mut self,
         offset: u64,
         len: u64,
-        mut f: impl FnMut(&FlatExtent, u64, u64, u64) -> Result<()>,
+        mut f: impl FnMut(&mut FlatExtent, u64, u64, u64) -> Result<()>,
     ) -> Result<()> {
         match offset.checked_add(len) {
             Some(e) if e <= self.virtual_size => {}
@@ -768,7 +840,7 @@ impl FlatUpdater {
         }
         self.dirty = true;
         let end = offset + len;
-        for x in &self.extents {
+        for x in &mut self.extents {
             let (a, b) = (offset.max(x.start), end.min(x.start + x.len));
             if a < b {
                 f(x, x.file_offset + (a - x.start), a - offset, b - a)?;
@@ -780,25 +852,32 @@ impl FlatUpdater {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.each(offset, buf.len() as u64, |x, at, from, n| {
             let part = &buf[from as usize..(from + n) as usize];
-            x.storage
-                .write_all_at(part, at)
-                .map_err(|e| Error::io(format!("writing {n} bytes at {at:#x}"), e).in_file(&x.path))
+            match &mut x.backing {
+                Backing::Flat(st) => st.write_all_at(part, at).map_err(|e| {
+                    Error::io(format!("writing {n} bytes at {at:#x}"), e).in_file(&x.path)
+                }),
+                Backing::Sparse(sp) => sp.write_inner(part, at).map_err(|e| e.in_file(&x.path)),
+            }
         })
     }
 
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
-        self.each(offset, len, |x, at, _, n| {
-            x.storage
-                .write_zeroes(at, n)
-                .map_err(|e| Error::io(format!("zeroing {n} bytes at {at:#x}"), e).in_file(&x.path))
+        self.each(offset, len, |x, at, _, n| match &mut x.backing {
+            Backing::Flat(st) => st.write_zeroes(at, n).map_err(|e| {
+                Error::io(format!("zeroing {n} bytes at {at:#x}"), e).in_file(&x.path)
+            }),
+            Backing::Sparse(sp) => sp.zero_inner(at, n).map_err(|e| e.in_file(&x.path)),
         })
     }
 
     fn flush(&mut self) -> Result<()> {
-        for x in &self.extents {
-            x.storage
-                .sync()
-                .map_err(|e| Error::io("syncing the flat extent", e).in_file(&x.path))?;
+        for x in &mut self.extents {
+            match &mut x.backing {
+                Backing::Flat(st) => st
+                    .sync()
+                    .map_err(|e| Error::io("syncing the flat extent", e).in_file(&x.path))?,
+                Backing::Sparse(sp) => sp.write_back().map_err(|e| e.in_file(&x.path))?,
+            }
         }
         if self.dirty {
             if let Some(new) = self.descriptor.take().as_deref().and_then(renewed_cid) {
@@ -825,18 +904,33 @@ fn renewed_cid(bytes: &[u8]) -> Option<Vec<u8>> {
         }
         at = line_end? + 1;
     };
-    let hex = bytes.get(pos..pos + 8)?;
-    let old = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+    // The value's hex digits (qemu writes them without leading zeros): the new value has as
+    // many, so the descriptor keeps its length.
+    let digits = bytes
+        .get(pos..)?
+        .iter()
+        .take(8)
+        .take_while(|b| b.is_ascii_hexdigit())
+        .count();
+    if digits == 0 {
+        return None;
+    }
+    let old = u32::from_str_radix(std::str::from_utf8(&bytes[pos..pos + digits]).ok()?, 16).ok()?;
+    let mask = if digits == 8 {
+        u32::MAX
+    } else {
+        (1u32 << (4 * digits)) - 1
+    };
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
         .unwrap_or(0);
-    let mut cid = nanos.wrapping_mul(0x9e37_79b9) ^ old.rotate_left(7);
+    let mut cid = (nanos.wrapping_mul(0x9e37_79b9) ^ old.rotate_left(7)) & mask;
     if cid == old || cid == super::descriptor::CID_NO_PARENT {
-        cid = old.wrapping_add(1) & 0x7fff_ffff;
+        cid = old.wrapping_add(1) & mask & 0x7fff_ffff;
     }
     let mut out = bytes.to_vec();
-    out[pos..pos + 8].copy_from_slice(format!("{cid:08x}").as_bytes());
+    out[pos..pos + digits].copy_from_slice(format!("{cid:0digits$x}").as_bytes());
     Some(out)
 }
 
@@ -896,6 +990,10 @@ mod tests {
             "{t}"
         );
         assert!(renewed_cid(b"version=1\nCID=zz\n").is_none());
+        let short = renewed_cid(b"CID=45372bd\nx").unwrap();
+        assert_eq!(short.len(), 13);
+        assert_ne!(&short[..], b"CID=45372bd\nx");
+        assert_eq!(&short[11..], b"\nx");
         assert!(renewed_cid(b"version=1\n").is_none());
     }
 
@@ -904,7 +1002,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.vmdk");
         for (line, want) in [
-            ("RW 8 SPARSE \"x-s001.vmdk\"", "Sparse extent"),
+            ("RW 8 VMFSSPARSE \"x-delta.vmdk\"", "VmfsSparse extent"),
+            ("RW 8 SESPARSE \"x-sesparse.vmdk\"", "SeSparse extent"),
             ("RW 8 FLAT \"../x-flat.vmdk\" 0", "not a plain file name"),
             ("RW 8 FLAT \"/etc/x\" 0", "not a plain file name"),
             ("RDONLY 8 FLAT \"x-flat.vmdk\" 0", "not RW"),
