@@ -11,5 +11,6 @@
 
 pub mod bitmap;
 pub mod target;
+pub mod verify;
 
 pub use bitmap::BlockBitmap;

@@ -1,0 +1,341 @@
+//! Block-by-block verification of a migrated disk, and the SHA-256 manifest.
+//!
+//! [`verify`] reads two images of the same size in blocks (64 KiB by default), in parallel
+//! batches of bounded size, and compares each block by its xxh3-128 hash. Stretches that both
+//! images map as zero or unallocated are equal without being read (unless a manifest is
+//! written: the manifest hashes every block of the first image, a zero block by its known
+//! hash). Mismatching blocks are merged into byte ranges.
+//!
+//! The manifest is a JSON object `{"source": ..., "size": N, "block_size": N, "algorithm":
+//! "sha256", "blocks": ["hex", ...]}`, one SHA-256 per block of the first image (the last block
+//! may be short: its hash covers only the bytes of the disk). It is written as the blocks are
+//! hashed, so memory does not grow with the disk.
+
+use std::io::Write;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::image::{ExtentKind, ImageReader};
+
+/// Default verification block size (64 KiB).
+pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 10;
+/// Smallest block size accepted.
+pub const MIN_BLOCK_SIZE: u64 = 512;
+/// Largest block size accepted (64 MiB).
+pub const MAX_BLOCK_SIZE: u64 = 64 << 20;
+/// Bytes of disk handled per parallel batch (bounds memory: each worker holds two blocks).
+const BATCH_BYTES: u64 = 16 << 20;
+/// Mismatching ranges kept in the report; more are counted but not listed.
+pub const MAX_RANGES: usize = 100_000;
+
+/// Where to write the SHA-256 manifest of the first image.
+pub struct Manifest<'a> {
+    /// The JSON goes here, written as the blocks are hashed.
+    pub out: &'a mut dyn Write,
+    /// The source named in the manifest (its path, usually).
+    pub source: String,
+}
+
+/// The result of [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Every block is equal.
+    pub equal: bool,
+    /// Size of both disks in bytes.
+    pub size: u64,
+    /// Block size used.
+    pub block_size: u64,
+    /// Number of blocks.
+    pub blocks: u64,
+    /// Number of blocks that differ.
+    pub mismatched_blocks: u64,
+    /// The differing blocks as merged byte ranges, in ascending order (at most [`MAX_RANGES`]).
+    pub mismatches: Vec<Range<u64>>,
+    /// More mismatching ranges exist than are listed.
+    pub mismatches_truncated: bool,
+    /// Bytes read from each image and compared (stretches zero in both are not read).
+    pub bytes_compared: u64,
+    /// Wall-clock time.
+    pub elapsed: Duration,
+}
+
+/// Checks a block size: a multiple of 512 from [`MIN_BLOCK_SIZE`] to [`MAX_BLOCK_SIZE`].
+pub fn check_block_size(bs: u64) -> Result<()> {
+    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) || bs % 512 != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "block size {bs}: expected a multiple of 512 from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `[off, off + len)` is entirely zero or unallocated in `img`, by its map.
+fn reads_as_zero(img: &dyn ImageReader, off: u64, len: u64) -> Result<bool> {
+    let end = off + len;
+    let mut pos = off;
+    while pos < end {
+        let e = img.map(pos, end - pos)?;
+        if e.len == 0 {
+            return Err(Error::Corrupt(format!(
+                "the image reports no extent at offset {pos:#x} inside the disk"
+            )));
+        }
+        if e.kind == ExtentKind::Data {
+            return Ok(false);
+        }
+        pos = pos.saturating_add(e.len);
+    }
+    Ok(true)
+}
+
+/// One block's outcome.
+struct BlockResult {
+    equal: bool,
+    read: bool,
+    sha: Option<[u8; 32]>,
+}
+
+fn check_block(
+    a: &dyn ImageReader,
+    b: &dyn ImageReader,
+    off: u64,
+    len: u64,
+    want_sha: bool,
+    zero_sha: &[u8; 32],
+) -> Result<BlockResult> {
+    let za = reads_as_zero(a, off, len)?;
+    let zb = reads_as_zero(b, off, len)?;
+    if za && zb {
+        return Ok(BlockResult {
+            equal: true,
+            read: false,
+            sha: want_sha.then_some(*zero_sha),
+        });
+    }
+    // len <= MAX_BLOCK_SIZE (checked), so the buffers are bounded.
+    let mut ba = vec![0u8; len as usize];
+    let mut bb = vec![0u8; len as usize];
+    if !za {
+        a.read_at(&mut ba, off)?;
+    }
+    if !zb {
+        b.read_at(&mut bb, off)?;
+    }
+    let ha = xxhash_rust::xxh3::xxh3_128(&ba);
+    let hb = xxhash_rust::xxh3::xxh3_128(&bb);
+    let sha = if want_sha {
+        if za {
+            Some(*zero_sha)
+        } else {
+            Some(Sha256::digest(&ba).into())
+        }
+    } else {
+        None
+    };
+    Ok(BlockResult {
+        equal: ha == hb,
+        read: true,
+        sha,
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        let _ = write!(s, "{x:02x}");
+    }
+    s
+}
+
+fn mio(e: std::io::Error) -> Error {
+    Error::io("writing the manifest", e)
+}
+
+/// Compares `a` and `b` block by block (`block_size` bytes, see [`check_block_size`]) and,
+/// when `manifest` is given, writes the SHA-256 of every block of `a` to it. The sizes must be
+/// equal (the error names both).
+pub fn verify(
+    a: &dyn ImageReader,
+    b: &dyn ImageReader,
+    block_size: u64,
+    mut manifest: Option<Manifest<'_>>,
+) -> Result<VerifyReport> {
+    check_block_size(block_size)?;
+    let started = Instant::now();
+    let size = a.virtual_size();
+    if b.virtual_size() != size {
+        return Err(Error::InvalidArgument(format!(
+            "the images differ in size: the first is {size} bytes, the second {} bytes",
+            b.virtual_size()
+        )));
+    }
+    let blocks = size.div_ceil(block_size);
+    let want_sha = manifest.is_some();
+    if let Some(m) = manifest.as_mut() {
+        let src = serde_json::to_string(&m.source)
+            .map_err(|e| Error::InvalidArgument(format!("manifest source name: {e}")))?;
+        write!(
+            m.out,
+            "{{\"source\":{src},\"size\":{size},\"block_size\":{block_size},\"algorithm\":\"sha256\",\"blocks\":["
+        )
+        .map_err(mio)?;
+    }
+    let zero_full: [u8; 32] = Sha256::digest(vec![0u8; block_size as usize]).into();
+    let last_len = size - (blocks.saturating_sub(1)) * block_size;
+    let zero_last: [u8; 32] = Sha256::digest(vec![0u8; last_len as usize]).into();
+    let batch = (BATCH_BYTES / block_size).max(1);
+    let mut report = VerifyReport {
+        equal: true,
+        size,
+        block_size,
+        blocks,
+        mismatched_blocks: 0,
+        mismatches: Vec::new(),
+        mismatches_truncated: false,
+        bytes_compared: 0,
+        elapsed: Duration::ZERO,
+    };
+    let mut first = 0u64;
+    while first < blocks {
+        let n = batch.min(blocks - first);
+        let results: Vec<Result<BlockResult>> = (first..first + n)
+            .into_par_iter()
+            .map(|i| {
+                let off = i * block_size;
+                let len = block_size.min(size - off);
+                let z = if len == block_size {
+                    &zero_full
+                } else {
+                    &zero_last
+                };
+                check_block(a, b, off, len, want_sha, z)
+            })
+            .collect();
+        for (k, r) in results.into_iter().enumerate() {
+            let r = r?;
+            let i = first + k as u64;
+            let off = i * block_size;
+            let len = block_size.min(size - off);
+            if r.read {
+                report.bytes_compared += len;
+            }
+            if !r.equal {
+                report.equal = false;
+                report.mismatched_blocks += 1;
+                let full = report.mismatches.len() >= MAX_RANGES;
+                match report.mismatches.last_mut() {
+                    Some(last) if last.end == off => last.end = off + len,
+                    _ if full => report.mismatches_truncated = true,
+                    _ => report.mismatches.push(off..off + len),
+                }
+            }
+            if let (Some(m), Some(sha)) = (manifest.as_mut(), r.sha) {
+                let sep = if i == 0 { "" } else { "," };
+                write!(m.out, "{sep}\"{}\"", hex(&sha)).map_err(mio)?;
+            }
+        }
+        first += n;
+    }
+    if let Some(m) = manifest.as_mut() {
+        writeln!(m.out, "]}}").map_err(mio)?;
+        m.out.flush().map_err(mio)?;
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStorage;
+    use std::sync::Arc;
+
+    fn raw(bytes: Vec<u8>) -> Box<dyn ImageReader> {
+        crate::open_storage(
+            Arc::new(MemStorage::from_vec(bytes)),
+            &crate::OpenOptions {
+                format: Some(crate::Format::Raw),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn equal_and_different_blocks_and_ranges() {
+        let mut a = vec![0u8; 10 * 4096 + 100];
+        for (i, x) in a.iter_mut().enumerate() {
+            *x = (i % 251) as u8;
+        }
+        let mut b = a.clone();
+        let r = verify(raw(a.clone()).as_ref(), raw(b.clone()).as_ref(), 4096, None).unwrap();
+        assert!(r.equal);
+        assert_eq!(r.blocks, 11);
+        b[4096 * 3 + 5] ^= 1;
+        b[4096 * 4] ^= 1;
+        b[4096 * 10 + 99] ^= 1;
+        let r = verify(raw(a).as_ref(), raw(b).as_ref(), 4096, None).unwrap();
+        assert!(!r.equal);
+        assert_eq!(r.mismatched_blocks, 3);
+        assert_eq!(
+            r.mismatches,
+            vec![4096 * 3..4096 * 5, 4096 * 10..4096 * 10 + 100]
+        );
+    }
+
+    #[test]
+    fn manifest_hashes_every_block() {
+        let mut a = vec![0u8; 3 * 1024 + 512];
+        a[1500] = 7;
+        let mut out = Vec::new();
+        let r = verify(
+            raw(a.clone()).as_ref(),
+            raw(a.clone()).as_ref(),
+            1024,
+            Some(Manifest {
+                out: &mut out,
+                source: "a \"q\".raw".into(),
+            }),
+        )
+        .unwrap();
+        assert!(r.equal);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["source"], "a \"q\".raw");
+        assert_eq!(v["size"], 3584);
+        let blocks = v["blocks"].as_array().unwrap();
+        assert_eq!(blocks.len(), 4);
+        for (i, h) in blocks.iter().enumerate() {
+            let end = ((i + 1) * 1024).min(a.len());
+            let want = hex(&Sha256::digest(&a[i * 1024..end]));
+            assert_eq!(h.as_str().unwrap(), want, "block {i}");
+        }
+    }
+
+    #[test]
+    fn size_mismatch_and_bad_block_size_are_errors() {
+        let e = verify(
+            raw(vec![0; 4096]).as_ref(),
+            raw(vec![0; 8192]).as_ref(),
+            512,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("4096") && e.contains("8192"), "{e}");
+        let e = verify(
+            raw(vec![0; 4096]).as_ref(),
+            raw(vec![0; 4096]).as_ref(),
+            1000,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("block size 1000"), "{e}");
+    }
+}
