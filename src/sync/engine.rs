@@ -336,6 +336,9 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
                         position: 0,
                         pending: (0, 0),
                     });
+                    // Recorded before anything is done, so an interrupted pass is resumed
+                    // with the same candidates (a bitmap pass, say) whatever the next run asks.
+                    st.save(&state_path)?;
                     source
                 }
             };

@@ -481,3 +481,60 @@ fn until_converged_stops_and_estimates() {
     assert!(lines[2].contains("converged after 2 passes"), "{s}");
     assert!(lines[2].contains("final pass should take about"), "{s}");
 }
+
+#[test]
+fn library_ranges_and_cancel() {
+    use diskconv::sync::{ChangeSource, SyncOptions, sync_pass};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !require("qemu-img") {
+        return;
+    }
+    let d = tmpdir();
+    let size = 8 << 20;
+    let src = d.path().join("src.img");
+    let dst = d.path().join("dst.img");
+    make_raw(&src, size, 17);
+    let opts = SyncOptions::default();
+    let r = sync_pass(&src, &dst, &opts).unwrap();
+    assert_eq!(r.source, ChangeSource::Full);
+    let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    f.write_all_at(&[1u8; 10], 2 * BS + 5).unwrap();
+    f.write_all_at(&[2u8; 10], 100 * BS).unwrap();
+    drop(f);
+    // Ranges covering the two changed blocks and one unchanged one.
+    let opts = SyncOptions {
+        changed_ranges: Some(vec![2 * BS + 5..2 * BS + 15, 99 * BS..100 * BS + 1]),
+        ..SyncOptions::default()
+    };
+    let r = sync_pass(&src, &dst, &opts).unwrap();
+    assert_eq!(r.source, ChangeSource::Ranges);
+    assert_eq!(
+        (r.blocks_scanned, r.blocks_changed, r.blocks_written),
+        (3, 2, 2)
+    );
+    assert!(qemu_compare(&src, "raw", &dst, "raw"));
+    let bad = SyncOptions {
+        changed_ranges: Some(vec![0..size + 1]),
+        ..SyncOptions::default()
+    };
+    let e = sync_pass(&src, &dst, &bad).unwrap_err();
+    assert!(e.to_string().contains("outside"), "{e}");
+
+    // A cancelled pass is resumed by the next one.
+    let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    f.write_all_at(&[3u8; 10], 50 * BS).unwrap();
+    drop(f);
+    let cancel = Arc::new(AtomicBool::new(true));
+    let opts = SyncOptions {
+        cancel: Some(cancel.clone()),
+        ..SyncOptions::default()
+    };
+    let e = sync_pass(&src, &dst, &opts).unwrap_err();
+    assert!(matches!(e, diskconv::Error::Cancelled), "{e}");
+    cancel.store(false, Ordering::Relaxed);
+    let r = sync_pass(&src, &dst, &opts).unwrap();
+    assert_eq!(r.source, ChangeSource::Resume);
+    assert_eq!(r.blocks_changed, 1);
+    assert!(qemu_compare(&src, "raw", &dst, "raw"));
+}
