@@ -515,7 +515,7 @@ fn library_ranges_and_cancel() {
     );
     assert!(qemu_compare(&src, "raw", &dst, "raw"));
     let bad = SyncOptions {
-        changed_ranges: Some(vec![0..size + 1]),
+        changed_ranges: Some(vec![BS..BS * 2, 0..size + 1]),
         ..SyncOptions::default()
     };
     let e = sync_pass(&src, &dst, &bad).unwrap_err();
