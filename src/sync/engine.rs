@@ -3,14 +3,16 @@
 //!
 //! # Crash safety
 //!
-//! The pass walks the disk in windows (32 MiB of blocks). For a window with blocks to write:
+//! The pass walks the disk in windows (at most 32 MiB of candidate blocks, at most 2^20 blocks
+//! of disk). For a window with blocks to write:
 //! 1. the state file is replaced (atomically) with `pending = the window`;
 //! 2. the changed blocks are written to the target and the updater is flushed;
 //! 3. their new fingerprints are written to the fingerprint file, which is synced;
 //! 4. the state file is replaced with `position = end of window`, nothing pending.
 //!
-//! A kill anywhere leaves a state whose pending window (if any) is rewritten from the source
-//! block by block on the next run, whatever the fingerprints say, before the pass continues;
+//! A kill anywhere leaves a state whose pending window (if any) has its candidate blocks
+//! rewritten from the source on the next run, whatever the fingerprints say, before the pass
+//! continues (only candidates are ever written, so they cover whatever was half-written);
 //! blocks before the position have their target bytes and their fingerprints durable. So a
 //! resumed pass ends with a target identical to the source (as it was read).
 //!
@@ -30,6 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rayon::prelude::*;
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -47,8 +50,12 @@ use crate::util::{is_zero, random_bytes16};
 pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 10;
 /// Largest block size accepted.
 pub const MAX_BLOCK_SIZE: u64 = 64 << 20;
-/// Bytes of disk per crash-safety window.
+/// Candidate bytes per crash-safety window (what a crash may force the next run to rewrite).
 const WINDOW_BYTES: u64 = 32 << 20;
+/// Blocks a window spans at most (sparse candidates: a bitmap pass).
+const MAX_SPAN: u64 = 1 << 20;
+/// Bytes read and hashed by one worker at once.
+const PIECE_BYTES: u64 = 1 << 20;
 /// Bytes read from the source at once.
 const CHUNK_BYTES: u64 = 4 << 20;
 
@@ -556,9 +563,13 @@ fn run_pass(
         return Err(Error::InvalidArgument("no pass to run".into()));
     };
     let rescan = rp.kind == PassKind::Rescan;
+    // Blocks of an interrupted window: rewritten whatever the fingerprints say. Only candidate
+    // blocks are ever written, so the candidates inside the pending range are a superset of
+    // what the interrupted run may have half-written.
     let forced = rp.pending.0..rp.pending.1;
-    let win = (WINDOW_BYTES / bs).max(1);
+    let max_cand = (WINDOW_BYTES / bs).max(1);
     let chunk_blocks = (CHUNK_BYTES / bs).max(1);
+    let piece_blocks = (PIECE_BYTES / bs).max(1);
     let zero_fp = zero_fingerprint(bs);
     let mut r = PassReport {
         pass: 0,
@@ -579,10 +590,10 @@ fn run_pass(
     } else {
         Vec::new()
     };
-    let mut old = vec![0u128; win as usize];
+    let mut old = vec![0u128; chunk_blocks as usize];
     let mut last_checkpoint = Instant::now();
     let mut pos = rp.position;
-    let needed = |i: u64| rp.candidates.get(i) || forced.contains(&i);
+    let cand = &rp.candidates;
     while pos < blocks {
         if opts
             .cancel
@@ -591,9 +602,17 @@ fn run_pass(
         {
             return Err(Error::Cancelled);
         }
-        let wend = (pos + win).min(blocks);
-        let n = (wend - pos) as usize;
-        if !(pos..wend).any(needed) {
+        // A window holds at most `max_cand` candidates (what a crash may force us to rewrite)
+        // and spans at most MAX_SPAN blocks.
+        let mut wend = pos;
+        let mut ncand = 0;
+        while wend < blocks && wend - pos < MAX_SPAN && ncand < max_cand {
+            if cand.get(wend) {
+                ncand += 1;
+            }
+            wend += 1;
+        }
+        if ncand == 0 {
             pos = wend;
             if last_checkpoint.elapsed() >= opts.checkpoint_interval {
                 set_position(st, pos);
@@ -602,8 +621,8 @@ fn run_pass(
             }
             continue;
         }
-        fp.read(pos, &mut old[..n])?;
-        let mut new = old[..n].to_vec();
+        // New fingerprints of the window's runs, stored after the target is flushed.
+        let mut updates: Vec<(u64, Vec<u128>)> = Vec::new();
         let mut pending_saved = false;
         let tgt = if rescan {
             Some(open(dst, &OpenOptions::new().format(up.format()))?)
@@ -612,40 +631,58 @@ fn run_pass(
         };
         let mut i = pos;
         while i < wend {
-            if !needed(i) {
+            if !cand.get(i) {
                 i += 1;
                 continue;
             }
             let mut j = i + 1;
-            while j < wend && j - i < chunk_blocks && needed(j) {
+            while j < wend && j - i < chunk_blocks && cand.get(j) {
                 j += 1;
             }
+            let nb = (j - i) as usize;
             let off = i * bs;
             let len = (j * bs).min(size) - off;
-            let b = &mut buf[..((j - i) * bs) as usize];
-            r.bytes_read += read_skipping_holes(src, &mut b[..len as usize], off)?;
-            b[len as usize..].fill(0);
+            let b = &mut buf[..nb * bs as usize];
+            // Read and hash in parallel pieces.
+            let results: Vec<Result<(u64, Vec<u128>)>> = b
+                .par_chunks_mut((piece_blocks * bs) as usize)
+                .enumerate()
+                .map(|(pi, piece)| {
+                    let poff = off + pi as u64 * piece_blocks * bs;
+                    let plen = (len.saturating_sub(pi as u64 * piece_blocks * bs))
+                        .min(piece.len() as u64) as usize;
+                    let n = read_skipping_holes(src, &mut piece[..plen], poff)?;
+                    piece[plen..].fill(0);
+                    let fps = piece.chunks(bs as usize).map(xxh3_128).collect();
+                    Ok((n, fps))
+                })
+                .collect();
+            let mut fps = Vec::with_capacity(nb);
+            for x in results {
+                let (n, f) = x?;
+                r.bytes_read += n;
+                fps.extend(f);
+            }
             if let Some(t) = &tgt {
                 let tb = &mut tbuf[..b.len()];
                 read_skipping_holes(t.as_ref(), &mut tb[..len as usize], off)?;
                 tb[len as usize..].fill(0);
+                for (k, o) in old[..nb].iter_mut().enumerate() {
+                    let at = k * bs as usize;
+                    *o = xxh3_128(&tb[at..at + bs as usize]);
+                }
+            } else {
+                fp.read(i, &mut old[..nb])?;
             }
-            for k in i..j {
-                let at = ((k - i) * bs) as usize;
-                let blk = &b[at..at + bs as usize];
-                let f = xxh3_128(blk);
-                let w = (k - pos) as usize;
-                let before = if rescan {
-                    xxh3_128(&tbuf[at..at + bs as usize])
-                } else {
-                    old[w]
-                };
+            let mut wrote = false;
+            for (k, (&f, &before)) in fps.iter().zip(&old[..nb]).enumerate() {
+                let blk_no = i + k as u64;
                 r.blocks_scanned += 1;
                 let differs = f != before;
                 if differs {
                     r.blocks_changed += 1;
                 }
-                if differs || forced.contains(&k) {
+                if differs || forced.contains(&blk_no) {
                     if !pending_saved {
                         if let Some(run) = st.running.as_mut() {
                             run.position = pos;
@@ -654,7 +691,9 @@ fn run_pass(
                         st.save(state_path)?;
                         pending_saved = true;
                     }
-                    let boff = k * bs;
+                    let at = k * bs as usize;
+                    let blk = &b[at..at + bs as usize];
+                    let boff = blk_no * bs;
                     let blen = (boff + bs).min(size) - boff;
                     if f == zero_fp && is_zero(blk) {
                         up.write_zeroes(boff, blen)?;
@@ -663,14 +702,19 @@ fn run_pass(
                     }
                     r.blocks_written += 1;
                     r.bytes_written += blen;
+                    wrote = true;
                 }
-                new[w] = f;
+            }
+            if wrote || rescan {
+                updates.push((i, fps));
             }
             i = j;
         }
         if pending_saved || rescan {
             up.flush()?;
-            fp.write(pos, &new)?;
+            for (first, fps) in &updates {
+                fp.write(*first, fps)?;
+            }
             fp.sync()?;
             set_position(st, wend);
             st.save(state_path)?;
