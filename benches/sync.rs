@@ -198,8 +198,8 @@ fn real_main() -> std::io::Result<()> {
         args.change_pct
     );
     println!(
-        "{:<22} {:>8} {:>9} {:>10}",
-        "pass", "wall s", "MB/s", "peak RSS"
+        "{:<22} {:>8} {:>9} {:>8} {:>10}",
+        "pass", "wall s", "MB/s", "CPU s", "peak RSS"
     );
     for (name, m) in [
         ("full", &full),

@@ -3,7 +3,7 @@
 //!
 //! # Crash safety
 //!
-//! The pass walks the disk in windows (at most 32 MiB of candidate blocks, at most 2^20 blocks
+//! The pass walks the disk in windows (at most 256 MiB of candidate blocks, at most 2^20 blocks
 //! of disk). For a window with blocks to write:
 //! 1. the state file is replaced (atomically) with `pending = the window`;
 //! 2. the changed blocks are written to the target and the updater is flushed;
@@ -50,8 +50,9 @@ use crate::util::{is_zero, random_bytes16};
 pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 10;
 /// Largest block size accepted.
 pub const MAX_BLOCK_SIZE: u64 = 64 << 20;
-/// Candidate bytes per crash-safety window (what a crash may force the next run to rewrite).
-const WINDOW_BYTES: u64 = 32 << 20;
+/// Default candidate bytes per crash-safety window (what a crash may force the next run to
+/// rewrite): large enough that the fsyncs of a commit are rare next to the reads.
+pub const DEFAULT_WINDOW_BYTES: u64 = 256 << 20;
 /// Blocks a window spans at most (sparse candidates: a bitmap pass).
 const MAX_SPAN: u64 = 1 << 20;
 /// Bytes read and hashed by one worker at once.
@@ -89,6 +90,10 @@ pub struct SyncOptions {
     pub progress: Option<SyncProgress>,
     /// Longest time between progress checkpoints of windows that wrote nothing.
     pub checkpoint_interval: Duration,
+    /// Candidate bytes per crash-safety window: the target is flushed and the progress
+    /// committed after each window that wrote something; a crash makes the next run rewrite
+    /// the candidates of one window at most.
+    pub window_bytes: u64,
 }
 
 impl Default for SyncOptions {
@@ -105,6 +110,7 @@ impl Default for SyncOptions {
             cancel: None,
             progress: None,
             checkpoint_interval: Duration::from_secs(5),
+            window_bytes: DEFAULT_WINDOW_BYTES,
         }
     }
 }
@@ -567,7 +573,7 @@ fn run_pass(
     // blocks are ever written, so the candidates inside the pending range are a superset of
     // what the interrupted run may have half-written.
     let forced = rp.pending.0..rp.pending.1;
-    let max_cand = (WINDOW_BYTES / bs).max(1);
+    let max_cand = (opts.window_bytes / bs).max(1);
     let chunk_blocks = (CHUNK_BYTES / bs).max(1);
     let piece_blocks = (PIECE_BYTES / bs).max(1);
     let zero_fp = zero_fingerprint(bs);

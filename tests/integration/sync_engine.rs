@@ -297,7 +297,7 @@ fn kill_rounds(fmt: &str, rounds: u32, min_kills: u32) {
             }
         }
         let mut child = diskconv()
-            .args(["sync", p(&src), p(&dst), "--json"])
+            .args(["sync", p(&src), p(&dst), "--json", "--window", "4M"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -30,6 +30,10 @@ pub struct SyncArgs {
     /// Block size, a power of two from 4k to 64M (default 64k, or the state's).
     #[arg(long = "block-size")]
     pub block_size: Option<String>,
+    /// Candidate bytes per crash-safety window (default 256M): progress is committed after
+    /// each; a killed run makes the next one rewrite at most one window's changed candidates.
+    #[arg(long)]
+    pub window: Option<String>,
     /// Take the changed blocks from this persistent dirty bitmap of a qcow2 source.
     #[arg(long)]
     pub bitmap: Option<String>,
@@ -98,6 +102,12 @@ pub fn run(args: SyncArgs, policy: ReferencePolicy) -> Result<ExitCode> {
             Error::InvalidArgument(format!("--block-size '{s}' is not a size (e.g. 64k)"))
         })?),
     };
+    let window_bytes = match &args.window {
+        None => diskconv::sync::engine::DEFAULT_WINDOW_BYTES,
+        Some(s) => parse_size(s).filter(|w| *w > 0).ok_or_else(|| {
+            Error::InvalidArgument(format!("--window '{s}' is not a size (e.g. 256M)"))
+        })?,
+    };
     if !args.interval.is_finite() || args.interval < 0.0 || args.interval > 1e6 {
         return Err(Error::InvalidArgument(format!(
             "--interval {} must be a number of seconds between 0 and 1000000",
@@ -120,6 +130,7 @@ pub fn run(args: SyncArgs, policy: ReferencePolicy) -> Result<ExitCode> {
             .transpose()?,
         bitmap: args.bitmap.clone(),
         rescan_on_bad_state: args.rescan,
+        window_bytes,
         ..SyncOptions::default()
     };
     if !args.until_converged {
