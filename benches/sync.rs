@@ -186,10 +186,18 @@ fn real_main() -> std::io::Result<()> {
     let scan = sync_run(&src, &dst, &[], &out.join("scan.log"))?;
     compare(&src, &dst)?;
 
+    // The same scan with nothing to write: the cost of reading and hashing alone.
+    source::warm_cache(&src)?;
+    let scan0 = sync_run(&src, &dst, &[], &out.join("scan0.log"))?;
+
     source::warm_cache(&src)?;
     let (read_s, read_bytes) = plain_read(&src)?;
 
-    let peak = full.max_rss.max(bitmap.max_rss).max(scan.max_rss);
+    let peak = full
+        .max_rss
+        .max(bitmap.max_rss)
+        .max(scan.max_rss)
+        .max(scan0.max_rss);
     println!(
         "sync on {} ({}, {} allocated), {} % of 64 KiB blocks changed ({n1} then {n2} blocks)",
         source::size_tag(size),
@@ -205,6 +213,7 @@ fn real_main() -> std::io::Result<()> {
         ("full", &full),
         ("bitmap (1%)", &bitmap),
         ("scan (1%)", &scan),
+        ("scan (no change)", &scan0),
     ] {
         println!(
             "{:<22} {:>8.2} {:>9.0} {:>8.2} {:>10}",
@@ -225,11 +234,13 @@ fn real_main() -> std::io::Result<()> {
     );
     let r_bitmap = bitmap.wall_s / full.wall_s;
     let r_scan = scan.wall_s / read_s;
+    let r_scan0 = scan0.wall_s / read_s;
     println!(
-        "bitmap / full = {:.1} % (aim <= 5 %); scan / plain read = {:.2}x (aim <= 1.2x); peak \
-         RSS {} (aim < 128 MiB)",
+        "bitmap / full = {:.1} % (aim <= 5 %); scan / plain read = {:.2}x with 1 % to write, \
+         {:.2}x with nothing to write (aim <= 1.2x); peak RSS {} (aim < 128 MiB)",
         r_bitmap * 100.0,
         r_scan,
+        r_scan0,
         human_bytes(peak)
     );
     let j = json!({
@@ -240,6 +251,8 @@ fn real_main() -> std::io::Result<()> {
         "full": full,
         "bitmap": bitmap,
         "scan": scan,
+        "scan_no_change": scan0,
+        "ratio_scan_no_change_read": r_scan0,
         "plain_read_s": read_s,
         "plain_read_bytes": read_bytes,
         "ratio_bitmap_full": r_bitmap,
