@@ -246,42 +246,56 @@ fn qcow2_refcount_table_grows() {
     if !require("qemu-img") {
         return;
     }
-    // 512-byte clusters: one refcount block covers 128 KiB and the first refcount table
-    // cluster covers 8 MiB, so filling 20 MiB forces new blocks and a larger table.
+    // 512-byte clusters: one 16-bit refcount block covers 128 KiB and the first refcount
+    // table cluster covers 8 MiB (64-bit refcounts: 32 KiB and 2 MiB), so filling 20 MiB
+    // forces new blocks and a larger table; 1-bit refcounts need new blocks only.
     let dir = tmpdir();
-    let img = dir.path().join("grow.qcow2");
-    create_qcow2(&img, "24M", "cluster_size=512");
-    let before = qemu_info(&img);
-    let model = dir.path().join("grow.model");
-    model_of(&img, &model);
-    let mut up = open_updater(&img, None).unwrap();
-    let m = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&model)
-        .unwrap();
-    let chunk: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8 + 1).collect();
-    let mut off = 0;
-    while off < 20 << 20 {
-        up.write_at(&chunk, off).unwrap();
-        m.write_all_at(&chunk, off).unwrap();
-        off += chunk.len() as u64;
+    for bits in [16, 64, 1] {
+        let img = dir.path().join(format!("grow{bits}.qcow2"));
+        create_qcow2(
+            &img,
+            "24M",
+            &format!("cluster_size=512,refcount_bits={bits}"),
+        );
+        let before = qemu_info(&img);
+        let model = dir.path().join(format!("grow{bits}.model"));
+        model_of(&img, &model);
+        let mut up = open_updater(&img, None).unwrap();
+        let m = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&model)
+            .unwrap();
+        let chunk: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8 + 1).collect();
+        let mut off = 0;
+        while off < 20 << 20 {
+            up.write_at(&chunk, off).unwrap();
+            m.write_all_at(&chunk, off).unwrap();
+            off += chunk.len() as u64;
+        }
+        // A few zeroings free clusters again.
+        up.write_zeroes(1 << 20, 1 << 20).unwrap();
+        m.write_all_at(&vec![0; 1 << 20], 1 << 20).unwrap();
+        up.flush().unwrap();
+        drop(up);
+        assert_qemu_check(&img);
+        assert!(
+            qemu_compare(&img, "qcow2", &model, "raw"),
+            "refcount_bits={bits}"
+        );
+        let after = qemu_info(&img);
+        assert!(after["actual-size"].as_u64() > before["actual-size"].as_u64());
+        let head = std::fs::read(&img).unwrap();
+        let rt_clusters = u32::from_be_bytes([head[56], head[57], head[58], head[59]]);
+        if bits >= 16 {
+            // The refcount table moved and grew.
+            assert!(
+                rt_clusters > 1,
+                "refcount table still {rt_clusters} cluster(s)"
+            );
+        }
+        // More random updates on the grown image.
+        update_and_verify(&img, bits, 150, 20_000);
     }
-    // A few zeroings free clusters again.
-    up.write_zeroes(1 << 20, 1 << 20).unwrap();
-    m.write_all_at(&vec![0; 1 << 20], 1 << 20).unwrap();
-    up.flush().unwrap();
-    drop(up);
-    assert_qemu_check(&img);
-    assert!(qemu_compare(&img, "qcow2", &model, "raw"));
-    let after = qemu_info(&img);
-    assert!(after["actual-size"].as_u64() > before["actual-size"].as_u64());
-    // The refcount table moved: read its location from the header.
-    let head = std::fs::read(&img).unwrap();
-    let rt_clusters = u32::from_be_bytes([head[56], head[57], head[58], head[59]]);
-    assert!(
-        rt_clusters > 1,
-        "refcount table still {rt_clusters} cluster(s)"
-    );
 }
 
 /// Opening is refused with an error containing `what`, and the file is unchanged.

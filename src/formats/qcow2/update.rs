@@ -379,6 +379,12 @@ impl Qcow2Updater {
                 self.set_rc(c, 1)?;
                 return Ok(c * self.cluster_size);
             }
+            // A block scanned to its end without a find is dropped again when clean, so a
+            // scan over a large image does not fill the cache.
+            if self.scan % self.per_block == 0 && self.rb_cache.get(&idx).is_some_and(|b| !b.dirty)
+            {
+                self.rb_cache.remove(&idx);
+            }
         }
         if !self.has_block(self.end_cluster / self.per_block) {
             self.extend_refcounts()?;
