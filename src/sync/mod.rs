@@ -1,16 +1,20 @@
 //! Changed-block tracking and incremental sync: copy a running source to a target, then copy
 //! only what changed, pass after pass, resumable after a crash, verifiable block by block.
 //!
-//! Parts: [`bitmap`] (one bit per block, set operations, compact on-disk form), `state` (the
+//! Parts: [`bitmap`] (one bit per block, set operations, compact on-disk form), [`state`] (the
 //! crash-safe state file beside the target: identities, block size, pass number, one xxh3-128
-//! fingerprint per block, progress of the running pass), the pass engine (where the changed
-//! blocks come from: the source's qcow2 dirty bitmap, ranges from the caller, or a fingerprint
-//! scan), [`target`] (in-place updates of every random-access format through
-//! [`ImageUpdater`](crate::ImageUpdater)) and `verify` (block-by-block comparison and the SHA-256
-//! manifest).
+//! fingerprint per block in a flat side file, progress of the running pass), [`engine`] (the
+//! pass: where the changed blocks come from, the qcow2 dirty bitmap of the source, ranges from
+//! the caller, or a fingerprint scan; resume; convergence) and [`target`] (in-place updates of
+//! every random-access format through [`ImageUpdater`](crate::ImageUpdater)).
 
 pub mod bitmap;
+pub mod engine;
+pub mod state;
 pub mod target;
 pub mod verify;
 
 pub use bitmap::BlockBitmap;
+pub use engine::{
+    ChangeSource, ConvergeReport, PassReport, SyncOptions, sync_pass, sync_until_converged,
+};

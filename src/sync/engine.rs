@@ -1,0 +1,866 @@
+//! The pass engine: one sync pass from a source image to an in-place updated target, resumable
+//! after a crash at any moment.
+//!
+//! # Crash safety
+//!
+//! The pass walks the disk in windows (at most 256 MiB of candidate blocks, at most 2^20 blocks
+//! of disk). For a window with blocks to write:
+//! 1. the state file is replaced (atomically) with `pending = the window`;
+//! 2. the changed blocks are written to the target and the updater is flushed;
+//! 3. their new fingerprints are written to the fingerprint file, which is synced;
+//! 4. the state file is replaced with `position = end of window`, nothing pending.
+//!
+//! A kill anywhere leaves a state whose pending window (if any) has its candidate blocks
+//! rewritten from the source on the next run, whatever the fingerprints say, before the pass
+//! continues (only candidates are ever written, so they cover whatever was half-written);
+//! blocks before the position have their target bytes and their fingerprints durable. So a
+//! resumed pass ends with a target identical to the source (as it was read).
+//!
+//! # Target identity
+//!
+//! The state records the target's device and inode numbers. An in-place update keeps them; a
+//! target replaced by another file (a copy, a re-conversion, a restore) gets a new inode, which
+//! is refused before anything is written. A header fingerprint would not work for raw targets
+//! (their first bytes are guest data, changed by every pass), and a random id stored inside the
+//! target is impossible for raw; the inode is cheap and covers every format alike.
+
+use std::fs;
+use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use serde::Serialize;
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::convert::OutputFiles;
+use crate::error::{Error, Result};
+use crate::image::{Format, ImageReader, ImageUpdater, read_skipping_holes};
+use crate::open::{OpenOptions, ReferencePolicy, open, open_qcow2};
+use crate::output::{OutputOptions, create_writer};
+use crate::sync::bitmap::BlockBitmap;
+use crate::sync::state::{FpFile, PassKind, RunningPass, SyncState, default_state_path, fp_path};
+use crate::sync::target::open_updater;
+use crate::util::{is_zero, random_bytes16};
+
+/// Default block size: 64 KiB.
+pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 10;
+/// Largest block size accepted.
+pub const MAX_BLOCK_SIZE: u64 = 64 << 20;
+/// Default candidate bytes per crash-safety window (what a crash may force the next run to
+/// rewrite): large enough that the fsyncs of a commit are rare next to the reads.
+pub const DEFAULT_WINDOW_BYTES: u64 = 256 << 20;
+/// Blocks a window spans at most (sparse candidates: a bitmap pass).
+const MAX_SPAN: u64 = 1 << 20;
+/// Bytes read and hashed by one worker at once.
+const PIECE_BYTES: u64 = 1 << 20;
+/// Bytes read from the source at once.
+const CHUNK_BYTES: u64 = 4 << 20;
+
+/// Progress callback: blocks done, blocks in the disk.
+pub type SyncProgress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// How to run a pass.
+#[derive(Clone)]
+pub struct SyncOptions {
+    /// Bytes per block (power of two, 4 KiB to 64 MiB). `None`: the state's block size, or
+    /// [`DEFAULT_BLOCK_SIZE`] for a new sync.
+    pub block_size: Option<u64>,
+    /// The state file (default `<dst>.dcsync`; the fingerprints go to `<state>.fp`).
+    pub state_path: Option<PathBuf>,
+    /// The source's format (detected when `None`).
+    pub source_format: Option<Format>,
+    /// Which backing/data files of the source may be opened.
+    pub references: ReferencePolicy,
+    /// Format of a new target (default: from the target's extension, raw when unknown).
+    pub output_format: Option<Format>,
+    /// Take the changed blocks from this qcow2 persistent dirty bitmap of the source.
+    pub bitmap: Option<String>,
+    /// Take the changed blocks from these byte ranges of the source.
+    pub changed_ranges: Option<Vec<Range<u64>>>,
+    /// On a damaged or mismatched state (or a target without a state), discard it and run a
+    /// full rescan comparing every block of the source with the target.
+    pub rescan_on_bad_state: bool,
+    /// Set from any thread to stop the pass (the next pass resumes it).
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// Called after each window.
+    pub progress: Option<SyncProgress>,
+    /// Longest time between progress checkpoints of windows that wrote nothing.
+    pub checkpoint_interval: Duration,
+    /// Candidate bytes per crash-safety window: the target is flushed and the progress
+    /// committed after each window that wrote something; a crash makes the next run rewrite
+    /// the candidates of one window at most.
+    pub window_bytes: u64,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            block_size: None,
+            state_path: None,
+            source_format: None,
+            references: ReferencePolicy::default(),
+            output_format: None,
+            bitmap: None,
+            changed_ranges: None,
+            rescan_on_bad_state: false,
+            cancel: None,
+            progress: None,
+            checkpoint_interval: Duration::from_secs(5),
+            window_bytes: DEFAULT_WINDOW_BYTES,
+        }
+    }
+}
+
+/// Where a pass took its changed blocks from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeSource {
+    /// First pass: a full copy.
+    Full,
+    /// A qcow2 persistent dirty bitmap, by name.
+    Bitmap(String),
+    /// Ranges from the calling program.
+    Ranges,
+    /// A fingerprint scan of the whole source.
+    Scan,
+    /// State discarded: every block compared with the target's content.
+    Rescan,
+    /// An interrupted pass, finished.
+    Resume,
+}
+
+impl std::fmt::Display for ChangeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChangeSource::Full => f.write_str("full"),
+            ChangeSource::Bitmap(n) => write!(f, "bitmap '{n}'"),
+            ChangeSource::Ranges => f.write_str("ranges"),
+            ChangeSource::Scan => f.write_str("scan"),
+            ChangeSource::Rescan => f.write_str("rescan"),
+            ChangeSource::Resume => f.write_str("resume"),
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PassReport {
+    /// Pass number (1 = the first, full pass).
+    pub pass: u64,
+    /// Where the candidate blocks came from.
+    pub source: ChangeSource,
+    /// Block size in bytes.
+    pub block_size: u64,
+    /// Blocks in the disk.
+    pub blocks_total: u64,
+    /// Blocks looked at (candidates).
+    pub blocks_scanned: u64,
+    /// Blocks whose fingerprint differed from the stored one.
+    pub blocks_changed: u64,
+    /// Blocks written to the target (changed ones, plus the interrupted window on resume).
+    pub blocks_written: u64,
+    /// Bytes read from the source (holes are not read).
+    pub bytes_read: u64,
+    /// Bytes written to the target (zero blocks included, as write_zeroes).
+    pub bytes_written: u64,
+    /// Wall time of the pass, seconds.
+    pub seconds: f64,
+    /// Bytes read per second, in MB/s (10^6).
+    pub mb_per_s: f64,
+}
+
+fn bad_state(state: &Path, why: String) -> Error {
+    Error::InvalidArgument(format!("sync state {}: {why}", state.display()))
+}
+
+fn check_block_size(bs: u64) -> Result<()> {
+    if !bs.is_power_of_two() || !(4096..=MAX_BLOCK_SIZE).contains(&bs) {
+        return Err(Error::InvalidArgument(format!(
+            "block size {bs} must be a power of two between 4 KiB and 64 MiB"
+        )));
+    }
+    Ok(())
+}
+
+/// The format a new target gets: `-O`, else its extension, else raw.
+pub fn target_format(dst: &Path, explicit: Option<Format>) -> Format {
+    if let Some(f) = explicit {
+        return f;
+    }
+    match dst
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("qcow2") | Some("qcow") => Format::Qcow2,
+        Some("vmdk") => Format::Vmdk,
+        Some("vhd") | Some("vpc") => Format::Vhd,
+        Some("vhdx") => Format::Vhdx,
+        _ => Format::Raw,
+    }
+}
+
+fn create_target(dst: &Path, size: u64, format: Format) -> Result<()> {
+    let opts = OutputOptions::new(format);
+    let mut files = OutputFiles::new(dst);
+    let w = create_writer(&mut files, size, &opts).map_err(|e| e.in_file(dst))?;
+    w.finish().map_err(|e| e.in_file(dst))?;
+    files.commit()
+}
+
+fn dev_ino(path: &Path) -> Result<(u64, u64)> {
+    let m = fs::metadata(path)
+        .map_err(|e| Error::io("reading the target's metadata", e).in_file(path))?;
+    Ok((m.dev(), m.ino()))
+}
+
+fn head_hash(src: &dyn ImageReader) -> Result<u128> {
+    let n = src.virtual_size().min(1 << 20) as usize;
+    let mut buf = vec![0u8; n];
+    read_skipping_holes(src, &mut buf, 0)?;
+    Ok(xxh3_128(&buf))
+}
+
+fn exists(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok()
+}
+
+/// Runs one sync pass from the image at `src_path` to `dst`: a full copy when there is no
+/// state, otherwise an incremental pass (or the resumption of an interrupted one).
+pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<PassReport> {
+    let start = Instant::now();
+    let state_path = opts
+        .state_path
+        .clone()
+        .unwrap_or_else(|| default_state_path(dst));
+    let fpp = fp_path(&state_path);
+    if let Some(bs) = opts.block_size {
+        check_block_size(bs)?;
+    }
+    if opts.bitmap.is_some() && opts.changed_ranges.is_some() {
+        return Err(Error::InvalidArgument(
+            "give either a bitmap or changed ranges, not both".into(),
+        ));
+    }
+
+    // The source.
+    let mut oo = OpenOptions::new().references(opts.references);
+    if let Some(f) = opts.source_format {
+        oo = oo.format(f);
+    }
+    let mut dirty: Option<Vec<Range<u64>>> = None;
+    let src: Box<dyn ImageReader> = match &opts.bitmap {
+        Some(name) => {
+            let q = open_qcow2(src_path, &oo)?;
+            dirty = Some(q.dirty_ranges(name).map_err(|e| e.in_file(src_path))?);
+            Box::new(q)
+        }
+        None => open(src_path, &oo)?,
+    };
+    let src_abs = fs::canonicalize(src_path)
+        .map_err(|e| Error::io("resolving the source path", e).in_file(src_path))?
+        .to_string_lossy()
+        .into_owned();
+    let src_size = src.virtual_size();
+    let src_format = src.format().name().to_string();
+
+    // The state, checked before anything is written.
+    let mut rescan = false;
+    let loaded = match SyncState::load(&state_path) {
+        Ok(s) => s,
+        Err(e) if opts.rescan_on_bad_state => {
+            let _ = e;
+            rescan = true;
+            None
+        }
+        Err(e) => {
+            return Err(Error::InvalidArgument(format!(
+                "{}; pass --rescan to discard it and compare every block with the target",
+                e.chain()
+            )));
+        }
+    };
+    let mut st_fp: Option<(SyncState, FpFile)> = None;
+    if let Some(mut st) = loaded {
+        match check_state(
+            &st,
+            &state_path,
+            &fpp,
+            &src_format,
+            src_size,
+            &src_abs,
+            dst,
+            opts,
+        ) {
+            Ok(fp) => {
+                if st.tgt_ino == 0 {
+                    // Killed while the target was being created.
+                    if !exists(dst) {
+                        create_target(dst, src_size, st.tgt_format.parse()?)?;
+                    }
+                    let (d, i) = dev_ino(dst)?;
+                    st.tgt_dev = d;
+                    st.tgt_ino = i;
+                    st.save(&state_path)?;
+                }
+                st_fp = Some((st, fp));
+            }
+            Err(e) if opts.rescan_on_bad_state && e.is_bad_state => rescan = true,
+            Err(e) => return Err(e.err),
+        }
+    }
+
+    let (mut st, fp, source) = match st_fp {
+        Some((mut st, fp)) => {
+            let source = match &st.running {
+                Some(_) => ChangeSource::Resume,
+                None => {
+                    let mut cand = BlockBitmap::new(src_size, st.block_size)?;
+                    let (kind, source) = if let Some(r) = dirty {
+                        for x in r {
+                            cand.set_range(x.start.min(src_size)..x.end.min(src_size));
+                        }
+                        (
+                            PassKind::Bitmap,
+                            ChangeSource::Bitmap(opts.bitmap.clone().unwrap_or_default()),
+                        )
+                    } else if let Some(r) = &opts.changed_ranges {
+                        for x in r {
+                            if x.start > x.end || x.end > src_size {
+                                return Err(Error::InvalidArgument(format!(
+                                    "changed range {:#x}..{:#x} is outside the {src_size}-byte source",
+                                    x.start, x.end
+                                )));
+                            }
+                            cand.set_range(x.clone());
+                        }
+                        (PassKind::Ranges, ChangeSource::Ranges)
+                    } else {
+                        cand.set_all();
+                        (PassKind::Scan, ChangeSource::Scan)
+                    };
+                    st.running = Some(RunningPass {
+                        kind,
+                        candidates: cand,
+                        position: 0,
+                        pending: (0, 0),
+                    });
+                    // Recorded before anything is done, so an interrupted pass is resumed
+                    // with the same candidates (a bitmap pass, say) whatever the next run asks.
+                    st.save(&state_path)?;
+                    source
+                }
+            };
+            (st, fp, source)
+        }
+        None => {
+            // A new sync, or an adopted target (rescan).
+            let bs = opts.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
+            let blocks = src_size.div_ceil(bs);
+            let target_exists = exists(dst);
+            if target_exists && !(rescan || opts.rescan_on_bad_state) {
+                return Err(Error::InvalidArgument(format!(
+                    "{} exists but has no sync state ({}); remove it, or pass --rescan to adopt it \
+                     (every block is compared with the source)",
+                    dst.display(),
+                    state_path.display()
+                )));
+            }
+            let sync_id = random_bytes16();
+            let zero_fp = zero_fingerprint(bs);
+            let mut cand = BlockBitmap::new(src_size, bs)?;
+            cand.set_all();
+            let (tgt_format, tgt_size, kind, source) = if target_exists {
+                let up = open_updater(dst, None)?;
+                if up.virtual_size() < src_size {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} holds {} bytes, less than the {src_size}-byte source",
+                        dst.display(),
+                        up.virtual_size()
+                    )));
+                }
+                (
+                    up.format(),
+                    up.virtual_size(),
+                    PassKind::Rescan,
+                    ChangeSource::Rescan,
+                )
+            } else {
+                let f = target_format(dst, opts.output_format);
+                (f, 0, PassKind::Full, ChangeSource::Full)
+            };
+            let fp = FpFile::create(&fpp, &sync_id, blocks, zero_fp)?;
+            let mut st = SyncState {
+                sync_id,
+                block_size: bs,
+                passes: 0,
+                src_format: src_format.clone(),
+                src_size,
+                src_path: src_abs.clone(),
+                src_head: 0,
+                tgt_format: tgt_format.name().to_string(),
+                tgt_size,
+                tgt_dev: 0,
+                tgt_ino: 0,
+                blocks,
+                running: Some(RunningPass {
+                    kind,
+                    candidates: cand,
+                    position: 0,
+                    pending: (0, 0),
+                }),
+            };
+            if target_exists {
+                let (d, i) = dev_ino(dst)?;
+                st.tgt_dev = d;
+                st.tgt_ino = i;
+                st.save(&state_path)?;
+            } else {
+                st.save(&state_path)?;
+                create_target(dst, src_size, tgt_format)?;
+                let (d, i) = dev_ino(dst)?;
+                st.tgt_dev = d;
+                st.tgt_ino = i;
+                st.save(&state_path)?;
+            }
+            (st, fp, source)
+        }
+    };
+
+    let tgt_format: Format = st.tgt_format.parse()?;
+    let mut up = open_updater(dst, Some(tgt_format))?;
+    if st.tgt_size == 0 {
+        st.tgt_size = up.virtual_size();
+    }
+    if up.virtual_size() != st.tgt_size || up.virtual_size() < src_size {
+        return Err(bad_state(
+            &state_path,
+            format!(
+                "the target {} now holds {} bytes; the state recorded {}",
+                dst.display(),
+                up.virtual_size(),
+                st.tgt_size
+            ),
+        ));
+    }
+    let mut report = run_pass(
+        src.as_ref(),
+        up.as_mut(),
+        &fp,
+        &mut st,
+        &state_path,
+        dst,
+        opts,
+    )?;
+    st.passes += 1;
+    st.running = None;
+    st.src_head = head_hash(src.as_ref())?;
+    st.save(&state_path)?;
+    report.pass = st.passes;
+    report.source = source;
+    report.seconds = start.elapsed().as_secs_f64();
+    report.mb_per_s = if report.seconds > 0.0 {
+        report.bytes_read as f64 / 1e6 / report.seconds
+    } else {
+        0.0
+    };
+    Ok(report)
+}
+
+struct StateError {
+    err: Error,
+    is_bad_state: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_state(
+    st: &SyncState,
+    state_path: &Path,
+    fpp: &Path,
+    src_format: &str,
+    src_size: u64,
+    src_abs: &str,
+    dst: &Path,
+    opts: &SyncOptions,
+) -> std::result::Result<FpFile, StateError> {
+    let hard = |why: String| StateError {
+        err: bad_state(state_path, why),
+        is_bad_state: false,
+    };
+    let soft = |why: String| StateError {
+        err: bad_state(
+            state_path,
+            format!("{why}; pass --rescan to discard it and compare every block with the target"),
+        ),
+        is_bad_state: true,
+    };
+    if st.src_path != src_abs {
+        return Err(soft(format!(
+            "it belongs to the source {}, not {src_abs}",
+            st.src_path
+        )));
+    }
+    if st.src_format != src_format {
+        return Err(soft(format!(
+            "it recorded a {} source; {src_abs} is {src_format}",
+            st.src_format
+        )));
+    }
+    if st.src_size != src_size {
+        return Err(hard(format!(
+            "the source size changed from {} to {src_size} bytes; start a new sync to a new target",
+            st.src_size
+        )));
+    }
+    if let Some(bs) = opts.block_size
+        && bs != st.block_size
+    {
+        return Err(hard(format!(
+            "block size {bs} differs from the state's {} (omit --block-size to use it)",
+            st.block_size
+        )));
+    }
+    if !exists(dst) {
+        if st.tgt_ino == 0 {
+            // The target was being created: recreated by the caller.
+        } else {
+            return Err(soft(format!(
+                "the target {} is missing (remove the state file to start over)",
+                dst.display()
+            )));
+        }
+    } else if st.tgt_ino != 0 {
+        let (d, i) = dev_ino(dst).map_err(|e| StateError {
+            err: e,
+            is_bad_state: false,
+        })?;
+        if (d, i) != (st.tgt_dev, st.tgt_ino) {
+            return Err(soft(format!(
+                "{} is not the target it recorded (the file was replaced)",
+                dst.display()
+            )));
+        }
+    }
+    FpFile::open(fpp, &st.sync_id, st.blocks).map_err(|e| soft(e.chain()))
+}
+
+/// The fingerprint of a block of zeros.
+pub fn zero_fingerprint(block_size: u64) -> u128 {
+    xxh3_128(&vec![0u8; block_size as usize])
+}
+
+fn run_pass(
+    src: &dyn ImageReader,
+    up: &mut dyn ImageUpdater,
+    fp: &FpFile,
+    st: &mut SyncState,
+    state_path: &Path,
+    dst: &Path,
+    opts: &SyncOptions,
+) -> Result<PassReport> {
+    let bs = st.block_size;
+    let blocks = st.blocks;
+    let size = src.virtual_size();
+    let Some(rp) = st.running.clone() else {
+        return Err(Error::InvalidArgument("no pass to run".into()));
+    };
+    let rescan = rp.kind == PassKind::Rescan;
+    // Blocks of an interrupted window: rewritten whatever the fingerprints say. Only candidate
+    // blocks are ever written, so the candidates inside the pending range are a superset of
+    // what the interrupted run may have half-written.
+    let forced = rp.pending.0..rp.pending.1;
+    let max_cand = (opts.window_bytes / bs).max(1);
+    let chunk_blocks = (CHUNK_BYTES / bs).max(1);
+    let piece_blocks = (PIECE_BYTES / bs).max(1);
+    let zero_fp = zero_fingerprint(bs);
+    let mut r = PassReport {
+        pass: 0,
+        source: ChangeSource::Scan,
+        block_size: bs,
+        blocks_total: blocks,
+        blocks_scanned: 0,
+        blocks_changed: 0,
+        blocks_written: 0,
+        bytes_read: 0,
+        bytes_written: 0,
+        seconds: 0.0,
+        mb_per_s: 0.0,
+    };
+    let mut buf = vec![0u8; (chunk_blocks * bs) as usize];
+    let mut tbuf = if rescan {
+        vec![0u8; buf.len()]
+    } else {
+        Vec::new()
+    };
+    let mut old = vec![0u128; chunk_blocks as usize];
+    let mut last_checkpoint = Instant::now();
+    let mut pos = rp.position;
+    let cand = &rp.candidates;
+    while pos < blocks {
+        if opts
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Err(Error::Cancelled);
+        }
+        // A window holds at most `max_cand` candidates (what a crash may force us to rewrite)
+        // and spans at most MAX_SPAN blocks.
+        let mut wend = pos;
+        let mut ncand = 0;
+        while wend < blocks && wend - pos < MAX_SPAN && ncand < max_cand {
+            if cand.get(wend) {
+                ncand += 1;
+            }
+            wend += 1;
+        }
+        if ncand == 0 {
+            pos = wend;
+            if last_checkpoint.elapsed() >= opts.checkpoint_interval {
+                set_position(st, pos);
+                st.save(state_path)?;
+                last_checkpoint = Instant::now();
+            }
+            continue;
+        }
+        // New fingerprints of the window's runs, stored after the target is flushed.
+        let mut updates: Vec<(u64, Vec<u128>)> = Vec::new();
+        let mut pending_saved = false;
+        let tgt = if rescan {
+            Some(open(dst, &OpenOptions::new().format(up.format()))?)
+        } else {
+            None
+        };
+        let mut i = pos;
+        while i < wend {
+            if !cand.get(i) {
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < wend && j - i < chunk_blocks && cand.get(j) {
+                j += 1;
+            }
+            let nb = (j - i) as usize;
+            let off = i * bs;
+            let len = (j * bs).min(size) - off;
+            let b = &mut buf[..nb * bs as usize];
+            // Read and hash in parallel pieces.
+            let results: Vec<Result<(u64, Vec<u128>)>> = b
+                .par_chunks_mut((piece_blocks * bs) as usize)
+                .enumerate()
+                .map(|(pi, piece)| {
+                    let poff = off + pi as u64 * piece_blocks * bs;
+                    let plen = (len.saturating_sub(pi as u64 * piece_blocks * bs))
+                        .min(piece.len() as u64) as usize;
+                    let n = read_skipping_holes(src, &mut piece[..plen], poff)?;
+                    piece[plen..].fill(0);
+                    let fps = piece.chunks(bs as usize).map(xxh3_128).collect();
+                    Ok((n, fps))
+                })
+                .collect();
+            let mut fps = Vec::with_capacity(nb);
+            for x in results {
+                let (n, f) = x?;
+                r.bytes_read += n;
+                fps.extend(f);
+            }
+            if let Some(t) = &tgt {
+                let tb = &mut tbuf[..b.len()];
+                read_skipping_holes(t.as_ref(), &mut tb[..len as usize], off)?;
+                tb[len as usize..].fill(0);
+                for (k, o) in old[..nb].iter_mut().enumerate() {
+                    let at = k * bs as usize;
+                    *o = xxh3_128(&tb[at..at + bs as usize]);
+                }
+            } else {
+                fp.read(i, &mut old[..nb])?;
+            }
+            let mut wrote = false;
+            for (k, (&f, &before)) in fps.iter().zip(&old[..nb]).enumerate() {
+                let blk_no = i + k as u64;
+                r.blocks_scanned += 1;
+                let differs = f != before;
+                if differs {
+                    r.blocks_changed += 1;
+                }
+                if differs || forced.contains(&blk_no) {
+                    if !pending_saved {
+                        if let Some(run) = st.running.as_mut() {
+                            run.position = pos;
+                            run.pending = (pos, wend);
+                        }
+                        st.save(state_path)?;
+                        pending_saved = true;
+                    }
+                    let at = k * bs as usize;
+                    let blk = &b[at..at + bs as usize];
+                    let boff = blk_no * bs;
+                    let blen = (boff + bs).min(size) - boff;
+                    if f == zero_fp && is_zero(blk) {
+                        up.write_zeroes(boff, blen)?;
+                    } else {
+                        up.write_at(&blk[..blen as usize], boff)?;
+                    }
+                    r.blocks_written += 1;
+                    r.bytes_written += blen;
+                    wrote = true;
+                }
+            }
+            if wrote || rescan {
+                updates.push((i, fps));
+            }
+            i = j;
+        }
+        if pending_saved || rescan {
+            up.flush()?;
+            for (first, fps) in &updates {
+                fp.write(*first, fps)?;
+            }
+            fp.sync()?;
+            set_position(st, wend);
+            st.save(state_path)?;
+            last_checkpoint = Instant::now();
+        }
+        pos = wend;
+        if let Some(p) = &opts.progress {
+            p(pos, blocks);
+        }
+    }
+    Ok(r)
+}
+
+fn set_position(st: &mut SyncState, pos: u64) {
+    if let Some(run) = st.running.as_mut() {
+        run.position = pos;
+        run.pending = (pos, pos);
+    }
+}
+
+/// What [`sync_until_converged`] did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConvergeReport {
+    /// Every pass, in order.
+    pub passes: Vec<PassReport>,
+    /// The last pass changed fewer than `max_changed` blocks.
+    pub converged: bool,
+    /// Expected duration of a final pass (source stopped), seconds: for bitmap or range passes,
+    /// the last pass's changed blocks times its measured time per block looked at; for scan
+    /// passes, the last pass's time (a scan reads the whole source whatever changed).
+    pub estimated_final_seconds: f64,
+}
+
+/// Repeats passes until one changes fewer than `max_changed` blocks (a first, full pass or a
+/// resumed pass never counts as converged), sleeping `interval` between passes, at most
+/// `max_passes` passes. `on_pass` sees each report as it completes.
+pub fn sync_until_converged(
+    src: &Path,
+    dst: &Path,
+    opts: &SyncOptions,
+    max_changed: u64,
+    interval: Duration,
+    max_passes: u64,
+    mut on_pass: impl FnMut(&PassReport),
+) -> Result<ConvergeReport> {
+    if max_passes == 0 {
+        return Err(Error::InvalidArgument(
+            "max passes must be at least 1".into(),
+        ));
+    }
+    let mut passes = Vec::new();
+    let mut converged = false;
+    while (passes.len() as u64) < max_passes {
+        if !passes.is_empty() {
+            let until = Instant::now() + interval;
+            while Instant::now() < until {
+                if opts
+                    .cancel
+                    .as_ref()
+                    .is_some_and(|c| c.load(Ordering::Relaxed))
+                {
+                    return Err(Error::Cancelled);
+                }
+                std::thread::sleep(
+                    until
+                        .saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(100)),
+                );
+            }
+        }
+        let r = sync_pass(src, dst, opts)?;
+        on_pass(&r);
+        let incremental = !matches!(
+            r.source,
+            ChangeSource::Full | ChangeSource::Resume | ChangeSource::Rescan
+        );
+        passes.push(r);
+        if incremental
+            && passes
+                .last()
+                .is_some_and(|r| r.blocks_changed < max_changed)
+        {
+            converged = true;
+            break;
+        }
+    }
+    let estimated_final_seconds = passes.last().map_or(0.0, estimate_final).max(0.0);
+    Ok(ConvergeReport {
+        passes,
+        converged,
+        estimated_final_seconds,
+    })
+}
+
+fn estimate_final(r: &PassReport) -> f64 {
+    match r.source {
+        ChangeSource::Bitmap(_) | ChangeSource::Ranges => {
+            r.blocks_changed as f64 * r.seconds / r.blocks_scanned.max(1) as f64
+        }
+        _ => r.seconds,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_format_from_extension() {
+        assert_eq!(target_format(Path::new("a.qcow2"), None), Format::Qcow2);
+        assert_eq!(target_format(Path::new("a.VHDX"), None), Format::Vhdx);
+        assert_eq!(target_format(Path::new("a.img"), None), Format::Raw);
+        assert_eq!(
+            target_format(Path::new("a"), Some(Format::Vhd)),
+            Format::Vhd
+        );
+        assert!(check_block_size(65536).is_ok());
+        assert!(check_block_size(2048).is_err());
+        assert!(check_block_size(65537).is_err());
+    }
+
+    #[test]
+    fn estimate_uses_per_block_time_for_bitmaps() {
+        let mut r = PassReport {
+            pass: 2,
+            source: ChangeSource::Bitmap("b".into()),
+            block_size: 65536,
+            blocks_total: 1000,
+            blocks_scanned: 100,
+            blocks_changed: 10,
+            blocks_written: 10,
+            bytes_read: 0,
+            bytes_written: 0,
+            seconds: 2.0,
+            mb_per_s: 0.0,
+        };
+        assert!((estimate_final(&r) - 0.2).abs() < 1e-9);
+        r.source = ChangeSource::Scan;
+        assert!((estimate_final(&r) - 2.0).abs() < 1e-9);
+        let j = serde_json::to_string(&r).unwrap();
+        assert!(j.contains("\"source\":\"scan\""), "{j}");
+    }
+}
