@@ -204,8 +204,25 @@ pub fn target_format(dst: &Path, explicit: Option<Format>) -> Format {
     }
 }
 
+/// Refuses, before anything is written, a target format that cannot be updated in place.
+fn check_updatable(format: Format) -> Result<()> {
+    match format {
+        Format::Raw | Format::Qcow2 | Format::Vhd | Format::Vhdx | Format::Vmdk => Ok(()),
+        other => Err(Error::Unsupported(format!(
+            "a {other} target cannot be updated in place; sync to raw, qcow2, vpc, vhdx or vmdk \
+             (monolithicSparse) and convert the result at the end"
+        ))),
+    }
+}
+
+/// Creates an empty target in a variant of `format` that [`open_updater`] can update: qcow2
+/// uncompressed, VHD and VHDX dynamic, VMDK monolithicSparse (never streamOptimized).
 fn create_target(dst: &Path, size: u64, format: Format) -> Result<()> {
-    let opts = OutputOptions::new(format);
+    check_updatable(format)?;
+    let mut opts = OutputOptions::new(format);
+    if format == Format::Vmdk {
+        opts = opts.with_options("subformat=monolithicSparse")?;
+    }
     let mut files = OutputFiles::new(dst);
     let w = create_writer(&mut files, size, &opts).map_err(|e| e.in_file(dst))?;
     w.finish().map_err(|e| e.in_file(dst))?;
@@ -391,6 +408,7 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
                 )
             } else {
                 let f = target_format(dst, opts.output_format);
+                check_updatable(f)?;
                 (f, 0, PassKind::Full, ChangeSource::Full)
             };
             let fp = FpFile::create(&fpp, &sync_id, blocks, zero_fp)?;

@@ -101,6 +101,9 @@ fn full_then_incremental_scan_writes_only_changed_blocks() {
     let targets = [
         ("raw", d.path().join("dst.img")),
         ("qcow2", d.path().join("dst.qcow2")),
+        ("vpc", d.path().join("dst.vhd")),
+        ("vhdx", d.path().join("dst.vhdx")),
+        ("vmdk", d.path().join("dst.vmdk")),
     ];
     for (fmt, dst) in &targets {
         let r = sync_json(&[p(&src), p(dst)]);
@@ -111,8 +114,16 @@ fn full_then_incremental_scan_writes_only_changed_blocks() {
             qemu_compare(&src, "raw", dst, fmt),
             "{fmt} after the full pass"
         );
-        if *fmt == "qcow2" {
+        if matches!(*fmt, "qcow2" | "vhdx" | "vmdk") {
             crate::util::assert_qemu_check(dst);
+        }
+        if *fmt == "vmdk" {
+            // Updatable in place: a sparse VMDK, never streamOptimized.
+            let info = crate::util::qemu_info(dst);
+            assert_eq!(
+                info["format-specific"]["data"]["create-type"], "monolithicSparse",
+                "{info}"
+            );
         }
     }
     let mut rng = Rng(7);
@@ -130,7 +141,7 @@ fn full_then_incremental_scan_writes_only_changed_blocks() {
             qemu_compare(&src, "raw", dst, fmt),
             "{fmt} after the scan pass"
         );
-        if *fmt == "qcow2" {
+        if matches!(*fmt, "qcow2" | "vhdx" | "vmdk") {
             crate::util::assert_qemu_check(dst);
         }
         // Nothing changed: nothing written.
@@ -146,6 +157,21 @@ fn full_then_incremental_scan_writes_only_changed_blocks() {
     let r = sync_json(&[p(&src), p(dst)]);
     assert_eq!(n(&r, "blocks_changed"), 1, "{r}");
     assert!(qemu_compare(&src, "raw", dst, "raw"));
+}
+
+#[test]
+fn targets_that_cannot_be_updated_in_place_are_refused_before_writing() {
+    let d = tmpdir();
+    let src = d.path().join("src.img");
+    make_raw(&src, 1 << 20, 3);
+    let dst = d.path().join("out.ova");
+    let e = sync_err(&[p(&src), p(&dst), "-O", "ova"]);
+    assert!(e.contains("cannot be updated in place"), "{e}");
+    assert!(!dst.exists(), "no target may be left behind");
+    assert!(
+        std::fs::read_dir(d.path()).unwrap().count() == 1,
+        "no state file either"
+    );
 }
 
 #[test]
@@ -260,6 +286,13 @@ fn killed_at_random_moments_resumes_to_an_identical_target() {
 #[test]
 fn killed_at_random_moments_resumes_to_an_identical_qcow2_target() {
     kill_rounds("qcow2", 24, 8);
+}
+
+#[test]
+fn killed_at_random_moments_resumes_to_identical_vhd_vhdx_and_vmdk_targets() {
+    for fmt in ["vpc", "vhdx", "vmdk"] {
+        kill_rounds(fmt, 16, 5);
+    }
 }
 
 /// `rounds` times: change the source, start `diskconv sync`, SIGKILL it after a random delay,
