@@ -588,3 +588,70 @@ fn library_ranges_and_cancel() {
     assert_eq!(r.blocks_changed, 1);
     assert!(qemu_compare(&src, "raw", &dst, "raw"));
 }
+
+#[test]
+fn export_makes_the_final_artifact_from_the_synced_target() {
+    if !require("qemu-img") {
+        return;
+    }
+    let d = tmpdir();
+    let src = d.path().join("src.img");
+    make_raw(&src, 8 << 20, 11);
+    let dst = d.path().join("dst.qcow2");
+    let out = d.path().join("final.vmdk");
+    let o = sync(&[
+        p(&src),
+        p(&dst),
+        "--export",
+        p(&out),
+        "--export-format",
+        "vmdk",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(qemu_compare(&src, "raw", &out, "vmdk"));
+    let info = crate::util::qemu_info(&out);
+    assert_eq!(
+        info["format-specific"]["data"]["create-type"], "streamOptimized",
+        "{info}"
+    );
+    // A later pass re-exports what changed in the source.
+    let mut rng = Rng(5);
+    dirty_blocks(&src, 8 << 20, 3, &mut rng);
+    let out2 = d.path().join("final.qcow2");
+    let o = sync(&[
+        p(&src),
+        p(&dst),
+        "--export",
+        p(&out2),
+        "--export-format",
+        "qcow2",
+        "--export-compressed",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(qemu_compare(&src, "raw", &out2, "qcow2"));
+    crate::util::assert_qemu_check(&out2);
+    // Bad export options are refused before the pass runs: the state is untouched.
+    let state = std::fs::read(d.path().join("dst.qcow2.dcsync")).unwrap();
+    let e = sync_err(&[
+        p(&src),
+        p(&dst),
+        "--export",
+        p(&out2),
+        "--export-format",
+        "nope",
+    ]);
+    assert!(e.contains("--export-format 'nope'"), "{e}");
+    let e = sync_err(&[
+        p(&src),
+        p(&dst),
+        "--export",
+        p(&dst),
+        "--export-format",
+        "raw",
+    ]);
+    assert!(e.contains("must be a new file"), "{e}");
+    assert_eq!(
+        std::fs::read(d.path().join("dst.qcow2.dcsync")).unwrap(),
+        state
+    );
+}

@@ -2,14 +2,17 @@
 //! changes converge. A killed run is resumed by the next one.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 use diskconv::sync::{PassReport, SyncOptions, sync_pass, sync_until_converged};
 use diskconv::util::parse_size;
-use diskconv::{Error, Format, ReferencePolicy, Result};
+use diskconv::{
+    ConvertOptions, Error, Format, OpenOptions, OutputOptions, ReferencePolicy, Result,
+    convert_file,
+};
 
 /// `diskconv sync`.
 #[derive(Debug, Args)]
@@ -64,6 +67,56 @@ pub struct SyncArgs {
         requires = "until_converged"
     )]
     pub max_passes: u64,
+    /// After the pass(es), write the synced target as FILE in a format that cannot be updated in
+    /// place (streamOptimized VMDK, OVA, compressed qcow2, ...): the final step of a migration.
+    #[arg(long, value_name = "FILE", requires = "export_format")]
+    pub export: Option<PathBuf>,
+    /// Format of --export (as `convert -O`).
+    #[arg(long = "export-format", value_name = "FMT", requires = "export")]
+    pub export_format: Option<String>,
+    /// Options of --export (as `convert -o`), e.g. `subformat=fixed` or `name=web01,cpus=4`.
+    #[arg(long = "export-options", value_name = "LIST", requires = "export")]
+    pub export_options: Option<String>,
+    /// Compress --export (qcow2: `convert -c`).
+    #[arg(long = "export-compressed", requires = "export")]
+    pub export_compressed: bool,
+}
+
+/// Checks the --export options before any pass runs.
+fn export_options(args: &SyncArgs) -> Result<Option<(PathBuf, OutputOptions)>> {
+    let (Some(path), Some(fmt)) = (&args.export, &args.export_format) else {
+        return Ok(None);
+    };
+    let mut o = OutputOptions::new(parse_format(fmt, "--export-format")?);
+    if let Some(list) = &args.export_options {
+        o = o.with_options(list)?;
+    }
+    o = o.compressed(args.export_compressed);
+    o.validate()?;
+    if path == &args.dst || path == &args.src {
+        return Err(Error::InvalidArgument(format!(
+            "--export {} must be a new file, not the sync source or target",
+            path.display()
+        )));
+    }
+    Ok(Some((path.clone(), o)))
+}
+
+/// The final step: the synced target converted into the export format (through a temporary
+/// name renamed into place).
+fn export(dst: &Path, out: &Path, o: &OutputOptions, policy: ReferencePolicy) -> Result<()> {
+    let img = diskconv::open(dst, &OpenOptions::new().references(policy))?;
+    convert_file(img.as_ref(), out, o, &ConvertOptions::default(), None)?;
+    let bytes = std::fs::metadata(out)
+        .map_err(|e| Error::io("reading the size of the export", e).in_file(out))?
+        .len();
+    eprintln!(
+        "exported {} to {} ({}, {bytes} bytes)",
+        dst.display(),
+        out.display(),
+        o.format.name(),
+    );
+    Ok(())
 }
 
 fn parse_format(s: &str, what: &str) -> Result<Format> {
@@ -114,6 +167,7 @@ pub fn run(args: SyncArgs, policy: ReferencePolicy) -> Result<ExitCode> {
             args.interval
         )));
     }
+    let export_to = export_options(&args)?;
     let opts = SyncOptions {
         block_size,
         state_path: args.state.clone(),
@@ -136,6 +190,9 @@ pub fn run(args: SyncArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     if !args.until_converged {
         let r = sync_pass(&args.src, &args.dst, &opts)?;
         print_pass(&r, args.json)?;
+        if let Some((out, o)) = &export_to {
+            export(&args.dst, out, o, policy)?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let mut print_err = None;
@@ -180,6 +237,9 @@ pub fn run(args: SyncArgs, policy: ReferencePolicy) -> Result<ExitCode> {
             c.passes.len(),
             c.estimated_final_seconds
         );
+    }
+    if let Some((out, o)) = &export_to {
+        export(&args.dst, out, o, policy)?;
     }
     Ok(ExitCode::SUCCESS)
 }
