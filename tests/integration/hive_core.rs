@@ -7,6 +7,7 @@ use std::path::Path;
 use diskconv::inject::hive::{Hive, HiveOpenOptions, KeyId, RegType};
 
 use crate::util;
+use crate::util::Rng;
 
 /// A whole hive: key path (components joined with `\`, root = "") → values sorted by name
 /// (name, type, data).
@@ -290,28 +291,6 @@ fn model_delete_key(m: &mut Model, key: &str) {
     let p = perlish(key);
     let prefix = format!("{p}\\");
     m.retain(|k, _| *k != p && !k.starts_with(&prefix));
-}
-
-/// A deterministic pseudo-random generator (xorshift64*), so a failing seed can be replayed.
-pub(crate) struct Rng(u64);
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-    pub(crate) fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    pub(crate) fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
 }
 
 /// Asserts every byte outside the touched pages and the base block is unchanged.

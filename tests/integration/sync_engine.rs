@@ -10,23 +10,10 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::util::{
-    diskconv, make_raw, qemu_compare, qemu_img, qemu_io, require, sha256_file, tmpdir,
+    Rng, diskconv, make_raw, qemu_compare, qemu_img, qemu_io, require, sha256_file, tmpdir,
 };
 
 const BS: u64 = 65536;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 fn sync(args: &[&str]) -> Output {
     diskconv()

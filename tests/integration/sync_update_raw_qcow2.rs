@@ -10,21 +10,6 @@ use diskconv::sync::target::open_updater;
 
 use crate::util::*;
 
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// Applies `ops` random writes and zeroings (unaligned, some spanning many clusters) to the
 /// updater and to the raw model file alike.
 fn random_ops(up: &mut dyn ImageUpdater, model: &Path, seed: u64, ops: usize, max_len: u64) {

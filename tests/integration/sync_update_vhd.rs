@@ -11,25 +11,11 @@ use diskconv::sync::target::open_updater;
 use diskconv::{Format, ImageUpdater, OpenOptions};
 
 use crate::util::{
-    assert_qemu_check, corpus, diskconv, make_raw, qemu_compare, qemu_img, qemu_io, require, run,
-    sha256_file, sha256_image, tmpdir,
+    Rng, assert_qemu_check, corpus, diskconv, make_raw, qemu_compare, qemu_img, qemu_io, require,
+    run, sha256_file, sha256_image, tmpdir,
 };
 
 const MIB: u64 = 1 << 20;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// The image's content as raw, made by qemu-img (the model starts from it).
 fn model_of(img: &Path, fmt: &str, model: &Path) {

@@ -8,22 +8,9 @@ use diskconv::Format;
 use diskconv::sync::target::open_updater;
 
 use crate::util::{
-    assert_qemu_check, diskconv, make_raw, qemu_compare, qemu_img, qemu_io, require, run,
+    Rng, assert_qemu_check, diskconv, make_raw, qemu_compare, qemu_img, qemu_io, require, run,
     sha256_file, tmpdir,
 };
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// `ops` random writes (any alignment, up to `max_len` bytes) and zeroings, applied to the
 /// VMDK through the updater and to the raw `model` file; flushes now and then and at the end.

@@ -270,3 +270,30 @@ pub fn assert_hive_sound(bytes: &[u8], what: &str) {
         &report.issues[..report.issues.len().min(5)]
     );
 }
+
+/// A small seeded pseudo-random generator (xorshift64) for test data and random edit sequences;
+/// print the seed on failure so a run can be replayed. The seed must not be 0 ([`Rng::new`]
+/// makes sure).
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A generator with `seed` (0 becomes 1).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    /// `n` random bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
