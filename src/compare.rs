@@ -5,8 +5,8 @@
 
 use rayon::prelude::*;
 
-use crate::error::{Error, Result};
-use crate::image::{ExtentKind, ImageReader, read_skipping_holes};
+use crate::error::Result;
+use crate::image::{ImageReader, read_skipping_holes, reads_as_zero};
 
 /// Bytes compared per unit of parallel work.
 const CHUNK: u64 = 1 << 20;
@@ -30,24 +30,6 @@ pub enum Comparison {
     },
 }
 
-/// Whether `[offset, offset+len)` is entirely zero or unallocated according to `img.map`.
-fn all_hole(img: &dyn ImageReader, offset: u64, len: u64) -> Result<bool> {
-    let mut pos = offset;
-    while pos < offset + len {
-        let e = img.map(pos, offset + len - pos)?;
-        if e.len == 0 {
-            return Err(Error::Corrupt(format!(
-                "the image reports no extent at offset {pos:#x} inside the disk"
-            )));
-        }
-        if e.kind == ExtentKind::Data {
-            return Ok(false);
-        }
-        pos += e.len;
-    }
-    Ok(true)
-}
-
 /// First differing offset inside one chunk, `None` when equal. `b` may be `None` for the part
 /// of the longer image past the end of the shorter one, which must read as zeros.
 fn compare_chunk(
@@ -56,9 +38,9 @@ fn compare_chunk(
     offset: u64,
     len: u64,
 ) -> Result<Option<u64>> {
-    let a_hole = all_hole(a, offset, len)?;
+    let a_hole = reads_as_zero(a, offset, len)?;
     let b_hole = match b {
-        Some(b) => all_hole(b, offset, len)?,
+        Some(b) => reads_as_zero(b, offset, len)?,
         None => true,
     };
     if a_hole && b_hole {

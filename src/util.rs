@@ -68,6 +68,16 @@ pub fn random_bytes16() -> [u8; 16] {
     b
 }
 
+/// Lower-case hexadecimal of `bytes`, no separators (digests in manifests).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
 /// Human-readable byte count, binary units ("1.5 GiB").
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];

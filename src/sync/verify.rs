@@ -20,7 +20,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::image::{ExtentKind, ImageReader};
+use crate::image::{ImageReader, reads_as_zero};
+use crate::util::hex;
 
 /// Default verification block size (64 KiB).
 pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 10;
@@ -74,25 +75,6 @@ pub fn check_block_size(bs: u64) -> Result<()> {
     Ok(())
 }
 
-/// Whether `[off, off + len)` is entirely zero or unallocated in `img`, by its map.
-fn reads_as_zero(img: &dyn ImageReader, off: u64, len: u64) -> Result<bool> {
-    let end = off + len;
-    let mut pos = off;
-    while pos < end {
-        let e = img.map(pos, end - pos)?;
-        if e.len == 0 {
-            return Err(Error::Corrupt(format!(
-                "the image reports no extent at offset {pos:#x} inside the disk"
-            )));
-        }
-        if e.kind == ExtentKind::Data {
-            return Ok(false);
-        }
-        pos = pos.saturating_add(e.len);
-    }
-    Ok(true)
-}
-
 /// One block's outcome.
 struct BlockResult {
     equal: bool,
@@ -142,15 +124,6 @@ fn check_block(
         read: true,
         sha,
     })
-}
-
-fn hex(b: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        let _ = write!(s, "{x:02x}");
-    }
-    s
 }
 
 fn mio(e: std::io::Error) -> Error {

@@ -17,6 +17,7 @@ use crate::convert::OutputFiles;
 use crate::error::{Error, Result};
 use crate::image::{Chunk, Compressor, Format, ImageWriter};
 use crate::storage::Storage;
+use crate::util::hex;
 
 /// Tar block size.
 const BLOCK: u64 = 512;
@@ -205,10 +206,6 @@ fn tar_header(name: &str, size: u64, mtime: u64) -> Result<[u8; 512]> {
     h.set_entry_type(tar::EntryType::Regular);
     h.set_cksum();
     Ok(*h.as_bytes())
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl OvaWriter {
