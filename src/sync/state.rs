@@ -11,12 +11,12 @@
 //! the block count (u64), then one xxh3-128 per block (16 bytes, little-endian).
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::sync::bitmap::BlockBitmap;
+use crate::util::sync_dir;
 
 const MAGIC: &[u8; 8] = b"DCSYNC\0\x01";
 const FP_MAGIC: &[u8; 8] = b"DCSYNCFP";
@@ -277,30 +277,8 @@ impl SyncState {
     /// Replaces the state file atomically: temporary file in the same folder, fsync, rename,
     /// fsync of the folder.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let io = |op: &str, e| Error::io(op.to_string(), e).in_file(path);
-        {
-            let mut f = File::create(&tmp).map_err(|e| io("creating the new sync state", e))?;
-            f.write_all(&self.to_bytes())
-                .map_err(|e| io("writing the sync state", e))?;
-            f.sync_all().map_err(|e| io("syncing the sync state", e))?;
-        }
-        std::fs::rename(&tmp, path).map_err(|e| io("renaming the sync state into place", e))?;
-        sync_dir(path)
+        crate::util::replace_file(path, &self.to_bytes(), "sync state")
     }
-}
-
-/// Fsyncs the folder holding `path` (so a rename in it is durable).
-pub fn sync_dir(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("syncing the folder", e).in_file(dir))
 }
 
 struct Cursor<'a> {

@@ -1093,38 +1093,12 @@ impl Hive {
     /// Writes the whole hive to `path` (through a temporary file in the same folder renamed
     /// into place, flushed to disk). Afterwards [`Hive::save`] writes to `path`.
     pub fn save_as(&mut self, path: &Path) -> Result<SaveStats> {
-        use std::io::Write;
         self.check_writable()?;
-        let io = |op: &str, e: std::io::Error| Error::io(op.to_string(), e).in_file(path);
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
         let seq = self.base.primary_sequence().wrapping_add(1);
         self.base.set_sequences(seq, seq);
         self.base.set_timestamp(filetime_now());
         let bytes = self.to_bytes();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "hive".into());
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .and_then(|mut f| {
-                f.write_all(&bytes)?;
-                f.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io("writing the hive through a temporary file", e));
-        }
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
+        crate::util::replace_file(path, &bytes, "hive")?;
         self.base.set_hive_bins_size(self.cells.bytes.len() as u32);
         self.cells.dirty.clear();
         self.cells.saved_len = self.cells.bytes.len();
