@@ -577,7 +577,20 @@ pub fn prepare(
         }),
         None => {
             if let PrimaryBase::Broken(e) = pbase {
-                let mut detail = e.to_string();
+                // Extend the parse error's own detail (so the structure and offset are named once).
+                let (what, offset, mut detail) = match e {
+                    HiveError::Invalid {
+                        what,
+                        offset,
+                        detail,
+                    }
+                    | HiveError::Corrupt {
+                        what,
+                        offset,
+                        detail,
+                    } => (what, offset, detail),
+                    other => ("base block".to_string(), 0, other.to_string()),
+                };
                 for n in &report.notes[1..] {
                     detail.push_str("; ");
                     detail.push_str(n);
@@ -585,7 +598,7 @@ pub fn prepare(
                 if logs.is_empty() {
                     detail.push_str("; no transaction log to recover it from");
                 }
-                return Err(HiveError::invalid("base block", 0, detail).into());
+                return Err(HiveError::invalid(what, offset, detail).into());
             }
             if logs.is_empty() {
                 report
