@@ -75,6 +75,46 @@ pub fn check_block_size(bs: u64) -> Result<()> {
     Ok(())
 }
 
+/// How much larger than the source a target may be: the padding formats add when they round a
+/// size up (qcow2 to a 512-byte sector, a fixed VHD to a whole MiB).
+pub const MAX_PADDING: u64 = 1 << 20;
+
+/// The number of bytes [`verify`] compares: the size of `a` (the source), when `b` (the target)
+/// has the same size or is larger by less than [`MAX_PADDING`] bytes that all read as zeros
+/// (a sync target in a format that rounds sizes up). Anything else is an error giving both
+/// sizes, naming the images `a_name` and `b_name`.
+pub fn compared_size(
+    a: &dyn ImageReader,
+    b: &dyn ImageReader,
+    a_name: &str,
+    b_name: &str,
+) -> Result<u64> {
+    let (sa, sb) = (a.virtual_size(), b.virtual_size());
+    let differ = |why: &str| {
+        Error::InvalidArgument(format!(
+            "the images differ in size: {a_name} is {sa} bytes, {b_name} is {sb} bytes{why}"
+        ))
+    };
+    if sb == sa {
+        return Ok(sa);
+    }
+    if sb < sa || sb - sa >= MAX_PADDING {
+        return Err(differ(""));
+    }
+    let extra = sb - sa;
+    if !reads_as_zero(b, sa, extra)? {
+        // Less than 1 MiB: read it.
+        let mut tail = vec![0u8; extra as usize];
+        b.read_at(&mut tail, sa)?;
+        if !crate::util::is_zero(&tail) {
+            return Err(differ(&format!(
+                ", and {b_name}'s last {extra} bytes are not all zeros"
+            )));
+        }
+    }
+    Ok(sa)
+}
+
 /// One block's outcome.
 struct BlockResult {
     equal: bool,
@@ -141,13 +181,7 @@ pub fn verify(
 ) -> Result<VerifyReport> {
     check_block_size(block_size)?;
     let started = Instant::now();
-    let size = a.virtual_size();
-    if b.virtual_size() != size {
-        return Err(Error::InvalidArgument(format!(
-            "the images differ in size: the first is {size} bytes, the second {} bytes",
-            b.virtual_size()
-        )));
-    }
+    let size = compared_size(a, b, "the first", "the second")?;
     let blocks = size.div_ceil(block_size);
     let want_sha = manifest.is_some();
     if let Some(m) = manifest.as_mut() {
@@ -292,15 +326,30 @@ mod tests {
 
     #[test]
     fn size_mismatch_and_bad_block_size_are_errors() {
-        let e = verify(
-            raw(vec![0; 4096]).as_ref(),
-            raw(vec![0; 8192]).as_ref(),
+        // A larger target whose extra bytes are zeros (a format's padding) compares the
+        // source's size.
+        let r = verify(
+            raw(vec![1; 4096]).as_ref(),
+            raw([vec![1; 4096], vec![0; 512]].concat()).as_ref(),
             512,
             None,
         )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("4096") && e.contains("8192"), "{e}");
+        .unwrap();
+        assert!(r.equal && r.size == 4096);
+        // Data in the padding, a smaller target, or more than MAX_PADDING: errors with both sizes.
+        for (a, b) in [
+            (4096, [vec![0; 4096], vec![9; 512]].concat()),
+            (8192, vec![0; 4096]),
+            (4096, vec![0; 4096 + MAX_PADDING as usize]),
+        ] {
+            let e = verify(raw(vec![0; a]).as_ref(), raw(b.clone()).as_ref(), 512, None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&a.to_string()) && e.contains(&b.len().to_string()),
+                "{e}"
+            );
+        }
         let e = verify(
             raw(vec![0; 4096]).as_ref(),
             raw(vec![0; 4096]).as_ref(),

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::util::{diskconv, make_raw, qemu_img, require, run, tmpdir};
+use crate::util::{diskconv, make_raw, qemu_img, qemu_io, require, run, tmpdir};
 
 fn verify(args: &[&str], a: &Path, b: &Path) -> Output {
     diskconv()
@@ -172,4 +172,42 @@ fn size_mismatch_is_an_error_naming_both_sizes() {
     let out = verify(&["--block-size", "1000"], &a, &a);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("block size 1000"));
+}
+
+#[test]
+fn a_target_padded_with_zeros_by_its_format_verifies_equal() {
+    if !require("qemu-img") {
+        return;
+    }
+    let d = tmpdir();
+    // An odd-sized source: a qcow2 sync target rounds it up to a whole sector.
+    let src = d.path().join("odd.raw");
+    std::fs::write(
+        &src,
+        (0..1_000_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let dst = d.path().join("odd.qcow2");
+    let out = crate::util::diskconv()
+        .args(["sync", src.to_str().unwrap(), dst.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(crate::util::qemu_info(&dst)["virtual-size"], 1_000_448);
+    let out = verify(&[], &src, &dst);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // Data in the padding is a difference in size, named.
+    qemu_io(&[
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 7 1000000 448",
+        dst.to_str().unwrap(),
+    ]);
+    let out = verify(&[], &src, &dst);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("last 448 bytes are not all zeros"), "{err}");
 }

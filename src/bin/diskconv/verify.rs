@@ -52,15 +52,13 @@ pub fn run(args: VerifyArgs, policy: ReferencePolicy) -> Result<ExitCode> {
         &args.dst,
         &crate::open_options(args.format_dst.as_deref(), None, policy)?,
     )?;
-    if a.virtual_size() != b.virtual_size() {
-        return Err(Error::InvalidArgument(format!(
-            "the images differ in size: {} is {} bytes, {} is {} bytes",
-            args.src.display(),
-            a.virtual_size(),
-            args.dst.display(),
-            b.virtual_size()
-        )));
-    }
+    // The target may be larger by a format's zero padding (see compared_size).
+    diskconv::sync::verify::compared_size(
+        a.as_ref(),
+        b.as_ref(),
+        &args.src.display().to_string(),
+        &args.dst.display().to_string(),
+    )?;
     let report = match &args.manifest {
         None => verify(a.as_ref(), b.as_ref(), block_size, None)?,
         Some(mpath) => {
