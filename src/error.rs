@@ -13,6 +13,7 @@ use crate::formats::error::FormatError;
 use crate::formats::qcow2::Qcow2Error;
 use crate::formats::vmdk::VmdkError;
 use crate::inject::hive::HiveError;
+use crate::inject::ntfs::NtfsError;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -88,6 +89,10 @@ pub enum Error {
     /// A registry hive or transaction log is invalid, corrupt or dirty, or an edit is impossible.
     #[error(transparent)]
     Hive(#[from] HiveError),
+    /// An NTFS structure is invalid or corrupt, the volume cannot be written safely, or a file
+    /// operation is impossible.
+    #[error(transparent)]
+    Ntfs(#[from] NtfsError),
     /// The content of a file matched no format, or the wrong one.
     #[error("{0}")]
     InvalidFormat(String),
@@ -134,6 +139,7 @@ impl Error {
             Error::Vmdk(e) => e.kind(),
             Error::Format(e) => e.kind(),
             Error::Hive(e) => e.kind(),
+            Error::Ntfs(e) => e.kind(),
             Error::InvalidFormat(_) => ErrorKind::InvalidFormat,
             Error::Corrupt(_) => ErrorKind::Corrupt,
             Error::Unsupported(_) => ErrorKind::Unsupported,

@@ -28,6 +28,7 @@ pub mod error;
 pub mod formats;
 pub mod image;
 pub mod inject;
+pub mod inspect;
 pub mod open;
 pub mod output;
 pub mod storage;

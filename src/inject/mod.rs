@@ -1,5 +1,11 @@
-//! Offline adaptation of a guest: the registry hive editor (and, later, the NTFS writer and the
-//! Windows and Linux adaptation steps built on them).
+//! Offline adaptation of a guest: byte access with transactions ([`disk`]), the registry hive
+//! editor ([`hive`]), the NTFS writer ([`ntfs`]), driver sources ([`drivers`], [`iso9660`]) and
+//! the Windows adaptation built on them ([`windows`], [`adapt`]).
 
+pub mod adapt;
+pub mod disk;
+pub mod drivers;
 pub mod hive;
+pub mod iso9660;
+pub mod ntfs;
 pub mod windows;

@@ -45,6 +45,14 @@ pub enum Command {
     /// Compare two images block by block by hash; list mismatching ranges; write a SHA-256
     /// manifest. Exit 0: equal, 1: different, 2: error.
     Verify(crate::verify::VerifyArgs),
+    /// Show an image's partitions, file systems and installed Windows (version, build,
+    /// architecture, control set).
+    Inspect(crate::inspect::InspectArgs),
+    /// Adapt a guest offline: `inject windows` copies and registers drivers so it boots on
+    /// another platform.
+    Inject(crate::inject::InjectArgs),
+    /// List, read and write files on an NTFS volume inside an image (ls, cat, put, mkdir, info).
+    Ntfs(crate::ntfs::NtfsArgs),
 }
 
 /// The input format and snapshot.

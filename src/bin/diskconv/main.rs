@@ -4,6 +4,9 @@
 
 mod args;
 mod hive;
+mod inject;
+mod inspect;
+mod ntfs;
 mod sync;
 mod verify;
 
@@ -69,6 +72,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Hive(a) => hive::run(a),
         Command::Sync(a) => sync::run(a, policy),
         Command::Verify(a) => verify::run(a, policy),
+        Command::Inspect(a) => inspect::run(a, policy),
+        Command::Inject(a) => inject::run(a, policy),
+        Command::Ntfs(a) => ntfs::run(a, policy),
     }
 }
 
