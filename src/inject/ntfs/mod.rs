@@ -11,6 +11,8 @@
 mod error;
 pub mod fixup;
 pub mod index;
+pub mod logfile;
+pub mod runlist;
 pub mod upcase;
 
 pub use error::NtfsError;
