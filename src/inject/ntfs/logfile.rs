@@ -420,7 +420,7 @@ mod tests {
                 let mut p = d[pos..pos + 4096].to_vec();
                 fixup::remove(&mut p, "t", 0).unwrap();
                 edit(&mut p);
-                if &p[6..8] == [9, 0] {
+                if p[6..8] == [9, 0] {
                     fixup::apply(&mut p, "t", 0).unwrap();
                 }
                 d[pos..pos + 4096].copy_from_slice(&p);
