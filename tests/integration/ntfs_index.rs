@@ -698,3 +698,48 @@ fn ntfs_index_thousands_of_files_created_by_us_are_found_by_ntfs3g_and_sleuthkit
         }
     }
 }
+
+#[test]
+fn ntfs_index_inserts_into_corpus_folders() {
+    if !have_ntfs3g_tools() || !require("ntfsfix") {
+        return;
+    }
+    // A Windows-made folder whose index is still all in its root (it moves into a block), and
+    // an mkntfs-made folder of 512 entries already in index blocks (512-byte clusters: 8 VCNs
+    // per block).
+    for (rel, folder, n) in [
+        (
+            "ntfs/dfvfs_windows_volume_ntfs.raw",
+            "Windows/System32",
+            400usize,
+        ),
+        ("ntfs/colinfinck_testfs1.img", "many_subdirs", 300),
+    ] {
+        let Some(src) = corpus(rel) else { return };
+        let dir = tmpdir();
+        let img = dir.path().join("v.img");
+        std::fs::copy(&src, &img).unwrap();
+        let mut perm = std::fs::metadata(&img).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perm.set_readonly(false);
+        std::fs::set_permissions(&img, perm).unwrap();
+        let before: Vec<(String, u64)> = ntfsls(&img, folder);
+        let mut rng = Rng::new(n as u64);
+        let mut made = distinct_names(&mut rng, n);
+        // No clash with what is there already.
+        let up = UpCase::default_table();
+        made.retain(|m| !before.iter().any(|(b, _)| up.eq_ignore_case(&w(b), &w(m))));
+        create_through_volume(&img, &[(folder.to_string(), made.clone())]);
+        let out = run(Command::new("ntfsfix").arg("-n").arg(&img));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("processed successfully"), "{rel}: {text}");
+        let mut theirs: Vec<String> = ntfsls(&img, folder).into_iter().map(|(n, _)| n).collect();
+        let mut want: Vec<String> = before.into_iter().map(|(n, _)| n).chain(made).collect();
+        theirs.sort();
+        want.sort();
+        assert_eq!(theirs, want, "{rel}: {folder}");
+        let vol = Vol::open(&img);
+        let up = vol.upcase();
+        compare_tree(&img, &vol, &up, folder, 3);
+    }
+}
