@@ -231,8 +231,8 @@ impl TxDisk {
             let mut at = 0usize;
             for (idx, p) in run {
                 let orig = image.get(at..at + p.len()).unwrap_or(&[]);
-                if orig != &p[..] {
-                    out.push((idx, &p[..]));
+                if orig != p {
+                    out.push((idx, p));
                 }
                 at += p.len();
             }
