@@ -32,7 +32,9 @@ pub struct DriverPackage {
 impl DriverPackage {
     /// The file with this name (case-insensitive).
     pub fn file(&self, name: &str) -> Option<&DriverFile> {
-        self.files.iter().find(|f| f.name.eq_ignore_ascii_case(name))
+        self.files
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
     }
 }
 
@@ -50,7 +52,9 @@ pub struct DriverSet {
 impl DriverSet {
     /// The package with this driver name (case-insensitive).
     pub fn package(&self, name: &str) -> Option<&DriverPackage> {
-        self.packages.iter().find(|p| p.name.eq_ignore_ascii_case(name))
+        self.packages
+            .iter()
+            .find(|p| p.name.eq_ignore_ascii_case(name))
     }
 }
 

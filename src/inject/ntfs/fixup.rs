@@ -133,7 +133,9 @@ mod tests {
         let mut b = record();
         apply(&mut b, "MFT record 9", 0x2400).unwrap();
         b[1023] ^= 1;
-        let e = remove(&mut b, "MFT record 9", 0x2400).unwrap_err().to_string();
+        let e = remove(&mut b, "MFT record 9", 0x2400)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("stride 1") && e.contains("0x2400"), "{e}");
     }
 
