@@ -486,3 +486,155 @@ fn ntfs_cli_reads_what_the_library_wrote() {
     );
     assert_eq!(out, "from the library");
 }
+
+/// The real volumes of the corpus (one made by mkntfs with 512-byte clusters, one formatted by
+/// Windows with 4 KiB clusters): read-only commands leave the corpus file alone; on a copy, as
+/// a whole-disk volume in qcow2 and inside an MBR partition, a put and a mkdir read back with
+/// ntfs-3g.
+#[test]
+fn ntfs_cli_corpus_volumes_whole_disk_and_mbr() {
+    if !tools() || !require("sfdisk") {
+        return;
+    }
+    for name in [
+        "ntfs/colinfinck_testfs1.img",
+        "ntfs/dfvfs_windows_volume_ntfs.raw",
+    ] {
+        let Some(src) = crate::util::corpus(name) else {
+            return;
+        };
+        let before = sha256_file(&src);
+        let text = ok(cli(&["info"], &src), "info on the corpus");
+        assert!(text.contains("whole disk (NTFS"), "{text}");
+        ok(cli(&["ls", ""], &src), "ls on the corpus");
+        assert_eq!(sha256_file(&src), before);
+
+        let dir = tmpdir();
+        let d = dir.path();
+        let vol_len = std::fs::metadata(&src).unwrap().len();
+        // Whole-disk volume in a qcow2 container.
+        let q = d.join("vol.qcow2");
+        qemu_img(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            src.to_str().unwrap(),
+            q.to_str().unwrap(),
+        ]);
+        // The same volume in partition 1 of an MBR disk.
+        let mbr = d.join("mbr.raw");
+        std::fs::File::create(&mbr)
+            .unwrap()
+            .set_len(vol_len + (2 << 20))
+            .unwrap();
+        let mut child = Command::new("sfdisk")
+            .arg("-q")
+            .arg(&mbr)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(
+                    format!("label: dos\nstart=2048,size={},type=7\n", vol_len / 512).as_bytes(),
+                )
+                .unwrap();
+        }
+        assert!(child.wait().unwrap().success());
+        dd_into(&mbr, &src, 2048);
+
+        let payload = d.join("payload.bin");
+        std::fs::write(&payload, Rng::new(5).bytes(70_000)).unwrap();
+        for (img, fmt, start) in [(&q, "qcow2", 0u64), (&mbr, "raw", 2048)] {
+            ok(cli(&["mkdir", "Drivers/VirtIO", "-p"], img), "mkdir");
+            ok(
+                cli(
+                    &["put", payload.to_str().unwrap(), "Drivers/VirtIO/p.bin"],
+                    img,
+                ),
+                "put",
+            );
+            let flat = d.join(format!("flat-{fmt}.raw"));
+            qemu_img(&[
+                "convert",
+                "-f",
+                fmt,
+                "-O",
+                "raw",
+                img.to_str().unwrap(),
+                flat.to_str().unwrap(),
+            ]);
+            let part = d.join(format!("part-{fmt}.ntfs"));
+            run(Command::new("dd")
+                .arg(format!("if={}", flat.display()))
+                .arg(format!("of={}", part.display()))
+                .args([
+                    "bs=512",
+                    &format!("skip={start}"),
+                    &format!("count={}", vol_len / 512),
+                    "status=none",
+                ]));
+            assert_ntfs_clean(&part, &format!("{name} {fmt}"));
+            assert_eq!(
+                ntfscat(&part, "Drivers/VirtIO/p.bin"),
+                std::fs::read(&payload).unwrap(),
+                "{name} {fmt}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ntfs_cli_refuses_bitlocker_and_non_ntfs_disks() {
+    if !tools() {
+        return;
+    }
+    let dir = tmpdir();
+    let d = dir.path();
+    let img = make_disk(d, false);
+    // Turn partition 2's boot sector into a BitLocker one.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(b"-FVE-FS-", P2_START * 512 + 3).unwrap();
+    }
+    let before = sha256_file(&img);
+    fails(cli(&["info"], &img), "bitlocker", "BitLocker");
+    fails(cli(&["mkdir", "x"], &img), "bitlocker mkdir", "BitLocker");
+    fails(
+        cli(&["info", "--partition", "2"], &img),
+        "bitlocker by number",
+        "BitLocker",
+    );
+    assert_eq!(sha256_file(&img), before);
+    // A disk of zeros: no NTFS volume.
+    let z = d.join("zero.raw");
+    std::fs::File::create(&z).unwrap().set_len(1 << 20).unwrap();
+    fails(cli(&["ls", ""], &z), "zeros", "no NTFS volume");
+    // A streamOptimized VMDK cannot be edited: refused before anything is done.
+    let so = d.join("so.vmdk");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        img.to_str().unwrap(),
+        so.to_str().unwrap(),
+    ]);
+    let before = sha256_file(&so);
+    fails(
+        cli(&["mkdir", "x", "--partition", "2"], &so),
+        "streamOptimized",
+        "",
+    );
+    assert_eq!(sha256_file(&so), before);
+}
