@@ -221,6 +221,37 @@ fn diskconv_error_chain(e: &diskconv::Error) -> String {
 }
 
 #[test]
+fn disk_tx_failed_commit_restores_the_image_itself() {
+    if !require("qemu-img") {
+        return;
+    }
+    for (ext, fmt, opts) in CONTAINERS {
+        let dir = tmpdir();
+        let (model, img) = make_pair(dir.path(), ext, fmt, opts);
+        let original = dir.path().join("original.raw");
+        std::fs::copy(&model, &original).unwrap();
+        let before = sha256_file(&img);
+        let mut tx = ImageTx::open(&img, &OpenOptions::default()).unwrap();
+        random_edits(&mut tx, &model, 40);
+        let e = tx
+            .commit_interrupted(CrashPoint::FailMidWrites)
+            .unwrap_err();
+        assert!(e.chain().contains("simulated"), "{}", e.chain());
+        assert!(!journal_path(&img).exists(), "{ext}");
+        assert!(
+            qemu_compare(&img, fmt, &original, "raw"),
+            "{ext}: not restored"
+        );
+        if *ext == "raw" {
+            assert_eq!(sha256_file(&img), before);
+        }
+        if ["qcow2", "vhdx", "vmdk"].contains(ext) {
+            assert_qemu_check(&img);
+        }
+    }
+}
+
+#[test]
 fn disk_tx_rollback_of_incomplete_or_missing_journal() {
     if !require("qemu-img") {
         return;
