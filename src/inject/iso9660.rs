@@ -452,6 +452,113 @@ mod tests {
         assert_eq!(decode_name(b"A;B", false), "A;B");
     }
 
+    /// A directory record.
+    fn rec(name: &[u8], extent: u32, size: u32, flags: u8) -> Vec<u8> {
+        let mut r = vec![0u8; 33 + name.len() + (1 - name.len() % 2)];
+        r[0] = r.len() as u8;
+        r[2..6].copy_from_slice(&extent.to_le_bytes());
+        r[6..10].copy_from_slice(&extent.to_be_bytes());
+        r[10..14].copy_from_slice(&size.to_le_bytes());
+        r[14..18].copy_from_slice(&size.to_be_bytes());
+        r[25] = flags;
+        r[28] = 1;
+        r[32] = name.len() as u8;
+        r[33..33 + name.len()].copy_from_slice(name);
+        r
+    }
+
+    /// A minimal ISO: primary descriptor (16), terminator (17), root folder (18) holding
+    /// `records`, data blocks from 20.
+    fn tiny_iso(records: &[Vec<u8>], blocks: usize) -> Vec<u8> {
+        let mut img = vec![0u8; (20 + blocks) * 2048];
+        let pvd = &mut img[16 * 2048..17 * 2048];
+        pvd[0] = 1;
+        pvd[1..6].copy_from_slice(b"CD001");
+        pvd[6] = 1;
+        pvd[128..130].copy_from_slice(&2048u16.to_le_bytes());
+        let root = rec(&[0], 18, 2048, 2);
+        pvd[156..156 + root.len()].copy_from_slice(&root);
+        let t = &mut img[17 * 2048..18 * 2048];
+        t[0] = 255;
+        t[1..6].copy_from_slice(b"CD001");
+        let mut at = 18 * 2048;
+        for r in [rec(&[0], 18, 2048, 2), rec(&[1], 18, 2048, 2)]
+            .iter()
+            .chain(records)
+        {
+            img[at..at + r.len()].copy_from_slice(r);
+            at += r.len();
+        }
+        img
+    }
+
+    fn open_bytes(bytes: &[u8]) -> (tempfile::TempDir, Result<Iso9660>) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("t.iso");
+        std::fs::write(&p, bytes).unwrap_or_else(|e| panic!("{e}"));
+        let iso = Iso9660::open(&p);
+        (dir, iso)
+    }
+
+    #[test]
+    fn multi_extent_files_are_joined() {
+        let mut img = tiny_iso(
+            &[
+                rec(b"BIG.BIN;1", 20, 2048, 0x80),
+                rec(b"BIG.BIN;1", 22, 100, 0),
+                rec(b"SMALL;1", 21, 5, 0),
+            ],
+            3,
+        );
+        img[20 * 2048..21 * 2048].fill(0xAA);
+        img[21 * 2048..21 * 2048 + 5].copy_from_slice(b"small");
+        img[22 * 2048..22 * 2048 + 100].fill(0xBB);
+        let (_d, iso) = open_bytes(&img);
+        let iso = iso.unwrap_or_else(|e| panic!("{e}"));
+        let entries = iso.read_dir("").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].name, "BIG.BIN");
+        assert_eq!(entries[0].size, 2148);
+        let big = iso
+            .read_file("big.bin", 1 << 20)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(big.len(), 2148);
+        assert!(big[..2048].iter().all(|&b| b == 0xAA));
+        assert!(big[2048..].iter().all(|&b| b == 0xBB));
+        assert_eq!(iso.read_file("small", 10).unwrap_or_default(), b"small");
+
+        // A multi-extent file whose next record has another name; one with no final extent;
+        // an extent past the end; a record crossing its sector.
+        let bad = [
+            vec![rec(b"A;1", 20, 10, 0x80), rec(b"B;1", 21, 10, 0)],
+            vec![rec(b"A;1", 20, 10, 0x80)],
+            vec![rec(b"A;1", 9999, 10, 0)],
+        ];
+        for records in bad {
+            let (_d, iso) = open_bytes(&tiny_iso(&records, 3));
+            let iso = iso.unwrap_or_else(|e| panic!("{e}"));
+            assert!(iso.read_dir("").is_err(), "{records:?}");
+        }
+        let mut img = tiny_iso(&[], 3);
+        img[18 * 2048 + 68] = 34; // a record after "." and ".."...
+        img[18 * 2048 + 68 + 32] = 250; // ...whose name runs past its end
+        let (_d, iso) = open_bytes(&img);
+        let e = iso
+            .and_then(|iso| iso.read_dir(""))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(format!("{e:?}").contains("does not fit"), "{e:?}");
+        // 58 records of 34 bytes after "." and ".." end at byte 2040; the next crosses.
+        let mut img = tiny_iso(&vec![rec(b"X", 20, 0, 0); 58], 3);
+        img[18 * 2048 + 2040] = 34;
+        let (_d, iso) = open_bytes(&img);
+        let e = iso
+            .and_then(|iso| iso.read_dir(""))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(format!("{e:?}").contains("cross"), "{e:?}");
+    }
+
     #[test]
     fn not_an_iso_is_an_error() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

@@ -849,3 +849,88 @@ fn disk_partition_gpt_with_4096_byte_sectors() {
         assert_eq!(p.name, e["name"].as_str().unwrap());
     }
 }
+
+/// Random damage to sfdisk/sgdisk-made tables (MBR with logicals, GPT): errors or tables,
+/// never a panic; whatever is returned lies inside the disk.
+#[test]
+fn disk_partition_damaged_tables_never_panic() {
+    if !require("sgdisk") || !require("sfdisk") {
+        return;
+    }
+    let dir = tmpdir();
+    let gpt = dir.path().join("g.raw");
+    std::fs::File::create(&gpt)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    run(Command::new("sgdisk")
+        .args(["-n", "1:2048:+1M", "-n", "2:0:+2M", "-c", "2:name"])
+        .arg(&gpt));
+    let mbr = dir.path().join("m.raw");
+    std::fs::File::create(&mbr)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let mut child = Command::new("sfdisk")
+        .arg("-q")
+        .arg(&mbr)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(
+                b"label: dos\nsize=1M,type=7\nsize=5M,type=5\nsize=1M,type=83\nsize=1M,type=7\n",
+            )
+            .unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    let mut rng = Rng::new(77);
+    for base in [std::fs::read(&gpt).unwrap(), std::fs::read(&mbr).unwrap()] {
+        // Where the tables are: the first 34 sectors, the EBRs, the last 33 sectors.
+        let hot: Vec<std::ops::Range<usize>> = vec![
+            0..34 * 512,
+            (base.len() - 33 * 512)..base.len(),
+            (2048 + 2048) * 512..(2048 + 2048 + 4096) * 512,
+        ];
+        let len = base.len() as u64;
+        let mut disk = MemDisk(base);
+        for i in 0..2000 {
+            // Damage in place, remembering what to put back.
+            let mut undo: Vec<(usize, u8)> = Vec::new();
+            let d = &mut disk.0;
+            let flips = 1 + rng.below(4);
+            for _ in 0..flips {
+                let r = &hot[rng.below(hot.len() as u64) as usize];
+                let at = r.start + rng.below((r.end - r.start) as u64) as usize;
+                undo.push((at, d[at]));
+                d[at] = rng.next() as u8;
+            }
+            // Sometimes make the damaged GPT header checksum-valid again.
+            if i % 3 == 0 && &d[512..520] == b"EFI PART" {
+                let hs = u32::from_le_bytes(d[524..528].try_into().unwrap()) as usize;
+                if (92..=512).contains(&hs) {
+                    for at in 528..532 {
+                        undo.push((at, d[at]));
+                    }
+                    d[528..532].fill(0);
+                    let c = crc32(&d[512..512 + hs]);
+                    d[528..532].copy_from_slice(&c.to_le_bytes());
+                }
+            }
+            if let Ok(t) = read_partition_table(&disk) {
+                for p in &t.partitions {
+                    assert!(p.start + p.len <= len, "{p:?}");
+                }
+            }
+            let _ = find_volumes(&disk);
+            for (at, b) in undo.into_iter().rev() {
+                disk.0[at] = b;
+            }
+        }
+    }
+}
