@@ -635,6 +635,378 @@ pub fn disable_service(hive: &mut Hive, service: &str) -> Result<EditReport> {
 /// on the console where it can be read (a stop 0x7B from a missing storage driver otherwise
 /// turns into a reboot loop).
 pub fn set_crash_auto_reboot(hive: &mut Hive, enabled: bool) -> Result<EditReport> {
+    let plan = plan_crash_auto_reboot(hive, enabled)?;
+    apply_plan(hive, &plan)
+}
+
+/// The setup class of system devices (`System`), the class of the VMBus root device.
+pub const SYSTEM_CLASS_GUID: &str = "{4D36E97D-E325-11CE-BFC1-08002BE10318}";
+
+/// An inbox storage driver (its files ship with Windows in `System32\drivers`) that a cloud
+/// platform boots from: only its service start type and its device bindings change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboxDriver {
+    /// The service name (`stornvme`).
+    pub service: String,
+    /// The inbox INF that binds it (`stornvme.inf`), as named under
+    /// `DriverDatabase\DriverInfFiles`.
+    pub inf: String,
+    /// The INF install section, used when the driver store names none for the package.
+    pub config: String,
+    /// The device setup class GUID (braces, upper case).
+    pub class_guid: String,
+    /// The device ids to bind (hardware or compatible ids, `BUS\ID`).
+    pub device_ids: Vec<String>,
+    /// The Windows release that first shipped the driver, for the error when it is missing.
+    pub since: String,
+}
+
+impl InboxDriver {
+    fn new(
+        service: &str,
+        inf: &str,
+        config: &str,
+        class_guid: &str,
+        ids: &[&str],
+        since: &str,
+    ) -> InboxDriver {
+        InboxDriver {
+            service: service.into(),
+            inf: inf.into(),
+            config: config.into(),
+            class_guid: class_guid.into(),
+            device_ids: ids.iter().map(|s| s.to_string()).collect(),
+            since: since.into(),
+        }
+    }
+
+    /// `stornvme`, Microsoft's NVMe driver (inbox since Windows 8.1 / 2012 R2, `stornvme.inf`,
+    /// install section `Stornvme_Inst`, group `SCSI Miniport`, as a Windows 10 SYSTEM hive
+    /// stores it), bound to the NVMe class code `PCI\CC_010802` (mass storage, non-volatile
+    /// memory, NVM Express: any NVMe controller) and to `extra_ids`.
+    pub fn stornvme(extra_ids: &[&str]) -> InboxDriver {
+        let mut ids = vec!["PCI\\CC_010802"];
+        ids.extend_from_slice(extra_ids);
+        InboxDriver::new(
+            "stornvme",
+            "stornvme.inf",
+            "Stornvme_Inst",
+            SCSI_ADAPTER_CLASS_GUID,
+            &ids,
+            "Windows 8.1 / Server 2012 R2 (Windows 7 / 2008 R2 need update KB2990941)",
+        )
+    }
+
+    /// `vmbus`, the Hyper-V VMBus (`wvmbus.inf`, install section `VMBus_Device_Child.NT`, class
+    /// System, group `System Bus Extender`), bound to `ACPI\VMBus` and to `ACPI\MSFT1000`, the
+    /// id newer Azure hosts present instead (Microsoft, "Windows Server 2012 R2 startup failure
+    /// after Azure platform update": "ACPI\VMBus changes to ACPI\MSFT1000").
+    pub fn vmbus() -> InboxDriver {
+        InboxDriver::new(
+            "vmbus",
+            "wvmbus.inf",
+            "VMBus_Device_Child.NT",
+            SYSTEM_CLASS_GUID,
+            &["ACPI\\VMBus", "ACPI\\MSFT1000"],
+            "Windows Server 2008 R2 / Windows 7",
+        )
+    }
+
+    /// `storvsc`, the Hyper-V synthetic SCSI controller (`wstorvsc.inf`, install section
+    /// `storvscDriveInstall`, group `Base`), bound to the VMBus channel class of the synthetic
+    /// SCSI controller `VMBUS\{ba6163d9-04a1-4d29-b605-72e2ffb1dc7f}`.
+    pub fn storvsc() -> InboxDriver {
+        InboxDriver::new(
+            "storvsc",
+            "wstorvsc.inf",
+            "storvscDriveInstall",
+            SCSI_ADAPTER_CLASS_GUID,
+            &["VMBUS\\{ba6163d9-04a1-4d29-b605-72e2ffb1dc7f}"],
+            "Windows Server 2008 R2 / Windows 7",
+        )
+    }
+}
+
+/// The inbox storage drivers each cloud boots from.
+///
+/// - AWS Nitro: NVMe (`stornvme`); EBS volumes are PCI `1D0F:8061` and instance-store volumes
+///   `1D0F:CD01` (AWS, "Amazon EBS and NVMe on Windows instances": EBS volumes are NVMe devices
+///   on Nitro instances, served by the standard NVMe driver or AWS's own).
+/// - Google Compute Engine (third generation and later machine types): NVMe persistent disks,
+///   PCI `1AE0:001F` (Google's vendor id).
+/// - Azure: VMBus and its synthetic SCSI controller (`vmbus` + `storvsc`).
+pub fn cloud_inbox_drivers(target: crate::inject::adapt::CloudTarget) -> Vec<InboxDriver> {
+    use crate::inject::adapt::CloudTarget;
+    match target {
+        CloudTarget::AwsNitro => vec![InboxDriver::stornvme(&[
+            "PCI\\VEN_1D0F&DEV_8061",
+            "PCI\\VEN_1D0F&DEV_CD01",
+        ])],
+        CloudTarget::Gcp => vec![InboxDriver::stornvme(&["PCI\\VEN_1AE0&DEV_001F"])],
+        CloudTarget::Azure => vec![InboxDriver::vmbus(), InboxDriver::storvsc()],
+    }
+}
+
+/// A SZ or MULTI_SZ value's strings (empty when missing or of another type).
+fn strings(hive: &Hive, key: super::hive::KeyId, name: &str) -> Result<Vec<String>> {
+    Ok(match hive.value(key, name)?.map(|v| v.decoded()) {
+        Some(RegData::Sz(s)) | Some(RegData::ExpandSz(s)) => vec![s],
+        Some(RegData::MultiSz(v)) => v,
+        _ => Vec::new(),
+    })
+}
+
+/// The edits that make the inbox driver `drv` boot-start and bind it to its device ids.
+///
+/// - `<cs>\Services\<svc>` must exist (the driver ships with this Windows): only `Start` is
+///   set, to 0; the inbox `Type`, `Group`, `ImagePath` and `ErrorControl` stay.
+/// - Without `DriverDatabase`: `<cs>\Control\CriticalDeviceDatabase\<id with \ as #>` with
+///   `Service` and `ClassGUID`, for each id.
+/// - With `DriverDatabase`: the inbox package stays the one bound. Its label is the `Active`
+///   value of `DriverInfFiles\<inf>`; for each id, `DeviceIds\<id>` gets the value `<inf>`
+///   (BINARY `01 ff 00 00`) and `DriverPackages\<label>\Descriptors\<id>` the value
+///   `Configuration` only where they are missing. The configuration is the one an existing
+///   descriptor of the package names (else the first of the INF's `Configurations`).
+pub fn plan_inbox_driver(hive: &Hive, drv: &InboxDriver) -> Result<EditPlan> {
+    let cs = current_control_set(hive)?;
+    let svc = format!("{cs}\\Services\\{}", drv.service);
+    if hive.open_key(&svc)?.is_none() {
+        return Err(HiveError::NotFound(format!(
+            "this Windows has no inbox {} driver (no key {svc} in the SYSTEM hive); it ships \
+             with {}",
+            drv.service, drv.since
+        ))
+        .into());
+    }
+    let mut plan = EditPlan {
+        control_set: Some(cs.clone()),
+        keys: Vec::new(),
+    };
+    plan.key(svc, vec![("Start", RegData::Dword(SERVICE_BOOT_START))]);
+    if !has_driver_database(hive)? {
+        for id in &drv.device_ids {
+            plan.key(
+                format!(
+                    "{cs}\\Control\\CriticalDeviceDatabase\\{}",
+                    id.replace('\\', "#")
+                ),
+                vec![
+                    ("Service", RegData::Sz(drv.service.clone())),
+                    ("ClassGUID", RegData::Sz(drv.class_guid.clone())),
+                ],
+            );
+        }
+        return Ok(plan);
+    }
+    let inf_path = format!("DriverDatabase\\DriverInfFiles\\{}", drv.inf);
+    let inf_key = hive.open_key(&inf_path)?.ok_or_else(|| {
+        HiveError::NotFound(format!(
+            "the driver store has no inbox {} package (no key {inf_path} in the SYSTEM hive), \
+             so the {} driver cannot be bound",
+            drv.inf, drv.service
+        ))
+    })?;
+    let label = strings(hive, inf_key, "Active")?
+        .into_iter()
+        .next()
+        .filter(|l| !l.is_empty() && !l.contains('\\'))
+        .ok_or_else(|| {
+            HiveError::NotFound(format!(
+                "{inf_path} has no Active value naming the installed {} package",
+                drv.inf
+            ))
+        })?;
+    let pkg = format!("DriverDatabase\\DriverPackages\\{label}");
+    if hive.open_key(&pkg)?.is_none() {
+        return Err(HiveError::NotFound(format!(
+            "{inf_path} names the active package {label}, but there is no key {pkg}"
+        ))
+        .into());
+    }
+    // The configuration an existing descriptor of the package uses.
+    let mut config = None;
+    if let Some(desc) = hive.open_key(&format!("{pkg}\\Descriptors"))? {
+        let mut stack = vec![(desc, 0u32)];
+        let mut seen = 0u32;
+        while let Some((k, depth)) = stack.pop() {
+            seen += 1;
+            if seen > 10_000 {
+                break;
+            }
+            if let Some(c) = strings(hive, k, "Configuration")?.into_iter().next() {
+                if !c.is_empty() {
+                    config = Some(c);
+                    break;
+                }
+            }
+            if depth < 4 {
+                for s in hive.subkeys(k)? {
+                    stack.push((s, depth + 1));
+                }
+            }
+        }
+    }
+    let config = match config {
+        Some(c) => c,
+        None => strings(hive, inf_key, "Configurations")?
+            .into_iter()
+            .find(|c| !c.is_empty())
+            .unwrap_or_else(|| drv.config.clone()),
+    };
+    for id in &drv.device_ids {
+        let ids_key = format!("DriverDatabase\\DeviceIds\\{id}");
+        let present = match hive.open_key(&ids_key)? {
+            Some(k) => hive.value(k, &drv.inf)?.is_some(),
+            None => false,
+        };
+        if !present {
+            plan.key(
+                ids_key,
+                vec![(drv.inf.as_str(), RegData::Binary(DEVICE_ID_RANK.to_vec()))],
+            );
+        }
+        let desc_key = format!("{pkg}\\Descriptors\\{id}");
+        let present = match hive.open_key(&desc_key)? {
+            Some(k) => hive.value(k, "Configuration")?.is_some(),
+            None => false,
+        };
+        if !present {
+            plan.key(
+                desc_key,
+                vec![("Configuration", RegData::Sz(config.clone()))],
+            );
+        }
+    }
+    Ok(plan)
+}
+
+/// The staging folder of driver packages, as `DevicePath` and the first-boot script name it.
+pub const STAGING_DIR_ENV: &str = "%SystemRoot%\\Drivers\\VirtIO";
+
+/// Where `DevicePath` lives in the SOFTWARE hive.
+pub const DEVICE_PATH_KEY: &str = "Microsoft\\Windows\\CurrentVersion";
+
+/// The edit that appends `dir` to SOFTWARE `Microsoft\Windows\CurrentVersion\DevicePath`
+/// (EXPAND_SZ, `;`-separated folders Plug and Play searches, with their subfolders, for INF
+/// files when it meets a new device). Nothing is planned when `dir` is already listed
+/// (compared without regard to case); a missing value starts from Windows' default
+/// `%SystemRoot%\inf`.
+pub fn plan_device_path(software: &Hive, dir: &str) -> Result<EditPlan> {
+    let mut plan = EditPlan::default();
+    let current = match software.open_key(DEVICE_PATH_KEY)? {
+        Some(k) => strings(software, k, "DevicePath")?.into_iter().next(),
+        None => None,
+    };
+    let current = current.unwrap_or_else(|| "%SystemRoot%\\inf".to_string());
+    let listed = current
+        .split(';')
+        .any(|p| p.trim().trim_end_matches('\\').eq_ignore_ascii_case(dir));
+    if !listed {
+        let new = if current.trim().is_empty() {
+            dir.to_string()
+        } else {
+            format!("{};{dir}", current.trim_end_matches(';'))
+        };
+        plan.key(
+            DEVICE_PATH_KEY.to_string(),
+            vec![("DevicePath", RegData::ExpandSz(new))],
+        );
+    }
+    Ok(plan)
+}
+
+/// What [`plan_first_boot`] decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FirstBoot {
+    /// `Setup\CmdLine` runs the script at the next boot (`SetupType` = 2).
+    Scheduled(EditPlan),
+    /// Windows setup is already pending (`SetupType` = `setup_type`, e.g. a sysprepped image):
+    /// nothing is changed; setup finds the staged drivers through `DevicePath`.
+    SetupPending {
+        /// The `SetupType` found.
+        setup_type: u32,
+        /// The `CmdLine` found.
+        cmd_line: String,
+    },
+}
+
+/// The command line the first boot runs (`cmd.exe` expands `%SystemRoot%`).
+pub fn first_boot_cmd_line(script: &str) -> String {
+    format!("cmd.exe /c {script}")
+}
+
+/// Plans running `script` (a path with `%SystemRoot%`) once at the next boot through the
+/// SYSTEM hive's `Setup` key: `CmdLine` = `cmd.exe /c <script>` and `SetupType` = 2. At boot,
+/// Winlogon sees a non-zero `SetupType` and runs `CmdLine` as SYSTEM before anyone logs on
+/// (the mechanism Windows setup itself uses, so no extra executable or service is needed); the
+/// script sets `SetupType` back to 0 and `CmdLine` to "" when it is done, so it runs once.
+/// When `SetupType` is already non-zero (setup pending, e.g. after sysprep), nothing is planned.
+pub fn plan_first_boot(system: &Hive, script: &str) -> Result<FirstBoot> {
+    let mut cmd_line = String::new();
+    if let Some(k) = system.open_key("Setup")? {
+        cmd_line = strings(system, k, "CmdLine")?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        if let Some(v) = system.value(k, "SetupType")? {
+            if let RegData::Dword(t) = v.decoded() {
+                if t != 0 {
+                    return Ok(FirstBoot::SetupPending {
+                        setup_type: t,
+                        cmd_line,
+                    });
+                }
+            }
+        }
+    }
+    let _ = cmd_line;
+    let mut plan = EditPlan::default();
+    plan.key(
+        "Setup".to_string(),
+        vec![
+            ("CmdLine", RegData::Sz(first_boot_cmd_line(script))),
+            ("SetupType", RegData::Dword(2)),
+        ],
+    );
+    Ok(FirstBoot::Scheduled(plan))
+}
+
+/// The first-boot script (CRLF lines): `pnputil -i -a` on each INF (paths relative to the
+/// staging folder), each step logged to `firstboot.log` beside the script, then `SetupType`
+/// back to 0 and `CmdLine` to "" with `reg.exe`.
+pub fn first_boot_script(staging: &str, infs: &[String]) -> String {
+    let mut lines = vec![
+        "@echo off".to_string(),
+        "rem Written by diskconv inject windows: installs the staged drivers once, at the \
+         first boot."
+            .to_string(),
+        format!("set LOG={staging}\\firstboot.log"),
+        "echo %DATE% %TIME% installing the staged drivers >> \"%LOG%\"".to_string(),
+    ];
+    for inf in infs {
+        lines.push(format!(
+            "pnputil -i -a \"{staging}\\{inf}\" >> \"%LOG%\" 2>&1"
+        ));
+        lines.push(format!(
+            "echo pnputil {inf}: exit code %ERRORLEVEL% >> \"%LOG%\""
+        ));
+    }
+    lines.push(
+        "reg add \"HKLM\\SYSTEM\\Setup\" /v SetupType /t REG_DWORD /d 0 /f >> \"%LOG%\" 2>&1"
+            .to_string(),
+    );
+    lines.push(
+        "reg add \"HKLM\\SYSTEM\\Setup\" /v CmdLine /t REG_SZ /d \"\" /f >> \"%LOG%\" 2>&1"
+            .to_string(),
+    );
+    lines.push("echo %DATE% %TIME% done >> \"%LOG%\"".to_string());
+    let mut s = lines.join("\r\n");
+    s.push_str("\r\n");
+    s
+}
+
+/// The edit that sets `<cs>\Control\CrashControl\AutoReboot` (see [`set_crash_auto_reboot`]).
+pub fn plan_crash_auto_reboot(hive: &Hive, enabled: bool) -> Result<EditPlan> {
     let cs = current_control_set(hive)?;
     let mut plan = EditPlan {
         control_set: Some(cs.clone()),
@@ -644,7 +1016,7 @@ pub fn set_crash_auto_reboot(hive: &mut Hive, enabled: bool) -> Result<EditRepor
         format!("{cs}\\Control\\CrashControl"),
         vec![("AutoReboot", RegData::Dword(u32::from(enabled)))],
     );
-    apply_plan(hive, &plan)
+    Ok(plan)
 }
 
 #[cfg(test)]

@@ -1,16 +1,125 @@
 //! `diskconv inject windows`: offline driver injection into a Windows guest.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Args;
-use diskconv::{ReferencePolicy, Result};
+use clap::{Args, Subcommand};
+use diskconv::inject::adapt::{InjectOptions, InjectReport, inject_windows};
+use diskconv::{Error, OpenOptions, ReferencePolicy, Result};
 
-/// Arguments (placeholder until implemented).
+/// `diskconv inject`.
 #[derive(Debug, Args)]
-pub struct InjectArgs {}
+pub struct InjectArgs {
+    /// What to inject into.
+    #[command(subcommand)]
+    pub command: InjectCommand,
+}
+
+/// The guest kinds.
+#[derive(Debug, Subcommand)]
+pub enum InjectCommand {
+    /// Make a Windows guest boot on KVM (virtio-win drivers) or a cloud's inbox drivers.
+    Windows(WindowsArgs),
+}
+
+/// `diskconv inject windows IMG ...`.
+#[derive(Debug, Args)]
+pub struct WindowsArgs {
+    /// The image to edit in place (raw, qcow2, VHD, VHDX, sparse VMDK).
+    pub image: PathBuf,
+    /// A virtio-win folder or ISO (optional with --target).
+    #[arg(long, value_name = "DIR_OR_ISO")]
+    pub drivers: Option<PathBuf>,
+    /// The boot storage driver: viostor (virtio-blk) or vioscsi (virtio-scsi).
+    #[arg(long, value_name = "DRIVER", default_value = "viostor")]
+    pub block_driver: String,
+    /// Also enable the inbox storage drivers of a cloud: aws-nitro, gcp or azure.
+    #[arg(long, value_name = "CLOUD")]
+    pub target: Option<String>,
+    /// Print the plan; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Image format (detected from the content when omitted).
+    #[arg(short = 'f', long = "format", value_name = "FMT")]
+    pub format: Option<String>,
+}
 
 /// Runs the command.
 pub fn run(args: InjectArgs, policy: ReferencePolicy) -> Result<ExitCode> {
-    let _ = (args, policy);
-    unimplemented!("inject command")
+    match args.command {
+        InjectCommand::Windows(a) => windows(a, policy),
+    }
+}
+
+fn windows(a: WindowsArgs, policy: ReferencePolicy) -> Result<ExitCode> {
+    let mut open = OpenOptions::new().references(policy);
+    if let Some(f) = &a.format {
+        open = open.format(f.parse()?);
+    }
+    let opts = InjectOptions {
+        drivers: a.drivers.clone(),
+        block_driver: a.block_driver.parse()?,
+        target: a.target.as_deref().map(str::parse).transpose()?,
+        dry_run: a.dry_run,
+        open,
+    };
+    let report = inject_windows(&a.image, &opts)?;
+    if a.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::InvalidArgument(format!("writing JSON: {e}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", human(&report, a.dry_run));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human(r: &InjectReport, dry_run: bool) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let part = match r.partition {
+        Some(n) => format!("partition {n}"),
+        None => "the whole disk".to_string(),
+    };
+    let _ = writeln!(s, "windows:    {} on {part}", r.windows.describe());
+    for h in &r.replayed_hives {
+        let _ = writeln!(s, "replayed:   {h} (from its transaction logs)");
+    }
+    let verb = if dry_run { "would write" } else { "files" };
+    let _ = writeln!(s, "{verb}:");
+    for f in &r.files {
+        let _ = writeln!(
+            s,
+            "  {}{}  ({} bytes, from {})",
+            f.path,
+            if f.replaces { " (replaces)" } else { "" },
+            f.size,
+            f.source
+        );
+    }
+    let _ = writeln!(s, "registry values:");
+    for v in &r.values {
+        let name = if v.name.is_empty() { "@" } else { &v.name };
+        let _ = writeln!(
+            s,
+            "  {}\\{} : {name} = {} ({})",
+            v.hive, v.key, v.data, v.kind
+        );
+    }
+    let _ = writeln!(s, "first boot: {}", r.first_boot);
+    let _ = writeln!(
+        s,
+        "{}",
+        if dry_run {
+            "dry run: nothing written"
+        } else if r.written {
+            "written"
+        } else {
+            "nothing to write: the image already holds this plan"
+        }
+    );
+    s
 }

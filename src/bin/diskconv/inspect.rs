@@ -1,16 +1,135 @@
 //! `diskconv inspect`: partitions, file systems and the installed Windows of an image.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use diskconv::{ReferencePolicy, Result};
+use diskconv::inspect::{InspectReport, inspect_image};
+use diskconv::util::human_bytes;
+use diskconv::{Error, OpenOptions, ReferencePolicy, Result};
 
-/// Arguments (placeholder until implemented).
+/// `diskconv inspect IMG [--json] [-f FMT]`.
 #[derive(Debug, Args)]
-pub struct InspectArgs {}
+pub struct InspectArgs {
+    /// The image (raw, qcow2, VMDK, VHD, VHDX).
+    pub image: PathBuf,
+    /// Image format (detected from the content when omitted).
+    #[arg(short = 'f', long = "format", value_name = "FMT")]
+    pub format: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Runs the command.
 pub fn run(args: InspectArgs, policy: ReferencePolicy) -> Result<ExitCode> {
-    let _ = (args, policy);
-    unimplemented!("inspect command")
+    let mut opts = OpenOptions::new().references(policy);
+    if let Some(f) = &args.format {
+        opts = opts.format(f.parse()?);
+    }
+    let report = inspect_image(&args.image, &opts)?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::InvalidArgument(format!("writing JSON: {e}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", human(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human(r: &InspectReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "image:      {}", r.path.display());
+    let _ = writeln!(s, "format:     {}", r.format);
+    let _ = writeln!(
+        s,
+        "size:       {} ({} bytes)",
+        human_bytes(r.virtual_size),
+        r.virtual_size
+    );
+    let t = &r.partition_table;
+    let _ = writeln!(
+        s,
+        "partitions: {} ({} partitions, {}-byte sectors)",
+        serde_json::to_value(t.scheme)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        t.partitions.len(),
+        t.sector_size
+    );
+    for v in &r.volumes {
+        let what = match &v.volume.partition {
+            Some(p) => format!("partition {}", p.number),
+            None => "whole disk".to_string(),
+        };
+        let fs = serde_json::to_value(v.volume.fs)
+            .ok()
+            .and_then(|x| x.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "volume:     {what}: {fs}, at {:#x}, {}",
+            v.volume.start,
+            human_bytes(v.volume.len)
+        );
+        if let Some(n) = &v.ntfs {
+            let _ = writeln!(
+                s,
+                "  ntfs:     version {}.{}, label \"{}\", {}-byte clusters, {} free of {}",
+                n.version.0,
+                n.version.1,
+                n.label,
+                n.cluster_size,
+                human_bytes(n.free_clusters.saturating_mul(u64::from(n.cluster_size))),
+                human_bytes(n.total_clusters.saturating_mul(u64::from(n.cluster_size)))
+            );
+            let state = match &v.not_writable {
+                Some(why) => format!("not writable: {why}"),
+                None => "clean (writable)".to_string(),
+            };
+            let _ = writeln!(s, "  state:    {state}");
+        }
+        if let Some(w) = &v.windows {
+            let i = &w.info;
+            let _ = writeln!(s, "  windows:  {}", i.describe());
+            let _ = writeln!(
+                s,
+                "            edition {}, installation type {}, {}",
+                i.edition,
+                if i.installation_type.is_empty() {
+                    "?"
+                } else {
+                    &i.installation_type
+                },
+                if i.server { "server" } else { "client" }
+            );
+            let _ = writeln!(
+                s,
+                "            control set {}, {}, virtio-win folders: {}",
+                i.current_control_set,
+                if i.driver_database {
+                    "DriverDatabase"
+                } else {
+                    "CriticalDeviceDatabase"
+                },
+                match i.virtio_os_dirs() {
+                    d if d.is_empty() => "none (too old)".to_string(),
+                    d => d.join(", "),
+                }
+            );
+            for h in &w.replayed_hives {
+                let _ = writeln!(s, "            replayed the logs of {h} (in memory)");
+            }
+        }
+        if let Some(e) = &v.error {
+            let _ = writeln!(s, "  error:    {e}");
+        }
+    }
+    if r.windows().next().is_none() {
+        let _ = writeln!(s, "windows:    none found");
+    }
+    s
 }

@@ -522,6 +522,12 @@ impl Hive {
         }
     }
 
+    /// Whether edits are refused: the hive is dirty and its logs were missing or unusable (the
+    /// recovery report's notes say why), and data loss was not accepted.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only_dirty
+    }
+
     /// The key's security descriptor (self-relative `SECURITY_DESCRIPTOR` bytes from its `sk`
     /// cell).
     pub fn security_descriptor(&self, key: KeyId) -> Result<Vec<u8>> {
