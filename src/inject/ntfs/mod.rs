@@ -8,17 +8,30 @@
 //! first records. A volume that is dirty, has a non-empty `$LogFile`, is hibernated (Fast
 //! Startup) or BitLocker-encrypted is refused before anything is written.
 
+mod attribute;
+mod bitmap;
+mod boot;
+mod dir;
 mod error;
+mod file;
 pub mod fixup;
 pub mod index;
 pub mod logfile;
+mod record;
 pub mod runlist;
 pub mod upcase;
+mod volume;
 
 pub use error::NtfsError;
 
+use std::sync::Arc;
+
 use crate::error::Result;
 use crate::inject::disk::DiskIo;
+use bitmap::Bitmap;
+use boot::Boot;
+use upcase::UpCase;
+use volume::Stream;
 
 /// How to open a volume.
 #[derive(Debug, Clone, Default)]
@@ -93,23 +106,210 @@ pub struct DirEntry {
 }
 
 /// An open NTFS volume.
+///
+/// Every change is written through to the disk as it is made (records, index blocks, the
+/// changed bytes of the bitmaps, `$MFTMirr`), so the in-memory state always matches the disk
+/// and an error never leaves a half-edited structure behind in a cache; [`flush`](Self::flush)
+/// only checks that `$MFTMirr` still matches. Atomicity of a whole operation comes from the
+/// caller's [`TxDisk`](crate::inject::disk::TxDisk).
 pub struct NtfsVolume<D: DiskIo> {
     disk: D,
     read_only: bool,
+    boot: Boot,
+    state: VolumeState,
+    upcase: Arc<UpCase>,
+    /// `$MFT`'s unnamed `$DATA`.
+    mft: Stream,
+    /// `$MFT`'s `$DATA` is spread over extension records (attribute list): read only.
+    mft_has_list: bool,
+    /// `$MFTMirr`'s `$DATA` and how many records it mirrors.
+    mirr: Stream,
+    mirr_records: u64,
+    /// `$MFT`'s `$BITMAP` (non-resident) and its bits, one per record.
+    mft_bitmap: Option<(Stream, Bitmap)>,
+    /// `$Bitmap`'s `$DATA` and its bits, one per cluster.
+    cluster_stream: Stream,
+    clusters: Bitmap,
 }
+
+/// The first MFT record handed out to new files (0-15 are system files, 16-23 reserved).
+const FIRST_USER_RECORD: u64 = 24;
+/// Root folder record.
+const ROOT: u64 = 5;
+/// Largest metadata file read whole at open (`$LogFile`, `$UpCase`, `$Bitmap`, attribute lists).
+const MAX_META: u64 = 512 << 20;
 
 impl<D: DiskIo> NtfsVolume<D> {
     /// Opens the volume on `disk` (its boot sector at offset 0). Checks the boot sector, `$MFT`,
     /// `$MFTMirr`, `$Volume`, `$LogFile`, `$UpCase` and `hiberfil.sys`; unless
     /// `opts.read_only`, refuses a volume that must not be written ([`NtfsError::NotWritable`]).
     pub fn open(disk: D, opts: &NtfsOpenOptions) -> Result<NtfsVolume<D>> {
-        let _ = (&disk, opts);
-        unimplemented!("NtfsVolume::open: helper A")
+        let mut sector = vec![0u8; 512];
+        if disk.len() < 512 {
+            return Err(NtfsError::invalid(
+                "boot sector",
+                0,
+                format!(
+                    "the volume is {} bytes, smaller than a boot sector",
+                    disk.len()
+                ),
+            )
+            .into());
+        }
+        disk.read_at(&mut sector, 0)?;
+        let boot = Boot::parse(&sector, disk.len())?;
+        let mut vol = NtfsVolume {
+            disk,
+            read_only: opts.read_only,
+            state: VolumeState {
+                cluster_size: boot.cluster_size as u32,
+                total_clusters: boot.total_clusters,
+                ..VolumeState::default()
+            },
+            upcase: Arc::new(UpCase::default_table()),
+            mft: Stream::contiguous(boot.mft_lcn, 1, boot.cluster_size),
+            mft_has_list: false,
+            mirr: Stream::contiguous(boot.mftmirr_lcn, 1, boot.cluster_size),
+            mirr_records: 0,
+            mft_bitmap: None,
+            cluster_stream: Stream::default(),
+            clusters: Bitmap {
+                bytes: Vec::new(),
+                bits: 0,
+            },
+            boot,
+        };
+        // Bootstrap: the first record of $MFT sits at the boot sector's LCN; enough clusters
+        // to hold it are mapped until its own run list is read.
+        let rs = u64::from(vol.boot.record_size);
+        let first = rs.div_ceil(vol.boot.cluster_size).max(1);
+        vol.mft = Stream::contiguous(vol.boot.mft_lcn, first, vol.boot.cluster_size);
+        let rec0 = vol.read_record(0)?;
+        vol.mft = vol.load_stream(&rec0, record::AT_DATA, &[], "$MFT")?;
+        vol.mft_has_list = rec0.find(record::AT_ATTRIBUTE_LIST, &[])?.is_some();
+        if vol.mft.size < 16 * rs || vol.mft.size % rs != 0 {
+            return Err(NtfsError::corrupt(
+                "MFT record 0 ($MFT)",
+                rec0.offset,
+                format!(
+                    "$MFT is {} bytes: expected a multiple of the {rs}-byte record size holding at least 16 records",
+                    vol.mft.size
+                ),
+            )
+            .into());
+        }
+        vol.check_system_records()?;
+        // $MFT's $BITMAP.
+        if let Some(a) = rec0.find(record::AT_BITMAP, &[])? {
+            if a.non_resident {
+                let s = vol.load_stream(&rec0, record::AT_BITMAP, &[], "$MFT:$BITMAP")?;
+                let bytes = vol.read_stream(&s, "$MFT:$BITMAP", MAX_META)?;
+                let bits = (bytes.len() as u64 * 8).min(vol.mft.size / rs);
+                vol.mft_bitmap = Some((s, Bitmap { bytes, bits }));
+            }
+        } else {
+            return Err(NtfsError::corrupt(
+                "MFT record 0 ($MFT)",
+                rec0.offset,
+                "no $BITMAP attribute",
+            )
+            .into());
+        }
+        // $MFTMirr.
+        let rec1 = vol.read_record(1)?;
+        vol.mirr = vol.load_stream(&rec1, record::AT_DATA, &[], "$MFTMirr")?;
+        vol.mirr_records = (vol.mirr.size / rs).min(vol.mft.size / rs);
+        vol.check_mirror()?;
+        // $Volume.
+        let rec3 = vol.read_record(3)?;
+        if let Some(a) = rec3.find(record::AT_VOLUME_NAME, &[])? {
+            let v = rec3.value(&a)?;
+            let units: Vec<u16> = v
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            vol.state.label = String::from_utf16_lossy(&units);
+        }
+        let Some(a) = rec3.find(record::AT_VOLUME_INFORMATION, &[])? else {
+            return Err(NtfsError::corrupt(
+                "MFT record 3 ($Volume)",
+                rec3.offset,
+                "no $VOLUME_INFORMATION attribute",
+            )
+            .into());
+        };
+        let v = rec3.value(&a)?;
+        if v.len() < 12 {
+            return Err(NtfsError::corrupt(
+                "MFT record 3 ($Volume)",
+                rec3.offset + a.pos as u64,
+                format!("$VOLUME_INFORMATION is {} bytes, expected 12", v.len()),
+            )
+            .into());
+        }
+        vol.state.version = (v[8], v[9]);
+        vol.state.dirty = record::rd16(v, 10) & VOLUME_IS_DIRTY != 0;
+        // $UpCase.
+        let rec10 = vol.read_record(10)?;
+        let s = vol.load_stream(&rec10, record::AT_DATA, &[], "$UpCase")?;
+        let table = vol.read_stream(&s, "$UpCase", MAX_META)?;
+        vol.upcase = Arc::new(UpCase::from_bytes(&table)?);
+        // $Bitmap.
+        let rec6 = vol.read_record(6)?;
+        vol.cluster_stream = vol.load_stream(&rec6, record::AT_DATA, &[], "$Bitmap")?;
+        let need = vol.boot.total_clusters.div_ceil(8);
+        if vol.cluster_stream.size < need {
+            return Err(NtfsError::corrupt(
+                "MFT record 6 ($Bitmap)",
+                rec6.offset,
+                format!(
+                    "$Bitmap is {} bytes, {need} needed for {} clusters",
+                    vol.cluster_stream.size, vol.boot.total_clusters
+                ),
+            )
+            .into());
+        }
+        let bytes = vol.read_stream(&vol.cluster_stream.clone(), "$Bitmap", MAX_META)?;
+        vol.clusters = Bitmap {
+            bytes,
+            bits: vol.boot.total_clusters,
+        };
+        vol.state.free_clusters = vol.clusters.count_free();
+        // $LogFile.
+        let rec2 = vol.read_record(2)?;
+        let s = vol.load_stream(&rec2, record::AT_DATA, &[], "$LogFile")?;
+        let log = vol.read_stream(&s, "$LogFile", MAX_META)?;
+        vol.state.log_clean = logfile::log_is_clean(&log)?;
+        // hiberfil.sys in the root.
+        let name: Vec<u16> = "hiberfil.sys".encode_utf16().collect();
+        if let Some(e) = vol.lookup_child(ROOT, &name)? {
+            let rec = vol.read_record(e.file_ref & REF_MASK)?;
+            if let Some(loc) = vol.load(&rec, record::AT_DATA, &[], "hiberfil.sys")? {
+                let mut head = vec![0u8; loc.size().min(4096) as usize];
+                vol.read_loc(&loc, 0, &mut head)?;
+                vol.state.hibernated = logfile::hiberfil_in_use(&head);
+            }
+        }
+        if !opts.read_only {
+            if let Some(reason) = vol.state.not_writable_reason() {
+                return Err(NtfsError::NotWritable { reason }.into());
+            }
+            if vol.state.version.0 < 3 {
+                return Err(NtfsError::NotWritable {
+                    reason: format!(
+                        "NTFS version {}.{} is older than 3.0 (Windows 2000); only 3.x volumes are written",
+                        vol.state.version.0, vol.state.version.1
+                    ),
+                }
+                .into());
+            }
+        }
+        Ok(vol)
     }
 
     /// The state read at open.
     pub fn state(&self) -> &VolumeState {
-        unimplemented!("NtfsVolume::state: helper A")
+        &self.state
     }
 
     /// Gives the disk back (after [`flush`](Self::flush)).
@@ -120,60 +320,176 @@ impl<D: DiskIo> NtfsVolume<D> {
     /// The entry at `path` (`\` or `/` separated, relative to the root, case-insensitive per
     /// `$UpCase`); `None` when any component is missing.
     pub fn stat(&self, path: &str) -> Result<Option<DirEntry>> {
-        let _ = path;
-        unimplemented!("NtfsVolume::stat: helper A")
+        let comps = components(path);
+        if comps.is_empty() {
+            return Ok(Some(DirEntry {
+                name: String::new(),
+                record: ROOT,
+                is_dir: true,
+                size: 0,
+            }));
+        }
+        match self.resolve(&comps)? {
+            Some(n) => Ok(Some(self.dir_entry(&n.entry)?)),
+            None => Ok(None),
+        }
     }
 
     /// The entries of the folder at `path` in index order (DOS 8.3 duplicates omitted).
     pub fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
-        let _ = path;
-        unimplemented!("NtfsVolume::read_dir: helper A")
+        let dir = self.folder(path)?;
+        let view = dir::Dir::open(self, dir)?;
+        let mut out = Vec::new();
+        for e in index::entries(&view)? {
+            if e.namespace()? == attribute::NS_DOS {
+                continue;
+            }
+            out.push(self.dir_entry(&e)?);
+        }
+        Ok(out)
     }
 
     /// The whole unnamed `$DATA` stream of the file at `path` (resident, non-resident or
     /// sparse; compressed and encrypted files are refused). Files over `max_len` are refused.
     pub fn read_file(&self, path: &str, max_len: u64) -> Result<Vec<u8>> {
-        let _ = (path, max_len);
-        unimplemented!("NtfsVolume::read_file: helper A")
+        let node = self.file(path)?;
+        let rec = self.read_record(node.record)?;
+        let Some(loc) = self.load(&rec, record::AT_DATA, &[], path)? else {
+            return Ok(Vec::new());
+        };
+        if loc.size() > max_len {
+            return Err(NtfsError::InvalidArgument(format!(
+                "{path} is {} bytes, more than the {max_len} allowed",
+                loc.size()
+            ))
+            .into());
+        }
+        let mut buf = vec![0u8; loc.size() as usize];
+        self.read_loc(&loc, 0, &mut buf)?;
+        Ok(buf)
     }
 
     /// Creates the file at `path` (its folder must exist) or replaces its whole content,
     /// growing or shrinking it. Returns `true` if the file was created.
     pub fn write_file(&mut self, path: &str, data: &[u8]) -> Result<bool> {
-        let _ = (path, data, self.read_only);
-        unimplemented!("NtfsVolume::write_file: helper A")
+        self.check_writable()?;
+        let comps = components(path);
+        let Some((name, parent_comps)) = comps.split_last() else {
+            return Err(NtfsError::InvalidArgument("write_file: empty path".into()).into());
+        };
+        if let Some(node) = self.resolve(&comps)? {
+            if node.is_dir {
+                return Err(NtfsError::Exists(format!("{path} is a folder, not a file")).into());
+            }
+            self.resize_file(node.record, data.len() as u64)?;
+            self.write_data(node.record, 0, data)?;
+            return Ok(false);
+        }
+        let parent = self.folder_of(parent_comps, path)?;
+        let name = check_name(name)?;
+        self.create(parent, &name, Some(data))?;
+        Ok(true)
     }
 
     /// Overwrites `data` at `offset` in the existing file at `path`, growing it when the write
     /// ends past its end.
     pub fn write_at(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<()> {
-        let _ = (path, offset, data);
-        unimplemented!("NtfsVolume::write_at: helper A")
+        self.check_writable()?;
+        let node = self.file(path)?;
+        let end = offset.checked_add(data.len() as u64).ok_or_else(|| {
+            NtfsError::InvalidArgument(format!("write_at {path}: offset {offset} overflows"))
+        })?;
+        let rec = self.read_record(node.record)?;
+        let size = self
+            .load(&rec, record::AT_DATA, &[], path)?
+            .map(|l| l.size())
+            .unwrap_or(0);
+        if end > size {
+            self.resize_file(node.record, end)?;
+        }
+        self.write_data(node.record, offset, data)
     }
 
     /// Sets the size of the existing file at `path` (new bytes read as zeros; clusters past
     /// the new end are freed).
     pub fn set_len(&mut self, path: &str, len: u64) -> Result<()> {
-        let _ = (path, len);
-        unimplemented!("NtfsVolume::set_len: helper A")
+        self.check_writable()?;
+        let node = self.file(path)?;
+        self.resize_file(node.record, len)
     }
 
     /// Creates the folder at `path` (its parent must exist). Returns `false` if it already
     /// existed as a folder; an existing file of that name is an error.
     pub fn create_dir(&mut self, path: &str) -> Result<bool> {
-        let _ = path;
-        unimplemented!("NtfsVolume::create_dir: helper A")
+        self.check_writable()?;
+        let comps = components(path);
+        let Some((name, parent_comps)) = comps.split_last() else {
+            return Ok(false); // the root exists
+        };
+        if let Some(node) = self.resolve(&comps)? {
+            if node.is_dir {
+                return Ok(false);
+            }
+            return Err(NtfsError::Exists(format!("{path} exists and is a file")).into());
+        }
+        let parent = self.folder_of(parent_comps, path)?;
+        let name = check_name(name)?;
+        self.create(parent, &name, None)?;
+        Ok(true)
     }
 
     /// Creates the folder at `path` and any missing parents.
     pub fn create_dir_all(&mut self, path: &str) -> Result<()> {
-        let _ = path;
-        unimplemented!("NtfsVolume::create_dir_all: helper A")
+        self.check_writable()?;
+        let comps = components(path);
+        for i in 1..=comps.len() {
+            self.create_dir(&comps[..i].join("/"))?;
+        }
+        Ok(())
     }
 
     /// Writes every cached structure (bitmaps, records, `$MFTMirr`) to the disk. Call before
     /// [`into_inner`](Self::into_inner); without it the disk may be inconsistent.
+    ///
+    /// This implementation writes every change through as it is made, so there is nothing
+    /// left to write; `flush` checks that `$MFTMirr` matches the records it mirrors.
     pub fn flush(&mut self) -> Result<()> {
-        unimplemented!("NtfsVolume::flush: helper A")
+        self.check_mirror()
     }
+}
+
+/// `$VOLUME_INFORMATION` flag: dirty.
+const VOLUME_IS_DIRTY: u16 = 0x0001;
+/// The record-number bits of an MFT reference.
+const REF_MASK: u64 = 0x0000_FFFF_FFFF_FFFF;
+
+/// Path components (`/` or `\` separated; empty ones and `.` skipped).
+fn components(path: &str) -> Vec<&str> {
+    path.split(['/', '\\'])
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect()
+}
+
+/// A file name as UTF-16, refused when Windows could not use it.
+fn check_name(name: &str) -> Result<Vec<u16>> {
+    let units: Vec<u16> = name.encode_utf16().collect();
+    let bad = |why: &str| -> Result<Vec<u16>> {
+        Err(NtfsError::InvalidArgument(format!("invalid file name {name:?}: {why}")).into())
+    };
+    if units.is_empty() || name == ".." {
+        return bad("empty or a relative reference");
+    }
+    if units.len() > 255 {
+        return bad("longer than 255 UTF-16 code units");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| (*c as u32) < 0x20 || "\"*:<>?|/\\".contains(*c))
+    {
+        return bad(&format!("contains {c:?}, which Windows does not allow"));
+    }
+    if name.ends_with(' ') || name.ends_with('.') {
+        return bad("ends with a space or a dot, which Windows does not allow");
+    }
+    Ok(units)
 }
