@@ -252,10 +252,7 @@ fn locate_windows(disk: &mut TxDisk, volumes: &[Volume]) -> Result<(Volume, Stri
         })();
         match res {
             Ok(Some(root)) => return Ok((v.clone(), root)),
-            Ok(None) => looked.push(format!(
-                "{name}: no {}",
-                crate::inspect::SYSTEM_HIVE
-            )),
+            Ok(None) => looked.push(format!("{name}: no {}", crate::inspect::SYSTEM_HIVE)),
             Err(e) => looked.push(format!("{name}: {}", e.chain())),
         }
     }
@@ -327,8 +324,7 @@ fn driver_files(
     let mut infs = Vec::new();
     for p in &set.packages {
         for f in &p.files {
-            if f.name.is_empty() || f.name.contains(['\\', '/']) || p.name.contains(['\\', '/'])
-            {
+            if f.name.is_empty() || f.name.contains(['\\', '/']) || p.name.contains(['\\', '/']) {
                 return Err(Error::InvalidArgument(format!(
                     "driver file name '{}' of package '{}' cannot be a file name on NTFS",
                     f.name, p.name
@@ -518,8 +514,7 @@ fn edit_volume(
                     f.path
                 )));
             }
-            if e.size == f.data.len() as u64
-                && vol.read_file(&f.path, e.size)? == f.data.as_slice()
+            if e.size == f.data.len() as u64 && vol.read_file(&f.path, e.size)? == f.data.as_slice()
             {
                 continue;
             }
@@ -566,8 +561,14 @@ mod tests {
 
     #[test]
     fn names_parse() {
-        assert_eq!("viostor".parse::<BlockDriver>().unwrap(), BlockDriver::Viostor);
-        assert_eq!("VIOSCSI".parse::<BlockDriver>().unwrap(), BlockDriver::Vioscsi);
+        assert_eq!(
+            "viostor".parse::<BlockDriver>().unwrap(),
+            BlockDriver::Viostor
+        );
+        assert_eq!(
+            "VIOSCSI".parse::<BlockDriver>().unwrap(),
+            BlockDriver::Vioscsi
+        );
         assert!("virtio".parse::<BlockDriver>().is_err());
         for t in [CloudTarget::AwsNitro, CloudTarget::Gcp, CloudTarget::Azure] {
             assert_eq!(t.name().parse::<CloudTarget>().unwrap(), t);

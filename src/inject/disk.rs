@@ -231,8 +231,8 @@ impl TxDisk {
             let mut at = 0usize;
             for (idx, p) in run {
                 let orig = image.get(at..at + p.len()).unwrap_or(&[]);
-                if orig != &p[..] {
-                    out.push((idx, &p[..]));
+                if orig != p {
+                    out.push((idx, p));
                 }
                 at += p.len();
             }
@@ -594,6 +594,9 @@ pub enum CrashPoint {
     MidWrites,
     /// After writing and flushing everything, before the journal is removed.
     BeforeJournalRemoval,
+    /// Half-way through writing the ranges, a write fails: the commit restores the original
+    /// bytes itself and removes the journal.
+    FailMidWrites,
 }
 
 /// An image file opened for an offline edit: its reader wrapped in a [`TxDisk`], and what is
@@ -694,7 +697,6 @@ impl ImageTx {
             originals.push((r.start, orig));
         }
         let journal = encode_journal(self.disk.len(), &originals);
-        drop(originals);
         let jpath = journal_path(&path);
         let jerr = |op: &str, e| Error::io(op.to_string(), e).in_file(&jpath);
         let written = std::fs::OpenOptions::new()
@@ -716,22 +718,56 @@ impl ImageTx {
         if crash == Some(CrashPoint::AfterJournal) {
             return Ok(CommitStats::default());
         }
+        let total: u64 = runs.iter().map(|(r, _)| r.end - r.start).sum();
         let half = match crash {
-            Some(CrashPoint::MidWrites) => {
-                Some(runs.iter().map(|(r, _)| r.end - r.start).sum::<u64>() / 2)
-            }
+            Some(CrashPoint::MidWrites | CrashPoint::FailMidWrites) => Some(total / 2),
             _ => None,
         };
         let disk_len = self.disk.len();
-        let stats = write_runs(&runs, disk_len, self.updater.as_mut(), half)
-            .map_err(|e| e.in_file(&path))?;
-        if half.is_some() {
+        let result = write_runs(&runs, disk_len, self.updater.as_mut(), half).and_then(|stats| {
+            if crash == Some(CrashPoint::FailMidWrites) {
+                return Err(Error::io(
+                    "writing the changes (simulated failure)",
+                    std::io::Error::other("simulated"),
+                ));
+            }
+            if half.is_none() {
+                self.updater.flush()?;
+            }
+            Ok(stats)
+        });
+        let stats = match result {
+            Ok(s) => s,
+            Err(e) => {
+                // Put the original bytes back through the same updater; the journal stays
+                // unless that worked.
+                let restored = originals
+                    .iter()
+                    .try_for_each(|(off, data)| self.updater.write_at(data, *off))
+                    .and_then(|()| self.updater.flush());
+                return match restored {
+                    Ok(()) => {
+                        std::fs::remove_file(&jpath)
+                            .map_err(|e| jerr("removing the undo journal", e))?;
+                        sync_dir(&jpath)?;
+                        Err(e.in_file(&path))
+                    }
+                    Err(r) => Err(Error::Corrupt(format!(
+                        "committing the edit failed ({}) and restoring the original bytes failed \
+                         too ({}); the undo journal {} is kept: run `diskconv ntfs rollback {}`",
+                        e.chain(),
+                        r.chain(),
+                        jpath.display(),
+                        path.display()
+                    ))
+                    .in_file(&path)),
+                };
+            }
+        };
+        if half.is_some() || crash == Some(CrashPoint::BeforeJournalRemoval) {
             return Ok(stats);
         }
-        self.updater.flush().map_err(|e| e.in_file(&path))?;
-        if crash == Some(CrashPoint::BeforeJournalRemoval) {
-            return Ok(stats);
-        }
+        drop(originals);
         std::fs::remove_file(&jpath).map_err(|e| jerr("removing the undo journal", e))?;
         sync_dir(&jpath)?;
         Ok(stats)

@@ -220,10 +220,7 @@ pub fn inspect_image(path: &Path, opts: &OpenOptions) -> Result<InspectReport> {
     let mut disk = TxDisk::new(reader);
     let partition_table = partition::read_partition_table(&disk).map_err(|e| e.in_file(path))?;
     let found = partition::find_volumes(&disk).map_err(|e| e.in_file(path))?;
-    let volumes = found
-        .iter()
-        .map(|v| inspect_volume(&mut disk, v))
-        .collect();
+    let volumes = found.iter().map(|v| inspect_volume(&mut disk, v)).collect();
     Ok(InspectReport {
         path: path.to_path_buf(),
         format,

@@ -312,7 +312,10 @@ mod tests {
     fn windows_10_server() {
         let (system, software) = hives(
             &[
-                ("ProductName", RegData::Sz("Windows Server 2019 Datacenter".into())),
+                (
+                    "ProductName",
+                    RegData::Sz("Windows Server 2019 Datacenter".into()),
+                ),
                 ("CurrentVersion", RegData::Sz("6.3".into())),
                 ("CurrentMajorVersionNumber", RegData::Dword(10)),
                 ("CurrentMinorVersionNumber", RegData::Dword(0)),
@@ -352,15 +355,26 @@ mod tests {
     #[test]
     fn bad_software_is_named() {
         let (system, software) = hives(&[("CurrentVersion", RegData::Sz("six".into()))], "AMD64");
-        let e = windows_info(&system, &software, "Windows").unwrap_err().to_string();
+        let e = windows_info(&system, &software, "Windows")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("CurrentVersion is \"six\""), "{e}");
         let (system, software) = hives(&[("CurrentVersion", RegData::Sz("6.1".into()))], "MIPS");
-        let e = windows_info(&system, &software, "Windows").unwrap_err().to_string();
+        let e = windows_info(&system, &software, "Windows")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("PROCESSOR_ARCHITECTURE is \"MIPS\""), "{e}");
         let empty = Hive::new("X").unwrap();
-        let e = windows_info(&system, &empty, "Windows").unwrap_err().to_string();
-        assert!(e.contains("no key Microsoft\\Windows NT\\CurrentVersion"), "{e}");
-        let e = windows_info(&empty, &software, "Windows").unwrap_err().to_string();
+        let e = windows_info(&system, &empty, "Windows")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no key Microsoft\\Windows NT\\CurrentVersion"),
+            "{e}"
+        );
+        let e = windows_info(&empty, &software, "Windows")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("Select"), "{e}");
     }
 }

@@ -100,10 +100,17 @@ pub(crate) fn assert_ntfs_sound(vol: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "ntfsfix -n failed: {text}");
-    assert!(text.contains("processed successfully"), "ntfsfix -n: {text}");
-    let out = Command::new("ntfsinfo").arg("-m").arg(vol).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("processed successfully"),
+        "ntfsfix -n: {text}"
+    );
+    let out = Command::new("ntfsinfo")
+        .arg("-m")
+        .arg(vol)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "ntfsinfo -m failed: {text}");
     assert!(text.contains("Volume Flags: 0x0000"), "ntfsinfo -m: {text}");
 }
@@ -136,7 +143,11 @@ pub(crate) fn set_ntfs_dirty(vol: &Path) {
         a += u32_at(&b, a) as usize;
     }
     std::fs::write(vol, b).unwrap();
-    let out = Command::new("ntfsinfo").arg("-m").arg(vol).output().unwrap();
+    let out = Command::new("ntfsinfo")
+        .arg("-m")
+        .arg(vol)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Volume Flags: 0x0001"), "{text}");
 }
@@ -178,7 +189,9 @@ pub(crate) fn software_hive(overrides: &[(&str, RegData)], remove: &[&str]) -> O
     .unwrap();
     let mut h = Hive::new("ROOT").unwrap();
     reg::import(&mut h, &ops, "HKEY_LOCAL_MACHINE\\SOFTWARE").unwrap();
-    let cv = h.create_key("Microsoft\\Windows NT\\CurrentVersion").unwrap();
+    let cv = h
+        .create_key("Microsoft\\Windows NT\\CurrentVersion")
+        .unwrap();
     for (n, d) in overrides {
         h.set_data(cv, n, d).unwrap();
     }
@@ -316,8 +329,22 @@ pub(crate) fn disk_with_volume(layout: Layout, disk: &Path, vol: &Path) -> Place
     let number = match layout {
         Layout::Gpt => {
             run(Command::new("sgdisk")
-                .args(["-n", "1:2048:+2M", "-t", "1:ef00", "-c", "1:EFI system partition"])
-                .args(["-n", "2:0:+2M", "-t", "2:0c01", "-c", "2:Microsoft reserved partition"])
+                .args([
+                    "-n",
+                    "1:2048:+2M",
+                    "-t",
+                    "1:ef00",
+                    "-c",
+                    "1:EFI system partition",
+                ])
+                .args([
+                    "-n",
+                    "2:0:+2M",
+                    "-t",
+                    "2:0c01",
+                    "-c",
+                    "2:Microsoft reserved partition",
+                ])
                 .args([
                     "-n",
                     &format!("3:{start}:{}", start + sectors - 1),
@@ -437,11 +464,9 @@ fn fake_content(rel: &str, size: usize) -> Vec<u8> {
         )
         .into_bytes();
     }
-    let seed = rel
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
+    let seed = rel.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     Rng::new(seed).bytes(size)
 }
 
@@ -543,10 +568,12 @@ fn ntfs_fixture_builds_windows_disks() {
     assert!(files.contains(&"viostor/w10/amd64/viostor.sys".to_string()));
     let iso = dir.path().join("virtio.iso");
     make_iso(&tree, &iso);
-    let out = run(Command::new("xorriso")
-        .args(["-indev"])
-        .arg(&iso)
-        .args(["-find", "/viostor/w7/x86", "-type", "f"]));
+    let out = run(Command::new("xorriso").args(["-indev"]).arg(&iso).args([
+        "-find",
+        "/viostor/w7/x86",
+        "-type",
+        "f",
+    ]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("viostor.sys"), "{text}");
 }

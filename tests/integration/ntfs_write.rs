@@ -12,7 +12,7 @@ use std::process::Command;
 use diskconv::inject::disk::{DiskIo, DiskRead};
 use diskconv::inject::ntfs::{NtfsOpenOptions, NtfsVolume};
 
-use crate::util::{self, require, run, sha256_file, tmpdir, Rng};
+use crate::util::{self, Rng, require, run, sha256_file, tmpdir};
 
 /// A volume in a file, read and written in place (what the tests hand to `NtfsVolume`).
 struct FileDisk {
@@ -38,10 +38,12 @@ impl DiskRead for FileDisk {
                 "read past the end at {offset}"
             )));
         }
-        self.f.read_exact_at(buf, offset).map_err(|e| diskconv::error::Error::Io {
-            op: format!("reading at {offset}"),
-            source: e,
-        })
+        self.f
+            .read_exact_at(buf, offset)
+            .map_err(|e| diskconv::error::Error::Io {
+                op: format!("reading at {offset}"),
+                source: e,
+            })
     }
 }
 
@@ -52,35 +54,40 @@ impl DiskIo for FileDisk {
                 "write past the end at {offset}"
             )));
         }
-        self.f.write_all_at(buf, offset).map_err(|e| diskconv::error::Error::Io {
-            op: format!("writing at {offset}"),
-            source: e,
-        })
+        self.f
+            .write_all_at(buf, offset)
+            .map_err(|e| diskconv::error::Error::Io {
+                op: format!("writing at {offset}"),
+                source: e,
+            })
     }
 }
 
 fn tools() -> bool {
-    ["mkntfs", "ntfscp", "ntfscat", "ntfsls", "ntfsfix", "ntfsinfo", "fls", "icat"]
-        .iter()
-        .all(|t| require(t))
+    [
+        "mkntfs", "ntfscp", "ntfscat", "ntfsls", "ntfsfix", "ntfsinfo", "fls", "icat",
+    ]
+    .iter()
+    .all(|t| require(t))
 }
 
 /// A fresh volume of `mib` MiB made by mkntfs with `cluster` bytes per cluster.
 fn mkntfs(dir: &Path, name: &str, mib: u64, sector: u32, cluster: u32) -> PathBuf {
     let p = dir.join(name);
     File::create(&p).unwrap().set_len(mib << 20).unwrap();
-    run(Command::new("mkntfs").args([
-        "-F",
-        "-f",
-        "-q",
-        "-s",
-        &sector.to_string(),
-        "-c",
-        &cluster.to_string(),
-        "-L",
-        "x",
-    ])
-    .arg(&p));
+    run(Command::new("mkntfs")
+        .args([
+            "-F",
+            "-f",
+            "-q",
+            "-s",
+            &sector.to_string(),
+            "-c",
+            &cluster.to_string(),
+            "-L",
+            "x",
+        ])
+        .arg(&p));
     p
 }
 
@@ -88,7 +95,11 @@ fn mkntfs(dir: &Path, name: &str, mib: u64, sector: u32, cluster: u32) -> PathBu
 fn ntfscp(vol: &Path, dest: &str, data: &[u8]) {
     let src = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(src.path(), data).unwrap();
-    run(Command::new("ntfscp").arg("-f").arg(vol).arg(src.path()).arg(dest));
+    run(Command::new("ntfscp")
+        .arg("-f")
+        .arg(vol)
+        .arg(src.path())
+        .arg(dest));
 }
 
 fn open_rw(p: &Path) -> NtfsVolume<FileDisk> {
@@ -120,7 +131,11 @@ fn assert_ntfsfix_clean(vol: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "ntfsfix -n failed on {}:\n{text}", vol.display());
+    assert!(
+        out.status.success(),
+        "ntfsfix -n failed on {}:\n{text}",
+        vol.display()
+    );
     let lower = text.to_lowercase();
     for bad in ["corrupt", "error", "mismatch", "failed", "inconsist"] {
         assert!(!lower.contains(bad), "ntfsfix -n reports {bad:?}:\n{text}");
@@ -135,19 +150,35 @@ fn check(vol: &Path, m: &Model) {
     // ntfs-3g reads every byte.
     for (path, data) in &m.files {
         let out = run(Command::new("ntfscat").arg(vol).arg(path));
-        assert!(out.stdout == *data, "ntfscat {path}: {} bytes, expected {}", out.stdout.len(), data.len());
+        assert!(
+            out.stdout == *data,
+            "ntfscat {path}: {} bytes, expected {}",
+            out.stdout.len(),
+            data.len()
+        );
     }
     // ntfs-3g lists every name in its folder.
     let mut children: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for p in m.files.keys().chain(m.dirs.iter()) {
         let (parent, name) = p.rsplit_once('/').unwrap();
         children
-            .entry(if parent.is_empty() { "/".into() } else { parent.to_string() })
+            .entry(if parent.is_empty() {
+                "/".into()
+            } else {
+                parent.to_string()
+            })
             .or_default()
             .push(name.to_string());
     }
     for (dir, names) in &children {
-        let ls = stdout(Command::new("ntfsls").arg("-a").arg("-l").arg("-p").arg(dir).arg(vol));
+        let ls = stdout(
+            Command::new("ntfsls")
+                .arg("-a")
+                .arg("-l")
+                .arg("-p")
+                .arg(dir)
+                .arg(vol),
+        );
         for n in names {
             assert!(
                 ls.lines().any(|l| l.ends_with(&format!(" {n}")) || l == n),
@@ -166,7 +197,10 @@ fn check(vol: &Path, m: &Model) {
         );
     }
     for (path, data) in &m.files {
-        let e = v.stat(path).unwrap().unwrap_or_else(|| panic!("our stat misses {path}"));
+        let e = v
+            .stat(path)
+            .unwrap()
+            .unwrap_or_else(|| panic!("our stat misses {path}"));
         assert_eq!(e.size, data.len() as u64, "{path}");
         let out = run(Command::new("icat").arg(vol).arg(e.record.to_string()));
         assert!(out.stdout == *data, "icat {path} differs");
@@ -241,7 +275,10 @@ fn ntfs_write_create_overwrite_grow_shrink() {
     assert!(v.write_file("big.bin", &big).unwrap());
     assert_eq!(v.read_file("/SMALL.TXT", 1 << 20).unwrap(), small);
     assert_eq!(v.read_file("/big.bin", 1 << 20).unwrap(), big);
-    assert_eq!(v.read_file("/pre.bin", 1 << 20).unwrap(), m.files["/pre.bin"]);
+    assert_eq!(
+        v.read_file("/pre.bin", 1 << 20).unwrap(),
+        m.files["/pre.bin"]
+    );
     m.files.insert("/small.txt".into(), small);
     m.files.insert("/big.bin".into(), big);
     // Folders and nested files.
@@ -249,8 +286,10 @@ fn ntfs_write_create_overwrite_grow_shrink() {
     assert!(!v.create_dir("/windows").unwrap());
     v.create_dir_all("/Windows/System32/drivers").unwrap();
     let sys = rng.bytes(70_000);
-    v.write_file("/Windows/System32/drivers/viostor.sys", &sys).unwrap();
-    m.files.insert("/Windows/System32/drivers/viostor.sys".into(), sys);
+    v.write_file("/Windows/System32/drivers/viostor.sys", &sys)
+        .unwrap();
+    m.files
+        .insert("/Windows/System32/drivers/viostor.sys".into(), sys);
     for d in ["/Windows", "/Windows/System32", "/Windows/System32/drivers"] {
         m.dirs.push(d.into());
     }
@@ -264,18 +303,21 @@ fn ntfs_write_create_overwrite_grow_shrink() {
     m.files.insert("/small.txt".into(), grown);
     let mut big = m.files["/big.bin"].clone();
     let tail = rng.bytes(1_000_000);
-    v.write_at("/big.bin", big.len() as u64 + 4096, &tail).unwrap(); // hole reads as zeros
+    v.write_at("/big.bin", big.len() as u64 + 4096, &tail)
+        .unwrap(); // hole reads as zeros
     big.resize(big.len() + 4096, 0);
     big.extend_from_slice(&tail);
     m.files.insert("/big.bin".into(), big);
     v.set_len("/pre.bin", 300).unwrap(); // non-resident -> resident
     m.files.get_mut("/pre.bin").unwrap().truncate(300);
-    v.set_len("/Windows/System32/drivers/viostor.sys", 10_000).unwrap();
+    v.set_len("/Windows/System32/drivers/viostor.sys", 10_000)
+        .unwrap();
     m.files
         .get_mut("/Windows/System32/drivers/viostor.sys")
         .unwrap()
         .truncate(10_000);
-    v.set_len("/Windows/System32/drivers/viostor.sys", 20_000).unwrap(); // zeros after
+    v.set_len("/Windows/System32/drivers/viostor.sys", 20_000)
+        .unwrap(); // zeros after
     m.files
         .get_mut("/Windows/System32/drivers/viostor.sys")
         .unwrap()
@@ -283,7 +325,12 @@ fn ntfs_write_create_overwrite_grow_shrink() {
     for (p, d) in &m.files {
         assert_eq!(&v.read_file(p, 1 << 30).unwrap(), d, "{p}");
     }
-    let names: Vec<String> = v.read_dir("/").unwrap().into_iter().map(|e| e.name).collect();
+    let names: Vec<String> = v
+        .read_dir("/")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert!(names.contains(&"Windows".to_string()) && names.contains(&"$MFT".to_string()));
     let free_before = v.state().free_clusters;
     finish(v);
