@@ -1,12 +1,13 @@
 //! Fuzzes `$I30` index parsing and the tree code on arbitrary bytes: the input is split into an
-//! `$INDEX_ROOT` value and 512-byte index blocks (fixups as on disk), then parsed, walked,
+//! `$INDEX_ROOT` value (its length in 8-byte units in the input's last byte) and 512-byte index
+//! blocks (fixups as on disk), then parsed, walked,
 //! searched and inserted into. Any panic or endless loop is a bug; errors are fine.
 #![no_main]
 
 use diskconv::error::Result;
-use diskconv::inject::ntfs::index::{self, node, IndexEntry, IndexStore};
+use diskconv::inject::ntfs::index::{self, IndexEntry, IndexStore, node};
 use diskconv::inject::ntfs::upcase::UpCase;
-use diskconv::inject::ntfs::{fixup, NtfsError};
+use diskconv::inject::ntfs::{NtfsError, fixup};
 use libfuzzer_sys::fuzz_target;
 
 const BS: usize = 512;
@@ -52,7 +53,10 @@ impl IndexStore for Store {
     }
     fn allocate_block(&mut self) -> Result<u64> {
         if self.blocks.len() > 64 {
-            return Err(NtfsError::NoSpace { detail: "fuzz".into() }.into());
+            return Err(NtfsError::NoSpace {
+                detail: "fuzz".into(),
+            }
+            .into());
         }
         self.blocks.push(vec![0; BS]);
         Ok(self.blocks.len() as u64 - 1)
@@ -75,9 +79,13 @@ fuzz_target!(|data: &[u8]| {
     if data.len() >= BS {
         let _ = node::parse_block(&data[..BS], BS as u32, 0);
     }
-    let split = data.first().map_or(0, |&b| usize::from(b) * 2).min(data.len());
-    let root = data[..split].to_vec();
-    let blocks = data[split..].chunks(BS).map(|c| {
+    // The last byte says where the root ends (in 8-byte units); index blocks follow it.
+    let Some((&last, body)) = data.split_last() else {
+        return;
+    };
+    let split = (usize::from(last) * 8).min(body.len());
+    let root = body[..split].to_vec();
+    let blocks = body[split..].chunks(BS).map(|c| {
         let mut b = c.to_vec();
         b.resize(BS, 0);
         b
