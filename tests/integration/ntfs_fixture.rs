@@ -418,6 +418,19 @@ pub(crate) fn convert_to(raw: &Path, fmt: &str, out: &Path) {
     ]);
 }
 
+/// Converts an image of format `fmt` to a raw file with `qemu-img convert`.
+pub(crate) fn convert_to_raw(img: &Path, fmt: &str, out: &Path) {
+    util::qemu_img(&[
+        "convert",
+        "-f",
+        fmt,
+        "-O",
+        "raw",
+        img.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+}
+
 /// Extracts the partition `p` of the image `img` (format `fmt`) to the file `out`: `qemu-img
 /// convert` to raw, then `dd skip`.
 pub(crate) fn extract_partition(img: &Path, fmt: &str, p: Placed, out: &Path) {

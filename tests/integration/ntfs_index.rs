@@ -429,7 +429,7 @@ fn random_name(rng: &mut Rng, max: u64) -> String {
         };
         s.push(c);
     }
-    let s = s.trim().trim_end_matches('.').to_string();
+    let s = s.trim_start().trim_end_matches([' ', '.']).to_string();
     if s.is_empty() { "x".into() } else { s }
 }
 
@@ -606,5 +606,140 @@ fn ntfs_index_logfile_of_real_volumes() {
         let mut bad = log.clone();
         bad[..4].copy_from_slice(b"RCRD");
         assert!(logfile::log_is_clean(&bad).is_err(), "{rel}");
+    }
+}
+
+/// Creates `names` in folder `folder` through `NtfsVolume` on a volume held in memory.
+fn create_through_volume(img: &Path, folders: &[(String, Vec<String>)]) {
+    use diskconv::inject::disk::MemDisk;
+    use diskconv::inject::ntfs::{NtfsOpenOptions, NtfsVolume};
+    let bytes = std::fs::read(img).unwrap();
+    let mut vol = ok(
+        NtfsVolume::open(MemDisk(bytes), &NtfsOpenOptions::default()),
+        "open",
+    );
+    for (folder, names) in folders {
+        ok(vol.create_dir_all(folder), "create_dir_all");
+        for (i, n) in names.iter().enumerate() {
+            let data = format!("{folder}/{n} #{i}\n");
+            let created = ok(vol.write_file(&format!("{folder}/{n}"), data.as_bytes()), n);
+            assert!(created, "{folder}/{n} was new");
+        }
+    }
+    ok(vol.flush(), "flush");
+    std::fs::write(img, vol.into_inner().0).unwrap();
+}
+
+/// Names distinct ignoring case (the volume refuses twins: Windows semantics).
+fn distinct_names(rng: &mut Rng, n: usize) -> Vec<String> {
+    let mut v = names(rng, n, false);
+    v.retain(|s| !s.starts_with('$') && !s.contains(['/', '\\']));
+    v
+}
+
+#[test]
+fn ntfs_index_thousands_of_files_created_by_us_are_found_by_ntfs3g_and_sleuthkit() {
+    if !have_ntfs3g_tools() || !require("ntfsfix") || !require("ntfscat") || !require("fls") {
+        return;
+    }
+    for (cluster, big_n, small_n) in [(4096u32, 3000usize, 300usize), (512, 1200, 200)] {
+        let dir = tmpdir();
+        let img = mkntfs(dir.path(), 40, cluster);
+        let mut rng = Rng::new(0xB16_F01D + u64::from(cluster));
+        let mut folders = vec![("big".to_string(), distinct_names(&mut rng, big_n))];
+        for f in ["one", "two/deeper", "Ελληνικά"] {
+            folders.push((f.to_string(), distinct_names(&mut rng, small_n)));
+        }
+        create_through_volume(&img, &folders);
+        // ntfs-3g: the volume is consistent.
+        let out = run(Command::new("ntfsfix").arg("-n").arg(&img));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("processed successfully"), "{text}");
+        // ntfs-3g lists every name of every folder, and nothing else.
+        let vol = Vol::open(&img);
+        let up = vol.upcase();
+        for (folder, made) in &folders {
+            let mut theirs: Vec<String> =
+                ntfsls(&img, folder).into_iter().map(|(n, _)| n).collect();
+            let mut made = made.clone();
+            theirs.sort();
+            made.sort();
+            assert_eq!(theirs, made, "{cluster}: ntfsls {folder}");
+        }
+        // Our reader agrees with ntfsls everywhere (also checks the collation order).
+        compare_tree(&img, &vol, &up, "", 0);
+        let big = resolve(&vol, &up, "big");
+        assert!(vol.dir(big).alloc.iter().map(|r| r.len).sum::<u64>() >= 8);
+        // sleuthkit finds them all too.
+        let out = run(Command::new("fls").args(["-r", "-p"]).arg(&img));
+        let fls = String::from_utf8_lossy(&out.stdout);
+        let found: std::collections::HashSet<&str> = fls
+            .lines()
+            .filter_map(|l| l.split_once(":\t").map(|(_, p)| p))
+            .collect();
+        for (folder, made) in &folders {
+            for n in made {
+                let p = format!("{folder}/{n}");
+                assert!(found.contains(p.as_str()), "{cluster}: fls misses {p}");
+            }
+        }
+        // ntfscat reads some back.
+        for (folder, made) in &folders {
+            for i in [0, made.len() / 2, made.len() - 1] {
+                let n = &made[i];
+                let out = run(Command::new("ntfscat")
+                    .arg(&img)
+                    .arg(format!("{folder}/{n}")));
+                assert_eq!(
+                    String::from_utf8(out.stdout).unwrap(),
+                    format!("{folder}/{n} #{i}\n")
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn ntfs_index_inserts_into_corpus_folders() {
+    if !have_ntfs3g_tools() || !require("ntfsfix") {
+        return;
+    }
+    // A Windows-made folder whose index is still all in its root (it moves into a block), and
+    // an mkntfs-made folder of 512 entries already in index blocks (512-byte clusters: 8 VCNs
+    // per block).
+    for (rel, folder, n) in [
+        (
+            "ntfs/dfvfs_windows_volume_ntfs.raw",
+            "Windows/System32",
+            400usize,
+        ),
+        ("ntfs/colinfinck_testfs1.img", "many_subdirs", 300),
+    ] {
+        let Some(src) = corpus(rel) else { return };
+        let dir = tmpdir();
+        let img = dir.path().join("v.img");
+        std::fs::copy(&src, &img).unwrap();
+        let mut perm = std::fs::metadata(&img).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perm.set_readonly(false);
+        std::fs::set_permissions(&img, perm).unwrap();
+        let before: Vec<(String, u64)> = ntfsls(&img, folder);
+        let mut rng = Rng::new(n as u64);
+        let mut made = distinct_names(&mut rng, n);
+        // No clash with what is there already.
+        let up = UpCase::default_table();
+        made.retain(|m| !before.iter().any(|(b, _)| up.eq_ignore_case(&w(b), &w(m))));
+        create_through_volume(&img, &[(folder.to_string(), made.clone())]);
+        let out = run(Command::new("ntfsfix").arg("-n").arg(&img));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("processed successfully"), "{rel}: {text}");
+        let mut theirs: Vec<String> = ntfsls(&img, folder).into_iter().map(|(n, _)| n).collect();
+        let mut want: Vec<String> = before.into_iter().map(|(n, _)| n).chain(made).collect();
+        theirs.sort();
+        want.sort();
+        assert_eq!(theirs, want, "{rel}: {folder}");
+        let vol = Vol::open(&img);
+        let up = vol.upcase();
+        compare_tree(&img, &vol, &up, folder, 3);
     }
 }

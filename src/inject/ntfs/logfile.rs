@@ -304,7 +304,9 @@ mod tests {
     use super::*;
 
     /// A log of `size` bytes (0xFF) with two restart pages (4096-byte pages, version 1.1) whose
-    /// restart areas have `in_use` and `flags`, LSNs `lsn1` and `lsn2`.
+    /// restart areas have `in_use` and `flags`, LSNs `lsn1` and `lsn2`. The layout (client
+    /// array at 0x40 after a 0x30-byte area, area length 0xE0) is the one of a $LogFile
+    /// Windows 10 wrote, which we checked this function reads as clean.
     fn log(size: usize, in_use: u16, flags: u16, lsn1: u64, lsn2: u64) -> Vec<u8> {
         let mut d = vec![0xFFu8; size];
         for (pos, lsn) in [(0usize, lsn1), (4096, lsn2)] {
@@ -327,12 +329,12 @@ mod tests {
             p[ra + 0x0E..ra + 0x10].copy_from_slice(&flags.to_le_bytes());
             let bits = 67 - (64 - (size as u64).leading_zeros());
             p[ra + 0x10..ra + 0x14].copy_from_slice(&bits.to_le_bytes()); // seq number bits
-            p[ra + 0x14..ra + 0x16].copy_from_slice(&0xD0u16.to_le_bytes()); // area length
-            p[ra + 0x16..ra + 0x18].copy_from_slice(&0x30u16.to_le_bytes()); // client array
+            p[ra + 0x14..ra + 0x16].copy_from_slice(&0xE0u16.to_le_bytes()); // area length
+            p[ra + 0x16..ra + 0x18].copy_from_slice(&0x40u16.to_le_bytes()); // client array
             p[ra + 0x18..ra + 0x20].copy_from_slice(&(size as u64).to_le_bytes()); // file size
             p[ra + 0x24..ra + 0x26].copy_from_slice(&0x30u16.to_le_bytes()); // record header
             p[ra + 0x26..ra + 0x28].copy_from_slice(&0x40u16.to_le_bytes()); // page data
-            let c = ra + 0x30; // client record 0: "NTFS", no neighbours
+            let c = ra + 0x40; // client record 0: "NTFS", no neighbours
             p[c + 0x10..c + 0x12].copy_from_slice(&NO_CLIENT.to_le_bytes());
             p[c + 0x12..c + 0x14].copy_from_slice(&NO_CLIENT.to_le_bytes());
             p[c + 0x1C..c + 0x20].copy_from_slice(&8u32.to_le_bytes());
@@ -407,12 +409,12 @@ mod tests {
             (|p| p[6] = 3, "3 entries, expected 9"),
             (|p| p[0x18] = 0x08, "restart area offset 0x8"),
             (|p| p[8] = 1, "chkdsk LSN"),
-            (|p| p[0x30 + 0x16] = 0x31, "client array offset 0x31"),
+            (|p| p[0x30 + 0x16] = 0x41, "client array offset 0x41"),
             (|p| p[0x30 + 8] = 40, "40 client records"),
             (|p| p[0x30 + 0x0C] = 3, "in-use client 3"),
             (|p| p[0x30 + 0x10] = 1, "sequence number bits 1"),
             (|p| p[0x30 + 0x24] = 0x31, "multiples of 8"),
-            (|p| p[0x30 + 0x30 + 0x10] = 0, "has a previous client"),
+            (|p| p[0x30 + 0x40 + 0x10] = 0, "has a previous client"),
         ];
         for (edit, want) in cases {
             let mut d = log(SIZE, 0, RESTART_VOLUME_IS_CLEAN, 10, 20);
