@@ -88,6 +88,23 @@ pub struct Volume {
     pub fs: FsKind,
 }
 
+/// Boot signature at byte 510 of an MBR or EBR (`55 AA`).
+const BOOT_SIGNATURE: [u8; 2] = [0x55, 0xAA];
+/// GPT header signature, "EFI PART" (UEFI 2.10 section 5.3.2).
+const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
+/// MBR type of a protective (or hybrid) MBR's GPT entry.
+const MBR_TYPE_GPT: u8 = 0xEE;
+/// OEM id of an NTFS boot sector (bytes 3..11), "NTFS    ".
+const OEM_NTFS: &[u8; 8] = b"NTFS    ";
+/// OEM id of a BitLocker volume (bytes 3..11), "-FVE-FS-".
+const OEM_BITLOCKER: &[u8; 8] = b"-FVE-FS-";
+/// XFS superblock magic at byte 0, "XFSB".
+const XFS_MAGIC: &[u8; 4] = b"XFSB";
+/// ext2/3/4 superblock magic (`s_magic`, at byte 1024 + 56).
+const EXT_MAGIC: u16 = 0xEF53;
+/// Linux swap signatures in the last 10 bytes of the first 4 KiB page.
+const SWAP_MAGICS: [&[u8; 10]; 2] = [b"SWAPSPACE2", b"SWAP-SPACE"];
+
 /// Largest GPT entry array read (bytes).
 const MAX_GPT_ARRAY: u64 = 4 << 20;
 /// Most logical partitions followed in an extended-partition chain.
@@ -157,17 +174,17 @@ fn guid_text(b: &[u8]) -> String {
 /// The file system whose boot sector / superblock starts `head` (the first 8 KiB or less).
 fn fs_kind(head: &[u8]) -> FsKind {
     let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
-    if at(3, b"NTFS    ") {
+    if at(3, OEM_NTFS) {
         FsKind::Ntfs
-    } else if at(3, b"-FVE-FS-") {
+    } else if at(3, OEM_BITLOCKER) {
         FsKind::BitLocker
-    } else if at(0, b"XFSB") {
+    } else if at(0, XFS_MAGIC) {
         FsKind::Xfs
-    } else if le16(head, 1024 + 56) == 0xEF53 && head.len() >= 1024 + 58 {
+    } else if head.len() >= 1024 + 58 && le16(head, 1024 + 56) == EXT_MAGIC {
         FsKind::Ext
-    } else if at(4096 - 10, b"SWAPSPACE2") || at(4096 - 10, b"SWAP-SPACE") {
+    } else if SWAP_MAGICS.iter().any(|m| at(4096 - 10, &m[..])) {
         FsKind::Swap
-    } else if at(510, &[0x55, 0xAA])
+    } else if at(510, &BOOT_SIGNATURE)
         && (at(54, b"FAT12   ")
             || at(54, b"FAT16   ")
             || at(54, b"FAT     ")
@@ -190,7 +207,13 @@ pub fn read_partition_table(disk: &dyn DiskRead) -> Result<PartitionTable> {
         partitions: Vec::new(),
     };
     let mbr = read_upto(disk, 0, 512)?;
-    if mbr.len() < 512 || mbr.get(510..512) != Some(&[0x55, 0xAA][..]) {
+    if mbr.len() < 512 || mbr.get(510..512) != Some(&BOOT_SIGNATURE[..]) {
+        // No MBR; a GPT without its protective MBR is still read.
+        let gpt_at_1 =
+            |ss: u64| -> Result<bool> { Ok(read_upto(disk, ss, 8)?.as_slice() == GPT_SIGNATURE) };
+        if gpt_at_1(512)? || gpt_at_1(4096)? {
+            return read_gpt(disk);
+        }
         return Ok(none);
     }
     // A volume boot sector (a file system over the whole disk) also ends in 55 AA; its bytes
@@ -199,7 +222,7 @@ pub fn read_partition_table(disk: &dyn DiskRead) -> Result<PartitionTable> {
         return Ok(none);
     }
     let slots: Vec<MbrSlot> = (0..4).map(|i| MbrSlot::parse(&mbr, 446 + 16 * i)).collect();
-    if slots.iter().any(|s| s.kind == 0xEE) {
+    if slots.iter().any(|s| s.kind == MBR_TYPE_GPT) {
         return read_gpt(disk);
     }
     read_mbr(disk, &slots)
@@ -291,7 +314,7 @@ fn read_mbr(disk: &dyn DiskRead, slots: &[MbrSlot]) -> Result<PartitionTable> {
                 )));
             }
             let ebr = read_upto(disk, ebr_lba * SS, 512)?;
-            if ebr.len() < 512 || ebr.get(510..512) != Some(&[0x55, 0xAA][..]) {
+            if ebr.len() < 512 || ebr.get(510..512) != Some(&BOOT_SIGNATURE[..]) {
                 return Err(corrupt(format!(
                     "the extended boot record at sector {ebr_lba} (byte {:#x}) has no 55 AA \
                      signature",
@@ -387,7 +410,7 @@ fn gpt_at(disk: &dyn DiskRead, ss: u64, lba: u64, which: &str) -> std::result::R
         .filter(|o| o.saturating_add(ss) <= disk.len())
         .ok_or_else(|| format!("the {which} GPT header's sector {lba} is outside the disk"))?;
     let h = read_upto(disk, off, ss as usize).map_err(|e| e.to_string())?;
-    if h.get(..8) != Some(&b"EFI PART"[..]) {
+    if h.get(..8) != Some(&GPT_SIGNATURE[..]) {
         return Err(format!(
             "no {which} GPT header signature at byte {off:#x} (sector {lba}, {ss}-byte sectors)"
         ));

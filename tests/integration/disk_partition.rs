@@ -722,6 +722,11 @@ fn disk_partition_gpt_matches_sgdisk_and_survives_a_damaged_primary() {
     bytes2[1024 + 56] ^= 0xFF;
     std::fs::write(&damaged, &bytes2).unwrap();
     check(&damaged, "damaged primary entries");
+    // No protective MBR at all (wiped): the GPT is still found.
+    let mut wiped = std::fs::read(&img).unwrap();
+    wiped[..512].fill(0);
+    std::fs::write(&damaged, &wiped).unwrap();
+    check(&damaged, "no protective MBR");
     // Both damaged: an error naming the CRCs.
     let last = bytes.len() - 512;
     bytes[last + 40] ^= 0xFF;
