@@ -511,9 +511,26 @@ pub enum RollbackOutcome {
     },
 }
 
+/// Takes an exclusive advisory lock (`flock`) on the image file, so two edits (or an edit and a
+/// rollback) cannot run on one image at once. Held until the returned file is dropped.
+fn lock_image(path: &Path) -> Result<std::fs::File> {
+    let f = std::fs::File::open(path)
+        .map_err(|e| Error::io("opening the image for an edit", e).in_file(path))?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(f),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(Error::InvalidArgument(
+            "the image is being edited by another diskconv process (it holds the image's lock)"
+                .into(),
+        )
+        .in_file(path)),
+        Err(e) => Err(Error::io("locking the image", e.into()).in_file(path)),
+    }
+}
+
 /// Restores an image whose commit was interrupted, from the undo journal beside it
 /// (`<image>.diskconv-undo`), then removes the journal. An image without a journal is an error.
 pub fn rollback(image: &Path) -> Result<RollbackOutcome> {
+    let _lock = lock_image(image)?;
     let jpath = journal_path(image);
     let err = |op: String, e| Error::io(op, e).in_file(&jpath);
     let mut f = match std::fs::File::open(&jpath) {
@@ -605,6 +622,8 @@ pub struct ImageTx {
     path: PathBuf,
     format: Format,
     updater: Box<dyn ImageUpdater>,
+    /// The image file, locked (`flock`, exclusive) for as long as the edit lasts.
+    _lock: std::fs::File,
     /// The transaction; edit through it (or a [`Window`] on it).
     pub disk: TxDisk,
 }
@@ -624,6 +643,7 @@ impl ImageTx {
     /// Formats that cannot be updated in place are refused here, before any work is done, and
     /// so is an image with an undo journal beside it (an interrupted commit: see [`rollback`]).
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<ImageTx> {
+        let lock = lock_image(path)?;
         let jpath = journal_path(path);
         if jpath.exists() {
             return Err(Error::InvalidArgument(format!(
@@ -655,6 +675,7 @@ impl ImageTx {
             path: path.to_path_buf(),
             format,
             updater,
+            _lock: lock,
             disk: TxDisk::new(reader),
         })
     }

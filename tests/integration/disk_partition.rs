@@ -252,6 +252,33 @@ fn disk_tx_failed_commit_restores_the_image_itself() {
 }
 
 #[test]
+fn disk_tx_one_edit_at_a_time() {
+    if !require("qemu-img") {
+        return;
+    }
+    let dir = tmpdir();
+    let (_model, img) = make_pair(dir.path(), "qcow2", "qcow2", &[]);
+    let tx = ImageTx::open(&img, &OpenOptions::default()).unwrap();
+    let e = ImageTx::open(&img, &OpenOptions::default()).unwrap_err();
+    assert!(
+        e.chain().contains("another diskconv process"),
+        "{}",
+        e.chain()
+    );
+    assert!(rollback(&img).unwrap_err().chain().contains("another"));
+    // The CLI too.
+    let out = crate::util::diskconv()
+        .args(["ntfs", "mkdir"])
+        .arg(&img)
+        .arg("x")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another diskconv process"));
+    drop(tx);
+    ImageTx::open(&img, &OpenOptions::default()).unwrap();
+}
+
+#[test]
 fn disk_tx_rollback_of_incomplete_or_missing_journal() {
     if !require("qemu-img") {
         return;
