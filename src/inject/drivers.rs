@@ -483,6 +483,20 @@ impl DriverSource {
             .filter(|f| !f.is_dir)
             .collect();
         let mut out = Vec::new();
+        let stems: Vec<String> = files
+            .iter()
+            .filter(|f| has_ext(&f.name, "inf"))
+            .map(|f| f.name[..f.name.len() - 4].to_lowercase())
+            .collect();
+        // A file goes to the package with the longest stem it starts with (`qxldod.sys` to
+        // `qxldod`, not `qxl`).
+        let owner = |name: &str| -> Option<&String> {
+            let lower = name.to_lowercase();
+            stems
+                .iter()
+                .filter(|s| lower.starts_with(s.as_str()))
+                .max_by_key(|s| s.len())
+        };
         for inf in files.iter().filter(|f| has_ext(&f.name, "inf")) {
             let stem = inf.name[..inf.name.len() - 4].to_lowercase();
             let inf_file = self.file(&opath, inf)?;
@@ -491,9 +505,8 @@ impl DriverSource {
                 name: stem.clone(),
                 files: Vec::new(),
             };
-            for f in &files {
-                let lower = f.name.to_lowercase();
-                let mine = lower.starts_with(&stem) && !has_ext(&f.name, "inf")
+            for f in files.iter().filter(|f| !has_ext(&f.name, "inf")) {
+                let mine = owner(&f.name) == Some(&stem)
                     || named.iter().any(|n| n.eq_ignore_ascii_case(&f.name));
                 if mine {
                     pkg.files.push(self.file(&opath, f)?);

@@ -474,6 +474,51 @@ fn drivers_select_from_the_installed_tree() {
 }
 
 #[test]
+fn drivers_flat_folder_files_go_to_the_longest_stem() {
+    let dir = tmpdir();
+    let f = dir.path().join("amd64/w10");
+    std::fs::create_dir_all(&f).unwrap();
+    for n in [
+        "qxl.inf",
+        "qxl.sys",
+        "qxldd.dll",
+        "qxldod.inf",
+        "qxldod.sys",
+        "qxldod.cat",
+        "Readme.md",
+    ] {
+        std::fs::write(f.join(n), n.as_bytes()).unwrap();
+    }
+    // An INF naming a file without its prefix.
+    std::fs::write(
+        f.join("balloon.inf"),
+        b"[SourceDisksFiles]\nblnsvr.exe=1\nballoon.sys=1\n",
+    )
+    .unwrap();
+    std::fs::write(f.join("balloon.sys"), b"b").unwrap();
+    std::fs::write(f.join("blnsvr.exe"), b"svc").unwrap();
+    let set = DriverSource::open(dir.path())
+        .unwrap()
+        .select(&["w10"], WinArch::Amd64)
+        .unwrap();
+    let names = |p: &str| -> Vec<String> {
+        set.package(p)
+            .unwrap()
+            .files
+            .iter()
+            .map(|f| f.name.clone())
+            .collect()
+    };
+    assert_eq!(names("qxl"), ["qxl.inf", "qxl.sys", "qxldd.dll"]);
+    assert_eq!(names("qxldod"), ["qxldod.cat", "qxldod.inf", "qxldod.sys"]);
+    assert_eq!(
+        names("balloon"),
+        ["balloon.inf", "balloon.sys", "blnsvr.exe"]
+    );
+    assert_eq!(set.package("blnsvr.exe"), None);
+}
+
+#[test]
 fn drivers_source_errors() {
     let dir = tmpdir();
     let f = dir.path().join("not-an-iso");
