@@ -215,6 +215,12 @@ pub fn inspect_image(path: &Path, opts: &OpenOptions) -> Result<InspectReport> {
     let reader = crate::open(path, opts)?;
     let format = reader.format();
     let virtual_size = reader.virtual_size();
+    if virtual_size == 0 {
+        return Err(crate::Error::InvalidArgument(format!(
+            "the {format} image is empty (0 bytes): no partition table or volume to inspect"
+        ))
+        .in_file(path));
+    }
     // A transaction that is never committed: NtfsVolume wants a DiskIo, and nothing here
     // writes (volumes are opened read-only).
     let mut disk = TxDisk::new(reader);

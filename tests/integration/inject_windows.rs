@@ -142,6 +142,26 @@ fn split_value(line: &str) -> Option<(String, &str)> {
     None
 }
 
+/// The text of a REG_SZ as hivexregedit exports it (`"text"`, or `hex(1):` UTF-16LE bytes with
+/// the terminating NUL).
+fn reg_sz(exported: &str) -> String {
+    if let Some(hex) = exported.strip_prefix("hex(1):") {
+        let bytes: Vec<u8> = hex
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| u8::from_str_radix(h, 16).unwrap())
+            .collect();
+        let units: Vec<u16> = bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&u| u != 0)
+            .collect();
+        String::from_utf16(&units).unwrap()
+    } else {
+        exported.trim_matches('"').to_string()
+    }
+}
+
 fn utf16_hex(strings: &[&str], double_nul: bool) -> String {
     let mut b = Vec::new();
     for s in strings {
@@ -522,8 +542,8 @@ fn inject_cloud_targets_without_drivers() {
         "driverdatabase\\driverinffiles\\stornvme.inf".to_string(),
         "active".to_string(),
     )]
-        .trim_matches('"')
-        .to_lowercase();
+        .to_string();
+    let inf = reg_sz(&inf).to_lowercase();
     for id in ["pci\\ven_1d0f&dev_8061", "pci\\ven_1d0f&dev_cd01"] {
         assert_eq!(
             a[&(format!("driverdatabase\\deviceids\\{id}"), "stornvme.inf".into())],
@@ -534,7 +554,7 @@ fn inject_cloud_targets_without_drivers() {
                 format!("driverdatabase\\driverpackages\\{inf}\\descriptors\\{id}"),
                 "configuration".into()
             )],
-            "\"Stornvme_Inst\""
+            format!("hex(1):{}", utf16_hex(&["Stornvme_Inst"], false))
         );
     }
     for svc in ["stornvme", "vmbus", "storvsc"] {

@@ -129,22 +129,32 @@ pub(crate) fn set_ntfs_dirty(vol: &Path) {
         n if n < 0 => 1usize << (-n),
         n => n as usize * cluster,
     };
-    let rec = mft + 3 * rec_size;
-    assert_eq!(&b[rec..rec + 4], b"FILE", "MFT record 3");
-    let mut a = rec + u16_at(&b, rec + 0x14);
-    loop {
-        let t = u32_at(&b, a);
-        assert_ne!(t, 0xffff_ffff, "$Volume has no $VOLUME_INFORMATION");
-        if t == 0x70 {
-            let v = a + u16_at(&b, a + 0x14);
-            b[v + 10] |= 1;
-            break;
+    // Record 3 is one of the records `$MFTMirr` mirrors: patch both copies, as Windows does.
+    let mirr = u64::from_le_bytes(b[56..64].try_into().unwrap()) as usize * cluster;
+    for base in [mft, mirr] {
+        let rec = base + 3 * rec_size;
+        assert_eq!(&b[rec..rec + 4], b"FILE", "MFT record 3 at {rec:#x}");
+        let mut a = rec + u16_at(&b, rec + 0x14);
+        loop {
+            let t = u32_at(&b, a);
+            assert_ne!(t, 0xffff_ffff, "$Volume has no $VOLUME_INFORMATION");
+            if t == 0x70 {
+                let v = a + u16_at(&b, a + 0x14);
+                b[v + 10] |= 1;
+                break;
+            }
+            let len = u32_at(&b, a + 4) as usize;
+            assert!(
+                len >= 16 && a + len < rec + rec_size,
+                "attribute at {a:#x} has length {len}"
+            );
+            a += len;
         }
-        a += u32_at(&b, a) as usize;
     }
     std::fs::write(vol, b).unwrap();
+    // ntfsinfo refuses a dirty volume unless forced (-f).
     let out = Command::new("ntfsinfo")
-        .arg("-m")
+        .args(["-f", "-m"])
         .arg(vol)
         .output()
         .unwrap();

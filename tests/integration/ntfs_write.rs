@@ -12,7 +12,7 @@ use std::process::Command;
 use diskconv::inject::disk::{DiskIo, DiskRead};
 use diskconv::inject::ntfs::{NtfsOpenOptions, NtfsVolume};
 
-use crate::util::{self, Rng, require, run, sha256_file, tmpdir};
+use crate::util::{Rng, require, run, tmpdir};
 
 /// A volume in a file, read and written in place (what the tests hand to `NtfsVolume`).
 struct FileDisk {

@@ -178,7 +178,7 @@ impl Boot {
             }
         }
         let record_size = size_field(b[0x40], cluster_size, "MFT record size", 0x40)?;
-        if record_size < 1024 || record_size > 4096 {
+        if !(1024..=4096).contains(&record_size) {
             return Err(NtfsError::invalid(
                 "boot sector",
                 0x40,

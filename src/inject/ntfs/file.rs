@@ -12,6 +12,9 @@ use super::{NtfsError, NtfsVolume, REF_MASK};
 use crate::error::Result;
 use crate::inject::disk::DiskIo;
 
+/// A growth by at most this many bytes is zero-filled on disk (see `resize_file`).
+const ZERO_FILL_MAX: u64 = 64 << 20;
+
 /// Bytes zero-filled per write when a file grows past its initialized size.
 const ZERO_CHUNK: usize = 1 << 20;
 
@@ -207,6 +210,10 @@ impl<D: DiskIo> NtfsVolume<D> {
                 s.append(&ext);
                 s.alloc = clusters * cs;
                 s.size = len;
+                // Zero-fill the growth on disk too (see below).
+                if len <= ZERO_FILL_MAX {
+                    value.resize(len as usize, 0);
+                }
                 s.init = value.len() as u64;
                 let r = self
                     .write_runs(&s.runs.clone(), 0, &value, "file data")
@@ -248,6 +255,23 @@ impl<D: DiskIo> NtfsVolume<D> {
                 s.alloc = want * cs;
                 s.size = len;
                 s.init = s.init.min(len);
+                // Bytes past the initialized size read as zeros in Windows and ntfs-3g, but
+                // not in every reader (the `ntfs` crate ignores it): write real zeros for
+                // growths up to ZERO_FILL_MAX and keep the valid-data length only past that.
+                if len > s.init && len - s.init <= ZERO_FILL_MAX {
+                    let mut pos = s.init;
+                    while pos < len {
+                        let k = ((len - pos) as usize).min(ZERO_CHUNK);
+                        if let Err(e) =
+                            self.write_runs(&s.runs.clone(), pos, &vec![0u8; k], "file data")
+                        {
+                            self.free_clusters(&ext)?;
+                            return Err(e);
+                        }
+                        pos += k as u64;
+                    }
+                    s.init = len;
+                }
                 if let Err(e) = rec.replace(&a, s.attribute(record::AT_DATA, &[])) {
                     self.free_clusters(&ext)?;
                     return Err(e.into());

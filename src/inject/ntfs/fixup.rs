@@ -153,7 +153,7 @@ mod tests {
         b[6] = 9;
         assert!(remove(&mut b, "r", 0).is_err());
         let mut b = record();
-        b[4..6].copy_from_slice(&0x1f0u16.to_le_bytes());
+        b[4..6].copy_from_slice(&0x1fau16.to_le_bytes());
         assert!(apply(&mut b, "r", 0).is_err());
         let mut short = vec![0u8; 100];
         assert!(remove(&mut short, "r", 0).is_err());
