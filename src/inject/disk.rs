@@ -516,14 +516,26 @@ pub enum RollbackOutcome {
 fn lock_image(path: &Path) -> Result<std::fs::File> {
     let f = std::fs::File::open(path)
         .map_err(|e| Error::io("opening the image for an edit", e).in_file(path))?;
-    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(f),
-        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(Error::InvalidArgument(
-            "the image is being edited by another diskconv process (it holds the image's lock)"
-                .into(),
-        )
-        .in_file(path)),
-        Err(e) => Err(Error::io("locking the image", e.into()).in_file(path)),
+    // A lock can be held for a moment by a child process forked (for an unrelated command)
+    // between our open and its exec: retry briefly before calling the image busy.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(f),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK && attempt <= 40 => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                return Err(Error::InvalidArgument(
+                    "the image is being edited by another diskconv process (it holds the \
+                     image's lock)"
+                        .into(),
+                )
+                .in_file(path));
+            }
+            Err(e) => return Err(Error::io("locking the image", e.into()).in_file(path)),
+        }
     }
 }
 

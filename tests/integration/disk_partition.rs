@@ -946,9 +946,7 @@ fn disk_partition_damaged_tables_never_panic() {
             if i % 3 == 0 && &d[512..520] == b"EFI PART" {
                 let hs = u32::from_le_bytes(d[524..528].try_into().unwrap()) as usize;
                 if (92..=512).contains(&hs) {
-                    for at in 528..532 {
-                        undo.push((at, d[at]));
-                    }
+                    undo.extend((528..532).zip(d[528..532].iter().copied()));
                     d[528..532].fill(0);
                     let c = crc32(&d[512..512 + hs]);
                     d[528..532].copy_from_slice(&c.to_le_bytes());
