@@ -99,7 +99,11 @@ fn inject_fails(img: &Path, args: &[&str]) -> String {
     assert!(!out.status.success(), "inject {args:?} succeeded: {err}");
     assert!(err.starts_with("diskconv: "), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(sha256_file(img), before, "a failed inject changed the image");
+    assert_eq!(
+        sha256_file(img),
+        before,
+        "a failed inject changed the image"
+    );
     err
 }
 
@@ -270,7 +274,10 @@ fn expected_file(tree: &Path, f: &Value) -> Option<Vec<u8>> {
     }
     let p = tree.join(source.trim_start_matches('/'));
     Some(std::fs::read(&p).unwrap_or_else(|e| {
-        panic!("reported source {source} is not in the tree ({}): {e}", p.display())
+        panic!(
+            "reported source {source} is not in the tree ({}): {e}",
+            p.display()
+        )
     }))
 }
 
@@ -329,7 +336,9 @@ fn inject_windows10_gpt_qcow2_from_folder() {
     if !fx::require_tools() {
         return;
     }
-    let Some(hives) = fx::win10_hives() else { return };
+    let Some(hives) = fx::win10_hives() else {
+        return;
+    };
     let case = build_case(Layout::Gpt, "qcow2", &hives, 48 << 20, &[]);
     let tree = case.dir.path().join("virtio-win");
     fx::fake_virtio_tree(&tree, &fx::keep_storage_and_net, 20_000).unwrap();
@@ -346,24 +355,42 @@ fn inject_windows10_gpt_qcow2_from_folder() {
     assert_eq!(plan["windows"]["driver_database"], true);
     let replayed = plan["replayed_hives"].as_array().unwrap();
     assert!(
-        replayed.iter().any(|h| h.as_str().unwrap().ends_with("SYSTEM")),
+        replayed
+            .iter()
+            .any(|h| h.as_str().unwrap().ends_with("SYSTEM")),
         "the dirty SYSTEM hive was not replayed: {replayed:?}"
     );
     let files = plan["files"].as_array().unwrap();
     let paths: Vec<&str> = files.iter().map(|f| f["path"].as_str().unwrap()).collect();
-    assert!(paths.contains(&"Windows\\System32\\drivers\\viostor.sys"), "{paths:?}");
-    assert!(paths.contains(&"Windows\\Drivers\\VirtIO\\viostor\\viostor.inf"), "{paths:?}");
-    assert!(paths.contains(&"Windows\\Drivers\\VirtIO\\netkvm\\netkvm.inf")
-        || paths.iter().any(|p| p.to_lowercase() == "windows\\drivers\\virtio\\netkvm\\netkvm.inf"),
-        "{paths:?}");
-    assert!(paths.contains(&"Windows\\Drivers\\VirtIO\\firstboot.cmd"), "{paths:?}");
+    assert!(
+        paths.contains(&"Windows\\System32\\drivers\\viostor.sys"),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"Windows\\Drivers\\VirtIO\\viostor\\viostor.inf"),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"Windows\\Drivers\\VirtIO\\netkvm\\netkvm.inf")
+            || paths
+                .iter()
+                .any(|p| p.to_lowercase() == "windows\\drivers\\virtio\\netkvm\\netkvm.inf"),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"Windows\\Drivers\\VirtIO\\firstboot.cmd"),
+        "{paths:?}"
+    );
     // The w10 amd64 files were chosen.
     for f in files {
         let s = f["source"].as_str().unwrap();
         assert!(s == "generated" || s.contains("w10/amd64"), "{s}");
     }
     assert!(
-        plan["first_boot"].as_str().unwrap().contains("SetupType = 2"),
+        plan["first_boot"]
+            .as_str()
+            .unwrap()
+            .contains("SetupType = 2"),
         "{}",
         plan["first_boot"]
     );
@@ -399,13 +426,20 @@ fn inject_windows10_gpt_qcow2_from_folder() {
         let out = run(Command::new("hivexget").arg(hive).arg(key).arg(name));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    assert_eq!(get(&after_sys, "ControlSet001\\Services\\viostor", "Start"), "0");
+    assert_eq!(
+        get(&after_sys, "ControlSet001\\Services\\viostor", "Start"),
+        "0"
+    );
     assert_eq!(
         get(&after_sys, "ControlSet001\\Services\\viostor", "ImagePath"),
         "system32\\drivers\\viostor.sys"
     );
     assert_eq!(
-        get(&after_sys, "ControlSet001\\Control\\CrashControl", "AutoReboot"),
+        get(
+            &after_sys,
+            "ControlSet001\\Control\\CrashControl",
+            "AutoReboot"
+        ),
         "0"
     );
     assert_eq!(get(&after_sys, "Setup", "SetupType"), "2");
@@ -413,8 +447,15 @@ fn inject_windows10_gpt_qcow2_from_folder() {
         get(&after_sys, "Setup", "CmdLine"),
         "cmd.exe /c %SystemRoot%\\Drivers\\VirtIO\\firstboot.cmd"
     );
-    let label = get(&after_sys, "DriverDatabase\\DriverInfFiles\\viostor.inf", "Active");
-    assert!(label.starts_with("viostor.inf_amd64_") && label.len() == 34, "{label}");
+    let label = get(
+        &after_sys,
+        "DriverDatabase\\DriverInfFiles\\viostor.inf",
+        "Active",
+    );
+    assert!(
+        label.starts_with("viostor.inf_amd64_") && label.len() == 34,
+        "{label}"
+    );
     assert_eq!(
         get(
             &after_sys,
@@ -425,14 +466,19 @@ fn inject_windows10_gpt_qcow2_from_folder() {
         ),
         "rhelscsi_inst"
     );
-    let dp = get(&after_sw, "Microsoft\\Windows\\CurrentVersion", "DevicePath");
+    let dp = get(
+        &after_sw,
+        "Microsoft\\Windows\\CurrentVersion",
+        "DevicePath",
+    );
     assert!(
-        dp.to_lowercase().ends_with(";%systemroot%\\drivers\\virtio"),
+        dp.to_lowercase()
+            .ends_with(";%systemroot%\\drivers\\virtio"),
         "DevicePath = {dp}"
     );
     // Every staged INF is in the first-boot script.
-    let script = String::from_utf8(fx::ntfs_cat(&vol, "Windows/Drivers/VirtIO/firstboot.cmd"))
-        .unwrap();
+    let script =
+        String::from_utf8(fx::ntfs_cat(&vol, "Windows/Drivers/VirtIO/firstboot.cmd")).unwrap();
     for p in &paths {
         if p.to_lowercase().ends_with(".inf") {
             let rel = p.trim_start_matches("Windows\\Drivers\\VirtIO\\");
@@ -447,7 +493,10 @@ fn inject_windows10_gpt_qcow2_from_folder() {
     assert!(again["replayed_hives"].as_array().unwrap().is_empty());
     assert_eq!(sha256_file(img), sha, "a rerun changed the image");
     let dp_values = values(&again, "SOFTWARE", "CurrentVersion");
-    assert!(dp_values.is_empty(), "DevicePath appended twice: {dp_values:?}");
+    assert!(
+        dp_values.is_empty(),
+        "DevicePath appended twice: {dp_values:?}"
+    );
 }
 
 /// Windows 7 x86 (no DriverDatabase: CriticalDeviceDatabase) in an MBR disk in VHDX, drivers
@@ -457,7 +506,9 @@ fn inject_windows7_mbr_vhdx_from_iso() {
     if !fx::require_tools() {
         return;
     }
-    let Some(hives) = fx::win7_hives() else { return };
+    let Some(hives) = fx::win7_hives() else {
+        return;
+    };
     let case = build_case(Layout::Mbr, "vhdx", &hives, 40 << 20, &[]);
     let tree = case.dir.path().join("virtio-win");
     fx::fake_virtio_tree(&tree, &fx::keep_storage_and_net, 9_000).unwrap();
@@ -496,10 +547,15 @@ fn inject_windows7_mbr_vhdx_from_iso() {
         &fx::ntfs_cat(&vol, "Windows/System32/config/SYSTEM"),
     );
     check_hive_against_plan(&before, &after, "SYSTEM", &report);
-    for id in ["PCI#VEN_1AF4&DEV_1004&REV_00", "PCI#VEN_1AF4&DEV_1048&REV_01"] {
+    for id in [
+        "PCI#VEN_1AF4&DEV_1004&REV_00",
+        "PCI#VEN_1AF4&DEV_1048&REV_01",
+    ] {
         let out = run(Command::new("hivexget")
             .arg(&after)
-            .arg(format!("ControlSet001\\Control\\CriticalDeviceDatabase\\{id}"))
+            .arg(format!(
+                "ControlSet001\\Control\\CriticalDeviceDatabase\\{id}"
+            ))
             .arg("Service"));
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "vioscsi");
     }
@@ -507,7 +563,12 @@ fn inject_windows7_mbr_vhdx_from_iso() {
     let sha = sha256_file(img);
     let again = inject_json(
         img,
-        &["--drivers", iso.to_str().unwrap(), "--block-driver", "vioscsi"],
+        &[
+            "--drivers",
+            iso.to_str().unwrap(),
+            "--block-driver",
+            "vioscsi",
+        ],
     );
     assert_eq!(again["written"], false);
     assert_eq!(sha256_file(img), sha);
@@ -546,7 +607,10 @@ fn inject_cloud_targets_without_drivers() {
     let inf = reg_sz(&inf).to_lowercase();
     for id in ["pci\\ven_1d0f&dev_8061", "pci\\ven_1d0f&dev_cd01"] {
         assert_eq!(
-            a[&(format!("driverdatabase\\deviceids\\{id}"), "stornvme.inf".into())],
+            a[&(
+                format!("driverdatabase\\deviceids\\{id}"),
+                "stornvme.inf".into()
+            )],
             "hex(3):01,ff,00,00"
         );
         assert_eq!(
@@ -564,7 +628,14 @@ fn inject_cloud_targets_without_drivers() {
         );
     }
     // Existing inbox bindings were kept, not rewritten: the plans only touch what was missing.
-    assert!(values(&azure, "SYSTEM", "\\VMBUS\\{ba6163d9-04a1-4d29-b605-72e2ffb1dc7f}").is_empty());
+    assert!(
+        values(
+            &azure,
+            "SYSTEM",
+            "\\VMBUS\\{ba6163d9-04a1-4d29-b605-72e2ffb1dc7f}"
+        )
+        .is_empty()
+    );
     let mut all = aws.clone();
     all["values"]
         .as_array_mut()
@@ -575,13 +646,24 @@ fn inject_cloud_targets_without_drivers() {
     // Windows 7: Azure through the CriticalDeviceDatabase; no inbox NVMe driver.
     let case7 = build_case(Layout::Mbr, "qcow2", &w7, 24 << 20, &[]);
     let err = inject_fails(&case7.img, &["--target", "aws-nitro"]);
-    assert!(err.contains("stornvme") && err.contains("Windows 8.1"), "{err}");
+    assert!(
+        err.contains("stornvme") && err.contains("Windows 8.1"),
+        "{err}"
+    );
     let r = inject_json(&case7.img, &["--target", "azure"]);
-    let cdd = values(&r, "SYSTEM", "CriticalDeviceDatabase\\VMBUS#{ba6163d9-04a1-4d29-b605-72e2ffb1dc7f}");
+    let cdd = values(
+        &r,
+        "SYSTEM",
+        "CriticalDeviceDatabase\\VMBUS#{ba6163d9-04a1-4d29-b605-72e2ffb1dc7f}",
+    );
     assert_eq!(cdd.len(), 2, "{cdd:?}");
     let vol7 = case7.volume();
     let after7 = case7.dir.path().join("SYSTEM7.after");
-    std::fs::write(&after7, fx::ntfs_cat(&vol7, "Windows/System32/config/SYSTEM")).unwrap();
+    std::fs::write(
+        &after7,
+        fx::ntfs_cat(&vol7, "Windows/System32/config/SYSTEM"),
+    )
+    .unwrap();
     let out = run(Command::new("hivexget")
         .arg(&after7)
         .arg("ControlSet001\\Control\\CriticalDeviceDatabase\\VMBUS#{ba6163d9-04a1-4d29-b605-72e2ffb1dc7f}")
@@ -669,13 +751,23 @@ fn inject_refusals_leave_the_image_unchanged() {
     let disk = dir.path().join("w10.raw");
     fx::disk_with_volume(Layout::Mbr, &disk, &vol);
     let err = inject_fails(&disk, &["--drivers", w7only.to_str().unwrap()]);
-    assert!(err.contains("no driver for") && err.contains("w10"), "{err}");
-    assert!(err.contains("w7"), "the error does not list what the source has: {err}");
+    assert!(
+        err.contains("no driver for") && err.contains("w10"),
+        "{err}"
+    );
+    assert!(
+        err.contains("w7"),
+        "the error does not list what the source has: {err}"
+    );
 
     // A full volume: the drivers do not fit.
     let big = dir.path().join("big");
-    fx::fake_virtio_tree(&big, &|r: &str| r.starts_with("viostor/w10/amd64/"), 12 << 20)
-        .unwrap();
+    fx::fake_virtio_tree(
+        &big,
+        &|r: &str| r.starts_with("viostor/w10/amd64/"),
+        12 << 20,
+    )
+    .unwrap();
     let err = inject_fails(&disk, &["--drivers", big.to_str().unwrap()]);
     assert!(err.contains("full"), "{err}");
 
@@ -709,7 +801,10 @@ fn inject_leaves_pending_setup_alone() {
     let placed = fx::disk_with_volume(Layout::Mbr, &disk, &vol);
     let r = inject_json(&disk, &["--drivers", tree.to_str().unwrap()]);
     let fb = r["first_boot"].as_str().unwrap();
-    assert!(fb.contains("SetupType = 1") && fb.contains("DevicePath"), "{fb}");
+    assert!(
+        fb.contains("SetupType = 1") && fb.contains("DevicePath"),
+        "{fb}"
+    );
     assert!(values(&r, "SYSTEM", "Setup").is_empty());
     let names: Vec<&str> = r["files"]
         .as_array()
@@ -717,7 +812,10 @@ fn inject_leaves_pending_setup_alone() {
         .iter()
         .map(|f| f["path"].as_str().unwrap())
         .collect();
-    assert!(!names.iter().any(|n| n.ends_with("firstboot.cmd")), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.ends_with("firstboot.cmd")),
+        "{names:?}"
+    );
     let back = dir.path().join("back.ntfs");
     fx::extract_partition(&disk, "raw", placed, &back);
     let after = write_tmp(
@@ -725,13 +823,22 @@ fn inject_leaves_pending_setup_alone() {
         "SYSTEM.after",
         &fx::ntfs_cat(&back, "Windows/System32/config/SYSTEM"),
     );
-    let out = run(Command::new("hivexget").arg(&after).arg("Setup").arg("SetupType"));
+    let out = run(Command::new("hivexget")
+        .arg(&after)
+        .arg("Setup")
+        .arg("SetupType"));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
     // Human output lists the files and values.
     let out = inject(&disk, &["--drivers", tree.to_str().unwrap(), "--dry-run"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("Windows\\System32\\drivers\\viostor.sys"), "{text}");
-    assert!(text.contains("SYSTEM\\ControlSet001\\Services\\viostor : Start = 0 (REG_DWORD)"), "{text}");
+    assert!(
+        text.contains("Windows\\System32\\drivers\\viostor.sys"),
+        "{text}"
+    );
+    assert!(
+        text.contains("SYSTEM\\ControlSet001\\Services\\viostor : Start = 0 (REG_DWORD)"),
+        "{text}"
+    );
     assert!(text.contains("dry run: nothing written"), "{text}");
 }

@@ -53,7 +53,9 @@ fn inspect_windows10_gpt_vhdx() {
     if !fx::require_tools() {
         return;
     }
-    let Some(hives) = fx::win10_hives() else { return };
+    let Some(hives) = fx::win10_hives() else {
+        return;
+    };
     let case = build_case(Layout::Gpt, "vhdx", &hives, 40 << 20, &[]);
     let sha = sha256_file(&case.img);
     let r = inspect_json(&case.img);
@@ -109,7 +111,10 @@ fn inspect_windows10_gpt_vhdx() {
     );
     assert_eq!(
         w["current_control_set"],
-        format!("ControlSet{:03}", hivexget(&sys, "Select", "Current").parse::<u32>().unwrap())
+        format!(
+            "ControlSet{:03}",
+            hivexget(&sys, "Select", "Current").parse::<u32>().unwrap()
+        )
     );
     assert_eq!(w["driver_database"], true);
     let replayed = v["windows"]["replayed_hives"].as_array().unwrap();
@@ -129,7 +134,9 @@ fn inspect_windows7_mbr_qcow2_and_a_disk_without_windows() {
     if !fx::require_tools() {
         return;
     }
-    let Some(hives) = fx::win7_hives() else { return };
+    let Some(hives) = fx::win7_hives() else {
+        return;
+    };
     let case = build_case(Layout::Mbr, "qcow2", &hives, 24 << 20, &[]);
     let r = inspect_json(&case.img);
     assert_eq!(r["format"], "qcow2");
@@ -137,7 +144,10 @@ fn inspect_windows7_mbr_qcow2_and_a_disk_without_windows() {
     let v = &r["volumes"][0];
     assert_eq!(v["volume"]["partition"]["bootable"], true);
     let w = &v["windows"]["info"];
-    assert_eq!((w["major"].as_u64(), w["minor"].as_u64()), (Some(6), Some(1)));
+    assert_eq!(
+        (w["major"].as_u64(), w["minor"].as_u64()),
+        (Some(6), Some(1))
+    );
     assert_eq!(w["arch"], "x86");
     assert_eq!(w["driver_database"], false);
     assert_eq!(w["build"], 7601);
@@ -167,5 +177,8 @@ fn inspect_windows7_mbr_qcow2_and_a_disk_without_windows() {
     let out = util::diskconv().arg("inspect").arg(&junk).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("diskconv: ") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.starts_with("diskconv: ") && !err.contains("panicked"),
+        "{err}"
+    );
 }

@@ -16,6 +16,7 @@ mod hive_windows;
 mod inject_windows;
 mod inspect_cli;
 mod ntfs_cli;
+mod ntfs_damage;
 mod ntfs_fixture;
 mod ntfs_index;
 mod ntfs_write;
