@@ -50,6 +50,9 @@ fn mft_record_offset(b: &[u8], n: usize) -> (usize, usize) {
     (rec_size, mft + n * rec_size)
 }
 
+/// A change made to a copy of the volume's bytes.
+type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+
 #[test]
 fn ntfs_damaged_boot_sector_and_records_are_named_errors() {
     if !tools() {
@@ -60,7 +63,7 @@ fn ntfs_damaged_boot_sector_and_records_are_named_errors() {
     fx::mkntfs(&vol, 8 << 20, 4096, "Dmg", 0);
     let orig = std::fs::read(&vol).unwrap();
 
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+    let cases: Vec<(&str, Damage, &str)> = vec![
         (
             "bytes per sector 0",
             Box::new(|b: &mut Vec<u8>| b[11..13].copy_from_slice(&[0, 0])),
