@@ -51,7 +51,8 @@ pub enum Command {
     /// Adapt a guest offline: `inject windows` copies and registers drivers so it boots on
     /// another platform.
     Inject(crate::inject::InjectArgs),
-    /// List, read and write files on an NTFS volume inside an image (ls, cat, put, mkdir, info).
+    /// List, read and write files on an NTFS volume inside an image (info, ls, cat, put, mkdir,
+    /// rollback).
     Ntfs(crate::ntfs::NtfsArgs),
 }
 
