@@ -19,6 +19,7 @@ mod ntfs_cli;
 mod ntfs_damage;
 mod ntfs_fixture;
 mod ntfs_index;
+mod ntfs_model;
 mod ntfs_write;
 mod qcow2_check;
 mod qcow2_read;
