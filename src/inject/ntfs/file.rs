@@ -210,6 +210,7 @@ impl<D: DiskIo> NtfsVolume<D> {
                 s.init = value.len() as u64;
                 let r = self
                     .write_runs(&s.runs.clone(), 0, &value, "file data")
+                    .and_then(|_| self.zero_to_size(&mut s))
                     .and_then(|_| Ok(rec.replace(&a, s.attribute(record::AT_DATA, &[]))?));
                 if let Err(e) = r {
                     self.free_clusters(&ext)?;
@@ -248,15 +249,32 @@ impl<D: DiskIo> NtfsVolume<D> {
                 s.alloc = want * cs;
                 s.size = len;
                 s.init = s.init.min(len);
-                if let Err(e) = rec.replace(&a, s.attribute(record::AT_DATA, &[])) {
+                let r = self
+                    .zero_to_size(&mut s)
+                    .and_then(|_| Ok(rec.replace(&a, s.attribute(record::AT_DATA, &[]))?));
+                if let Err(e) = r {
                     self.free_clusters(&ext)?;
-                    return Err(e.into());
+                    return Err(e);
                 }
                 sizes = (s.alloc, s.size);
             }
         }
         self.commit_sizes(rec, sizes)?;
         self.free_clusters(&freed)
+    }
+
+    /// Writes zeros from the initialized size to the size and makes the whole stream
+    /// initialized (readers that ignore the initialized size, such as some forensic tools,
+    /// then see zeros too, not old cluster content).
+    fn zero_to_size(&mut self, s: &mut Stream) -> Result<()> {
+        let mut pos = s.init;
+        while pos < s.size {
+            let k = ((s.size - pos) as usize).min(ZERO_CHUNK);
+            self.write_runs(&s.runs.clone(), pos, &vec![0u8; k], "file data")?;
+            pos += k as u64;
+        }
+        s.init = s.size;
+        Ok(())
     }
 
     /// Writes `data` at `off` of file record `n`, whose size already covers it.
