@@ -216,3 +216,58 @@ fn ntfs_model_random_operations() {
         }
     }
 }
+
+/// Regression: thousands of files with data in one folder, in one transaction. Growing the index
+/// and `$MFT` one block at a time between file data made one run per growth, until the folder's
+/// record (or `$MFT`'s record 0) was full ("MFT record 31 is full ... attribute list").
+#[test]
+fn ntfs_thousands_of_files_with_data_in_one_folder() {
+    if !(require("mkntfs") && require("ntfsls") && require("ntfsfix")) {
+        return;
+    }
+    let dir = tmpdir();
+    let vol = dir.path().join("many.ntfs");
+    fx::mkntfs(&vol, 256 << 20, 4096, "Many", 0);
+    let mut tx = ImageTx::open(&vol, &OpenOptions::default()).unwrap();
+    {
+        let mut v = NtfsVolume::open(&mut tx.disk, &NtfsOpenOptions::default()).unwrap();
+        v.create_dir("many").unwrap();
+        for i in 0..3300 {
+            let data = vec![(i % 251) as u8; 65536 - i % 700];
+            v.write_file(&format!("many\\file-{i:05}.bin"), &data)
+                .unwrap_or_else(|e| panic!("file {i}: {}", e.chain()));
+        }
+        v.flush().unwrap();
+    }
+    tx.commit().unwrap();
+    {
+        let tx = ImageTx::open(&vol, &OpenOptions::default()).unwrap();
+        let mut disk = tx.disk;
+        let v = NtfsVolume::open(&mut disk, &NtfsOpenOptions { read_only: true }).unwrap();
+        let mut seen = std::collections::HashMap::new();
+        for i in 0..3300usize {
+            let p = format!("many\\file-{i:05}.bin");
+            let e = v.stat(&p).unwrap().unwrap();
+            if let Some(prev) = seen.insert(e.record, i) {
+                panic!("file {i} and file {prev} share MFT record {}", e.record);
+            }
+            let data = v.read_file(&p, 1 << 20).unwrap();
+            assert!(
+                data == vec![(i % 251) as u8; 65536 - i % 700],
+                "our read of file {i} (record {})",
+                e.record
+            );
+        }
+    }
+    fx::assert_ntfs_sound(&vol);
+    let out = run(Command::new("ntfsls").arg(&vol).args(["-p", "/many"]));
+    let names = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        names.lines().filter(|l| l.starts_with("file-")).count(),
+        3300
+    );
+    let out = run(Command::new("ntfscat")
+        .arg(&vol)
+        .arg("/many/file-03299.bin"));
+    assert!(out.stdout == vec![(3299 % 251) as u8; 65536 - 3299 % 700]);
+}

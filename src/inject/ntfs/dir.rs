@@ -308,9 +308,20 @@ impl<D: DiskIo> IndexStore for Dir<&mut NtfsVolume<D>> {
                     .rev()
                     .find_map(|x| x.lcn.map(|l| l + x.len))
                     .unwrap_or(0);
-                new_ext = vol.alloc_clusters(more, hint, "a new index block")?;
+                // Reserve room for more blocks than asked (half as many as the index has, up
+                // to 16) so a growing folder's run list stays short: one run per new block
+                // (file data is allocated in between) would fill the folder's MFT record after
+                // a few hundred blocks. Without room for the reserve, take just what is needed.
+                let reserve = (blocks / 2).min(16) * bs;
+                let want = (need + reserve - stream.alloc).div_ceil(cs);
+                new_ext = match vol.alloc_clusters(want, hint, "a new index block") {
+                    Ok(e) => e,
+                    Err(_) if want > more => vol.alloc_clusters(more, hint, "a new index block")?,
+                    Err(e) => return Err(e),
+                };
+                let got: u64 = new_ext.iter().map(|x| x.1).sum();
                 stream.append(&new_ext);
-                stream.alloc += more * cs;
+                stream.alloc += got * cs;
             }
             stream.size = need;
             stream.init = need;

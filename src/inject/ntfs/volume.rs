@@ -802,7 +802,7 @@ impl<D: DiskIo> NtfsVolume<D> {
         self.write_runs(&runs, r.start as u64, &bytes, "$MFT:$BITMAP")
     }
 
-    /// Grows `$MFT` by at least 16 records: new clusters, a longer `$DATA` run list, a larger
+    /// Grows `$MFT` by 16 to 4096 records: new clusters, a longer `$DATA` run list, a larger
     /// `$BITMAP`, the new records formatted as free.
     fn grow_mft(&mut self) -> Result<()> {
         if self.mft_has_list {
@@ -814,7 +814,17 @@ impl<D: DiskIo> NtfsVolume<D> {
         }
         let rs = u64::from(self.boot.record_size);
         let cs = self.cs();
-        let add = (16 * rs).max(cs).div_ceil(cs);
+        // Grow by an eighth of the current size (16 to 4096 records), so a volume receiving
+        // thousands of files keeps a short $MFT run list (growing 16 records at a time between
+        // file data fills record 0); 16 records when the free space is short.
+        let small = (16 * rs).max(cs).div_ceil(cs);
+        let current = self.mft.alloc / rs;
+        let large = ((current / 8).clamp(16, 4096) * rs).max(cs).div_ceil(cs);
+        let add = if self.free_cluster_count() >= large.saturating_mul(4) {
+            large
+        } else {
+            small
+        };
         let mut rec0 = self.read_record(0)?;
         let data_attr = rec0
             .find(record::AT_DATA, &[])?
