@@ -441,6 +441,29 @@ pub fn has_driver_database(hive: &Hive) -> Result<bool> {
     Ok(hive.open_key("DriverDatabase")?.is_some())
 }
 
+/// Adds the `CriticalDeviceDatabase` binding of `service` to each device id (Windows 7 /
+/// 2008 R2 and older, whose SYSTEM hive has no `DriverDatabase`).
+fn plan_critical_device_database(
+    plan: &mut EditPlan,
+    cs: &str,
+    service: &str,
+    class_guid: &str,
+    device_ids: &[String],
+) {
+    for id in device_ids {
+        plan.key(
+            format!(
+                "{cs}\\Control\\CriticalDeviceDatabase\\{}",
+                id.replace('\\', "#")
+            ),
+            vec![
+                ("Service", RegData::Sz(service.to_string())),
+                ("ClassGUID", RegData::Sz(class_guid.to_string())),
+            ],
+        );
+    }
+}
+
 /// The edits [`add_boot_storage_driver`] makes, without making them.
 ///
 /// - `<cs>\Services\<drv>`: `Type`=1 (kernel driver), `Start`=0 (boot start: loaded by the boot
@@ -476,18 +499,13 @@ pub fn plan_boot_storage_driver(hive: &Hive, drv: &BootStorageDriver) -> Result<
         ],
     );
     if !has_driver_database(hive)? {
-        for id in &drv.device_ids {
-            plan.key(
-                format!(
-                    "{cs}\\Control\\CriticalDeviceDatabase\\{}",
-                    id.replace('\\', "#")
-                ),
-                vec![
-                    ("Service", RegData::Sz(drv.service.clone())),
-                    ("ClassGUID", RegData::Sz(drv.class_guid.clone())),
-                ],
-            );
-        }
+        plan_critical_device_database(
+            &mut plan,
+            &cs,
+            &drv.service,
+            &drv.class_guid,
+            &drv.device_ids,
+        );
         return Ok(plan);
     }
     let label = drv.package_label();
@@ -784,18 +802,13 @@ pub fn plan_inbox_driver(hive: &Hive, drv: &InboxDriver) -> Result<EditPlan> {
     };
     plan.key(svc, vec![("Start", RegData::Dword(SERVICE_BOOT_START))]);
     if !has_driver_database(hive)? {
-        for id in &drv.device_ids {
-            plan.key(
-                format!(
-                    "{cs}\\Control\\CriticalDeviceDatabase\\{}",
-                    id.replace('\\', "#")
-                ),
-                vec![
-                    ("Service", RegData::Sz(drv.service.clone())),
-                    ("ClassGUID", RegData::Sz(drv.class_guid.clone())),
-                ],
-            );
-        }
+        plan_critical_device_database(
+            &mut plan,
+            &cs,
+            &drv.service,
+            &drv.class_guid,
+            &drv.device_ids,
+        );
         return Ok(plan);
     }
     let inf_path = format!("DriverDatabase\\DriverInfFiles\\{}", drv.inf);
