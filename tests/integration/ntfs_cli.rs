@@ -639,44 +639,6 @@ fn ntfs_cli_refuses_bitlocker_and_non_ntfs_disks() {
     assert_eq!(sha256_file(&so), before);
 }
 
-/// Sets the dirty flag of `$VOLUME_INFORMATION` in MFT record 3 (`$Volume`) of the volume at
-/// byte `base` of the file (the flags word is outside the update-sequence positions, so the
-/// record stays valid).
-fn set_dirty(img: &Path, base: usize) {
-    let mut b = std::fs::read(img).unwrap();
-    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
-    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
-    let cluster = u16_at(&b, base + 11) * b[base + 13] as usize;
-    let mft =
-        base + u64::from_le_bytes(b[base + 48..base + 56].try_into().unwrap()) as usize * cluster;
-    let rec_size = match b[base + 64] as i8 {
-        n if n < 0 => 1usize << (-n),
-        n => n as usize * cluster,
-    };
-    let mirr =
-        base + u64::from_le_bytes(b[base + 56..base + 64].try_into().unwrap()) as usize * cluster;
-    // The same record in $MFT and in $MFTMirr.
-    for table in [mft, mirr] {
-        let rec = table + 3 * rec_size;
-        assert_eq!(&b[rec..rec + 4], b"FILE");
-        let mut a = rec + u16_at(&b, rec + 0x14);
-        let mut done = false;
-        for _ in 0..32 {
-            let t = u32_at(&b, a);
-            assert_ne!(t, 0xffff_ffff, "no $VOLUME_INFORMATION");
-            if t == 0x70 {
-                let v = a + u16_at(&b, a + 0x14);
-                b[v + 10] |= 1;
-                done = true;
-                break;
-            }
-            a += u32_at(&b, a + 4) as usize;
-        }
-        assert!(done, "no $VOLUME_INFORMATION in 32 attributes");
-    }
-    std::fs::write(img, b).unwrap();
-}
-
 #[test]
 fn ntfs_cli_dirty_volume_is_refused_unchanged() {
     if !tools() {
@@ -684,7 +646,7 @@ fn ntfs_cli_dirty_volume_is_refused_unchanged() {
     }
     let dir = tmpdir();
     let img = make_disk(dir.path(), false);
-    set_dirty(&img, (P2_START * 512) as usize);
+    crate::ntfs_fixture::set_ntfs_dirty_at(&img, (P2_START * 512) as usize);
     let before = sha256_file(&img);
     let j: serde_json::Value =
         serde_json::from_str(&ok(cli(&["info", "--json"], &img), "info")).unwrap();

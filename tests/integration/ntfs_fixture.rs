@@ -119,20 +119,33 @@ pub(crate) fn assert_ntfs_sound(vol: &Path) {
 /// volume file, as Windows leaves it when the volume was not unmounted cleanly. The byte is
 /// not one that fixups cover, so the record stays valid.
 pub(crate) fn set_ntfs_dirty(vol: &Path) {
-    let mut b = std::fs::read(vol).unwrap();
+    set_ntfs_dirty_at(vol, 0);
+    // ntfsinfo refuses a dirty volume unless forced (-f).
+    let out = Command::new("ntfsinfo")
+        .args(["-f", "-m"])
+        .arg(vol)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Volume Flags: 0x0001"), "{text}");
+}
+
+/// Like [`set_ntfs_dirty`] for the volume at byte `base` of the file (a partition of a disk).
+/// Record 3 is one of the records `$MFTMirr` mirrors: both copies are patched, as Windows does.
+pub(crate) fn set_ntfs_dirty_at(img: &Path, base: usize) {
+    let mut b = std::fs::read(img).unwrap();
     let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
     let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
-    let bps = u16_at(&b, 11);
-    let cluster = bps * b[13] as usize;
-    let mft = u64::from_le_bytes(b[48..56].try_into().unwrap()) as usize * cluster;
-    let rec_size = match b[64] as i8 {
+    let lcn = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap()) as usize;
+    let cluster = u16_at(&b, base + 11) * b[base + 13] as usize;
+    let rec_size = match b[base + 64] as i8 {
         n if n < 0 => 1usize << (-n),
         n => n as usize * cluster,
     };
-    // Record 3 is one of the records `$MFTMirr` mirrors: patch both copies, as Windows does.
-    let mirr = u64::from_le_bytes(b[56..64].try_into().unwrap()) as usize * cluster;
-    for base in [mft, mirr] {
-        let rec = base + 3 * rec_size;
+    let mft = base + lcn(&b, base + 48) * cluster;
+    let mirr = base + lcn(&b, base + 56) * cluster;
+    for table in [mft, mirr] {
+        let rec = table + 3 * rec_size;
         assert_eq!(&b[rec..rec + 4], b"FILE", "MFT record 3 at {rec:#x}");
         let mut a = rec + u16_at(&b, rec + 0x14);
         loop {
@@ -151,15 +164,7 @@ pub(crate) fn set_ntfs_dirty(vol: &Path) {
             a += len;
         }
     }
-    std::fs::write(vol, b).unwrap();
-    // ntfsinfo refuses a dirty volume unless forced (-f).
-    let out = Command::new("ntfsinfo")
-        .args(["-f", "-m"])
-        .arg(vol)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Volume Flags: 0x0001"), "{text}");
+    std::fs::write(img, b).unwrap();
 }
 
 /// The hives of a Windows installation to put in `Windows/System32/config`.
