@@ -136,7 +136,12 @@ fn vmdk_read_zeroed_grains_and_snapshot_chain() {
     // A parent whose CID changed (the descriptor is embedded in the sparse file).
     let mut f = std::fs::read(&top).unwrap();
     let pos = find(&f, b"parentCID=").expect("parentCID in the embedded descriptor");
-    f[pos + 10..pos + 18].copy_from_slice(b"12345678");
+    // qemu writes the CID without leading zeros: replace exactly the digits that are there.
+    let end = pos + 10 + f[pos + 10..].iter().position(|&c| c == b'\n').unwrap();
+    let fake = &b"12345678"[..end - pos - 10];
+    assert_ne!(&f[pos + 10..end], fake, "pick another fake CID");
+    f[pos + 10..end].copy_from_slice(fake);
+    let fake = std::str::from_utf8(fake).unwrap();
     let bad = dir.path().join("bad.vmdk");
     std::fs::write(&bad, &f).unwrap();
     let e = open(&bad, &OpenOptions::default())
@@ -144,10 +149,7 @@ fn vmdk_read_zeroed_grains_and_snapshot_chain() {
         .expect("must fail");
     assert_eq!(e.kind(), ErrorKind::Corrupt);
     let msg = e.chain();
-    assert!(
-        msg.contains("12345678") && msg.contains("base.vmdk"),
-        "{msg}"
-    );
+    assert!(msg.contains(fake) && msg.contains("base.vmdk"), "{msg}");
 
     // A parent loop: a descriptor whose parent is itself.
     let lp = dir.path().join("loop.vmdk");
