@@ -2,8 +2,11 @@
 //!
 //! The table is a contiguous run of variable-length entries at `snapshots_offset`, one per
 //! snapshot (`nb_snapshots` of them). Each entry is a 40-byte fixed part, extra data, the id
-//! string, the name and padding to a multiple of 8. [`table_len`] finds how many bytes the
-//! table spans (so the reader can fetch it in one I/O); [`parse_table`] validates and decodes it.
+//! string and the name; the next entry starts at the next multiple of 8. The last entry needs
+//! no padding: qemu writes the table with its exact length (`snapshots_size`), so a table at
+//! the end of a file (`qemu-img snapshot -c`) ends with the last name, and qemu reads it that
+//! way. [`table_len`] finds how many bytes the table spans (so the reader can fetch it in one
+//! I/O); [`parse_table`] validates and decodes it.
 
 use super::Qcow2Error;
 use super::header::{MAX_L1_BYTES, MAX_VIRTUAL_SIZE};
@@ -57,8 +60,8 @@ impl Qcow2Snapshot {
     }
 }
 
-/// Length of the entry whose fixed part starts `bytes`, or `None` when `bytes` is shorter than
-/// the fixed part.
+/// Length of the entry whose fixed part starts `bytes`, without the padding that follows it,
+/// or `None` when `bytes` is shorter than the fixed part.
 fn entry_len(bytes: &[u8]) -> Option<u64> {
     if (bytes.len() as u64) < ENTRY_FIXED_LEN {
         return None;
@@ -67,16 +70,18 @@ fn entry_len(bytes: &[u8]) -> Option<u64> {
     let name_len = u64::from(be16(bytes, 14));
     let extra = u64::from(be32(bytes, 36));
     // At most 40 + 2^32 + 2 * 2^16: no overflow in u64.
-    Some((ENTRY_FIXED_LEN + extra + id_len + name_len).div_ceil(8) * 8)
+    Some(ENTRY_FIXED_LEN + extra + id_len + name_len)
 }
 
-/// Number of bytes spanned by a table of `count` entries whose start is `bytes`.
+/// Number of bytes spanned by a table of `count` entries whose start is `bytes`: every entry
+/// but the last rounded up to a multiple of 8, the last one unpadded (qemu's `snapshots_size`).
 ///
 /// Returns `None` when `bytes` ends before the fixed part of some entry, so the caller can read
 /// more and ask again. The result may exceed `bytes.len()` (the last entry's variable part).
 pub fn table_len(bytes: &[u8], count: u32) -> Option<u64> {
     let mut pos = 0u64;
     for _ in 0..count {
+        pos = pos.checked_next_multiple_of(8)?;
         let start = usize::try_from(pos).ok()?;
         let len = entry_len(bytes.get(start..)?)?;
         pos = pos.checked_add(len)?;
@@ -98,6 +103,8 @@ pub fn parse_table(
     let mut out = Vec::with_capacity(count.min(1024) as usize);
     let mut pos = 0usize;
     for i in 0..count {
+        // Entries start at multiples of 8; the padding before this one belongs to the last.
+        pos = pos.next_multiple_of(8);
         let entry_offset = table_offset.saturating_add(pos as u64);
         let corrupt = |detail: String| {
             Qcow2Error::corrupt(format!("snapshot table entry {i}"), entry_offset, detail)
@@ -255,6 +262,42 @@ mod tests {
         assert_eq!(s[1].entry_offset, 0x50000 + 64);
         assert_eq!(s[1].info(4096).virtual_size, 4096);
         assert_eq!(s[0].info(4096).virtual_size, 1 << 20);
+    }
+
+    /// What `qemu-img snapshot -c` leaves at the end of a file: entries padded to 8 bytes
+    /// between them, the last one ending right after its name.
+    #[test]
+    fn last_entry_needs_no_padding() {
+        // 40 + 24 (qemu's extra data: VM state size, disk size, icount) + "1" + "s1" = 67 bytes.
+        let mut x = extra(0, 16 << 20);
+        x.extend_from_slice(&u64::MAX.to_be_bytes()); // icount: -1, not recorded
+        let first = entry(0x30000, 1, "1", "s1", &x);
+        assert_eq!(first.len(), 72);
+        let mut t = first.clone();
+        t.truncate(67);
+        assert_eq!(table_len(&t, 1), Some(67));
+        let s = parse_table(&t, 0x160000, 1, CS, FILE).unwrap();
+        assert_eq!((s[0].id.as_str(), s[0].name.as_str()), ("1", "s1"));
+        assert_eq!(s[0].disk_size, Some(16 << 20));
+
+        // Three entries: the first two padded, the last one not.
+        let mut t = first.clone();
+        t.extend_from_slice(&entry(0x40000, 1, "2", "bb", &x));
+        t.extend_from_slice(&entry(0x50000, 1, "3", "ccc", &x)[..68]);
+        assert_eq!(table_len(&t, 3), Some(72 + 72 + 68));
+        let s = parse_table(&t, 0x160000, 3, CS, FILE).unwrap();
+        let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["s1", "bb", "ccc"]);
+        assert_eq!(s[2].entry_offset, 0x160000 + 144);
+
+        // One byte short of the last name is still an error, with the entry's offset.
+        let e = err_at(&t[..t.len() - 1], 3, 0x160000);
+        assert!(e.contains("entry 2 at 0x160090"), "{e}");
+        assert!(e.contains("68 bytes long"), "{e}");
+    }
+
+    fn err_at(t: &[u8], count: u32, at: u64) -> String {
+        parse_table(t, at, count, CS, FILE).unwrap_err().to_string()
     }
 
     fn err(t: &[u8], count: u32) -> String {
