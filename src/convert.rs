@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::image::{
-    Chunk, Compressor, ExtentKind, GranuleState, ImageReader, ImageWriter, read_skipping_holes,
+    Chunk, Compressor, ExtentKind, GranuleState, ImageReader, ImageWriter, NamedWriter,
+    WriteReport, read_skipping_holes,
 };
 use crate::storage::{FileStorage, Storage};
 use crate::util::{align_down, is_zero};
@@ -79,6 +80,11 @@ pub struct ConvertStats {
     pub zero_bytes: u64,
     /// Bytes after compression, for compressed granules.
     pub compressed_bytes: u64,
+    /// What the writer put into the output files, by kind (compressed data, data stored as
+    /// it is, zeros, metadata, and the unwritten rest of the files' length), as its
+    /// [`ImageWriter::finish`] reported it. `output.file_length` is the length of the output
+    /// files.
+    pub output: WriteReport,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -306,7 +312,7 @@ pub fn convert(
     if out_size > size {
         dst.write_zeroes(size, out_size - size)?;
     }
-    dst.finish()?;
+    stats.output = dst.finish()?;
     stats.elapsed = start.elapsed();
     Ok(stats)
 }
@@ -640,6 +646,10 @@ pub fn convert_to_path(
 
 /// Converts `src` into the files of a new output at `target` (see [`OutputFiles`]): for formats
 /// that write more than one file.
+///
+/// Errors name the file they are about: a failure to create or write the output names
+/// `target` (the writer is wrapped in a [`NamedWriter`]); a failure to read the source names
+/// the source when it was opened from a path ([`open`](crate::open()) names its readers).
 pub fn convert_to_files(
     src: &dyn ImageReader,
     target: &Path,
@@ -648,7 +658,8 @@ pub fn convert_to_files(
     progress: Option<&mut ProgressFn<'_>>,
 ) -> Result<ConvertStats> {
     let mut files = OutputFiles::new(target);
-    let writer = create(&mut files)?;
+    let writer = create(&mut files).map_err(|e| e.in_file(target))?;
+    let writer = Box::new(NamedWriter::new(writer, target));
     let stats = convert(src, writer, opts, progress)?;
     files.commit()?;
     Ok(stats)
@@ -785,7 +796,7 @@ mod tests {
         fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
             self.0.write_zeroes(offset, len)
         }
-        fn finish(self: Box<Self>) -> Result<()> {
+        fn finish(self: Box<Self>) -> Result<WriteReport> {
             Box::new(self.0).finish()
         }
     }

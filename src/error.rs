@@ -168,6 +168,29 @@ impl Error {
         }
     }
 
+    /// Attaches the path of the image (or other file) in which this error happened, as the
+    /// outermost file of the message.
+    ///
+    /// Unlike [`in_file`](Self::in_file), an error that already names *another* file keeps
+    /// it: a failure in a backing file, a parent or an extent reads
+    /// `top.qcow2: /images/base.qcow2: ...`, naming the image the caller opened and the file of
+    /// its chain that failed. An error already naming the same file (by path, or by the file
+    /// the paths resolve to) gets `path` in its place, so a file is named once, as the caller
+    /// wrote it.
+    pub fn in_image(self, path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        match self {
+            Error::File {
+                path: inner,
+                source,
+            } if same_file(&inner, &path) => Error::File { path, source },
+            e => Error::File {
+                path,
+                source: Box::new(e),
+            },
+        }
+    }
+
     /// The whole cause chain on one line, `outer: inner: innermost`.
     pub fn chain(&self) -> String {
         let mut out = self.to_string();
@@ -185,15 +208,34 @@ impl Error {
     }
 }
 
+/// Whether two paths name the same file: equal, or resolving to the same file. Used only on
+/// error paths.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    if a == b {
+        return true;
+    }
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
 /// Extension to attach a file path to errors of a [`Result`].
 pub trait ResultExt<T> {
     /// See [`Error::in_file`].
     fn in_file(self, path: impl Into<PathBuf>) -> Result<T>;
+
+    /// See [`Error::in_image`].
+    fn in_image(self, path: impl Into<PathBuf>) -> Result<T>;
 }
 
 impl<T> ResultExt<T> for Result<T> {
     fn in_file(self, path: impl Into<PathBuf>) -> Result<T> {
         self.map_err(|e| e.in_file(path))
+    }
+
+    fn in_image(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| e.in_image(path))
     }
 }
 
@@ -213,6 +255,26 @@ mod tests {
             "/tmp/a.qcow2: reading L1 table: file ends at 4096"
         );
         assert_eq!(e.kind(), ErrorKind::Corrupt);
+    }
+
+    #[test]
+    fn in_image_keeps_the_inner_file_of_a_chain() {
+        let base = Error::Corrupt("bad L1".into()).in_file("/no/such/base.qcow2");
+        let e = base.in_image("top.qcow2");
+        assert_eq!(e.chain(), "top.qcow2: /no/such/base.qcow2: bad L1");
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        // The same file is named once, as the outer caller wrote it.
+        let e = Error::Cancelled.in_file("a.qcow2").in_image("a.qcow2");
+        assert_eq!(e.chain(), "a.qcow2: cancelled");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("img");
+        std::fs::write(&f, b"x").unwrap();
+        let canonical = std::fs::canonicalize(&f).unwrap();
+        let rel = dir.path().join(".").join("img");
+        let e = Error::Cancelled.in_file(&canonical).in_image(&rel);
+        assert_eq!(e.chain(), format!("{}: cancelled", rel.display()));
+        // An error without a file gets one.
+        assert_eq!(Error::Cancelled.in_image("b").chain(), "b: cancelled");
     }
 
     #[test]

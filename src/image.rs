@@ -7,12 +7,14 @@
 //! only; it knows no format.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::storage::Storage;
 
 /// Image formats diskconv knows about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -248,6 +250,63 @@ pub trait ImageReader: Send + Sync {
     fn info(&self) -> ImageInfo;
 }
 
+/// A reader whose every error names the file it was opened from ([`Error::in_image`]):
+/// [`open`](crate::open()) returns its readers wrapped in one, so a failure while reading a
+/// source says which file it is about (and, inside a chain, which backing file or extent).
+pub struct NamedReader {
+    inner: Box<dyn ImageReader>,
+    path: PathBuf,
+}
+
+impl NamedReader {
+    /// Wraps `inner`, opened from `path`.
+    pub fn new(inner: Box<dyn ImageReader>, path: impl Into<PathBuf>) -> Self {
+        NamedReader {
+            inner,
+            path: path.into(),
+        }
+    }
+
+    /// The path errors are attributed to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl fmt::Debug for NamedReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NamedReader")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ImageReader for NamedReader {
+    fn format(&self) -> Format {
+        self.inner.format()
+    }
+
+    fn virtual_size(&self) -> u64 {
+        self.inner.virtual_size()
+    }
+
+    fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
+        self.inner
+            .map(offset, max_len)
+            .map_err(|e| e.in_image(&self.path))
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.inner
+            .read_at(buf, offset)
+            .map_err(|e| e.in_image(&self.path))
+    }
+
+    fn info(&self) -> ImageInfo {
+        self.inner.info()
+    }
+}
+
 /// Checks that a read of `len` bytes at `offset` lies inside a disk of `size` bytes.
 pub fn check_read_range(offset: u64, len: usize, size: u64) -> Result<()> {
     match offset.checked_add(len as u64) {
@@ -393,6 +452,86 @@ pub trait Compressor: Send + Sync {
     fn compress(&self, input: &[u8], out: &mut Vec<u8>) -> Result<bool>;
 }
 
+/// What a writer stored in its output files, by kind, as [`ImageWriter::finish`] reports it.
+///
+/// The kinds add up to the length of the output files:
+/// `compressed + data + zeros + metadata + unwritten == file_length`. "Written" means bytes
+/// the writer put into the files; `unwritten` is the rest of their length, ranges never
+/// written (holes of a sparse file, which read as zeros and take no space on file systems
+/// with sparse files). `allocated` is what the file system reports as used, which differs
+/// from the written bytes by its block rounding (and is larger after `preallocation=falloc`).
+///
+/// Each range of virtual disk is counted as it was handed over once; a direct caller that
+/// writes the same range twice has it counted twice (the convert engine never does).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct WriteReport {
+    /// Guest data stored compressed: the compressed streams (qcow2 compressed clusters,
+    /// streamOptimized grains, which are zlib streams even when deflate stored them as is).
+    pub compressed: u64,
+    /// Guest data stored as it is.
+    pub data: u64,
+    /// Zeros written for the guest: preallocated zero clusters (`preallocation=full`), the
+    /// padding of a short last cluster or grain.
+    pub zeros: u64,
+    /// Everything else written: headers, footers, descriptors, tables, markers, bitmaps,
+    /// alignment padding (and, in an OVA, the tar headers and the OVF and manifest members).
+    pub metadata: u64,
+    /// Bytes of the files' length never written (holes; they read as zeros).
+    pub unwritten: u64,
+    /// Total length of the output files.
+    pub file_length: u64,
+    /// Bytes the file system allocated for the output files, when known.
+    pub allocated: Option<u64>,
+}
+
+impl WriteReport {
+    /// Bytes written into the files: every kind but `unwritten`.
+    pub fn written(&self) -> u64 {
+        self.compressed + self.data + self.zeros + self.metadata
+    }
+
+    /// Adds the counts of `other` (another file of the same output, or a part of one).
+    pub fn add(&mut self, other: &WriteReport) {
+        self.compressed += other.compressed;
+        self.data += other.data;
+        self.zeros += other.zeros;
+        self.metadata += other.metadata;
+        self.unwritten += other.unwritten;
+        self.file_length += other.file_length;
+        self.allocated = match (self.allocated, other.allocated) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+    }
+
+    /// Completes a report whose written kinds were counted by the writer: reads the length and
+    /// the allocation of `files` (after they were synced) and counts the rest of their length
+    /// as unwritten.
+    pub fn complete(mut self, files: &[&dyn Storage]) -> Result<Self> {
+        let mut len = 0u64;
+        let mut allocated = Some(0u64);
+        for f in files {
+            len += f
+                .len()
+                .map_err(|e| Error::io("reading the length of the output", e))?;
+            allocated = match (allocated, f.allocated_bytes().ok().flatten()) {
+                (Some(a), Some(b)) => Some(a + b),
+                _ => None,
+            };
+        }
+        let written = self.written();
+        // A writer never writes outside its files: more would be a counting error.
+        debug_assert!(
+            written <= len,
+            "the writer counted {written} bytes written in {len} bytes of files: {self:?}"
+        );
+        self.unwritten = len.saturating_sub(written);
+        self.file_length = len;
+        self.allocated = allocated;
+        Ok(self)
+    }
+}
+
 /// Write access to a new image.
 pub trait ImageWriter: Send {
     /// Container format.
@@ -444,8 +583,130 @@ pub trait ImageWriter: Send {
     }
 
     /// Writes the remaining metadata (tables, footers, headers) and syncs. Until this returns,
-    /// the output is recognisably incomplete.
-    fn finish(self: Box<Self>) -> Result<()>;
+    /// the output is recognisably incomplete. Returns what was written, by kind; its total is
+    /// the length of the output files.
+    fn finish(self: Box<Self>) -> Result<WriteReport>;
+}
+
+/// A writer whose every error names its output file ([`Error::in_file`]): the convert engine
+/// writes through one (see [`convert_to_files`](crate::convert::convert_to_files)), so a
+/// failure while writing names the output, never the source.
+pub struct NamedWriter {
+    inner: Box<dyn ImageWriter>,
+    path: PathBuf,
+}
+
+impl NamedWriter {
+    /// Wraps `inner`, which writes the output `path`.
+    pub fn new(inner: Box<dyn ImageWriter>, path: impl Into<PathBuf>) -> Self {
+        NamedWriter {
+            inner,
+            path: path.into(),
+        }
+    }
+}
+
+impl fmt::Debug for NamedWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NamedWriter")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ImageWriter for NamedWriter {
+    fn format(&self) -> Format {
+        self.inner.format()
+    }
+
+    fn virtual_size(&self) -> u64 {
+        self.inner.virtual_size()
+    }
+
+    fn granularity(&self) -> u64 {
+        self.inner.granularity()
+    }
+
+    fn needs_sequential(&self) -> bool {
+        self.inner.needs_sequential()
+    }
+
+    fn compressor(&self) -> Option<Arc<dyn Compressor>> {
+        self.inner.compressor()
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.inner
+            .write_at(buf, offset)
+            .map_err(|e| e.in_file(&self.path))
+    }
+
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.inner
+            .write_zeroes(offset, len)
+            .map_err(|e| e.in_file(&self.path))
+    }
+
+    fn write_chunk(&mut self, chunk: &Chunk) -> Result<()> {
+        self.inner
+            .write_chunk(chunk)
+            .map_err(|e| e.in_file(&self.path))
+    }
+
+    fn finish(self: Box<Self>) -> Result<WriteReport> {
+        let NamedWriter { inner, path } = *self;
+        inner.finish().map_err(|e| e.in_file(path))
+    }
+}
+
+/// An updater whose every error names its file ([`Error::in_file`]).
+pub struct NamedUpdater {
+    inner: Box<dyn ImageUpdater>,
+    path: PathBuf,
+}
+
+impl NamedUpdater {
+    /// Wraps `inner`, which updates the image at `path`.
+    pub fn new(inner: Box<dyn ImageUpdater>, path: impl Into<PathBuf>) -> Self {
+        NamedUpdater {
+            inner,
+            path: path.into(),
+        }
+    }
+}
+
+impl fmt::Debug for NamedUpdater {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NamedUpdater")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ImageUpdater for NamedUpdater {
+    fn format(&self) -> Format {
+        self.inner.format()
+    }
+
+    fn virtual_size(&self) -> u64 {
+        self.inner.virtual_size()
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.inner
+            .write_at(buf, offset)
+            .map_err(|e| e.in_file(&self.path))
+    }
+
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.inner
+            .write_zeroes(offset, len)
+            .map_err(|e| e.in_file(&self.path))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.inner.flush().map_err(|e| e.in_file(&self.path))
+    }
 }
 
 /// A reader shared between threads and between images of a chain.

@@ -37,6 +37,8 @@ pub mod util;
 
 pub use convert::{ConvertOptions, ConvertStats, Progress, convert, convert_to_path};
 pub use error::{Error, ErrorKind, Result};
-pub use image::{Extent, ExtentKind, Format, ImageInfo, ImageReader, ImageUpdater, ImageWriter};
+pub use image::{
+    Extent, ExtentKind, Format, ImageInfo, ImageReader, ImageUpdater, ImageWriter, WriteReport,
+};
 pub use open::{OpenOptions, ReferencePolicy, open, open_qcow2, open_storage};
 pub use output::{OutputOptions, convert_file, create_writer};

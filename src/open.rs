@@ -17,7 +17,7 @@ use crate::formats::vhd::VhdReader;
 use crate::formats::vhdx::VhdxReader;
 use crate::formats::vmdk::VmdkReader;
 use crate::formats::vmdk::ova::open_ova;
-use crate::image::{Format, ImageReader};
+use crate::image::{Format, ImageReader, NamedReader};
 use crate::storage::{FileStorage, Storage};
 
 /// Which files named inside an image may be opened.
@@ -105,6 +105,9 @@ impl OpenOptions {
 /// The file is opened read-only and never modified. The format is detected from the content
 /// unless forced in `opts`.
 ///
+/// Every error, when opening and later when mapping or reading, names `path` (and, when the
+/// failure is in a file of its chain, that file too: `top.qcow2: /images/base.qcow2: ...`).
+///
 /// ```no_run
 /// use diskconv::{open, OpenOptions};
 /// let img = open("disk.qcow2", &OpenOptions::default())?;
@@ -134,7 +137,7 @@ pub fn open_qcow2(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Qcow2Rea
         &ctx,
         opts.snapshot.as_deref(),
     )
-    .in_file(path)
+    .in_image(path)
 }
 
 /// Opens an image held in an arbitrary [`Storage`] (memory, a file opened by the caller).
@@ -206,9 +209,11 @@ impl<'a> OpenContext<'a> {
             .in_file(path)?;
         let mut child = self.clone();
         child.chain.push(canonical.clone());
-        child
+        let reader = child
             .open_storage(Arc::new(storage), Some(&canonical), format, snapshot)
-            .in_file(path)
+            .in_image(path)?;
+        // Errors of later maps and reads name the file too.
+        Ok(Box::new(NamedReader::new(reader, path)))
     }
 
     fn open_storage(

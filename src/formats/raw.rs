@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::image::{
-    Extent, ExtentKind, Format, ImageInfo, ImageReader, ImageWriter, check_read_range,
+    Extent, ExtentKind, Format, ImageInfo, ImageReader, ImageWriter, WriteReport, check_read_range,
 };
 use crate::storage::Storage;
 
@@ -123,6 +123,8 @@ pub struct RawWriter {
     storage: Arc<dyn Storage>,
     size: u64,
     prealloc: Preallocation,
+    /// Data and zeros written so far (the rest of the file stays a hole).
+    report: WriteReport,
 }
 
 /// Granule of zero detection for raw output: holes smaller than a file system block are useless.
@@ -143,6 +145,16 @@ impl RawWriter {
             storage,
             size,
             prealloc,
+            report: WriteReport::default(),
+        })
+    }
+
+    fn put(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.storage.write_all_at(buf, offset).map_err(|e| {
+            Error::io(
+                format!("writing {} bytes at offset {offset:#x}", buf.len()),
+                e,
+            )
         })
     }
 
@@ -176,12 +188,9 @@ impl ImageWriter for RawWriter {
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
-        self.storage.write_all_at(buf, offset).map_err(|e| {
-            Error::io(
-                format!("writing {} bytes at offset {offset:#x}", buf.len()),
-                e,
-            )
-        })
+        self.put(buf, offset)?;
+        self.report.data += buf.len() as u64;
+        Ok(())
     }
 
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
@@ -194,7 +203,8 @@ impl ImageWriter for RawWriter {
                 let mut off = offset;
                 while off < offset + len {
                     let n = (offset + len - off).min(zeros.len() as u64) as usize;
-                    self.write_at(&zeros[..n], off)?;
+                    self.put(&zeros[..n], off)?;
+                    self.report.zeros += n as u64;
                     off += n as u64;
                 }
                 Ok(())
@@ -202,10 +212,11 @@ impl ImageWriter for RawWriter {
         }
     }
 
-    fn finish(self: Box<Self>) -> Result<()> {
+    fn finish(self: Box<Self>) -> Result<WriteReport> {
         self.storage
             .sync()
-            .map_err(|e| Error::io("syncing the output", e))
+            .map_err(|e| Error::io("syncing the output", e))?;
+        self.report.complete(&[self.storage.as_ref()])
     }
 }
 

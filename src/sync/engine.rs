@@ -38,7 +38,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::convert::OutputFiles;
 use crate::error::{Error, Result};
-use crate::image::{Format, ImageReader, ImageUpdater, read_skipping_holes};
+use crate::image::{Format, ImageReader, ImageUpdater, NamedReader, read_skipping_holes};
 use crate::open::{OpenOptions, ReferencePolicy, open, open_qcow2};
 use crate::output::{OutputOptions, create_writer};
 use crate::sync::bitmap::BlockBitmap;
@@ -273,8 +273,8 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
     let src: Box<dyn ImageReader> = match &opts.bitmap {
         Some(name) => {
             let q = open_qcow2(src_path, &oo)?;
-            dirty = Some(q.dirty_ranges(name).map_err(|e| e.in_file(src_path))?);
-            Box::new(q)
+            dirty = Some(q.dirty_ranges(name).map_err(|e| e.in_image(src_path))?);
+            Box::new(NamedReader::new(Box::new(q), src_path))
         }
         None => open(src_path, &oo)?,
     };

@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::detect::detect;
 use crate::error::{Error, Result};
 use crate::formats::{qcow2, raw, vhd, vhdx, vmdk};
-use crate::image::{Format, ImageUpdater};
+use crate::image::{Format, ImageUpdater, NamedUpdater};
 use crate::storage::FileStorage;
 
 /// Opens the image at `path` for in-place updates, detecting its format from the content (or
@@ -34,5 +34,6 @@ pub fn open_updater(path: &Path, format: Option<Format>) -> Result<Box<dyn Image
             .in_file(path));
         }
     };
-    Ok(up)
+    // Every later error (a write, a flush) names the target too.
+    Ok(Box::new(NamedUpdater::new(up, path)))
 }

@@ -6,8 +6,10 @@
 mod cli;
 mod contract;
 mod convert;
+mod convert_stats;
 mod disk_partition;
 mod drivers_iso;
+mod errors_name_files;
 mod hive_cli;
 mod hive_core;
 mod hive_log;

@@ -94,9 +94,14 @@ pub struct ConvertArgs {
     /// Show a progress bar with rate and time left (on a terminal).
     #[arg(short = 'p', long = "progress")]
     pub progress: bool,
-    /// Print what was done (bytes of data, zeros, compressed size, time) when finished.
+    /// Print what was done when finished: bytes of data and zeros read, time, and the bytes
+    /// written to the output by kind (compressed data, uncompressed data, zeros, metadata,
+    /// unwritten holes), which add up to the output's length.
     #[arg(long)]
     pub stats: bool,
+    /// Print the statistics of `--stats` as one JSON object (implies `--stats`).
+    #[arg(long)]
+    pub json: bool,
     /// The source image or block device.
     pub src: PathBuf,
     /// The output file (written under a temporary name, renamed into place on success).

@@ -157,8 +157,9 @@ fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
         }
         None => {}
     };
-    let stats =
-        diskconv::convert_file(src.as_ref(), &a.dst, &out, &opts, Some(&mut cb)).in_file(&a.dst)?;
+    // Errors name their file already: the source's reads name the source, the writer's the
+    // output.
+    let stats = diskconv::convert_file(src.as_ref(), &a.dst, &out, &opts, Some(&mut cb))?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -171,26 +172,61 @@ fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
             stats.virtual_size
         );
     }
-    if a.stats {
-        let secs = start.elapsed().as_secs_f64();
+    if a.stats || a.json {
+        print_stats(&stats, start.elapsed().as_secs_f64(), a.json)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `convert --stats`: what was read, and what was written to the output by kind (the kinds
+/// add up to the output's length). `--json`: the same as one JSON object.
+fn print_stats(stats: &diskconv::ConvertStats, secs: f64, json: bool) -> Result<()> {
+    let o = &stats.output;
+    let mut stdout = std::io::stdout().lock();
+    let r = if json {
+        let v = serde_json::json!({
+            "virtual_size": stats.virtual_size,
+            "output_size": stats.output_size,
+            "seconds": secs,
+            "bytes_read": stats.bytes_read,
+            "data_bytes": stats.data_bytes,
+            "zero_bytes": stats.zero_bytes,
+            "output": o,
+        });
+        serde_json::to_writer(&mut stdout, &v)
+            .map_err(std::io::Error::other)
+            .and_then(|_| writeln!(stdout))
+    } else {
         let mbps = if secs > 0.0 {
-            size as f64 / secs / 1e6
+            stats.virtual_size as f64 / secs / 1e6
         } else {
             0.0
         };
-        println!(
-            "converted {} in {secs:.2} s ({mbps:.0} MB/s): {} data, {} zeros{}",
-            human_bytes(size),
-            human_bytes(stats.data_bytes),
-            human_bytes(stats.zero_bytes),
-            if stats.compressed_bytes > 0 {
-                format!(", compressed to {}", human_bytes(stats.compressed_bytes))
-            } else {
-                String::new()
+        let line = |out: &mut std::io::StdoutLock<'_>, what: &str, n: u64| {
+            writeln!(out, "  {what:<20} {n:>16}  {}", human_bytes(n))
+        };
+        (|| {
+            writeln!(
+                stdout,
+                "converted {} in {secs:.2} s ({mbps:.0} MB/s): {} data, {} zeros",
+                human_bytes(stats.virtual_size),
+                human_bytes(stats.data_bytes),
+                human_bytes(stats.zero_bytes),
+            )?;
+            writeln!(stdout, "output, by kind (bytes):")?;
+            line(&mut stdout, "compressed data", o.compressed)?;
+            line(&mut stdout, "uncompressed data", o.data)?;
+            line(&mut stdout, "zeros written", o.zeros)?;
+            line(&mut stdout, "metadata", o.metadata)?;
+            line(&mut stdout, "unwritten (holes)", o.unwritten)?;
+            line(&mut stdout, "file length", o.file_length)?;
+            if let Some(n) = o.allocated {
+                line(&mut stdout, "allocated on disk", n)?;
             }
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+            Ok(())
+        })()
+    };
+    r.map_err(|e| Error::io("writing to standard output", e))
 }
 
 fn print_info(info: &ImageInfo, out: &mut impl Write, indent: &str) -> std::io::Result<()> {
@@ -307,7 +343,7 @@ fn map(a: args::ImageArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     while pos < size {
         let e = img.map(pos, size - pos)?;
         if e.len == 0 {
-            return Err(Error::Corrupt(format!("no extent at offset {pos:#x}")));
+            return Err(Error::Corrupt(format!("no extent at offset {pos:#x}")).in_file(&a.image));
         }
         // Merge with the previous entry when nothing distinguishes them.
         if let Some(last) = entries.last_mut() {

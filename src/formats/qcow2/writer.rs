@@ -55,7 +55,7 @@ use super::l1l2::{self, COPIED, OFFSET_MASK};
 use super::refcount;
 use crate::error::{Error, Result};
 use crate::formats::raw::Preallocation;
-use crate::image::{Chunk, Compressor, Format, GranuleState, ImageWriter};
+use crate::image::{Chunk, Compressor, Format, GranuleState, ImageWriter, WriteReport};
 use crate::storage::Storage;
 use crate::util::{align_down, is_zero};
 
@@ -156,6 +156,8 @@ pub struct Qcow2Writer {
     zeros: Vec<u8>,
     /// Set after an error: the state may be half-updated, so everything after fails.
     poisoned: bool,
+    /// Bytes written so far, by kind.
+    report: WriteReport,
 }
 
 impl fmt::Debug for Qcow2Writer {
@@ -301,6 +303,7 @@ impl Qcow2Writer {
             falloc: None,
             zeros: Vec::new(),
             poisoned: false,
+            report: WriteReport::default(),
         };
         // Blocks 0..k-1 cover only clusters of the initial region: all refcounts are 1.
         let mut full = vec![0u8; cs as usize];
@@ -309,6 +312,7 @@ impl Qcow2Writer {
         }
         for j in 0..k - 1 {
             w.write_direct(&full, (n0 + j) * cs, "refcount block")?;
+            w.report.metadata += cs;
         }
         // The last one stays in memory: the stream continues inside its range.
         for c in (k - 1) * epb..allocated {
@@ -340,6 +344,7 @@ impl Qcow2Writer {
             self.close_staging()?;
             let old = std::mem::take(&mut self.rb.buf);
             self.write_direct(&old, self.rb.host, "refcount block")?;
+            self.report.metadata += old.len() as u64;
             if b >= self.reftable_clusters * self.cs / 8 {
                 return Err(Error::Qcow2(super::Qcow2Error::Unsupported(format!(
                     "the image needs more than {} refcount blocks, the most a refcount table \
@@ -465,6 +470,7 @@ impl Qcow2Writer {
                 }
                 let zeros = std::mem::take(&mut self.zeros);
                 let r = self.put(&zeros, host);
+                self.report.zeros += zeros.len() as u64;
                 self.zeros = zeros;
                 r
             }
@@ -585,6 +591,7 @@ impl Qcow2Writer {
         if let Some((index, table)) = self.l2.take() {
             let host = self.alloc_cluster(1)?;
             self.put(&table, host)?;
+            self.report.metadata += table.len() as u64;
             let Some(e) = self.l1.get_mut(index as usize) else {
                 return Err(internal(format!("L1 index {index} out of range")));
             };
@@ -621,9 +628,11 @@ impl Qcow2Writer {
     /// Writes one cluster of plain data, padding a short last cluster with zeros.
     fn put_cluster(&mut self, d: &[u8], host: u64) -> Result<()> {
         self.put(d, host)?;
+        self.report.data += d.len() as u64;
         if (d.len() as u64) < self.cs {
             let pad = vec![0u8; self.cs as usize - d.len()];
             self.put(&pad, host + d.len() as u64)?;
+            self.report.zeros += pad.len() as u64;
         }
         Ok(())
     }
@@ -635,6 +644,7 @@ impl Qcow2Writer {
             return self.store(cluster, Content::Data(raw));
         }
         if let Some(entry) = self.try_pack(comp)? {
+            self.report.compressed += comp.len() as u64;
             return self.set_l2(cluster, entry);
         }
         self.close_staging()?;
@@ -647,6 +657,7 @@ impl Qcow2Writer {
                     buf: comp.to_vec(),
                     clusters: 1,
                 });
+                self.report.compressed += comp.len() as u64;
                 self.set_l2(cluster, entry)
             }
             None => {
@@ -821,7 +832,7 @@ impl Qcow2Writer {
         Ok(())
     }
 
-    fn finish_inner(&mut self) -> Result<()> {
+    fn finish_inner(&mut self) -> Result<WriteReport> {
         if self.poisoned {
             return Err(invalid_arg(
                 "the qcow2 writer failed earlier; the image cannot be completed".into(),
@@ -834,18 +845,21 @@ impl Qcow2Writer {
         self.flush_wb()?;
         let rb = std::mem::take(&mut self.rb.buf);
         self.write_direct(&rb, self.rb.host, "refcount block")?;
+        self.report.metadata += rb.len() as u64;
 
         let mut table = Vec::with_capacity(self.reftable.len() * 8);
         for e in &self.reftable {
             table.extend_from_slice(&e.to_be_bytes());
         }
         self.write_direct(&table, self.reftable_offset, "refcount table")?;
+        self.report.metadata += table.len() as u64;
         if !self.l1.is_empty() {
             let mut l1 = Vec::with_capacity(self.l1.len() * 8);
             for e in &self.l1 {
                 l1.extend_from_slice(&e.to_be_bytes());
             }
             self.write_direct(&l1, self.l1_offset, "L1 table")?;
+            self.report.metadata += l1.len() as u64;
         }
         // Allocated clusters that were never written (holes, the tail of packed data) must
         // still lie inside the file.
@@ -880,9 +894,11 @@ impl Qcow2Writer {
         }
         let bytes = hdr.to_bytes()?;
         self.write_direct(&bytes, 0, "header")?;
+        self.report.metadata += bytes.len() as u64;
         self.storage
             .sync()
-            .map_err(|e| Error::io("syncing the qcow2 output", e))
+            .map_err(|e| Error::io("syncing the qcow2 output", e))?;
+        self.report.complete(&[self.storage.as_ref()])
     }
 
     /// Runs `f`, poisoning the writer when it fails (its state may be half-updated).
@@ -955,7 +971,7 @@ impl ImageWriter for Qcow2Writer {
         self.guard(|w| w.write_chunk_inner(chunk))
     }
 
-    fn finish(mut self: Box<Self>) -> Result<()> {
+    fn finish(mut self: Box<Self>) -> Result<WriteReport> {
         self.guard(|w| w.finish_inner())
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::convert::OutputFiles;
 use crate::error::{Error, Result};
-use crate::image::{Format, ImageWriter};
+use crate::image::{Format, ImageWriter, WriteReport};
 use crate::storage::Storage;
 
 use super::dynamic::{HEADER_SIZE, MAX_BLOCK_SIZE, UNALLOCATED, VhdDynamicHeader};
@@ -133,6 +133,7 @@ pub fn create(
             Ok(Box::new(FixedWriter {
                 storage,
                 size: vsize,
+                report: WriteReport::default(),
             }))
         }
         VhdSubformat::Dynamic => {
@@ -167,6 +168,7 @@ pub fn create(
                 bat: vec![UNALLOCATED; entries as usize],
                 bat_offset,
                 next: bat_offset + bat_bytes,
+                report: WriteReport::default(),
             }))
         }
     }
@@ -176,6 +178,7 @@ pub fn create(
 struct FixedWriter {
     storage: Arc<dyn Storage>,
     size: u64,
+    report: WriteReport,
 }
 
 fn check_range(offset: u64, len: u64, size: u64) -> Result<()> {
@@ -204,13 +207,15 @@ impl ImageWriter for FixedWriter {
         check_range(offset, buf.len() as u64, self.size)?;
         self.storage
             .write_all_at(buf, offset)
-            .map_err(wio(format!("writing {} bytes at {offset:#x}", buf.len())))
+            .map_err(wio(format!("writing {} bytes at {offset:#x}", buf.len())))?;
+        self.report.data += buf.len() as u64;
+        Ok(())
     }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         // The output is a new file: unwritten stretches are holes that read as zeros.
         check_range(offset, len, self.size)
     }
-    fn finish(self: Box<Self>) -> Result<()> {
+    fn finish(self: Box<Self>) -> Result<WriteReport> {
         let footer = new_footer(self.size, DiskType::Fixed, NO_DATA_OFFSET);
         self.storage
             .write_all_at(&footer.to_bytes(), self.size)
@@ -218,7 +223,10 @@ impl ImageWriter for FixedWriter {
         self.storage
             .set_len(self.size + FOOTER_SIZE as u64)
             .map_err(wio("setting the file length".into()))?;
-        self.storage.sync().map_err(wio("syncing".into()))
+        self.storage.sync().map_err(wio("syncing".into()))?;
+        let mut report = self.report;
+        report.metadata += FOOTER_SIZE as u64;
+        report.complete(&[self.storage.as_ref()])
     }
 }
 
@@ -233,6 +241,8 @@ struct DynamicWriter {
     bat_offset: u64,
     /// End of the file so far: where the next block goes.
     next: u64,
+    /// Bytes written so far, by kind.
+    report: WriteReport,
 }
 
 impl DynamicWriter {
@@ -249,6 +259,7 @@ impl DynamicWriter {
             self.storage
                 .write_all_at(&bitmap, self.next)
                 .map_err(wio(format!("writing a sector bitmap at {:#x}", self.next)))?;
+            self.report.metadata += bitmap.len() as u64;
             self.bat[b] = sector as u32;
             self.next += self.bitmap + self.block_size;
         }
@@ -281,6 +292,7 @@ impl ImageWriter for DynamicWriter {
             self.storage
                 .write_all_at(&buf[done..done + n], host)
                 .map_err(wio(format!("writing {n} bytes at {host:#x}")))?;
+            self.report.data += n as u64;
             done += n;
         }
         Ok(())
@@ -306,7 +318,7 @@ impl ImageWriter for DynamicWriter {
         }
         Ok(())
     }
-    fn finish(self: Box<Self>) -> Result<()> {
+    fn finish(self: Box<Self>) -> Result<WriteReport> {
         let footer = new_footer(self.size, DiskType::Dynamic, FOOTER_SIZE as u64);
         let header = VhdDynamicHeader {
             table_offset: self.bat_offset,
@@ -323,10 +335,11 @@ impl ImageWriter for DynamicWriter {
             bat[i * 4..i * 4 + 4].copy_from_slice(&e.to_be_bytes());
         }
         let fb = footer.to_bytes();
+        let hb = header.to_bytes();
         let s = &self.storage;
         s.write_all_at(&bat, self.bat_offset)
             .map_err(wio("writing the BAT".into()))?;
-        s.write_all_at(&header.to_bytes(), FOOTER_SIZE as u64)
+        s.write_all_at(&hb, FOOTER_SIZE as u64)
             .map_err(wio("writing the dynamic header".into()))?;
         s.write_all_at(&fb, 0)
             .map_err(wio("writing the footer copy".into()))?;
@@ -334,7 +347,10 @@ impl ImageWriter for DynamicWriter {
             .map_err(wio("writing the footer".into()))?;
         s.set_len(self.next + FOOTER_SIZE as u64)
             .map_err(wio("setting the file length".into()))?;
-        s.sync().map_err(wio("syncing".into()))
+        s.sync().map_err(wio("syncing".into()))?;
+        let mut report = self.report;
+        report.metadata += (bat.len() + hb.len() + 2 * fb.len()) as u64;
+        report.complete(&[s.as_ref()])
     }
 }
 

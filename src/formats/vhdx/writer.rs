@@ -31,7 +31,7 @@ use super::region::{self, BAT_GUID, METADATA_GUID, REGION_OFFSETS, Region};
 use super::{MIB, random_guid};
 use crate::convert::OutputFiles;
 use crate::error::{Error, Result};
-use crate::image::{Format, ImageWriter};
+use crate::image::{Format, ImageWriter, WriteReport};
 use crate::storage::Storage;
 
 /// Which kind of VHDX to write.
@@ -101,6 +101,8 @@ pub struct VhdxWriter {
     next_offset: u64,
     /// Blocks that received data: only those need zeroing (the rest are holes).
     written: Vec<bool>,
+    /// Bytes written so far, by kind.
+    report: WriteReport,
 }
 
 impl VhdxWriter {
@@ -143,6 +145,7 @@ impl VhdxWriter {
             bat_length,
             next_offset: data_start,
             written: vec![false; blocks as usize],
+            report: WriteReport::default(),
         };
         if opts.subformat == VhdxSubformat::Fixed {
             for b in 0..blocks {
@@ -234,7 +237,9 @@ impl ImageWriter for VhdxWriter {
             w.file
                 .write_all_at(&buf[at as usize..(at + n) as usize], h)
                 .map_err(|e| Error::io(format!("writing {n:#x} bytes at {h:#x}"), e))
-        })
+        })?;
+        self.report.data += buf.len() as u64;
+        Ok(())
     }
 
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
@@ -249,15 +254,17 @@ impl ImageWriter for VhdxWriter {
         })
     }
 
-    fn finish(self: Box<Self>) -> Result<()> {
+    fn finish(self: Box<Self>) -> Result<WriteReport> {
         let io = |what: &'static str| move |e| Error::io(format!("writing the VHDX {what}"), e);
         let f = &self.file;
+        let mut report = self.report;
         f.set_len(self.next_offset).map_err(io("file length"))?;
         let mut bat_bytes = vec![0u8; self.bat_length as usize];
         for (i, e) in self.bat.iter().enumerate() {
             bat_bytes[8 * i..8 * i + 8].copy_from_slice(&e.0.to_le_bytes());
         }
         f.write_all_at(&bat_bytes, BAT_OFFSET).map_err(io("BAT"))?;
+        report.metadata += bat_bytes.len() as u64;
         let meta = VhdxMetadata {
             block_size: self.opts.block_size,
             leave_blocks_allocated: self.opts.subformat == VhdxSubformat::Fixed,
@@ -268,11 +275,10 @@ impl ImageWriter for VhdxWriter {
             page83: Some(random_guid()),
             parent_locator: None,
         };
-        f.write_all_at(
-            &metadata::to_bytes(&meta, METADATA_LENGTH as usize),
-            METADATA_OFFSET,
-        )
-        .map_err(io("metadata region"))?;
+        let meta_bytes = metadata::to_bytes(&meta, METADATA_LENGTH as usize);
+        f.write_all_at(&meta_bytes, METADATA_OFFSET)
+            .map_err(io("metadata region"))?;
+        report.metadata += meta_bytes.len() as u64;
         let regions = region::to_bytes(&[
             Region {
                 guid: BAT_GUID,
@@ -289,6 +295,7 @@ impl ImageWriter for VhdxWriter {
         ]);
         for o in REGION_OFFSETS {
             f.write_all_at(&regions, o).map_err(io("region table"))?;
+            report.metadata += regions.len() as u64;
         }
         let mut h = VhdxHeader {
             sequence_number: 0,
@@ -301,12 +308,17 @@ impl ImageWriter for VhdxWriter {
             log_offset: LOG_OFFSET,
         };
         for o in HEADER_OFFSETS {
-            f.write_all_at(&h.to_bytes(), o).map_err(io("header"))?;
+            let hb = h.to_bytes();
+            f.write_all_at(&hb, o).map_err(io("header"))?;
+            report.metadata += hb.len() as u64;
             h.sequence_number += 1;
         }
-        f.write_all_at(&header::file_identifier("diskconv"), 0)
+        let ident = header::file_identifier("diskconv");
+        f.write_all_at(&ident, 0)
             .map_err(io("file type identifier"))?;
-        f.sync().map_err(io("file (sync)"))
+        report.metadata += ident.len() as u64;
+        f.sync().map_err(io("file (sync)"))?;
+        report.complete(&[f.as_ref()])
     }
 }
 

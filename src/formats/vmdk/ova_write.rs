@@ -15,7 +15,7 @@ use super::ova::{Firmware, OvaOptions};
 use super::writer::{AdapterType, StreamSummary, StreamWriter, VmdkWriteOptions};
 use crate::convert::OutputFiles;
 use crate::error::{Error, Result};
-use crate::image::{Chunk, Compressor, Format, ImageWriter};
+use crate::image::{Chunk, Compressor, Format, ImageWriter, WriteReport};
 use crate::storage::Storage;
 use crate::util::hex;
 
@@ -258,7 +258,8 @@ impl OvaWriter {
         Ok(off + BLOCK + body.len() as u64)
     }
 
-    fn assemble(&self, disk: &StreamSummary) -> Result<()> {
+    /// Writes the package; returns its length (every byte of it is written).
+    fn assemble(&self, disk: &StreamSummary) -> Result<u64> {
         let mtime = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -316,7 +317,8 @@ impl OvaWriter {
         self.put(&zeros, off - tail, "end of archive")?;
         self.out
             .sync()
-            .map_err(|e| Error::io("syncing the OVA package", e))
+            .map_err(|e| Error::io("syncing the OVA package", e))?;
+        Ok(end)
     }
 }
 
@@ -353,9 +355,18 @@ impl ImageWriter for OvaWriter {
         self.stream.inner().write_chunk(chunk)
     }
 
-    fn finish(mut self: Box<Self>) -> Result<()> {
+    fn finish(mut self: Box<Self>) -> Result<WriteReport> {
         let summary = self.stream.finish_with_summary()?;
-        self.assemble(&summary)
+        let len = self.assemble(&summary)?;
+        // The package is written whole: the disk's compressed grains, and metadata (the tar
+        // headers and padding, the OVF, the manifest and the disk's own metadata).
+        let compressed = summary.report.compressed;
+        WriteReport {
+            compressed,
+            metadata: len - compressed,
+            ..WriteReport::default()
+        }
+        .complete(&[self.out.as_ref()])
     }
 }
 

@@ -44,7 +44,7 @@ use super::VmdkError;
 use crate::convert::OutputFiles;
 use crate::error::{Error, Result};
 use crate::formats::raw::{Preallocation, RawWriter};
-use crate::image::{Chunk, Compressor, Format, GranuleState, ImageWriter};
+use crate::image::{Chunk, Compressor, Format, GranuleState, ImageWriter, WriteReport};
 use crate::storage::Storage;
 use crate::util::is_zero;
 
@@ -381,8 +381,8 @@ trait GrainStore: Send {
     /// Stores grain `g` (index in grains). `data` is the grain (short only at the end of the
     /// disk, never all zero); `compressed` its zlib stream when the engine made one.
     fn store(&mut self, g: u64, data: &[u8], compressed: Option<&[u8]>) -> Result<()>;
-    /// Writes the remaining metadata and syncs.
-    fn finish(&mut self) -> Result<()>;
+    /// Writes the remaining metadata and syncs; returns what was written.
+    fn finish(&mut self) -> Result<WriteReport>;
     /// Whether grains are compressed.
     fn compressed(&self) -> bool;
 }
@@ -526,7 +526,7 @@ impl<S: GrainStore> GrainWriter<S> {
         Ok(())
     }
 
-    fn finish_inner(&mut self) -> Result<()> {
+    fn finish_inner(&mut self) -> Result<WriteReport> {
         if self.poisoned {
             return Err(Error::InvalidArgument(format!(
                 "the {} writer failed earlier; the image cannot be completed",
@@ -593,7 +593,7 @@ impl<S: GrainStore> ImageWriter for GrainWriter<S> {
         self.guard(|w| w.write_chunk_inner(chunk))
     }
 
-    fn finish(mut self: Box<Self>) -> Result<()> {
+    fn finish(mut self: Box<Self>) -> Result<WriteReport> {
         self.finish_inner()
     }
 }
@@ -680,6 +680,8 @@ pub struct StreamSummary {
     pub sha256: Option<[u8; 32]>,
     /// Bytes of virtual disk held in stored grains (OVF `populatedSize`).
     pub populated_bytes: u64,
+    /// What the file holds, by kind (compressed grains; the rest is metadata).
+    pub report: WriteReport,
 }
 
 /// streamOptimized back end.
@@ -691,6 +693,8 @@ struct StreamStore {
     gt_used: bool,
     gd: Vec<u32>,
     grains: u64,
+    /// Bytes of compressed grain streams written.
+    compressed_bytes: u64,
     summary: Option<StreamSummary>,
 }
 
@@ -746,6 +750,7 @@ impl StreamStore {
             gt_used: false,
             gd: vec![0; num_gts as usize],
             grains: 0,
+            compressed_bytes: 0,
             summary: None,
         })
     }
@@ -818,6 +823,7 @@ impl GrainStore for StreamStore {
         m[8..12].copy_from_slice(&(c.len() as u32).to_le_bytes());
         self.sink.emit(&m)?;
         self.sink.emit(c)?;
+        self.compressed_bytes += c.len() as u64;
         self.sink.pad_to_sector()?;
         self.gt[(g % GTES_PER_GT) as usize] = at32;
         self.gt_used = true;
@@ -825,7 +831,7 @@ impl GrainStore for StreamStore {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<()> {
+    fn finish(&mut self) -> Result<WriteReport> {
         let last = self.gt_index;
         self.close_gt(last)?;
         let gd_bytes: Vec<u8> = self.gd.iter().flat_map(|e| e.to_le_bytes()).collect();
@@ -849,12 +855,21 @@ impl GrainStore for StreamStore {
                 .sync()
                 .map_err(|e| Error::io("syncing the streamOptimized VMDK", e))?;
         }
+        // The file is written append-only, every byte once: what is not a grain's compressed
+        // stream is metadata (header, descriptor, markers, tables, sector padding).
+        let report = WriteReport {
+            compressed: self.compressed_bytes,
+            metadata: self.sink.pos() - self.compressed_bytes,
+            ..WriteReport::default()
+        }
+        .complete(&[self.sink.storage.as_ref()])?;
         self.summary = Some(StreamSummary {
             file_size: self.sink.pos(),
             sha256: self.sink.hasher.take().map(|h| h.finalize().into()),
             populated_bytes: (self.grains * GRAIN_SIZE).min(self.header.capacity * SECTOR),
+            report,
         });
-        Ok(())
+        Ok(report)
     }
 
     fn compressed(&self) -> bool {
@@ -928,6 +943,8 @@ struct HostedStore {
     next_sector: u64,
     wb: Vec<u8>,
     wb_off: u64,
+    /// Bytes written so far, by kind.
+    report: WriteReport,
 }
 
 impl HostedStore {
@@ -990,6 +1007,7 @@ impl HostedStore {
             next_sector: overhead,
             wb: Vec::new(),
             wb_off: overhead * SECTOR,
+            report: WriteReport::default(),
         })
     }
 
@@ -1023,6 +1041,7 @@ impl HostedStore {
             for start in [self.rgt_start, self.gt_start] {
                 let at = (start + self.gt_index * GT_SECTORS) * SECTOR;
                 self.write(&bytes, at, "grain table")?;
+                self.report.metadata += bytes.len() as u64;
             }
             self.gt.fill(0);
             self.gt_used = false;
@@ -1043,6 +1062,8 @@ impl GrainStore for HostedStore {
         // A short last grain is padded to a whole grain.
         self.wb
             .resize(self.wb.len() + (GRAIN_SIZE as usize - data.len()), 0);
+        self.report.data += data.len() as u64;
+        self.report.zeros += GRAIN_SIZE - data.len() as u64;
         self.gt[(g % GTES_PER_GT) as usize] = at;
         self.gt_used = true;
         self.next_sector += GRAIN_SECTORS;
@@ -1052,7 +1073,7 @@ impl GrainStore for HostedStore {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<()> {
+    fn finish(&mut self) -> Result<WriteReport> {
         self.flush_wb()?;
         let last = self.gt_index;
         self.close_gt(last)?;
@@ -1067,6 +1088,7 @@ impl GrainStore for HostedStore {
                 bytes.extend_from_slice(&(s as u32).to_le_bytes());
             }
             self.write(&bytes, dir * SECTOR, "grain directory")?;
+            self.report.metadata += bytes.len() as u64;
         }
         let mut head = vec![0u8; ((DESC_OFFSET + DESC_SECTORS) * SECTOR) as usize];
         head[..512].copy_from_slice(&self.header.to_bytes());
@@ -1075,9 +1097,11 @@ impl GrainStore for HostedStore {
         // The header goes last: until then the file is recognisably incomplete.
         self.write(&head[512..], 512, "descriptor")?;
         self.write(&head[..512], 0, "header")?;
+        self.report.metadata += head.len() as u64;
         self.storage
             .sync()
-            .map_err(|e| Error::io("syncing the monolithicSparse VMDK", e))
+            .map_err(|e| Error::io("syncing the monolithicSparse VMDK", e))?;
+        self.report.complete(&[self.storage.as_ref()])
     }
 
     fn compressed(&self) -> bool {
@@ -1123,20 +1147,27 @@ impl ImageWriter for FlatWriter {
     fn write_chunk(&mut self, chunk: &Chunk) -> Result<()> {
         self.raw.write_chunk(chunk)
     }
-    fn finish(self: Box<Self>) -> Result<()> {
+    fn finish(self: Box<Self>) -> Result<WriteReport> {
         let FlatWriter {
             raw,
             descriptor_file,
             descriptor,
             ..
         } = *self;
-        Box::new(raw).finish()?;
+        let mut report = Box::new(raw).finish()?;
         descriptor_file
             .write_all_at(descriptor.as_bytes(), 0)
             .map_err(|e| Error::io("writing the VMDK descriptor at file offset 0x0", e))?;
         descriptor_file
             .sync()
-            .map_err(|e| Error::io("syncing the VMDK descriptor", e))
+            .map_err(|e| Error::io("syncing the VMDK descriptor", e))?;
+        let desc = WriteReport {
+            metadata: descriptor.len() as u64,
+            ..WriteReport::default()
+        }
+        .complete(&[descriptor_file.as_ref()])?;
+        report.add(&desc);
+        Ok(report)
     }
 }
 
