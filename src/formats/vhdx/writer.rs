@@ -19,6 +19,12 @@
 //! (state 6) up front, the file is extended sparsely, and `leave_blocks_allocated` is set.
 //! Sector bitmap entries are state 0 (there is no parent).
 //!
+//! Inside an allocated block only the data is written: the engine detects zeros in 64 KiB
+//! granules (as for raw, qcow2, VHD and VMDK output), and zero granules stay holes of the
+//! sparse file, as qemu-img leaves them. Zero detection per 1 MiB (the block alignment) used
+//! to store every MiB holding any data whole: on an ext4 disk with scattered free space that
+//! was 15 % more data and disk space than qemu-img's VHDX or our other formats.
+//!
 //! Metadata, region tables, the BAT and both headers are written by `finish`; until then the
 //! file has no signature and no reader accepts it.
 
@@ -99,11 +105,15 @@ pub struct VhdxWriter {
     bat: Vec<BatEntry>,
     bat_length: u64,
     next_offset: u64,
-    /// Blocks that received data: only those need zeroing (the rest are holes).
-    written: Vec<bool>,
+    /// Per block, the end (in bytes from the block's start) of what was written into it:
+    /// zeroing needs I/O only below it, the rest of a block was never written and is a hole.
+    written_end: Vec<u32>,
     /// Bytes written so far, by kind.
     report: WriteReport,
 }
+
+/// Unit of zero detection: zero granules inside an allocated block are left as holes.
+pub const GRANULE: u64 = 64 << 10;
 
 impl VhdxWriter {
     /// A writer of a `size`-byte disk (rounded up to whole logical sectors) over `file`.
@@ -144,7 +154,7 @@ impl VhdxWriter {
             bat: vec![BatEntry::default(); entries as usize],
             bat_length,
             next_offset: data_start,
-            written: vec![false; blocks as usize],
+            written_end: vec![0; blocks as usize],
             report: WriteReport::default(),
         };
         if opts.subformat == VhdxSubformat::Fixed {
@@ -216,7 +226,7 @@ impl ImageWriter for VhdxWriter {
     }
 
     fn granularity(&self) -> u64 {
-        MIB
+        GRANULE
     }
 
     fn needs_sequential(&self) -> bool {
@@ -226,10 +236,15 @@ impl ImageWriter for VhdxWriter {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
         let bs = u64::from(self.opts.block_size);
-        if !buf.is_empty() {
-            for b in offset / bs..=(offset + buf.len() as u64 - 1) / bs {
-                self.written[b as usize] = true;
-            }
+        let mut pos = offset;
+        let end = offset + buf.len() as u64;
+        while pos < end {
+            let (b, within) = (pos / bs, pos % bs);
+            let upto = (within + (end - pos)).min(bs);
+            // upto <= bs <= 256 MiB: fits in u32.
+            let e = &mut self.written_end[b as usize];
+            *e = (*e).max(upto as u32);
+            pos += upto - within;
         }
         self.per_block(offset, buf.len() as u64, true, |w, host, at, n| {
             // Safe: `alloc` is true, so every block has a host offset.
@@ -245,12 +260,20 @@ impl ImageWriter for VhdxWriter {
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
         let bs = u64::from(self.opts.block_size);
-        self.per_block(offset, len, false, |w, host, at, n| match host {
-            Some(h) if w.written[((offset + at) / bs) as usize] => w
-                .file
-                .write_zeroes(h, n)
-                .map_err(|e| Error::io(format!("zeroing {n:#x} bytes at {h:#x}"), e)),
-            _ => Ok(()),
+        self.per_block(offset, len, false, |w, host, at, n| {
+            let pos = offset + at;
+            let within = pos % bs;
+            let written = u64::from(w.written_end[(pos / bs) as usize]);
+            match host {
+                // Only what was written before needs zeroing; past it the block is a hole.
+                Some(h) if within < written => {
+                    let n = n.min(written - within);
+                    w.file
+                        .write_zeroes(h, n)
+                        .map_err(|e| Error::io(format!("zeroing {n:#x} bytes at {h:#x}"), e))
+                }
+                _ => Ok(()),
+            }
         })
     }
 
@@ -263,8 +286,7 @@ impl ImageWriter for VhdxWriter {
         for (i, e) in self.bat.iter().enumerate() {
             bat_bytes[8 * i..8 * i + 8].copy_from_slice(&e.0.to_le_bytes());
         }
-        f.write_all_at(&bat_bytes, BAT_OFFSET).map_err(io("BAT"))?;
-        report.metadata += bat_bytes.len() as u64;
+        report.metadata += put_trimmed(f.as_ref(), &bat_bytes, BAT_OFFSET).map_err(io("BAT"))?;
         let meta = VhdxMetadata {
             block_size: self.opts.block_size,
             leave_blocks_allocated: self.opts.subformat == VhdxSubformat::Fixed,
@@ -276,9 +298,8 @@ impl ImageWriter for VhdxWriter {
             parent_locator: None,
         };
         let meta_bytes = metadata::to_bytes(&meta, METADATA_LENGTH as usize);
-        f.write_all_at(&meta_bytes, METADATA_OFFSET)
-            .map_err(io("metadata region"))?;
-        report.metadata += meta_bytes.len() as u64;
+        report.metadata +=
+            put_trimmed(f.as_ref(), &meta_bytes, METADATA_OFFSET).map_err(io("metadata region"))?;
         let regions = region::to_bytes(&[
             Region {
                 guid: BAT_GUID,
@@ -294,8 +315,7 @@ impl ImageWriter for VhdxWriter {
             },
         ]);
         for o in REGION_OFFSETS {
-            f.write_all_at(&regions, o).map_err(io("region table"))?;
-            report.metadata += regions.len() as u64;
+            report.metadata += put_trimmed(f.as_ref(), &regions, o).map_err(io("region table"))?;
         }
         let mut h = VhdxHeader {
             sequence_number: 0,
@@ -308,18 +328,35 @@ impl ImageWriter for VhdxWriter {
             log_offset: LOG_OFFSET,
         };
         for o in HEADER_OFFSETS {
-            let hb = h.to_bytes();
-            f.write_all_at(&hb, o).map_err(io("header"))?;
-            report.metadata += hb.len() as u64;
+            report.metadata += put_trimmed(f.as_ref(), &h.to_bytes(), o).map_err(io("header"))?;
             h.sequence_number += 1;
         }
         let ident = header::file_identifier("diskconv");
-        f.write_all_at(&ident, 0)
-            .map_err(io("file type identifier"))?;
-        report.metadata += ident.len() as u64;
+        report.metadata +=
+            put_trimmed(f.as_ref(), &ident, 0).map_err(io("file type identifier"))?;
         f.sync().map_err(io("file (sync)"))?;
         report.complete(&[f.as_ref()])
     }
+}
+
+/// Writes the structure `bytes` at `offset` up to the 4 KiB block holding its last non-zero
+/// byte, and makes the rest read as zeros with [`Storage::write_zeroes`] (a hole in a new file,
+/// taking no space). The structures are mostly zeros: a 1 MiB metadata region holding a few
+/// KiB of items, a BAT sized for the largest disk, 64 KiB region tables and file identifier of
+/// a few hundred bytes; writing them whole cost 2 MiB of disk per file that qemu-img does not
+/// spend. Returns the bytes written.
+fn put_trimmed(f: &dyn Storage, bytes: &[u8], offset: u64) -> std::io::Result<u64> {
+    let used = bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| (i + 1).next_multiple_of(4096).min(bytes.len()));
+    if used > 0 {
+        f.write_all_at(&bytes[..used], offset)?;
+    }
+    if used < bytes.len() {
+        f.write_zeroes(offset + used as u64, (bytes.len() - used) as u64)?;
+    }
+    Ok(used as u64)
 }
 
 #[cfg(test)]
