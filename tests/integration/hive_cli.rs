@@ -823,7 +823,11 @@ fn bad_arguments_fail_cleanly_and_change_nothing() {
     let cases: &[(&[&str], i32, &str)] = &[
         (&["set", "SAM", "X", "dwrod", "1"], 64, "unknown value type"),
         (&["set", "SAM", "X", "dword", "12x"], 64, "not a number"),
-        (&["set", "SAM", "X", "dword", "4294967296"], 64, "not a number"),
+        (
+            &["set", "SAM", "X", "dword", "4294967296"],
+            64,
+            "not a number",
+        ),
         (&["set", "SAM", "X", "dword", "1", "2"], 64, "exactly one"),
         (&["set", "SAM", "X", "binary", "0g"], 64, "hex"),
         (&["get", "No\\Such\\Key", "X"], 1, "no key"),
