@@ -29,6 +29,9 @@ pub struct OutputOptions {
     pub vhd: VhdWriteOptions,
     /// VHDX options.
     pub vhdx: VhdxWriteOptions,
+    /// The keys given through [`OutputOptions::set`], so [`OutputOptions::validate`] can refuse
+    /// one that means nothing with the others (`block_size` of a fixed VHD).
+    given: Vec<&'static str>,
 }
 
 impl OutputOptions {
@@ -41,7 +44,12 @@ impl OutputOptions {
             ova: OvaOptions::default(),
             vhd: VhdWriteOptions::default(),
             vhdx: VhdxWriteOptions::default(),
+            given: Vec::new(),
         }
+    }
+
+    fn was_given(&self, key: &str) -> bool {
+        self.given.contains(&key)
     }
 
     /// Turns compression on or off (`-c`).
@@ -69,7 +77,8 @@ impl OutputOptions {
                 Ok(())
             } else {
                 Err(Error::InvalidArgument(format!(
-                    "option '{key}' does not apply to {fmt} output"
+                    "option '{key}' does not apply to {fmt} output ({fmt} options: {})",
+                    known_options(fmt)
                 )))
             }
         };
@@ -287,19 +296,14 @@ impl OutputOptions {
             other => {
                 return Err(Error::InvalidArgument(format!(
                     "unknown option '{other}' for {fmt} output (known: {})",
-                    match fmt {
-                        Format::Raw => "preallocation",
-                        Format::Vmdk => "subformat, adapter_type, hwversion",
-                        Format::Vhd => "subformat, block_size, round_to_mib",
-                        Format::Vhdx => {
-                            "subformat, block_size, logical_sector_size, physical_sector_size"
-                        }
-                        Format::Ova =>
-                            "name, cpus, memory, os_type, firmware, adapter_type, hwversion",
-                        _ => "compat, cluster_size, compression_type, preallocation",
-                    }
+                    known_options(fmt)
                 )));
             }
+        }
+        if let Some(k) = KNOWN_KEYS.iter().find(|k| **k == key)
+            && !self.given.contains(k)
+        {
+            self.given.push(k);
         }
         Ok(())
     }
@@ -319,6 +323,25 @@ impl OutputOptions {
                 self.format
             )));
         }
+        // Options the writer would silently ignore are refused: they mean nothing with the others.
+        if self.format == Format::Vhd
+            && self.vhd.subformat == VhdSubformat::Fixed
+            && self.was_given("block_size")
+        {
+            return Err(Error::InvalidArgument(
+                "option 'block_size' means nothing with subformat=fixed: a fixed VHD is one \
+                 run of sectors with a footer, only a dynamic VHD is made of blocks; remove \
+                 block_size or use subformat=dynamic"
+                    .into(),
+            ));
+        }
+        if self.format == Format::Raw && self.qcow2.preallocation == Preallocation::Metadata {
+            return Err(Error::InvalidArgument(
+                "preallocation=metadata means nothing for raw output (a raw image has no \
+                 metadata to preallocate); use off, falloc or full"
+                    .into(),
+            ));
+        }
         if self.format == Format::Qcow2 {
             let q = &self.qcow2;
             if q.version == 2 && q.compression_type != CompressionType::Zlib {
@@ -334,6 +357,39 @@ impl OutputOptions {
             }
         }
         Ok(())
+    }
+}
+
+/// Every key [`OutputOptions::set`] knows.
+const KNOWN_KEYS: &[&str] = &[
+    "compat",
+    "cluster_size",
+    "compression_type",
+    "preallocation",
+    "subformat",
+    "block_size",
+    "round_to_mib",
+    "logical_sector_size",
+    "physical_sector_size",
+    "adapter_type",
+    "hwversion",
+    "name",
+    "cpus",
+    "memory",
+    "os_type",
+    "firmware",
+];
+
+/// The option keys of one output format, for messages.
+fn known_options(fmt: Format) -> &'static str {
+    match fmt {
+        Format::Raw => "preallocation",
+        Format::Qcow2 => "compat, cluster_size, compression_type, preallocation",
+        Format::Vmdk => "subformat, adapter_type, hwversion",
+        Format::Vhd => "subformat, block_size, round_to_mib",
+        Format::Vhdx => "subformat, block_size, logical_sector_size, physical_sector_size",
+        Format::Ova => "name, cpus, memory, os_type, firmware, adapter_type, hwversion",
+        Format::Vdi => "none",
     }
 }
 
@@ -424,5 +480,66 @@ mod tests {
             .with_options("compat=0.10,compression_type=zstd")
             .unwrap();
         assert!(o.validate().is_err());
+    }
+
+    /// Regression: `-o subformat=fixed,block_size=2M` for vpc was accepted and the block size
+    /// silently ignored; options that mean nothing with the others are refused, in any order
+    /// and across several lists.
+    #[test]
+    fn refuses_options_that_mean_nothing() {
+        for lists in [
+            &["subformat=fixed,block_size=2M"][..],
+            &["block_size=2M,subformat=fixed"],
+            &["block_size=2M", "subformat=fixed"],
+        ] {
+            let mut o = OutputOptions::new(Format::Vhd);
+            for l in lists {
+                o = o.with_options(l).unwrap();
+            }
+            let e = o.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("'block_size' means nothing with subformat=fixed"),
+                "{lists:?}: {e}"
+            );
+        }
+        // The default block size of a fixed VHD is no option given.
+        let o = OutputOptions::new(Format::Vhd)
+            .with_options("subformat=fixed,round_to_mib=off")
+            .unwrap();
+        o.validate().unwrap();
+        let o = OutputOptions::new(Format::Vhd)
+            .with_options("subformat=dynamic,block_size=2M")
+            .unwrap();
+        o.validate().unwrap();
+        // A fixed VHDX is made of blocks (its BAT maps each one): block_size keeps a meaning.
+        let o = OutputOptions::new(Format::Vhdx)
+            .with_options("subformat=fixed,block_size=8M")
+            .unwrap();
+        o.validate().unwrap();
+        assert_eq!(o.vhdx.block_size, 8 << 20);
+        // Raw has no metadata to preallocate.
+        let e = OutputOptions::new(Format::Raw)
+            .with_options("preallocation=metadata")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("preallocation=metadata means nothing"), "{e}");
+        OutputOptions::new(Format::Raw)
+            .with_options("preallocation=falloc")
+            .unwrap()
+            .validate()
+            .unwrap();
+        // Unknown keys name the format's own list.
+        let e = OutputOptions::new(Format::Vhd)
+            .with_options("cluster_size=64k")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not apply to vpc"), "{e}");
+        let e = OutputOptions::new(Format::Vhd)
+            .with_options("bogus=1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("subformat, block_size, round_to_mib"), "{e}");
     }
 }

@@ -185,6 +185,15 @@ fn first_boot_scheduled(script: &str) -> String {
     )
 }
 
+/// The text [`InjectReport::first_boot`] carries when a rerun finds the hook of an earlier run.
+fn first_boot_earlier_run(script: &str, setup_type: u32) -> String {
+    format!(
+        "diskconv's first-boot hook from an earlier run is already in place (SYSTEM\\Setup: \
+         CmdLine = \"cmd.exe /c {script}\", SetupType = {setup_type}); the registry is left as \
+         it is and the script lists this run's drivers"
+    )
+}
+
 fn first_boot_pending(setup_type: u32, cmd_line: &str) -> String {
     format!(
         "not scheduled: Windows setup is already pending (SYSTEM\\Setup SetupType = \
@@ -452,6 +461,14 @@ fn edit_volume(
                     source: "generated".into(),
                 });
                 first_boot = first_boot_scheduled(&script);
+            }
+            FirstBoot::EarlierRun { setup_type } => {
+                files.push(FileOp {
+                    path: format!("{root}\\{STAGING_DIR}\\{FIRST_BOOT_SCRIPT}"),
+                    data: first_boot_script(STAGING_DIR_ENV, &infs).into_bytes(),
+                    source: "generated".into(),
+                });
+                first_boot = first_boot_earlier_run(&script, setup_type);
             }
             FirstBoot::SetupPending {
                 setup_type,

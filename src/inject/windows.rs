@@ -933,6 +933,13 @@ pub fn plan_device_path(software: &Hive, dir: &str) -> Result<EditPlan> {
 pub enum FirstBoot {
     /// `Setup\CmdLine` runs the script at the next boot (`SetupType` = 2).
     Scheduled(EditPlan),
+    /// diskconv's own hook from an earlier run is in place (`CmdLine` is what
+    /// [`first_boot_cmd_line`] writes for this script and `SetupType` is not 0): the registry
+    /// is left as it is; the caller rewrites the script for this run's drivers.
+    EarlierRun {
+        /// The `SetupType` found.
+        setup_type: u32,
+    },
     /// Windows setup is already pending (`SetupType` = `setup_type`, e.g. a sysprepped image):
     /// nothing is changed; setup finds the staged drivers through `DevicePath`.
     SetupPending {
@@ -953,16 +960,20 @@ pub fn first_boot_cmd_line(script: &str) -> String {
 /// Winlogon sees a non-zero `SetupType` and runs `CmdLine` as SYSTEM before anyone logs on
 /// (the mechanism Windows setup itself uses, so no extra executable or service is needed); the
 /// script sets `SetupType` back to 0 and `CmdLine` to "" when it is done, so it runs once.
-/// When `SetupType` is already non-zero (setup pending, e.g. after sysprep), nothing is planned.
+/// When `SetupType` is already non-zero, nothing is planned: either `CmdLine` is this very
+/// hook, from an earlier run ([`FirstBoot::EarlierRun`]), or Windows setup is pending (e.g.
+/// after sysprep, [`FirstBoot::SetupPending`]).
 pub fn plan_first_boot(system: &Hive, script: &str) -> Result<FirstBoot> {
-    let mut cmd_line = String::new();
     if let Some(k) = system.open_key("Setup")? {
-        cmd_line = strings(system, k, "CmdLine")?
+        let cmd_line = strings(system, k, "CmdLine")?
             .into_iter()
             .next()
             .unwrap_or_default();
         if let Some(v) = system.value(k, "SetupType")? {
             if let RegData::Dword(t) = v.decoded() {
+                if t != 0 && cmd_line.eq_ignore_ascii_case(&first_boot_cmd_line(script)) {
+                    return Ok(FirstBoot::EarlierRun { setup_type: t });
+                }
                 if t != 0 {
                     return Ok(FirstBoot::SetupPending {
                         setup_type: t,
@@ -972,7 +983,6 @@ pub fn plan_first_boot(system: &Hive, script: &str) -> Result<FirstBoot> {
             }
         }
     }
-    let _ = cmd_line;
     let mut plan = EditPlan::default();
     plan.key(
         "Setup".to_string(),
@@ -1035,6 +1045,39 @@ pub fn plan_crash_auto_reboot(hive: &Hive, enabled: bool) -> Result<EditPlan> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a rerun found diskconv's own hook and called it "Windows setup is already
+    /// pending (e.g. a sysprepped image)".
+    #[test]
+    fn first_boot_recognises_its_own_hook() {
+        let script = "%SystemRoot%\\Drivers\\VirtIO\\firstboot.cmd";
+        let mut h = Hive::new("SYSTEM").unwrap();
+        let FirstBoot::Scheduled(plan) = plan_first_boot(&h, script).unwrap() else {
+            panic!("a hive without Setup gets the hook");
+        };
+        apply_plan(&mut h, &plan).unwrap();
+        assert_eq!(
+            plan_first_boot(&h, script).unwrap(),
+            FirstBoot::EarlierRun { setup_type: 2 }
+        );
+        // Someone else's command line with a pending setup is left alone.
+        let k = h.open_key("Setup").unwrap().unwrap();
+        h.set_data(k, "CmdLine", &RegData::Sz("oobe\\windeploy.exe".into()))
+            .unwrap();
+        assert_eq!(
+            plan_first_boot(&h, script).unwrap(),
+            FirstBoot::SetupPending {
+                setup_type: 2,
+                cmd_line: "oobe\\windeploy.exe".into()
+            }
+        );
+        // After the hook ran (SetupType 0), the next run schedules it again.
+        h.set_data(k, "SetupType", &RegData::Dword(0)).unwrap();
+        assert!(matches!(
+            plan_first_boot(&h, script).unwrap(),
+            FirstBoot::Scheduled(_)
+        ));
+    }
 
     #[test]
     fn guid_is_stored_mixed_endian() {

@@ -177,7 +177,8 @@ fn bad_state(state: &Path, why: String) -> Error {
     Error::InvalidArgument(format!("sync state {}: {why}", state.display()))
 }
 
-fn check_block_size(bs: u64) -> Result<()> {
+/// Checks a sync block size: a power of two from 4 KiB to 64 MiB.
+pub fn check_block_size(bs: u64) -> Result<()> {
     if !bs.is_power_of_two() || !(4096..=MAX_BLOCK_SIZE).contains(&bs) {
         return Err(Error::InvalidArgument(format!(
             "block size {bs} must be a power of two between 4 KiB and 64 MiB"
@@ -186,31 +187,21 @@ fn check_block_size(bs: u64) -> Result<()> {
     Ok(())
 }
 
-/// The format a new target gets: `-O`, else its extension, else raw.
+/// The format a new target gets: `explicit`, else the one its extension asks for, else raw
+/// ([`Format::for_output`], the rule `convert` follows too). A name such as `x.ova` asks for a
+/// format that cannot be a sync target: [`check_updatable`] refuses it.
 pub fn target_format(dst: &Path, explicit: Option<Format>) -> Format {
-    if let Some(f) = explicit {
-        return f;
-    }
-    match dst
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .as_deref()
-    {
-        Some("qcow2") | Some("qcow") => Format::Qcow2,
-        Some("vmdk") => Format::Vmdk,
-        Some("vhd") | Some("vpc") => Format::Vhd,
-        Some("vhdx") => Format::Vhdx,
-        _ => Format::Raw,
-    }
+    Format::for_output(dst, explicit)
 }
 
-/// Refuses, before anything is written, a target format that cannot be updated in place.
-fn check_updatable(format: Format) -> Result<()> {
+/// Refuses, before anything is written, a target format that cannot be updated in place
+/// (OVA, VDI): the caller syncs to an updatable format and converts the result at the end.
+pub fn check_updatable(format: Format) -> Result<()> {
     match format {
         Format::Raw | Format::Qcow2 | Format::Vhd | Format::Vhdx | Format::Vmdk => Ok(()),
         other => Err(Error::Unsupported(format!(
             "a {other} target cannot be updated in place; sync to raw, qcow2, vpc, vhdx or vmdk \
-             (monolithicSparse) and convert the result at the end"
+             (monolithicSparse) and convert the result to {other} at the end"
         ))),
     }
 }
@@ -393,6 +384,15 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
             cand.set_all();
             let (tgt_format, tgt_size, kind, source) = if target_exists {
                 let up = open_updater(dst, None)?;
+                if let Some(f) = opts.output_format
+                    && f != up.format()
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} is a {} image; an output format ({f}) applies only to a new target",
+                        dst.display(),
+                        up.format()
+                    )));
+                }
                 if up.virtual_size() < src_size {
                     return Err(Error::InvalidArgument(format!(
                         "{} holds {} bytes, less than the {src_size}-byte source",
@@ -540,6 +540,14 @@ fn check_state(
         return Err(hard(format!(
             "block size {bs} differs from the state's {} (omit --block-size to use it)",
             st.block_size
+        )));
+    }
+    if let Some(f) = opts.output_format
+        && st.tgt_format.parse::<Format>().ok() != Some(f)
+    {
+        return Err(hard(format!(
+            "the target is a {} image; an output format ({f}) applies only to a new target",
+            st.tgt_format
         )));
     }
     if !exists(dst) {
@@ -851,6 +859,12 @@ mod tests {
         assert_eq!(target_format(Path::new("a.qcow2"), None), Format::Qcow2);
         assert_eq!(target_format(Path::new("a.VHDX"), None), Format::Vhdx);
         assert_eq!(target_format(Path::new("a.img"), None), Format::Raw);
+        // Regression: `x.ova` used to become a raw target silently; it asks for an OVA, which
+        // cannot be updated in place, and is refused.
+        assert_eq!(target_format(Path::new("x.ova"), None), Format::Ova);
+        let e = check_updatable(target_format(Path::new("x.ova"), None)).unwrap_err();
+        assert!(e.to_string().contains("convert the result to ova"), "{e}");
+        assert!(check_updatable(target_format(Path::new("x.vmdk"), None)).is_ok());
         assert_eq!(
             target_format(Path::new("a"), Some(Format::Vhd)),
             Format::Vhd

@@ -119,8 +119,14 @@ fn ok(out: &Output) -> String {
 /// The command failed with exit 1 and one clear line on stderr (no panic).
 #[track_caller]
 fn fails(out: &Output, needle: &str) {
+    fails_with(out, 1, needle);
+}
+
+/// The command failed with exit `code` (64: a usage error) and one clear line on stderr.
+#[track_caller]
+fn fails_with(out: &Output, code: i32, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
     assert_eq!(err.lines().count(), 1, "one line expected: {err}");
     assert!(err.starts_with("diskconv: "), "{err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -812,22 +818,28 @@ fn bad_arguments_fail_cleanly_and_change_nothing() {
         return;
     };
     let sum = sha(&hive);
-    let cases: &[(&[&str], &str)] = &[
-        (&["set", "SAM", "X", "dwrod", "1"], "unknown value type"),
-        (&["set", "SAM", "X", "dword", "12x"], "not a number"),
-        (&["set", "SAM", "X", "dword", "4294967296"], "not a number"),
-        (&["set", "SAM", "X", "dword", "1", "2"], "exactly one"),
-        (&["set", "SAM", "X", "binary", "0g"], "hex"),
-        (&["get", "No\\Such\\Key", "X"], "no key"),
-        (&["get", "SAM", "NoSuchValue"], "no value"),
-        (&["ls", "No\\Such"], "no key"),
-        (&["delete", "No\\Such"], "no key"),
-        (&["export", "No\\Such"], "no key"),
-        (&["import", "/nonexistent/file.reg"], "file.reg"),
+    // Value types and data are usage errors (64), found before the hive is opened; what only
+    // the hive can say is a failure (1).
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["set", "SAM", "X", "dwrod", "1"], 64, "unknown value type"),
+        (&["set", "SAM", "X", "dword", "12x"], 64, "not a number"),
+        (
+            &["set", "SAM", "X", "dword", "4294967296"],
+            64,
+            "not a number",
+        ),
+        (&["set", "SAM", "X", "dword", "1", "2"], 64, "exactly one"),
+        (&["set", "SAM", "X", "binary", "0g"], 64, "hex"),
+        (&["get", "No\\Such\\Key", "X"], 1, "no key"),
+        (&["get", "SAM", "NoSuchValue"], 1, "no value"),
+        (&["ls", "No\\Such"], 1, "no key"),
+        (&["delete", "No\\Such"], 1, "no key"),
+        (&["export", "No\\Such"], 1, "no key"),
+        (&["import", "/nonexistent/file.reg"], 1, "file.reg"),
     ];
-    for (args, needle) in cases {
+    for (args, code, needle) in cases {
         let out = dcp(&hive, args);
-        fails(&out, needle);
+        fails_with(&out, *code, needle);
         assert_eq!(sha(&hive), sum, "{args:?} changed the hive");
     }
     // A hive that is not a hive.

@@ -490,6 +490,12 @@ fn inject_windows10_gpt_qcow2_from_folder() {
     let sha = sha256_file(img);
     let again = inject_json(img, &["--drivers", tree_arg]);
     assert_eq!(again["written"], false, "a rerun wrote again");
+    // Regression: the rerun called its own hook "Windows setup is already pending".
+    let fb = again["first_boot"].as_str().unwrap();
+    assert!(
+        fb.contains("first-boot hook from an earlier run") && !fb.contains("pending"),
+        "{fb}"
+    );
     assert!(again["replayed_hives"].as_array().unwrap().is_empty());
     assert_eq!(sha256_file(img), sha, "a rerun changed the image");
     let dp_values = values(&again, "SOFTWARE", "CurrentVersion");

@@ -4,6 +4,7 @@
 //! oracle fails the test instead of skipping it.
 
 mod cli;
+mod cli_text;
 mod contract;
 mod convert;
 mod convert_stats;

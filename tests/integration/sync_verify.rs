@@ -168,9 +168,9 @@ fn size_mismatch_is_an_error_naming_both_sizes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("4194304") && err.contains("6291456"), "{err}");
     assert!(!m.exists(), "a manifest was written for a failed verify");
-    // A bad block size is exit 2 too.
+    // A bad block size is a usage error (64), not a failure.
     let out = verify(&["--block-size", "1000"], &a, &a);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("block size 1000"));
 }
 

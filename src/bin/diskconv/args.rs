@@ -1,25 +1,97 @@
 //! Command-line arguments. Option names follow qemu-img where a user would expect that.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use diskconv::ReferencePolicy;
 
 /// Block-level disk image conversion for machine migrations.
 #[derive(Debug, Parser)]
-#[command(name = "diskconv", version, about, max_term_width = 100)]
+#[command(
+    name = "diskconv",
+    version,
+    about,
+    max_term_width = 100,
+    after_help = crate::exit::ALL_COMMANDS
+)]
 pub struct Cli {
-    /// Which files named inside an image (backing files, data files, extents) may be opened:
-    /// `deny`, `folder` (only under the image's own folder, the default) or `anywhere`.
-    #[arg(long, global = true, default_value = "folder", value_name = "POLICY")]
-    pub references: String,
-
-    /// Worker threads for reading, zero detection and compression (default: one per core).
-    #[arg(long, short = 'm', global = true, value_name = "N")]
-    pub threads: Option<usize>,
-
     /// The command.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--references`: which files named inside an image may be opened (on the commands that open
+/// images).
+#[derive(Debug, Args, Clone, Copy)]
+pub struct RefArgs {
+    /// Which files named inside an image (backing files, data files, extents, parents) may be
+    /// opened: `deny`, `folder` (only under the image's own folder, the default) or `anywhere`.
+    #[arg(long, default_value = "folder", value_name = "POLICY", value_parser = parse_policy)]
+    pub references: ReferencePolicy,
+}
+
+fn parse_policy(s: &str) -> Result<ReferencePolicy, String> {
+    s.parse().map_err(|e: diskconv::Error| e.to_string())
+}
+
+/// `-m/--threads`: the worker pool (on the commands that read, hash or compress in parallel).
+#[derive(Debug, Args, Clone, Copy)]
+pub struct ThreadArgs {
+    /// Worker threads for reading, zero detection, hashing and compression, 1 to 1024
+    /// (default: one per core).
+    #[arg(
+        long,
+        short = 'm',
+        value_name = "N",
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    pub threads: Option<u16>,
+}
+
+/// Parses the command line. Options that used to be global (`--references`, `-m/--threads`) are
+/// still accepted before the command name: they are moved behind it, where the commands that
+/// take them find them (and the others refuse them).
+pub fn parse() -> Result<Cli, clap::Error> {
+    let cmd = crate::exit::with_exit_codes(Cli::command());
+    let matches = cmd.try_get_matches_from(move_leading_options(std::env::args_os().collect()))?;
+    Cli::from_arg_matches(&matches)
+}
+
+/// `diskconv --references anywhere info x` -> `diskconv info --references anywhere x` (and the
+/// same for `-m`/`--threads`, behind `inject windows`, `ntfs ls`, ... for the commands with
+/// subcommands).
+fn move_leading_options(args: Vec<OsString>) -> Vec<OsString> {
+    let mut moved = Vec::new();
+    let mut i = 1;
+    while let Some(a) = args.get(i).and_then(|a| a.to_str()) {
+        let takes_value = matches!(a, "--references" | "--threads" | "-m");
+        let attached = a.starts_with("--references=")
+            || a.starts_with("--threads=")
+            || (a.starts_with("-m") && a.len() > 2);
+        if takes_value && i + 1 < args.len() {
+            moved.extend_from_slice(&args[i..i + 2]);
+            i += 2;
+        } else if attached {
+            moved.push(args[i].clone());
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    if moved.is_empty() || i >= args.len() {
+        return args;
+    }
+    // The command name, and the subcommand name of the commands that have subcommands.
+    let mut at = i + 1;
+    if matches!(args[i].to_str(), Some("inject" | "ntfs" | "hive")) && at < args.len() {
+        at += 1;
+    }
+    let mut out = vec![args[0].clone()];
+    out.extend_from_slice(&args[i..at]);
+    out.extend(moved);
+    out.extend_from_slice(&args[at..]);
+    out
 }
 
 /// The subcommands.
@@ -32,18 +104,22 @@ pub enum Command {
     /// List the extents of an image: data, zero or unallocated, and where they come from.
     Map(ImageArgs),
     /// Compare the contents of two images of any formats. Exit 0: same, 1: different, 2: error.
+    #[command(after_help = crate::exit::COMPARE)]
     Compare(CompareArgs),
     /// Check the structure of a qcow2 image. Exit 0: clean, 2: corruptions, 3: leaks only,
     /// 1: the check could not run.
+    #[command(after_help = crate::exit::CHECK)]
     Check(CheckArgs),
     /// Read and edit Windows registry hives offline: ls, get, set, delete, import, export, check,
-    /// replay.
+    /// replay, new.
+    #[command(after_help = crate::exit::HIVE)]
     Hive(crate::hive::HiveArgs),
     /// Copy SRC to DST, then on later runs only the blocks that changed (live migration passes);
     /// resumable, with a state file beside the target.
     Sync(crate::sync::SyncArgs),
     /// Compare two images block by block by hash; list mismatching ranges; write a SHA-256
     /// manifest. Exit 0: equal, 1: different, 2: error.
+    #[command(after_help = crate::exit::VERIFY)]
     Verify(crate::verify::VerifyArgs),
     /// Show an image's partitions, file systems and installed Windows (version, build,
     /// architecture, control set).
@@ -73,25 +149,34 @@ pub struct Input {
 pub struct ConvertArgs {
     #[command(flatten)]
     pub input: Input,
-    /// Output format: raw, qcow2, vmdk or ova.
-    #[arg(
-        short = 'O',
-        long = "output-format",
-        value_name = "FMT",
-        default_value = "raw"
-    )]
-    pub output_format: String,
-    /// Output options, `key=value,...`. qcow2: compat=0.10|1.1, cluster_size=SIZE,
-    /// compression_type=zlib|zstd, preallocation=off|metadata|falloc|full. raw: preallocation.
+    /// Output format: raw, qcow2, vmdk, ova, vpc (VHD) or vhdx. Default: the one DST's
+    /// extension names (.qcow2, .vmdk, .vhd/.vpc, .vhdx, .ova, .raw), else raw. A format that
+    /// differs from the one DST's extension names is warned about.
+    #[arg(short = 'O', long = "output-format", value_name = "FMT")]
+    pub output_format: Option<String>,
+    /// Output options, `key=value,...` (repeatable); options that mean nothing for the format
+    /// or with the others are refused.
+    ///
+    /// qcow2: compat=0.10|1.1, cluster_size=512..2M, compression_type=zlib|zstd,
+    /// preallocation=off|metadata|falloc|full.
+    ///
+    /// raw: preallocation=off|falloc|full.
+    ///
     /// vmdk: subformat=streamOptimized|monolithicSparse|monolithicFlat|vmfs,
-    /// adapter_type=lsilogic|ide|buslogic|legacyESX, hwversion=N. ova: name=, cpus=, memory=,
-    /// os_type=, firmware=bios|efi, adapter_type=, hwversion=.
+    /// adapter_type=lsilogic|ide|buslogic|legacyESX, hwversion=N.
+    ///
+    /// ova: name=, cpus=, memory=, os_type=, firmware=bios|efi, adapter_type=, hwversion=.
+    ///
+    /// vpc: subformat=dynamic|fixed, block_size=512k..256M (dynamic only), round_to_mib=on|off.
+    ///
+    /// vhdx: subformat=dynamic|fixed, block_size=1M..256M, logical_sector_size=512|4096,
+    /// physical_sector_size=512|4096.
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     pub options: Vec<String>,
-    /// Compress the output (qcow2).
+    /// Compress the output (qcow2 only; streamOptimized VMDK and OVA are always compressed).
     #[arg(short = 'c', long = "compress")]
     pub compress: bool,
-    /// Show a progress bar with rate and time left (on a terminal).
+    /// Show a progress bar with rate and time left (on a terminal; lines every 10% otherwise).
     #[arg(short = 'p', long = "progress")]
     pub progress: bool,
     /// Print what was done when finished: bytes of data and zeros read, time, and the bytes
@@ -102,6 +187,10 @@ pub struct ConvertArgs {
     /// Print the statistics of `--stats` as one JSON object (implies `--stats`).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub refs: RefArgs,
+    #[command(flatten)]
+    pub threads: ThreadArgs,
     /// The source image or block device.
     pub src: PathBuf,
     /// The output file (written under a temporary name, renamed into place on success).
@@ -116,6 +205,8 @@ pub struct ImageArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub refs: RefArgs,
     /// The image.
     pub image: PathBuf,
 }
@@ -132,6 +223,10 @@ pub struct CompareArgs {
     /// Images of different sizes are different (by default the extra part must read as zeros).
     #[arg(short = 's', long)]
     pub strict: bool,
+    #[command(flatten)]
+    pub refs: RefArgs,
+    #[command(flatten)]
+    pub threads: ThreadArgs,
     /// First image.
     pub a: PathBuf,
     /// Second image.
@@ -146,4 +241,46 @@ pub struct CheckArgs {
     pub json: bool,
     /// The image.
     pub image: PathBuf,
+}
+
+impl Command {
+    /// The `--references` policy of the command (the default for commands that open no image
+    /// through the reference gate).
+    pub fn references(&self) -> ReferencePolicy {
+        use crate::inject::InjectCommand;
+        use crate::ntfs::NtfsCommand;
+        let r = match self {
+            Command::Convert(a) => a.refs,
+            Command::Info(a) | Command::Map(a) => a.refs,
+            Command::Compare(a) => a.refs,
+            Command::Sync(a) => a.refs,
+            Command::Verify(a) => a.refs,
+            Command::Inspect(a) => a.refs,
+            Command::Inject(a) => match &a.command {
+                InjectCommand::Windows(w) => w.refs,
+            },
+            Command::Ntfs(a) => match &a.command {
+                NtfsCommand::Info { target, .. }
+                | NtfsCommand::Ls { target, .. }
+                | NtfsCommand::Cat { target, .. }
+                | NtfsCommand::Put { target, .. }
+                | NtfsCommand::Mkdir { target, .. } => target.refs,
+                NtfsCommand::Rollback { .. } => return ReferencePolicy::default(),
+            },
+            Command::Check(_) | Command::Hive(_) => return ReferencePolicy::default(),
+        };
+        r.references
+    }
+
+    /// The `-m/--threads` of the command, if given.
+    pub fn threads(&self) -> Option<usize> {
+        let t = match self {
+            Command::Convert(a) => a.threads,
+            Command::Compare(a) => a.threads,
+            Command::Sync(a) => a.threads,
+            Command::Verify(a) => a.threads,
+            _ => return None,
+        };
+        t.threads.map(usize::from)
+    }
 }

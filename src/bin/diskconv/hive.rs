@@ -14,7 +14,8 @@ use diskconv::error::ResultExt;
 use diskconv::inject::hive::check::{CheckReport, check_bytes};
 use diskconv::inject::hive::data::utf16_bytes;
 use diskconv::inject::hive::{
-    Hive, HiveError, HiveOpenOptions, KeyId, RegData, RegType, RegValue, SaveStats, reg,
+    Hive, HiveError, HiveOpenOptions, KeyId, RegData, RegType, RegValue, SaveStats,
+    filetime_to_iso8601, reg,
 };
 use diskconv::{Error, Result};
 
@@ -26,16 +27,14 @@ pub struct HiveArgs {
     pub command: HiveCommand,
 }
 
-/// How a hive is opened: its transaction logs.
+/// How a hive is opened: its transaction logs. A dirty hive whose logs are missing or unusable
+/// is read as it is, with a warning that what it shows may be stale.
 #[derive(Debug, Args)]
 pub struct LogArgs {
     /// A transaction log of the hive (repeatable). Default: HIVE.LOG, HIVE.LOG1 and HIVE.LOG2
     /// beside the hive, when the hive is dirty.
     #[arg(long = "log", value_name = "FILE")]
     pub logs: Vec<PathBuf>,
-    /// Edit a dirty hive whose logs are missing or unusable anyway, losing what the logs held.
-    #[arg(long)]
-    pub accept_data_loss: bool,
 }
 
 /// Where an edit is written.
@@ -47,6 +46,9 @@ pub struct EditArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub logs: LogArgs,
+    /// Edit a dirty hive whose logs are missing or unusable anyway, losing what the logs held.
+    #[arg(long)]
+    pub accept_data_loss: bool,
 }
 
 /// The hive subcommands.
@@ -123,6 +125,10 @@ pub enum HiveCommand {
         /// `HKEY_LOCAL_MACHINE\SYSTEM`); default: paths are relative to the root.
         #[arg(long, default_value = "")]
         prefix: String,
+        /// The file is a fragment without the `Windows Registry Editor Version 5.00` header
+        /// (as hivexregedit reads and writes them); read it as a version 5.00 file.
+        #[arg(long)]
+        fragment: bool,
         #[command(flatten)]
         edit: EditArgs,
     },
@@ -147,6 +153,7 @@ pub enum HiveCommand {
     },
     /// Check the structure of a hive file. Exit 0: sound, 2: problems found, 1: the check could
     /// not run.
+    #[command(after_help = crate::exit::HIVE_CHECK)]
     Check {
         /// The hive file.
         hive: PathBuf,
@@ -210,8 +217,9 @@ pub fn run(args: HiveArgs) -> Result<ExitCode> {
             hive,
             file,
             prefix,
+            fragment,
             edit,
-        } => import(&hive, &file, &prefix, &edit),
+        } => import(&hive, &file, &prefix, fragment, &edit),
         HiveCommand::Export {
             hive,
             key,
@@ -226,12 +234,21 @@ pub fn run(args: HiveArgs) -> Result<ExitCode> {
     }
 }
 
-fn open(path: &Path, logs: &LogArgs) -> Result<Hive> {
+fn open(path: &Path, logs: &LogArgs, accept_data_loss: bool) -> Result<Hive> {
     let opts = HiveOpenOptions {
         logs: logs.logs.clone(),
-        accept_data_loss: logs.accept_data_loss,
+        accept_data_loss,
     };
     Hive::open(path, &opts)
+}
+
+/// Opens a hive to read it, warning on stderr when it is dirty and its logs were not replayed.
+fn open_to_read(path: &Path, logs: &LogArgs) -> Result<Hive> {
+    let hive = open(path, logs, false)?;
+    if let Some(w) = hive.stale_warning() {
+        eprintln!("diskconv: warning: {}: {w}", path.display());
+    }
+    Ok(hive)
 }
 
 /// `@` and "" name the default value.
@@ -263,6 +280,14 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// The value's data as one line of text (a FILETIME value as its date).
+fn value_text(v: &RegValue) -> String {
+    match v.filetime() {
+        Some(ft) => filetime_to_iso8601(ft),
+        None => data_text(&v.decoded()),
+    }
+}
+
 /// The decoded data as one line of text.
 fn data_text(d: &RegData) -> String {
     match d {
@@ -289,13 +314,18 @@ fn data_json(d: &RegData) -> serde_json::Value {
 }
 
 fn value_json(v: &RegValue) -> serde_json::Value {
-    serde_json::json!({
+    let mut j = serde_json::json!({
         "name": v.name,
         "type": v.kind.name(),
         "type_code": v.kind.0,
         "size": v.data.len(),
         "data": data_json(&v.decoded()),
-    })
+    });
+    if let Some(ft) = v.filetime() {
+        j["filetime"] = ft.into();
+        j["date"] = filetime_to_iso8601(ft).into();
+    }
+    j
 }
 
 fn print_json(v: &serde_json::Value) -> Result<()> {
@@ -307,7 +337,7 @@ fn print_json(v: &serde_json::Value) -> Result<()> {
 }
 
 fn ls(path: &Path, key: &str, json: bool, logs: &LogArgs) -> Result<ExitCode> {
-    let hive = open(path, logs)?;
+    let hive = open_to_read(path, logs)?;
     let k = find_key(&hive, path, key)?;
     let mut names = Vec::new();
     for s in hive.subkeys(k)? {
@@ -333,7 +363,7 @@ fn ls(path: &Path, key: &str, json: bool, logs: &LogArgs) -> Result<ExitCode> {
             "{}\t{}\t{}\n",
             shown_name(&v.name),
             v.kind,
-            data_text(&v.decoded())
+            value_text(v)
         ));
     }
     out.write_all(text.as_bytes()).map_err(stdout_error)?;
@@ -348,7 +378,7 @@ fn get(
     raw: bool,
     logs: &LogArgs,
 ) -> Result<ExitCode> {
-    let hive = open(path, logs)?;
+    let hive = open_to_read(path, logs)?;
     let k = find_key(&hive, path, key)?;
     let Some(name) = value else {
         if raw {
@@ -364,6 +394,7 @@ fn get(
                 "name": info.name,
                 "class": info.class,
                 "last_written": info.last_written,
+                "last_written_date": filetime_to_iso8601(info.last_written),
                 "subkeys": info.subkey_count,
                 "values": info.value_count,
                 "flags": info.flags,
@@ -371,11 +402,11 @@ fn get(
             }))?;
         } else {
             let text = format!(
-                "name: {}\nclass: {}\nlast written: {:#018x}\nsubkeys: {}\nvalues: {}\n\
+                "name: {}\nclass: {}\nlast written: {}\nsubkeys: {}\nvalues: {}\n\
                  flags: {:#06x}\nsecurity descriptor: {} bytes\n",
                 info.name,
                 info.class.as_deref().unwrap_or("(none)"),
-                info.last_written,
+                filetime_to_iso8601(info.last_written),
                 info.subkey_count,
                 info.value_count,
                 info.flags,
@@ -402,6 +433,8 @@ fn get(
     } else if json {
         drop(out);
         print_json(&value_json(&v))?;
+    } else if let Some(ft) = v.filetime() {
+        writeln!(out, "{}", filetime_to_iso8601(ft)).map_err(stdout_error)?;
     } else {
         let text = match v.decoded() {
             RegData::Sz(s) | RegData::ExpandSz(s) | RegData::Link(s) => s,
@@ -442,7 +475,7 @@ fn set(
     let kind = RegType::parse(kind)?;
     let data = RegData::from_args(kind, data)?;
     let name = value_name(name);
-    let mut hive = open(path, &edit.logs)?;
+    let mut hive = open(path, &edit.logs, edit.accept_data_loss)?;
     let existed = hive.open_key(key)?.is_some();
     let k = hive.create_key(key)?;
     hive.set_data(k, name, &data)?;
@@ -457,7 +490,7 @@ fn set(
 }
 
 fn delete(path: &Path, key: &str, value: Option<&str>, edit: &EditArgs) -> Result<ExitCode> {
-    let mut hive = open(path, &edit.logs)?;
+    let mut hive = open(path, &edit.logs, edit.accept_data_loss)?;
     let k = find_key(&hive, path, key)?;
     let what = match value {
         Some(v) => {
@@ -485,12 +518,37 @@ fn delete(path: &Path, key: &str, value: Option<&str>, edit: &EditArgs) -> Resul
     finish(&mut hive, path, edit, &what)
 }
 
-fn import(path: &Path, file: &Path, prefix: &str, edit: &EditArgs) -> Result<ExitCode> {
+fn import(
+    path: &Path,
+    file: &Path,
+    prefix: &str,
+    fragment: bool,
+    edit: &EditArgs,
+) -> Result<ExitCode> {
     let bytes = std::fs::read(file)
         .map_err(|e| Error::io("reading the .reg file", e))
         .in_file(file)?;
-    let ops = reg::parse(&bytes).in_file(file)?;
-    let mut hive = open(path, &edit.logs)?;
+    let lenient = reg::ParseOptions {
+        require_header: false,
+    };
+    let ops = if fragment {
+        reg::parse_with(&bytes, &lenient).in_file(file)?
+    } else {
+        match reg::parse(&bytes) {
+            Ok(ops) => ops,
+            // A file that reads fine without the header requirement is a fragment.
+            Err(e) if reg::parse_with(&bytes, &lenient).is_ok() => {
+                return Err(Error::InvalidFormat(format!(
+                    "{}; it reads as a header-less fragment (hivexregedit's form): import it \
+                     with --fragment",
+                    e.chain()
+                ))
+                .in_file(file));
+            }
+            Err(e) => return Err(e.in_file(file)),
+        }
+    };
+    let mut hive = open(path, &edit.logs, edit.accept_data_loss)?;
     let s = reg::import(&mut hive, &ops, prefix).in_file(file)?;
     let what = format!(
         "imported {}: {} keys created, {} keys deleted, {} values set, {} values deleted",
@@ -511,7 +569,7 @@ fn export(
     utf16: bool,
     logs: &LogArgs,
 ) -> Result<ExitCode> {
-    let hive = open(path, logs)?;
+    let hive = open_to_read(path, logs)?;
     let k = find_key(&hive, path, key)?;
     let text = reg::export(&hive, k, prefix)?;
     let bytes = if utf16 {
@@ -669,4 +727,25 @@ fn new(output: &Path, root_name: &str) -> Result<ExitCode> {
         stats.bytes_written
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks what the command line alone says: value types and data, `--raw` without a value.
+pub fn check_usage(args: &HiveArgs) -> Result<()> {
+    match &args.command {
+        HiveCommand::Set { kind, data, .. } => {
+            let kind = RegType::parse(kind)?;
+            RegData::from_args(kind, data)?;
+        }
+        HiveCommand::Get {
+            value: None,
+            raw: true,
+            ..
+        } => {
+            return Err(Error::InvalidArgument(
+                "--raw needs a value name (`@` for the default value)".into(),
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
 }

@@ -4,8 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use diskconv::inject::adapt::{InjectOptions, InjectReport, inject_windows};
-use diskconv::{Error, OpenOptions, ReferencePolicy, Result};
+use diskconv::inject::adapt::{
+    BlockDriver, CloudTarget, InjectOptions, InjectReport, inject_windows,
+};
+use diskconv::{Error, Format, OpenOptions, ReferencePolicy, Result};
 
 /// `diskconv inject`.
 #[derive(Debug, Args)]
@@ -30,9 +32,10 @@ pub struct WindowsArgs {
     /// A virtio-win folder or ISO (optional with --target).
     #[arg(long, value_name = "DIR_OR_ISO")]
     pub drivers: Option<PathBuf>,
-    /// The boot storage driver: viostor (virtio-blk) or vioscsi (virtio-scsi).
-    #[arg(long, value_name = "DRIVER", default_value = "viostor")]
-    pub block_driver: String,
+    /// The boot storage driver from the --drivers package: viostor (virtio-blk, the default)
+    /// or vioscsi (virtio-scsi).
+    #[arg(long, value_name = "DRIVER")]
+    pub block_driver: Option<String>,
     /// Also enable the inbox storage drivers of a cloud: aws-nitro, gcp or azure.
     #[arg(long, value_name = "CLOUD")]
     pub target: Option<String>,
@@ -45,6 +48,8 @@ pub struct WindowsArgs {
     /// Image format (detected from the content when omitted).
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     pub format: Option<String>,
+    #[command(flatten)]
+    pub refs: crate::args::RefArgs,
 }
 
 /// Runs the command.
@@ -61,7 +66,7 @@ fn windows(a: WindowsArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     }
     let opts = InjectOptions {
         drivers: a.drivers.clone(),
-        block_driver: a.block_driver.parse()?,
+        block_driver: a.block_driver.as_deref().unwrap_or("viostor").parse()?,
         target: a.target.as_deref().map(str::parse).transpose()?,
         dry_run: a.dry_run,
         open,
@@ -122,4 +127,33 @@ fn human(r: &InjectReport, dry_run: bool) -> String {
         }
     );
     s
+}
+
+/// Checks what the command line alone says: the names given, and options that mean nothing
+/// with the others (`--block-driver` without `--drivers`).
+pub fn check_usage(a: &WindowsArgs) -> Result<()> {
+    if let Some(f) = &a.format {
+        f.parse::<Format>()?;
+    }
+    if let Some(t) = &a.target {
+        t.parse::<CloudTarget>()?;
+    }
+    if let Some(b) = &a.block_driver {
+        b.parse::<BlockDriver>()?;
+        if a.drivers.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "--block-driver {b} means nothing without --drivers: it picks the boot driver \
+                 from a virtio-win package, and --target alone enables drivers Windows already \
+                 has"
+            )));
+        }
+    }
+    if a.drivers.is_none() && a.target.is_none() {
+        return Err(Error::InvalidArgument(
+            "nothing to inject: give a virtio-win folder or ISO (--drivers) and/or a cloud \
+             whose inbox drivers to enable (--target aws-nitro|gcp|azure)"
+                .into(),
+        ));
+    }
+    Ok(())
 }

@@ -19,6 +19,8 @@ pub struct InspectArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub refs: crate::args::RefArgs,
 }
 
 /// Runs the command.

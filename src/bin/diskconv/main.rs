@@ -1,13 +1,16 @@
 //! The `diskconv` command: a thin layer over the library.
 //!
 //! Every failure prints one line, `diskconv: <cause chain>`, and exits non-zero; a panic is a bug.
+//! Exit codes: see [`exit`].
 
 mod args;
+mod exit;
 mod hive;
 mod inject;
 mod inspect;
 mod ntfs;
 mod sync;
+mod usage;
 mod verify;
 
 use std::io::{IsTerminal, Write};
@@ -15,7 +18,6 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Parser;
 use diskconv::compare::{Comparison, compare};
 use diskconv::error::ResultExt;
 use diskconv::formats::qcow2;
@@ -30,27 +32,39 @@ use diskconv::{
 use args::{Cli, Command, Input};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match args::parse() {
         Ok(c) => c,
         Err(e) => {
-            // Help and version go to stdout with exit 0; usage errors exit 2 (clap's choice).
+            // Help and version go to stdout with exit 0; usage errors get their own code (not
+            // clap's 2, which `compare`, `verify` and the checks give a meaning).
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
         }
     };
-    if let Some(n) = cli.threads {
+    match usage::check(&cli.command) {
+        Ok(warnings) => {
+            for w in warnings {
+                eprintln!("diskconv: warning: {w}");
+            }
+        }
+        Err(e) => {
+            eprintln!("diskconv: {}", e.chain());
+            return ExitCode::from(exit::USAGE);
+        }
+    }
+    if let Some(n) = cli.command.threads() {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
+            .num_threads(n)
             .build_global()
         {
             eprintln!("diskconv: setting up {n} threads: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(exit::FAILURE);
         }
     }
-    // `compare` reports errors with exit code 2 (1 means "different").
+    // `compare` and `verify` report errors with exit code 2 (1 means "different").
     let error_code = match cli.command {
-        Command::Compare(_) | Command::Verify(_) => 2,
-        _ => 1,
+        Command::Compare(_) | Command::Verify(_) => exit::COMPARE_FAILURE,
+        _ => exit::FAILURE,
     };
     match run(cli) {
         Ok(code) => code,
@@ -62,7 +76,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let policy: ReferencePolicy = cli.references.parse()?;
+    let policy = cli.command.references();
     match cli.command {
         Command::Convert(a) => convert(a, policy),
         Command::Info(a) => info(a, policy),
@@ -111,13 +125,22 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
-    let format: Format = a.output_format.parse()?;
+/// What `convert` writes: `-O`, else the format DST's extension names, else raw; with the
+/// `-o` lists and `-c`, checked.
+fn output_options(a: &args::ConvertArgs) -> Result<OutputOptions> {
+    let explicit: Option<Format> = a.output_format.as_deref().map(str::parse).transpose()?;
+    let format = Format::for_output(&a.dst, explicit);
     let mut out = OutputOptions::new(format).compressed(a.compress);
     for o in &a.options {
         out = out.with_options(o)?;
     }
     out.validate()?;
+    Ok(out)
+}
+
+fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
+    let out = output_options(&a)?;
+    let format = out.format;
     if same_file(&a.src, &a.dst) {
         return Err(Error::InvalidArgument(format!(
             "the output {} is the source itself; choose another name",

@@ -40,6 +40,8 @@ pub struct Target {
     /// The image's format instead of detecting it.
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     pub format: Option<String>,
+    #[command(flatten)]
+    pub refs: crate::args::RefArgs,
 }
 
 /// The NTFS subcommands.
@@ -124,7 +126,8 @@ pub fn run(args: NtfsArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     }
 }
 
-fn open_options(t: &Target, policy: ReferencePolicy) -> Result<OpenOptions> {
+/// How to open the image of `t` (its `-f` checked).
+pub fn open_options(t: &Target, policy: ReferencePolicy) -> Result<OpenOptions> {
     let format = match &t.format {
         Some(s) => Some(
             s.parse::<Format>()

@@ -24,7 +24,9 @@ pub struct SyncArgs {
     /// Source format (detected when omitted).
     #[arg(short = 'f', long = "format")]
     pub format: Option<String>,
-    /// Format of a new target (default: from its extension, raw when unknown).
+    /// Format of a new target: raw, qcow2, vpc, vhdx or vmdk (monolithicSparse). Default: the
+    /// one DST's extension names (.qcow2, .vmdk, .vhd/.vpc, .vhdx, .raw), else raw. A name or
+    /// format that cannot be updated in place (.ova) is refused: use --export for it.
     #[arg(short = 'O', long = "output-format")]
     pub output_format: Option<String>,
     /// State file (default: DST.dcsync; fingerprints go to STATE.fp).
@@ -80,6 +82,10 @@ pub struct SyncArgs {
     /// Compress --export (qcow2: `convert -c`).
     #[arg(long = "export-compressed", requires = "export")]
     pub export_compressed: bool,
+    #[command(flatten)]
+    pub refs: crate::args::RefArgs,
+    #[command(flatten)]
+    pub threads: crate::args::ThreadArgs,
 }
 
 /// Checks the --export options before any pass runs.
@@ -147,26 +153,76 @@ fn print_pass(r: &PassReport, json: bool) -> Result<()> {
     writeln!(out, "{line}").map_err(|e| Error::io("writing the report", e))
 }
 
-/// Runs `diskconv sync`.
-pub fn run(args: SyncArgs, policy: ReferencePolicy) -> Result<ExitCode> {
-    let block_size = match &args.block_size {
-        None => None,
-        Some(s) => Some(parse_size(s).ok_or_else(|| {
-            Error::InvalidArgument(format!("--block-size '{s}' is not a size (e.g. 64k)"))
-        })?),
+fn block_size(args: &SyncArgs) -> Result<Option<u64>> {
+    let Some(s) = &args.block_size else {
+        return Ok(None);
     };
-    let window_bytes = match &args.window {
-        None => diskconv::sync::engine::DEFAULT_WINDOW_BYTES,
+    let bs = parse_size(s).ok_or_else(|| {
+        Error::InvalidArgument(format!("--block-size '{s}' is not a size (e.g. 64k)"))
+    })?;
+    diskconv::sync::engine::check_block_size(bs)
+        .map_err(|e| Error::InvalidArgument(format!("--block-size {s}: {e}")))?;
+    Ok(Some(bs))
+}
+
+fn window(args: &SyncArgs) -> Result<u64> {
+    match &args.window {
+        None => Ok(diskconv::sync::engine::DEFAULT_WINDOW_BYTES),
         Some(s) => parse_size(s).filter(|w| *w > 0).ok_or_else(|| {
             Error::InvalidArgument(format!("--window '{s}' is not a size (e.g. 256M)"))
-        })?,
-    };
+        }),
+    }
+}
+
+fn check_interval(args: &SyncArgs) -> Result<()> {
     if !args.interval.is_finite() || args.interval < 0.0 || args.interval > 1e6 {
         return Err(Error::InvalidArgument(format!(
             "--interval {} must be a number of seconds between 0 and 1000000",
             args.interval
         )));
     }
+    Ok(())
+}
+
+/// Checks what the command line alone says (before any file is opened); returns the explicit
+/// output format. A target whose name or `-O` asks for a format that cannot be updated in place
+/// (`x.ova`) is refused, pointing at `--export`.
+pub fn check_usage(args: &SyncArgs) -> Result<Option<Format>> {
+    if let Some(f) = &args.format {
+        parse_format(f, "-f")?;
+    }
+    let explicit = args
+        .output_format
+        .as_deref()
+        .map(|s| parse_format(s, "-O"))
+        .transpose()?;
+    let target = diskconv::sync::engine::target_format(&args.dst, explicit);
+    if diskconv::sync::engine::check_updatable(target).is_err() {
+        let asked = match explicit {
+            Some(f) => format!("-O {f} asks"),
+            None => format!("the name {} asks", args.dst.display()),
+        };
+        return Err(Error::InvalidArgument(format!(
+            "{asked} for the {target} format, which cannot be a sync target (it cannot be \
+             updated in place): sync to an image that can (raw, qcow2, vpc, vhdx or vmdk, e.g. \
+             {}) and make the {target} from it at the end with --export {} --export-format \
+             {target}",
+            args.dst.with_extension("qcow2").display(),
+            args.dst.display()
+        )));
+    }
+    block_size(args)?;
+    window(args)?;
+    check_interval(args)?;
+    export_options(args)?;
+    Ok(explicit)
+}
+
+/// Runs `diskconv sync`.
+pub fn run(args: SyncArgs, policy: ReferencePolicy) -> Result<ExitCode> {
+    let block_size = block_size(&args)?;
+    let window_bytes = window(&args)?;
+    check_interval(&args)?;
     let export_to = export_options(&args)?;
     let opts = SyncOptions {
         block_size,

@@ -27,23 +27,33 @@ pub struct VerifyArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
-    /// How many mismatching ranges to list in the human output.
-    #[arg(long, value_name = "N", default_value_t = 20)]
+    /// How many mismatching ranges to list in the human output (JSON lists them all).
+    #[arg(long, value_name = "N", default_value_t = 20, conflicts_with = "json")]
     pub max_ranges: usize,
+    #[command(flatten)]
+    pub refs: crate::args::RefArgs,
+    #[command(flatten)]
+    pub threads: crate::args::ThreadArgs,
     /// The source image.
     pub src: PathBuf,
     /// The target image.
     pub dst: PathBuf,
 }
 
-/// Runs `diskconv verify`.
-pub fn run(args: VerifyArgs, policy: ReferencePolicy) -> Result<ExitCode> {
+/// The `--block-size`, checked.
+pub fn block_size(args: &VerifyArgs) -> Result<u64> {
     let block_size = match &args.block_size {
         None => DEFAULT_BLOCK_SIZE,
         Some(s) => diskconv::util::parse_size(s)
             .ok_or_else(|| Error::InvalidArgument(format!("--block-size {s:?} is not a size")))?,
     };
     diskconv::sync::verify::check_block_size(block_size)?;
+    Ok(block_size)
+}
+
+/// Runs `diskconv verify`.
+pub fn run(args: VerifyArgs, policy: ReferencePolicy) -> Result<ExitCode> {
+    let block_size = block_size(&args)?;
     let a = diskconv::open(
         &args.src,
         &crate::open_options(args.format_src.as_deref(), None, policy)?,

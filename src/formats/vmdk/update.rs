@@ -23,7 +23,7 @@
 //! Refused, with the reason and nothing written: streamOptimized (compressed grains, markers,
 //! directory at the end), a disk with a parent, an extent not closed cleanly (its two grain
 //! tables may disagree), descriptor files with other extents (vmfsSparse, seSparse, raw
-//! devices: sync to another format and convert at the end), and any table entry
+//! devices: convert to a writable image, change that, convert back), and any table entry
 //! pointing outside the file or into the header and descriptor.
 
 use std::collections::{BTreeSet, HashMap};
@@ -151,8 +151,9 @@ impl SparseUpdater {
         let h = SparseHeader::parse(hb, 0)?;
         if h.compressed() || h.markers() || h.gd_offset == GD_AT_END {
             return Err(refuse(
-                "it is streamOptimized (compressed grains) and cannot be updated in place: sync \
-                 to another format and convert at the end"
+                "it is streamOptimized (compressed grains written once, in order); convert it \
+                 to a writable image (qcow2, raw, or VMDK with subformat=monolithicSparse), \
+                 change that, and convert the result back to streamOptimized"
                     .into(),
             ));
         }
@@ -705,8 +706,8 @@ impl FlatUpdater {
             return Err(refuse(format!(
                 "createType {}: descriptor line {} is a {:?} extent; of descriptor files only \
                  those with flat or hosted sparse extents (monolithicFlat, twoGbMaxExtentFlat, \
-                 vmfs, twoGbMaxExtentSparse) are updated in place: sync to a raw, qcow2 or \
-                 monolithicSparse target and convert at the end",
+                 vmfs, twoGbMaxExtentSparse) are updated in place; convert it to a raw, qcow2 \
+                 or monolithicSparse image, change that, and convert the result back",
                 d.create_type, e.line, e.kind
             )));
         }
@@ -995,6 +996,35 @@ mod tests {
         assert_ne!(&short[..], b"CID=45372bd\nx");
         assert_eq!(&short[11..], b"\nx");
         assert!(renewed_cid(b"version=1\n").is_none());
+    }
+
+    /// Regression: the refusal of a streamOptimized VMDK said "cannot be updated in place"
+    /// twice and advised a sync, which cannot update it either.
+    #[test]
+    fn stream_optimized_refusal_says_it_once_and_advises_a_conversion() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("zero.raw");
+        std::fs::File::create(&raw)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let src = crate::open(&raw, &crate::OpenOptions::default()).unwrap();
+        let p = dir.path().join("s.vmdk");
+        crate::output::convert_file(
+            src.as_ref(),
+            &p,
+            &crate::output::OutputOptions::new(Format::Vmdk),
+            &crate::convert::ConvertOptions::default(),
+            None,
+        )
+        .unwrap();
+        let before = std::fs::read(&p).unwrap();
+        let e = VmdkUpdater::open(&p).unwrap_err().chain();
+        assert_eq!(e.matches("cannot be updated in place").count(), 1, "{e}");
+        assert!(e.contains("streamOptimized"), "{e}");
+        assert!(e.contains("convert it to a writable image"), "{e}");
+        assert!(!e.contains("sync"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), before);
     }
 
     #[test]

@@ -37,6 +37,10 @@ impl RegType {
     pub const RESOURCE_REQUIREMENTS_LIST: RegType = RegType(10);
     /// `REG_QWORD` (11): 64-bit little endian.
     pub const QWORD: RegType = RegType(11);
+    /// A device property of type `DEVPROP_TYPE_FILETIME` (0x10), stored as Windows stores
+    /// device properties (`...\Properties\{GUID}\NNNN` keys): type `0xFFFF0000` + the
+    /// `DEVPROP_TYPE`, data a little-endian FILETIME.
+    pub const DEVPROP_FILETIME: RegType = RegType(0xFFFF_0010);
 
     /// The Windows name (`REG_DWORD`), or `REG_0x...` for a type without one.
     pub fn name(self) -> String {

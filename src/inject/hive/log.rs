@@ -69,6 +69,16 @@ pub struct Prepared {
     pub report: RecoveryReport,
 }
 
+/// The names [`find_logs`] looks for: `<hive>.LOG`, `<hive>.LOG1` and `<hive>.LOG2` beside the
+/// hive (it matches them in any case).
+pub fn default_log_names(hive: &Path) -> Vec<PathBuf> {
+    let name = hive.file_name().unwrap_or_default().to_string_lossy();
+    ["LOG", "LOG1", "LOG2"]
+        .iter()
+        .map(|ext| hive.with_file_name(format!("{name}.{ext}")))
+        .collect()
+}
+
 /// The transaction logs beside `hive`: `<name>.LOG`, `<name>.LOG1`, `<name>.LOG2` (the
 /// extension matched without regard to case), those that exist.
 ///

@@ -66,6 +66,17 @@ impl RegValue {
     pub fn decoded(&self) -> RegData {
         RegData::decode(self.kind, &self.data)
     }
+
+    /// The FILETIME this value holds, when its type says it is one: a device property of type
+    /// `DEVPROP_TYPE_FILETIME` ([`RegType::DEVPROP_FILETIME`]) with 8 bytes of data. (A
+    /// `REG_QWORD` or `REG_BINARY` may hold a FILETIME too, but nothing in the hive says so.)
+    pub fn filetime(&self) -> Option<u64> {
+        if self.kind != RegType::DEVPROP_FILETIME {
+            return None;
+        }
+        let b: [u8; 8] = self.data.as_slice().try_into().ok()?;
+        Some(u64::from_le_bytes(b))
+    }
 }
 
 /// What a key node says about a key.
@@ -114,6 +125,9 @@ pub struct RecoveryReport {
     /// Why the hive needed recovery and why a log or log entry was not used (one line each,
     /// naming the file and the offset), e.g. a bad hash or a gap in sequence numbers.
     pub notes: Vec<String>,
+    /// For a dirty hive opened by [`Hive::open`], the logs looked for: the names given, or
+    /// `<hive>.LOG`, `<hive>.LOG1` and `<hive>.LOG2` beside it (matched in any case).
+    pub logs_looked_for: Vec<PathBuf>,
 }
 
 /// What [`Hive::save`] wrote.
@@ -168,7 +182,44 @@ impl Hive {
         let mut hive = Hive::from_bytes_with_logs(bytes, &logs, opts.accept_data_loss)
             .map_err(|e| e.in_file(path))?;
         hive.path = Some(path.to_path_buf());
+        if hive.recovery.was_dirty {
+            hive.recovery.logs_looked_for = if opts.logs.is_empty() {
+                log::default_log_names(path)
+            } else {
+                opts.logs.clone()
+            };
+        }
         Ok(hive)
+    }
+
+    /// When the hive is dirty and its transaction logs were not replayed (none found, none
+    /// usable, or the loss accepted), a one-line warning that what it shows may be stale: why
+    /// (the recovery notes) and which logs were looked for. `None` for a clean hive and for one
+    /// whose logs were replayed.
+    pub fn stale_warning(&self) -> Option<String> {
+        let r = &self.recovery;
+        if !r.was_dirty || !(self.read_only_dirty || r.data_lost) {
+            return None;
+        }
+        let looked = if r.logs_looked_for.is_empty() {
+            "no log was given".to_string()
+        } else {
+            let names: Vec<String> = r
+                .logs_looked_for
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            format!("logs looked for: {}", names.join(", "))
+        };
+        let why = if r.notes.is_empty() {
+            "the hive is dirty".to_string()
+        } else {
+            r.notes.join("; ")
+        };
+        Some(format!(
+            "{why} ({looked}): what the hive shows may be stale, since changes Windows wrote only \
+             to its logs are missing"
+        ))
     }
 
     /// Parses a clean hive from its bytes. A dirty hive opens read-only (its recovery report
@@ -1129,6 +1180,40 @@ impl Hive {
     }
 }
 
+/// A FILETIME (100-nanosecond intervals since 1601-01-01 UTC) as an ISO 8601 UTC date,
+/// `2021-08-05T10:46:11.6524365Z`: the fraction of a second keeps its seven digits without the
+/// trailing zeros, and is left out when it is zero.
+pub fn filetime_to_iso8601(ft: u64) -> String {
+    let secs = ft / 10_000_000;
+    let frac = ft % 10_000_000;
+    // Days from 1601-01-01 to 1970-01-01: 134774 (11644473600 s).
+    let days = (secs / 86_400) as i64 - 134_774;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days: days since 1970-01-01 to a proleptic Gregorian date.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut out = format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    );
+    if frac != 0 {
+        let f = format!("{frac:07}");
+        out.push('.');
+        out.push_str(f.trim_end_matches('0'));
+    }
+    out.push('Z');
+    out
+}
+
 /// The current time as a FILETIME.
 pub fn filetime_now() -> u64 {
     let d = std::time::SystemTime::now()
@@ -1141,6 +1226,92 @@ pub fn filetime_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filetimes_as_dates() {
+        // Expected dates from Python's datetime (1601-01-01 + the interval).
+        assert_eq!(filetime_to_iso8601(0), "1601-01-01T00:00:00Z");
+        assert_eq!(
+            filetime_to_iso8601(116_444_736_000_000_000),
+            "1970-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            filetime_to_iso8601(132_726_339_716_524_365),
+            "2021-08-05T10:46:11.6524365Z"
+        );
+        assert_eq!(
+            filetime_to_iso8601(125_963_423_990_000_000),
+            "2000-02-29T23:59:59Z"
+        );
+        assert_eq!(
+            filetime_to_iso8601(125_963_423_995_000_000),
+            "2000-02-29T23:59:59.5Z"
+        );
+        assert_eq!(
+            filetime_to_iso8601(94_405_824_000_000_000),
+            "1900-03-01T00:00:00Z"
+        );
+        assert_eq!(
+            filetime_to_iso8601(157_783_717_230_000_000),
+            "2100-12-31T01:02:03Z"
+        );
+        // The largest FILETIME is in year 60056: no overflow, no panic.
+        assert!(filetime_to_iso8601(u64::MAX).starts_with("60056-"));
+        // A DEVPROP_TYPE_FILETIME value is one; a REG_QWORD is not known to be.
+        let v = RegValue {
+            name: String::new(),
+            kind: RegType::DEVPROP_FILETIME,
+            data: 132_726_339_716_524_365u64.to_le_bytes().to_vec(),
+        };
+        assert_eq!(v.filetime(), Some(132_726_339_716_524_365));
+        let q = RegValue {
+            kind: RegType::QWORD,
+            ..v.clone()
+        };
+        assert_eq!(q.filetime(), None);
+        let short = RegValue {
+            data: vec![1, 2, 3],
+            ..v
+        };
+        assert_eq!(short.filetime(), None);
+    }
+
+    /// Regression: reading a dirty hive whose logs are missing said nothing about the data
+    /// possibly being stale.
+    #[test]
+    fn stale_warning_for_a_dirty_hive_without_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("HIVE");
+        let mut h = Hive::new("ROOT").unwrap();
+        h.save_as(&p).unwrap();
+        let clean = Hive::open(&p, &HiveOpenOptions::default()).unwrap();
+        assert_eq!(clean.stale_warning(), None);
+        // Dirty: the primary sequence number one ahead of the secondary (base block offset 4),
+        // checksum (offset 508) recomputed.
+        let mut b = std::fs::read(&p).unwrap();
+        let seq = u32::from_le_bytes(b[4..8].try_into().unwrap()) + 1;
+        b[4..8].copy_from_slice(&seq.to_le_bytes());
+        let sum = base::checksum(&b);
+        b[508..512].copy_from_slice(&sum.to_le_bytes());
+        std::fs::write(&p, &b).unwrap();
+        let dirty = Hive::open(&p, &HiveOpenOptions::default()).unwrap();
+        let w = dirty.stale_warning().expect("a warning");
+        assert!(w.contains("may be stale"), "{w}");
+        assert!(w.contains("sequence numbers"), "{w}");
+        for ext in ["LOG", "LOG1", "LOG2"] {
+            let name = dir.path().join(format!("HIVE.{ext}"));
+            assert!(w.contains(&name.display().to_string()), "{w}");
+        }
+        let lossy = Hive::open(
+            &p,
+            &HiveOpenOptions {
+                accept_data_loss: true,
+                ..HiveOpenOptions::default()
+            },
+        )
+        .unwrap();
+        assert!(lossy.stale_warning().is_some());
+    }
 
     fn sample() -> (Hive, KeyId, KeyId) {
         let mut h = Hive::new("ROOT").unwrap();
