@@ -13,6 +13,7 @@
 
 use std::io::Write;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -177,7 +178,19 @@ pub fn verify(
     a: &dyn ImageReader,
     b: &dyn ImageReader,
     block_size: u64,
+    manifest: Option<Manifest<'_>>,
+) -> Result<VerifyReport> {
+    verify_cancellable(a, b, block_size, manifest, None)
+}
+
+/// [`verify`] that stops with [`Error::Cancelled`] between batches (16 MiB of disk) once
+/// `cancel` is set.
+pub fn verify_cancellable(
+    a: &dyn ImageReader,
+    b: &dyn ImageReader,
+    block_size: u64,
     mut manifest: Option<Manifest<'_>>,
+    cancel: Option<&AtomicBool>,
 ) -> Result<VerifyReport> {
     check_block_size(block_size)?;
     let started = Instant::now();
@@ -210,6 +223,9 @@ pub fn verify(
     };
     let mut first = 0u64;
     while first < blocks {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(Error::Cancelled);
+        }
         let n = batch.min(blocks - first);
         let results: Vec<Result<BlockResult>> = (first..first + n)
             .into_par_iter()
