@@ -559,7 +559,7 @@ impl OutputFiles {
             m.commit()?;
         }
         drop(scratch);
-        sync_dir(&target)
+        Ok(sync_dir(&target)?)
     }
 }
 

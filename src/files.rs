@@ -20,8 +20,54 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
 use crate::storage::FileStorage;
+
+/// A refused output path or a failed file operation: the path, what is wrong (or what was being
+/// done) and, for failures, the operating system's error. Converts into the crate's
+/// [`Error`](crate::Error): a refusal is an invalid argument, a failure an I/O error, both naming
+/// the path. (This module does not use the crate error itself, so it stays a leaf below it.)
+#[derive(Debug)]
+pub struct FileError {
+    /// The path the caller named.
+    pub path: PathBuf,
+    /// What is wrong with it, or what was being done when the system call failed.
+    pub what: String,
+    /// The operating system's error; `None` when the path was refused.
+    pub source: Option<io::Error>,
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.what)
+    }
+}
+
+impl std::error::Error for FileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| e as _)
+    }
+}
+
+impl FileError {
+    fn refused(path: &Path, what: String) -> Self {
+        FileError {
+            path: path.to_path_buf(),
+            what,
+            source: None,
+        }
+    }
+
+    fn io(path: &Path, what: impl Into<String>, e: io::Error) -> Self {
+        FileError {
+            path: path.to_path_buf(),
+            what: what.into(),
+            source: Some(e),
+        }
+    }
+}
+
+/// Result of this module.
+pub type Result<T, E = FileError> = std::result::Result<T, E>;
 
 /// Symbolic links followed at most when resolving an output path (the kernel's own limit).
 const MAX_LINKS: usize = 40;
@@ -105,13 +151,13 @@ fn describe(ft: &fs::FileType) -> &'static str {
 }
 
 /// An error about the output `given`, which resolved to `resolved`.
-fn output_error(given: &Path, resolved: &Path, why: String) -> Error {
+fn output_error(given: &Path, resolved: &Path, why: String) -> FileError {
     let why = if given == resolved {
         why
     } else {
         format!("{why} (the symbolic link leads to {})", resolved.display())
     };
-    Error::InvalidArgument(why).in_file(given)
+    FileError::refused(given, why)
 }
 
 /// Checks that a new file can be created in the folder of `path`: the folder exists, is a
@@ -135,9 +181,11 @@ fn check_folder(given: &Path, resolved: &Path) -> Result<()> {
             ));
         }
         Err(e) => {
-            return Err(
-                Error::io(format!("looking at the folder {}", dir.display()), e).in_file(given),
-            );
+            return Err(FileError::io(
+                given,
+                format!("looking at the folder {}", dir.display()),
+                e,
+            ));
         }
     }
     use rustix::fs::{Access, access};
@@ -159,10 +207,10 @@ fn check_folder(given: &Path, resolved: &Path) -> Result<()> {
 /// devices is refused.
 pub fn resolve_output(path: &Path) -> Result<OutputTarget> {
     if path.as_os_str().is_empty() {
-        return Err(Error::InvalidArgument("the output path is empty".into()));
+        return Err(FileError::refused(path, "the output path is empty".into()));
     }
     let resolved = follow_links(path)
-        .map_err(|e| Error::io("following the output's symbolic links", e).in_file(path))?;
+        .map_err(|e| FileError::io(path, "following the output's symbolic links", e))?;
     match fs::metadata(&resolved) {
         Ok(m) => {
             let ft = m.file_type();
@@ -175,9 +223,7 @@ pub fn resolve_output(path: &Path) -> Result<OutputTarget> {
             } else if ft.is_block_device() {
                 let size = FileStorage::open_read_only(&resolved)
                     .and_then(|s| crate::storage::Storage::len(&s))
-                    .map_err(|e| {
-                        Error::io("finding the size of the block device", e).in_file(path)
-                    })?;
+                    .map_err(|e| FileError::io(path, "finding the size of the block device", e))?;
                 Ok(OutputTarget::BlockDevice {
                     path: resolved,
                     size,
@@ -207,7 +253,7 @@ pub fn resolve_output(path: &Path) -> Result<OutputTarget> {
                 exists: false,
             })
         }
-        Err(e) => Err(Error::io("looking at the output", e).in_file(path)),
+        Err(e) => Err(FileError::io(path, "looking at the output", e)),
     }
 }
 
@@ -229,7 +275,7 @@ pub fn sync_dir(path: &Path) -> Result<()> {
     let dir = folder_of(path);
     File::open(&dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("syncing the folder", e).in_file(&dir))
+        .map_err(|e| FileError::io(&dir, "syncing the folder", e))
 }
 
 /// A temporary file beside its final name (see the module documentation): created new,
@@ -357,9 +403,9 @@ impl TempFile {
     /// symbolic links are already resolved), after removing that target's stale temporaries.
     pub fn create(target: &Path) -> Result<(Self, FileStorage)> {
         let dir = folder_of(target);
-        let name = target.file_name().ok_or_else(|| {
-            Error::InvalidArgument(format!("output '{}' is not a file name", target.display()))
-        })?;
+        let name = target
+            .file_name()
+            .ok_or_else(|| FileError::refused(target, "is not a file name".into()))?;
         let stale_removed = remove_stale_temporaries(target);
         let pid = std::process::id();
         for attempt in 0..100u32 {
@@ -379,10 +425,7 @@ impl TempFile {
                         Ok(f) => f,
                         Err(e) => {
                             let _ = fs::remove_file(&temp);
-                            return Err(Error::io(
-                                format!("locking the temporary output {}", temp.display()),
-                                e,
-                            ));
+                            return Err(FileError::io(&temp, "locking the temporary output", e));
                         }
                     };
                     return Ok((
@@ -398,17 +441,14 @@ impl TempFile {
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => {
-                    return Err(Error::io(
-                        format!("creating the temporary output {}", temp.display()),
-                        e,
-                    ));
+                    return Err(FileError::io(&temp, "creating the temporary output", e));
                 }
             }
         }
-        Err(Error::InvalidArgument(format!(
-            "could not find a free temporary name next to {}",
-            target.display()
-        )))
+        Err(FileError::refused(
+            target,
+            "could not find a free temporary name beside it".into(),
+        ))
     }
 
     /// The temporary path.
@@ -430,12 +470,9 @@ impl TempFile {
     /// [`sync_dir`]).
     pub fn commit(mut self) -> Result<()> {
         fs::rename(&self.temp, &self.target).map_err(|e| {
-            Error::io(
-                format!(
-                    "renaming {} to {}",
-                    self.temp.display(),
-                    self.target.display()
-                ),
+            FileError::io(
+                &self.target,
+                format!("renaming the temporary {} into place", self.temp.display()),
                 e,
             )
         })?;
@@ -500,7 +537,7 @@ mod tests {
         // A dangling link: its target is where the output goes.
         let dangling = d.path().join("dangling.img");
         symlink("sub/new.img", &dangling).unwrap();
-        let e = resolve_output(&dangling).unwrap_err().chain();
+        let e = resolve_output(&dangling).unwrap_err().to_string();
         assert!(
             e.contains("does not exist") && e.contains("leads to"),
             "{e}"
@@ -513,24 +550,28 @@ mod tests {
                 exists: false
             }
         );
-        let e = resolve_output(&d.path().join("sub")).unwrap_err().chain();
+        let e = resolve_output(&d.path().join("sub"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is a directory"), "{e}");
-        let e = resolve_output(Path::new("/dev/null")).unwrap_err().chain();
+        let e = resolve_output(Path::new("/dev/null"))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("/dev/null") && e.contains("character device"),
             "{e}"
         );
         let fifo = d.path().join("fifo");
         rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::RUSR).unwrap();
-        let e = resolve_output(&fifo).unwrap_err().chain();
+        let e = resolve_output(&fifo).unwrap_err().to_string();
         assert!(e.contains("FIFO"), "{e}");
         let looped = d.path().join("loop");
         symlink("loop", &looped).unwrap();
-        let e = resolve_output(&looped).unwrap_err().chain();
+        let e = resolve_output(&looped).unwrap_err().to_string();
         assert!(e.contains("symbolic links"), "{e}");
         let e = resolve_output(&d.path().join("nowhere/x.img"))
             .unwrap_err()
-            .chain();
+            .to_string();
         assert!(e.contains("does not exist"), "{e}");
     }
 

@@ -415,7 +415,7 @@ pub fn check_output(target: &Path, opts: &OutputOptions) -> Result<OutputTarget>
                         "the {} output writes {sibling} beside {}: {}",
                         opts.format,
                         path.display(),
-                        e.chain()
+                        crate::error::Error::from(e).chain()
                     ))
                 })?;
             }

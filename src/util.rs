@@ -155,7 +155,7 @@ pub fn replace_file(path: &std::path::Path, bytes: &[u8], what: &str) -> crate::
         let _ = std::fs::remove_file(&tmp);
         return Err(err(format!("renaming the new {what} into place"), e));
     }
-    sync_dir(path)
+    Ok(sync_dir(path)?)
 }
 
 #[cfg(test)]

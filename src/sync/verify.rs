@@ -341,6 +341,34 @@ mod tests {
     }
 
     #[test]
+    fn a_set_cancellation_flag_stops_verification() {
+        let flag = AtomicBool::new(true);
+        let mut out = Vec::new();
+        let e = verify_cancellable(
+            raw(vec![1; 8192]).as_ref(),
+            raw(vec![1; 8192]).as_ref(),
+            512,
+            Some(Manifest {
+                out: &mut out,
+                source: "a".into(),
+            }),
+            Some(&flag),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Cancelled);
+        flag.store(false, Ordering::Relaxed);
+        let r = verify_cancellable(
+            raw(vec![1; 8192]).as_ref(),
+            raw(vec![1; 8192]).as_ref(),
+            512,
+            None,
+            Some(&flag),
+        )
+        .unwrap();
+        assert!(r.equal);
+    }
+
+    #[test]
     fn size_mismatch_and_bad_block_size_are_errors() {
         // A larger target whose extra bytes are zeros (a format's padding) compares the
         // source's size.

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args;
-use diskconv::error::ResultExt;
 use diskconv::files::{TempFile, resolve_output_file, sync_dir};
 use diskconv::sync::verify::{DEFAULT_BLOCK_SIZE, Manifest, VerifyReport, verify_cancellable};
 use diskconv::{Error, ErrorKind, ImageReader, ReferencePolicy, Result};
@@ -51,7 +50,7 @@ fn write_manifest(
     cancel: &AtomicBool,
 ) -> Result<VerifyReport> {
     let target = resolve_output_file(mpath)?;
-    let (temp, storage) = TempFile::create(&target).in_file(mpath)?;
+    let (temp, storage) = TempFile::create(&target)?;
     for p in temp.stale_removed() {
         errln!(
             "diskconv: removed a stale temporary left by an interrupted run: {}",
@@ -81,7 +80,7 @@ fn write_manifest(
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Cancelled);
     }
-    temp.commit().in_file(mpath)?;
+    temp.commit()?;
     sync_dir(&target)?;
     Ok(r)
 }
