@@ -830,7 +830,13 @@ fn a_closed_stdout_ends_commands_quietly() {
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    let commands: Vec<Vec<&str>> = vec![
+    let vol = d.path().join("vol.ntfs");
+    let have_ntfs = require("mkntfs");
+    if have_ntfs {
+        crate::ntfs_fixture::mkntfs(&vol, 8 << 20, 4096, "T", 0);
+    }
+    let target = d.path().join("target.raw");
+    let mut commands: Vec<Vec<&str>> = vec![
         vec!["hive", "export", p(&hive)],
         vec!["hive", "ls", p(&hive), "Software"],
         vec!["hive", "get", p(&hive), "Software\\A", "x"],
@@ -843,7 +849,14 @@ fn a_closed_stdout_ends_commands_quietly() {
         vec!["compare", p(&raw), p(&qcow)],
         vec!["verify", p(&raw), p(&qcow)],
         vec!["inspect", p(&raw)],
+        vec!["inspect", "--json", p(&raw)],
+        vec!["sync", "--json", p(&raw), p(&target)],
     ];
+    if have_ntfs {
+        commands.push(vec!["ntfs", "ls", p(&vol), "/"]);
+        commands.push(vec!["ntfs", "info", p(&vol)]);
+        commands.push(vec!["ntfs", "cat", p(&vol), "/$UpCase"]);
+    }
     for args in &commands {
         for both in [true, false] {
             let (status, err) = with_closed_stdout(args, both);
