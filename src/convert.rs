@@ -18,11 +18,12 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::files::{TempFile, folder_of, follow_links, resolve_output_file, sync_dir};
 use crate::image::{
     Chunk, Compressor, ExtentKind, GranuleState, ImageReader, ImageWriter, NamedWriter,
     WriteReport, read_skipping_holes,
 };
-use crate::storage::{FileStorage, Storage};
+use crate::storage::Storage;
 use crate::util::{align_down, is_zero};
 
 /// Default size of one unit of parallel work.
@@ -66,7 +67,7 @@ impl Default for ConvertOptions {
 }
 
 /// What a conversion did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConvertStats {
     /// Size of the source's virtual disk.
     pub virtual_size: u64,
@@ -87,6 +88,10 @@ pub struct ConvertStats {
     pub output: WriteReport,
     /// Wall time.
     pub elapsed: Duration,
+    /// Temporaries of the same output left by an interrupted (killed) run, removed.
+    pub stale_temporaries_removed: Vec<PathBuf>,
+    /// Bytes at the end of a block device target, past the image, left as they were.
+    pub untouched_tail: u64,
 }
 
 /// One unit of ordered output.
@@ -436,117 +441,53 @@ fn prepare_chunk(
     Ok(chunk)
 }
 
-/// A temporary output file that is removed unless [`TempOutput::commit`] renames it into place.
-#[derive(Debug)]
-pub struct TempOutput {
-    temp: PathBuf,
-    target: PathBuf,
-    committed: bool,
-}
-
-impl TempOutput {
-    /// Creates a new empty temporary file next to `target`.
-    pub fn create(target: &Path) -> Result<(Self, Arc<FileStorage>)> {
-        let dir = match target.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = target
-            .file_name()
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!("output '{}' is not a file name", target.display()))
-            })?
-            .to_string_lossy()
-            .into_owned();
-        for attempt in 0..100u32 {
-            let temp = dir.join(format!(
-                ".{name}.diskconv-{}-{attempt}.tmp",
-                std::process::id()
-            ));
-            match FileStorage::create_new(&temp) {
-                Ok(s) => {
-                    return Ok((
-                        TempOutput {
-                            temp,
-                            target: target.to_path_buf(),
-                            committed: false,
-                        },
-                        Arc::new(s),
-                    ));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    return Err(Error::io(
-                        format!("creating the temporary output {}", temp.display()),
-                        e,
-                    ));
-                }
-            }
-        }
-        Err(Error::InvalidArgument(format!(
-            "could not find a free temporary name next to {}",
-            target.display()
-        )))
-    }
-
-    /// The temporary path.
-    pub fn temp_path(&self) -> &Path {
-        &self.temp
-    }
-
-    /// Renames the temporary file over the target.
-    pub fn commit(mut self) -> Result<()> {
-        std::fs::rename(&self.temp, &self.target).map_err(|e| {
-            Error::io(
-                format!(
-                    "renaming {} to {}",
-                    self.temp.display(),
-                    self.target.display()
-                ),
-                e,
-            )
-        })?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for TempOutput {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.temp);
-        }
-    }
-}
+/// A temporary output file, locked while it exists, removed unless committed (see
+/// [`TempFile`](crate::files::TempFile)).
+pub type TempOutput = TempFile;
 
 /// The files of one output: the target itself, final files beside it (a flat VMDK's extent) and
-/// scratch files. All are created under temporary names in the target's folder; [`commit`]
-/// renames the final ones into place (beside-files first, the target last), and dropping an
-/// uncommitted set removes everything it created.
+/// scratch files. All are created under temporary names in the target's folder (the folder of
+/// the file a symbolic link leads to: the link stays); [`commit`] renames the final ones into
+/// place (beside-files first, the target last), and dropping an uncommitted set removes
+/// everything it created. Each final path is checked before its temporary is created (see
+/// [`resolve_output`](crate::files::resolve_output)): a directory, a device, a FIFO, a missing or
+/// read-only folder is an error.
 ///
 /// [`commit`]: OutputFiles::commit
 #[derive(Debug)]
 pub struct OutputFiles {
     target: PathBuf,
-    main: Option<TempOutput>,
-    siblings: Vec<TempOutput>,
-    scratch: Vec<TempOutput>,
+    main: Option<TempFile>,
+    siblings: Vec<TempFile>,
+    scratch: Vec<TempFile>,
 }
 
 impl OutputFiles {
-    /// An empty set for `target`; nothing is created yet.
+    /// An empty set for `target`; nothing is created yet. A symbolic link is followed to the
+    /// path it leads to, which becomes [`target`](Self::target).
     pub fn new(target: &Path) -> Self {
         OutputFiles {
-            target: target.to_path_buf(),
+            target: follow_links(target).unwrap_or_else(|_| target.to_path_buf()),
             main: None,
             siblings: Vec::new(),
             scratch: Vec::new(),
         }
     }
 
-    /// The final path of the output.
+    /// The final path of the output (symbolic links resolved).
     pub fn target(&self) -> &Path {
         &self.target
+    }
+
+    /// Stale temporaries of these outputs left by killed runs and removed when the new
+    /// temporaries were created.
+    pub fn stale_removed(&self) -> Vec<PathBuf> {
+        self.main
+            .iter()
+            .chain(&self.siblings)
+            .chain(&self.scratch)
+            .flat_map(|t| t.stale_removed().iter().cloned())
+            .collect()
     }
 
     /// Creates the (temporary) storage that becomes the target. Once per set.
@@ -556,9 +497,10 @@ impl OutputFiles {
                 "the main output was already created".into(),
             ));
         }
-        let (t, s) = TempOutput::create(&self.target)?;
+        let path = resolve_output_file(&self.target)?;
+        let (t, s) = TempFile::create(&path)?;
         self.main = Some(t);
-        Ok(s)
+        Ok(Arc::new(s))
     }
 
     /// Creates the storage of another final file, `file_name`, in the target's folder. The name
@@ -575,15 +517,16 @@ impl OutputFiles {
             )));
         }
         let path = self.dir().join(file_name);
-        if path == self.target || self.siblings.iter().any(|t| t.target == path) {
+        if path == self.target || self.siblings.iter().any(|t| t.target() == path) {
             return Err(Error::InvalidArgument(format!(
                 "output file {} is named twice",
                 path.display()
             )));
         }
-        let (t, s) = TempOutput::create(&path)?;
+        let path = resolve_output_file(&path)?;
+        let (t, s) = TempFile::create(&path)?;
         self.siblings.push(t);
-        Ok(s)
+        Ok(Arc::new(s))
     }
 
     /// Creates a scratch file in the target's folder, removed when the set is committed or
@@ -597,26 +540,23 @@ impl OutputFiles {
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default()
         );
-        let (t, s) = TempOutput::create(&self.dir().join(name))?;
+        let (t, s) = TempFile::create(&self.dir().join(name))?;
         self.scratch.push(t);
-        Ok(s)
+        Ok(Arc::new(s))
     }
 
     fn dir(&self) -> PathBuf {
-        match self.target.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        }
+        folder_of(&self.target)
     }
 
-    /// Renames the final files into place (beside-files first, the target last) and removes
-    /// the scratch files.
+    /// Renames the final files into place (beside-files first, the target last), removes
+    /// the scratch files and syncs the folder.
     pub fn commit(self) -> Result<()> {
         let OutputFiles {
+            target,
             main,
             siblings,
             scratch,
-            ..
         } = self;
         for t in siblings {
             t.commit()?;
@@ -625,7 +565,7 @@ impl OutputFiles {
             m.commit()?;
         }
         drop(scratch);
-        Ok(())
+        Ok(sync_dir(&target)?)
     }
 }
 
@@ -660,7 +600,16 @@ pub fn convert_to_files(
     let mut files = OutputFiles::new(target);
     let writer = create(&mut files).map_err(|e| e.in_file(target))?;
     let writer = Box::new(NamedWriter::new(writer, target));
-    let stats = convert(src, writer, opts, progress)?;
+    let mut stats = convert(src, writer, opts, progress)?;
+    // A cancellation that came while the writer finished still leaves the old target as it was.
+    if opts
+        .cancel
+        .as_ref()
+        .is_some_and(|c| c.load(Ordering::Relaxed))
+    {
+        return Err(Error::Cancelled);
+    }
+    stats.stale_temporaries_removed = files.stale_removed();
     files.commit()?;
     Ok(stats)
 }

@@ -25,6 +25,7 @@ pub mod compare;
 pub mod convert;
 pub mod detect;
 pub mod error;
+pub mod files;
 pub mod formats;
 pub mod image;
 pub mod inject;

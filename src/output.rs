@@ -1,9 +1,13 @@
 //! Output options (`-O FMT -o key=value,... -c`) and the writer factory.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use crate::convert::{ConvertOptions, ConvertStats, OutputFiles, ProgressFn, convert_to_files};
+use crate::convert::{
+    ConvertOptions, ConvertStats, OutputFiles, ProgressFn, convert, convert_to_files,
+};
 use crate::error::{Error, Result};
+use crate::files::{OutputTarget, folder_of, resolve_output, resolve_output_file};
 use crate::formats::qcow2::header::{CompressionType, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
 use crate::formats::qcow2::{Qcow2WriteOptions, Qcow2Writer};
 use crate::formats::raw::{Preallocation, RawWriter};
@@ -12,7 +16,8 @@ use crate::formats::vhdx::{self, VhdxSubformat, VhdxWriteOptions};
 use crate::formats::vmdk::ova::{self, Firmware, OvaOptions};
 use crate::formats::vmdk::{self, AdapterType, VmdkSubformat, VmdkWriteOptions};
 use crate::image::{Format, ImageReader, ImageWriter};
-use crate::util::parse_size;
+use crate::storage::{FileStorage, Storage};
+use crate::util::{human_bytes, parse_size};
 
 /// What to write: the format and its options.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -429,9 +434,111 @@ pub fn create_writer(
     })
 }
 
-/// Converts `src` into a new file at `target` in the format `opts` names.
+/// Names of the files written beside the main file `target_name` for `opts` (a flat VMDK's
+/// extent). Scratch files are not listed: they go to the target's folder under temporary names.
+pub fn sibling_names(target_name: &str, opts: &OutputOptions) -> Vec<String> {
+    match opts.format {
+        Format::Vmdk
+            if matches!(
+                opts.vmdk.subformat,
+                VmdkSubformat::MonolithicFlat | VmdkSubformat::Vmfs
+            ) =>
+        {
+            vec![vmdk::writer::flat_extent_name(target_name)]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Checks, before anything is read or created, every path an output of `opts` at `target` will
+/// write: the main file (through its symbolic links) and the files beside it. Returns where the
+/// main output leads. A block device takes only raw output without options that mean nothing
+/// there; everything but a regular file or a block device is refused (see
+/// [`resolve_output`]).
+pub fn check_output(target: &Path, opts: &OutputOptions) -> Result<OutputTarget> {
+    opts.validate()?;
+    let t = resolve_output(target)?;
+    match &t {
+        OutputTarget::File { path, .. } => {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let dir = folder_of(path);
+            for sibling in sibling_names(&name, opts) {
+                resolve_output_file(&dir.join(&sibling)).map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "the {} output writes {sibling} beside {}: {}",
+                        opts.format,
+                        path.display(),
+                        crate::error::Error::from(e).chain()
+                    ))
+                })?;
+            }
+        }
+        OutputTarget::BlockDevice { path, .. } => {
+            if opts.format != Format::Raw {
+                return Err(Error::InvalidArgument(format!(
+                    "is a block device: only raw output (-O raw) can be written to a block \
+                     device, not {}; write the {} image to a file instead",
+                    opts.format, opts.format
+                ))
+                .in_file(path));
+            }
+            if opts.qcow2.preallocation != Preallocation::Off {
+                return Err(Error::InvalidArgument(
+                    "is a block device: preallocation does not apply to it (every byte of the \
+                     image is written, zeros included)"
+                        .into(),
+                )
+                .in_file(path));
+            }
+        }
+    }
+    Ok(t)
+}
+
+/// Converts `src` into raw bytes written in place at the start of the block device `device`,
+/// which must be at least as large as the source: data is written, zero and unallocated ranges
+/// are made to read as zeros (the device holds old data), the device is synced at the end. The
+/// bytes past the image are left as they were ([`ConvertStats::untouched_tail`]).
+pub fn convert_to_device(
+    src: &dyn ImageReader,
+    device: &Path,
+    convert_opts: &ConvertOptions,
+    progress: Option<&mut ProgressFn<'_>>,
+) -> Result<ConvertStats> {
+    let size = src.virtual_size();
+    let storage = FileStorage::open_block_device_for_writing(device)
+        .map_err(|e| Error::io("opening the block device for writing", e).in_file(device))?;
+    let dev_size = storage
+        .len()
+        .map_err(|e| Error::io("reading the size of the block device", e).in_file(device))?;
+    if dev_size < size {
+        return Err(Error::InvalidArgument(format!(
+            "the block device holds {dev_size} bytes ({}), less than the {size} bytes ({}) of \
+             the source",
+            human_bytes(dev_size),
+            human_bytes(size)
+        ))
+        .in_file(device));
+    }
+    let w = RawWriter::in_place(Arc::new(storage), size).map_err(|e| e.in_file(device))?;
+    let mut stats = convert(src, Box::new(w), convert_opts, progress).map_err(|e| match e {
+        Error::Cancelled => e,
+        e => e.in_file(device),
+    })?;
+    stats.untouched_tail = dev_size - size;
+    Ok(stats)
+}
+
+/// Converts `src` into a new file at `target` in the format `opts` names, or in place onto a
+/// block device (raw only).
 ///
-/// The output is written under a temporary name and renamed into place only on success.
+/// Every output path is checked first ([`check_output`]), before the source is read. A file
+/// output is written under a temporary name beside the final file (the file a symbolic link
+/// leads to) and renamed into place only on success; stale temporaries of the same output left
+/// by a killed run are removed. A block device is written in place ([`convert_to_device`]).
 pub fn convert_file(
     src: &dyn ImageReader,
     target: &Path,
@@ -439,15 +546,28 @@ pub fn convert_file(
     convert_opts: &ConvertOptions,
     progress: Option<&mut ProgressFn<'_>>,
 ) -> Result<ConvertStats> {
-    opts.validate()?;
     let size = src.virtual_size();
-    convert_to_files(
-        src,
-        target,
-        |files| create_writer(files, size, opts),
-        convert_opts,
-        progress,
-    )
+    match check_output(target, opts)? {
+        OutputTarget::BlockDevice { path, size: dev } => {
+            if dev < size {
+                return Err(Error::InvalidArgument(format!(
+                    "the block device holds {dev} bytes ({}), less than the {size} bytes ({}) \
+                     of the source",
+                    human_bytes(dev),
+                    human_bytes(size)
+                ))
+                .in_file(target));
+            }
+            convert_to_device(src, &path, convert_opts, progress)
+        }
+        OutputTarget::File { path, .. } => convert_to_files(
+            src,
+            &path,
+            |files| create_writer(files, size, opts),
+            convert_opts,
+            progress,
+        ),
+    }
 }
 
 #[cfg(test)]

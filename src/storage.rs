@@ -3,7 +3,9 @@
 //! Every access names its offset; there is no shared seek cursor, so one [`Storage`] can serve
 //! many threads at once. Regular files report their holes (`SEEK_DATA` / `SEEK_HOLE`) so a
 //! sparse raw image is walked without reading its unallocated parts, and zero ranges are
-//! punched out of sparse outputs. Block devices are opened read-only and sized by the kernel.
+//! punched out of sparse outputs. Block devices are sized by the kernel; they are opened
+//! read-only, or for writing in place through [`FileStorage::open_block_device_for_writing`]
+//! (exclusively: the kernel refuses a device that is mounted or in use).
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -105,7 +107,7 @@ fn write_zero_buffers<S: Storage + ?Sized>(s: &S, mut offset: u64, len: u64) -> 
 pub enum FileKind {
     /// A regular file.
     Regular,
-    /// A block device (opened read-only).
+    /// A block device.
     BlockDevice,
 }
 
@@ -141,7 +143,37 @@ impl FileStorage {
             .read(true)
             .custom_flags(rustix::fs::OFlags::CLOEXEC.bits() as i32)
             .open(path)?;
-        Self::from_file(file, path, false)
+        Self::from_file(file, path, false, false)
+    }
+
+    /// Opens a block device for writing in place. The open is exclusive (`O_EXCL` on a block
+    /// device): a device that is mounted, part of a RAID or LVM set, or opened exclusively by
+    /// another program is refused with `EBUSY`. Anything but a block device is refused.
+    pub fn open_block_device_for_writing(path: impl AsRef<Path>) -> io::Result<Self> {
+        let path = path.as_ref();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags((rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::EXCL).bits() as i32)
+            .open(path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
+                    io::Error::new(
+                        e.kind(),
+                        "the block device is in use (mounted, part of a RAID or LVM set, or held \
+                         by another program); unmount or release it first",
+                    )
+                } else {
+                    e
+                }
+            })?;
+        if !file.metadata()?.file_type().is_block_device() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "is not a block device",
+            ));
+        }
+        Self::from_file(file, path, true, true)
     }
 
     /// Creates a new regular file for writing, failing if it exists.
@@ -152,26 +184,26 @@ impl FileStorage {
             .write(true)
             .create_new(true)
             .open(path)?;
-        Self::from_file(file, path, true)
+        Self::from_file(file, path, true, false)
     }
 
     /// Opens an existing regular file for reading and writing.
     pub fn open_read_write(path: impl AsRef<Path>) -> io::Result<Self> {
         let path = path.as_ref();
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        Self::from_file(file, path, true)
+        Self::from_file(file, path, true, false)
     }
 
-    fn from_file(file: File, path: &Path, writable: bool) -> io::Result<Self> {
+    fn from_file(file: File, path: &Path, writable: bool, device_write: bool) -> io::Result<Self> {
         let meta = file.metadata()?;
         let ft = meta.file_type();
         let (kind, device_len) = if ft.is_file() {
             (FileKind::Regular, 0)
         } else if ft.is_block_device() {
-            if writable {
+            if writable && !device_write {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
-                    "writing to block devices is not supported",
+                    "a block device is written only through a block device target",
                 ));
             }
             (FileKind::BlockDevice, block_device_size(&file)?)
@@ -215,6 +247,59 @@ impl FileStorage {
     /// The underlying file.
     pub fn file(&self) -> &File {
         &self.file
+    }
+}
+
+impl FileStorage {
+    /// Makes a range of a block device read as zeros, whatever it held: the 4 KiB-aligned middle
+    /// through `fallocate` (`PUNCH_HOLE`: the device zeroes or unmaps it only if it guarantees
+    /// zeros afterwards; else `ZERO_RANGE`: the kernel writes zeros, offloaded where the device
+    /// can), the unaligned edges and any refusal by writing zero buffers.
+    fn zero_device_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        use rustix::fs::{FallocateFlags, fallocate};
+        const ALIGN: u64 = 4096;
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.device_len)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "zeroing {len} bytes at {offset:#x} goes past the end of the device ({} \
+                         bytes)",
+                        self.device_len
+                    ),
+                )
+            })?;
+        let a = offset.div_ceil(ALIGN) * ALIGN;
+        let b = end / ALIGN * ALIGN;
+        if a >= b {
+            return write_zero_buffers(self, offset, len);
+        }
+        write_zero_buffers(self, offset, a - offset)?;
+        let mut done = false;
+        for mode in [
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE,
+        ] {
+            match fallocate(&self.file, mode, a, b - a) {
+                Ok(()) => {
+                    done = true;
+                    break;
+                }
+                Err(
+                    rustix::io::Errno::OPNOTSUPP
+                    | rustix::io::Errno::NOSYS
+                    | rustix::io::Errno::INVAL
+                    | rustix::io::Errno::NODEV,
+                ) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !done {
+            write_zero_buffers(self, a, b - a)?;
+        }
+        write_zero_buffers(self, b, end - b)
     }
 }
 
@@ -305,6 +390,9 @@ impl Storage for FileStorage {
         if len == 0 {
             return Ok(());
         }
+        if self.kind == FileKind::BlockDevice {
+            return self.zero_device_range(offset, len);
+        }
         use rustix::fs::{FallocateFlags, fallocate};
         let end = offset + len;
         let file_len = self.len()?;
@@ -332,6 +420,18 @@ impl Storage for FileStorage {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        if self.kind == FileKind::BlockDevice {
+            if len == self.device_len {
+                return Ok(());
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "a block device cannot be resized (it holds {} bytes, {len} asked)",
+                    self.device_len
+                ),
+            ));
+        }
         self.file.set_len(len)
     }
 

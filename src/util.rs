@@ -118,24 +118,20 @@ pub fn parse_size(s: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
-/// Fsyncs the folder holding `path` (so a rename or a new file in it is durable).
-pub fn sync_dir(path: &std::path::Path) -> crate::error::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| crate::error::Error::io("syncing the folder", e).in_file(dir))
-}
+pub use crate::files::sync_dir;
 
 /// Replaces the file at `path` with `bytes` so that a crash at any moment leaves either the old
 /// or the new content: a temporary file beside it (`.<name>.diskconv.tmp`, reused after a crash),
-/// written and fsynced, renamed over `path`, then the folder fsynced. On an error the temporary
-/// file is removed and `path` is untouched. `what` names the content in error messages.
+/// written and fsynced, renamed over `path`, then the folder fsynced. A symbolic link is written
+/// through (the file it leads to is replaced, the link stays). On an error the temporary file is
+/// removed and `path` is untouched. `what` names the content in error messages.
 pub fn replace_file(path: &std::path::Path, bytes: &[u8], what: &str) -> crate::error::Result<()> {
     use std::io::Write;
-    let err = |op: String, e| crate::error::Error::io(op, e).in_file(path);
+    let given = path;
+    let resolved = crate::files::follow_links(path)
+        .map_err(|e| crate::error::Error::io("following symbolic links", e).in_file(given))?;
+    let path = resolved.as_path();
+    let err = |op: String, e| crate::error::Error::io(op, e).in_file(given);
     let name = path
         .file_name()
         .ok_or_else(|| {
@@ -159,7 +155,7 @@ pub fn replace_file(path: &std::path::Path, bytes: &[u8], what: &str) -> crate::
         let _ = std::fs::remove_file(&tmp);
         return Err(err(format!("renaming the new {what} into place"), e));
     }
-    sync_dir(path)
+    Ok(sync_dir(path)?)
 }
 
 #[cfg(test)]

@@ -125,6 +125,8 @@ pub struct RawWriter {
     prealloc: Preallocation,
     /// Data and zeros written so far (the rest of the file stays a hole).
     report: WriteReport,
+    /// Writing over old data (a block device): zero ranges must be zeroed, not skipped.
+    in_place: bool,
 }
 
 /// Granule of zero detection for raw output: holes smaller than a file system block are useless.
@@ -146,6 +148,28 @@ impl RawWriter {
             size,
             prealloc,
             report: WriteReport::default(),
+            in_place: false,
+        })
+    }
+
+    /// Writes the first `size` bytes of `storage` in place, over whatever it holds (a block
+    /// device): zero ranges are made to read as zeros through [`Storage::write_zeroes`], the
+    /// storage keeps its length (bytes past `size` are left as they were).
+    pub fn in_place(storage: Arc<dyn Storage>, size: u64) -> Result<Self> {
+        let len = storage
+            .len()
+            .map_err(|e| Error::io("reading the size of the output", e))?;
+        if len < size {
+            return Err(Error::InvalidArgument(format!(
+                "the output holds {len} bytes, less than the {size} bytes to write"
+            )));
+        }
+        Ok(RawWriter {
+            storage,
+            size,
+            prealloc: Preallocation::Off,
+            report: WriteReport::default(),
+            in_place: true,
         })
     }
 
@@ -195,6 +219,13 @@ impl ImageWriter for RawWriter {
 
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
+        if self.in_place {
+            self.storage
+                .write_zeroes(offset, len)
+                .map_err(|e| Error::io(format!("zeroing {len} bytes at offset {offset:#x}"), e))?;
+            self.report.zeros += len;
+            return Ok(());
+        }
         match self.prealloc {
             // A new sparse file already reads as zeros there.
             Preallocation::Off | Preallocation::Metadata | Preallocation::Falloc => Ok(()),
@@ -240,6 +271,24 @@ mod tests {
     }
 
     #[test]
+    fn in_place_zeroes_old_data_and_keeps_the_tail() {
+        let s = Arc::new(MemStorage::from_vec(vec![0xEE; 300_000]));
+        let mut w = Box::new(RawWriter::in_place(s.clone(), 200_000).unwrap());
+        w.write_at(&[1, 2, 3], 100).unwrap();
+        w.write_zeroes(65536, 70_000).unwrap();
+        assert!(w.write_zeroes(199_999, 2).is_err());
+        w.finish().unwrap();
+        let v = s.to_vec();
+        assert_eq!(v.len(), 300_000);
+        assert_eq!(&v[100..103], &[1, 2, 3]);
+        assert!(v[65536..135_536].iter().all(|&b| b == 0));
+        assert_eq!(v[135_536], 0xEE);
+        assert!(v[200_000..].iter().all(|&b| b == 0xEE));
+        let small = Arc::new(MemStorage::from_vec(vec![0; 10]));
+        assert!(RawWriter::in_place(small, 11).is_err());
+    }
+
+    #[test]
     fn writes() {
         let s = Arc::new(MemStorage::new());
         let mut w = Box::new(RawWriter::create(s.clone(), 8192, Preallocation::Off).unwrap());
@@ -267,12 +316,32 @@ pub struct RawUpdater {
 
 impl RawUpdater {
     /// Opens the raw file or block device at `path` read-write.
+    /// A block device is opened exclusively (`O_EXCL`): one that is mounted or in use is
+    /// refused.
     pub fn open(path: &Path) -> Result<RawUpdater> {
         use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt};
+        let device = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(if device {
+                rustix::fs::OFlags::EXCL.bits() as i32
+            } else {
+                0
+            })
             .open(path)
+            .map_err(|e| {
+                if device && e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
+                    std::io::Error::new(
+                        e.kind(),
+                        "the block device is in use (mounted, part of a RAID or LVM set, or held \
+                         by another program); unmount or release it first",
+                    )
+                } else {
+                    e
+                }
+            })
             .map_err(|e| Error::io("opening for in-place update", e).in_file(path))?;
         let meta = file
             .metadata()

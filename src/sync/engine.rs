@@ -42,9 +42,15 @@ use crate::image::{Format, ImageReader, ImageUpdater, NamedReader, read_skipping
 use crate::open::{OpenOptions, ReferencePolicy, open, open_qcow2};
 use crate::output::{OutputOptions, create_writer};
 use crate::sync::bitmap::BlockBitmap;
-use crate::sync::state::{FpFile, PassKind, RunningPass, SyncState, default_state_path, fp_path};
+use crate::sync::state::{
+    FpFile, PassKind, RunningPass, SyncState, fp_path, is_block_device, state_path_for,
+};
 use crate::sync::target::open_updater;
-use crate::util::{is_zero, random_bytes16};
+use crate::util::{human_bytes, is_zero, random_bytes16};
+
+/// The initial fingerprint of every block when the target's content is unknown (a block device
+/// holding old data): it matches no block, so every block is written.
+const UNKNOWN_FINGERPRINT: u128 = 0;
 
 /// Default block size: 64 KiB.
 pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 10;
@@ -233,19 +239,25 @@ fn head_hash(src: &dyn ImageReader) -> Result<u128> {
     Ok(xxh3_128(&buf))
 }
 
+/// Whether `p` exists (through symbolic links: a dangling link's target is created).
 fn exists(p: &Path) -> bool {
-    fs::symlink_metadata(p).is_ok()
+    fs::metadata(p).is_ok()
 }
 
 /// Runs one sync pass from the image at `src_path` to `dst`: a full copy when there is no
 /// state, otherwise an incremental pass (or the resumption of an interrupted one).
 pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<PassReport> {
     let start = Instant::now();
-    let state_path = opts
-        .state_path
-        .clone()
-        .unwrap_or_else(|| default_state_path(dst));
+    let device = is_block_device(dst);
+    let state_path = state_path_for(dst, opts.state_path.as_deref())?.path;
     let fpp = fp_path(&state_path);
+    if device && opts.output_format.is_some_and(|f| f != Format::Raw) {
+        return Err(Error::InvalidArgument(format!(
+            "is a block device: a sync to a block device writes raw, not {}",
+            opts.output_format.map_or("?", |f| f.name())
+        ))
+        .in_file(dst));
+    }
     if let Some(bs) = opts.block_size {
         check_block_size(bs)?;
     }
@@ -370,7 +382,9 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
             let bs = opts.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
             let blocks = src_size.div_ceil(bs);
             let target_exists = exists(dst);
-            if target_exists && !(rescan || opts.rescan_on_bad_state) {
+            // A block device without a state gets a full pass that writes every block (its
+            // old content is unknown); no --rescan needed to write over it.
+            if target_exists && !device && !(rescan || opts.rescan_on_bad_state) {
                 return Err(Error::InvalidArgument(format!(
                     "{} exists but has no sync state ({}); remove it, or pass --rescan to adopt it \
                      (every block is compared with the source)",
@@ -382,8 +396,30 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
             let zero_fp = zero_fingerprint(bs);
             let mut cand = BlockBitmap::new(src_size, bs)?;
             cand.set_all();
-            let (tgt_format, tgt_size, kind, source) = if target_exists {
-                let up = open_updater(dst, None)?;
+            let mut initial_fp = zero_fp;
+            let (tgt_format, tgt_size, kind, source) = if device && !rescan {
+                let up = open_updater(dst, Some(Format::Raw))?;
+                if up.virtual_size() < src_size {
+                    return Err(Error::InvalidArgument(format!(
+                        "the block device holds {} bytes ({}), less than the {src_size} bytes \
+                         ({}) of the source",
+                        up.virtual_size(),
+                        human_bytes(up.virtual_size()),
+                        human_bytes(src_size)
+                    ))
+                    .in_file(dst));
+                }
+                // No block's fingerprint is this value (in practice: 2^-128), so the full pass
+                // writes every block, zero blocks as zeros.
+                initial_fp = UNKNOWN_FINGERPRINT;
+                (
+                    Format::Raw,
+                    up.virtual_size(),
+                    PassKind::Full,
+                    ChangeSource::Full,
+                )
+            } else if target_exists {
+                let up = open_updater(dst, device.then_some(Format::Raw))?;
                 if let Some(f) = opts.output_format
                     && f != up.format()
                 {
@@ -411,7 +447,7 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
                 check_updatable(f)?;
                 (f, 0, PassKind::Full, ChangeSource::Full)
             };
-            let fp = FpFile::create(&fpp, &sync_id, blocks, zero_fp)?;
+            let fp = FpFile::create(&fpp, &sync_id, blocks, initial_fp)?;
             let mut st = SyncState {
                 sync_id,
                 block_size: bs,
@@ -626,12 +662,16 @@ fn run_pass(
     let mut last_checkpoint = Instant::now();
     let mut pos = rp.position;
     let cand = &rp.candidates;
-    while pos < blocks {
-        if opts
-            .cancel
+    let cancelled = || {
+        opts.cancel
             .as_ref()
             .is_some_and(|c| c.load(Ordering::Relaxed))
-        {
+    };
+    while pos < blocks {
+        if cancelled() {
+            // Everything before `pos` is written and fingerprinted: the next run resumes here.
+            set_position(st, pos);
+            st.save(state_path)?;
             return Err(Error::Cancelled);
         }
         // A window holds at most `max_cand` candidates (what a crash may force us to rewrite)
@@ -666,6 +706,17 @@ fn run_pass(
             if !cand.get(i) {
                 i += 1;
                 continue;
+            }
+            if cancelled() {
+                if pending_saved {
+                    // Part of the window is written: the state names it as pending, so the
+                    // next run rewrites its candidates. Leave the target's metadata whole.
+                    up.flush()?;
+                } else {
+                    set_position(st, pos);
+                    st.save(state_path)?;
+                }
+                return Err(Error::Cancelled);
             }
             let mut j = i + 1;
             while j < wend && j - i < chunk_blocks && cand.get(j) {

@@ -117,6 +117,67 @@ pub fn default_state_path(dst: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Where the state of a sync lives (see [`state_path_for`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatePlace {
+    /// The state file (the fingerprints go to [`fp_path`] of it).
+    pub path: PathBuf,
+    /// The target is a block device and no state path was given: the state is in the
+    /// current folder, named after the device (say so to the user).
+    pub in_current_folder: bool,
+}
+
+/// Whether `path` is (or leads to) a block device.
+pub fn is_block_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+}
+
+/// Where the state of a sync to `dst` lives: `explicit` when given, else `<dst>.dcsync` beside a
+/// file target. Nothing is ever written into the folder of a device node: for a block device
+/// target the default is `<device name>.dcsync` in the current folder, and a state path in the
+/// device's folder (or the folder of the link naming it) is refused.
+pub fn state_path_for(dst: &Path, explicit: Option<&Path>) -> Result<StatePlace> {
+    if !is_block_device(dst) {
+        return Ok(StatePlace {
+            path: explicit
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| default_state_path(dst)),
+            in_current_folder: false,
+        });
+    }
+    let (path, in_current_folder) = match explicit {
+        Some(p) => (p.to_path_buf(), false),
+        None => {
+            let name = dst.file_name().ok_or_else(|| {
+                Error::InvalidArgument(format!("'{}' has no file name", dst.display()))
+            })?;
+            let mut n = name.to_owned();
+            n.push(".dcsync");
+            (Path::new(".").join(n), true)
+        }
+    };
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let state_dir = canon(&crate::files::folder_of(&path));
+    let mut device_dirs = vec![canon(&crate::files::folder_of(dst))];
+    if let Ok(real) = std::fs::canonicalize(dst) {
+        device_dirs.push(crate::files::folder_of(&real));
+    }
+    if device_dirs.contains(&state_dir) || state_dir.starts_with("/dev") {
+        return Err(Error::InvalidArgument(format!(
+            "the sync state of the block device {} would be written to {}, a folder of device \
+             nodes; pass --state with a path in another folder (state files are never written \
+             into /dev)",
+            dst.display(),
+            state_dir.display()
+        )));
+    }
+    Ok(StatePlace {
+        path,
+        in_current_folder,
+    })
+}
+
 /// The fingerprint file that goes with the state file at `state`.
 pub fn fp_path(state: &Path) -> PathBuf {
     let mut s = state.as_os_str().to_owned();

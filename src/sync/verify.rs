@@ -13,6 +13,7 @@
 
 use std::io::Write;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -177,7 +178,19 @@ pub fn verify(
     a: &dyn ImageReader,
     b: &dyn ImageReader,
     block_size: u64,
+    manifest: Option<Manifest<'_>>,
+) -> Result<VerifyReport> {
+    verify_cancellable(a, b, block_size, manifest, None)
+}
+
+/// [`verify`] that stops with [`Error::Cancelled`] between batches (16 MiB of disk) once
+/// `cancel` is set.
+pub fn verify_cancellable(
+    a: &dyn ImageReader,
+    b: &dyn ImageReader,
+    block_size: u64,
     mut manifest: Option<Manifest<'_>>,
+    cancel: Option<&AtomicBool>,
 ) -> Result<VerifyReport> {
     check_block_size(block_size)?;
     let started = Instant::now();
@@ -210,6 +223,9 @@ pub fn verify(
     };
     let mut first = 0u64;
     while first < blocks {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(Error::Cancelled);
+        }
         let n = batch.min(blocks - first);
         let results: Vec<Result<BlockResult>> = (first..first + n)
             .into_par_iter()
@@ -322,6 +338,34 @@ mod tests {
             let want = hex(&Sha256::digest(&a[i * 1024..end]));
             assert_eq!(h.as_str().unwrap(), want, "block {i}");
         }
+    }
+
+    #[test]
+    fn a_set_cancellation_flag_stops_verification() {
+        let flag = AtomicBool::new(true);
+        let mut out = Vec::new();
+        let e = verify_cancellable(
+            raw(vec![1; 8192]).as_ref(),
+            raw(vec![1; 8192]).as_ref(),
+            512,
+            Some(Manifest {
+                out: &mut out,
+                source: "a".into(),
+            }),
+            Some(&flag),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Cancelled);
+        flag.store(false, Ordering::Relaxed);
+        let r = verify_cancellable(
+            raw(vec![1; 8192]).as_ref(),
+            raw(vec![1; 8192]).as_ref(),
+            512,
+            None,
+            Some(&flag),
+        )
+        .unwrap();
+        assert!(r.equal);
     }
 
     #[test]

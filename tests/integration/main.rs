@@ -25,6 +25,7 @@ mod ntfs_index;
 mod ntfs_model;
 mod ntfs_write;
 mod output_size;
+mod outputs;
 mod qcow2_check;
 mod qcow2_read;
 mod qcow2_write;

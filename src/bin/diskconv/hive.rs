@@ -246,7 +246,7 @@ fn open(path: &Path, logs: &LogArgs, accept_data_loss: bool) -> Result<Hive> {
 fn open_to_read(path: &Path, logs: &LogArgs) -> Result<Hive> {
     let hive = open(path, logs, false)?;
     if let Some(w) = hive.stale_warning() {
-        eprintln!("diskconv: warning: {}: {w}", path.display());
+        errln!("diskconv: warning: {}: {w}", path.display());
     }
     Ok(hive)
 }
@@ -266,7 +266,7 @@ fn find_key(hive: &Hive, path: &Path, key: &str) -> Result<KeyId> {
 }
 
 fn stdout_error(e: std::io::Error) -> Error {
-    Error::io("writing to standard output", e)
+    crate::term::stdout_error(e)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -331,7 +331,7 @@ fn value_json(v: &RegValue) -> serde_json::Value {
 fn print_json(v: &serde_json::Value) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)
-        .map_err(std::io::Error::other)
+        .map_err(std::io::Error::from)
         .and_then(|_| writeln!(out))
         .map_err(stdout_error)
 }
@@ -454,7 +454,7 @@ fn finish(hive: &mut Hive, path: &Path, edit: &EditArgs, what: &str) -> Result<E
         Some(out) => (hive.save_as(out).in_file(out)?, out),
         None => (hive.save().in_file(path)?, path),
     };
-    eprintln!(
+    errln!(
         "{what}; wrote {} bytes ({} pages and the base block) to {}",
         stats.bytes_written,
         stats.pages_written,
@@ -683,7 +683,7 @@ fn replay(path: &Path, output: &Path, logs: Vec<PathBuf>) -> Result<ExitCode> {
         .map(|p| p.display().to_string())
         .collect();
     if rec.was_dirty {
-        eprintln!(
+        errln!(
             "replayed {} log entries from {}{}; wrote {} bytes to {}",
             rec.entries_applied,
             logs_used.join(", "),
@@ -696,7 +696,7 @@ fn replay(path: &Path, output: &Path, logs: Vec<PathBuf>) -> Result<ExitCode> {
             output.display()
         );
     } else {
-        eprintln!(
+        errln!(
             "the hive is clean, nothing to replay; wrote {} bytes to {}",
             stats.bytes_written,
             output.display()
@@ -721,7 +721,7 @@ fn new(output: &Path, root_name: &str) -> Result<ExitCode> {
     }
     let mut hive = Hive::new(root_name)?;
     let stats = hive.save_as(output).in_file(output)?;
-    eprintln!(
+    errln!(
         "created hive {} (root key '{root_name}', {} bytes)",
         output.display(),
         stats.bytes_written

@@ -75,9 +75,9 @@ fn windows(a: WindowsArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     if a.json {
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| Error::InvalidArgument(format!("writing JSON: {e}")))?;
-        println!("{text}");
+        outln!("{text}")?;
     } else {
-        print!("{}", human(&report, a.dry_run));
+        out!("{}", human(&report, a.dry_run))?;
     }
     Ok(ExitCode::SUCCESS)
 }

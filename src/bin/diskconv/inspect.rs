@@ -33,9 +33,9 @@ pub fn run(args: InspectArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     if args.json {
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| Error::InvalidArgument(format!("writing JSON: {e}")))?;
-        println!("{text}");
+        outln!("{text}")?;
     } else {
-        print!("{}", human(&report));
+        out!("{}", human(&report))?;
     }
     Ok(ExitCode::SUCCESS)
 }

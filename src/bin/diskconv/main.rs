@@ -1,7 +1,11 @@
 //! The `diskconv` command: a thin layer over the library.
 //!
 //! Every failure prints one line, `diskconv: <cause chain>`, and exits non-zero; a panic is a bug.
-//! Exit codes: see [`exit`].
+//! Exit codes: see [`exit`]. A closed standard output ends a command quietly with exit code 141;
+//! a signal stops convert, sync and verify cleanly with 128 + its number (see `term`).
+
+#[macro_use]
+mod term;
 
 mod args;
 mod exit;
@@ -20,12 +24,13 @@ use std::time::Instant;
 
 use diskconv::compare::{Comparison, compare};
 use diskconv::error::ResultExt;
+use diskconv::files::OutputTarget;
 use diskconv::formats::qcow2;
 use diskconv::image::{ExtentKind, ImageInfo};
 use diskconv::storage::FileStorage;
 use diskconv::util::human_bytes;
 use diskconv::{
-    ConvertOptions, Error, Format, ImageReader, OpenOptions, OutputOptions, Progress,
+    ConvertOptions, Error, ErrorKind, Format, ImageReader, OpenOptions, OutputOptions, Progress,
     ReferencePolicy, Result,
 };
 
@@ -44,11 +49,11 @@ fn main() -> ExitCode {
     match usage::check(&cli.command) {
         Ok(warnings) => {
             for w in warnings {
-                eprintln!("diskconv: warning: {w}");
+                errln!("diskconv: warning: {w}");
             }
         }
         Err(e) => {
-            eprintln!("diskconv: {}", e.chain());
+            errln!("diskconv: {}", e.chain());
             return ExitCode::from(exit::USAGE);
         }
     }
@@ -57,7 +62,7 @@ fn main() -> ExitCode {
             .num_threads(n)
             .build_global()
         {
-            eprintln!("diskconv: setting up {n} threads: {e}");
+            errln!("diskconv: setting up {n} threads: {e}");
             return ExitCode::from(exit::FAILURE);
         }
     }
@@ -68,8 +73,10 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(code) => code,
+        // Standard output is a closed pipe (`diskconv ... | head -1`): end quietly.
+        Err(_) if term::stdout_closed() => ExitCode::from(term::EXIT_CLOSED_PIPE),
         Err(e) => {
-            eprintln!("diskconv: {}", e.chain());
+            errln!("diskconv: {}", e.chain());
             ExitCode::from(error_code)
         }
     }
@@ -118,9 +125,14 @@ fn open_input(path: &Path, input: &Input, policy: ReferencePolicy) -> Result<Box
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        (Ok(x), Ok(y)) => {
+            (x.dev() == y.dev() && x.ino() == y.ino())
+                || (x.file_type().is_block_device()
+                    && y.file_type().is_block_device()
+                    && x.rdev() == y.rdev())
+        }
         _ => false,
     }
 }
@@ -147,9 +159,31 @@ fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
             a.dst.display()
         )));
     }
+    // Every output path is checked before the source is opened (the library checks again).
+    let target = diskconv::output::check_output(&a.dst, &out).in_file(&a.dst)?;
     let src = open_input(&a.src, &a.input, policy)?;
     let size = src.virtual_size();
-    let opts = ConvertOptions::default();
+    if let OutputTarget::BlockDevice { path, size: dev } = &target {
+        if *dev < size {
+            return Err(Error::InvalidArgument(format!(
+                "the block device holds {dev} bytes ({}), less than the {size} bytes ({}) of the \
+                 source",
+                human_bytes(*dev),
+                human_bytes(size)
+            ))
+            .in_file(&a.dst));
+        }
+        errln!(
+            "diskconv: writing {} ({size} bytes) in place to the block device {}",
+            human_bytes(size),
+            path.display()
+        );
+    }
+    let cancel = term::cancel_on_signals()?;
+    let opts = ConvertOptions {
+        cancel: Some(cancel),
+        ..ConvertOptions::default()
+    };
     let start = Instant::now();
 
     let bar = (a.progress && std::io::stderr().is_terminal()).then(|| {
@@ -170,7 +204,7 @@ fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
             let pct = p.done.saturating_mul(10).checked_div(p.total).unwrap_or(10);
             if last_percent != Some(pct) {
                 last_percent = Some(pct);
-                eprintln!(
+                errln!(
                     "diskconv: {}% ({} of {})",
                     pct * 10,
                     human_bytes(p.done),
@@ -182,12 +216,49 @@ fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     };
     // Errors name their file already: the source's reads name the source, the writer's the
     // output.
-    let stats = diskconv::convert_file(src.as_ref(), &a.dst, &out, &opts, Some(&mut cb))?;
+    let result = diskconv::convert_file(src.as_ref(), &a.dst, &out, &opts, Some(&mut cb));
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    let stats = match result {
+        Err(e) if e.kind() == ErrorKind::Cancelled => {
+            let what = match &target {
+                OutputTarget::BlockDevice { path, .. } => format!(
+                    "convert to the block device {} stopped; the device holds a partial copy: \
+                     run the conversion again",
+                    path.display()
+                ),
+                OutputTarget::File { path, exists } => format!(
+                    "convert to {} stopped; its temporary files were removed{}",
+                    a.dst.display(),
+                    if *exists {
+                        format!(", {} is as it was", path.display())
+                    } else {
+                        String::new()
+                    }
+                ),
+            };
+            return Ok(term::interrupted(&what));
+        }
+        r => r?,
+    };
+    for p in &stats.stale_temporaries_removed {
+        errln!(
+            "diskconv: removed a stale temporary left by an interrupted run: {}",
+            p.display()
+        );
+    }
+    if stats.untouched_tail > 0 {
+        errln!(
+            "diskconv: note: the block device is {} bytes larger than the image; its last {} \
+             bytes ({}) were left as they were",
+            stats.untouched_tail,
+            stats.untouched_tail,
+            human_bytes(stats.untouched_tail)
+        );
+    }
     if stats.output_size != stats.virtual_size {
-        eprintln!(
+        errln!(
             "diskconv: note: the {format} output is {} bytes ({}), the source {} bytes: the size \
              was rounded up as the format requires; the extra tail reads as zeros",
             stats.output_size,
@@ -249,7 +320,7 @@ fn print_stats(stats: &diskconv::ConvertStats, secs: f64, json: bool) -> Result<
             Ok(())
         })()
     };
-    r.map_err(|e| Error::io("writing to standard output", e))
+    r.map_err(term::stdout_error)
 }
 
 fn print_info(info: &ImageInfo, out: &mut impl Write, indent: &str) -> std::io::Result<()> {
@@ -337,12 +408,12 @@ fn info(a: args::ImageArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     let r = if a.json {
         serde_json::to_writer_pretty(&mut stdout, &info)
-            .map_err(std::io::Error::other)
+            .map_err(std::io::Error::from)
             .and_then(|_| writeln!(stdout))
     } else {
         print_info(&info, &mut stdout, "")
     };
-    r.map_err(|e| Error::io("writing to standard output", e))?;
+    r.map_err(term::stdout_error)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -398,7 +469,7 @@ fn map(a: args::ImageArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     let r = if a.json {
         serde_json::to_writer_pretty(&mut stdout, &entries)
-            .map_err(std::io::Error::other)
+            .map_err(std::io::Error::from)
             .and_then(|_| writeln!(stdout))
     } else {
         (|| {
@@ -429,7 +500,7 @@ fn map(a: args::ImageArgs, policy: ReferencePolicy) -> Result<ExitCode> {
             Ok(())
         })()
     };
-    r.map_err(|e| Error::io("writing to standard output", e))?;
+    r.map_err(term::stdout_error)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -437,7 +508,7 @@ fn compare_cmd(a: args::CompareArgs, policy: ReferencePolicy) -> Result<ExitCode
     let ia = diskconv::open(&a.a, &open_options(a.format_a.as_deref(), None, policy)?)?;
     let ib = diskconv::open(&a.b, &open_options(a.format_b.as_deref(), None, policy)?)?;
     if ia.virtual_size() != ib.virtual_size() && !a.strict {
-        eprintln!(
+        errln!(
             "Warning: image sizes differ: {} is {} bytes, {} is {} bytes",
             a.a.display(),
             ia.virtual_size(),
@@ -447,15 +518,15 @@ fn compare_cmd(a: args::CompareArgs, policy: ReferencePolicy) -> Result<ExitCode
     }
     match compare(ia.as_ref(), ib.as_ref(), a.strict)? {
         Comparison::Same => {
-            println!("Images are identical.");
+            outln!("Images are identical.")?;
             Ok(ExitCode::SUCCESS)
         }
         Comparison::Differ { offset } => {
-            println!("Content mismatch at offset {offset} ({offset:#x})!");
+            outln!("Content mismatch at offset {offset} ({offset:#x})!")?;
             Ok(ExitCode::from(1))
         }
         Comparison::SizeDiffers { a: sa, b: sb } => {
-            println!("Strict mode: image sizes differ ({sa} and {sb} bytes)");
+            outln!("Strict mode: image sizes differ ({sa} and {sb} bytes)")?;
             Ok(ExitCode::from(1))
         }
     }
@@ -476,12 +547,12 @@ fn check(a: args::CheckArgs) -> Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     let r = if a.json {
         serde_json::to_writer_pretty(&mut stdout, &report)
-            .map_err(std::io::Error::other)
+            .map_err(std::io::Error::from)
             .and_then(|_| writeln!(stdout))
     } else {
         write!(stdout, "{report}")
     };
-    r.map_err(|e| Error::io("writing to standard output", e))?;
+    r.map_err(term::stdout_error)?;
     Ok(ExitCode::from(
         if report.corruptions > 0 || report.check_errors > 0 {
             2

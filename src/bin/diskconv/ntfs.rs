@@ -266,25 +266,25 @@ fn info(t: &Target, policy: ReferencePolicy, json: bool) -> Result<ExitCode> {
                 "writable": reason.is_none(),
                 "not_writable_reason": reason,
             });
-            println!("{}", to_json(&v)?);
+            outln!("{}", to_json(&v)?)?;
         } else {
             let yes = |b: bool| if b { "yes" } else { "no" };
-            println!("volume:         {} at byte {:#x}", describe(vol), vol.start);
-            println!("NTFS version:   {}.{}", st.version.0, st.version.1);
-            println!("label:          {}", st.label);
-            println!("cluster size:   {}", st.cluster_size);
-            println!(
+            outln!("volume:         {} at byte {:#x}", describe(vol), vol.start)?;
+            outln!("NTFS version:   {}.{}", st.version.0, st.version.1)?;
+            outln!("label:          {}", st.label)?;
+            outln!("cluster size:   {}", st.cluster_size)?;
+            outln!(
                 "clusters:       {} ({} free, {} free)",
                 st.total_clusters,
                 st.free_clusters,
                 human_bytes(st.free_clusters.saturating_mul(st.cluster_size as u64))
-            );
-            println!("dirty:          {}", yes(st.dirty));
-            println!("log clean:      {}", yes(st.log_clean));
-            println!("hibernated:     {}", yes(st.hibernated));
+            )?;
+            outln!("dirty:          {}", yes(st.dirty))?;
+            outln!("log clean:      {}", yes(st.log_clean))?;
+            outln!("hibernated:     {}", yes(st.hibernated))?;
             match reason {
-                None => println!("writable:       yes"),
-                Some(r) => println!("writable:       no: {r}"),
+                None => outln!("writable:       yes")?,
+                Some(r) => outln!("writable:       no: {r}")?,
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -295,7 +295,7 @@ fn ls(t: &Target, policy: ReferencePolicy, path: &str, json: bool) -> Result<Exi
     with_volume_ro(t, policy, |_, ntfs| {
         let entries = ntfs.read_dir(path)?;
         let mut out = std::io::stdout().lock();
-        let w = |e: std::io::Error| Error::io("writing to standard output", e);
+        let w = |e: std::io::Error| crate::term::stdout_error(e);
         if json {
             writeln!(out, "{}", to_json(&entries)?).map_err(w)?;
         } else {
@@ -324,7 +324,7 @@ fn cat(t: &Target, policy: ReferencePolicy, path: &str, output: Option<&Path>) -
         None => std::io::stdout()
             .lock()
             .write_all(&data)
-            .map_err(|e| Error::io("writing to standard output", e))?,
+            .map_err(crate::term::stdout_error)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -345,13 +345,13 @@ fn put(t: &Target, policy: ReferencePolicy, local: &Path, path: &str) -> Result<
     let data =
         std::fs::read(local).map_err(|e| Error::io("reading the local file", e).in_file(local))?;
     let (created, stats) = with_volume_rw(t, policy, |ntfs| ntfs.write_file(path, &data))?;
-    println!(
+    outln!(
         "{} {path} ({} bytes); {} bytes written to the image in {} ranges",
         if created { "created" } else { "replaced" },
         data.len(),
         stats.bytes_written,
         stats.ranges
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -371,27 +371,28 @@ fn mkdir(t: &Target, policy: ReferencePolicy, path: &str, parents: bool) -> Resu
         }
     })?;
     if created {
-        println!(
+        outln!(
             "created {path}; {} bytes written to the image in {} ranges",
-            stats.bytes_written, stats.ranges
-        );
+            stats.bytes_written,
+            stats.ranges
+        )?;
     } else {
-        println!("{path} already exists");
+        outln!("{path} already exists")?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn rollback_cmd(image: &Path) -> Result<ExitCode> {
     match rollback(image)? {
-        RollbackOutcome::Restored { ranges, bytes } => println!(
+        RollbackOutcome::Restored { ranges, bytes } => outln!(
             "restored {bytes} bytes in {ranges} ranges of {} from its undo journal",
             image.display()
-        ),
-        RollbackOutcome::JournalIncomplete { reason } => println!(
+        )?,
+        RollbackOutcome::JournalIncomplete { reason } => outln!(
             "the undo journal was incomplete ({reason}): the interrupted commit had not \
              changed {} yet; journal removed",
             image.display()
-        ),
+        )?,
     }
     Ok(ExitCode::SUCCESS)
 }

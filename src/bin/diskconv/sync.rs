@@ -7,10 +7,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use diskconv::error::ResultExt;
+use diskconv::files::OutputTarget;
+use diskconv::output::check_output;
+use diskconv::sync::state::{SyncState, fp_path, state_path_for};
 use diskconv::sync::{PassReport, SyncOptions, sync_pass, sync_until_converged};
 use diskconv::util::parse_size;
 use diskconv::{
-    ConvertOptions, Error, Format, OpenOptions, OutputOptions, ReferencePolicy, Result,
+    ConvertOptions, Error, ErrorKind, Format, OpenOptions, OutputOptions, ReferencePolicy, Result,
     convert_file,
 };
 
@@ -99,30 +106,102 @@ fn export_options(args: &SyncArgs) -> Result<Option<(PathBuf, OutputOptions)>> {
     }
     o = o.compressed(args.export_compressed);
     o.validate()?;
-    if path == &args.dst || path == &args.src {
+    if path == &args.dst || path == &args.src || crate::same_file(path, &args.dst) {
         return Err(Error::InvalidArgument(format!(
             "--export {} must be a new file, not the sync source or target",
             path.display()
         )));
     }
+    // Every path the export writes is checked before the first pass reads anything.
+    if let OutputTarget::BlockDevice { .. } = check_output(path, &o).in_file(path)? {
+        return Err(Error::InvalidArgument(
+            "is a block device; --export writes a file (sync to the device instead)".into(),
+        )
+        .in_file(path));
+    }
     Ok(Some((path.clone(), o)))
 }
 
 /// The final step: the synced target converted into the export format (through a temporary
-/// name renamed into place).
-fn export(dst: &Path, out: &Path, o: &OutputOptions, policy: ReferencePolicy) -> Result<()> {
+/// name renamed into place). `Ok(false)`: interrupted (the temporaries are removed).
+fn export(
+    dst: &Path,
+    out: &Path,
+    o: &OutputOptions,
+    policy: ReferencePolicy,
+    cancel: &Arc<AtomicBool>,
+) -> Result<Option<ExitCode>> {
     let img = diskconv::open(dst, &OpenOptions::new().references(policy))?;
-    convert_file(img.as_ref(), out, o, &ConvertOptions::default(), None)?;
+    let opts = ConvertOptions {
+        cancel: Some(cancel.clone()),
+        ..ConvertOptions::default()
+    };
+    let stats = match convert_file(img.as_ref(), out, o, &opts, None) {
+        Err(e) if e.kind() == ErrorKind::Cancelled => {
+            return Ok(Some(crate::term::interrupted(&format!(
+                "the export to {} stopped; its temporary files were removed (the synced target \
+                 {} is complete: run the export again, or `diskconv convert` it)",
+                out.display(),
+                dst.display()
+            ))));
+        }
+        r => r?,
+    };
+    for p in &stats.stale_temporaries_removed {
+        errln!(
+            "diskconv: removed a stale temporary left by an interrupted run: {}",
+            p.display()
+        );
+    }
     let bytes = std::fs::metadata(out)
         .map_err(|e| Error::io("reading the size of the export", e).in_file(out))?
         .len();
-    eprintln!(
+    errln!(
         "exported {} to {} ({}, {bytes} bytes)",
         dst.display(),
         out.display(),
         o.format.name(),
     );
-    Ok(())
+    Ok(None)
+}
+
+/// The line printed when a pass is interrupted: where it stopped, from the state file.
+fn interrupted_pass(state: &Path, dst: &Path) -> ExitCode {
+    let what = match SyncState::load(state) {
+        Ok(Some(st)) => match &st.running {
+            Some(run) if run.pending.0 != run.pending.1 => format!(
+                "sync pass {} to {} stopped in the window of blocks {}..{} (of {}); its position \
+                 is recorded in {}: the next run rewrites that window and resumes the pass",
+                st.passes + 1,
+                dst.display(),
+                run.pending.0,
+                run.pending.1,
+                st.blocks,
+                state.display()
+            ),
+            Some(run) => format!(
+                "sync pass {} to {} stopped at block {} of {}; the position is recorded in {}: \
+                 the next run resumes the pass there",
+                st.passes + 1,
+                dst.display(),
+                run.position,
+                st.blocks,
+                state.display()
+            ),
+            None => format!(
+                "sync to {} stopped between passes; {} pass(es) recorded in {}: the next run \
+                 starts a new pass",
+                dst.display(),
+                st.passes,
+                state.display()
+            ),
+        },
+        _ => format!(
+            "sync to {} stopped before its state was written; the next run starts over",
+            dst.display()
+        ),
+    };
+    crate::term::interrupted(&what)
 }
 
 fn parse_format(s: &str, what: &str) -> Result<Format> {
@@ -150,7 +229,7 @@ fn print_pass(r: &PassReport, json: bool) -> Result<()> {
             r.mb_per_s
         )
     };
-    writeln!(out, "{line}").map_err(|e| Error::io("writing the report", e))
+    writeln!(out, "{line}").map_err(crate::term::stdout_error)
 }
 
 fn block_size(args: &SyncArgs) -> Result<Option<u64>> {
@@ -224,6 +303,17 @@ pub fn run(args: SyncArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     let window_bytes = window(&args)?;
     check_interval(&args)?;
     let export_to = export_options(&args)?;
+    let place = state_path_for(&args.dst, args.state.as_deref())?;
+    if place.in_current_folder {
+        errln!(
+            "diskconv: {} is a block device: the sync state is kept in the current folder as {} \
+             (and {}); run later passes from this folder, or choose a place with --state",
+            args.dst.display(),
+            place.path.display(),
+            fp_path(&place.path).display()
+        );
+    }
+    let cancel = crate::term::cancel_on_signals()?;
     let opts = SyncOptions {
         block_size,
         state_path: args.state.clone(),
@@ -241,18 +331,27 @@ pub fn run(args: SyncArgs, policy: ReferencePolicy) -> Result<ExitCode> {
         bitmap: args.bitmap.clone(),
         rescan_on_bad_state: args.rescan,
         window_bytes,
+        cancel: Some(cancel.clone()),
         ..SyncOptions::default()
     };
+    let state = place.path;
     if !args.until_converged {
-        let r = sync_pass(&args.src, &args.dst, &opts)?;
+        let r = match sync_pass(&args.src, &args.dst, &opts) {
+            Err(e) if e.kind() == ErrorKind::Cancelled => {
+                return Ok(interrupted_pass(&state, &args.dst));
+            }
+            r => r?,
+        };
         print_pass(&r, args.json)?;
         if let Some((out, o)) = &export_to {
-            export(&args.dst, out, o, policy)?;
+            if let Some(code) = export(&args.dst, out, o, policy, &cancel)? {
+                return Ok(code);
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }
     let mut print_err = None;
-    let c = sync_until_converged(
+    let c = match sync_until_converged(
         &args.src,
         &args.dst,
         &opts,
@@ -266,36 +365,43 @@ pub fn run(args: SyncArgs, policy: ReferencePolicy) -> Result<ExitCode> {
                 print_err = Some(e);
             }
         },
-    )?;
+    ) {
+        Err(e) if e.kind() == ErrorKind::Cancelled => {
+            return Ok(interrupted_pass(&state, &args.dst));
+        }
+        r => r?,
+    };
     if let Some(e) = print_err {
         return Err(e);
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "converged": c.converged,
                 "passes": c.passes.len(),
                 "estimated_final_seconds": c.estimated_final_seconds,
             })
-        );
+        )?;
     } else if c.converged {
-        println!(
+        outln!(
             "converged after {} passes (fewer than {} blocks changed); the final pass should take \
              about {:.2} s",
             c.passes.len(),
             args.max_changed,
             c.estimated_final_seconds
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "not converged after {} passes; a final pass would take about {:.2} s",
             c.passes.len(),
             c.estimated_final_seconds
-        );
+        )?;
     }
     if let Some((out, o)) = &export_to {
-        export(&args.dst, out, o, policy)?;
+        if let Some(code) = export(&args.dst, out, o, policy, &cancel)? {
+            return Ok(code);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

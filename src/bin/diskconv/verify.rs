@@ -2,12 +2,14 @@
 //! optional SHA-256 manifest of the source. Exit 0 equal, 1 different, 2 error.
 
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args;
-use diskconv::sync::verify::{DEFAULT_BLOCK_SIZE, Manifest, verify};
-use diskconv::{Error, ReferencePolicy, Result};
+use diskconv::files::{TempFile, resolve_output_file, sync_dir};
+use diskconv::sync::verify::{DEFAULT_BLOCK_SIZE, Manifest, VerifyReport, verify_cancellable};
+use diskconv::{Error, ErrorKind, ImageReader, ReferencePolicy, Result};
 
 /// `diskconv verify`.
 #[derive(Debug, Args)]
@@ -40,6 +42,53 @@ pub struct VerifyArgs {
     pub dst: PathBuf,
 }
 
+/// Verifies with a manifest: written under a locked temporary name beside its final name
+/// (symbolic links followed) and renamed when complete, so a manifest file that exists is a whole
+/// one; the path is checked before anything is read.
+fn write_manifest(
+    args: &VerifyArgs,
+    mpath: &Path,
+    a: &dyn ImageReader,
+    b: &dyn ImageReader,
+    block_size: u64,
+    cancel: &AtomicBool,
+) -> Result<VerifyReport> {
+    let target = resolve_output_file(mpath)?;
+    let (temp, storage) = TempFile::create(&target)?;
+    for p in temp.stale_removed() {
+        errln!(
+            "diskconv: removed a stale temporary left by an interrupted run: {}",
+            p.display()
+        );
+    }
+    let f = storage
+        .file()
+        .try_clone()
+        .map_err(|e| Error::io("opening the manifest", e).in_file(temp.temp_path()))?;
+    let mut w = BufWriter::new(f);
+    let r = verify_cancellable(
+        a,
+        b,
+        block_size,
+        Some(Manifest {
+            out: &mut w,
+            source: args.src.display().to_string(),
+        }),
+        Some(cancel),
+    )?;
+    let f = w
+        .into_inner()
+        .map_err(|e| Error::io("writing the manifest", e.into_error()).in_file(temp.temp_path()))?;
+    f.sync_all()
+        .map_err(|e| Error::io("syncing the manifest", e).in_file(temp.temp_path()))?;
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Cancelled);
+    }
+    temp.commit()?;
+    sync_dir(&target)?;
+    Ok(r)
+}
+
 /// The `--block-size`, checked.
 pub fn block_size(args: &VerifyArgs) -> Result<u64> {
     let block_size = match &args.block_size {
@@ -54,6 +103,10 @@ pub fn block_size(args: &VerifyArgs) -> Result<u64> {
 /// Runs `diskconv verify`.
 pub fn run(args: VerifyArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     let block_size = block_size(&args)?;
+    if let Some(m) = &args.manifest {
+        // Before anything is read: a folder, a device, a missing folder is refused now.
+        resolve_output_file(m)?;
+    }
     let a = diskconv::open(
         &args.src,
         &crate::open_options(args.format_src.as_deref(), None, policy)?,
@@ -69,42 +122,26 @@ pub fn run(args: VerifyArgs, policy: ReferencePolicy) -> Result<ExitCode> {
         &args.src.display().to_string(),
         &args.dst.display().to_string(),
     )?;
-    let report = match &args.manifest {
-        None => verify(a.as_ref(), b.as_ref(), block_size, None)?,
-        Some(mpath) => {
-            // Written beside its final name and renamed when complete: a manifest file that
-            // exists is a whole one.
-            let mut tmp_name = mpath.as_os_str().to_owned();
-            tmp_name.push(".part");
-            let tmp = PathBuf::from(tmp_name);
-            let f = std::fs::File::create(&tmp)
-                .map_err(|e| Error::io("creating the manifest", e).in_file(&tmp))?;
-            let mut w = BufWriter::new(f);
-            let r = verify(
-                a.as_ref(),
-                b.as_ref(),
-                block_size,
-                Some(Manifest {
-                    out: &mut w,
-                    source: args.src.display().to_string(),
-                }),
-            );
-            let r = match r {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(e);
-                }
-            };
-            let f = w
-                .into_inner()
-                .map_err(|e| Error::io("writing the manifest", e.into_error()).in_file(&tmp))?;
-            f.sync_all()
-                .map_err(|e| Error::io("syncing the manifest", e).in_file(&tmp))?;
-            std::fs::rename(&tmp, mpath)
-                .map_err(|e| Error::io("renaming the manifest into place", e).in_file(mpath))?;
-            r
+    let cancel = crate::term::cancel_on_signals()?;
+    let result = match &args.manifest {
+        None => verify_cancellable(a.as_ref(), b.as_ref(), block_size, None, Some(&cancel)),
+        Some(mpath) => write_manifest(&args, mpath, a.as_ref(), b.as_ref(), block_size, &cancel),
+    };
+    let report = match result {
+        Err(e) if e.kind() == ErrorKind::Cancelled => {
+            return Ok(crate::term::interrupted(&match &args.manifest {
+                Some(m) => format!(
+                    "verify stopped; no manifest written (its temporary file was removed{})",
+                    if m.exists() {
+                        format!(", {} is as it was", m.display())
+                    } else {
+                        String::new()
+                    }
+                ),
+                None => "verify stopped before the end; nothing was written".into(),
+            }));
         }
+        r => r?,
     };
     let out = std::io::stdout();
     let mut out = out.lock();
@@ -172,7 +209,7 @@ pub fn run(args: VerifyArgs, policy: ReferencePolicy) -> Result<ExitCode> {
             Ok(())
         })()
     };
-    res.map_err(|e| Error::io("writing to standard output", e))?;
+    res.map_err(crate::term::stdout_error)?;
     Ok(if report.equal {
         ExitCode::SUCCESS
     } else {
