@@ -15,6 +15,7 @@ mod hive_reg;
 mod hive_windows;
 mod inject_windows;
 mod inspect_cli;
+mod msrv;
 mod ntfs_cli;
 mod ntfs_damage;
 mod ntfs_fixture;

@@ -632,11 +632,11 @@ impl Qcow2Updater {
     }
 
     fn l2_set(&mut self, l2off: u64, l2i: usize, raw: u64) {
-        if let Some(t) = self.l2_cache.get_mut(&l2off)
-            && let Some(slot) = t.data.get_mut(l2i)
-        {
-            *slot = raw;
-            t.dirty = true;
+        if let Some(t) = self.l2_cache.get_mut(&l2off) {
+            if let Some(slot) = t.data.get_mut(l2i) {
+                *slot = raw;
+                t.dirty = true;
+            }
         }
     }
 
