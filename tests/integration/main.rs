@@ -1,7 +1,9 @@
 //! Integration tests: one binary, one module per area, shared helpers in `util`.
 //!
-//! Oracles (qemu-img, imago) make the inputs and check the outputs. With `CI=true` a missing
-//! oracle fails the test instead of skipping it.
+//! Oracles (qemu-img, imago, hivex, ntfs-3g, ...) make the inputs and check the outputs. The
+//! tools, Python modules and conditions the tests need are listed in tests/oracles/tools.txt;
+//! a test calls `util::require(NAME)` and returns early when it is missing (with `CI=true` it
+//! fails instead), and `zz_oracles::summary` reports whatever is missing.
 
 mod cli;
 mod contract;
@@ -22,6 +24,7 @@ mod ntfs_fixture;
 mod ntfs_index;
 mod ntfs_model;
 mod ntfs_write;
+mod oracles;
 mod qcow2_check;
 mod qcow2_read;
 mod qcow2_write;
@@ -35,3 +38,4 @@ mod vhd;
 mod vhdx;
 mod vmdk_read;
 mod vmdk_write;
+mod zz_oracles;
