@@ -571,7 +571,10 @@ fn source_disks_files(inf: &[u8]) -> Vec<String> {
             in_section = name.to_ascii_lowercase().starts_with("sourcedisksfiles");
             continue;
         }
-        if in_section && let Some((file, _)) = line.split_once('=') {
+        if !in_section {
+            continue;
+        }
+        if let Some((file, _)) = line.split_once('=') {
             let f = file.trim().trim_matches('"');
             if !f.is_empty() && !f.contains(['/', '\\']) {
                 out.push(f.to_string());

@@ -100,8 +100,9 @@ fn decode_name(raw: &[u8], joliet: bool) -> String {
             .map(|&b| if b.is_ascii() { b as char } else { '\u{FFFD}' })
             .collect()
     };
-    if let Some(i) = name.rfind(';')
-        && name[i + 1..].chars().all(|c| c.is_ascii_digit())
+    if let Some(i) = name
+        .rfind(';')
+        .filter(|&i| name[i + 1..].chars().all(|c| c.is_ascii_digit()))
     {
         name.truncate(i);
     }

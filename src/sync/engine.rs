@@ -570,9 +570,7 @@ fn check_state(
             st.src_size
         )));
     }
-    if let Some(bs) = opts.block_size
-        && bs != st.block_size
-    {
+    if let Some(bs) = opts.block_size.filter(|&bs| bs != st.block_size) {
         return Err(hard(format!(
             "block size {bs} differs from the state's {} (omit --block-size to use it)",
             st.block_size

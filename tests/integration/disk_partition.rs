@@ -822,7 +822,7 @@ fn disk_partition_gpt_matches_sgdisk_and_survives_a_damaged_primary() {
 
 #[test]
 fn disk_partition_gpt_with_4096_byte_sectors() {
-    if !require("sfdisk") || !require("losetup") {
+    if !require("sfdisk") || !require("loop-device") {
         return;
     }
     let dir = tmpdir();

@@ -258,7 +258,7 @@ fn system_b_replays_across_both_logs_like_regipy() {
         let ls = util::hivexsh(&ours, "ls\n");
         assert_eq!(ls.lines().count(), 15, "{ls}");
     }
-    if util::require_regipy() && util::require("hivexregedit") {
+    if util::require_regipy() && util::require("hivexregedit") && util::require("hivexsh") {
         let (l1, l2) = (&logs[0].0, &logs[1].0);
         let theirs = regipy_replay(dir.path(), &hive_path, l1, Some(l2));
         let a = util::hivex_export(&ours);

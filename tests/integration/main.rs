@@ -1,7 +1,9 @@
 //! Integration tests: one binary, one module per area, shared helpers in `util`.
 //!
-//! Oracles (qemu-img, imago) make the inputs and check the outputs. With `CI=true` a missing
-//! oracle fails the test instead of skipping it.
+//! Oracles (qemu-img, imago, hivex, ntfs-3g, ...) make the inputs and check the outputs. The
+//! tools, Python modules and conditions the tests need are listed in tests/oracles/tools.txt;
+//! a test calls `util::require(NAME)` and returns early when it is missing (with `CI=true` it
+//! fails instead), and `zz_oracles::summary` reports whatever is missing.
 
 mod cli;
 mod cli_text;
@@ -18,12 +20,14 @@ mod hive_reg;
 mod hive_windows;
 mod inject_windows;
 mod inspect_cli;
+mod msrv;
 mod ntfs_cli;
 mod ntfs_damage;
 mod ntfs_fixture;
 mod ntfs_index;
 mod ntfs_model;
 mod ntfs_write;
+mod oracles;
 mod output_size;
 mod outputs;
 mod qcow2_check;
@@ -39,3 +43,4 @@ mod vhd;
 mod vhdx;
 mod vmdk_read;
 mod vmdk_write;
+mod zz_oracles;

@@ -18,7 +18,7 @@ const P2_SECTORS: u64 = 65536;
 
 fn tools() -> bool {
     [
-        "sgdisk", "mkntfs", "ntfscat", "ntfsls", "ntfsfix", "fls", "qemu-img",
+        "sgdisk", "mkntfs", "ntfscat", "ntfsls", "ntfsfix", "fls", "qemu-img", "dd",
     ]
     .iter()
     .all(|t| require(t))

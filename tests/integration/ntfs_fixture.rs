@@ -25,6 +25,8 @@ pub(crate) fn require_tools() -> bool {
         "ntfsfix",
         "ntfsinfo",
         "ntfs-3g",
+        "umount",
+        "dd",
         "sgdisk",
         "sfdisk",
         "qemu-img",

@@ -511,7 +511,7 @@ fn names(rng: &mut Rng, n: usize, twins: bool) -> Vec<String> {
 
 #[test]
 fn ntfs_index_reads_folders_filled_by_ntfs3g() {
-    if !have_ntfs3g_tools() {
+    if !have_ntfs3g_tools() || !require("ntfs-3g") || !require("umount") {
         return;
     }
     let dir = tmpdir();

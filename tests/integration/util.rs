@@ -11,25 +11,42 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// Whether `tool` is on PATH. In CI a missing tool panics; elsewhere the caller skips.
-pub fn require(tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()));
-    if !found {
-        if in_ci() {
-            panic!("{tool} is required in CI (CI=true) but is not on PATH");
+/// Whether `name` (a tool, Python module or condition of tests/oracles/tools.txt) is usable
+/// here. In CI a missing one panics; elsewhere the caller skips. A name the list lacks panics
+/// everywhere: add it to the list, so that .ci/run installs it and README.md names it.
+pub fn require(name: &str) -> bool {
+    let o = crate::oracles::get(name);
+    match crate::oracles::check(o) {
+        Ok(()) => true,
+        Err(why) => {
+            if in_ci() {
+                panic!(
+                    "{name} is required in CI (CI=true) but {why} ({})",
+                    o.remedy()
+                );
+            }
+            eprintln!("skipping: {name} {why} ({})", o.remedy());
+            false
         }
-        eprintln!("skipping: {tool} is not on PATH");
     }
-    found
+}
+
+/// Where the real-world corpus is looked for when `DISKCONV_TEST_CORPUS` is not set, relative
+/// to the project root.
+pub const DEFAULT_CORPUS: &str = "../shared/corpus";
+
+/// The folder of the real-world corpus: `$DISKCONV_TEST_CORPUS`, else [`DEFAULT_CORPUS`].
+pub fn corpus_root() -> PathBuf {
+    match std::env::var_os("DISKCONV_TEST_CORPUS") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CORPUS),
+    }
 }
 
 /// A file of the shared real-world corpus, or `None` (with a printed reason) when the corpus is
 /// absent. In CI the corpus must be there.
 pub fn corpus(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/corpus")
-        .join(rel);
+    let p = corpus_root().join(rel);
     if p.exists() {
         Some(p)
     } else {
@@ -199,17 +216,7 @@ pub fn make_raw(path: &Path, size: u64, seed: u64) {
 /// Whether python3 can import regipy (the second independent hive reader). In CI a missing
 /// regipy panics; elsewhere the caller skips.
 pub fn require_regipy() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import regipy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        if in_ci() {
-            panic!("regipy is required in CI (CI=true) but python3 cannot import it");
-        }
-        eprintln!("skipping: python3 cannot import regipy");
-    }
-    ok
+    require("regipy")
 }
 
 /// `hivexregedit --export HIVE '\'`: the whole hive as `.reg` text as hivex reads it (every

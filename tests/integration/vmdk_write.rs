@@ -281,7 +281,11 @@ for c in hw.findall(vmw + "Config"):
 
 #[test]
 fn vmdk_write_ova_package_is_valid() {
-    if !util::require("qemu-img") || !util::require("tar") || !util::require("python3") {
+    if !util::require("qemu-img")
+        || !util::require("tar")
+        || !util::require("python3")
+        || !util::require("sha256sum")
+    {
         return;
     }
     let dir = util::tmpdir();

@@ -359,10 +359,11 @@ pub fn run(args: SyncArgs, policy: ReferencePolicy) -> Result<ExitCode> {
         Duration::from_secs_f64(args.interval),
         args.max_passes,
         |r| {
-            if let Err(e) = print_pass(r, args.json)
-                && print_err.is_none()
-            {
-                print_err = Some(e);
+            // Every pass is printed; the first printing error is kept.
+            if let Err(e) = print_pass(r, args.json) {
+                if print_err.is_none() {
+                    print_err = Some(e);
+                }
             }
         },
     ) {
