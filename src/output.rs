@@ -305,8 +305,10 @@ impl OutputOptions {
                 )));
             }
         }
-        if let Some(k) = KNOWN_KEYS.iter().find(|k| **k == key)
-            && !self.given.contains(k)
+        if let Some(k) = KNOWN_KEYS
+            .iter()
+            .find(|k| **k == key)
+            .filter(|k| !self.given.contains(k))
         {
             self.given.push(k);
         }

@@ -420,9 +420,7 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
                 )
             } else if target_exists {
                 let up = open_updater(dst, device.then_some(Format::Raw))?;
-                if let Some(f) = opts.output_format
-                    && f != up.format()
-                {
+                if let Some(f) = opts.output_format.filter(|f| *f != up.format()) {
                     return Err(Error::InvalidArgument(format!(
                         "{} is a {} image; an output format ({f}) applies only to a new target",
                         dst.display(),
@@ -576,8 +574,9 @@ fn check_state(
             st.block_size
         )));
     }
-    if let Some(f) = opts.output_format
-        && st.tgt_format.parse::<Format>().ok() != Some(f)
+    if let Some(f) = opts
+        .output_format
+        .filter(|f| st.tgt_format.parse::<Format>().ok() != Some(*f))
     {
         return Err(hard(format!(
             "the target is a {} image; an output format ({f}) applies only to a new target",
