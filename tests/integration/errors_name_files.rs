@@ -80,6 +80,7 @@ fn truncate(p: &Path, len: u64) {
 fn check_convert_names_source(dir: &Path, bad: &Path, first: &Path) {
     let out = dir.join("result.raw");
     for fmt in ["raw", "qcow2", "vhdx"] {
+        let out = dir.join(format!("result.{fmt}"));
         let e = fails(&["convert", "-O", fmt, s(bad), s(&out)], 1);
         assert_names(&e, first, &[&out]);
         assert!(!out.exists());

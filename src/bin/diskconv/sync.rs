@@ -96,7 +96,9 @@ pub struct SyncArgs {
 }
 
 /// Checks the --export options before any pass runs.
-fn export_options(args: &SyncArgs) -> Result<Option<(PathBuf, OutputOptions)>> {
+/// `check_paths`: also check the paths the export will write (the file system, not the command
+/// line: a failure there is not a usage error).
+fn export_options(args: &SyncArgs, check_paths: bool) -> Result<Option<(PathBuf, OutputOptions)>> {
     let (Some(path), Some(fmt)) = (&args.export, &args.export_format) else {
         return Ok(None);
     };
@@ -113,6 +115,9 @@ fn export_options(args: &SyncArgs) -> Result<Option<(PathBuf, OutputOptions)>> {
         )));
     }
     // Every path the export writes is checked before the first pass reads anything.
+    if !check_paths {
+        return Ok(Some((path.clone(), o)));
+    }
     if let OutputTarget::BlockDevice { .. } = check_output(path, &o).in_file(path)? {
         return Err(Error::InvalidArgument(
             "is a block device; --export writes a file (sync to the device instead)".into(),
@@ -293,7 +298,7 @@ pub fn check_usage(args: &SyncArgs) -> Result<Option<Format>> {
     block_size(args)?;
     window(args)?;
     check_interval(args)?;
-    export_options(args)?;
+    export_options(args, false)?;
     Ok(explicit)
 }
 
@@ -302,7 +307,7 @@ pub fn run(args: SyncArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     let block_size = block_size(&args)?;
     let window_bytes = window(&args)?;
     check_interval(&args)?;
-    let export_to = export_options(&args)?;
+    let export_to = export_options(&args, true)?;
     let place = state_path_for(&args.dst, args.state.as_deref())?;
     if place.in_current_folder {
         errln!(
