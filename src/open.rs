@@ -178,6 +178,15 @@ impl<'a> OpenContext<'a> {
         Ok((ctx, canonical))
     }
 
+    /// The context for looking at the image at `path` itself (a check, not an open): references
+    /// are confined to its folder and the image counts as entered, so a file naming itself is
+    /// a loop. Returns the canonical path too.
+    pub(crate) fn for_image(path: &Path, opts: &'a OpenOptions) -> Result<(Self, PathBuf)> {
+        let (mut ctx, canonical) = Self::for_top(path, opts)?;
+        ctx.chain.push(canonical.clone());
+        Ok((ctx, canonical))
+    }
+
     /// Number of images above the one being opened.
     pub fn depth(&self) -> u32 {
         self.chain.len() as u32
