@@ -381,7 +381,8 @@ impl<T: Copy> SpaceMap<T> {
     /// Sorts the claims and reports overlaps (at most `max_overlaps`) and the gaps in
     /// `[from, to)`.
     pub fn finish(mut self, from: u64, to: u64, max_overlaps: usize) -> SpaceReport<T> {
-        self.uses.sort_unstable_by_key(|u| (u.start, u.end));
+        // Stable: of two claims of the same range, the one made first is reported first.
+        self.uses.sort_by_key(|u| (u.start, u.end));
         let mut report = SpaceReport {
             overlaps: Vec::new(),
             gaps: Vec::new(),

@@ -3,6 +3,7 @@
 //! Oracles (qemu-img, imago) make the inputs and check the outputs. With `CI=true` a missing
 //! oracle fails the test instead of skipping it.
 
+mod check_formats;
 mod cli;
 mod contract;
 mod convert;

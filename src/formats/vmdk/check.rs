@@ -542,6 +542,23 @@ impl Checker<'_> {
             if let Some(eos) = walk.eos {
                 leak_end = eos;
             }
+            if let Some(end) = walk.ended_at {
+                if h.gd_offset == GD_AT_END || walk.footer.is_some() {
+                    // VMware's layout ends with footer and end-of-stream marker.
+                    self.add_values(
+                        ProblemKind::Corruption,
+                        "end-of-stream marker",
+                        end,
+                        "the stream ends without an end-of-stream marker (truncated?)".to_string(),
+                        "an end-of-stream marker",
+                        "the end of the file",
+                    );
+                } else {
+                    self.report.notes.push(
+                        "the stream has no end-of-stream marker (qemu's writer omits it when the grain directory is at the front)".into(),
+                    );
+                }
+            }
             match self.footer(s, len, &h, &walk, &mut space) {
                 FooterState::Use(f) => eh = f,
                 FooterState::Lost => {
@@ -1114,14 +1131,8 @@ impl Checker<'_> {
         let capacity = h.capacity;
         loop {
             if pos >= len {
-                self.add_values(
-                    ProblemKind::Corruption,
-                    "end-of-stream marker",
-                    pos,
-                    "the stream ends without an end-of-stream marker (truncated?)".to_string(),
-                    "an end-of-stream marker",
-                    "the end of the file",
-                );
+                // Whether that is wrong depends on the layout (see `sparse`).
+                w.ended_at = Some(pos);
                 return w;
             }
             let b = match win.get(pos, 512) {
@@ -1633,6 +1644,8 @@ struct Walk {
     footer: Option<u64>,
     /// The end-of-stream marker.
     eos: Option<u64>,
+    /// Where the walk reached the end of the file without an end-of-stream marker.
+    ended_at: Option<u64>,
 }
 
 /// Which header locates the grain directory of a stream.
