@@ -141,11 +141,7 @@ pub fn open_qcow2(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Qcow2Rea
 ///
 /// Such an image has no folder, so any file it names is refused.
 pub fn open_storage(storage: Arc<dyn Storage>, opts: &OpenOptions) -> Result<Box<dyn ImageReader>> {
-    let ctx = OpenContext {
-        opts,
-        root: None,
-        chain: Vec::new(),
-    };
+    let ctx = OpenContext::detached(opts);
     ctx.open_storage(storage, None, opts.format, opts.snapshot.as_deref())
 }
 
@@ -185,6 +181,16 @@ impl<'a> OpenContext<'a> {
         let (mut ctx, canonical) = Self::for_top(path, opts)?;
         ctx.chain.push(canonical.clone());
         Ok((ctx, canonical))
+    }
+
+    /// A context for an image that has no folder (held in memory): every file it names is
+    /// refused.
+    pub(crate) fn detached(opts: &'a OpenOptions) -> Self {
+        OpenContext {
+            opts,
+            root: None,
+            chain: Vec::new(),
+        }
     }
 
     /// Number of images above the one being opened.

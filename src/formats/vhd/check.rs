@@ -554,7 +554,12 @@ impl Checker<'_> {
             return Ok(());
         };
         space.add(toff, bat_bytes.next_multiple_of(512), Owner::Bat);
-        let locator_names = self.locators(&hb, hoff, data_end, &mut space);
+        // Only a differencing disk has a parent: the reader ignores locators elsewhere.
+        let locator_names = if f.disk_type == DiskType::Differencing {
+            self.locators(&hb, hoff, data_end, &mut space)
+        } else {
+            Vec::new()
+        };
 
         let span = header.bitmap_size() + bs;
         self.report.cluster_size = bs;
@@ -842,5 +847,197 @@ impl Checker<'_> {
                 tried.join("; ")
             ),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::check::ProblemKind as K;
+    use crate::formats::vhd::{dynamic, footer};
+    use crate::open::OpenOptions;
+    use crate::storage::MemStorage;
+
+    /// A 16 KiB dynamic VHD of four 4 KiB blocks, built field by field: footer copy at 0,
+    /// dynamic header at 512 (BAT at 1536, 4 entries), blocks 0 and 2 stored (512-byte sector
+    /// bitmap + 4 KiB each) at 2048 and 6656, footer at 11264.
+    fn image() -> Vec<u8> {
+        let chs = Chs::for_sectors(32);
+        let f = footer::tests::sample(3, b"win ", 16384, (chs.cylinders, chs.heads, chs.sectors));
+        let h = dynamic::tests::sample(1536, 4, 4096);
+        let mut b = vec![0u8; 11776];
+        b[..512].copy_from_slice(&f); // footer copy
+        b[512..1536].copy_from_slice(&h); // dynamic header
+        for (i, e) in [4u32, u32::MAX, 13, u32::MAX].iter().enumerate() {
+            b[1536 + 4 * i..1540 + 4 * i].copy_from_slice(&e.to_be_bytes()); // BAT
+        }
+        b[2048] = 0xff; // block 0: bitmap, then data
+        b[2560..6656].fill(0x11);
+        b[6656] = 0xff; // block 2
+        b[7168..11264].fill(0x22);
+        b[11264..].copy_from_slice(&f); // footer
+        b
+    }
+
+    fn run(b: Vec<u8>) -> CheckReport {
+        let opts = OpenOptions::default();
+        let ctx = OpenContext::detached(&opts);
+        check(&MemStorage::from_vec(b), None, &ctx).unwrap()
+    }
+
+    #[test]
+    fn clean_dynamic_disk() {
+        let r = run(image());
+        assert!(r.is_clean() && r.warnings == 0, "{r}");
+        assert_eq!((r.total_clusters, r.allocated_clusters), (4, 2));
+        assert_eq!(r.cluster_size, 4096);
+    }
+
+    #[test]
+    fn footer_checksum_and_copy() {
+        let mut b = image();
+        b[11264 + 60 + 3] = 4; // disk type 4 at the end only: checksum now wrong
+        let r = run(b.clone());
+        assert!(
+            r.has(K::Corruption, "VHD footer at 0x2c00: the checksum"),
+            "{r}"
+        );
+        // The copy at 0 differs from the end footer in the disk type: a corruption too.
+        assert!(
+            r.has(
+                K::Corruption,
+                "differs from the footer at 0x2c00 in: disk type"
+            ),
+            "{r}"
+        );
+        // Only the timestamp differs: a warning.
+        let mut b = image();
+        b[24] ^= 1;
+        let sum = footer::checksum(&b[..512], 64);
+        b[64..68].copy_from_slice(&sum.to_be_bytes());
+        let r = run(b);
+        assert!(r.is_clean() && r.has(K::Warning, "in: timestamp"), "{r}");
+    }
+
+    #[test]
+    fn bat_entries() {
+        // Past the end of the file.
+        let mut b = image();
+        b[1536..1540].copy_from_slice(&100u32.to_be_bytes());
+        let r = run(b);
+        let p = r.problems.iter().find(|p| p.kind == K::Corruption).unwrap();
+        assert_eq!(
+            (p.structure.as_deref(), p.offset),
+            (Some("BAT"), 1536),
+            "{r}"
+        );
+        assert!(
+            p.message.contains("entry 0") && p.message.contains("0xc800"),
+            "{r}"
+        );
+        assert_eq!(p.found.as_deref(), Some("0xda00")); // 0xc800 + 512 + 4096
+        // Two entries at one block: a corruption; the other block is leaked.
+        let mut b = image();
+        b[1544..1548].copy_from_slice(&4u32.to_be_bytes());
+        let r = run(b);
+        assert!(
+            r.has(
+                K::Corruption,
+                "entries 0 and 2 point at the same block at 0x800"
+            ),
+            "{r}"
+        );
+        assert!(r.has(K::Leak, "bytes 0x1a00..0x2c00"), "{r}");
+        // Overlapping the BAT.
+        let mut b = image();
+        b[1536..1540].copy_from_slice(&3u32.to_be_bytes());
+        let r = run(b);
+        assert!(r.has(K::Corruption, "overlaps the BAT"), "{r}");
+        // Allocated beyond the disk's blocks: a leak.
+        let mut b = image();
+        let h = dynamic::tests::sample(1536, 5, 4096);
+        b[512..1536].copy_from_slice(&h);
+        b[1552..1556].copy_from_slice(&4u32.to_be_bytes()); // entry 4 (there are 4 blocks)
+        let r = run(b);
+        assert!(r.has(K::Leak, "beyond the disk's 4 blocks"), "{r}");
+    }
+
+    #[test]
+    fn header_and_geometry() {
+        let mut b = image();
+        b[512 + 900] = 1; // inside the dynamic header: its checksum is wrong
+        let r = run(b);
+        assert!(
+            r.has(K::Corruption, "VHD dynamic header at 0x200: the checksum"),
+            "{r}"
+        );
+        // Another geometry for the same size: a warning naming both.
+        let mut b = image();
+        b.swap(58, 59);
+        let sum = footer::checksum(&b[..512], 64);
+        b[64..68].copy_from_slice(&sum.to_be_bytes());
+        let (copy, end) = b.split_at_mut(11264);
+        end.copy_from_slice(&copy[..512]);
+        let r = run(b);
+        assert!(r.is_clean(), "{r}");
+        let p = &r.problems[0];
+        assert_eq!(p.kind, K::Warning);
+        assert!(p.message.contains("geometry"), "{r}");
+    }
+
+    #[test]
+    fn fixed_disk_sizes() {
+        let chs = Chs::for_sectors(16);
+        let f = footer::tests::sample(2, b"win ", 8192, (chs.cylinders, chs.heads, chs.sectors));
+        let mut b = vec![0u8; 8192];
+        b.extend_from_slice(&f);
+        assert!(run(b.clone()).is_clean());
+        let mut short = b[4096..].to_vec();
+        short.truncate(4096);
+        short.extend_from_slice(&f);
+        let r = run(short);
+        assert!(
+            r.has(K::Corruption, "the end of the disk is missing"),
+            "{r}"
+        );
+        let mut long = vec![0u8; 4096];
+        long.extend_from_slice(&b);
+        let r = run(long);
+        assert!(
+            r.has(K::Leak, "between the end of the disk and the footer"),
+            "{r}"
+        );
+        assert_eq!(r.corruptions, 0);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let base = image();
+        let mut x = 0x1234_5678_u64;
+        for _ in 0..3000 {
+            let mut b = base.clone();
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = (x >> 8) as usize % b.len();
+                b[at] = x as u8;
+            }
+            // Keep the checksums right half of the time so the deeper checks run.
+            if x & 1 == 0 {
+                for at in [0, 11264] {
+                    let sum = footer::checksum(&b[at..at + 512], 64);
+                    b[at + 64..at + 68].copy_from_slice(&sum.to_be_bytes());
+                }
+                let sum = footer::checksum(&b[512..1536], 36);
+                b[548..552].copy_from_slice(&sum.to_be_bytes());
+            }
+            let opts = OpenOptions::default();
+            let _ = check(
+                &MemStorage::from_vec(b),
+                None,
+                &OpenContext::detached(&opts),
+            );
+        }
     }
 }
