@@ -24,7 +24,7 @@ use crate::error::{Error, Result, ResultExt};
 use crate::formats::{qcow2, vhd, vhdx, vmdk};
 use crate::image::Format;
 use crate::open::{OpenContext, OpenOptions, ReferencePolicy};
-use crate::storage::FileStorage;
+use crate::storage::{FileStorage, Storage};
 
 pub use crate::formats::check::{CheckProblem, CheckReport, ProblemKind};
 
@@ -36,6 +36,57 @@ pub struct CheckOptions {
     /// Also decompress every compressed grain of a VMDK and check it inflates to exactly one
     /// grain (slower: it reads and inflates all the data).
     pub deep: bool,
+}
+
+/// Checks an image held in `storage` (memory, or a file the caller opened), read-only; the
+/// format is detected unless given. Such an image has no folder, so the files it names (VMDK
+/// extents, parents) are not opened: they are reported as not checked.
+pub fn check_storage(
+    storage: Arc<dyn Storage>,
+    format: Option<Format>,
+    opts: &CheckOptions,
+) -> Result<CheckReport> {
+    let open = OpenOptions::default().references(opts.references);
+    let ctx = OpenContext::detached(&open);
+    let format = match format {
+        Some(f) => f,
+        None => detect(storage.as_ref())?,
+    };
+    dispatch(storage, format, None, &ctx, opts).map_err(|e| match e {
+        Dispatch::Error(e) => e,
+        Dispatch::Nothing(f) => Error::Unsupported(format!(
+            "a {f} image has no structure to check; only qcow2, VMDK, VHD and VHDX images have"
+        )),
+    })
+}
+
+/// Why [`dispatch`] gave no report.
+enum Dispatch {
+    Error(Error),
+    /// The format has no structure to check.
+    Nothing(Format),
+}
+
+fn dispatch(
+    storage: Arc<dyn Storage>,
+    format: Format,
+    path: Option<&Path>,
+    ctx: &OpenContext<'_>,
+    opts: &CheckOptions,
+) -> std::result::Result<CheckReport, Dispatch> {
+    match format {
+        Format::Qcow2 => qcow2::check(storage.as_ref()),
+        Format::Vmdk => vmdk::check::check(
+            storage,
+            path,
+            ctx,
+            &vmdk::check::VmdkCheckOptions { deep: opts.deep },
+        ),
+        Format::Vhd => vhd::check::check(storage.as_ref(), path, ctx),
+        Format::Vhdx => vhdx::check::check(storage.as_ref()),
+        other => return Err(Dispatch::Nothing(other)),
+    }
+    .map_err(Dispatch::Error)
 }
 
 /// Checks the image at `path`, read-only.
@@ -50,22 +101,12 @@ pub fn check_file(path: &Path, opts: &CheckOptions) -> Result<CheckReport> {
         .map_err(|e| Error::io("opening read-only", e))
         .in_file(path)?;
     let format = detect(&storage).in_file(path)?;
-    let report = match format {
-        Format::Qcow2 => qcow2::check(&storage),
-        Format::Vmdk => vmdk::check::check(
-            Arc::new(storage),
-            Some(&canonical),
-            &ctx,
-            &vmdk::check::VmdkCheckOptions { deep: opts.deep },
-        ),
-        Format::Vhd => vhd::check::check(&storage, Some(&canonical), &ctx),
-        Format::Vhdx => vhdx::check::check(&storage),
-        other => {
-            return Err(Error::Unsupported(format!(
-                "{} is a {other} image; only qcow2, VMDK, VHD and VHDX images have structure to check",
-                path.display()
-            )));
-        }
-    };
-    report.in_file(path)
+    match dispatch(Arc::new(storage), format, Some(&canonical), &ctx, opts) {
+        Ok(r) => Ok(r),
+        Err(Dispatch::Error(e)) => Err(e.in_file(path)),
+        Err(Dispatch::Nothing(other)) => Err(Error::Unsupported(format!(
+            "{} is a {other} image; only qcow2, VMDK, VHD and VHDX images have structure to check",
+            path.display()
+        ))),
+    }
 }
