@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod compare;
 pub mod convert;
 pub mod detect;

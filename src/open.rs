@@ -144,11 +144,7 @@ pub fn open_qcow2(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Qcow2Rea
 ///
 /// Such an image has no folder, so any file it names is refused.
 pub fn open_storage(storage: Arc<dyn Storage>, opts: &OpenOptions) -> Result<Box<dyn ImageReader>> {
-    let ctx = OpenContext {
-        opts,
-        root: None,
-        chain: Vec::new(),
-    };
+    let ctx = OpenContext::detached(opts);
     ctx.open_storage(storage, None, opts.format, opts.snapshot.as_deref())
 }
 
@@ -179,6 +175,25 @@ impl<'a> OpenContext<'a> {
             chain: Vec::new(),
         };
         Ok((ctx, canonical))
+    }
+
+    /// The context for looking at the image at `path` itself (a check, not an open): references
+    /// are confined to its folder and the image counts as entered, so a file naming itself is
+    /// a loop. Returns the canonical path too.
+    pub(crate) fn for_image(path: &Path, opts: &'a OpenOptions) -> Result<(Self, PathBuf)> {
+        let (mut ctx, canonical) = Self::for_top(path, opts)?;
+        ctx.chain.push(canonical.clone());
+        Ok((ctx, canonical))
+    }
+
+    /// A context for an image that has no folder (held in memory): every file it names is
+    /// refused.
+    pub(crate) fn detached(opts: &'a OpenOptions) -> Self {
+        OpenContext {
+            opts,
+            root: None,
+            chain: Vec::new(),
+        }
     }
 
     /// Number of images above the one being opened.

@@ -1,16 +1,22 @@
-//! Shared by the image fuzz targets: open bytes as an image of a forced format, then map and
-//! read a bounded number of extents (plus an unaligned read across each extent's end). Any
-//! panic is a bug; errors are fine.
+//! Shared by the image fuzz targets: run the structural check (`diskconv check`, deep) on the
+//! bytes as an image of a forced format, then open them, map and read a bounded number of
+//! extents (plus an unaligned read across each extent's end). Any panic is a bug; errors are
+//! fine.
 
 use std::sync::Arc;
 
 use diskconv::storage::MemStorage;
 use diskconv::{Format, OpenOptions};
 
-/// Opens `data` as `format` from memory (files it names are refused: it has no folder) and
-/// walks it.
+/// Checks `data` as `format`, then opens it from memory (files it names are refused: it has no
+/// folder) and walks it.
 pub fn open_and_walk(data: &[u8], format: Format) {
     let storage = Arc::new(MemStorage::from_vec(data.to_vec()));
+    let check = diskconv::check::CheckOptions {
+        deep: true,
+        ..Default::default()
+    };
+    let _ = diskconv::check::check_storage(storage.clone(), Some(format), &check);
     let opts = OpenOptions::new().format(format);
     let Ok(img) = diskconv::open_storage(storage, &opts) else {
         return;

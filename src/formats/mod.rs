@@ -2,6 +2,7 @@
 //! implements [`ImageReader`](crate::image::ImageReader) and
 //! [`ImageWriter`](crate::image::ImageWriter).
 
+pub mod check;
 pub mod error;
 pub mod qcow2;
 pub mod raw;

@@ -106,8 +106,8 @@ pub enum Command {
     /// Compare the contents of two images of any formats. Exit 0: same, 1: different, 2: error.
     #[command(after_help = crate::exit::COMPARE)]
     Compare(CompareArgs),
-    /// Check the structure of a qcow2 image. Exit 0: clean, 2: corruptions, 3: leaks only,
-    /// 1: the check could not run.
+    /// Check the structure of a qcow2, VMDK, VHD or VHDX image. Exit 0: clean (warnings
+    /// allowed), 2: corruptions, 3: leaks only, 1: the check could not run.
     #[command(after_help = crate::exit::CHECK)]
     Check(CheckArgs),
     /// Read and edit Windows registry hives offline: ls, get, set, delete, import, export, check,
@@ -239,6 +239,9 @@ pub struct CheckArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also inflate every compressed grain of a VMDK (slower: reads all the data).
+    #[arg(long)]
+    pub deep: bool,
     /// The image.
     pub image: PathBuf,
 }

@@ -55,10 +55,10 @@ pub const VERIFY: &str = concat!(
 /// `diskconv check`.
 pub const CHECK: &str = concat!(
     "Exit codes:
-  0    the image is clean
-  1    failure: the check could not run (not a qcow2 image, unreadable)
-  2    corruptions found
-  3    leaked clusters only
+  0    the image is clean (warnings allowed)
+  1    failure: the check could not run (not a qcow2, VMDK, VHD or VHDX image, unreadable)
+  2    corruptions found (or a part of the image could not be read)
+  3    leaks only (wasted space, harmless)
 ",
     common_tail!()
 );

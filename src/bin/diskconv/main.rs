@@ -25,9 +25,7 @@ use std::time::Instant;
 use diskconv::compare::{Comparison, compare};
 use diskconv::error::ResultExt;
 use diskconv::files::OutputTarget;
-use diskconv::formats::qcow2;
 use diskconv::image::{ExtentKind, ImageInfo};
-use diskconv::storage::FileStorage;
 use diskconv::util::human_bytes;
 use diskconv::{
     ConvertOptions, Error, ErrorKind, Format, ImageReader, OpenOptions, OutputOptions, Progress,
@@ -89,7 +87,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Info(a) => info(a, policy),
         Command::Map(a) => map(a, policy),
         Command::Compare(a) => compare_cmd(a, policy),
-        Command::Check(a) => check(a),
+        Command::Check(a) => check(a, policy),
         Command::Hive(a) => hive::run(a),
         Command::Sync(a) => sync::run(a, policy),
         Command::Verify(a) => verify::run(a, policy),
@@ -532,18 +530,12 @@ fn compare_cmd(a: args::CompareArgs, policy: ReferencePolicy) -> Result<ExitCode
     }
 }
 
-fn check(a: args::CheckArgs) -> Result<ExitCode> {
-    let storage = FileStorage::open_read_only(&a.image)
-        .map_err(|e| Error::io("opening read-only", e))
-        .in_file(&a.image)?;
-    let format = diskconv::detect::detect(&storage).in_file(&a.image)?;
-    if format != Format::Qcow2 {
-        return Err(Error::Unsupported(format!(
-            "{} is a {format} image; only qcow2 images have structure to check",
-            a.image.display()
-        )));
-    }
-    let report = qcow2::check(&storage).in_file(&a.image)?;
+fn check(a: args::CheckArgs, policy: ReferencePolicy) -> Result<ExitCode> {
+    let opts = diskconv::check::CheckOptions {
+        references: policy,
+        deep: a.deep,
+    };
+    let report = diskconv::check::check_file(&a.image, &opts)?;
     let mut stdout = std::io::stdout().lock();
     let r = if a.json {
         serde_json::to_writer_pretty(&mut stdout, &report)
@@ -553,6 +545,7 @@ fn check(a: args::CheckArgs) -> Result<ExitCode> {
         write!(stdout, "{report}")
     };
     r.map_err(term::stdout_error)?;
+    // qemu-img check's codes: warnings alone leave the image clean.
     Ok(ExitCode::from(
         if report.corruptions > 0 || report.check_errors > 0 {
             2

@@ -24,9 +24,6 @@
 //! Known differences from `qemu-img check` (qemu 10): see [`check`].
 
 use std::collections::HashMap;
-use std::fmt;
-
-use serde::Serialize;
 
 use super::header::{
     AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, MAX_CLUSTER_BITS,
@@ -35,6 +32,7 @@ use super::header::{
 use super::l1l2::{self, COMPRESSED, COPIED, L2_RESERVED, L2Entry, OFFSET_MASK, SubclusterBitmap};
 use super::refcount::{self, REFTABLE_RESERVED};
 use crate::error::{Error, Result};
+pub use crate::formats::check::{CheckProblem, CheckReport, MAX_LISTED_PROBLEMS, ProblemKind};
 use crate::storage::Storage;
 use crate::util::{be16, be32, be64};
 
@@ -42,9 +40,6 @@ use crate::util::{be16, be32, be64};
 /// owner tag), so this is 1.25 GiB: a 16 TiB file with 64 KiB clusters, 128 GiB with 512-byte
 /// clusters. Larger files are refused with [`ErrorKind::Unsupported`](crate::ErrorKind).
 pub const MAX_HOST_CLUSTERS: u64 = 1 << 28;
-
-/// Most problems listed one by one in a [`CheckReport`]; further ones are only counted.
-pub const MAX_LISTED_PROBLEMS: usize = 10_000;
 
 /// Upper bound on the snapshot table (qemu's QCOW_MAX_SNAPSHOTS_SIZE, 1 KiB x 65536).
 const MAX_SNAPSHOT_TABLE_BYTES: u64 = 64 << 20;
@@ -66,150 +61,6 @@ const BITMAP_FLAG_IN_USE: u32 = 1;
 const BITMAP_TABLE_RESERVED: u64 = 0xff00_0000_0000_01fe;
 /// Bit 0 of a bitmap table entry with offset 0: the cluster reads as all ones.
 const BITMAP_TABLE_ALL_ONES: u64 = 1;
-
-/// How serious a [`CheckProblem`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ProblemKind {
-    /// Metadata is inconsistent: data may be lost or further writes may corrupt the image.
-    Corruption,
-    /// A cluster has a higher stored refcount than it is referenced: wasted space, no harm.
-    Leak,
-    /// The check itself could not look at something (an I/O error, unreadable refcounts).
-    CheckError,
-}
-
-/// One problem found by [`check`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CheckProblem {
-    /// Corruption, leak or check error.
-    pub kind: ProblemKind,
-    /// Host (file) offset of the cluster or structure concerned.
-    pub offset: u64,
-    /// What is wrong, e.g. "cluster 5 refcount=0 reference=1".
-    pub message: String,
-}
-
-/// The result of [`check`]. Field names in JSON follow `qemu-img check --output=json`.
-#[derive(Debug, Clone, Default, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct CheckReport {
-    /// Problems in the order found, at most [`MAX_LISTED_PROBLEMS`].
-    pub problems: Vec<CheckProblem>,
-    /// Problems found but not listed because of [`MAX_LISTED_PROBLEMS`].
-    pub unlisted_problems: u64,
-    /// Number of corruptions (JSON `corruptions`).
-    pub corruptions: u64,
-    /// Number of leaked clusters (JSON `leaks`).
-    pub leaks: u64,
-    /// Number of errors of the check itself (JSON `check-errors`).
-    pub check_errors: u64,
-    /// Guest clusters in the virtual disk (JSON `total-clusters`).
-    pub total_clusters: u64,
-    /// Guest clusters allocated in the active table, compressed ones included
-    /// (JSON `allocated-clusters`).
-    pub allocated_clusters: u64,
-    /// Allocated guest clusters not stored right after the previous one of the same L2 table;
-    /// compressed clusters always count (JSON `fragmented-clusters`).
-    pub fragmented_clusters: u64,
-    /// Compressed guest clusters (JSON `compressed-clusters`).
-    pub compressed_clusters: u64,
-    /// End of the last host cluster that is used or has a refcount (JSON `image-end-offset`).
-    pub image_end_offset: u64,
-    /// Cluster size of the image in bytes.
-    pub cluster_size: u64,
-    /// The dirty bit (lazy refcounts) is set: stored refcounts may legitimately be stale.
-    pub dirty: bool,
-    /// Remarks that are not problems (dirty bit, stale bitmaps, bitmaps in use).
-    pub notes: Vec<String>,
-}
-
-impl CheckReport {
-    /// No corruption, no leak and no check error.
-    pub fn is_clean(&self) -> bool {
-        self.corruptions == 0 && self.leaks == 0 && self.check_errors == 0
-    }
-
-    fn push(&mut self, kind: ProblemKind, offset: u64, message: String) {
-        match kind {
-            ProblemKind::Corruption => self.corruptions += 1,
-            ProblemKind::Leak => self.leaks += 1,
-            ProblemKind::CheckError => self.check_errors += 1,
-        }
-        if self.problems.len() < MAX_LISTED_PROBLEMS {
-            self.problems.push(CheckProblem {
-                kind,
-                offset,
-                message,
-            });
-        } else {
-            self.unlisted_problems += 1;
-        }
-    }
-}
-
-impl fmt::Display for CheckReport {
-    /// Text in the style of `qemu-img check`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for p in &self.problems {
-            let prefix = match p.kind {
-                ProblemKind::Corruption => "ERROR ",
-                ProblemKind::Leak => "Leaked ",
-                ProblemKind::CheckError => "Check error: ",
-            };
-            writeln!(f, "{prefix}{}", p.message)?;
-        }
-        if self.unlisted_problems > 0 {
-            writeln!(f, "({} more problems not listed)", self.unlisted_problems)?;
-        }
-        for n in &self.notes {
-            writeln!(f, "Note: {n}")?;
-        }
-        if self.is_clean() {
-            writeln!(f, "No errors were found on the image.")?;
-        } else {
-            if self.corruptions > 0 {
-                writeln!(
-                    f,
-                    "\n{} errors were found on the image.\n\
-                     Data may be corrupted, or further writes to the image may corrupt it.",
-                    self.corruptions
-                )?;
-            }
-            if self.leaks > 0 {
-                writeln!(
-                    f,
-                    "\n{} leaked clusters were found on the image.\n\
-                     This means waste of disk space, but no harm to data.",
-                    self.leaks
-                )?;
-            }
-            if self.check_errors > 0 {
-                writeln!(
-                    f,
-                    "\n{} internal errors have occurred during the check.",
-                    self.check_errors
-                )?;
-            }
-        }
-        if self.total_clusters != 0 && self.allocated_clusters != 0 {
-            let pct = |a: u64, b: u64| a as f64 * 100.0 / b as f64;
-            writeln!(
-                f,
-                "{}/{} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters",
-                self.allocated_clusters,
-                self.total_clusters,
-                pct(self.allocated_clusters, self.total_clusters),
-                pct(self.fragmented_clusters, self.allocated_clusters),
-                pct(self.compressed_clusters, self.allocated_clusters),
-            )?;
-        }
-        if self.image_end_offset != 0 {
-            writeln!(f, "Image end offset: {}", self.image_end_offset)?;
-        }
-        Ok(())
-    }
-}
 
 /// Checks the structure of the qcow2 image in `storage`, read-only.
 ///
@@ -268,7 +119,7 @@ pub fn check(storage: &dyn Storage) -> Result<CheckReport> {
     let report = CheckReport {
         total_clusters: h.size.div_ceil(cs),
         cluster_size: cs,
-        ..CheckReport::default()
+        ..CheckReport::new("qcow2")
     };
     let mut c = Checker {
         storage,

@@ -125,6 +125,28 @@ pub(crate) fn load_footer(storage: &dyn Storage) -> Result<(VhdFooter, u64, Vec<
     }
 }
 
+/// The file names to try for a parent named `names` (locators and header name, best first):
+/// Windows paths get slashes; an absolute path with a drive letter cannot name a file here, so
+/// only its last component is tried (beside the child). Duplicates and empty names are dropped.
+pub(crate) fn parent_candidates(names: &[String]) -> Vec<String> {
+    let mut candidates: Vec<String> = Vec::new();
+    for n in names {
+        let unix = n.replace('\\', "/");
+        let unix = unix.strip_prefix("./").unwrap_or(&unix).to_string();
+        let bytes = unix.as_bytes();
+        let drive = bytes.len() >= 2 && bytes[1] == b':' && bytes[0].is_ascii_alphabetic();
+        let c = if drive {
+            unix.rsplit('/').next().unwrap_or("").to_string()
+        } else {
+            unix
+        };
+        if !c.is_empty() && !candidates.contains(&c) {
+            candidates.push(c);
+        }
+    }
+    candidates
+}
+
 fn corrupt(what: &str, offset: u64, detail: String) -> Error {
     FormatError::Corrupt {
         format: "VHD",
@@ -335,23 +357,7 @@ impl VhdReader {
         if !header.parent_name.is_empty() {
             names.push(header.parent_name.clone());
         }
-        // Windows paths: backslashes become slashes; an absolute path with a drive letter
-        // cannot name a file here, so only its last component is tried (beside the child).
-        let mut candidates: Vec<String> = Vec::new();
-        for n in &names {
-            let unix = n.replace('\\', "/");
-            let unix = unix.strip_prefix("./").unwrap_or(&unix).to_string();
-            let bytes = unix.as_bytes();
-            let drive = bytes.len() >= 2 && bytes[1] == b':' && bytes[0].is_ascii_alphabetic();
-            let c = if drive {
-                unix.rsplit('/').next().unwrap_or("").to_string()
-            } else {
-                unix
-            };
-            if !c.is_empty() && !candidates.contains(&c) {
-                candidates.push(c);
-            }
-        }
+        let candidates = parent_candidates(&names);
         if candidates.is_empty() {
             return Err(corrupt(
                 "dynamic header",

@@ -5,6 +5,7 @@
 //! and payload blocks. Every checksum is CRC-32C over the structure with its checksum zeroed.
 
 pub mod bat;
+pub mod check;
 pub mod header;
 pub mod log;
 pub mod metadata;

@@ -15,6 +15,7 @@
 //! The specification is VMware's "Virtual Disk Format 5.0"; REFERENCE.md section 2 lists what
 //! real tools write that the specification does not say.
 
+pub mod check;
 pub mod cowd;
 pub mod descriptor;
 pub mod ova;
