@@ -242,6 +242,8 @@ pub struct CheckArgs {
     /// Also inflate every compressed grain of a VMDK (slower: reads all the data).
     #[arg(long)]
     pub deep: bool,
+    #[command(flatten)]
+    pub refs: RefArgs,
     /// The image.
     pub image: PathBuf,
 }
@@ -259,6 +261,7 @@ impl Command {
             Command::Sync(a) => a.refs,
             Command::Verify(a) => a.refs,
             Command::Inspect(a) => a.refs,
+            Command::Check(a) => a.refs,
             Command::Inject(a) => match &a.command {
                 InjectCommand::Windows(w) => w.refs,
             },
@@ -270,7 +273,7 @@ impl Command {
                 | NtfsCommand::Mkdir { target, .. } => target.refs,
                 NtfsCommand::Rollback { .. } => return ReferencePolicy::default(),
             },
-            Command::Check(_) | Command::Hive(_) => return ReferencePolicy::default(),
+            Command::Hive(_) => return ReferencePolicy::default(),
         };
         r.references
     }
