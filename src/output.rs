@@ -1,8 +1,10 @@
 //! Output options (`-O FMT -o key=value,... -c`) and the writer factory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::convert::{ConvertOptions, ConvertStats, OutputFiles, ProgressFn, convert_to_files};
+use crate::convert::{
+    ConvertOptions, ConvertStats, OutputFiles, Progress, ProgressFn, convert, convert_to_files,
+};
 use crate::error::{Error, Result};
 use crate::formats::qcow2::header::{CompressionType, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
 use crate::formats::qcow2::{Qcow2WriteOptions, Qcow2Writer};
@@ -394,9 +396,86 @@ pub fn convert_file(
     )
 }
 
+/// The output name of disk `index` (from 1) when several disks are written from one name:
+/// `-disk<index>` before the extension (`web01.qcow2` -> `web01-disk2.qcow2`, `web01` ->
+/// `web01-disk2`), in the same folder.
+pub fn disk_output_path(target: &Path, index: usize) -> PathBuf {
+    let stem = target
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match target.extension() {
+        Some(ext) => format!("{stem}-disk{index}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-disk{index}"),
+    };
+    target.with_file_name(name)
+}
+
+/// Converts several sources, each into its own new file, all or nothing: every output is
+/// written under a temporary name, and only when every conversion succeeded are they renamed
+/// into place (in order). On any error nothing appears under a final name and existing files
+/// are left as they were. (The renames themselves are not atomic as a group: a rename that
+/// fails after others succeeded, which a same-folder rename does not do in practice, leaves
+/// the earlier ones in place.) `progress` sees the disks as one: `total` is the sum of their
+/// sizes.
+pub fn convert_files(
+    jobs: &[(&dyn ImageReader, &Path)],
+    opts: &OutputOptions,
+    convert_opts: &ConvertOptions,
+    mut progress: Option<&mut ProgressFn<'_>>,
+) -> Result<Vec<ConvertStats>> {
+    opts.validate()?;
+    for (i, (_, a)) in jobs.iter().enumerate() {
+        if jobs[..i].iter().any(|(_, b)| b == a) {
+            return Err(Error::InvalidArgument(format!(
+                "output {} is named twice",
+                a.display()
+            )));
+        }
+    }
+    let total: u64 = jobs.iter().map(|(r, _)| r.virtual_size()).sum();
+    let mut done_before = 0u64;
+    let mut pending = Vec::with_capacity(jobs.len());
+    let mut stats = Vec::with_capacity(jobs.len());
+    for (src, target) in jobs {
+        let size = src.virtual_size();
+        let mut files = OutputFiles::new(target);
+        let writer = create_writer(&mut files, size, opts).map_err(|e| e.in_file(*target))?;
+        let mut cb = |p: Progress| {
+            if let Some(f) = progress.as_mut() {
+                f(Progress {
+                    done: done_before + p.done,
+                    total,
+                });
+            }
+        };
+        let st =
+            convert(*src, writer, convert_opts, Some(&mut cb)).map_err(|e| e.in_file(*target))?;
+        done_before += size;
+        stats.push(st);
+        pending.push(files);
+    }
+    for files in pending {
+        files.commit()?;
+    }
+    Ok(stats)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_output_names() {
+        assert_eq!(
+            disk_output_path(Path::new("out/web01.qcow2"), 2),
+            Path::new("out/web01-disk2.qcow2")
+        );
+        assert_eq!(
+            disk_output_path(Path::new("web01"), 1),
+            Path::new("web01-disk1")
+        );
+    }
 
     #[test]
     fn parses_qemu_style_options() {
