@@ -260,7 +260,7 @@ pub struct PackageDisk {
     pub file_size: Option<u64>,
     /// Declared capacity in bytes (`None` when the descriptor uses a property for it).
     pub capacity: Option<u64>,
-    /// Declared capacity as written (`50 byte * 2^30`).
+    /// Declared capacity as written (`50 x byte * 2^30`).
     pub capacity_text: String,
     /// The declared format (a URL for OVF).
     pub format: Option<String>,

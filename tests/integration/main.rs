@@ -21,6 +21,7 @@ mod ntfs_fixture;
 mod ntfs_index;
 mod ntfs_model;
 mod ntfs_write;
+mod ova;
 mod qcow2_check;
 mod qcow2_read;
 mod qcow2_write;

@@ -80,6 +80,9 @@ pub struct SyncArgs {
     /// Compress --export (qcow2: `convert -c`).
     #[arg(long = "export-compressed", requires = "export")]
     pub export_compressed: bool,
+    /// Disk selection and checks of an OVA source.
+    #[command(flatten)]
+    pub package: crate::args::PackageArgs,
 }
 
 /// Checks the --export options before any pass runs.
@@ -177,6 +180,11 @@ pub fn run(args: SyncArgs, policy: ReferencePolicy) -> Result<ExitCode> {
             .map(|s| parse_format(s, "-f"))
             .transpose()?,
         references: policy,
+        source_package: {
+            let mut o = OpenOptions::new();
+            crate::package::apply(&args.package, &mut o);
+            o.package
+        },
         output_format: args
             .output_format
             .as_deref()

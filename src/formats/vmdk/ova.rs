@@ -119,6 +119,24 @@ pub enum OvaError {
 }
 
 impl OvaError {
+    /// The message without the hint of the option that overrides the check, for a warning
+    /// when the caller chose to accept it.
+    pub fn as_warning(&self) -> String {
+        match self {
+            OvaError::CapacityMismatch {
+                index,
+                member,
+                declared,
+                declared_text,
+                actual,
+            } => format!(
+                "OVA disk {index} ('{member}'): the OVF declares a capacity of {declared} bytes \
+                 ({declared_text}) but the disk holds {actual} bytes"
+            ),
+            other => other.to_string(),
+        }
+    }
+
     /// The crate-level kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {

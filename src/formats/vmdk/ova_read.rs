@@ -736,7 +736,7 @@ fn make_reader(
         if !po.allow_capacity_mismatch {
             return Err(e.into());
         }
-        warnings.push(e.to_string());
+        warnings.push(e.as_warning());
     }
     let mut package = pkg.describe();
     package.selected_disk = Some(index);
@@ -753,7 +753,7 @@ fn make_reader(
             match pkg.open_disk(i, ctx) {
                 Ok(other) => {
                     if let Some(e) = pkg.capacity_mismatch(i, other.virtual_size()) {
-                        warnings.push(e.to_string());
+                        warnings.push(e.as_warning());
                     }
                     if let Some(d) = package.disks.get_mut(i - 1) {
                         d.virtual_size = Some(other.virtual_size());

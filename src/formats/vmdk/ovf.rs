@@ -53,7 +53,7 @@ pub struct OvfDisk {
     /// The declared capacity in bytes (`ovf:capacity` times `ovf:capacityAllocationUnits`);
     /// `None` when the capacity is a `${property}` reference.
     pub capacity: Option<u64>,
-    /// `ovf:capacity` and its units as written, e.g. `50 byte * 2^30`.
+    /// `ovf:capacity` and its units as written, e.g. `50 x byte * 2^30`.
     pub capacity_text: String,
     /// `ovf:format`, a URL naming the disk format (e.g. VMware's `...vmdk.html#streamOptimized`).
     pub format: Option<String>,
@@ -545,7 +545,7 @@ pub fn parse_ovf(bytes: &[u8], file: &str) -> Result<OvfEnvelope> {
             let capacity_text = if units == "byte" {
                 cap.to_string()
             } else {
-                format!("{cap} {units}")
+                format!("{cap} x {units}")
             };
             let capacity = if cap.trim_start().starts_with("${") {
                 None
@@ -666,7 +666,7 @@ mod tests {
         assert_eq!(e.files[0].size, Some(7804077568));
         let d = &e.disks[0];
         assert_eq!(d.capacity, Some(50 << 30));
-        assert_eq!(d.capacity_text, "50 byte * 2^30");
+        assert_eq!(d.capacity_text, "50 x byte * 2^30");
         assert_eq!(d.populated_size, Some(18975752192));
         assert_eq!(e.file_of(d).unwrap().href, "disk1.vmdk");
         assert_eq!(e.networks, ["PG-VLAN60"]);
