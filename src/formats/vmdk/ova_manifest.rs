@@ -131,6 +131,8 @@ impl OvaManifest {
         })?;
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut entries: Vec<ManifestEntry> = Vec::new();
+        let mut seen: std::collections::HashMap<(String, DigestAlgorithm), usize> =
+            std::collections::HashMap::new();
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
             if line > MAX_LINES {
@@ -178,17 +180,11 @@ impl OvaManifest {
                     hex.len()
                 )));
             }
-            if let Some(prev) = entries
-                .iter()
-                .find(|e| e.name == name && e.algorithm == algorithm)
-            {
+            if let Some(prev) = seen.insert((name.to_string(), algorithm), line) {
                 return Err(syntax(
                     manifest,
                     line,
-                    format!(
-                        "'{name}' is listed twice with {algorithm} (lines {} and {line})",
-                        prev.line
-                    ),
+                    format!("'{name}' is listed twice with {algorithm} (lines {prev} and {line})"),
                 ));
             }
             entries.push(ManifestEntry {

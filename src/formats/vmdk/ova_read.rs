@@ -19,6 +19,7 @@
 //!
 //! [`PackageOptions::verify_manifest`]: crate::open::PackageOptions::verify_manifest
 
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
@@ -197,6 +198,10 @@ struct Manifest {
 pub struct OvaPackage {
     storage: Arc<dyn Storage>,
     members: Vec<OvaMember>,
+    /// Member index by name without a leading `./` (the first of duplicates).
+    by_name: HashMap<String, usize>,
+    /// Member index by file name (without folders); `None` when several share it.
+    by_base: HashMap<String, Option<usize>>,
     ovf_member: OvaMember,
     ovf: OvfEnvelope,
     manifest: Option<Manifest>,
@@ -283,9 +288,21 @@ impl OvaPackage {
                  manifest's digests"
             ));
         }
+        let mut by_name = HashMap::new();
+        let mut by_base: HashMap<String, Option<usize>> = HashMap::new();
+        for (i, m) in members.iter().enumerate() {
+            by_name.entry(plain_name(&m.name).to_string()).or_insert(i);
+            let base = m.name.rsplit('/').next().unwrap_or(&m.name).to_string();
+            by_base
+                .entry(base)
+                .and_modify(|v| *v = None)
+                .or_insert(Some(i));
+        }
         let mut pkg = OvaPackage {
             storage,
             members,
+            by_name,
+            by_base,
             ovf_member: ovf_member.clone(),
             ovf: OvfEnvelope::default(),
             manifest,
@@ -372,17 +389,11 @@ impl OvaPackage {
     /// without a leading `./`, else the only member with that file name in a folder.
     pub fn find_member(&self, name: &str) -> Option<&OvaMember> {
         let want = plain_name(name);
-        if let Some(m) = self.members.iter().find(|m| plain_name(&m.name) == want) {
-            return Some(m);
-        }
-        let mut by_base = self
-            .members
-            .iter()
-            .filter(|m| m.name.rsplit('/').next() == Some(want));
-        match (by_base.next(), by_base.next()) {
-            (Some(m), None) => Some(m),
-            _ => None,
-        }
+        let i = match self.by_name.get(want) {
+            Some(&i) => i,
+            None => (*self.by_base.get(want)?)?,
+        };
+        self.members.get(i)
     }
 
     /// Manifest lines naming files the archive does not hold: (name, line).
@@ -390,9 +401,10 @@ impl OvaPackage {
         let Some(Manifest { parsed: Ok(mf), .. }) = &self.manifest else {
             return Vec::new();
         };
+        let mut seen = HashSet::new();
         let mut out: Vec<(String, usize)> = Vec::new();
         for e in &mf.entries {
-            if self.find_member(&e.name).is_none() && !out.iter().any(|(n, _)| *n == e.name) {
+            if self.find_member(&e.name).is_none() && seen.insert(e.name.as_str()) {
                 out.push((e.name.clone(), e.line));
             }
         }
@@ -408,14 +420,16 @@ impl OvaPackage {
         else {
             return Vec::new();
         };
+        let listed: HashSet<&str> = mf
+            .entries
+            .iter()
+            .filter_map(|e| self.find_member(&e.name))
+            .map(|m| m.name.as_str())
+            .collect();
         self.members
             .iter()
             .filter(|m| m.name != member.name && Some(&m.name) != self.cert.as_ref())
-            .filter(|m| {
-                !mf.entries
-                    .iter()
-                    .any(|e| self.find_member(&e.name).map(|x| &x.name) == Some(&m.name))
-            })
+            .filter(|m| !listed.contains(m.name.as_str()))
             .map(|m| m.name.clone())
             .collect()
     }

@@ -27,6 +27,13 @@ pub const MAX_DEPTH: usize = 256;
 pub const MAX_XMLNS: usize = 1024;
 /// Most XML nodes (elements, text, comments) accepted.
 const MAX_NODES: u32 = 1_000_000;
+/// Most `File`, `Disk`, `VirtualSystem` and hardware items accepted (each far above what a
+/// virtual machine has: VMware allows 256 disks); keeps every lookup below cheap.
+pub const MAX_ENTRIES: usize = 10_000;
+
+fn too_many(file: &str, what: &str) -> Error {
+    ovf_error(file, format!("more than {MAX_ENTRIES} {what}"))
+}
 
 /// One `File` of the `References` section.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -125,7 +132,7 @@ pub struct OvfEnvelope {
 }
 
 impl OvfEnvelope {
-    /// The `File` a disk is stored in.
+    /// The `File` a disk is stored in (the first with its id).
     pub fn file_of(&self, disk: &OvfDisk) -> Option<&OvfFile> {
         let r = disk.file_ref.as_deref()?;
         self.files.iter().find(|f| f.id == r)
@@ -401,6 +408,17 @@ fn parse_system(vs: Node<'_, '_>, file: &str) -> Result<OvfSystem> {
         })
         .map(|node| Item { node })
         .collect();
+    if items.len() > MAX_ENTRIES {
+        return Err(too_many(file, "hardware items in a VirtualHardwareSection"));
+    }
+    // Controllers by InstanceID, for the disks' Parent.
+    let mut by_instance: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::new();
+    for (i, it) in items.iter().enumerate() {
+        if let Some(id) = it.get("InstanceID") {
+            by_instance.entry(id).or_insert(i);
+        }
+    }
     for it in &items {
         match it.resource_type() {
             Some(3) => {
@@ -511,6 +529,9 @@ pub fn parse_ovf(bytes: &[u8], file: &str) -> Result<OvfEnvelope> {
     };
     if let Some(refs) = child(root, "References") {
         for f in children(refs, "File") {
+            if env.files.len() >= MAX_ENTRIES {
+                return Err(too_many(file, "References/File elements"));
+            }
             let id =
                 attr(f, "id").ok_or_else(|| ovf_error(file, "a References/File has no ovf:id"))?;
             let href = attr(f, "href").ok_or_else(|| {
@@ -536,6 +557,9 @@ pub fn parse_ovf(bytes: &[u8], file: &str) -> Result<OvfEnvelope> {
     }
     if let Some(ds) = child(root, "DiskSection") {
         for d in children(ds, "Disk") {
+            if env.disks.len() >= MAX_ENTRIES {
+                return Err(too_many(file, "DiskSection/Disk elements"));
+            }
             let disk_id = attr(d, "diskId")
                 .ok_or_else(|| ovf_error(file, "a DiskSection/Disk has no ovf:diskId"))?
                 .to_string();
@@ -586,10 +610,14 @@ pub fn parse_ovf(bytes: &[u8], file: &str) -> Result<OvfEnvelope> {
     if let Some(ns) = child(root, "NetworkSection") {
         env.networks = children(ns, "Network")
             .filter_map(|n| attr(n, "name"))
+            .take(MAX_ENTRIES)
             .map(str::to_string)
             .collect();
     }
     for vs in descendants(root, "VirtualSystem") {
+        if env.systems.len() >= MAX_ENTRIES {
+            return Err(too_many(file, "VirtualSystem elements"));
+        }
         env.systems.push(parse_system(vs, file)?);
     }
     Ok(env)
@@ -794,6 +822,27 @@ mod tests {
         let flat = format!("<Envelope>{}</Envelope>", "<a/>".repeat(1_100_000));
         let e = parse_ovf(flat.as_bytes(), "bad.ovf").unwrap_err();
         assert!(e.to_string().contains("bad.ovf"), "{e}");
+        // Many items that all name a parent: linear, not quadratic; too many: an error.
+        let items = |n: usize| {
+            let mut t =
+                String::from("<Envelope xmlns:rasd=\"r\"><VirtualSystem><VirtualHardwareSection>");
+            for i in 0..n {
+                t += &format!(
+                    "<Item><rasd:InstanceID>{i}</rasd:InstanceID><rasd:Parent>{}</rasd:Parent>\
+                     <rasd:HostResource>ovf:/disk/d{i}</rasd:HostResource>\
+                     <rasd:ResourceType>17</rasd:ResourceType></Item>",
+                    i / 2
+                );
+            }
+            t + "</VirtualHardwareSection></VirtualSystem></Envelope>"
+        };
+        let e = parse_ovf(items(MAX_ENTRIES).as_bytes(), "many.ovf").unwrap();
+        assert_eq!(e.systems[0].disks.len(), MAX_ENTRIES);
+        let e = parse_ovf(items(MAX_ENTRIES + 1).as_bytes(), "many.ovf").unwrap_err();
+        assert!(
+            e.to_string().contains("more than 10000 hardware items"),
+            "{e}"
+        );
         // Comments, CDATA and '>' inside attribute values do not confuse the pre-scan.
         let ok = r#"<?xml version="1.0"?><!-- <<<< --><Envelope a="x>y"><![CDATA[<<<]]><DiskSection/></Envelope>"#;
         assert!(parse_ovf(ok.as_bytes(), "ok.ovf").is_ok());
