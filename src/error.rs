@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use crate::formats::error::FormatError;
 use crate::formats::qcow2::Qcow2Error;
 use crate::formats::vmdk::VmdkError;
+use crate::formats::vmdk::ova::OvaError;
 use crate::inject::hive::HiveError;
 use crate::inject::ntfs::NtfsError;
 
@@ -83,6 +84,9 @@ pub enum Error {
     /// A VMDK structure is invalid, corrupt or unsupported.
     #[error(transparent)]
     Vmdk(#[from] VmdkError),
+    /// An OVA package is malformed, fails its manifest, or disagrees with its OVF descriptor.
+    #[error(transparent)]
+    Ova(#[from] OvaError),
     /// A VHD or VHDX structure is invalid, corrupt or unsupported.
     #[error(transparent)]
     Format(#[from] FormatError),
@@ -148,6 +152,7 @@ impl Error {
             Error::File { source, .. } => source.kind(),
             Error::Qcow2(e) => e.kind(),
             Error::Vmdk(e) => e.kind(),
+            Error::Ova(e) => e.kind(),
             Error::Format(e) => e.kind(),
             Error::Hive(e) => e.kind(),
             Error::Ntfs(e) => e.kind(),

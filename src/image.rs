@@ -240,6 +240,105 @@ pub struct ImageInfo {
     pub compression: Option<String>,
     /// The backing image, opened (when the chain was followed).
     pub backing: Option<Box<ImageInfo>>,
+    /// The virtual machine a package (an OVA) describes, when the image is one disk of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package: Option<Box<PackageInfo>>,
+    /// What the reader noticed that a person should know (a disk that differs from its
+    /// description, a manifest that does not cover a member, ...). Not errors: reading works.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The virtual machine described by a package's descriptor (an OVA's OVF), as `diskconv info`
+/// shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct PackageInfo {
+    /// The descriptor's member name.
+    pub descriptor: String,
+    /// The descriptor's version (`1.x`, `2.x`).
+    pub descriptor_version: Option<String>,
+    /// Virtual machine name.
+    pub name: Option<String>,
+    /// Virtual CPUs.
+    pub cpus: Option<u64>,
+    /// Memory in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Operating system id (OVF: a CIM operating-system number).
+    pub os_id: Option<String>,
+    /// Guest type as the exporting hypervisor names it (`windows9Server64Guest`, `Ubuntu_64`).
+    pub os_type: Option<String>,
+    /// Operating system description.
+    pub os_description: Option<String>,
+    /// `bios` or `efi`, when declared.
+    pub firmware: Option<String>,
+    /// Virtual hardware family (`vmx-14`, `virtualbox-2.2`).
+    pub hardware_family: Option<String>,
+    /// The disks, in the descriptor's order (number 1 first).
+    pub disks: Vec<PackageDisk>,
+    /// The network adapters.
+    pub nics: Vec<PackageNic>,
+    /// The number of the disk this reader reads (1-based).
+    pub selected_disk: Option<usize>,
+    /// The manifest, when the package has one.
+    pub manifest: Option<ManifestInfo>,
+    /// The signature file (`.cert`), when the package has one. Its signature is not checked.
+    pub certificate: Option<String>,
+}
+
+/// One disk of a package.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct PackageDisk {
+    /// 1-based number in the descriptor's order (what `--disk N` selects).
+    pub index: usize,
+    /// The descriptor's id for it.
+    pub id: String,
+    /// The member holding it; `None` for a blank disk created at import.
+    pub file: Option<String>,
+    /// Bytes of that member.
+    pub file_size: Option<u64>,
+    /// Declared capacity in bytes (`None` when the descriptor uses a property for it).
+    pub capacity: Option<u64>,
+    /// Declared capacity as written (`50 x byte * 2^30`).
+    pub capacity_text: String,
+    /// The declared format (a URL for OVF).
+    pub format: Option<String>,
+    /// The disk's real virtual size, when it was opened.
+    pub virtual_size: Option<u64>,
+    /// The disk's real format and subformat, when it was opened (`vmdk streamOptimized`).
+    pub image_format: Option<String>,
+    /// The controller it is attached to, e.g. `SCSI controller 0 (lsilogic), unit 0`.
+    pub controller: Option<String>,
+}
+
+/// One network adapter of a package.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct PackageNic {
+    /// The network it connects to.
+    pub network: Option<String>,
+    /// The adapter type (`E1000`, `VmxNet3`, `virtio`).
+    pub adapter: Option<String>,
+    /// Its name in the descriptor.
+    pub name: Option<String>,
+}
+
+/// A package's manifest and what was checked against it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct ManifestInfo {
+    /// The manifest's member name.
+    pub file: String,
+    /// The digest algorithms it uses (`SHA1`, `SHA256`, `SHA512`).
+    pub algorithms: Vec<String>,
+    /// Number of lines (file digests).
+    pub entries: usize,
+    /// Members whose digests were computed and match; empty when nothing was verified.
+    pub verified: Vec<String>,
+    /// Members of the package the manifest does not list.
+    pub not_listed: Vec<String>,
+    /// Files the manifest lists that the package does not hold.
+    pub missing: Vec<String>,
+    /// Why the manifest is unusable, when it does not parse (reported only when it was not
+    /// being verified: verifying makes that an error).
+    pub error: Option<String>,
 }
 
 impl ImageInfo {
@@ -261,6 +360,8 @@ impl ImageInfo {
             flags: Vec::new(),
             compression: None,
             backing: None,
+            package: None,
+            warnings: Vec::new(),
         }
     }
 }

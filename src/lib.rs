@@ -42,5 +42,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use image::{
     Extent, ExtentKind, Format, ImageInfo, ImageReader, ImageUpdater, ImageWriter, WriteReport,
 };
-pub use open::{OpenOptions, ReferencePolicy, open, open_qcow2, open_storage};
-pub use output::{OutputOptions, convert_file, create_writer};
+pub use open::{
+    OpenOptions, PackageOptions, ReferencePolicy, open, open_disks, open_qcow2, open_storage,
+};
+pub use output::{OutputOptions, convert_file, convert_files, create_writer, disk_output_path};

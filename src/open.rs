@@ -16,7 +16,7 @@ use crate::formats::raw::RawReader;
 use crate::formats::vhd::VhdReader;
 use crate::formats::vhdx::VhdxReader;
 use crate::formats::vmdk::VmdkReader;
-use crate::formats::vmdk::ova::open_ova;
+use crate::formats::vmdk::ova::{open_ova, open_ova_disks};
 use crate::image::{Format, ImageReader, NamedReader};
 use crate::storage::{FileStorage, Storage};
 
@@ -51,6 +51,38 @@ impl std::str::FromStr for ReferencePolicy {
 /// Default limit on the length of a chain of images (crosvm uses the same bound).
 pub const DEFAULT_MAX_DEPTH: u32 = 16;
 
+/// How to open a package that holds a virtual machine rather than one disk (an OVA).
+/// Other formats ignore these options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageOptions {
+    /// Which disk to read, numbered from 1 in the order the package's descriptor lists them.
+    /// `None`: the first, with a warning in [`ImageInfo::warnings`](crate::ImageInfo) when
+    /// there are more.
+    pub disk: Option<usize>,
+    /// Check the manifest's digests of the descriptor and of the disk before using them
+    /// (default `true`): a mismatch is an error. Costs one extra sequential read of the disk's
+    /// member (see README "OVA packages"). When `false`, nothing is hashed.
+    pub verify_manifest: bool,
+    /// Accept a disk whose virtual size differs from the capacity the descriptor declares
+    /// (default `false`: an error). When `true`, the difference is a warning.
+    pub allow_capacity_mismatch: bool,
+    /// Also open the disks that are not read, to report their real sizes and formats in
+    /// [`ImageInfo::package`](crate::ImageInfo) (their capacities are checked as warnings).
+    /// Default `false`.
+    pub describe_all_disks: bool,
+}
+
+impl Default for PackageOptions {
+    fn default() -> Self {
+        PackageOptions {
+            disk: None,
+            verify_manifest: true,
+            allow_capacity_mismatch: false,
+            describe_all_disks: false,
+        }
+    }
+}
+
 /// How to open an image.
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
@@ -62,6 +94,8 @@ pub struct OpenOptions {
     pub max_depth: u32,
     /// Read this internal snapshot (by id or name) instead of the active layer.
     pub snapshot: Option<String>,
+    /// Disk selection, manifest and capacity checks of packages (OVA).
+    pub package: PackageOptions,
 }
 
 impl Default for OpenOptions {
@@ -71,6 +105,7 @@ impl Default for OpenOptions {
             references: ReferencePolicy::default(),
             max_depth: DEFAULT_MAX_DEPTH,
             snapshot: None,
+            package: PackageOptions::default(),
         }
     }
 }
@@ -98,6 +133,24 @@ impl OpenOptions {
         self.snapshot = Some(name.into());
         self
     }
+
+    /// Selects disk `n` (from 1) of a package (OVA).
+    pub fn disk(mut self, n: usize) -> Self {
+        self.package.disk = Some(n);
+        self
+    }
+
+    /// Turns the manifest check of packages on (the default) or off.
+    pub fn verify_manifest(mut self, on: bool) -> Self {
+        self.package.verify_manifest = on;
+        self
+    }
+
+    /// Accepts (as a warning) a package disk whose size differs from its declared capacity.
+    pub fn allow_capacity_mismatch(mut self, on: bool) -> Self {
+        self.package.allow_capacity_mismatch = on;
+        self
+    }
 }
 
 /// Opens the image at `path` for reading.
@@ -118,6 +171,36 @@ pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Box<dyn ImageR
     let path = path.as_ref();
     let (ctx, _) = OpenContext::for_top(path, opts)?;
     ctx.open_path(path, opts.format, opts.snapshot.as_deref())
+}
+
+/// Opens every disk of the image at `path`: each disk of a package (an OVA, in the order its
+/// descriptor lists them), or the image itself for any other format. `opts.package.disk` is
+/// ignored. A package's manifest is checked for the descriptor and every disk (the disks are
+/// hashed at the same time, on separate threads) before any disk is opened.
+pub fn open_disks(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Vec<Box<dyn ImageReader>>> {
+    let path = path.as_ref();
+    let (ctx, canonical) = OpenContext::for_top(path, opts)?;
+    let storage = FileStorage::open_read_only(&canonical)
+        .map_err(|e| Error::io("opening read-only", e))
+        .in_file(path)?;
+    let format = match opts.format {
+        Some(f) => f,
+        None => detect(&storage).in_file(path)?,
+    };
+    if format != Format::Ova {
+        return Ok(vec![ctx.open_path(
+            path,
+            Some(format),
+            opts.snapshot.as_deref(),
+        )?]);
+    }
+    let mut child = ctx.clone();
+    child.chain.push(canonical.clone());
+    let disks = open_ova_disks(Arc::new(storage), Some(&canonical), &child).in_file(path)?;
+    Ok(disks
+        .into_iter()
+        .map(|d| Box::new(d) as Box<dyn ImageReader>)
+        .collect())
 }
 
 /// Opens the qcow2 image at `path` as a concrete [`Qcow2Reader`], for what only qcow2 has
@@ -199,6 +282,27 @@ impl<'a> OpenContext<'a> {
     /// Number of images above the one being opened.
     pub fn depth(&self) -> u32 {
         self.chain.len() as u32
+    }
+
+    /// The options the caller gave.
+    pub fn options(&self) -> &OpenOptions {
+        self.opts
+    }
+
+    /// Opens an image stored inside the current one (a disk member of a package) as
+    /// `format`. It has no folder: any file it names is refused. A package inside a package
+    /// is refused.
+    pub fn open_member(
+        &self,
+        storage: Arc<dyn Storage>,
+        format: Format,
+    ) -> Result<Box<dyn ImageReader>> {
+        if format == Format::Ova {
+            return Err(Error::Unsupported(
+                "an OVA package inside an OVA package".into(),
+            ));
+        }
+        self.open_storage(storage, None, Some(format), None)
     }
 
     fn open_path(

@@ -1,10 +1,11 @@
 //! Output options (`-O FMT -o key=value,... -c`) and the writer factory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::convert::{
-    ConvertOptions, ConvertStats, OutputFiles, ProgressFn, convert, convert_to_files,
+    ConvertOptions, ConvertStats, OutputFiles, Progress, ProgressFn, convert, convert_to_files,
 };
 use crate::error::{Error, Result};
 use crate::files::{OutputTarget, folder_of, resolve_output, resolve_output_file};
@@ -15,7 +16,7 @@ use crate::formats::vhd::{self, VhdSubformat, VhdWriteOptions};
 use crate::formats::vhdx::{self, VhdxSubformat, VhdxWriteOptions};
 use crate::formats::vmdk::ova::{self, Firmware, OvaOptions};
 use crate::formats::vmdk::{self, AdapterType, VmdkSubformat, VmdkWriteOptions};
-use crate::image::{Format, ImageReader, ImageWriter};
+use crate::image::{Format, ImageReader, ImageWriter, NamedWriter};
 use crate::storage::{FileStorage, Storage};
 use crate::util::{human_bytes, parse_size};
 
@@ -572,9 +573,111 @@ pub fn convert_file(
     }
 }
 
+/// The output name of disk `index` (from 1) when several disks are written from one name:
+/// `-disk<index>` before the extension (`web01.qcow2` -> `web01-disk2.qcow2`, `web01` ->
+/// `web01-disk2`), in the same folder.
+pub fn disk_output_path(target: &Path, index: usize) -> PathBuf {
+    let stem = target
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match target.extension() {
+        Some(ext) => format!("{stem}-disk{index}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-disk{index}"),
+    };
+    target.with_file_name(name)
+}
+
+/// Converts several sources, each into its own new file, all or nothing: every output is
+/// written under a temporary name, and only when every conversion succeeded are they renamed
+/// into place (in order). On any error nothing appears under a final name and existing files
+/// are left as they were. (The renames themselves are not atomic as a group: a rename that
+/// fails after others succeeded, which a same-folder rename does not do in practice, leaves
+/// the earlier ones in place.) `progress` sees the disks as one: `total` is the sum of their
+/// sizes.
+pub fn convert_files(
+    jobs: &[(&dyn ImageReader, &Path)],
+    opts: &OutputOptions,
+    convert_opts: &ConvertOptions,
+    mut progress: Option<&mut ProgressFn<'_>>,
+) -> Result<Vec<ConvertStats>> {
+    opts.validate()?;
+    // Every output path is checked before anything is read: the same checks as one output's,
+    // and the outputs are files (a block device takes one disk: convert it on its own).
+    let mut paths: Vec<PathBuf> = Vec::with_capacity(jobs.len());
+    for (_, target) in jobs {
+        let path = match check_output(target, opts)? {
+            OutputTarget::File { path, .. } => path,
+            OutputTarget::BlockDevice { .. } => {
+                return Err(Error::InvalidArgument(
+                    "is a block device; several disks are written to files (convert one disk \
+                     to the device with --disk N)"
+                        .into(),
+                )
+                .in_file(*target));
+            }
+        };
+        if paths.contains(&path) {
+            return Err(Error::InvalidArgument(format!(
+                "output {} is named twice",
+                target.display()
+            )));
+        }
+        paths.push(path);
+    }
+    let total: u64 = jobs.iter().map(|(r, _)| r.virtual_size()).sum();
+    let mut done_before = 0u64;
+    let mut pending = Vec::with_capacity(jobs.len());
+    let mut stats = Vec::with_capacity(jobs.len());
+    for ((src, target), path) in jobs.iter().zip(&paths) {
+        let size = src.virtual_size();
+        let mut files = OutputFiles::new(path);
+        let writer = create_writer(&mut files, size, opts).map_err(|e| e.in_file(*target))?;
+        let writer = Box::new(NamedWriter::new(writer, *target));
+        let mut cb = |p: Progress| {
+            if let Some(f) = progress.as_mut() {
+                f(Progress {
+                    done: done_before + p.done,
+                    total,
+                });
+            }
+        };
+        let mut st = convert(*src, writer, convert_opts, Some(&mut cb))?;
+        st.stale_temporaries_removed = files.stale_removed();
+        done_before += size;
+        stats.push(st);
+        pending.push(files);
+    }
+    // A cancellation that came while the last writer finished still leaves every target as it
+    // was.
+    if convert_opts
+        .cancel
+        .as_ref()
+        .is_some_and(|c| c.load(Ordering::Relaxed))
+    {
+        return Err(Error::Cancelled);
+    }
+    for files in pending {
+        files.commit()?;
+    }
+    Ok(stats)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_output_names() {
+        assert_eq!(
+            disk_output_path(Path::new("out/web01.qcow2"), 2),
+            Path::new("out/web01-disk2.qcow2")
+        );
+        assert_eq!(
+            disk_output_path(Path::new("web01"), 1),
+            Path::new("web01-disk1")
+        );
+    }
 
     #[test]
     fn parses_qemu_style_options() {

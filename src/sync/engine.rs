@@ -39,7 +39,7 @@ use xxhash_rust::xxh3::xxh3_128;
 use crate::convert::OutputFiles;
 use crate::error::{Error, Result};
 use crate::image::{Format, ImageReader, ImageUpdater, NamedReader, read_skipping_holes};
-use crate::open::{OpenOptions, ReferencePolicy, open, open_qcow2};
+use crate::open::{OpenOptions, PackageOptions, ReferencePolicy, open, open_qcow2};
 use crate::output::{OutputOptions, create_writer};
 use crate::sync::bitmap::BlockBitmap;
 use crate::sync::state::{
@@ -81,6 +81,8 @@ pub struct SyncOptions {
     pub source_format: Option<Format>,
     /// Which backing/data files of the source may be opened.
     pub references: ReferencePolicy,
+    /// Disk selection and checks when the source is a package (an OVA).
+    pub source_package: PackageOptions,
     /// Format of a new target (default: from the target's extension, raw when unknown).
     pub output_format: Option<Format>,
     /// Take the changed blocks from this qcow2 persistent dirty bitmap of the source.
@@ -109,6 +111,7 @@ impl Default for SyncOptions {
             state_path: None,
             source_format: None,
             references: ReferencePolicy::default(),
+            source_package: PackageOptions::default(),
             output_format: None,
             bitmap: None,
             changed_ranges: None,
@@ -269,6 +272,7 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
 
     // The source.
     let mut oo = OpenOptions::new().references(opts.references);
+    oo.package = opts.source_package.clone();
     if let Some(f) = opts.source_format {
         oo = oo.format(f);
     }

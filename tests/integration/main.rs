@@ -31,6 +31,7 @@ mod ntfs_write;
 mod oracles;
 mod output_size;
 mod outputs;
+mod ova;
 mod qcow2_check;
 mod qcow2_read;
 mod qcow2_write;

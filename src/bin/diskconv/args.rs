@@ -139,9 +139,28 @@ pub struct Input {
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     pub format: Option<String>,
     /// Read an internal snapshot (qcow2) instead of the active layer: NAME, ID,
-    /// `snapshot.name=NAME` or `snapshot.id=ID`.
+    /// `snapshot.name=NAME` or `snapshot.id=ID`. On an OVA (no snapshots): a disk number, as
+    /// --disk.
     #[arg(short = 'l', long = "snapshot", value_name = "SNAPSHOT")]
     pub snapshot: Option<String>,
+    #[command(flatten)]
+    pub package: PackageArgs,
+}
+
+/// Disk selection and checks of OVA packages (other formats ignore them).
+#[derive(Debug, Args, Clone, Default)]
+pub struct PackageArgs {
+    /// OVA: read disk N, numbered from 1 in the order the OVF lists them (default: the first).
+    #[arg(long = "disk", value_name = "N")]
+    pub disk: Option<usize>,
+    /// OVA: do not check the manifest (.mf) digests of the OVF and the disk before reading
+    /// them (checking reads the disk once more).
+    #[arg(long = "no-verify-manifest")]
+    pub no_verify_manifest: bool,
+    /// OVA: read a disk whose size differs from the capacity its OVF declares (a warning
+    /// instead of an error).
+    #[arg(long = "allow-capacity-mismatch")]
+    pub allow_capacity_mismatch: bool,
 }
 
 /// `diskconv convert`.
@@ -191,6 +210,11 @@ pub struct ConvertArgs {
     pub refs: RefArgs,
     #[command(flatten)]
     pub threads: ThreadArgs,
+    /// OVA source: write every disk, to DST with `-diskN` before its extension
+    /// (`web01.qcow2` -> `web01-disk1.qcow2`, `web01-disk2.qcow2`); none appears unless all
+    /// succeed.
+    #[arg(long = "all-disks", conflicts_with = "disk")]
+    pub all_disks: bool,
     /// The source image or block device.
     pub src: PathBuf,
     /// The output file (written under a temporary name, renamed into place on success).
@@ -207,6 +231,10 @@ pub struct ImageArgs {
     pub json: bool,
     #[command(flatten)]
     pub refs: RefArgs,
+    /// OVA, `info`: check the manifest's digests of the OVF and the selected disk (`info`
+    /// does not by default; `map` and the other commands do unless --no-verify-manifest).
+    #[arg(long = "verify-manifest", conflicts_with = "no_verify_manifest")]
+    pub verify_manifest: bool,
     /// The image.
     pub image: PathBuf,
 }
@@ -227,6 +255,9 @@ pub struct CompareArgs {
     pub refs: RefArgs,
     #[command(flatten)]
     pub threads: ThreadArgs,
+    /// Disk selection and checks for whichever of A and B is an OVA.
+    #[command(flatten)]
+    pub package: PackageArgs,
     /// First image.
     pub a: PathBuf,
     /// Second image.

@@ -13,6 +13,7 @@ mod hive;
 mod inject;
 mod inspect;
 mod ntfs;
+mod package;
 mod sync;
 mod usage;
 mod verify;
@@ -118,8 +119,10 @@ fn open_options(
 }
 
 fn open_input(path: &Path, input: &Input, policy: ReferencePolicy) -> Result<Box<dyn ImageReader>> {
-    let opts = open_options(input.format.as_deref(), input.snapshot.as_deref(), policy)?;
-    diskconv::open(path, &opts)
+    let opts = package::input_options(path, input, policy)?;
+    let img = diskconv::open(path, &opts)?;
+    package::print_warnings(img.as_ref(), &opts);
+    Ok(img)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -137,7 +140,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 /// What `convert` writes: `-O`, else the format DST's extension names, else raw; with the
 /// `-o` lists and `-c`, checked.
-fn output_options(a: &args::ConvertArgs) -> Result<OutputOptions> {
+pub(crate) fn output_options(a: &args::ConvertArgs) -> Result<OutputOptions> {
     let explicit: Option<Format> = a.output_format.as_deref().map(str::parse).transpose()?;
     let format = Format::for_output(&a.dst, explicit);
     let mut out = OutputOptions::new(format).compressed(a.compress);
@@ -149,6 +152,9 @@ fn output_options(a: &args::ConvertArgs) -> Result<OutputOptions> {
 }
 
 fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
+    if a.all_disks {
+        return package::convert_all_disks(&a, policy);
+    }
     let out = output_options(&a)?;
     let format = out.format;
     if same_file(&a.src, &a.dst) {
@@ -394,11 +400,23 @@ fn print_info(info: &ImageInfo, out: &mut impl Write, indent: &str) -> std::io::
         writeln!(out, "{indent}backing image:")?;
         print_info(b, out, &format!("{indent}    "))?;
     }
+    if let Some(p) = &info.package {
+        package::print_package(p, out, indent)?;
+    }
+    for w in &info.warnings {
+        writeln!(out, "{indent}warning: {w}")?;
+    }
     Ok(())
 }
 
 fn info(a: args::ImageArgs, policy: ReferencePolicy) -> Result<ExitCode> {
-    let img = open_input(&a.image, &a.input, policy)?;
+    // An OVA: describe every disk; check the manifest only when asked (it reads the disk);
+    // a capacity mismatch is a warning in the description.
+    let mut opts = package::input_options(&a.image, &a.input, policy)?;
+    opts.package.verify_manifest = a.verify_manifest;
+    opts.package.allow_capacity_mismatch = true;
+    opts.package.describe_all_disks = true;
+    let img = diskconv::open(&a.image, &opts)?;
     let mut info = img.info();
     if info.filename.is_none() {
         info.filename = Some(a.image.display().to_string());
@@ -503,8 +521,14 @@ fn map(a: args::ImageArgs, policy: ReferencePolicy) -> Result<ExitCode> {
 }
 
 fn compare_cmd(a: args::CompareArgs, policy: ReferencePolicy) -> Result<ExitCode> {
-    let ia = diskconv::open(&a.a, &open_options(a.format_a.as_deref(), None, policy)?)?;
-    let ib = diskconv::open(&a.b, &open_options(a.format_b.as_deref(), None, policy)?)?;
+    let mut oa = open_options(a.format_a.as_deref(), None, policy)?;
+    let mut ob = open_options(a.format_b.as_deref(), None, policy)?;
+    package::apply(&a.package, &mut oa);
+    package::apply(&a.package, &mut ob);
+    let ia = diskconv::open(&a.a, &oa)?;
+    package::print_warnings(ia.as_ref(), &oa);
+    let ib = diskconv::open(&a.b, &ob)?;
+    package::print_warnings(ib.as_ref(), &ob);
     if ia.virtual_size() != ib.virtual_size() && !a.strict {
         errln!(
             "Warning: image sizes differ: {} is {} bytes, {} is {} bytes",

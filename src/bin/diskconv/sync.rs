@@ -93,6 +93,9 @@ pub struct SyncArgs {
     pub refs: crate::args::RefArgs,
     #[command(flatten)]
     pub threads: crate::args::ThreadArgs,
+    /// Disk selection and checks of an OVA source.
+    #[command(flatten)]
+    pub package: crate::args::PackageArgs,
 }
 
 /// Checks the --export options before any pass runs.
@@ -328,6 +331,11 @@ pub fn run(args: SyncArgs, policy: ReferencePolicy) -> Result<ExitCode> {
             .map(|s| parse_format(s, "-f"))
             .transpose()?,
         references: policy,
+        source_package: {
+            let mut o = OpenOptions::new();
+            crate::package::apply(&args.package, &mut o);
+            o.package
+        },
         output_format: args
             .output_format
             .as_deref()

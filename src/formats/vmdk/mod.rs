@@ -9,7 +9,9 @@
 //! - [`reader`]: [`VmdkReader`], an [`ImageReader`](crate::image::ImageReader) over one disk
 //!   (all its extents, and its parent chain);
 //! - [`writer`]: streamOptimized, monolithicSparse and monolithicFlat / vmfs writers;
-//! - [`ova`]: reading the disk inside an OVA, and the OVA options;
+//! - [`ova`]: OVA packages: errors, options, opening; [`ova_read`] reads a package in place
+//!   (members, manifest check, disks), [`ovf`] parses its OVF descriptor, [`ova_manifest`]
+//!   its `.mf` manifest;
 //! - [`ova_write`]: writing OVA packages (OVF + manifest + streamOptimized disk).
 //!
 //! The specification is VMware's "Virtual Disk Format 5.0"; REFERENCE.md section 2 lists what
@@ -19,8 +21,10 @@ pub mod check;
 pub mod cowd;
 pub mod descriptor;
 pub mod ova;
+pub mod ova_manifest;
 pub mod ova_read;
 pub mod ova_write;
+pub mod ovf;
 pub mod reader;
 pub mod sesparse;
 pub mod sparse;

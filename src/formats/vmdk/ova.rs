@@ -1,20 +1,153 @@
-//! Placeholder: replaced by the OVA reader and writer.
+//! OVA packages: the public surface (errors, writer options) over [`super::ova_read`] (reading
+//! a package: members, manifest, OVF, disks), [`super::ovf`] (the OVF descriptor),
+//! [`super::ova_manifest`] (the `.mf` manifest) and [`super::ova_write`] (writing one).
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use crate::open::OpenContext;
 use crate::storage::Storage;
 
-use super::VmdkReader;
+pub use super::ova_read::{OvaPackage, OvaReader};
 
-/// Opens the first disk of the OVA package in `storage`.
+/// Opens one disk of the OVA package in `storage`: the one `OpenOptions::package.disk`
+/// selects, the first by default (see [`super::ova_read`]).
 pub fn open_ova(
     storage: Arc<dyn Storage>,
     path: Option<&Path>,
     ctx: &OpenContext<'_>,
-) -> Result<VmdkReader> {
+) -> Result<OvaReader> {
     super::ova_read::open_ova(storage, path, ctx)
+}
+
+/// Opens every disk of the OVA package in `storage`, in the OVF's order (see
+/// [`super::ova_read::open_ova_disks`]).
+pub fn open_ova_disks(
+    storage: Arc<dyn Storage>,
+    path: Option<&Path>,
+    ctx: &OpenContext<'_>,
+) -> Result<Vec<OvaReader>> {
+    super::ova_read::open_ova_disks(storage, path, ctx)
+}
+
+/// What is wrong with an OVA package.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OvaError {
+    /// A member's digest differs from the one its manifest records.
+    #[error(
+        "OVA member '{member}' does not match the manifest {manifest} (line {line}): {algorithm} \
+         recorded {expected}, computed {found}; the package was altered or damaged \
+         (--no-verify-manifest skips the check)"
+    )]
+    ManifestMismatch {
+        /// The member.
+        member: String,
+        /// The manifest's member name.
+        manifest: String,
+        /// Its line recording the digest.
+        line: usize,
+        /// The algorithm of that line.
+        algorithm: super::ova_manifest::DigestAlgorithm,
+        /// The digest the manifest records (hex).
+        expected: String,
+        /// The digest of the member's bytes (hex).
+        found: String,
+    },
+    /// The manifest lists a file the archive does not hold.
+    #[error(
+        "the manifest {manifest} (line {line}) lists '{name}', which the OVA does not contain: \
+         the package is incomplete (--no-verify-manifest skips the check)"
+    )]
+    ManifestMissingMember {
+        /// The manifest's member name.
+        manifest: String,
+        /// The line.
+        line: usize,
+        /// The file it names.
+        name: String,
+    },
+    /// A manifest line does not parse.
+    #[error("OVA manifest {manifest} line {line}: {detail}")]
+    ManifestSyntax {
+        /// The manifest's member name.
+        manifest: String,
+        /// The line (1-based).
+        line: usize,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The OVF descriptor is not usable XML or not an OVF envelope.
+    #[error("OVF descriptor '{file}': {detail}")]
+    Ovf {
+        /// The descriptor's member name.
+        file: String,
+        /// What is wrong, with the line where known.
+        detail: String,
+    },
+    /// A disk's virtual size differs from the capacity the OVF declares for it.
+    #[error(
+        "OVA disk {index} ('{member}'): the OVF declares a capacity of {declared} bytes \
+         ({declared_text}) but the disk holds {actual} bytes (--allow-capacity-mismatch reads \
+         it as it is)"
+    )]
+    CapacityMismatch {
+        /// The disk's 1-based number in the OVF's order.
+        index: usize,
+        /// The member holding it.
+        member: String,
+        /// The declared capacity in bytes.
+        declared: u64,
+        /// The declared capacity as written.
+        declared_text: String,
+        /// The disk's virtual size.
+        actual: u64,
+    },
+    /// A disk number outside the package.
+    #[error(
+        "the OVA has {count} disk(s); there is no disk {requested} (disks are numbered from 1 in the order the OVF lists them)"
+    )]
+    NoSuchDisk {
+        /// The number asked for.
+        requested: usize,
+        /// The disks in the package.
+        count: usize,
+    },
+    /// The package's structure is wrong (no OVF, a member the OVF names is missing, ...).
+    #[error("{0}")]
+    Package(String),
+}
+
+impl OvaError {
+    /// The message without the hint of the option that overrides the check, for a warning
+    /// when the caller chose to accept it.
+    pub fn as_warning(&self) -> String {
+        match self {
+            OvaError::CapacityMismatch {
+                index,
+                member,
+                declared,
+                declared_text,
+                actual,
+            } => format!(
+                "OVA disk {index} ('{member}'): the OVF declares a capacity of {declared} bytes \
+                 ({declared_text}) but the disk holds {actual} bytes"
+            ),
+            other => other.to_string(),
+        }
+    }
+
+    /// The crate-level kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            OvaError::ManifestMismatch { .. }
+            | OvaError::ManifestMissingMember { .. }
+            | OvaError::CapacityMismatch { .. }
+            | OvaError::Package(_) => ErrorKind::Corrupt,
+            OvaError::ManifestSyntax { .. } | OvaError::Ovf { .. } => ErrorKind::InvalidFormat,
+            OvaError::NoSuchDisk { .. } => ErrorKind::InvalidArgument,
+        }
+    }
 }
 
 /// Firmware declared in the OVF.
