@@ -340,15 +340,17 @@ impl OvaPackage {
         let bytes = read_member(pkg.storage.as_ref(), &ovf_member, "OVF descriptor")?;
         pkg.ovf = parse_ovf(&bytes, &ovf_member.name)?;
         for f in &pkg.ovf.files {
-            if let (Some(want), Some(m)) = (f.size, pkg.find_member(&f.href))
-                && want != m.size
-                && f.compression.is_none()
-                && f.chunk_size.is_none()
-            {
-                pkg.warnings.push(format!(
-                    "the OVF gives file '{}' a size of {want} bytes but its member holds {} bytes",
-                    f.href, m.size
-                ));
+            if f.compression.is_some() || f.chunk_size.is_some() {
+                continue;
+            }
+            if let (Some(want), Some(m)) = (f.size, pkg.find_member(&f.href)) {
+                if want != m.size {
+                    pkg.warnings.push(format!(
+                        "the OVF gives file '{}' a size of {want} bytes but its member holds {} \
+                         bytes",
+                        f.href, m.size
+                    ));
+                }
             }
         }
         if pkg.ovf.systems.len() > 1 {
