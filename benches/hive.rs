@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use diskconv::inject::hive::{Hive, HiveOpenOptions, RegData};
+use diskconv::guest::hive::{Hive, HiveOpenOptions, RegData};
 use diskconv::inject::windows::{
     BootStorageDriver, add_boot_storage_driver, current_control_set, plan_boot_storage_driver,
 };

@@ -14,8 +14,8 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use diskconv::OpenOptions;
-use diskconv::inject::disk::ImageTx;
-use diskconv::inject::ntfs::{NtfsOpenOptions, NtfsVolume};
+use diskconv::guest::disk::ImageTx;
+use diskconv::guest::ntfs::{NtfsOpenOptions, NtfsVolume};
 
 struct Args {
     runs: usize,

@@ -13,8 +13,8 @@ use crate::formats::error::FormatError;
 use crate::formats::qcow2::Qcow2Error;
 use crate::formats::vmdk::VmdkError;
 use crate::formats::vmdk::ova::OvaError;
-use crate::inject::hive::HiveError;
-use crate::inject::ntfs::NtfsError;
+use crate::guest::hive::HiveError;
+use crate::guest::ntfs::NtfsError;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -28,6 +28,7 @@ pub mod detect;
 pub mod error;
 pub mod files;
 pub mod formats;
+pub mod guest;
 pub mod image;
 pub mod inject;
 pub mod inspect;

@@ -1,4 +1,4 @@
-//! Fuzzes transaction-log replay (`inject::hive::log::prepare` and `inspect_log`) on a primary
+//! Fuzzes transaction-log replay (`guest::hive::log::prepare` and `inspect_log`) on a primary
 //! hive and two logs cut from the input. Any panic is a bug; errors and clean stops are fine.
 //!
 //! Input: byte 0 holds switches, bytes 1..5 two little-endian u16 lengths (primary, first
@@ -10,9 +10,9 @@
 
 use std::path::PathBuf;
 
-use diskconv::inject::hive::BaseBlock;
-use diskconv::inject::hive::base::checksum;
-use diskconv::inject::hive::log::{HVLE_SEED, inspect_log, marvin32, prepare};
+use diskconv::guest::hive::BaseBlock;
+use diskconv::guest::hive::base::checksum;
+use diskconv::guest::hive::log::{HVLE_SEED, inspect_log, marvin32, prepare};
 use libfuzzer_sys::fuzz_target;
 
 /// Writes the base-block checksum of the first 512 bytes, when there are that many.

@@ -6,8 +6,8 @@
 //! editor accepts an edit, the edited hive must be sound too (leaks allowed).
 #![no_main]
 
-use diskconv::inject::hive::check::check_bytes;
-use diskconv::inject::hive::{BaseBlock, Hive, RegData};
+use diskconv::guest::hive::check::check_bytes;
+use diskconv::guest::hive::{BaseBlock, Hive, RegData};
 use libfuzzer_sys::fuzz_target;
 
 /// Keys visited per input, to bound the work on a hive with a huge (or cyclic) tree.

@@ -3,8 +3,8 @@
 //! new hive, export the same text. Any panic is a bug; errors are fine.
 #![no_main]
 
-use diskconv::inject::hive::reg;
-use diskconv::inject::hive::Hive;
+use diskconv::guest::hive::reg;
+use diskconv::guest::hive::Hive;
 use libfuzzer_sys::fuzz_target;
 
 const PREFIX: &str = "HKEY_LOCAL_MACHINE\\FUZZ";

@@ -3,7 +3,7 @@
 //! fine.
 #![no_main]
 
-use diskconv::inject::iso9660::Iso9660;
+use diskconv::guest::iso9660::Iso9660;
 use libfuzzer_sys::fuzz_target;
 
 /// Folders visited per input.

@@ -5,9 +5,9 @@
 #![no_main]
 
 use diskconv::error::Result;
-use diskconv::inject::ntfs::index::{self, IndexEntry, IndexStore, node};
-use diskconv::inject::ntfs::upcase::UpCase;
-use diskconv::inject::ntfs::{NtfsError, fixup};
+use diskconv::guest::ntfs::index::{self, IndexEntry, IndexStore, node};
+use diskconv::guest::ntfs::upcase::UpCase;
+use diskconv::guest::ntfs::{NtfsError, fixup};
 use libfuzzer_sys::fuzz_target;
 
 const BS: usize = 512;

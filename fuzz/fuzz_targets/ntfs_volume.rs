@@ -8,8 +8,8 @@
 use std::process::Command;
 use std::sync::OnceLock;
 
-use diskconv::inject::disk::MemDisk;
-use diskconv::inject::ntfs::{NtfsOpenOptions, NtfsVolume};
+use diskconv::guest::disk::MemDisk;
+use diskconv::guest::ntfs::{NtfsOpenOptions, NtfsVolume};
 use libfuzzer_sys::fuzz_target;
 
 fn template() -> &'static [u8] {
@@ -34,7 +34,7 @@ fn template() -> &'static [u8] {
     })
 }
 
-fn walk<D: diskconv::inject::disk::DiskIo>(v: &NtfsVolume<D>, path: &str, depth: u32) {
+fn walk<D: diskconv::guest::disk::DiskIo>(v: &NtfsVolume<D>, path: &str, depth: u32) {
     let Ok(entries) = v.read_dir(path) else {
         return;
     };

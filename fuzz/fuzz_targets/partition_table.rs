@@ -3,8 +3,8 @@
 //! inside the disk.
 #![no_main]
 
-use diskconv::inject::disk::MemDisk;
-use diskconv::inspect::partition::{find_volumes, read_partition_table};
+use diskconv::guest::disk::MemDisk;
+use diskconv::guest::partition::{find_volumes, read_partition_table};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,16 +5,16 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::inject::disk::{ImageTx, TxDisk, Window};
+use crate::guest::disk::{ImageTx, TxDisk, Window};
+use crate::guest::hive::{Hive, RegData};
+use crate::guest::ntfs::{NtfsError, NtfsOpenOptions, NtfsVolume};
+use crate::guest::partition::{FsKind, Volume, find_volumes};
 use crate::inject::drivers::{DriverSet, DriverSource};
-use crate::inject::hive::{Hive, RegData};
-use crate::inject::ntfs::{NtfsError, NtfsOpenOptions, NtfsVolume};
 use crate::inject::windows::{
     BootStorageDriver, EditPlan, FirstBoot, STAGING_DIR_ENV, apply_plan, cloud_inbox_drivers,
     first_boot_script, plan_boot_storage_driver, plan_crash_auto_reboot, plan_device_path,
     plan_first_boot, plan_inbox_driver,
 };
-use crate::inspect::partition::{FsKind, Volume, find_volumes};
 use crate::inspect::windows::{WinArch, WindowsInfo, windows_info};
 use crate::inspect::{describe_volume, read_hive, windows_root};
 use crate::open::OpenOptions;

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::inject::iso9660::Iso9660;
+use crate::guest::iso9660::Iso9660;
 use crate::inspect::windows::WinArch;
 
 /// One file of a driver package.

@@ -1,11 +1,7 @@
-//! Offline adaptation of a guest: byte access with transactions ([`disk`]), the registry hive
-//! editor ([`hive`]), the NTFS writer ([`ntfs`]), driver sources ([`drivers`], [`iso9660`]) and
-//! the Windows adaptation built on them ([`windows`], [`adapt`]).
+//! Offline adaptation of a guest: driver sources ([`drivers`]) and the Windows adaptation
+//! ([`windows`], [`adapt`]), built on the guest layer ([`guest`](crate::guest): byte access with
+//! transactions, the registry hive editor, the NTFS writer, ISO 9660).
 
 pub mod adapt;
-pub mod disk;
 pub mod drivers;
-pub mod hive;
-pub mod iso9660;
-pub mod ntfs;
 pub mod windows;

@@ -22,7 +22,7 @@
 //! by the NTFS step, not here.
 //!
 //! ```no_run
-//! use diskconv::inject::hive::{Hive, HiveOpenOptions};
+//! use diskconv::guest::hive::{Hive, HiveOpenOptions};
 //! use diskconv::inject::windows::{add_boot_storage_driver, BootStorageDriver};
 //!
 //! let mut hive = Hive::open("SYSTEM".as_ref(), &HiveOpenOptions::default())?;
@@ -34,8 +34,8 @@
 
 use std::fmt;
 
-use super::hive::{Hive, HiveError, RegData, RegType};
 use crate::error::Result;
+use crate::guest::hive::{Hive, HiveError, RegData, RegType};
 
 /// The setup class of SCSI and RAID controllers (`SCSIAdapter`), the class of `viostor` and
 /// `vioscsi`.
@@ -766,7 +766,7 @@ pub fn cloud_inbox_drivers(target: crate::inject::adapt::CloudTarget) -> Vec<Inb
 }
 
 /// A SZ or MULTI_SZ value's strings (empty when missing or of another type).
-fn strings(hive: &Hive, key: super::hive::KeyId, name: &str) -> Result<Vec<String>> {
+fn strings(hive: &Hive, key: crate::guest::hive::KeyId, name: &str) -> Result<Vec<String>> {
     Ok(match hive.value(key, name)?.map(|v| v.decoded()) {
         Some(RegData::Sz(s)) | Some(RegData::ExpandSz(s)) => vec![s],
         Some(RegData::MultiSz(v)) => v,

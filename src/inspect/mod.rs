@@ -6,18 +6,17 @@
 //! the SYSTEM and SOFTWARE hives (a dirty hive is replayed from its `.LOG1`/`.LOG2` in memory;
 //! the image is never written) to tell which Windows is installed.
 
-pub mod partition;
 pub mod windows;
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::guest::disk::{DiskIo, TxDisk, Window};
+use crate::guest::hive::Hive;
+use crate::guest::ntfs::{NtfsOpenOptions, NtfsVolume, VolumeState};
+use crate::guest::partition::{self, FsKind, PartitionTable, Volume};
 use crate::image::Format;
-use crate::inject::disk::{DiskIo, TxDisk, Window};
-use crate::inject::hive::Hive;
-use crate::inject::ntfs::{NtfsOpenOptions, NtfsVolume, VolumeState};
 use crate::open::OpenOptions;
-use partition::{FsKind, PartitionTable, Volume};
 use windows::WindowsInfo;
 
 /// The SYSTEM hive's path on a Windows volume, from the root of the volume.

@@ -1,7 +1,7 @@
 //! Recognising an installed Windows from its SYSTEM and SOFTWARE hives.
 
 use crate::error::Result;
-use crate::inject::hive::{Hive, HiveError, KeyId, RegData};
+use crate::guest::hive::{Hive, HiveError, KeyId, RegData};
 use crate::inject::windows::{current_control_set, has_driver_database};
 
 /// Processor architecture of a Windows installation.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use diskconv::OpenOptions;
-use diskconv::inject::disk::{
+use diskconv::guest::disk::{
     CrashPoint, DiskIo, DiskRead, ImageTx, RollbackOutcome, journal_path, rollback,
 };
 
@@ -397,8 +397,8 @@ fn disk_tx_refuses_images_that_cannot_be_updated_before_any_work() {
 // ---------------------------------------------------------------------------------------------
 // Partition tables.
 
-use diskconv::inject::disk::{MemDisk, TxDisk, Window};
-use diskconv::inspect::partition::{
+use diskconv::guest::disk::{MemDisk, TxDisk, Window};
+use diskconv::guest::partition::{
     FsKind, PartitionType, Scheme, find_volumes, read_partition_table,
 };
 

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
+use diskconv::guest::iso9660::Iso9660;
 use diskconv::inject::drivers::DriverSource;
-use diskconv::inject::iso9660::Iso9660;
 use diskconv::inspect::windows::WinArch;
 
 use crate::util::{Rng, corpus, require, run, tmpdir};

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use diskconv::inject::hive::{Hive, HiveOpenOptions, KeyId, RegType};
+use diskconv::guest::hive::{Hive, HiveOpenOptions, KeyId, RegType};
 
 use crate::util;
 use crate::util::Rng;
@@ -424,11 +424,11 @@ fn apply_edit_set(h: &mut Hive, m: &mut Model, rng: &mut Rng) {
 /// must close with consistent back links. Edits must leave these differences unchanged
 /// (a real hive's counts may include references from volatile keys, which the file lacks).
 fn sk_ref_deltas(h: &Hive) -> BTreeMap<u32, i64> {
-    use diskconv::inject::hive::security::SecurityNode;
+    use diskconv::guest::hive::security::SecurityNode;
     let mut refs: BTreeMap<u32, i64> = BTreeMap::new();
     let mut stack = vec![h.root()];
     while let Some(k) = stack.pop() {
-        let nk = diskconv::inject::hive::key::KeyNode::read(h.cells(), k.0).unwrap();
+        let nk = diskconv::guest::hive::key::KeyNode::read(h.cells(), k.0).unwrap();
         *refs.entry(nk.security).or_default() += 1;
         stack.extend(h.subkeys(k).unwrap());
     }
@@ -515,11 +515,11 @@ fn edit_corpus_hive(rel: &str, extra: impl Fn(&mut Hive, &mut Model)) {
     assert!(r.contains("big 20k REG_BINARY 20480"), "{r}");
     assert!(r.contains("binary REG_BINARY 40000"), "{r}");
     // Base block: sequences equal, checksum valid, bins size matches the file.
-    let b = diskconv::inject::hive::BaseBlock::parse(&after, 0).unwrap();
+    let b = diskconv::guest::hive::BaseBlock::parse(&after, 0).unwrap();
     assert!(!b.is_dirty());
     assert_eq!(
         b.primary_sequence(),
-        diskconv::inject::hive::BaseBlock::parse(&before, 0)
+        diskconv::guest::hive::BaseBlock::parse(&before, 0)
             .unwrap()
             .primary_sequence()
             + 1
@@ -585,7 +585,7 @@ struct Node {
 }
 
 fn up(s: &str) -> Vec<u16> {
-    diskconv::inject::hive::key::upcase_str(s)
+    diskconv::guest::hive::key::upcase_str(s)
 }
 
 impl Node {
@@ -903,7 +903,7 @@ fn new_hive_is_read_by_hivex_and_regipy() {
     let mut h = Hive::new("NEWROOT").unwrap();
     assert_eq!(h.root().0, 0x20, "the root key is the first cell");
     let sd = h.security_descriptor(h.root()).unwrap();
-    assert_eq!(sd, diskconv::inject::hive::security::default_descriptor());
+    assert_eq!(sd, diskconv::guest::hive::security::default_descriptor());
     util::assert_hive_sound(&h.to_bytes(), "hive_core.rs:923");
     h.save_as(&p).unwrap();
     if util::require("hivexsh") {

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use diskconv::inject::hive::log::{
+use diskconv::guest::hive::log::{
     HVLE_SEED, LogFormat, Prepared, find_logs, inspect_log, marvin32, prepare,
 };
 
@@ -70,7 +70,7 @@ fn entry_offsets(log: &[u8]) -> Vec<usize> {
 /// Checks the base block of replayed bytes: clean (sequence numbers equal, checksum right),
 /// file type primary, hive-bins size matching the bytes.
 fn assert_clean_base(bytes: &[u8]) {
-    let b = diskconv::inject::hive::BaseBlock::parse(bytes, 0).expect("replayed base block");
+    let b = diskconv::guest::hive::BaseBlock::parse(bytes, 0).expect("replayed base block");
     assert!(b.checksum_ok(), "checksum recomputed");
     assert!(!b.is_dirty(), "sequence numbers equal: {b:?}");
     assert_eq!(b.file_type(), 0, "file type primary");
@@ -241,14 +241,14 @@ fn system_b_replays_across_both_logs_like_regipy() {
     assert_eq!(p.report.entries_applied, 24);
     assert_eq!(p.report.logs_used.len(), 2);
     assert_clean_base(&p.bytes);
-    let base = diskconv::inject::hive::BaseBlock::parse(&p.bytes, 0).unwrap();
+    let base = diskconv::guest::hive::BaseBlock::parse(&p.bytes, 0).unwrap();
     assert_eq!(base.primary_sequence(), 2130);
     let dir = util::tmpdir();
     let ours = write(dir.path(), "SYSTEM_B.replayed", &p.bytes);
     // Our core parser and its structural check accept the result.
-    let h = diskconv::inject::hive::Hive::from_bytes(p.bytes.clone()).unwrap();
+    let h = diskconv::guest::hive::Hive::from_bytes(p.bytes.clone()).unwrap();
     assert!(h.open_key("ControlSet001\\Services").unwrap().is_some());
-    let report = diskconv::inject::hive::check::check_bytes(&p.bytes);
+    let report = diskconv::guest::hive::check::check_bytes(&p.bytes);
     assert!(
         report.issues.is_empty(),
         "{:?}",
@@ -300,7 +300,7 @@ fn replay_like_regipy(rel: &str, want_logs: &[&str], want_entries: usize) {
     assert!(!p.read_only && p.report.was_dirty);
     assert_eq!(p.report.entries_applied, want_entries, "{:?}", p.report);
     assert_clean_base(&p.bytes);
-    let report = diskconv::inject::hive::check::check_bytes(&p.bytes);
+    let report = diskconv::guest::hive::check::check_bytes(&p.bytes);
     assert!(
         report.issues.is_empty(),
         "{:?}",
@@ -447,7 +447,7 @@ fn dirty_hive_without_logs_is_read_only_unless_data_loss_is_accepted() {
     let Some((_, bytes)) = load("hives/regipy/SECURITY") else {
         return;
     };
-    let mut h = diskconv::inject::hive::Hive::from_bytes(bytes.clone()).unwrap();
+    let mut h = diskconv::guest::hive::Hive::from_bytes(bytes.clone()).unwrap();
     assert!(h.recovery().was_dirty && !h.recovery().data_lost);
     assert!(h.open_key("Policy").unwrap().is_some());
     let e = h
@@ -455,7 +455,7 @@ fn dirty_hive_without_logs_is_read_only_unless_data_loss_is_accepted() {
         .unwrap_err()
         .to_string();
     assert!(e.to_lowercase().contains("dirty"), "{e}");
-    let mut h = diskconv::inject::hive::Hive::from_bytes_with_logs(bytes, &[], true).unwrap();
+    let mut h = diskconv::guest::hive::Hive::from_bytes_with_logs(bytes, &[], true).unwrap();
     assert!(h.recovery().data_lost);
     h.create_key("Policy\\diskconv-test").unwrap();
 
@@ -757,7 +757,7 @@ fn hive_open_replays_the_logs_beside_it_and_leaves_the_files_alone() {
     let path = write(dir.path(), "NewDirtyHive", &hive);
     write(dir.path(), "NewDirtyHive.LOG1", &logs[0].1);
     write(dir.path(), "NewDirtyHive.LOG2", &logs[1].1);
-    let h = diskconv::inject::hive::Hive::open(&path, &Default::default()).unwrap();
+    let h = diskconv::guest::hive::Hive::open(&path, &Default::default()).unwrap();
     let r = h.recovery();
     assert!(
         r.was_dirty && r.entries_applied == 4 && r.logs_used.len() == 2,

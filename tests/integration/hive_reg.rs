@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use diskconv::inject::hive::reg::{self, ParseOptions, RegOp};
-use diskconv::inject::hive::{Hive, HiveOpenOptions, RegType};
+use diskconv::guest::hive::reg::{self, ParseOptions, RegOp};
+use diskconv::guest::hive::{Hive, HiveOpenOptions, RegType};
 
 use crate::util;
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use diskconv::inject::hive::{Hive, HiveOpenOptions};
+use diskconv::guest::hive::{Hive, HiveOpenOptions};
 use diskconv::inject::windows::{
     BootStorageDriver, Edit, add_boot_storage_driver, current_control_set, disable_service,
     set_crash_auto_reboot, set_service_start,
@@ -761,13 +761,8 @@ fn control_set_errors_are_clear() {
     let sel = h.create_key("Select").expect("Select");
     let e = current_control_set(&h).expect_err("no Current").to_string();
     assert!(e.contains("Current"), "{e}");
-    h.set_value(
-        sel,
-        "Current",
-        diskconv::inject::hive::RegType::SZ,
-        &sz("1"),
-    )
-    .expect("set");
+    h.set_value(sel, "Current", diskconv::guest::hive::RegType::SZ, &sz("1"))
+        .expect("set");
     let e = current_control_set(&h)
         .expect_err("not a dword")
         .to_string();
@@ -775,7 +770,7 @@ fn control_set_errors_are_clear() {
     h.set_value(
         sel,
         "Current",
-        diskconv::inject::hive::RegType::DWORD,
+        diskconv::guest::hive::RegType::DWORD,
         &dword(0),
     )
     .expect("set");
@@ -784,7 +779,7 @@ fn control_set_errors_are_clear() {
     h.set_value(
         sel,
         "Current",
-        diskconv::inject::hive::RegType::DWORD,
+        diskconv::guest::hive::RegType::DWORD,
         &dword(2),
     )
     .expect("set");

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use diskconv::inject::hive::RegData;
+use diskconv::guest::hive::RegData;
 use serde_json::Value;
 
 use crate::ntfs_fixture::{self as fx, Layout, Placed, WinHives};

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use diskconv::OpenOptions;
-use diskconv::inject::disk::{CrashPoint, DiskIo, ImageTx, Window, journal_path};
-use diskconv::inject::ntfs::{NtfsOpenOptions, NtfsVolume};
+use diskconv::guest::disk::{CrashPoint, DiskIo, ImageTx, Window, journal_path};
+use diskconv::guest::ntfs::{NtfsOpenOptions, NtfsVolume};
 
 use crate::util::{Rng, assert_qemu_check, diskconv, qemu_img, require, run, sha256_file, tmpdir};
 
@@ -468,7 +468,7 @@ fn ntfs_cli_reads_what_the_library_wrote() {
         let mut w = Window::new(&mut tx.disk, P2_START * 512, P2_SECTORS * 512).unwrap();
         // A write through the window lands at the partition's offset.
         let mut boot = [0u8; 512];
-        diskconv::inject::disk::DiskRead::read_at(&w, &mut boot, 0).unwrap();
+        diskconv::guest::disk::DiskRead::read_at(&w, &mut boot, 0).unwrap();
         w.write_at(&boot, 0).unwrap();
         let mut vol = NtfsVolume::open(w, &NtfsOpenOptions { read_only: false }).unwrap();
         vol.write_file("lib.txt", b"from the library").unwrap();

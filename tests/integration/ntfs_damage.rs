@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use diskconv::OpenOptions;
-use diskconv::inject::disk::ImageTx;
-use diskconv::inject::ntfs::{NtfsOpenOptions, NtfsVolume};
+use diskconv::guest::disk::ImageTx;
+use diskconv::guest::ntfs::{NtfsOpenOptions, NtfsVolume};
 
 use crate::ntfs_fixture as fx;
 use crate::util::{Rng, require, sha256_file, tmpdir};
@@ -21,7 +21,7 @@ fn tools() -> bool {
 fn with_volume(
     vol: &Path,
     read_only: bool,
-    f: impl FnOnce(&mut NtfsVolume<&mut diskconv::inject::disk::TxDisk>) -> diskconv::Result<()>,
+    f: impl FnOnce(&mut NtfsVolume<&mut diskconv::guest::disk::TxDisk>) -> diskconv::Result<()>,
 ) -> Result<(), String> {
     let mut tx = ImageTx::open(vol, &OpenOptions::default()).map_err(|e| e.chain())?;
     {

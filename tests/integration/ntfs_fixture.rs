@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use diskconv::inject::hive::reg::{self, ParseOptions};
-use diskconv::inject::hive::{Hive, RegData};
+use diskconv::guest::hive::reg::{self, ParseOptions};
+use diskconv::guest::hive::{Hive, RegData};
 
 use crate::util::{self, Rng, run};
 

@@ -9,9 +9,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use diskconv::inject::ntfs::index::{self, IndexEntry, IndexStore};
-use diskconv::inject::ntfs::upcase::UpCase;
-use diskconv::inject::ntfs::{NtfsError, fixup, logfile, runlist};
+use diskconv::guest::ntfs::index::{self, IndexEntry, IndexStore};
+use diskconv::guest::ntfs::upcase::UpCase;
+use diskconv::guest::ntfs::{NtfsError, fixup, logfile, runlist};
 
 use crate::util::{self, Rng, corpus, require, run, tmpdir};
 
@@ -611,8 +611,8 @@ fn ntfs_index_logfile_of_real_volumes() {
 
 /// Creates `names` in folder `folder` through `NtfsVolume` on a volume held in memory.
 fn create_through_volume(img: &Path, folders: &[(String, Vec<String>)]) {
-    use diskconv::inject::disk::MemDisk;
-    use diskconv::inject::ntfs::{NtfsOpenOptions, NtfsVolume};
+    use diskconv::guest::disk::MemDisk;
+    use diskconv::guest::ntfs::{NtfsOpenOptions, NtfsVolume};
     let bytes = std::fs::read(img).unwrap();
     let mut vol = ok(
         NtfsVolume::open(MemDisk(bytes), &NtfsOpenOptions::default()),

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::Command;
 
 use diskconv::OpenOptions;
-use diskconv::inject::disk::ImageTx;
-use diskconv::inject::ntfs::{NtfsOpenOptions, NtfsVolume};
+use diskconv::guest::disk::ImageTx;
+use diskconv::guest::ntfs::{NtfsOpenOptions, NtfsVolume};
 
 use crate::ntfs_fixture as fx;
 use crate::util::{Rng, require, run, tmpdir};

@@ -9,8 +9,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use diskconv::inject::disk::{DiskIo, DiskRead};
-use diskconv::inject::ntfs::{NtfsOpenOptions, NtfsVolume};
+use diskconv::guest::disk::{DiskIo, DiskRead};
+use diskconv::guest::ntfs::{NtfsOpenOptions, NtfsVolume};
 
 use crate::util::{Rng, require, run, tmpdir};
 

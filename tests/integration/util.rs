@@ -269,7 +269,7 @@ pub fn regipy_dump(hive: &Path) -> String {
 /// sorted lists and hashes, counts, maxima, security ring and reference counts). Leaks (allocated
 /// cells nothing points at) are reported separately by the check and are not failures.
 pub fn assert_hive_sound(bytes: &[u8], what: &str) {
-    let report = diskconv::inject::hive::check::check_bytes(bytes);
+    let report = diskconv::guest::hive::check::check_bytes(bytes);
     assert!(
         report.issues.is_empty(),
         "{what}: structural check found {} issue(s), first: {:?}",

@@ -11,9 +11,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use diskconv::error::ResultExt;
-use diskconv::inject::hive::check::{CheckReport, check_bytes};
-use diskconv::inject::hive::data::utf16_bytes;
-use diskconv::inject::hive::{
+use diskconv::guest::hive::check::{CheckReport, check_bytes};
+use diskconv::guest::hive::data::utf16_bytes;
+use diskconv::guest::hive::{
     Hive, HiveError, HiveOpenOptions, KeyId, RegData, RegType, RegValue, SaveStats,
     filetime_to_iso8601, reg,
 };

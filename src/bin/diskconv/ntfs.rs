@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use diskconv::inject::disk::{CommitStats, ImageTx, RollbackOutcome, TxDisk, Window, rollback};
-use diskconv::inject::ntfs::{NtfsOpenOptions, NtfsVolume};
-use diskconv::inspect::partition::{FsKind, Volume, find_volumes};
+use diskconv::guest::disk::{CommitStats, ImageTx, RollbackOutcome, TxDisk, Window, rollback};
+use diskconv::guest::ntfs::{NtfsOpenOptions, NtfsVolume};
+use diskconv::guest::partition::{FsKind, Volume, find_volumes};
 use diskconv::util::human_bytes;
 use diskconv::{Error, Format, OpenOptions, ReferencePolicy, Result};
 

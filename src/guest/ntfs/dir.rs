@@ -8,7 +8,7 @@ use super::record::{self, Record};
 use super::volume::{Loc, Stream};
 use super::{NtfsError, NtfsVolume};
 use crate::error::Result;
-use crate::inject::disk::DiskIo;
+use crate::guest::disk::DiskIo;
 
 /// The name of a folder's file-name index: "$I30".
 pub const I30: [u16; 4] = [b'$' as u16, b'I' as u16, b'3' as u16, b'0' as u16];

@@ -10,7 +10,7 @@ use super::runlist::Run;
 use super::volume::Stream;
 use super::{NtfsError, NtfsVolume, REF_MASK};
 use crate::error::Result;
-use crate::inject::disk::DiskIo;
+use crate::guest::disk::DiskIo;
 
 /// A growth by at most this many bytes is zero-filled on disk (see `resize_file`).
 const ZERO_FILL_MAX: u64 = 64 << 20;

@@ -9,7 +9,7 @@ use super::record::{self, Attr, NonResidentSizes, Record};
 use super::runlist::{self, Run};
 use super::{DirEntry, FIRST_USER_RECORD, NtfsError, NtfsVolume, REF_MASK, ROOT};
 use crate::error::Result;
-use crate::inject::disk::DiskIo;
+use crate::guest::disk::DiskIo;
 
 /// A non-resident attribute's clusters and sizes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! Reading and writing files on an NTFS volume offline, through any [`DiskIo`] (a partition of
-//! an image inside a [`TxDisk`](crate::inject::disk::TxDisk), a file, memory).
+//! an image inside a [`TxDisk`](crate::guest::disk::TxDisk), a file, memory).
 //!
 //! What it writes: overwrite a file's data in place, grow or shrink a file, create a file in an
 //! existing folder, create a folder; MFT records and clusters come from the `$MFT` and `$Bitmap`
@@ -27,7 +27,7 @@ pub use error::NtfsError;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::inject::disk::DiskIo;
+use crate::guest::disk::DiskIo;
 use bitmap::Bitmap;
 use boot::Boot;
 use upcase::UpCase;
@@ -111,7 +111,7 @@ pub struct DirEntry {
 /// changed bytes of the bitmaps, `$MFTMirr`), so the in-memory state always matches the disk
 /// and an error never leaves a half-edited structure behind in a cache; [`flush`](Self::flush)
 /// only checks that `$MFTMirr` still matches. Atomicity of a whole operation comes from the
-/// caller's [`TxDisk`](crate::inject::disk::TxDisk).
+/// caller's [`TxDisk`](crate::guest::disk::TxDisk).
 pub struct NtfsVolume<D: DiskIo> {
     disk: D,
     read_only: bool,

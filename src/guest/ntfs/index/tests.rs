@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::node::*;
 use super::*;
-use crate::inject::ntfs::fixup;
+use crate::guest::ntfs::fixup;
 
 /// An index in memory: the root value and fixed-up INDX blocks by VCN.
 struct MemStore {

@@ -11,7 +11,7 @@
 //! (structural check).
 //!
 //! ```no_run
-//! use diskconv::inject::hive::{Hive, HiveOpenOptions, RegData};
+//! use diskconv::guest::hive::{Hive, HiveOpenOptions, RegData};
 //!
 //! let mut hive = Hive::open("SYSTEM".as_ref(), &HiveOpenOptions::default())?;
 //! let svc = hive.create_key("ControlSet001\\Services\\viostor")?;

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use crate::error::{Error, Result};
-use crate::inject::disk::DiskRead;
+use crate::guest::disk::DiskRead;
 
 /// The partitioning of a disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -607,7 +607,7 @@ pub fn find_volumes(disk: &dyn DiskRead) -> Result<Vec<Volume>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inject::disk::MemDisk;
+    use crate::guest::disk::MemDisk;
 
     fn mbr_disk(slots: &[(u8, u8, u32, u32)], size: usize) -> MemDisk {
         let mut d = vec![0u8; size];
