@@ -10,9 +10,9 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::formats::error::FormatError;
+use crate::formats::ova::OvaError;
 use crate::formats::qcow2::Qcow2Error;
 use crate::formats::vmdk::VmdkError;
-use crate::formats::vmdk::ova::OvaError;
 use crate::guest::hive::HiveError;
 use crate::guest::ntfs::NtfsError;
 

@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use crate::detect::detect;
 use crate::error::{Error, Result, ResultExt};
+use crate::formats::ova::{open_ova, open_ova_disks};
 use crate::formats::qcow2::Qcow2Reader;
 use crate::formats::raw::RawReader;
 use crate::formats::vhd::VhdReader;
 use crate::formats::vhdx::VhdxReader;
 use crate::formats::vmdk::VmdkReader;
-use crate::formats::vmdk::ova::{open_ova, open_ova_disks};
 use crate::image::{Format, ImageReader, NamedReader};
 use crate::storage::{FileStorage, Storage};
 

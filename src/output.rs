@@ -9,12 +9,12 @@ use crate::convert::{
 };
 use crate::error::{Error, Result};
 use crate::files::{OutputTarget, folder_of, resolve_output, resolve_output_file};
+use crate::formats::ova::{self, Firmware, OvaOptions};
 use crate::formats::qcow2::header::{CompressionType, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
 use crate::formats::qcow2::{Qcow2WriteOptions, Qcow2Writer};
 use crate::formats::raw::{Preallocation, RawWriter};
 use crate::formats::vhd::{self, VhdSubformat, VhdWriteOptions};
 use crate::formats::vhdx::{self, VhdxSubformat, VhdxWriteOptions};
-use crate::formats::vmdk::ova::{self, Firmware, OvaOptions};
 use crate::formats::vmdk::{self, AdapterType, VmdkSubformat, VmdkWriteOptions};
 use crate::image::{Format, ImageReader, ImageWriter, NamedWriter};
 use crate::storage::{FileStorage, Storage};

@@ -3,8 +3,8 @@
 //! errors are fine.
 #![no_main]
 
-use diskconv::formats::vmdk::ova_manifest::OvaManifest;
-use diskconv::formats::vmdk::ovf::parse_ovf;
+use diskconv::formats::ova::manifest::OvaManifest;
+use diskconv::formats::ova::ovf::parse_ovf;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

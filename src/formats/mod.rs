@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod error;
+pub mod ova;
 pub mod qcow2;
 pub mod raw;
 pub mod vhd;

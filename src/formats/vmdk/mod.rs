@@ -1,4 +1,5 @@
-//! VMDK, VMware's virtual disk format, and OVA packages.
+//! VMDK, VMware's virtual disk format (OVA packages, which hold VMDK disks, are
+//! [`crate::formats::ova`]).
 //!
 //! Layout of this module, one file per on-disk object:
 //! - [`descriptor`]: the text descriptor (stand-alone or embedded) and its extent lines;
@@ -8,11 +9,7 @@
 //! - [`sesparse`]: ESXi seSparse snapshot extents;
 //! - [`reader`]: [`VmdkReader`], an [`ImageReader`](crate::image::ImageReader) over one disk
 //!   (all its extents, and its parent chain);
-//! - [`writer`]: streamOptimized, monolithicSparse and monolithicFlat / vmfs writers;
-//! - [`ova`]: OVA packages: errors, options, opening; [`ova_read`] reads a package in place
-//!   (members, manifest check, disks), [`ovf`] parses its OVF descriptor, [`ova_manifest`]
-//!   its `.mf` manifest;
-//! - [`ova_write`]: writing OVA packages (OVF + manifest + streamOptimized disk).
+//! - [`writer`]: streamOptimized, monolithicSparse and monolithicFlat / vmfs writers.
 //!
 //! The specification is VMware's "Virtual Disk Format 5.0"; REFERENCE.md section 2 lists what
 //! real tools write that the specification does not say.
@@ -20,11 +17,6 @@
 pub mod check;
 pub mod cowd;
 pub mod descriptor;
-pub mod ova;
-pub mod ova_manifest;
-pub mod ova_read;
-pub mod ova_write;
-pub mod ovf;
 pub mod reader;
 pub mod sesparse;
 pub mod sparse;

@@ -12,7 +12,7 @@
 //! of the next block overlapping the hashing of the current one (a reader thread and a hashing
 //! thread). SHA-1 and SHA-2 are sequential by construction, so one member cannot be split
 //! across cores; several members are hashed at the same time (see
-//! [`super::ova_read::OvaPackage::verify`]).
+//! [`super::reader::OvaPackage::verify`]).
 
 use std::io;
 use std::sync::mpsc;
@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
 
-use super::ova::OvaError;
+use super::OvaError;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 

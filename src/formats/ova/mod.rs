@@ -1,6 +1,12 @@
-//! OVA packages: the public surface (errors, writer options) over [`super::ova_read`] (reading
-//! a package: members, manifest, OVF, disks), [`super::ovf`] (the OVF descriptor),
-//! [`super::ova_manifest`] (the `.mf` manifest) and [`super::ova_write`] (writing one).
+//! OVA packages (a tar archive holding an OVF descriptor, an optional `.mf` manifest and
+//! streamOptimized VMDK disks): the public surface (errors, writer options) over [`reader`]
+//! (reading a package: members, manifest, OVF, disks), [`ovf`] (the OVF descriptor),
+//! [`manifest`] (the `.mf` manifest) and [`writer`] (writing one).
+
+pub mod manifest;
+pub mod ovf;
+pub mod reader;
+pub mod writer;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -8,26 +14,26 @@ use crate::error::{ErrorKind, Result};
 use crate::open::OpenContext;
 use crate::storage::Storage;
 
-pub use super::ova_read::{OvaPackage, OvaReader};
+pub use reader::{OvaPackage, OvaReader};
 
 /// Opens one disk of the OVA package in `storage`: the one `OpenOptions::package.disk`
-/// selects, the first by default (see [`super::ova_read`]).
+/// selects, the first by default (see [`reader`]).
 pub fn open_ova(
     storage: Arc<dyn Storage>,
     path: Option<&Path>,
     ctx: &OpenContext<'_>,
 ) -> Result<OvaReader> {
-    super::ova_read::open_ova(storage, path, ctx)
+    reader::open_ova(storage, path, ctx)
 }
 
 /// Opens every disk of the OVA package in `storage`, in the OVF's order (see
-/// [`super::ova_read::open_ova_disks`]).
+/// [`reader::open_ova_disks`]).
 pub fn open_ova_disks(
     storage: Arc<dyn Storage>,
     path: Option<&Path>,
     ctx: &OpenContext<'_>,
 ) -> Result<Vec<OvaReader>> {
-    super::ova_read::open_ova_disks(storage, path, ctx)
+    reader::open_ova_disks(storage, path, ctx)
 }
 
 /// What is wrong with an OVA package.
@@ -48,7 +54,7 @@ pub enum OvaError {
         /// Its line recording the digest.
         line: usize,
         /// The algorithm of that line.
-        algorithm: super::ova_manifest::DigestAlgorithm,
+        algorithm: manifest::DigestAlgorithm,
         /// The digest the manifest records (hex).
         expected: String,
         /// The digest of the member's bytes (hex).
@@ -187,14 +193,12 @@ impl Default for OvaOptions {
     }
 }
 
-/// Creates the OVA writer over the output files (see [`super::ova_write`]).
+/// Creates the OVA writer over the output files (see [`writer`]).
 pub fn create_writer(
     files: &mut crate::convert::OutputFiles,
     size: u64,
-    vmdk: &super::VmdkWriteOptions,
+    vmdk: &crate::formats::vmdk::VmdkWriteOptions,
     ova: &OvaOptions,
 ) -> crate::error::Result<Box<dyn crate::image::ImageWriter>> {
-    Ok(Box::new(super::ova_write::OvaWriter::create(
-        files, size, vmdk, ova,
-    )?))
+    Ok(Box::new(writer::OvaWriter::create(files, size, vmdk, ova)?))
 }

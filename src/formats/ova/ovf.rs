@@ -16,7 +16,7 @@
 
 use roxmltree::{Document, Node, ParsingOptions};
 
-use super::ova::OvaError;
+use super::OvaError;
 use crate::error::{Error, Result};
 
 /// Largest OVF descriptor read, in bytes (real ones are a few KiB to a few hundred KiB).

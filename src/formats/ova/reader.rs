@@ -26,8 +26,8 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::ova::OvaError;
-use super::ova_manifest::{
+use super::OvaError;
+use super::manifest::{
     DigestAlgorithm, MAX_MANIFEST_BYTES, ManifestEntry, OvaManifest, digest_range, plain_name,
 };
 use super::ovf::{MAX_OVF_BYTES, OvfEnvelope, parse_ovf};

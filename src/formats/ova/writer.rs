@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::ova::{Firmware, OvaOptions};
-use super::writer::{AdapterType, StreamSummary, StreamWriter, VmdkWriteOptions};
+use super::{Firmware, OvaOptions};
 use crate::convert::OutputFiles;
 use crate::error::{Error, Result};
+use crate::formats::vmdk::writer::{AdapterType, StreamSummary, StreamWriter, VmdkWriteOptions};
 use crate::image::{Chunk, Compressor, Format, ImageWriter, WriteReport};
 use crate::storage::Storage;
 use crate::util::hex;
@@ -332,7 +332,7 @@ impl ImageWriter for OvaWriter {
     }
 
     fn granularity(&self) -> u64 {
-        super::writer::GRAIN_SIZE
+        crate::formats::vmdk::writer::GRAIN_SIZE
     }
 
     fn needs_sequential(&self) -> bool {
