@@ -454,8 +454,6 @@ pub fn check_read_range(offset: u64, len: usize, size: u64) -> Result<()> {
     }
 }
 
-/// Reads `buf.len()` bytes at `offset`, asking the image for its extents first and reading only
-/// the data extents; zero and unallocated stretches are filled with zeros without I/O.
 /// Whether `[offset, offset + len)` of `img` is entirely zero or unallocated according to its
 /// map (no data is read). Used to skip ranges that both sides of a comparison leave empty.
 pub fn reads_as_zero(img: &dyn ImageReader, offset: u64, len: u64) -> Result<bool> {
@@ -476,6 +474,8 @@ pub fn reads_as_zero(img: &dyn ImageReader, offset: u64, len: u64) -> Result<boo
     Ok(true)
 }
 
+/// Reads `buf.len()` bytes at `offset`, asking the image for its extents first and reading only
+/// the data extents; zero and unallocated stretches are filled with zeros without I/O.
 /// Returns the number of bytes actually read.
 pub fn read_skipping_holes(img: &dyn ImageReader, buf: &mut [u8], offset: u64) -> Result<u64> {
     check_read_range(offset, buf.len(), img.virtual_size())?;

@@ -37,6 +37,7 @@ pub mod output;
 pub mod storage;
 pub mod sync;
 pub mod util;
+pub mod verify;
 
 pub use convert::{ConvertOptions, ConvertStats, Progress, convert, convert_to_path};
 pub use error::{Error, ErrorKind, Result};

@@ -1,5 +1,5 @@
 //! Changed-block tracking and incremental sync: copy a running source to a target, then copy
-//! only what changed, pass after pass, resumable after a crash, verifiable block by block.
+//! only what changed, pass after pass, resumable after a crash (verified block by block with [`crate::verify`]).
 //!
 //! Parts: [`bitmap`] (one bit per block, set operations, compact on-disk form), [`state`] (the
 //! crash-safe state file beside the target: identities, block size, pass number, one xxh3-128
@@ -12,7 +12,6 @@ pub mod bitmap;
 pub mod engine;
 pub mod state;
 pub mod target;
-pub mod verify;
 
 pub use bitmap::BlockBitmap;
 pub use engine::{

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args;
 use diskconv::files::{TempFile, resolve_output_file, sync_dir};
-use diskconv::sync::verify::{DEFAULT_BLOCK_SIZE, Manifest, VerifyReport, verify_cancellable};
+use diskconv::verify::{DEFAULT_BLOCK_SIZE, Manifest, VerifyReport, verify_cancellable};
 use diskconv::{Error, ErrorKind, ImageReader, ReferencePolicy, Result};
 
 /// `diskconv verify`.
@@ -96,7 +96,7 @@ pub fn block_size(args: &VerifyArgs) -> Result<u64> {
         Some(s) => diskconv::util::parse_size(s)
             .ok_or_else(|| Error::InvalidArgument(format!("--block-size {s:?} is not a size")))?,
     };
-    diskconv::sync::verify::check_block_size(block_size)?;
+    diskconv::verify::check_block_size(block_size)?;
     Ok(block_size)
 }
 
@@ -116,7 +116,7 @@ pub fn run(args: VerifyArgs, policy: ReferencePolicy) -> Result<ExitCode> {
         &crate::open_options(args.format_dst.as_deref(), None, policy)?,
     )?;
     // The target may be larger by a format's zero padding (see compared_size).
-    diskconv::sync::verify::compared_size(
+    diskconv::verify::compared_size(
         a.as_ref(),
         b.as_ref(),
         &args.src.display().to_string(),

@@ -1,7 +1,8 @@
 //! Block-by-block verification of a migrated disk, and the SHA-256 manifest.
 //!
 //! [`verify`] reads two images of the same size in blocks (64 KiB by default), in parallel
-//! batches of bounded size, and compares each block by its xxh3-128 hash. Stretches that both
+//! batches of bounded size (the walker it shares with [`compare`](crate::compare)), and
+//! compares each block's bytes. Stretches that both
 //! images map as zero or unallocated are equal without being read (unless a manifest is
 //! written: the manifest hashes every block of the first image, a zero block by its known
 //! hash). Mismatching blocks are merged into byte ranges.
@@ -12,17 +13,17 @@
 //! hashed, so memory does not grow with the disk.
 
 use std::io::Write;
-use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ops::{ControlFlow, Range};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::compare::{BlockPair, walk};
 use crate::error::{Error, Result};
 use crate::image::{ImageReader, reads_as_zero};
-use crate::util::hex;
+use crate::util::{hex, is_zero};
 
 /// Default verification block size (64 KiB).
 pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 10;
@@ -107,7 +108,7 @@ pub fn compared_size(
         // Less than 1 MiB: read it.
         let mut tail = vec![0u8; extra as usize];
         b.read_at(&mut tail, sa)?;
-        if !crate::util::is_zero(&tail) {
+        if !is_zero(&tail) {
             return Err(differ(&format!(
                 ", and {b_name}'s last {extra} bytes are not all zeros"
             )));
@@ -123,48 +124,19 @@ struct BlockResult {
     sha: Option<[u8; 32]>,
 }
 
-fn check_block(
-    a: &dyn ImageReader,
-    b: &dyn ImageReader,
-    off: u64,
-    len: u64,
-    want_sha: bool,
-    zero_sha: &[u8; 32],
-) -> Result<BlockResult> {
-    let za = reads_as_zero(a, off, len)?;
-    let zb = reads_as_zero(b, off, len)?;
-    if za && zb {
-        return Ok(BlockResult {
-            equal: true,
-            read: false,
-            sha: want_sha.then_some(*zero_sha),
-        });
-    }
-    // len <= MAX_BLOCK_SIZE (checked), so the buffers are bounded.
-    let mut ba = vec![0u8; len as usize];
-    let mut bb = vec![0u8; len as usize];
-    if !za {
-        a.read_at(&mut ba, off)?;
-    }
-    if !zb {
-        b.read_at(&mut bb, off)?;
-    }
-    let ha = xxhash_rust::xxh3::xxh3_128(&ba);
-    let hb = xxhash_rust::xxh3::xxh3_128(&bb);
-    let sha = if want_sha {
-        if za {
-            Some(*zero_sha)
-        } else {
-            Some(Sha256::digest(&ba).into())
-        }
-    } else {
-        None
+/// Compares one block of the walk (a side that was not read is zeros) and, when a manifest is
+/// written, hashes the first image's bytes (a block it maps as zero by the known hash of zeros).
+fn check_block(p: &BlockPair<'_>, want_sha: bool, zero_sha: &[u8; 32]) -> BlockResult {
+    let (equal, read) = match (p.a, p.b) {
+        (None, None) => (true, false),
+        (Some(x), None) | (None, Some(x)) => (is_zero(x), true),
+        (Some(x), Some(y)) => (x == y, true),
     };
-    Ok(BlockResult {
-        equal: ha == hb,
-        read: true,
-        sha,
-    })
+    let sha = want_sha.then(|| match p.a {
+        Some(x) => Sha256::digest(x).into(),
+        None => *zero_sha,
+    });
+    BlockResult { equal, read, sha }
 }
 
 fn mio(e: std::io::Error) -> Error {
@@ -221,30 +193,24 @@ pub fn verify_cancellable(
         bytes_compared: 0,
         elapsed: Duration::ZERO,
     };
-    let mut first = 0u64;
-    while first < blocks {
-        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(Error::Cancelled);
-        }
-        let n = batch.min(blocks - first);
-        let results: Vec<Result<BlockResult>> = (first..first + n)
-            .into_par_iter()
-            .map(|i| {
-                let off = i * block_size;
-                let len = block_size.min(size - off);
-                let z = if len == block_size {
-                    &zero_full
-                } else {
-                    &zero_last
-                };
-                check_block(a, b, off, len, want_sha, z)
-            })
-            .collect();
-        for (k, r) in results.into_iter().enumerate() {
-            let r = r?;
-            let i = first + k as u64;
-            let off = i * block_size;
-            let len = block_size.min(size - off);
+    let check = |p: &BlockPair<'_>| {
+        let z = if p.len == block_size {
+            &zero_full
+        } else {
+            &zero_last
+        };
+        check_block(p, want_sha, z)
+    };
+    // The consumer never stops the walk: every block is compared.
+    let _ = walk(
+        a,
+        Some(b),
+        0..size,
+        block_size,
+        batch,
+        cancel,
+        check,
+        |off, len, r: BlockResult| {
             if r.read {
                 report.bytes_compared += len;
             }
@@ -259,12 +225,12 @@ pub fn verify_cancellable(
                 }
             }
             if let (Some(m), Some(sha)) = (manifest.as_mut(), r.sha) {
-                let sep = if i == 0 { "" } else { "," };
+                let sep = if off == 0 { "" } else { "," };
                 write!(m.out, "{sep}\"{}\"", hex(&sha)).map_err(mio)?;
             }
-        }
-        first += n;
-    }
+            Ok(ControlFlow::Continue(()))
+        },
+    )?;
     if let Some(m) = manifest.as_mut() {
         writeln!(m.out, "]}}").map_err(mio)?;
         m.out.flush().map_err(mio)?;
@@ -278,6 +244,7 @@ mod tests {
     use super::*;
     use crate::storage::MemStorage;
     use std::sync::Arc;
+    use std::sync::atomic::Ordering;
 
     fn raw(bytes: Vec<u8>) -> Box<dyn ImageReader> {
         crate::open_storage(
