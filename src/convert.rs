@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::files::{TempFile, folder_of, follow_links, resolve_output_file, sync_dir};
+use crate::files::OutputFiles;
 use crate::image::{
     Chunk, Compressor, ExtentKind, GranuleState, ImageReader, ImageWriter, NamedWriter,
     WriteReport, read_skipping_holes,
@@ -441,134 +441,6 @@ fn prepare_chunk(
     Ok(chunk)
 }
 
-/// A temporary output file, locked while it exists, removed unless committed (see
-/// [`TempFile`](crate::files::TempFile)).
-pub type TempOutput = TempFile;
-
-/// The files of one output: the target itself, final files beside it (a flat VMDK's extent) and
-/// scratch files. All are created under temporary names in the target's folder (the folder of
-/// the file a symbolic link leads to: the link stays); [`commit`] renames the final ones into
-/// place (beside-files first, the target last), and dropping an uncommitted set removes
-/// everything it created. Each final path is checked before its temporary is created (see
-/// [`resolve_output`](crate::files::resolve_output)): a directory, a device, a FIFO, a missing or
-/// read-only folder is an error.
-///
-/// [`commit`]: OutputFiles::commit
-#[derive(Debug)]
-pub struct OutputFiles {
-    target: PathBuf,
-    main: Option<TempFile>,
-    siblings: Vec<TempFile>,
-    scratch: Vec<TempFile>,
-}
-
-impl OutputFiles {
-    /// An empty set for `target`; nothing is created yet. A symbolic link is followed to the
-    /// path it leads to, which becomes [`target`](Self::target).
-    pub fn new(target: &Path) -> Self {
-        OutputFiles {
-            target: follow_links(target).unwrap_or_else(|_| target.to_path_buf()),
-            main: None,
-            siblings: Vec::new(),
-            scratch: Vec::new(),
-        }
-    }
-
-    /// The final path of the output (symbolic links resolved).
-    pub fn target(&self) -> &Path {
-        &self.target
-    }
-
-    /// Stale temporaries of these outputs left by killed runs and removed when the new
-    /// temporaries were created.
-    pub fn stale_removed(&self) -> Vec<PathBuf> {
-        self.main
-            .iter()
-            .chain(&self.siblings)
-            .chain(&self.scratch)
-            .flat_map(|t| t.stale_removed().iter().cloned())
-            .collect()
-    }
-
-    /// Creates the (temporary) storage that becomes the target. Once per set.
-    pub fn main(&mut self) -> Result<Arc<dyn Storage>> {
-        if self.main.is_some() {
-            return Err(Error::InvalidArgument(
-                "the main output was already created".into(),
-            ));
-        }
-        let path = resolve_output_file(&self.target)?;
-        let (t, s) = TempFile::create(&path)?;
-        self.main = Some(t);
-        Ok(Arc::new(s))
-    }
-
-    /// Creates the storage of another final file, `file_name`, in the target's folder. The name
-    /// must be a plain file name (no folders).
-    pub fn sibling(&mut self, file_name: &str) -> Result<Arc<dyn Storage>> {
-        if file_name.is_empty()
-            || file_name.contains('/')
-            || file_name == "."
-            || file_name == ".."
-            || file_name.contains('\0')
-        {
-            return Err(Error::InvalidArgument(format!(
-                "'{file_name}' is not a plain file name"
-            )));
-        }
-        let path = self.dir().join(file_name);
-        if path == self.target || self.siblings.iter().any(|t| t.target() == path) {
-            return Err(Error::InvalidArgument(format!(
-                "output file {} is named twice",
-                path.display()
-            )));
-        }
-        let path = resolve_output_file(&path)?;
-        let (t, s) = TempFile::create(&path)?;
-        self.siblings.push(t);
-        Ok(Arc::new(s))
-    }
-
-    /// Creates a scratch file in the target's folder, removed when the set is committed or
-    /// dropped.
-    pub fn scratch(&mut self) -> Result<Arc<dyn Storage>> {
-        let n = self.scratch.len();
-        let name = format!(
-            "{}.scratch{n}",
-            self.target
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        );
-        let (t, s) = TempFile::create(&self.dir().join(name))?;
-        self.scratch.push(t);
-        Ok(Arc::new(s))
-    }
-
-    fn dir(&self) -> PathBuf {
-        folder_of(&self.target)
-    }
-
-    /// Renames the final files into place (beside-files first, the target last), removes
-    /// the scratch files and syncs the folder.
-    pub fn commit(self) -> Result<()> {
-        let OutputFiles {
-            target,
-            main,
-            siblings,
-            scratch,
-        } = self;
-        for t in siblings {
-            t.commit()?;
-        }
-        if let Some(m) = main {
-            m.commit()?;
-        }
-        drop(scratch);
-        Ok(sync_dir(&target)?)
-    }
-}
-
 /// Converts `src` into a new file at `target`.
 ///
 /// `create` builds the writer over the (empty, temporary) output storage. The target appears
@@ -763,39 +635,5 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("codec exploded"), "{e}");
-    }
-
-    #[test]
-    fn output_files_commit_siblings_and_drop_scratch() {
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("disk.vmdk");
-        let mut files = OutputFiles::new(&target);
-        let main = files.main().unwrap();
-        let ext = files.sibling("disk-flat.vmdk").unwrap();
-        let scratch = files.scratch().unwrap();
-        assert!(files.sibling("../x").is_err());
-        assert!(files.sibling("disk-flat.vmdk").is_err());
-        assert!(files.main().is_err());
-        main.write_all_at(b"desc", 0).unwrap();
-        ext.write_all_at(b"data", 0).unwrap();
-        scratch.write_all_at(b"tmp", 0).unwrap();
-        // Nothing is visible under the final names before the commit.
-        assert!(!target.exists());
-        files.commit().unwrap();
-        assert_eq!(std::fs::read(&target).unwrap(), b"desc");
-        assert_eq!(
-            std::fs::read(dir.path().join("disk-flat.vmdk")).unwrap(),
-            b"data"
-        );
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
-
-        // A set dropped without a commit leaves nothing behind.
-        let other = dir.path().join("other.vmdk");
-        let mut files = OutputFiles::new(&other);
-        files.main().unwrap();
-        files.sibling("other-flat.vmdk").unwrap();
-        files.scratch().unwrap();
-        drop(files);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 }

@@ -127,17 +127,6 @@ pub enum Error {
     Cancelled,
 }
 
-impl From<crate::files::FileError> for Error {
-    /// A refused path is an invalid argument, a failed system call an I/O error; both name the
-    /// path.
-    fn from(e: crate::files::FileError) -> Self {
-        match e.source {
-            Some(source) => Error::io(e.what, source).in_file(e.path),
-            None => Error::InvalidArgument(e.what).in_file(e.path),
-        }
-    }
-}
-
 impl Error {
     /// The stable kind of this error (looking through [`Error::File`] wrappers).
     pub fn kind(&self) -> ErrorKind {

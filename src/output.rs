@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::convert::{
-    ConvertOptions, ConvertStats, OutputFiles, Progress, ProgressFn, convert, convert_to_files,
+    ConvertOptions, ConvertStats, Progress, ProgressFn, convert, convert_to_files,
 };
 use crate::error::{Error, Result};
-use crate::files::{OutputTarget, folder_of, resolve_output, resolve_output_file};
+use crate::files::{OutputFiles, OutputTarget, folder_of, resolve_output, resolve_output_file};
 use crate::formats::ova::{self, Firmware, OvaOptions};
 use crate::formats::qcow2::header::{CompressionType, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
 use crate::formats::qcow2::{Qcow2WriteOptions, Qcow2Writer};

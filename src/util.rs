@@ -118,46 +118,6 @@ pub fn parse_size(s: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
-pub use crate::files::sync_dir;
-
-/// Replaces the file at `path` with `bytes` so that a crash at any moment leaves either the old
-/// or the new content: a temporary file beside it (`.<name>.diskconv.tmp`, reused after a crash),
-/// written and fsynced, renamed over `path`, then the folder fsynced. A symbolic link is written
-/// through (the file it leads to is replaced, the link stays). On an error the temporary file is
-/// removed and `path` is untouched. `what` names the content in error messages.
-pub fn replace_file(path: &std::path::Path, bytes: &[u8], what: &str) -> crate::error::Result<()> {
-    use std::io::Write;
-    let given = path;
-    let resolved = crate::files::follow_links(path)
-        .map_err(|e| crate::error::Error::io("following symbolic links", e).in_file(given))?;
-    let path = resolved.as_path();
-    let err = |op: String, e| crate::error::Error::io(op, e).in_file(given);
-    let name = path
-        .file_name()
-        .ok_or_else(|| {
-            crate::error::Error::InvalidArgument(format!("'{}' is not a file name", path.display()))
-        })?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = path.with_file_name(format!(".{name}.diskconv.tmp"));
-    let written = std::fs::File::create(&tmp).and_then(|mut f| {
-        f.write_all(bytes)?;
-        f.sync_all()
-    });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(
-            format!("writing the new {what} to {}", tmp.display()),
-            e,
-        ));
-    }
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(format!("renaming the new {what} into place"), e));
-    }
-    Ok(sync_dir(path)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,22 +160,5 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1 << 30), "1 GiB");
         assert_eq!(human_bytes(1536 << 20), "1.50 GiB");
-    }
-
-    #[test]
-    fn replace_file_swaps_content_and_leaves_no_temporary() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("state");
-        std::fs::write(&p, b"old").unwrap();
-        replace_file(&p, b"new content", "test").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"new content");
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
-        // A folder where the file should be: an error naming it, the folder untouched.
-        let dir = d.path().join("sub");
-        std::fs::create_dir(&dir).unwrap();
-        let e = replace_file(&dir, b"x", "test").unwrap_err().chain();
-        assert!(e.contains("sub"), "{e}");
-        assert!(dir.is_dir());
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 2);
     }
 }

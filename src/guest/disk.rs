@@ -2,18 +2,17 @@
 //! writer and the partition code work on, a [`Window`] onto one partition, an in-memory disk for
 //! tests, and [`TxDisk`], a transaction that collects every write in memory and commits them to
 //! the image only at the end (so a failed operation leaves the image exactly as it was).
+//! [`ImageTx`] is that transaction over an image file: locked, and committed crash-safely
+//! through the undo journal of [`crate::files`].
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use crate::error::{Error, Result};
+use crate::files::{ImageLock, RollbackOutcome, UndoJournal, journal_path};
 use crate::image::{Format, ImageReader, ImageUpdater, read_skipping_holes};
 use crate::open::OpenOptions;
-use crate::util::{is_zero, sync_dir};
 
 /// Positional reads of a disk or volume.
 pub trait DiskRead {
@@ -381,236 +380,11 @@ impl DiskIo for TxDisk {
     }
 }
 
-/// The undo journal written beside an image while a commit is in progress.
-pub fn journal_path(image: &Path) -> PathBuf {
-    let mut name = image.as_os_str().to_os_string();
-    name.push(".diskconv-undo");
-    PathBuf::from(name)
-}
-
-const JOURNAL_MAGIC: &[u8; 16] = b"DISKCONV-UNDO-01";
-
-/// Largest undo journal [`rollback`] reads.
-const MAX_JOURNAL: u64 = 1 << 34;
-
-/// Serialises the undo journal: magic, virtual size, range count, then per range its offset,
-/// length and original bytes, then the SHA-256 of everything before it.
-fn encode_journal(virtual_size: u64, ranges: &[(u64, Vec<u8>)]) -> Vec<u8> {
-    let total: usize = ranges.iter().map(|(_, d)| d.len() + 16).sum();
-    let mut out = Vec::with_capacity(32 + total + 32);
-    out.extend_from_slice(JOURNAL_MAGIC);
-    out.extend_from_slice(&virtual_size.to_le_bytes());
-    out.extend_from_slice(&(ranges.len() as u64).to_le_bytes());
-    for (off, data) in ranges {
-        out.extend_from_slice(&off.to_le_bytes());
-        out.extend_from_slice(&(data.len() as u64).to_le_bytes());
-        out.extend_from_slice(data);
-    }
-    let sum = Sha256::digest(&out);
-    out.extend_from_slice(&sum);
-    out
-}
-
-/// Why a journal could not be decoded.
-enum JournalProblem {
-    /// Shorter than its content says, or its checksum does not match: it was being written
-    /// when the commit stopped, so the image was not touched yet.
-    Incomplete(String),
-    /// Not a journal of ours, or impossible content.
-    Invalid(String),
-}
-
-type JournalRanges = (u64, Vec<(u64, Vec<u8>)>);
-
-fn decode_journal(bytes: &[u8]) -> std::result::Result<JournalRanges, JournalProblem> {
-    let le = |at: usize| -> Option<u64> {
-        bytes
-            .get(at..at.checked_add(8)?)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-    };
-    if bytes.len() < 16 {
-        return Err(JournalProblem::Incomplete(format!(
-            "only {} bytes long",
-            bytes.len()
-        )));
-    }
-    if bytes.get(..16) != Some(&JOURNAL_MAGIC[..]) {
-        return Err(JournalProblem::Invalid(
-            "it does not start with the diskconv undo journal signature".into(),
-        ));
-    }
-    if bytes.len() < 32 + 32 {
-        return Err(JournalProblem::Incomplete(format!(
-            "only {} bytes long",
-            bytes.len()
-        )));
-    }
-    let body_len = bytes.len() - 32;
-    let (body, sum) = bytes.split_at(body_len);
-    if Sha256::digest(body).as_slice() != sum {
-        return Err(JournalProblem::Incomplete(
-            "its checksum does not match its content".into(),
-        ));
-    }
-    let (Some(virtual_size), Some(count)) = (le(16), le(24)) else {
-        return Err(JournalProblem::Invalid("its header is truncated".into()));
-    };
-    let mut at = 32usize;
-    let mut ranges = Vec::new();
-    for i in 0..count {
-        let (Some(off), Some(len)) = (le(at), le(at + 8)) else {
-            return Err(JournalProblem::Invalid(format!(
-                "range {i} of {count}: its header at byte {at} is past the end of the journal"
-            )));
-        };
-        let start = at + 16;
-        let data = usize::try_from(len)
-            .ok()
-            .and_then(|l| start.checked_add(l))
-            .filter(|&e| e <= body_len)
-            .and_then(|e| body.get(start..e));
-        let Some(data) = data else {
-            return Err(JournalProblem::Invalid(format!(
-                "range {i} of {count} ({len} bytes at byte {start}) reaches past the end of the journal"
-            )));
-        };
-        if off.checked_add(len).is_none_or(|e| e > virtual_size) {
-            return Err(JournalProblem::Invalid(format!(
-                "range {i} ({len} bytes at disk offset {off:#x}) reaches past the end of the disk \
-                 ({virtual_size} bytes)"
-            )));
-        }
-        ranges.push((off, data.to_vec()));
-        at = start + data.len();
-    }
-    if at != body_len {
-        return Err(JournalProblem::Invalid(format!(
-            "{} bytes follow its last range",
-            body_len - at
-        )));
-    }
-    Ok((virtual_size, ranges))
-}
-
-/// What [`rollback`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RollbackOutcome {
-    /// The journal was complete: these ranges were restored to their original bytes.
-    Restored {
-        /// Ranges restored.
-        ranges: usize,
-        /// Bytes restored.
-        bytes: u64,
-    },
-    /// The journal was incomplete (the commit stopped while writing it, before touching the
-    /// image): it was removed and the image left as it is.
-    JournalIncomplete {
-        /// Why it was judged incomplete.
-        reason: String,
-    },
-}
-
-/// Takes an exclusive advisory lock (`flock`) on the image file, so two edits (or an edit and a
-/// rollback) cannot run on one image at once. Held until the returned file is dropped.
-fn lock_image(path: &Path) -> Result<std::fs::File> {
-    let f = std::fs::File::open(path)
-        .map_err(|e| Error::io("opening the image for an edit", e).in_file(path))?;
-    // A lock can be held for a moment by a child process forked (for an unrelated command)
-    // between our open and its exec: retry briefly before calling the image busy.
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => return Ok(f),
-            Err(e) if e == rustix::io::Errno::WOULDBLOCK && attempt <= 40 => {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-                return Err(Error::InvalidArgument(
-                    "the image is being edited by another diskconv process (it holds the \
-                     image's lock)"
-                        .into(),
-                )
-                .in_file(path));
-            }
-            Err(e) => return Err(Error::io("locking the image", e.into()).in_file(path)),
-        }
-    }
-}
-
 /// Restores an image whose commit was interrupted, from the undo journal beside it
-/// (`<image>.diskconv-undo`), then removes the journal. An image without a journal is an error.
+/// (`<image>.diskconv-undo`), then removes the journal (see [`crate::files::rollback`], which
+/// this calls with the image's in-place updater). An image without a journal is an error.
 pub fn rollback(image: &Path) -> Result<RollbackOutcome> {
-    let _lock = lock_image(image)?;
-    let jpath = journal_path(image);
-    let err = |op: String, e| Error::io(op, e).in_file(&jpath);
-    let mut f = match std::fs::File::open(&jpath) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::InvalidArgument(format!(
-                "there is no undo journal {} beside the image: nothing to roll back",
-                jpath.display()
-            ))
-            .in_file(image));
-        }
-        Err(e) => return Err(err("opening the undo journal".into(), e)),
-    };
-    let size = f
-        .metadata()
-        .map_err(|e| err("reading the undo journal's size".into(), e))?
-        .len();
-    if size > MAX_JOURNAL {
-        return Err(Error::InvalidArgument(format!(
-            "the undo journal is {size} bytes, more than the {MAX_JOURNAL} bytes diskconv writes"
-        ))
-        .in_file(&jpath));
-    }
-    let mut bytes = Vec::with_capacity(size as usize);
-    f.read_to_end(&mut bytes)
-        .map_err(|e| err("reading the undo journal".into(), e))?;
-    drop(f);
-    let (virtual_size, ranges) = match decode_journal(&bytes) {
-        Ok(v) => v,
-        Err(JournalProblem::Incomplete(reason)) => {
-            std::fs::remove_file(&jpath)
-                .map_err(|e| err("removing the incomplete undo journal".into(), e))?;
-            sync_dir(&jpath)?;
-            return Ok(RollbackOutcome::JournalIncomplete { reason });
-        }
-        Err(JournalProblem::Invalid(why)) => {
-            return Err(Error::Corrupt(format!(
-                "the undo journal cannot be used: {why}; it was left in place"
-            ))
-            .in_file(&jpath));
-        }
-    };
-    let mut up = crate::sync::target::open_updater(image, None)?;
-    if up.virtual_size() != virtual_size {
-        return Err(Error::InvalidArgument(format!(
-            "the undo journal is for a disk of {virtual_size} bytes, the image has {} bytes; \
-             it was left in place",
-            up.virtual_size()
-        ))
-        .in_file(image));
-    }
-    let mut restored = 0u64;
-    for (off, data) in &ranges {
-        if is_zero(data) {
-            up.write_zeroes(*off, data.len() as u64)?;
-        } else {
-            up.write_at(data, *off)?;
-        }
-        restored += data.len() as u64;
-    }
-    up.flush()?;
-    drop(up);
-    std::fs::remove_file(&jpath).map_err(|e| err("removing the undo journal".into(), e))?;
-    sync_dir(&jpath)?;
-    Ok(RollbackOutcome::Restored {
-        ranges: ranges.len(),
-        bytes: restored,
-    })
+    crate::files::rollback(image, |p| crate::sync::target::open_updater(p, None))
 }
 
 /// Where [`ImageTx::commit_interrupted`] stops, simulating a crash.
@@ -634,8 +408,8 @@ pub struct ImageTx {
     path: PathBuf,
     format: Format,
     updater: Box<dyn ImageUpdater>,
-    /// The image file, locked (`flock`, exclusive) for as long as the edit lasts.
-    _lock: std::fs::File,
+    /// The image file, locked for as long as the edit lasts.
+    _lock: ImageLock,
     /// The transaction; edit through it (or a [`Window`] on it).
     pub disk: TxDisk,
 }
@@ -655,7 +429,7 @@ impl ImageTx {
     /// Formats that cannot be updated in place are refused here, before any work is done, and
     /// so is an image with an undo journal beside it (an interrupted commit: see [`rollback`]).
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<ImageTx> {
-        let lock = lock_image(path)?;
+        let lock = ImageLock::acquire(path)?;
         let jpath = journal_path(path);
         if jpath.exists() {
             return Err(Error::InvalidArgument(format!(
@@ -729,25 +503,7 @@ impl ImageTx {
             read_skipping_holes(self.disk.reader.as_ref(), &mut orig, r.start)?;
             originals.push((r.start, orig));
         }
-        let journal = encode_journal(self.disk.len(), &originals);
-        let jpath = journal_path(&path);
-        let jerr = |op: &str, e| Error::io(op.to_string(), e).in_file(&jpath);
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&jpath)
-            .map_err(|e| jerr("creating the undo journal", e))
-            .and_then(|mut f| {
-                f.write_all(&journal)
-                    .and_then(|()| f.sync_all())
-                    .map_err(|e| jerr("writing the undo journal", e))
-            });
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&jpath);
-            return Err(e);
-        }
-        sync_dir(&jpath)?;
-        drop(journal);
+        let journal = UndoJournal::create(&path, self.disk.len(), &originals)?;
         if crash == Some(CrashPoint::AfterJournal) {
             return Ok(CommitStats::default());
         }
@@ -780,9 +536,7 @@ impl ImageTx {
                     .and_then(|()| self.updater.flush());
                 return match restored {
                     Ok(()) => {
-                        std::fs::remove_file(&jpath)
-                            .map_err(|e| jerr("removing the undo journal", e))?;
-                        sync_dir(&jpath)?;
+                        journal.remove()?;
                         Err(e.in_file(&path))
                     }
                     Err(r) => Err(Error::Corrupt(format!(
@@ -790,7 +544,7 @@ impl ImageTx {
                          too ({}); the undo journal {} is kept: run `diskconv ntfs rollback {}`",
                         e.chain(),
                         r.chain(),
-                        jpath.display(),
+                        journal.path().display(),
                         path.display()
                     ))
                     .in_file(&path)),
@@ -801,8 +555,7 @@ impl ImageTx {
             return Ok(stats);
         }
         drop(originals);
-        std::fs::remove_file(&jpath).map_err(|e| jerr("removing the undo journal", e))?;
-        sync_dir(&jpath)?;
+        journal.remove()?;
         Ok(stats)
     }
 }
@@ -810,33 +563,6 @@ impl ImageTx {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn journal_round_trip_and_damage() {
-        let ranges = vec![(4096u64, vec![1u8; 4096]), (65536, vec![0u8; 8192])];
-        let j = encode_journal(1 << 20, &ranges);
-        let (size, back) = decode_journal(&j).ok().unwrap_or_default();
-        assert_eq!(size, 1 << 20);
-        assert_eq!(back, ranges);
-        // Truncated: incomplete.
-        assert!(matches!(
-            decode_journal(&j[..j.len() - 1]),
-            Err(JournalProblem::Incomplete(_))
-        ));
-        // Wrong magic: invalid.
-        let mut bad = j.clone();
-        bad[0] ^= 1;
-        assert!(matches!(
-            decode_journal(&bad),
-            Err(JournalProblem::Invalid(_))
-        ));
-        // A range past the end of the disk (checksum recomputed): invalid.
-        let j2 = encode_journal(4096, &ranges);
-        assert!(matches!(
-            decode_journal(&j2),
-            Err(JournalProblem::Invalid(_))
-        ));
-    }
 
     #[test]
     fn merge_joins_adjacent_pages_only() {

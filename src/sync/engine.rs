@@ -36,8 +36,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::convert::OutputFiles;
 use crate::error::{Error, Result};
+use crate::files::OutputFiles;
 use crate::image::{Format, ImageReader, ImageUpdater, NamedReader, read_skipping_holes};
 use crate::open::{OpenOptions, PackageOptions, ReferencePolicy, open, open_qcow2};
 use crate::output::{OutputOptions, create_writer};

@@ -15,8 +15,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::files::sync_dir;
 use crate::sync::bitmap::BlockBitmap;
-use crate::util::sync_dir;
 
 const MAGIC: &[u8; 8] = b"DCSYNC\0\x01";
 const FP_MAGIC: &[u8; 8] = b"DCSYNCFP";
@@ -338,7 +338,7 @@ impl SyncState {
     /// Replaces the state file atomically: temporary file in the same folder, fsync, rename,
     /// fsync of the folder.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::util::replace_file(path, &self.to_bytes(), "sync state")
+        crate::files::replace_file(path, &self.to_bytes(), "sync state")
     }
 }
 

@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use diskconv::OpenOptions;
-use diskconv::guest::disk::{
-    CrashPoint, DiskIo, DiskRead, ImageTx, RollbackOutcome, journal_path, rollback,
-};
+use diskconv::files::{RollbackOutcome, journal_path};
+use diskconv::guest::disk::{CrashPoint, DiskIo, DiskRead, ImageTx, rollback};
 
 use crate::util::{
     Rng, assert_qemu_check, make_raw, qemu_compare, qemu_img, require, run, sha256_file, tmpdir,

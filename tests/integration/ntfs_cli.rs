@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use diskconv::OpenOptions;
-use diskconv::guest::disk::{CrashPoint, DiskIo, ImageTx, Window, journal_path};
+use diskconv::files::journal_path;
+use diskconv::guest::disk::{CrashPoint, DiskIo, ImageTx, Window};
 use diskconv::guest::ntfs::{NtfsOpenOptions, NtfsVolume};
 
 use crate::util::{Rng, assert_qemu_check, diskconv, qemu_img, require, run, sha256_file, tmpdir};

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use diskconv::convert::OutputFiles;
+use diskconv::files::OutputFiles;
 use diskconv::formats::vhdx::writer::create;
 use diskconv::formats::vhdx::{VhdxSubformat, VhdxWriteOptions};
 use diskconv::{ErrorKind, Format, ImageReader, OpenOptions};

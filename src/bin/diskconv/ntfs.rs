@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use diskconv::guest::disk::{CommitStats, ImageTx, RollbackOutcome, TxDisk, Window, rollback};
+use diskconv::files::RollbackOutcome;
+use diskconv::guest::disk::{CommitStats, ImageTx, TxDisk, Window, rollback};
 use diskconv::guest::ntfs::{NtfsOpenOptions, NtfsVolume};
 use diskconv::guest::partition::{FsKind, Volume, find_volumes};
 use diskconv::util::human_bytes;

@@ -195,7 +195,7 @@ impl Default for OvaOptions {
 
 /// Creates the OVA writer over the output files (see [`writer`]).
 pub fn create_writer(
-    files: &mut crate::convert::OutputFiles,
+    files: &mut crate::files::OutputFiles,
     size: u64,
     vmdk: &crate::formats::vmdk::VmdkWriteOptions,
     ova: &OvaOptions,

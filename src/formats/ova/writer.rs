@@ -12,8 +12,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::{Firmware, OvaOptions};
-use crate::convert::OutputFiles;
 use crate::error::{Error, Result};
+use crate::files::OutputFiles;
 use crate::formats::vmdk::writer::{AdapterType, StreamSummary, StreamWriter, VmdkWriteOptions};
 use crate::image::{Chunk, Compressor, Format, ImageWriter, WriteReport};
 use crate::storage::Storage;

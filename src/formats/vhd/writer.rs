@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::convert::OutputFiles;
 use crate::error::{Error, Result};
+use crate::files::OutputFiles;
 use crate::image::{Format, ImageWriter, WriteReport};
 use crate::storage::Storage;
 

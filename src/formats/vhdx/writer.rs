@@ -35,8 +35,8 @@ use super::header::{self, HEADER_OFFSETS, VhdxHeader};
 use super::metadata::{self, MAX_VIRTUAL_SIZE, VhdxMetadata};
 use super::region::{self, BAT_GUID, METADATA_GUID, REGION_OFFSETS, Region};
 use super::{MIB, random_guid};
-use crate::convert::OutputFiles;
 use crate::error::{Error, Result};
+use crate::files::OutputFiles;
 use crate::image::{Format, ImageWriter, WriteReport};
 use crate::storage::Storage;
 

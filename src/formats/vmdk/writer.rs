@@ -41,8 +41,8 @@ use flate2::{Compress, Compression, FlushCompress, Status};
 use sha2::{Digest, Sha256};
 
 use super::VmdkError;
-use crate::convert::OutputFiles;
 use crate::error::{Error, Result};
+use crate::files::OutputFiles;
 use crate::formats::raw::{Preallocation, RawWriter};
 use crate::image::{Chunk, Compressor, Format, GranuleState, ImageWriter, WriteReport};
 use crate::storage::Storage;

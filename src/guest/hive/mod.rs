@@ -1155,7 +1155,7 @@ impl Hive {
         self.base.set_sequences(seq, seq);
         self.base.set_timestamp(filetime_now());
         let bytes = self.to_bytes();
-        crate::util::replace_file(path, &bytes, "hive")?;
+        crate::files::replace_file(path, &bytes, "hive")?;
         self.base.set_hive_bins_size(self.cells.bytes.len() as u32);
         self.cells.dirty.clear();
         self.cells.saved_len = self.cells.bytes.len();

@@ -1,5 +1,6 @@
-//! Creating output files safely: where an output path really leads, temporary names beside the
-//! final file, and the temporaries a killed run left behind.
+//! Creating and changing files safely: where an output path really leads, temporary names
+//! beside the final file, the temporaries a killed run left behind, whole-file replacement, the
+//! image lock and the undo journal of in-place edits.
 //!
 //! - [`resolve_output`] follows an output path through its symbolic links (also a dangling one:
 //!   its target is created, as qemu-img does) and says what is there: a regular file (new or
@@ -9,23 +10,38 @@
 //! - [`TempFile`] is a new file `.<name>.diskconv-<pid>-<n>.tmp` in the folder of the final
 //!   file. It holds an exclusive `flock` for as long as it exists (from its creation until it is
 //!   renamed over the final name or removed), so a lock nobody holds proves a temporary stale.
+//!   [`OutputFiles`] is the set of temporaries of one output (the target, files beside it,
+//!   scratch files), committed together.
 //! - Stale temporaries: a run killed with SIGKILL (or a power cut) leaves its temporary behind.
 //!   Creating a temporary for a final name first removes the temporaries of that same final
 //!   name (and of its scratch files, `<name>.scratch<k>`) that match the naming scheme exactly,
 //!   whose process is gone and whose lock nobody holds; never a live one, never another file.
+//! - [`replace_file`] replaces a small file (a state file, a hive) whole, crash-safely.
+//! - [`ImageLock`] is the exclusive lock of an image being changed in place; the undo journal
+//!   ([`UndoJournal`]) keeps the original bytes of the ranges an edit changes until the edit is complete, and
+//!   [`rollback`] puts them back after a crash.
+
+mod journal;
+mod lock;
+mod temp;
+
+pub use journal::{RollbackOutcome, UndoJournal, journal_path, rollback};
+pub use lock::ImageLock;
+pub use temp::{OutputFiles, TempFile, remove_stale_temporaries, temp_of};
 
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
+use crate::error::Error;
 use crate::storage::FileStorage;
 
 /// A refused output path or a failed file operation: the path, what is wrong (or what was being
 /// done) and, for failures, the operating system's error. Converts into the crate's
 /// [`Error`](crate::Error): a refusal is an invalid argument, a failure an I/O error, both naming
-/// the path. (This module does not use the crate error itself, so it stays a leaf below it.)
+/// the path.
 #[derive(Debug)]
 pub struct FileError {
     /// The path the caller named.
@@ -48,8 +64,19 @@ impl std::error::Error for FileError {
     }
 }
 
+impl From<FileError> for Error {
+    /// A refused path is an invalid argument, a failed system call an I/O error; both name the
+    /// path.
+    fn from(e: FileError) -> Self {
+        match e.source {
+            Some(source) => Error::io(e.what, source).in_file(e.path),
+            None => Error::InvalidArgument(e.what).in_file(e.path),
+        }
+    }
+}
+
 impl FileError {
-    fn refused(path: &Path, what: String) -> Self {
+    pub(crate) fn refused(path: &Path, what: String) -> Self {
         FileError {
             path: path.to_path_buf(),
             what,
@@ -57,7 +84,7 @@ impl FileError {
         }
     }
 
-    fn io(path: &Path, what: impl Into<String>, e: io::Error) -> Self {
+    pub(crate) fn io(path: &Path, what: impl Into<String>, e: io::Error) -> Self {
         FileError {
             path: path.to_path_buf(),
             what: what.into(),
@@ -278,245 +305,46 @@ pub fn sync_dir(path: &Path) -> Result<()> {
         .map_err(|e| FileError::io(&dir, "syncing the folder", e))
 }
 
-/// A temporary file beside its final name (see the module documentation): created new,
-/// locked while it exists, renamed over the final name by [`commit`](TempFile::commit),
-/// removed when dropped uncommitted.
-#[derive(Debug)]
-pub struct TempFile {
-    temp: PathBuf,
-    target: PathBuf,
-    /// A descriptor of the temporary holding its exclusive `flock` (shared with the storage
-    /// handed out, so the lock lasts until both are closed).
-    _lock: File,
-    stale_removed: Vec<PathBuf>,
-    committed: bool,
-}
-
-/// The temporary name of attempt `n` for the file `name`.
-fn temp_name(name: &[u8], pid: u32, n: u32) -> Vec<u8> {
-    let mut v = Vec::with_capacity(name.len() + 32);
-    v.push(b'.');
-    v.extend_from_slice(name);
-    v.extend_from_slice(format!(".diskconv-{pid}-{n}.tmp").as_bytes());
-    v
-}
-
-fn all_digits(b: &[u8]) -> bool {
-    !b.is_empty() && b.iter().all(u8::is_ascii_digit)
-}
-
-/// If `file` is a temporary of the final name `name` (or of one of its scratch files,
-/// `<name>.scratch<k>`) in the exact naming scheme, the process id in it.
-pub fn temp_of(file: &[u8], name: &[u8]) -> Option<u32> {
-    let rest = file.strip_prefix(b".")?.strip_prefix(name)?;
-    let rest = match rest.strip_prefix(b".scratch") {
-        Some(r) => {
-            let digits = r.iter().take_while(|b| b.is_ascii_digit()).count();
-            if digits == 0 {
-                return None;
-            }
-            &r[digits..]
-        }
-        None => rest,
-    };
-    let ids = rest.strip_prefix(b".diskconv-")?.strip_suffix(b".tmp")?;
-    let dash = ids.iter().position(|&b| b == b'-')?;
-    let (pid, n) = (&ids[..dash], &ids[dash + 1..]);
-    if !all_digits(pid) || !all_digits(n) {
-        return None;
+/// Replaces the file at `path` with `bytes` so that a crash at any moment leaves either the old
+/// or the new content: a temporary file beside it (`.<name>.diskconv.tmp`, reused after a crash),
+/// written and fsynced, renamed over `path`, then the folder fsynced. A symbolic link is written
+/// through (the file it leads to is replaced, the link stays). On an error the temporary file is
+/// removed and `path` is untouched. `what` names the content in error messages.
+pub fn replace_file(path: &std::path::Path, bytes: &[u8], what: &str) -> crate::error::Result<()> {
+    use std::io::Write;
+    let given = path;
+    let resolved =
+        follow_links(path).map_err(|e| Error::io("following symbolic links", e).in_file(given))?;
+    let path = resolved.as_path();
+    let err = |op: String, e| Error::io(op, e).in_file(given);
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::InvalidArgument(format!("'{}' is not a file name", path.display())))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = path.with_file_name(format!(".{name}.diskconv.tmp"));
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(
+            format!("writing the new {what} to {}", tmp.display()),
+            e,
+        ));
     }
-    std::str::from_utf8(pid).ok()?.parse().ok()
-}
-
-/// Whether the process `pid` may still be running (unknown counts as running).
-fn process_alive(pid: u32) -> bool {
-    let Some(p) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return false;
-    };
-    !matches!(
-        rustix::process::test_kill_process(p),
-        Err(rustix::io::Errno::SRCH)
-    )
-}
-
-/// Removes the stale temporaries of the final file `target` (see the module documentation);
-/// returns their paths.
-pub fn remove_stale_temporaries(target: &Path) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    let Some(name) = target.file_name() else {
-        return removed;
-    };
-    let dir = folder_of(target);
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return removed;
-    };
-    let me = std::process::id();
-    for entry in entries.flatten() {
-        let file = entry.file_name();
-        let Some(pid) = temp_of(file.as_bytes(), name.as_bytes()) else {
-            continue;
-        };
-        // A temporary of this process, or of one that may be alive, is never touched (a
-        // live one is locked, except between its creation and its lock).
-        if pid == me || process_alive(pid) {
-            continue;
-        }
-        let path = dir.join(&file);
-        if remove_if_unlocked(&path) {
-            removed.push(path);
-        }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(format!("renaming the new {what} into place"), e));
     }
-    removed
-}
-
-/// Removes `path` if it is a regular file nobody holds a `flock` on.
-fn remove_if_unlocked(path: &Path) -> bool {
-    let Ok(f) = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-    else {
-        return false;
-    };
-    let Ok(meta) = f.metadata() else {
-        return false;
-    };
-    if !meta.is_file() {
-        return false;
-    }
-    use rustix::fs::{FlockOperation, flock};
-    if flock(&f, FlockOperation::NonBlockingLockExclusive).is_err() {
-        return false;
-    }
-    // Still the same file under that name?
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.dev() == meta.dev() && m.ino() == meta.ino() => fs::remove_file(path).is_ok(),
-        _ => false,
-    }
-}
-
-impl TempFile {
-    /// Creates a new, empty, locked temporary file in the folder of `target` (a path whose
-    /// symbolic links are already resolved), after removing that target's stale temporaries.
-    pub fn create(target: &Path) -> Result<(Self, FileStorage)> {
-        let dir = folder_of(target);
-        let name = target
-            .file_name()
-            .ok_or_else(|| FileError::refused(target, "is not a file name".into()))?;
-        let stale_removed = remove_stale_temporaries(target);
-        let pid = std::process::id();
-        for attempt in 0..100u32 {
-            let temp = dir.join(std::ffi::OsStr::from_bytes(&temp_name(
-                name.as_bytes(),
-                pid,
-                attempt,
-            )));
-            match FileStorage::create_new(&temp) {
-                Ok(s) => {
-                    let locked = s.file().try_clone().and_then(|f| {
-                        use rustix::fs::{FlockOperation, flock};
-                        flock(&f, FlockOperation::NonBlockingLockExclusive)?;
-                        Ok(f)
-                    });
-                    let lock = match locked {
-                        Ok(f) => f,
-                        Err(e) => {
-                            let _ = fs::remove_file(&temp);
-                            return Err(FileError::io(&temp, "locking the temporary output", e));
-                        }
-                    };
-                    return Ok((
-                        TempFile {
-                            temp,
-                            target: target.to_path_buf(),
-                            _lock: lock,
-                            stale_removed,
-                            committed: false,
-                        },
-                        s,
-                    ));
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    return Err(FileError::io(&temp, "creating the temporary output", e));
-                }
-            }
-        }
-        Err(FileError::refused(
-            target,
-            "could not find a free temporary name beside it".into(),
-        ))
-    }
-
-    /// The temporary path.
-    pub fn temp_path(&self) -> &Path {
-        &self.temp
-    }
-
-    /// The final path.
-    pub fn target(&self) -> &Path {
-        &self.target
-    }
-
-    /// Stale temporaries of the same final file removed before this one was created.
-    pub fn stale_removed(&self) -> &[PathBuf] {
-        &self.stale_removed
-    }
-
-    /// Renames the temporary file over the final name (the folder is not synced: see
-    /// [`sync_dir`]).
-    pub fn commit(mut self) -> Result<()> {
-        fs::rename(&self.temp, &self.target).map_err(|e| {
-            FileError::io(
-                &self.target,
-                format!("renaming the temporary {} into place", self.temp.display()),
-                e,
-            )
-        })?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        // Removed while still locked: the name never exists unlocked.
-        if !self.committed {
-            let _ = fs::remove_file(&self.temp);
-        }
-    }
+    Ok(sync_dir(path)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
-
-    #[test]
-    fn temp_names_are_recognised_exactly() {
-        assert_eq!(temp_of(b".a.raw.diskconv-12-0.tmp", b"a.raw"), Some(12));
-        assert_eq!(
-            temp_of(b".a.raw.scratch0.diskconv-7-3.tmp", b"a.raw"),
-            Some(7)
-        );
-        for other in [
-            &b".a.raw.diskconv-12-0.tmpx"[..],
-            b".a.raw.diskconv-12.tmp",
-            b".a.raw.diskconv--0.tmp",
-            b".a.raw.diskconv-1x-0.tmp",
-            b"a.raw.diskconv-12-0.tmp",
-            b".b.raw.diskconv-12-0.tmp",
-            b".a.rawx.diskconv-12-0.tmp",
-            b".a.raw.scratch.diskconv-12-0.tmp",
-            b".a.raw.diskconv.tmp",
-            b".a.raw.diskconv-99999999999-0.tmp",
-        ] {
-            assert_eq!(temp_of(other, b"a.raw"), None, "{}", other.escape_ascii());
-        }
-    }
 
     #[test]
     fn resolve_follows_links_and_refuses_what_is_not_a_file() {
@@ -576,44 +404,19 @@ mod tests {
     }
 
     #[test]
-    fn temp_files_are_locked_and_stale_ones_removed() {
+    fn replace_file_swaps_content_and_leaves_no_temporary() {
         let d = tempfile::tempdir().unwrap();
-        let target = d.path().join("out.qcow2");
-        // A stale temporary of a dead process (pid 2^31-1 is above any pid_max), one of its
-        // scratch files, a file that only looks similar, and another output's temporary.
-        let stale = d.path().join(".out.qcow2.diskconv-2147483647-0.tmp");
-        let stale_scratch = d
-            .path()
-            .join(".out.qcow2.scratch0.diskconv-2147483647-1.tmp");
-        let similar = d.path().join(".out.qcow2.diskconv-2147483647-0.tmp.keep");
-        let other = d.path().join(".other.qcow2.diskconv-2147483647-0.tmp");
-        for p in [&stale, &stale_scratch, &similar, &other] {
-            std::fs::write(p, b"old").unwrap();
-        }
-        // A temporary whose (dead) process name still holds a lock is left alone.
-        let held = d.path().join(".out.qcow2.diskconv-2147483646-0.tmp");
-        std::fs::write(&held, b"old").unwrap();
-        let holder = File::open(&held).unwrap();
-        rustix::fs::flock(&holder, rustix::fs::FlockOperation::LockExclusive).unwrap();
-
-        let (t, s) = TempFile::create(&target).unwrap();
-        let mut removed = t.stale_removed().to_vec();
-        removed.sort();
-        assert_eq!(removed, vec![stale.clone(), stale_scratch.clone()]);
-        assert!(similar.exists() && other.exists() && held.exists());
-        // The new temporary is locked: another run would not remove it.
-        assert!(!remove_if_unlocked(t.temp_path()));
-        crate::storage::Storage::write_all_at(&s, b"new", 0).unwrap();
-        let temp = t.temp_path().to_path_buf();
-        t.commit().unwrap();
-        assert!(!temp.exists());
-        assert_eq!(std::fs::read(&target).unwrap(), b"new");
-        drop(holder);
-        // Dropped uncommitted: removed.
-        let (t, _s) = TempFile::create(&target).unwrap();
-        assert_eq!(t.stale_removed(), &[held.clone()][..]);
-        let temp = t.temp_path().to_path_buf();
-        drop(t);
-        assert!(!temp.exists());
+        let p = d.path().join("state");
+        std::fs::write(&p, b"old").unwrap();
+        replace_file(&p, b"new content", "test").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new content");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+        // A folder where the file should be: an error naming it, the folder untouched.
+        let dir = d.path().join("sub");
+        std::fs::create_dir(&dir).unwrap();
+        let e = replace_file(&dir, b"x", "test").unwrap_err().chain();
+        assert!(e.contains("sub"), "{e}");
+        assert!(dir.is_dir());
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 2);
     }
 }
