@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use diskconv::guest::hive::{Hive, HiveOpenOptions, RegData};
 use diskconv::inject::windows::{
-    BootStorageDriver, add_boot_storage_driver, current_control_set, plan_boot_storage_driver,
+    BootStorageDriver, add_boot_storage_driver, plan_boot_storage_driver,
 };
+use diskconv::inspect::windows::current_control_set;
 
 struct Args {
     runs: usize,

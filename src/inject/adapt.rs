@@ -11,7 +11,7 @@ use crate::guest::ntfs::{NtfsError, NtfsOpenOptions, NtfsVolume};
 use crate::guest::partition::{FsKind, Volume, find_volumes};
 use crate::inject::drivers::{DriverSet, DriverSource};
 use crate::inject::windows::{
-    BootStorageDriver, EditPlan, FirstBoot, STAGING_DIR_ENV, apply_plan, cloud_inbox_drivers,
+    BootStorageDriver, EditPlan, FirstBoot, InboxDriver, STAGING_DIR_ENV, apply_plan,
     first_boot_script, plan_boot_storage_driver, plan_crash_auto_reboot, plan_device_path,
     plan_first_boot, plan_inbox_driver,
 };
@@ -165,6 +165,25 @@ impl std::str::FromStr for CloudTarget {
                 "unknown target '{s}': expected aws-nitro, gcp or azure"
             ))),
         }
+    }
+}
+
+/// The inbox storage drivers each cloud boots from.
+///
+/// - AWS Nitro: NVMe (`stornvme`); EBS volumes are PCI `1D0F:8061` and instance-store volumes
+///   `1D0F:CD01` (AWS, "Amazon EBS and NVMe on Windows instances": EBS volumes are NVMe devices
+///   on Nitro instances, served by the standard NVMe driver or AWS's own).
+/// - Google Compute Engine (third generation and later machine types): NVMe persistent disks,
+///   PCI `1AE0:001F` (Google's vendor id).
+/// - Azure: VMBus and its synthetic SCSI controller (`vmbus` + `storvsc`).
+pub fn cloud_inbox_drivers(target: CloudTarget) -> Vec<InboxDriver> {
+    match target {
+        CloudTarget::AwsNitro => vec![InboxDriver::stornvme(&[
+            "PCI\\VEN_1D0F&DEV_8061",
+            "PCI\\VEN_1D0F&DEV_CD01",
+        ])],
+        CloudTarget::Gcp => vec![InboxDriver::stornvme(&["PCI\\VEN_1AE0&DEV_001F"])],
+        CloudTarget::Azure => vec![InboxDriver::vmbus(), InboxDriver::storvsc()],
     }
 }
 

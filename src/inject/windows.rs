@@ -36,6 +36,7 @@ use std::fmt;
 
 use crate::error::Result;
 use crate::guest::hive::{Hive, HiveError, RegData, RegType};
+use crate::inspect::windows::{current_control_set, has_driver_database};
 
 /// The setup class of SCSI and RAID controllers (`SCSIAdapter`), the class of `viostor` and
 /// `vioscsi`.
@@ -376,71 +377,6 @@ impl fmt::Display for EditReport {
     }
 }
 
-/// The control set an offline SYSTEM hive boots with: `ControlSet%03d` of the DWORD
-/// `Select\Current`.
-///
-/// `CurrentControlSet` is not stored in the hive: at boot the kernel creates it as a symbolic
-/// link to the control set that `Select\Current` numbers, so offline edits must go to that
-/// control set. An error names what is missing or wrong: no `Select` key or `Current` value
-/// (not a SYSTEM hive), a value that is not a DWORD, a number outside 1..=999, or a control set
-/// that does not exist.
-pub fn current_control_set(hive: &Hive) -> Result<String> {
-    let select = hive.open_key("Select")?.ok_or_else(|| {
-        HiveError::NotFound(
-            "the hive has no Select key: it is not a SYSTEM hive (Select\\Current names the \
-             control set to edit)"
-                .into(),
-        )
-    })?;
-    let at = 4096 + u64::from(select.0);
-    let v = hive.value(select, "Current")?.ok_or_else(|| {
-        HiveError::corrupt(
-            "Select key",
-            at,
-            "expected a REG_DWORD value Current naming the control set, found none",
-        )
-    })?;
-    let n = match (v.kind, v.data.as_slice()) {
-        (RegType::DWORD, &[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]),
-        _ => {
-            return Err(HiveError::corrupt(
-                "Select key",
-                at,
-                format!(
-                    "expected Current to be a REG_DWORD of 4 bytes, found {} of {} bytes",
-                    v.kind,
-                    v.data.len()
-                ),
-            )
-            .into());
-        }
-    };
-    if !(1..=999).contains(&n) {
-        return Err(HiveError::corrupt(
-            "Select key",
-            at,
-            format!("expected Current between 1 and 999, found {n}"),
-        )
-        .into());
-    }
-    let name = format!("ControlSet{n:03}");
-    match hive.open_key(&name)? {
-        Some(k) => Ok(hive.key_name(k)?),
-        None => Err(HiveError::corrupt(
-            "Select key",
-            at,
-            format!("Current = {n} names {name}, which does not exist at the hive root"),
-        )
-        .into()),
-    }
-}
-
-/// Whether the hive has the Windows 8 / 2012 and later driver store database (`DriverDatabase`
-/// at the hive root), which replaced the `CriticalDeviceDatabase` for binding boot devices.
-pub fn has_driver_database(hive: &Hive) -> Result<bool> {
-    Ok(hive.open_key("DriverDatabase")?.is_some())
-}
-
 /// Adds the `CriticalDeviceDatabase` binding of `service` to each device id (Windows 7 /
 /// 2008 R2 and older, whose SYSTEM hive has no `DriverDatabase`).
 fn plan_critical_device_database(
@@ -742,26 +678,6 @@ impl InboxDriver {
             &["VMBUS\\{ba6163d9-04a1-4d29-b605-72e2ffb1dc7f}"],
             "Windows Server 2008 R2 / Windows 7",
         )
-    }
-}
-
-/// The inbox storage drivers each cloud boots from.
-///
-/// - AWS Nitro: NVMe (`stornvme`); EBS volumes are PCI `1D0F:8061` and instance-store volumes
-///   `1D0F:CD01` (AWS, "Amazon EBS and NVMe on Windows instances": EBS volumes are NVMe devices
-///   on Nitro instances, served by the standard NVMe driver or AWS's own).
-/// - Google Compute Engine (third generation and later machine types): NVMe persistent disks,
-///   PCI `1AE0:001F` (Google's vendor id).
-/// - Azure: VMBus and its synthetic SCSI controller (`vmbus` + `storvsc`).
-pub fn cloud_inbox_drivers(target: crate::inject::adapt::CloudTarget) -> Vec<InboxDriver> {
-    use crate::inject::adapt::CloudTarget;
-    match target {
-        CloudTarget::AwsNitro => vec![InboxDriver::stornvme(&[
-            "PCI\\VEN_1D0F&DEV_8061",
-            "PCI\\VEN_1D0F&DEV_CD01",
-        ])],
-        CloudTarget::Gcp => vec![InboxDriver::stornvme(&["PCI\\VEN_1AE0&DEV_001F"])],
-        CloudTarget::Azure => vec![InboxDriver::vmbus(), InboxDriver::storvsc()],
     }
 }
 

@@ -1,8 +1,72 @@
 //! Recognising an installed Windows from its SYSTEM and SOFTWARE hives.
 
 use crate::error::Result;
-use crate::guest::hive::{Hive, HiveError, KeyId, RegData};
-use crate::inject::windows::{current_control_set, has_driver_database};
+use crate::guest::hive::{Hive, HiveError, KeyId, RegData, RegType};
+
+/// The control set an offline SYSTEM hive boots with: `ControlSet%03d` of the DWORD
+/// `Select\Current`.
+///
+/// `CurrentControlSet` is not stored in the hive: at boot the kernel creates it as a symbolic
+/// link to the control set that `Select\Current` numbers, so offline edits must go to that
+/// control set. An error names what is missing or wrong: no `Select` key or `Current` value
+/// (not a SYSTEM hive), a value that is not a DWORD, a number outside 1..=999, or a control set
+/// that does not exist.
+pub fn current_control_set(hive: &Hive) -> Result<String> {
+    let select = hive.open_key("Select")?.ok_or_else(|| {
+        HiveError::NotFound(
+            "the hive has no Select key: it is not a SYSTEM hive (Select\\Current names the \
+             control set to edit)"
+                .into(),
+        )
+    })?;
+    let at = 4096 + u64::from(select.0);
+    let v = hive.value(select, "Current")?.ok_or_else(|| {
+        HiveError::corrupt(
+            "Select key",
+            at,
+            "expected a REG_DWORD value Current naming the control set, found none",
+        )
+    })?;
+    let n = match (v.kind, v.data.as_slice()) {
+        (RegType::DWORD, &[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]),
+        _ => {
+            return Err(HiveError::corrupt(
+                "Select key",
+                at,
+                format!(
+                    "expected Current to be a REG_DWORD of 4 bytes, found {} of {} bytes",
+                    v.kind,
+                    v.data.len()
+                ),
+            )
+            .into());
+        }
+    };
+    if !(1..=999).contains(&n) {
+        return Err(HiveError::corrupt(
+            "Select key",
+            at,
+            format!("expected Current between 1 and 999, found {n}"),
+        )
+        .into());
+    }
+    let name = format!("ControlSet{n:03}");
+    match hive.open_key(&name)? {
+        Some(k) => Ok(hive.key_name(k)?),
+        None => Err(HiveError::corrupt(
+            "Select key",
+            at,
+            format!("Current = {n} names {name}, which does not exist at the hive root"),
+        )
+        .into()),
+    }
+}
+
+/// Whether the hive has the Windows 8 / 2012 and later driver store database (`DriverDatabase`
+/// at the hive root), which replaced the `CriticalDeviceDatabase` for binding boot devices.
+pub fn has_driver_database(hive: &Hive) -> Result<bool> {
+    Ok(hive.open_key("DriverDatabase")?.is_some())
+}
 
 /// Processor architecture of a Windows installation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

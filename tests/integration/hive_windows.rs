@@ -10,9 +10,10 @@ use std::process::Command;
 
 use diskconv::guest::hive::{Hive, HiveOpenOptions};
 use diskconv::inject::windows::{
-    BootStorageDriver, Edit, add_boot_storage_driver, current_control_set, disable_service,
-    set_crash_auto_reboot, set_service_start,
+    BootStorageDriver, Edit, add_boot_storage_driver, disable_service, set_crash_auto_reboot,
+    set_service_start,
 };
+use diskconv::inspect::windows::current_control_set;
 
 use crate::util;
 
