@@ -1,21 +1,18 @@
 //! Format detection from content, never from the file name.
 
 use crate::error::{Error, Result};
+use crate::formats::ova::{TAR_MAGIC, TAR_MAGIC_OFFSET};
+use crate::formats::qcow2::header::MAGIC as QCOW2_MAGIC;
+use crate::formats::vhd::footer::COOKIE as VHD_COOKIE;
+use crate::formats::vhdx::header::FILE_SIGNATURE as VHDX_SIGNATURE;
+use crate::formats::vmdk::cowd::COWD_MAGIC as VMDK_COWD_MAGIC;
+use crate::formats::vmdk::descriptor::DESCRIPTOR_START as VMDK_DESCRIPTOR_START;
+use crate::formats::vmdk::sparse::SPARSE_MAGIC as VMDK_SPARSE_MAGIC;
 use crate::image::Format;
 use crate::storage::Storage;
 
-/// qcow2 magic "QFI\xfb" (qcow2.txt, "Header", bytes 0-3).
-pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
-/// VMDK hosted sparse extent magic "KDMV" (VMDK spec 1.1, "Hosted Sparse Extent Header").
-pub const VMDK_SPARSE_MAGIC: [u8; 4] = *b"KDMV";
-/// ESXi vmfsSparse (COWD) extent magic "COWD".
-pub const VMDK_COWD_MAGIC: [u8; 4] = *b"COWD";
-/// Start of a VMDK text descriptor.
-pub const VMDK_DESCRIPTOR_START: &[u8] = b"# Disk DescriptorFile";
-/// VHD footer cookie "conectix" (VHD spec, "Hard Disk Footer Format").
-pub const VHD_COOKIE: [u8; 8] = *b"conectix";
-/// VHDX file type identifier "vhdxfile" (MS-VHDX 2.2.1).
-pub const VHDX_SIGNATURE: [u8; 8] = *b"vhdxfile";
+// The magic numbers live in their format modules; VDI has no module yet, so its signature is
+// kept here until one exists.
 /// VDI signature at offset 0x40 (VirtualBox VDIHEADER, u32 little-endian 0xbeda107f).
 pub const VDI_SIGNATURE: [u8; 4] = 0xbeda_107f_u32.to_le_bytes();
 
@@ -58,13 +55,15 @@ pub fn detect(storage: &dyn Storage) -> Result<Format> {
     {
         return Ok(Format::Vmdk);
     }
-    if head.starts_with(&VHDX_SIGNATURE) {
+    if head.starts_with(VHDX_SIGNATURE) {
         return Ok(Format::Vhdx);
     }
     if head.starts_with(&VHD_COOKIE) {
         return Ok(Format::Vhd);
     }
-    if head.len() >= 263 && &head[257..262] == b"ustar" {
+    if head.len() >= TAR_MAGIC_OFFSET + 6
+        && head[TAR_MAGIC_OFFSET..TAR_MAGIC_OFFSET + TAR_MAGIC.len()] == *TAR_MAGIC
+    {
         // A tar whose first member is an OVF descriptor: an OVA package.
         let name = head[..100].split(|&b| b == 0).next().unwrap_or(&[]);
         if name.to_ascii_lowercase().ends_with(b".ovf") {

@@ -16,6 +16,13 @@ use crate::storage::Storage;
 
 pub use reader::{OvaPackage, OvaReader};
 
+/// The USTAR magic "ustar" of a tar header (POSIX.1-1988 `magic` field), at
+/// [`TAR_MAGIC_OFFSET`] of every member header: an OVA is a tar archive whose first member is
+/// its OVF descriptor (DSP0243, "OVF package").
+pub const TAR_MAGIC: &[u8; 5] = b"ustar";
+/// Offset of [`TAR_MAGIC`] in a tar header block.
+pub const TAR_MAGIC_OFFSET: usize = 257;
+
 /// Opens one disk of the OVA package in `storage`: the one `OpenOptions::package.disk`
 /// selects, the first by default (see [`reader`]).
 pub fn open_ova(

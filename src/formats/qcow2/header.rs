@@ -4,8 +4,10 @@
 //! field a reader relies on; [`Qcow2Header::to_bytes`] serialises a header for the writer.
 
 use super::Qcow2Error;
-use crate::detect::QCOW2_MAGIC;
 use crate::util::{be32, be64};
+
+/// qcow2 magic "QFI\xfb" (qcow2.txt, "Header", bytes 0-3).
+pub const MAGIC: [u8; 4] = *b"QFI\xfb";
 
 /// Smallest cluster size: 512 bytes (cluster_bits 9).
 pub const MIN_CLUSTER_BITS: u32 = 9;
@@ -234,7 +236,7 @@ impl Qcow2Header {
                 ),
             ));
         }
-        if head[..4] != QCOW2_MAGIC {
+        if head[..4] != MAGIC {
             return Err(invalid(
                 0,
                 format!("magic is {:02x?}, expected \"QFI\\xfb\"", &head[..4]),
@@ -546,7 +548,7 @@ impl Qcow2Header {
     pub fn to_bytes(&self) -> Result<Vec<u8>, Qcow2Error> {
         let cs = self.cluster_size() as usize;
         let mut b = vec![0u8; cs.max(4096)];
-        b[0..4].copy_from_slice(&QCOW2_MAGIC);
+        b[0..4].copy_from_slice(&MAGIC);
         put32(&mut b, 4, self.version);
         put32(&mut b, 20, self.cluster_bits);
         put64(&mut b, 24, self.size);

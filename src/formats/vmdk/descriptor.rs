@@ -7,6 +7,10 @@
 
 use super::VmdkError;
 
+/// The comment a text descriptor starts with (optional: [`crate::detect`] also recognises a
+/// descriptor without it).
+pub const DESCRIPTOR_START: &[u8] = b"# Disk DescriptorFile";
+
 /// Largest descriptor accepted, in bytes (real ones are well under 4 KiB).
 pub const MAX_DESCRIPTOR_BYTES: usize = 1 << 20;
 /// Largest number of extent lines accepted (a 62 TB twoGbMaxExtent disk has about 31000).
