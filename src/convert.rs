@@ -193,7 +193,7 @@ pub fn convert(
                             )
                         }))
                         .unwrap_or_else(|p| {
-                            Err(Error::Corrupt(format!(
+                            Err(Error::Internal(format!(
                                 "internal error: a conversion worker panicked at offset \
                                  {offset:#x}: {}",
                                 panic_message(&p)
@@ -238,7 +238,7 @@ pub fn convert(
                         running += 1;
                         // Never blocks: fewer than `max_in_flight` jobs are outstanding.
                         if job_tx.send(job).is_err() {
-                            failure = Some(Error::Corrupt(
+                            failure = Some(Error::Internal(
                                 "internal error: the conversion workers stopped".into(),
                             ));
                         }

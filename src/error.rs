@@ -1,20 +1,18 @@
 //! The crate error type.
 //!
 //! Every fallible function returns [`Result`]. An [`Error`] has a stable [`ErrorKind`] (what a
-//! caller branches on) and a chain of causes (what a person reads). Format parsers produce their
-//! own typed errors ([`Qcow2Error`]) with the byte offset of
-//! the structure at fault; the path of the file is attached once, where the file is opened.
+//! caller branches on) and a chain of causes (what a person reads). Format and file-system
+//! parsers produce their own typed errors (`Qcow2Error`, `HiveError`, ...) with the byte offset
+//! of the structure at fault, sharing [`StructureError`] for invalid and corrupt structures;
+//! each converts into an [`Error::Typed`] where it leaves its module, keeping its kind and
+//! itself as the error (see [`Error::downcast_ref`]). The path of the file is attached once,
+//! where the file is opened.
+//!
+//! This module imports nothing from the rest of the crate: every other module may use it.
 
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
-
-use crate::formats::error::FormatError;
-use crate::formats::ova::OvaError;
-use crate::formats::qcow2::Qcow2Error;
-use crate::formats::vmdk::VmdkError;
-use crate::guest::hive::HiveError;
-use crate::guest::ntfs::NtfsError;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -40,6 +38,12 @@ pub enum ErrorKind {
     InvalidArgument,
     /// The operation was cancelled through its cancellation flag.
     Cancelled,
+    /// A resource is held by someone else (an image another process is changing holds its
+    /// lock).
+    Busy,
+    /// A fault of diskconv itself (a worker thread that panicked, a state the code should never
+    /// reach), not of the input or the caller.
+    Internal,
 }
 
 impl fmt::Display for ErrorKind {
@@ -52,6 +56,8 @@ impl fmt::Display for ErrorKind {
             ErrorKind::ReferenceDenied => "reference denied",
             ErrorKind::InvalidArgument => "invalid argument",
             ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Internal => "internal error",
         })
     }
 }
@@ -78,25 +84,11 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
-    /// A qcow2 structure is invalid, corrupt or unsupported.
+    /// The typed error of a format or guest module (`Qcow2Error`, `HiveError`, ...), converted
+    /// where it leaves its module. Prints as the typed error does; [`Error::downcast_ref`]
+    /// gets it back.
     #[error(transparent)]
-    Qcow2(#[from] Qcow2Error),
-    /// A VMDK structure is invalid, corrupt or unsupported.
-    #[error(transparent)]
-    Vmdk(#[from] VmdkError),
-    /// An OVA package is malformed, fails its manifest, or disagrees with its OVF descriptor.
-    #[error(transparent)]
-    Ova(#[from] OvaError),
-    /// A VHD or VHDX structure is invalid, corrupt or unsupported.
-    #[error(transparent)]
-    Format(#[from] FormatError),
-    /// A registry hive or transaction log is invalid, corrupt or dirty, or an edit is impossible.
-    #[error(transparent)]
-    Hive(#[from] HiveError),
-    /// An NTFS structure is invalid or corrupt, the volume cannot be written safely, or a file
-    /// operation is impossible.
-    #[error(transparent)]
-    Ntfs(#[from] NtfsError),
+    Typed(TypedError),
     /// The content of a file matched no format, or the wrong one.
     #[error("{0}")]
     InvalidFormat(String),
@@ -125,6 +117,100 @@ pub enum Error {
     /// The operation was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// A resource is held by someone else.
+    #[error("{0}")]
+    Busy(String),
+    /// A fault of diskconv itself; the message starts with what failed ("internal error: ...").
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A typed error with its kind (see [`Error::Typed`]).
+#[derive(Debug)]
+pub struct TypedError {
+    kind: ErrorKind,
+    error: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl TypedError {
+    /// The kind the module gave its error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The typed error itself.
+    pub fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self.error.as_ref()
+    }
+}
+
+impl fmt::Display for TypedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl std::error::Error for TypedError {
+    /// The typed error's own cause: the wrapper is transparent.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
+/// An invalid or corrupt on-disk structure: the format, the structure, the byte offset where it
+/// lies and what was expected and found, e.g. "qcow2 L2 table at 0x30000: entry 5 points past
+/// the end of the file". The `Invalid`/`Corrupt` cases of every format's typed error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{format} {what} at {offset:#x}: {detail}")]
+pub struct StructureError {
+    /// [`ErrorKind::InvalidFormat`] (the bytes are not the structure they should be: bad magic,
+    /// impossible field, bad checksum) or [`ErrorKind::Corrupt`] (well-formed but inconsistent
+    /// with the rest of the image).
+    pub kind: ErrorKind,
+    /// The format or file system as messages name it: "qcow2", "VMDK", "VHD", "hive", "NTFS".
+    pub format: &'static str,
+    /// The structure, e.g. "header", "L2 table", "MFT record 5".
+    pub what: String,
+    /// Byte offset of the structure (or field) in its file or volume.
+    pub offset: u64,
+    /// What was expected and what was found.
+    pub detail: String,
+}
+
+impl StructureError {
+    /// The bytes are not a valid structure ([`ErrorKind::InvalidFormat`]).
+    pub fn invalid(
+        format: &'static str,
+        what: impl Into<String>,
+        offset: u64,
+        detail: impl Into<String>,
+    ) -> Self {
+        StructureError {
+            kind: ErrorKind::InvalidFormat,
+            format,
+            what: what.into(),
+            offset,
+            detail: detail.into(),
+        }
+    }
+
+    /// A structure is inconsistent with the rest of the image ([`ErrorKind::Corrupt`]).
+    pub fn corrupt(
+        format: &'static str,
+        what: impl Into<String>,
+        offset: u64,
+        detail: impl Into<String>,
+    ) -> Self {
+        StructureError {
+            kind: ErrorKind::Corrupt,
+            ..StructureError::invalid(format, what, offset, detail)
+        }
+    }
+
+    /// Whether the bytes are not the structure at all (rather than inconsistent).
+    pub fn is_invalid(&self) -> bool {
+        self.kind == ErrorKind::InvalidFormat
+    }
 }
 
 impl Error {
@@ -139,18 +225,34 @@ impl Error {
                 }
             }
             Error::File { source, .. } => source.kind(),
-            Error::Qcow2(e) => e.kind(),
-            Error::Vmdk(e) => e.kind(),
-            Error::Ova(e) => e.kind(),
-            Error::Format(e) => e.kind(),
-            Error::Hive(e) => e.kind(),
-            Error::Ntfs(e) => e.kind(),
+            Error::Typed(t) => t.kind,
             Error::InvalidFormat(_) => ErrorKind::InvalidFormat,
             Error::Corrupt(_) => ErrorKind::Corrupt,
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::ReferenceDenied { .. } => ErrorKind::ReferenceDenied,
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::Cancelled => ErrorKind::Cancelled,
+            Error::Busy(_) => ErrorKind::Busy,
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Wraps the typed error `error` of a module, whose kind is `kind` (what each module's
+    /// `From<ItsError> for Error` does).
+    pub fn typed(kind: ErrorKind, error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Typed(TypedError {
+            kind,
+            error: Box::new(error),
+        })
+    }
+
+    /// The typed error of type `T` inside this error (looking through [`Error::File`]
+    /// wrappers), e.g. `e.downcast_ref::<NtfsError>()`.
+    pub fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        match self {
+            Error::File { source, .. } => source.downcast_ref(),
+            Error::Typed(t) => t.error.downcast_ref(),
+            _ => None,
         }
     }
 
@@ -280,6 +382,44 @@ mod tests {
         assert_eq!(e.chain(), format!("{}: cancelled", rel.display()));
         // An error without a file gets one.
         assert_eq!(Error::Cancelled.in_image("b").chain(), "b: cancelled");
+    }
+
+    /// A typed error of some module, with a cause of its own.
+    #[derive(Debug, thiserror::Error)]
+    #[error("thing at 0x10: broken")]
+    struct ThingError {
+        #[source]
+        cause: io::Error,
+    }
+
+    #[test]
+    fn typed_errors_keep_kind_message_and_chain() {
+        let e = Error::typed(
+            ErrorKind::Corrupt,
+            ThingError {
+                cause: io::Error::other("disk said no"),
+            },
+        )
+        .in_file("a.img");
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert_eq!(e.chain(), "a.img: thing at 0x10: broken: disk said no");
+        assert!(e.downcast_ref::<ThingError>().is_some());
+        assert!(e.downcast_ref::<StructureError>().is_none());
+        let s = Error::typed(
+            ErrorKind::InvalidFormat,
+            StructureError::invalid("qcow2", "header", 0, "magic is wrong"),
+        );
+        assert_eq!(s.to_string(), "qcow2 header at 0x0: magic is wrong");
+        assert_eq!(s.kind(), ErrorKind::InvalidFormat);
+        let c = StructureError::corrupt("VHD", "BAT", 0x600, "entry 3 is past the end");
+        assert_eq!(c.to_string(), "VHD BAT at 0x600: entry 3 is past the end");
+        assert_eq!(c.kind, ErrorKind::Corrupt);
+        assert!(!c.is_invalid());
+        assert_eq!(Error::Busy("held".into()).kind(), ErrorKind::Busy);
+        assert_eq!(
+            Error::Internal("internal error: x".into()).kind(),
+            ErrorKind::Internal
+        );
     }
 
     #[test]

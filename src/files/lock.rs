@@ -28,7 +28,7 @@ impl ImageLock {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-                    return Err(Error::InvalidArgument(
+                    return Err(Error::Busy(
                         "the image is being edited by another diskconv process (it holds the \
                          image's lock)"
                             .into(),
@@ -57,6 +57,7 @@ mod tests {
             msg.contains("disk.img") && msg.contains("another diskconv process"),
             "{msg}"
         );
+        assert_eq!(e.kind(), crate::ErrorKind::Busy);
         drop(held);
         ImageLock::acquire(&p).unwrap();
         // A missing image: an I/O error naming it.

@@ -1,6 +1,6 @@
 //! The error type shared by the VHD and VHDX modules.
 
-use crate::error::ErrorKind;
+use crate::error::{Error, ErrorKind, StructureError};
 
 /// An invalid, corrupt or unsupported structure of a VHD or VHDX image.
 ///
@@ -9,30 +9,11 @@ use crate::error::ErrorKind;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FormatError {
-    /// The bytes are not a valid structure (bad signature, impossible field, bad checksum).
-    #[error("{format} {what} at {offset:#x}: {detail}")]
-    Invalid {
-        /// "VHD" or "VHDX".
-        format: &'static str,
-        /// The structure, e.g. "footer", "region table".
-        what: String,
-        /// Byte offset of the structure in the file.
-        offset: u64,
-        /// What was expected and what was found.
-        detail: String,
-    },
-    /// A structure is well-formed but inconsistent with the rest of the image.
-    #[error("{format} {what} at {offset:#x}: {detail}")]
-    Corrupt {
-        /// "VHD" or "VHDX".
-        format: &'static str,
-        /// The structure, e.g. "BAT", "log entry".
-        what: String,
-        /// Byte offset of the structure in the file.
-        offset: u64,
-        /// What is wrong.
-        detail: String,
-    },
+    /// A structure is not valid (bad signature, impossible field, bad checksum) or is
+    /// inconsistent with the rest of the image (its [`kind`](StructureError::kind) says which);
+    /// its format is "VHD" or "VHDX".
+    #[error(transparent)]
+    Structure(StructureError),
     /// The image uses something this version does not implement.
     #[error("unsupported {format} image: {detail}")]
     Unsupported {
@@ -47,9 +28,36 @@ impl FormatError {
     /// The crate-level kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            FormatError::Invalid { .. } => ErrorKind::InvalidFormat,
-            FormatError::Corrupt { .. } => ErrorKind::Corrupt,
+            FormatError::Structure(e) => e.kind,
             FormatError::Unsupported { .. } => ErrorKind::Unsupported,
         }
+    }
+
+    /// The bytes of `format` ("VHD" or "VHDX") are not a valid structure: `what` (e.g.
+    /// "footer", "region table") at byte `offset`, `detail` saying what was expected and found.
+    pub fn invalid(
+        format: &'static str,
+        what: impl Into<String>,
+        offset: u64,
+        detail: impl Into<String>,
+    ) -> Self {
+        FormatError::Structure(StructureError::invalid(format, what, offset, detail))
+    }
+
+    /// A structure (e.g. "BAT", "log entry") at byte `offset` is well-formed but inconsistent
+    /// with the rest of the image.
+    pub fn corrupt(
+        format: &'static str,
+        what: impl Into<String>,
+        offset: u64,
+        detail: impl Into<String>,
+    ) -> Self {
+        FormatError::Structure(StructureError::corrupt(format, what, offset, detail))
+    }
+}
+
+impl From<FormatError> for Error {
+    fn from(e: FormatError) -> Self {
+        Error::typed(e.kind(), e)
     }
 }

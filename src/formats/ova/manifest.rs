@@ -318,7 +318,7 @@ pub fn digest_range(
                     ));
                 }
                 Err(_) => {
-                    return Err(Error::Corrupt(
+                    return Err(Error::Internal(
                         "internal error: the reading thread of the digest stopped".into(),
                     ));
                 }

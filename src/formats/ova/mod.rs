@@ -10,7 +10,7 @@ pub mod writer;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::error::{ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::open::OpenContext;
 use crate::storage::Storage;
 
@@ -160,6 +160,12 @@ impl OvaError {
             OvaError::ManifestSyntax { .. } | OvaError::Ovf { .. } => ErrorKind::InvalidFormat,
             OvaError::NoSuchDisk { .. } => ErrorKind::InvalidArgument,
         }
+    }
+}
+
+impl From<OvaError> for Error {
+    fn from(e: OvaError) -> Self {
+        Error::typed(e.kind(), e)
     }
 }
 

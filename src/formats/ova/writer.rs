@@ -278,7 +278,7 @@ impl OvaWriter {
             &self.ova,
         );
         let disk_hash = disk.sha256.ok_or_else(|| {
-            Error::Corrupt("OVA writer internal error: the disk was not hashed".into())
+            Error::Internal("OVA writer internal error: the disk was not hashed".into())
         })?;
         let mf = format!(
             "SHA256({ovf_name})= {}\nSHA256({disk_name})= {}\n",

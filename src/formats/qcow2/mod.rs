@@ -29,7 +29,7 @@ pub use header::Qcow2Header;
 pub use reader::Qcow2Reader;
 pub use writer::{Qcow2WriteOptions, Qcow2Writer};
 
-use crate::error::ErrorKind;
+use crate::error::{Error, ErrorKind, StructureError};
 
 /// An invalid, corrupt or unsupported qcow2 structure.
 ///
@@ -39,26 +39,10 @@ use crate::error::ErrorKind;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Qcow2Error {
-    /// The bytes are not a valid qcow2 structure (bad magic, impossible header field).
-    #[error("qcow2 {what} at {offset:#x}: {detail}")]
-    Invalid {
-        /// The structure, e.g. "header", "header extension 0x23852875".
-        what: String,
-        /// Byte offset of the structure (or field) in the file.
-        offset: u64,
-        /// What was expected and what was found.
-        detail: String,
-    },
-    /// A structure is well-formed but inconsistent with the rest of the image.
-    #[error("qcow2 {what} at {offset:#x}: {detail}")]
-    Corrupt {
-        /// The structure, e.g. "L2 table", "compressed cluster".
-        what: String,
-        /// Byte offset of the structure in the file.
-        offset: u64,
-        /// What is wrong.
-        detail: String,
-    },
+    /// A structure is not valid qcow2 (bad magic, impossible header field) or is inconsistent
+    /// with the rest of the image (its [`kind`](StructureError::kind) says which).
+    #[error(transparent)]
+    Structure(StructureError),
     /// The image uses something this version does not implement.
     #[error("unsupported qcow2 image: {0}")]
     Unsupported(String),
@@ -68,27 +52,27 @@ impl Qcow2Error {
     /// The crate-level kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Qcow2Error::Invalid { .. } => ErrorKind::InvalidFormat,
-            Qcow2Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Qcow2Error::Structure(e) => e.kind,
             Qcow2Error::Unsupported(_) => ErrorKind::Unsupported,
         }
     }
 
-    /// Shorthand for [`Qcow2Error::Invalid`].
+    /// The bytes are not a valid qcow2 structure (bad magic, impossible header field): `what`
+    /// (e.g. "header", "header extension 0x23852875") at byte `offset` of the file, `detail`
+    /// saying what was expected and what was found.
     pub fn invalid(what: impl Into<String>, offset: u64, detail: impl Into<String>) -> Self {
-        Qcow2Error::Invalid {
-            what: what.into(),
-            offset,
-            detail: detail.into(),
-        }
+        Qcow2Error::Structure(StructureError::invalid("qcow2", what, offset, detail))
     }
 
-    /// Shorthand for [`Qcow2Error::Corrupt`].
+    /// A structure (e.g. "L2 table", "compressed cluster") at byte `offset` is well-formed but
+    /// inconsistent with the rest of the image.
     pub fn corrupt(what: impl Into<String>, offset: u64, detail: impl Into<String>) -> Self {
-        Qcow2Error::Corrupt {
-            what: what.into(),
-            offset,
-            detail: detail.into(),
-        }
+        Qcow2Error::Structure(StructureError::corrupt("qcow2", what, offset, detail))
+    }
+}
+
+impl From<Qcow2Error> for Error {
+    fn from(e: Qcow2Error) -> Self {
+        Error::typed(e.kind(), e)
     }
 }

@@ -90,7 +90,7 @@ pub struct Qcow2Updater {
 }
 
 fn unsupported(what: impl Into<String>) -> Error {
-    Error::Qcow2(Qcow2Error::Unsupported(what.into()))
+    Error::from(Qcow2Error::Unsupported(what.into()))
 }
 
 impl Qcow2Updater {

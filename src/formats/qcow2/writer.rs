@@ -187,7 +187,7 @@ fn invalid_arg(msg: String) -> Error {
 
 /// An inconsistency inside the writer itself (a bug, reported instead of a panic).
 fn internal(msg: String) -> Error {
-    Error::Corrupt(format!("qcow2 writer internal error: {msg}"))
+    Error::Internal(format!("qcow2 writer internal error: {msg}"))
 }
 
 impl Qcow2Writer {
@@ -265,7 +265,7 @@ impl Qcow2Writer {
         let n0 = 1 + l1_clusters + rt_clusters;
         let k = blocks_covering(n0, epb);
         if k > rt_capacity {
-            return Err(Error::Qcow2(super::Qcow2Error::Unsupported(format!(
+            return Err(Error::from(super::Qcow2Error::Unsupported(format!(
                 "the image needs {k} refcount blocks, more than a refcount table of qemu's \
                  maximum size holds ({rt_capacity})"
             ))));
@@ -346,7 +346,7 @@ impl Qcow2Writer {
             self.write_direct(&old, self.rb.host, "refcount block")?;
             self.report.metadata += old.len() as u64;
             if b >= self.reftable_clusters * self.cs / 8 {
-                return Err(Error::Qcow2(super::Qcow2Error::Unsupported(format!(
+                return Err(Error::from(super::Qcow2Error::Unsupported(format!(
                     "the image needs more than {} refcount blocks, the most a refcount table \
                      of qemu's maximum size ({} MiB) holds",
                     self.reftable_clusters * self.cs / 8,
@@ -366,7 +366,7 @@ impl Qcow2Writer {
         }
         let host = i * self.cs;
         if host & !OFFSET_MASK != 0 {
-            return Err(Error::Qcow2(super::Qcow2Error::Unsupported(format!(
+            return Err(Error::from(super::Qcow2Error::Unsupported(format!(
                 "host offset {host:#x} does not fit in an L2 entry"
             ))));
         }

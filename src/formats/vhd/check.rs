@@ -160,12 +160,12 @@ pub fn check(
         .len()
         .map_err(|e| Error::io("getting the length of the VHD", e))?;
     if len < FOOTER_SIZE as u64 {
-        return Err(FormatError::Invalid {
-            format: "VHD",
-            what: "file".into(),
-            offset: 0,
-            detail: format!("{len} bytes is too short for a 512-byte footer"),
-        }
+        return Err(FormatError::invalid(
+            "VHD",
+            "file",
+            0,
+            format!("{len} bytes is too short for a 512-byte footer"),
+        )
         .into());
     }
     let mut c = Checker {

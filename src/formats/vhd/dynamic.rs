@@ -80,12 +80,7 @@ fn be64(b: &[u8], at: usize) -> u64 {
 }
 
 fn invalid(offset: u64, detail: String) -> FormatError {
-    FormatError::Invalid {
-        format: "VHD",
-        what: "dynamic header".into(),
-        offset,
-        detail,
-    }
+    FormatError::invalid("VHD", "dynamic header", offset, detail)
 }
 
 /// Decodes UTF-16 code units up to the first NUL, replacing invalid ones.

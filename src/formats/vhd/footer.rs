@@ -180,12 +180,7 @@ pub fn fourcc(b: &[u8; 4]) -> String {
 }
 
 fn invalid(offset: u64, detail: String) -> FormatError {
-    FormatError::Invalid {
-        format: "VHD",
-        what: "footer".into(),
-        offset,
-        detail,
-    }
+    FormatError::invalid("VHD", "footer", offset, detail)
 }
 
 impl VhdFooter {

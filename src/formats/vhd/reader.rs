@@ -84,12 +84,12 @@ pub(crate) fn load_footer(storage: &dyn Storage) -> Result<(VhdFooter, u64, Vec<
         .len()
         .map_err(io("reading the length of the file".into()))?;
     if len < FOOTER_SIZE as u64 {
-        return Err(FormatError::Invalid {
-            format: "VHD",
-            what: "file".into(),
-            offset: 0,
-            detail: format!("{len} bytes is too short for a 512-byte footer"),
-        }
+        return Err(FormatError::invalid(
+            "VHD",
+            "file",
+            0,
+            format!("{len} bytes is too short for a 512-byte footer"),
+        )
         .into());
     }
     let mut end = [0u8; FOOTER_SIZE];
@@ -148,13 +148,7 @@ pub(crate) fn parent_candidates(names: &[String]) -> Vec<String> {
 }
 
 fn corrupt(what: &str, offset: u64, detail: String) -> Error {
-    FormatError::Corrupt {
-        format: "VHD",
-        what: what.into(),
-        offset,
-        detail,
-    }
-    .into()
+    FormatError::corrupt("VHD", what, offset, detail).into()
 }
 
 impl VhdReader {

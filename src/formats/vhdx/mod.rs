@@ -119,20 +119,10 @@ pub(crate) fn guid_at(b: &[u8], at: usize) -> Guid {
 }
 
 pub(crate) fn invalid(what: &str, offset: u64, detail: impl Into<String>) -> FormatError {
-    FormatError::Invalid {
-        format: "VHDX",
-        what: what.to_string(),
-        offset,
-        detail: detail.into(),
-    }
+    FormatError::invalid("VHDX", what, offset, detail)
 }
 pub(crate) fn corrupt(what: &str, offset: u64, detail: impl Into<String>) -> FormatError {
-    FormatError::Corrupt {
-        format: "VHDX",
-        what: what.to_string(),
-        offset,
-        detail: detail.into(),
-    }
+    FormatError::corrupt("VHDX", what, offset, detail)
 }
 pub(crate) fn unsupported(detail: impl Into<String>) -> FormatError {
     FormatError::Unsupported {

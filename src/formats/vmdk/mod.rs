@@ -27,7 +27,7 @@ pub mod writer;
 pub use reader::VmdkReader;
 pub use writer::{AdapterType, VmdkSubformat, VmdkWriteOptions};
 
-use crate::error::ErrorKind;
+use crate::error::{Error, ErrorKind, StructureError};
 
 /// An invalid, corrupt or unsupported VMDK structure.
 ///
@@ -37,27 +37,11 @@ use crate::error::ErrorKind;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VmdkError {
-    /// The bytes are not a valid VMDK structure (bad magic, impossible header field, a
-    /// descriptor line that does not parse).
-    #[error("VMDK {what} at {offset:#x}: {detail}")]
-    Invalid {
-        /// The structure, e.g. "sparse header", "descriptor line 7".
-        what: String,
-        /// Byte offset of the structure (0 for descriptor lines).
-        offset: u64,
-        /// What was expected and what was found.
-        detail: String,
-    },
-    /// A structure is well-formed but inconsistent with the rest of the disk.
-    #[error("VMDK {what} at {offset:#x}: {detail}")]
-    Corrupt {
-        /// The structure, e.g. "grain table", "compressed grain".
-        what: String,
-        /// Byte offset of the structure in its file.
-        offset: u64,
-        /// What is wrong.
-        detail: String,
-    },
+    /// A structure is not valid VMDK (bad magic, impossible header field, a descriptor line
+    /// that does not parse; offset 0 for descriptor lines) or is inconsistent with the rest of
+    /// the disk (its [`kind`](StructureError::kind) says which).
+    #[error(transparent)]
+    Structure(StructureError),
     /// The disk uses something this version does not implement.
     #[error("unsupported VMDK: {0}")]
     Unsupported(String),
@@ -67,27 +51,26 @@ impl VmdkError {
     /// The crate-level kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            VmdkError::Invalid { .. } => ErrorKind::InvalidFormat,
-            VmdkError::Corrupt { .. } => ErrorKind::Corrupt,
+            VmdkError::Structure(e) => e.kind,
             VmdkError::Unsupported(_) => ErrorKind::Unsupported,
         }
     }
 
-    /// Shorthand for [`VmdkError::Invalid`].
+    /// The bytes are not a valid VMDK structure: `what` (e.g. "sparse header", "descriptor
+    /// line 7") at byte `offset`, `detail` saying what was expected and what was found.
     pub fn invalid(what: impl Into<String>, offset: u64, detail: impl Into<String>) -> Self {
-        VmdkError::Invalid {
-            what: what.into(),
-            offset,
-            detail: detail.into(),
-        }
+        VmdkError::Structure(StructureError::invalid("VMDK", what, offset, detail))
     }
 
-    /// Shorthand for [`VmdkError::Corrupt`].
+    /// A structure (e.g. "grain table", "compressed grain") at byte `offset` of its file is
+    /// well-formed but inconsistent with the rest of the disk.
     pub fn corrupt(what: impl Into<String>, offset: u64, detail: impl Into<String>) -> Self {
-        VmdkError::Corrupt {
-            what: what.into(),
-            offset,
-            detail: detail.into(),
-        }
+        VmdkError::Structure(StructureError::corrupt("VMDK", what, offset, detail))
+    }
+}
+
+impl From<VmdkError> for Error {
+    fn from(e: VmdkError) -> Self {
+        Error::typed(e.kind(), e)
     }
 }

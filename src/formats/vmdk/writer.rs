@@ -772,14 +772,14 @@ impl StreamStore {
 }
 
 fn too_big(sector: u64) -> Error {
-    Error::Vmdk(VmdkError::Unsupported(format!(
+    Error::from(VmdkError::Unsupported(format!(
         "the sparse extent grew past 2 TiB (sector {sector:#x}); grain offsets are 32-bit"
     )))
 }
 
 fn check_sparse_size(size: u64) -> Result<()> {
     if size > MAX_SPARSE_BYTES - 2 * GT_COVERAGE {
-        return Err(Error::Vmdk(VmdkError::Unsupported(format!(
+        return Err(Error::from(VmdkError::Unsupported(format!(
             "a sparse VMDK extent holds at most about 2 TiB; the disk is {size} bytes (use \
              subformat=monolithicFlat or vmfs)"
         ))));
@@ -904,7 +904,7 @@ impl StreamWriter {
             .store
             .summary
             .take()
-            .ok_or_else(|| Error::Corrupt("VMDK stream writer internal error: no summary".into()))
+            .ok_or_else(|| Error::Internal("VMDK stream writer internal error: no summary".into()))
     }
 
     /// The writer as an [`ImageWriter`] for the engine (used by the OVA writer's delegation).

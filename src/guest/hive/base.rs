@@ -288,7 +288,10 @@ mod tests {
     fn rejects_bad_signature_short_and_version() {
         assert!(matches!(
             BaseBlock::parse(&[0u8; 100], 0),
-            Err(HiveError::Invalid { .. })
+            Err(HiveError::Structure(crate::error::StructureError {
+                kind: crate::ErrorKind::InvalidFormat,
+                ..
+            }))
         ));
         let mut bytes = BaseBlock::new(0x20, 4096, 0, "x").to_bytes();
         bytes[0] = b'x';

@@ -1,6 +1,6 @@
 //! The error type of the registry hive module.
 
-use crate::error::ErrorKind;
+use crate::error::{Error, ErrorKind, StructureError};
 
 /// An invalid, corrupt or unsupported structure of a registry hive or transaction log, or an
 /// edit that cannot be made.
@@ -10,26 +10,11 @@ use crate::error::ErrorKind;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HiveError {
-    /// The bytes are not the structure they should be (bad signature, impossible field).
-    #[error("hive {what} at {offset:#x}: {detail}")]
-    Invalid {
-        /// The structure, e.g. "base block", "key node", "log entry".
-        what: String,
-        /// Absolute byte offset of the structure in the file.
-        offset: u64,
-        /// What was expected and what was found.
-        detail: String,
-    },
-    /// A structure is well-formed but inconsistent with the rest of the hive.
-    #[error("hive {what} at {offset:#x}: {detail}")]
-    Corrupt {
-        /// The structure, e.g. "subkey list", "cell".
-        what: String,
-        /// Absolute byte offset of the structure in the file.
-        offset: u64,
-        /// What is wrong.
-        detail: String,
-    },
+    /// A structure (e.g. "base block", "key node", "log entry", "subkey list") is not what it
+    /// should be (bad signature, impossible field) or is inconsistent with the rest of the hive
+    /// (its [`kind`](StructureError::kind) says which).
+    #[error(transparent)]
+    Structure(StructureError),
     /// The hive is dirty (its transaction logs hold data not yet in the file) and the logs are
     /// missing or unusable; editing it would lose that data.
     #[error(
@@ -55,28 +40,26 @@ impl HiveError {
     /// The crate-level kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            HiveError::Invalid { .. } => ErrorKind::InvalidFormat,
-            HiveError::Corrupt { .. } | HiveError::Dirty { .. } => ErrorKind::Corrupt,
+            HiveError::Structure(e) => e.kind,
+            HiveError::Dirty { .. } => ErrorKind::Corrupt,
             HiveError::NotFound(_) | HiveError::InvalidArgument(_) => ErrorKind::InvalidArgument,
             HiveError::Unsupported(_) => ErrorKind::Unsupported,
         }
     }
 
-    /// An [`HiveError::Invalid`] error.
+    /// The bytes at absolute byte `offset` are not the structure `what` should be.
     pub fn invalid(what: impl Into<String>, offset: u64, detail: impl Into<String>) -> Self {
-        HiveError::Invalid {
-            what: what.into(),
-            offset,
-            detail: detail.into(),
-        }
+        HiveError::Structure(StructureError::invalid("hive", what, offset, detail))
     }
 
-    /// A [`HiveError::Corrupt`] error.
+    /// The structure `what` at absolute byte `offset` is inconsistent with the rest of the hive.
     pub fn corrupt(what: impl Into<String>, offset: u64, detail: impl Into<String>) -> Self {
-        HiveError::Corrupt {
-            what: what.into(),
-            offset,
-            detail: detail.into(),
-        }
+        HiveError::Structure(StructureError::corrupt("hive", what, offset, detail))
+    }
+}
+
+impl From<HiveError> for Error {
+    fn from(e: HiveError) -> Self {
+        Error::typed(e.kind(), e)
     }
 }

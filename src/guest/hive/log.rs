@@ -589,16 +589,12 @@ pub fn prepare(
             if let PrimaryBase::Broken(e) = pbase {
                 // Extend the parse error's own detail (so the structure and offset are named once).
                 let (what, offset, mut detail) = match e {
-                    HiveError::Invalid {
+                    HiveError::Structure(crate::error::StructureError {
                         what,
                         offset,
                         detail,
-                    }
-                    | HiveError::Corrupt {
-                        what,
-                        offset,
-                        detail,
-                    } => (what, offset, detail),
+                        ..
+                    }) => (what, offset, detail),
                     other => ("base block".to_string(), 0, other.to_string()),
                 };
                 for n in &report.notes[1..] {

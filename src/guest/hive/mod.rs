@@ -276,7 +276,7 @@ impl Hive {
             modified: false,
         };
         KeyNode::read(&hive.cells, hive.base.root_cell()).map_err(|e| match e {
-            HiveError::Invalid { detail, .. } | HiveError::Corrupt { detail, .. } => {
+            HiveError::Structure(crate::error::StructureError { detail, .. }) => {
                 HiveError::corrupt(
                     "root key",
                     abs(hive.base.root_cell()),

@@ -1,6 +1,6 @@
 //! The error type of the NTFS module.
 
-use crate::error::ErrorKind;
+use crate::error::{Error, ErrorKind, StructureError};
 
 /// An invalid or corrupt NTFS structure, a volume that cannot be written safely, or a file
 /// operation that cannot be done.
@@ -10,26 +10,11 @@ use crate::error::ErrorKind;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NtfsError {
-    /// The bytes are not the structure they should be (bad signature, impossible field).
-    #[error("NTFS {what} at {offset:#x}: {detail}")]
-    Invalid {
-        /// The structure, e.g. "boot sector", "MFT record 5", "index block".
-        what: String,
-        /// Absolute byte offset of the structure on the volume.
-        offset: u64,
-        /// What was expected and what was found.
-        detail: String,
-    },
-    /// A structure is well-formed but inconsistent with the rest of the volume.
-    #[error("NTFS {what} at {offset:#x}: {detail}")]
-    Corrupt {
-        /// The structure.
-        what: String,
-        /// Absolute byte offset of the structure on the volume.
-        offset: u64,
-        /// What is wrong.
-        detail: String,
-    },
+    /// A structure (e.g. "boot sector", "MFT record 5", "index block") is not what it should
+    /// be (bad signature, impossible field) or is inconsistent with the rest of the volume (its
+    /// [`kind`](StructureError::kind) says which).
+    #[error(transparent)]
+    Structure(StructureError),
     /// The volume must not be written: dirty, `$LogFile` not clean, hibernated / Fast Startup,
     /// BitLocker, or opened read-only. `reason` says which and what to do.
     #[error("the NTFS volume cannot be written: {reason}")]
@@ -62,8 +47,7 @@ impl NtfsError {
     /// The crate-level kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            NtfsError::Invalid { .. } => ErrorKind::InvalidFormat,
-            NtfsError::Corrupt { .. } => ErrorKind::Corrupt,
+            NtfsError::Structure(e) => e.kind,
             NtfsError::NotWritable { .. } | NtfsError::Unsupported(_) => ErrorKind::Unsupported,
             NtfsError::NoSpace { .. } => ErrorKind::Io,
             NtfsError::NotFound(_) | NtfsError::Exists(_) | NtfsError::InvalidArgument(_) => {
@@ -72,21 +56,20 @@ impl NtfsError {
         }
     }
 
-    /// Shorthand for [`NtfsError::Invalid`].
+    /// The bytes at absolute byte `offset` of the volume are not the structure `what` should be.
     pub fn invalid(what: impl Into<String>, offset: u64, detail: impl Into<String>) -> Self {
-        NtfsError::Invalid {
-            what: what.into(),
-            offset,
-            detail: detail.into(),
-        }
+        NtfsError::Structure(StructureError::invalid("NTFS", what, offset, detail))
     }
 
-    /// Shorthand for [`NtfsError::Corrupt`].
+    /// The structure `what` at absolute byte `offset` is inconsistent with the rest of the
+    /// volume.
     pub fn corrupt(what: impl Into<String>, offset: u64, detail: impl Into<String>) -> Self {
-        NtfsError::Corrupt {
-            what: what.into(),
-            offset,
-            detail: detail.into(),
-        }
+        NtfsError::Structure(StructureError::corrupt("NTFS", what, offset, detail))
+    }
+}
+
+impl From<NtfsError> for Error {
+    fn from(e: NtfsError) -> Self {
+        Error::typed(e.kind(), e)
     }
 }
