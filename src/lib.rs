@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bytes;
 pub mod check;
 pub mod compare;
 pub mod convert;

@@ -1,4 +1,5 @@
-//! Small helpers shared by the formats and the engine.
+//! Small helpers shared by the formats and the engine: zero detection, alignment, sizes, random
+//! values. Endian fields and GUIDs are in [`crate::bytes`].
 
 /// Whether every byte of `buf` is zero. Compares 16-byte words, not bytes.
 pub fn is_zero(buf: &[u8]) -> bool {
@@ -29,23 +30,6 @@ pub fn align_down(v: u64, align: u64) -> u64 {
     v & !(align - 1)
 }
 
-/// Big-endian u16 at `off` of `b` (caller guarantees the bounds).
-pub fn be16(b: &[u8], off: usize) -> u16 {
-    u16::from_be_bytes([b[off], b[off + 1]])
-}
-
-/// Big-endian u32 at `off` of `b` (caller guarantees the bounds).
-pub fn be32(b: &[u8], off: usize) -> u32 {
-    u32::from_be_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
-}
-
-/// Big-endian u64 at `off` of `b` (caller guarantees the bounds).
-pub fn be64(b: &[u8], off: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[off..off + 8]);
-    u64::from_be_bytes(a)
-}
-
 /// A random 64-bit value from the standard library's per-process random hasher keys (fresh
 /// CIDs, UUIDs and GUIDs for new images; not for cryptography).
 pub fn random_u64() -> u64 {
@@ -66,16 +50,6 @@ pub fn random_bytes16() -> [u8; 16] {
     b[..8].copy_from_slice(&random_u64().to_le_bytes());
     b[8..].copy_from_slice(&random_u64().to_le_bytes());
     b
-}
-
-/// Lower-case hexadecimal of `bytes`, no separators (digests in manifests).
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// Human-readable byte count, binary units ("1.5 GiB").

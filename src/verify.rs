@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::bytes::hex;
 use crate::compare::{BlockPair, walk};
 use crate::error::{Error, Result};
 use crate::image::{ImageReader, reads_as_zero};
-use crate::util::{hex, is_zero};
+use crate::util::is_zero;
 
 /// Default verification block size (64 KiB).
 pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 10;

@@ -417,15 +417,9 @@ fn crc32(data: &[u8]) -> u32 {
 
 /// A GUID in its on-disk (mixed-endian) form.
 fn guid(s: &str) -> [u8; 16] {
-    let hex: String = s.chars().filter(|c| *c != '-').collect();
-    let mut b = [0u8; 16];
-    for (i, byte) in b.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0);
-    }
-    b[0..4].reverse();
-    b[4..6].reverse();
-    b[6..8].reverse();
-    b
+    diskconv::bytes::Guid::parse(s)
+        .map(diskconv::bytes::Guid::to_bytes)
+        .unwrap_or_default()
 }
 
 /// Writes a protective MBR and primary and backup GPT with one Linux partition.

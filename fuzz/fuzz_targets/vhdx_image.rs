@@ -112,7 +112,7 @@ fuzz_target!(|data: &[u8]| {
             if rest.len() < 16 {
                 return;
             }
-            let guid: vhdx::Guid = rest[..16].try_into().unwrap();
+            let guid = vhdx::Guid::read(rest, 0);
             let mut b = rest[16..].to_vec();
             b.resize(b.len().next_multiple_of(4096).min(1 << 20), 0);
             if fix && b.len() >= 4096 {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::{ImageLock, sync_dir};
+use crate::bytes::get_le64;
 use crate::error::{Error, Result};
 use crate::image::ImageUpdater;
 use crate::util::is_zero;
@@ -57,12 +58,7 @@ enum JournalProblem {
 type JournalRanges = (u64, Vec<(u64, Vec<u8>)>);
 
 fn decode_journal(bytes: &[u8]) -> std::result::Result<JournalRanges, JournalProblem> {
-    let le = |at: usize| -> Option<u64> {
-        bytes
-            .get(at..at.checked_add(8)?)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-    };
+    let le = |at: usize| get_le64(bytes, at);
     if bytes.len() < 16 {
         return Err(JournalProblem::Incomplete(format!(
             "only {} bytes long",

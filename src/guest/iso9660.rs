@@ -9,6 +9,7 @@
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::bytes::{get_le16, get_le32};
 use crate::error::{Error, Result};
 
 /// ISO 9660 logical block size (the only one accepted).
@@ -63,20 +64,6 @@ impl std::fmt::Debug for Iso9660 {
 
 fn bad(msg: String) -> Error {
     Error::InvalidFormat(msg)
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .and_then(|s| s.try_into().ok())
-        .map(u32::from_le_bytes)
-        .unwrap_or(0)
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    b.get(at..at + 2)
-        .and_then(|s| s.try_into().ok())
-        .map(u16::from_le_bytes)
-        .unwrap_or(0)
 }
 
 /// Whether a supplementary descriptor's escape sequences (offset 88) announce Joliet UCS-2.
@@ -179,7 +166,7 @@ impl Iso9660 {
                 return Err(bad("the ISO has no primary volume descriptor".into()).in_file(path));
             }
         };
-        let bs = le16(&vd, 128) as u64;
+        let bs = get_le16(&vd, 128).unwrap_or(0) as u64;
         if bs != BLOCK {
             return Err(Error::Unsupported(format!(
                 "the volume descriptor at sector {sector} gives a logical block size of {bs} \
@@ -239,8 +226,8 @@ impl Iso9660 {
         if raw.len() < 34 {
             return Err(corrupt(format!("{} bytes, shorter than 34", raw.len())));
         }
-        let extent = le32(raw, 2);
-        let size = le32(raw, 10) as u64;
+        let extent = get_le32(raw, 2).unwrap_or(0);
+        let size = get_le32(raw, 10).unwrap_or(0) as u64;
         let flags = raw.get(25).copied().unwrap_or(0);
         let unit = raw.get(26).copied().unwrap_or(0);
         let gap = raw.get(27).copied().unwrap_or(0);

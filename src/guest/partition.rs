@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use crate::bytes::{Guid, get_le16, get_le32, get_le64};
 use crate::error::{Error, Result};
 use crate::guest::disk::DiskRead;
 
@@ -114,27 +115,6 @@ fn corrupt(msg: String) -> Error {
     Error::Corrupt(msg)
 }
 
-fn le16(b: &[u8], at: usize) -> u16 {
-    b.get(at..at + 2)
-        .and_then(|s| s.try_into().ok())
-        .map(u16::from_le_bytes)
-        .unwrap_or(0)
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .and_then(|s| s.try_into().ok())
-        .map(u32::from_le_bytes)
-        .unwrap_or(0)
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8)
-        .and_then(|s| s.try_into().ok())
-        .map(u64::from_le_bytes)
-        .unwrap_or(0)
-}
-
 fn crc32(data: &[u8]) -> u32 {
     let mut c = flate2::Crc::new();
     c.update(data);
@@ -151,26 +131,6 @@ fn read_upto(disk: &dyn DiskRead, offset: u64, len: usize) -> Result<Vec<u8>> {
     Ok(b)
 }
 
-/// A mixed-endian GUID in its usual upper-case text form.
-fn guid_text(b: &[u8]) -> String {
-    let g = |r: std::ops::Range<usize>| b.get(r).unwrap_or(&[]).to_vec();
-    let mut d1 = g(0..4);
-    d1.reverse();
-    let mut d2 = g(4..6);
-    d2.reverse();
-    let mut d3 = g(6..8);
-    d3.reverse();
-    let h = |v: &[u8]| v.iter().map(|x| format!("{x:02X}")).collect::<String>();
-    format!(
-        "{}-{}-{}-{}-{}",
-        h(&d1),
-        h(&d2),
-        h(&d3),
-        h(&g(8..10)),
-        h(&g(10..16))
-    )
-}
-
 /// The file system whose boot sector / superblock starts `head` (the first 8 KiB or less).
 fn fs_kind(head: &[u8]) -> FsKind {
     let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
@@ -180,7 +140,7 @@ fn fs_kind(head: &[u8]) -> FsKind {
         FsKind::BitLocker
     } else if at(0, XFS_MAGIC) {
         FsKind::Xfs
-    } else if head.len() >= 1024 + 58 && le16(head, 1024 + 56) == EXT_MAGIC {
+    } else if head.len() >= 1024 + 58 && get_le16(head, 1024 + 56).unwrap_or(0) == EXT_MAGIC {
         FsKind::Ext
     } else if SWAP_MAGICS.iter().any(|m| at(4096 - 10, &m[..])) {
         FsKind::Swap
@@ -241,8 +201,8 @@ impl MbrSlot {
         MbrSlot {
             boot: b.get(at).copied().unwrap_or(0),
             kind: b.get(at + 4).copied().unwrap_or(0),
-            start: le32(b, at + 8),
-            count: le32(b, at + 12),
+            start: get_le32(b, at + 8).unwrap_or(0),
+            count: get_le32(b, at + 12).unwrap_or(0),
         }
     }
     fn is_extended(&self) -> bool {
@@ -415,14 +375,14 @@ fn gpt_at(disk: &dyn DiskRead, ss: u64, lba: u64, which: &str) -> std::result::R
             "no {which} GPT header signature at byte {off:#x} (sector {lba}, {ss}-byte sectors)"
         ));
     }
-    let hsize = le32(&h, 12) as u64;
+    let hsize = get_le32(&h, 12).unwrap_or(0) as u64;
     if !(92..=ss).contains(&hsize) {
         return Err(format!(
             "the {which} GPT header at byte {off:#x} gives a header size of {hsize} (expected \
              92..={ss})"
         ));
     }
-    let stored = le32(&h, 16);
+    let stored = get_le32(&h, 16).unwrap_or(0);
     let mut copy = h.get(..hsize as usize).unwrap_or(&[]).to_vec();
     if let Some(c) = copy.get_mut(16..20) {
         c.fill(0);
@@ -434,18 +394,18 @@ fn gpt_at(disk: &dyn DiskRead, ss: u64, lba: u64, which: &str) -> std::result::R
              {computed:#010x}"
         ));
     }
-    let my_lba = le64(&h, 24);
+    let my_lba = get_le64(&h, 24).unwrap_or(0);
     if my_lba != lba {
         return Err(format!(
             "the {which} GPT header at sector {lba} says it is at sector {my_lba}"
         ));
     }
-    let first_usable = le64(&h, 40);
-    let last_usable = le64(&h, 48);
-    let entries_lba = le64(&h, 72);
-    let count = le32(&h, 80) as u64;
-    let entry_size = le32(&h, 84) as u64;
-    let entries_crc = le32(&h, 88);
+    let first_usable = get_le64(&h, 40).unwrap_or(0);
+    let last_usable = get_le64(&h, 48).unwrap_or(0);
+    let entries_lba = get_le64(&h, 72).unwrap_or(0);
+    let count = get_le32(&h, 80).unwrap_or(0) as u64;
+    let entry_size = get_le32(&h, 84).unwrap_or(0) as u64;
+    let entries_crc = get_le32(&h, 88).unwrap_or(0);
     if entry_size < 128 || entry_size % 8 != 0 {
         return Err(format!(
             "the {which} GPT header gives an entry size of {entry_size} (expected a multiple of \
@@ -542,8 +502,8 @@ fn read_gpt(disk: &dyn DiskRead) -> Result<PartitionTable> {
         if tguid.iter().all(|&b| b == 0) {
             continue;
         }
-        let first = le64(e, 32);
-        let last = le64(e, 40);
+        let first = get_le64(e, 32).unwrap_or(0);
+        let last = get_le64(e, 40).unwrap_or(0);
         if first > last || first < g.first_usable || last > g.last_usable {
             return Err(corrupt(format!(
                 "GPT partition {number}: sectors {first}..={last} are outside the usable sectors \
@@ -554,7 +514,7 @@ fn read_gpt(disk: &dyn DiskRead) -> Result<PartitionTable> {
         let count = last - first + 1;
         check_overlap(&used, first, count, number, "GPT")?;
         used.push((first, count, number));
-        let attrs = le64(e, 48);
+        let attrs = get_le64(e, 48).unwrap_or(0);
         let name_units: Vec<u16> = e
             .get(56..128)
             .unwrap_or(&[])
@@ -566,7 +526,7 @@ fn read_gpt(disk: &dyn DiskRead) -> Result<PartitionTable> {
             number,
             start: first * g.sector_size,
             len: count * g.sector_size,
-            kind: PartitionType::Gpt(guid_text(tguid)),
+            kind: PartitionType::Gpt(Guid::read(tguid, 0).to_string()),
             name: String::from_utf16_lossy(&name_units),
             bootable: attrs & 4 != 0,
         });
@@ -705,15 +665,5 @@ mod tests {
         let d = mbr_disk(&[(0, 0xEE, 1, 8191)], 4 << 20);
         let e = read_partition_table(&d).unwrap_err().to_string();
         assert!(e.contains("no GPT header"), "{e}");
-    }
-
-    #[test]
-    fn guid_text_is_mixed_endian() {
-        // EFI System Partition C12A7328-F81F-11D2-BA4B-00A0C93EC93B.
-        let b = [
-            0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E,
-            0xC9, 0x3B,
-        ];
-        assert_eq!(guid_text(&b), "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
     }
 }

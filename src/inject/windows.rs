@@ -34,6 +34,7 @@
 
 use std::fmt;
 
+use crate::bytes::Guid;
 use crate::error::Result;
 use crate::guest::hive::{Hive, HiveError, RegData, RegType};
 use crate::inspect::windows::{current_control_set, has_driver_database};
@@ -197,53 +198,20 @@ impl BootStorageDriver {
     }
 }
 
-/// The 16 bytes of a GUID written `{XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}` as Windows stores it.
+/// The 16 bytes of a GUID written `{XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}` as Windows stores it
+/// (mixed-endian, see [`Guid`]); the braces are required.
 fn guid_bytes(s: &str) -> Result<[u8; 16]> {
-    let err = || -> crate::error::Error {
-        HiveError::InvalidArgument(format!(
-            "'{s}' is not a GUID of the form {{XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}}"
-        ))
-        .into()
-    };
-    let inner = s
-        .strip_prefix('{')
+    s.strip_prefix('{')
         .and_then(|x| x.strip_suffix('}'))
-        .ok_or_else(err)?;
-    let groups: Vec<&str> = inner.split('-').collect();
-    let lens = [8usize, 4, 4, 4, 12];
-    if groups.len() != 5
-        || groups
-            .iter()
-            .zip(lens)
-            .any(|(g, l)| g.len() != l || !g.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        return Err(err());
-    }
-    let hex = |g: &str| -> Result<Vec<u8>> {
-        (0..g.len())
-            .step_by(2)
-            .map(|i| {
-                g.get(i..i + 2)
-                    .and_then(|p| u8::from_str_radix(p, 16).ok())
-                    .ok_or_else(err)
-            })
-            .collect()
-    };
-    let mut out = [0u8; 16];
-    // Data1, Data2, Data3 are little-endian integers; Data4 is 8 bytes in order.
-    let mut d1 = hex(groups[0])?;
-    d1.reverse();
-    let mut d2 = hex(groups[1])?;
-    d2.reverse();
-    let mut d3 = hex(groups[2])?;
-    d3.reverse();
-    let d4: Vec<u8> = [hex(groups[3])?, hex(groups[4])?].concat();
-    let all: Vec<u8> = [d1, d2, d3, d4].concat();
-    if all.len() != 16 {
-        return Err(err());
-    }
-    out.copy_from_slice(&all);
-    Ok(out)
+        .filter(|inner| inner.len() == 36)
+        .and_then(Guid::parse)
+        .map(Guid::to_bytes)
+        .ok_or_else(|| {
+            HiveError::InvalidArgument(format!(
+                "'{s}' is not a GUID of the form {{XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}}"
+            ))
+            .into()
+        })
 }
 
 /// One key of an edit plan and the values to set in it (none: the key only has to exist).

@@ -1,5 +1,6 @@
 //! A changed-block bitmap: one bit per block of a disk.
 
+use crate::bytes::{le32, le64};
 use crate::error::{Error, Result};
 
 /// `DCBM`: magic of the on-disk form of a [`BlockBitmap`].
@@ -212,13 +213,13 @@ impl BlockBitmap {
         if b.len() < 32 || &b[..4] != MAGIC {
             return Err(bad("has no 'DCBM' header".into()));
         }
-        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
-        let version = u32::from_le_bytes(b[4..8].try_into().unwrap_or([0; 4]));
+        // b holds at least the 32-byte header (checked above).
+        let version = le32(b, 4);
         if version != 1 {
             return Err(bad(format!("has version {version}, expected 1")));
         }
-        let mut bm = BlockBitmap::new(u64_at(16), u64_at(8)).map_err(|e| bad(e.to_string()))?;
-        let nruns = u64_at(24);
+        let mut bm = BlockBitmap::new(le64(b, 16), le64(b, 8)).map_err(|e| bad(e.to_string()))?;
+        let nruns = le64(b, 24);
         let mut pos = 32usize;
         let mut prev = 0u64;
         for n in 0..nruns {

@@ -442,7 +442,7 @@ fn vhdx_bad_input_gives_clear_errors() {
     assert_eq!(k, ErrorKind::Unsupported, "{m}");
     // A corrupt log entry (valid checksum, bad data sector) referenced by the header.
     let (_, m) = err(open_patched(|b| {
-        let guid = [0x11u8; 16];
+        let guid = diskconv::bytes::Guid::from_bytes([0x11u8; 16]);
         let mut e = diskconv::formats::vhdx::log::build_entry(
             &guid,
             1,
@@ -454,7 +454,7 @@ fn vhdx_bad_input_gives_clear_errors() {
         fix_crc(&mut e, 0, n);
         b[0x100000..0x100000 + e.len()].copy_from_slice(&e);
         for o in [0x10000, 0x20000] {
-            b[o + 48..o + 64].copy_from_slice(&guid);
+            b[o + 48..o + 64].copy_from_slice(&guid.to_bytes());
             fix_crc(b, o, 4096);
         }
     }));
@@ -519,8 +519,8 @@ fn vhdx_differencing_reads_through_parent() {
     let parent = dir.path().join("base.vhdx");
     write_vhdx(&*psrc, &parent, &opts);
     let pb = std::fs::read(&parent).unwrap();
-    let dwg: [u8; 16] = pb[0x10000 + 32..0x10000 + 48].try_into().unwrap();
-    let linkage = format!("{{{}}}", diskconv::formats::vhdx::guid_to_string(&dwg));
+    let dwg = diskconv::bytes::Guid::read(&pb, 0x10000 + 32);
+    let linkage = format!("{{{dwg}}}");
 
     let mut craw = vec![0u8; 4 << 20];
     craw[1 << 20..2 << 20].fill(0x77);

@@ -339,8 +339,8 @@ pub fn digest_range(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bytes::hex;
     use crate::storage::MemStorage;
-    use crate::util::hex;
 
     const ABC_SHA1: &str = "a9993e364706816aba3e25717850c26c9cd0d89d";
     const ABC_SHA256: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";

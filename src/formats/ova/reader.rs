@@ -31,6 +31,7 @@ use super::manifest::{
     DigestAlgorithm, MAX_MANIFEST_BYTES, ManifestEntry, OvaManifest, digest_range, plain_name,
 };
 use super::ovf::{MAX_OVF_BYTES, OvfEnvelope, parse_ovf};
+use crate::bytes::hex;
 use crate::detect::detect;
 use crate::error::{Error, Result};
 use crate::image::{
@@ -38,7 +39,6 @@ use crate::image::{
 };
 use crate::open::{OpenContext, PackageOptions};
 use crate::storage::Storage;
-use crate::util::hex;
 
 /// Largest number of tar members looked at.
 const MAX_MEMBERS: usize = 10_000;

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::{Firmware, OvaOptions};
+use crate::bytes::hex;
 use crate::error::{Error, Result};
 use crate::files::OutputFiles;
 use crate::formats::vmdk::writer::{AdapterType, StreamSummary, StreamWriter, VmdkWriteOptions};
 use crate::image::{Chunk, Compressor, Format, ImageWriter, WriteReport};
 use crate::storage::Storage;
-use crate::util::hex;
 
 /// Tar block size.
 const BLOCK: u64 = 512;

@@ -9,8 +9,8 @@
 use std::ops::Range;
 
 use super::Qcow2Error;
+use crate::bytes::{be16, be32, be64};
 use crate::image::BitmapInfo;
-use crate::util::{be16, be32, be64};
 
 /// Length of the fixed part of a bitmap directory entry.
 pub const ENTRY_FIXED_LEN: usize = 24;

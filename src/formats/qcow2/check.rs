@@ -31,10 +31,10 @@ use super::header::{
 };
 use super::l1l2::{self, COMPRESSED, COPIED, L2_RESERVED, L2Entry, OFFSET_MASK, SubclusterBitmap};
 use super::refcount::{self, REFTABLE_RESERVED};
+use crate::bytes::{be16, be32, be64};
 use crate::error::{Error, Result};
 pub use crate::formats::check::{CheckProblem, CheckReport, MAX_LISTED_PROBLEMS, ProblemKind};
 use crate::storage::Storage;
-use crate::util::{be16, be32, be64};
 
 /// Most host clusters the check tracks. Each costs five bytes of memory (expected refcount and
 /// owner tag), so this is 1.25 GiB: a 16 TiB file with 64 KiB clusters, 128 GiB with 512-byte
@@ -1112,7 +1112,8 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::formats::qcow2::header::{EXT_BITMAPS, INCOMPAT_EXTL2, put32, put64};
+    use crate::bytes::{set_be32, set_be64};
+    use crate::formats::qcow2::header::{EXT_BITMAPS, INCOMPAT_EXTL2};
     use crate::storage::MemStorage;
 
     /// 4 KiB clusters.
@@ -1166,7 +1167,7 @@ mod tests {
             if self.b.len() < end {
                 self.b.resize(end, 0);
             }
-            put64(&mut self.b, off as usize, v);
+            set_be64(&mut self.b, off as usize, v);
         }
 
         /// Sets the stored refcount of `cluster` (refcount block at cluster 2).
@@ -1550,8 +1551,8 @@ mod tests {
         // Snapshot table entry: L1 table at cluster 8, 1 entry, id "1", name "snap",
         // no extra data.
         let e = 7 * CS as usize;
-        put64(&mut img.b, e, 8 * CS);
-        put32(&mut img.b, e + 8, 1);
+        set_be64(&mut img.b, e, 8 * CS);
+        set_be32(&mut img.b, e + 8, 1);
         img.b[e + 12..e + 14].copy_from_slice(&1u16.to_be_bytes());
         img.b[e + 14..e + 16].copy_from_slice(&4u16.to_be_bytes());
         img.b[e + 40..e + 45].copy_from_slice(b"1snap");
@@ -1647,18 +1648,18 @@ mod tests {
         while be32(&img.b, off) != 0 {
             off += 8 + (be32(&img.b, off + 4) as usize).div_ceil(8) * 8;
         }
-        put32(&mut img.b, off, EXT_BITMAPS);
-        put32(&mut img.b, off + 4, 24);
-        put32(&mut img.b, off + 8, 1); // nb_bitmaps
-        put64(&mut img.b, off + 16, 32); // directory size
-        put64(&mut img.b, off + 24, 7 * CS); // directory offset
+        set_be32(&mut img.b, off, EXT_BITMAPS);
+        set_be32(&mut img.b, off + 4, 24);
+        set_be32(&mut img.b, off + 8, 1); // nb_bitmaps
+        set_be64(&mut img.b, off + 16, 32); // directory size
+        set_be64(&mut img.b, off + 24, 7 * CS); // directory offset
         img.clusters(10);
         // Directory entry: table offset, table size 1, flags "auto", type 1, granularity
         // 2^16, name length 2, no extra data, name.
         let d = 7 * CS as usize;
-        put64(&mut img.b, d, 8 * CS);
-        put32(&mut img.b, d + 8, 1);
-        put32(&mut img.b, d + 12, 2);
+        set_be64(&mut img.b, d, 8 * CS);
+        set_be32(&mut img.b, d + 8, 1);
+        set_be32(&mut img.b, d + 12, 2);
         img.b[d + 16] = 1;
         img.b[d + 17] = 16;
         img.b[d + 18..d + 20].copy_from_slice(&2u16.to_be_bytes());
@@ -1713,10 +1714,10 @@ mod tests {
         bad_magic[0] = b'X';
         cases.push(bad_magic);
         let mut v4 = good.clone();
-        put32(&mut v4, 4, 4);
+        set_be32(&mut v4, 4, 4);
         cases.push(v4);
         let mut bits = good.clone();
-        put32(&mut bits, 20, 40);
+        set_be32(&mut bits, 20, 40);
         cases.push(bits);
         for (i, c) in cases.into_iter().enumerate() {
             assert!(check(&MemStorage::from_vec(c)).is_err(), "case {i}");

@@ -4,7 +4,7 @@
 //! field a reader relies on; [`Qcow2Header::to_bytes`] serialises a header for the writer.
 
 use super::Qcow2Error;
-use crate::util::{be32, be64};
+use crate::bytes::{be32, be64, set_be32, set_be64};
 
 /// qcow2 magic "QFI\xfb" (qcow2.txt, "Header", bytes 0-3).
 pub const MAGIC: [u8; 4] = *b"QFI\xfb";
@@ -549,22 +549,22 @@ impl Qcow2Header {
         let cs = self.cluster_size() as usize;
         let mut b = vec![0u8; cs.max(4096)];
         b[0..4].copy_from_slice(&MAGIC);
-        put32(&mut b, 4, self.version);
-        put32(&mut b, 20, self.cluster_bits);
-        put64(&mut b, 24, self.size);
-        put32(&mut b, 32, self.crypt_method);
-        put32(&mut b, 36, self.l1_size);
-        put64(&mut b, 40, self.l1_table_offset);
-        put64(&mut b, 48, self.refcount_table_offset);
-        put32(&mut b, 56, self.refcount_table_clusters);
-        put32(&mut b, 60, self.nb_snapshots);
-        put64(&mut b, 64, self.snapshots_offset);
+        set_be32(&mut b, 4, self.version);
+        set_be32(&mut b, 20, self.cluster_bits);
+        set_be64(&mut b, 24, self.size);
+        set_be32(&mut b, 32, self.crypt_method);
+        set_be32(&mut b, 36, self.l1_size);
+        set_be64(&mut b, 40, self.l1_table_offset);
+        set_be64(&mut b, 48, self.refcount_table_offset);
+        set_be32(&mut b, 56, self.refcount_table_clusters);
+        set_be32(&mut b, 60, self.nb_snapshots);
+        set_be64(&mut b, 64, self.snapshots_offset);
         let mut off = if self.version >= 3 {
-            put64(&mut b, 72, self.incompatible_features);
-            put64(&mut b, 80, self.compatible_features);
-            put64(&mut b, 88, self.autoclear_features);
-            put32(&mut b, 96, self.refcount_order);
-            put32(&mut b, 100, V3_HEADER_LEN);
+            set_be64(&mut b, 72, self.incompatible_features);
+            set_be64(&mut b, 80, self.compatible_features);
+            set_be64(&mut b, 88, self.autoclear_features);
+            set_be32(&mut b, 96, self.refcount_order);
+            set_be32(&mut b, 100, V3_HEADER_LEN);
             b[104] = match self.compression_type {
                 CompressionType::Zlib => 0,
                 CompressionType::Zstd => 1,
@@ -582,8 +582,8 @@ impl Qcow2Header {
                     "header extensions do not fit in the first cluster",
                 ));
             }
-            put32(b, *off, ty);
-            put32(b, *off + 4, data.len() as u32);
+            set_be32(b, *off, ty);
+            set_be32(b, *off + 4, data.len() as u32);
             b[*off + 8..*off + 8 + data.len()].copy_from_slice(data);
             *off += 8 + padded;
             Ok(())
@@ -629,8 +629,8 @@ impl Qcow2Header {
                     ),
                 ));
             }
-            put64(&mut b, 8, off as u64);
-            put32(&mut b, 16, name.len() as u32);
+            set_be64(&mut b, 8, off as u64);
+            set_be32(&mut b, 16, name.len() as u32);
             b[off..off + name.len()].copy_from_slice(name.as_bytes());
             off += name.len();
         }
@@ -678,14 +678,6 @@ fn check_table(
     }
 }
 
-pub(crate) fn put32(b: &mut [u8], off: usize, v: u32) {
-    b[off..off + 4].copy_from_slice(&v.to_be_bytes());
-}
-
-pub(crate) fn put64(b: &mut [u8], off: usize, v: u64) {
-    b[off..off + 8].copy_from_slice(&v.to_be_bytes());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -719,27 +711,27 @@ mod tests {
     fn rejects_bad_fields_with_offsets() {
         let good = sample().to_bytes().unwrap();
         let mut b = good.clone();
-        put32(&mut b, 20, 30);
+        set_be32(&mut b, 20, 30);
         let e = Qcow2Header::parse(&b, 0x40000).unwrap_err().to_string();
         assert!(e.contains("cluster_bits is 30"), "{e}");
         let mut b = good.clone();
-        put32(&mut b, 96, 7);
+        set_be32(&mut b, 96, 7);
         let e = Qcow2Header::parse(&b, 0x40000).unwrap_err().to_string();
         assert!(e.contains("refcount_order is 7"), "{e}");
         let mut b = good.clone();
-        put32(&mut b, 36, 0x7fff_ffff);
+        set_be32(&mut b, 36, 0x7fff_ffff);
         let e = Qcow2Header::parse(&b, 0x40000).unwrap_err().to_string();
         assert!(e.contains("l1_size"), "{e}");
         let mut b = good.clone();
-        put64(&mut b, 40, 0x7fff_0000);
+        set_be64(&mut b, 40, 0x7fff_0000);
         let e = Qcow2Header::parse(&b, 0x40000).unwrap_err().to_string();
         assert!(e.contains("past the end of the file"), "{e}");
         let mut b = good.clone();
-        put64(&mut b, 72, 1 << 9);
+        set_be64(&mut b, 72, 1 << 9);
         let e = Qcow2Header::parse(&b, 0x40000).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
         let mut b = good;
-        put32(&mut b, 32, 2);
+        set_be32(&mut b, 32, 2);
         let e = Qcow2Header::parse(&b, 0x40000).unwrap_err().to_string();
         assert!(e.contains("LUKS"), "{e}");
         assert!(Qcow2Header::parse(&[0u8; 10], 10).is_err());

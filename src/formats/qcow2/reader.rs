@@ -25,13 +25,13 @@ use super::header::{
 };
 use super::l1l2::{self, COMPRESSED, COPIED, L2_RESERVED, L2Entry, OFFSET_MASK, SubclusterBitmap};
 use super::snapshot::{self, Qcow2Snapshot};
+use crate::bytes::{be32, be64_table};
 use crate::error::{Error, Result};
 use crate::image::{
     Extent, ExtentKind, Format, ImageInfo, ImageReader, check_read_range, map_through_parent,
 };
 use crate::open::OpenContext;
 use crate::storage::Storage;
-use crate::util::be32;
 
 /// Bytes of L2 tables kept in the cache (qemu's default L2 cache is 32 MiB at most too).
 const L2_CACHE_BYTES: u64 = 32 << 20;
@@ -170,18 +170,6 @@ fn read_vec(storage: &dyn Storage, what: &str, offset: u64, len: u64) -> Result<
             "reading the qcow2 {what} ({len} bytes at {offset:#x})"
         )))?;
     Ok(buf)
-}
-
-/// Decodes big-endian u64s.
-fn be64_table(bytes: &[u8]) -> Vec<u64> {
-    bytes
-        .chunks_exact(8)
-        .map(|c| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(c);
-            u64::from_be_bytes(a)
-        })
-        .collect()
 }
 
 impl Qcow2Reader {

@@ -10,8 +10,8 @@
 
 use super::Qcow2Error;
 use super::header::{MAX_L1_BYTES, MAX_VIRTUAL_SIZE};
+use crate::bytes::{be16, be32, be64};
 use crate::image::SnapshotInfo;
-use crate::util::{be16, be32, be64};
 
 /// Length of the fixed part of a snapshot table entry.
 pub const ENTRY_FIXED_LEN: u64 = 40;

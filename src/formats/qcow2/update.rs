@@ -38,9 +38,9 @@ use super::header::{
 };
 use super::l1l2::{self, COPIED, L2Entry, OFFSET_MASK};
 use super::refcount;
+use crate::bytes::{be32, be64_table};
 use crate::error::{Error, Result};
 use crate::image::{Format, ImageUpdater};
-use crate::util::be32;
 
 /// Bytes of L2 tables (and, separately, of refcount blocks) kept in memory before a flush is
 /// forced to write them back and drop them.
@@ -965,13 +965,6 @@ fn read_vec(file: &File, what: &str, off: u64, len: u64) -> Result<Vec<u8>> {
     }
     buf.truncate(got);
     Ok(buf)
-}
-
-fn be64_table(bytes: &[u8]) -> Vec<u64> {
-    bytes
-        .chunks_exact(8)
-        .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-        .collect()
 }
 
 #[cfg(test)]

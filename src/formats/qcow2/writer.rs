@@ -979,12 +979,12 @@ impl ImageWriter for Qcow2Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bytes::be64;
     use crate::convert::{ConvertOptions, convert};
     use crate::formats::qcow2::compress::decompress;
     use crate::formats::qcow2::l1l2::{L2Entry, decode_l1, decode_l2};
     use crate::formats::raw::RawReader;
     use crate::storage::MemStorage;
-    use crate::util::be64;
 
     /// What [`read_back`] found besides the guest bytes.
     #[derive(Debug, Default)]

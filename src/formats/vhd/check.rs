@@ -33,6 +33,7 @@ use super::footer::{
     OLD_FOOTER_SIZE, VhdFooter, checksum, fourcc,
 };
 use super::reader::{load_footer, parent_candidates};
+use crate::bytes::{be32, be64, hex};
 use crate::error::{Error, Result};
 use crate::formats::check::{CheckProblem, CheckReport, ProblemKind, SpaceMap};
 use crate::formats::error::FormatError;
@@ -64,18 +65,6 @@ impl Owner {
             Owner::Footer => "the footer".into(),
         }
     }
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
-}
-
-fn hex16(g: &[u8; 16]) -> String {
-    g.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Parses a footer even when its checksum is wrong (the fields are then still used, and the
@@ -820,7 +809,7 @@ impl Checker<'_> {
                                 resolved.display()
                             ),
                         )
-                        .values(hex16(&h.parent_unique_id), hex16(&pf.unique_id)),
+                        .values(hex(&h.parent_unique_id), hex(&pf.unique_id)),
                     );
                 }
                 Ok(_) => self.report.notes.push(format!(

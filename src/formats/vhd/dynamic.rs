@@ -5,6 +5,7 @@
 use crate::formats::error::FormatError;
 
 use super::footer::checksum;
+use crate::bytes::{be32, be64};
 
 /// Size of the dynamic header.
 pub const HEADER_SIZE: usize = 1024;
@@ -69,14 +70,6 @@ pub struct VhdDynamicHeader {
     pub parent_name: String,
     /// The locator entries that are in use.
     pub locators: Vec<ParentLocator>,
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    (be32(b, at) as u64) << 32 | be32(b, at + 4) as u64
 }
 
 fn invalid(offset: u64, detail: String) -> FormatError {

@@ -1,6 +1,7 @@
 //! The VHD footer ("Hard Disk Footer Format" in Microsoft's VHD specification): 512 big-endian
 //! bytes at the end of every VHD, plus a copy at offset 0 of dynamic and differencing disks.
 
+use crate::bytes::{be32, be64};
 use crate::formats::error::FormatError;
 
 /// Size of a footer as written by current tools.
@@ -145,14 +146,6 @@ pub struct VhdFooter {
     pub unique_id: [u8; 16],
     /// Saved-state flag.
     pub saved_state: u8,
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    (be32(b, at) as u64) << 32 | be32(b, at + 4) as u64
 }
 
 /// One's complement of the byte sum of `bytes`, with the 4 checksum bytes at `skip` counted as

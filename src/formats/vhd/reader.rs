@@ -18,6 +18,7 @@ use super::dynamic::{
     platform,
 };
 use super::footer::{DiskType, FOOTER_SIZE, OLD_FOOTER_SIZE, VhdFooter, fourcc};
+use crate::bytes::Guid;
 
 /// Bitmaps kept in memory at most (512 bytes each for 2 MiB blocks).
 const BITMAP_CACHE: usize = 4096;
@@ -400,9 +401,9 @@ impl VhdReader {
                 format!(
                     "{} expects a parent with unique id {}, but its parent {} has unique id {}",
                     path.map_or("this image".into(), |p| p.display().to_string()),
-                    guid(expected),
+                    format!("{:x}", Guid::from_be_bytes(*expected)),
                     resolved.display(),
-                    guid(&pfooter.unique_id)
+                    format!("{:x}", Guid::from_be_bytes(pfooter.unique_id))
                 ),
             ));
         }
@@ -473,19 +474,6 @@ impl VhdReader {
         };
         Ok((run, loc))
     }
-}
-
-/// A GUID in the usual text form (the VHD stores it big-endian as 16 bytes).
-fn guid(b: &[u8; 16]) -> String {
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }
 
 impl ImageReader for VhdReader {

@@ -74,12 +74,10 @@ pub fn rounded_size(size: u64, round_to_mib: bool) -> u64 {
     }
 }
 
-/// 16 random bytes (a version-4 style id) from the OS-seeded hasher of the standard library.
+/// A random version-4 GUID in the VHD's byte order (big-endian groups), from the OS-seeded
+/// hasher of the standard library.
 fn random_id() -> [u8; 16] {
-    let mut id = crate::util::random_bytes16();
-    id[6] = (id[6] & 0x0f) | 0x40;
-    id[8] = (id[8] & 0x3f) | 0x80;
-    id
+    crate::bytes::Guid::random().to_be_bytes()
 }
 
 fn timestamp() -> u32 {

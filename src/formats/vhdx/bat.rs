@@ -1,5 +1,6 @@
 //! Block allocation table ([MS-VHDX] 2.5): payload entries interleaved with sector bitmap
 //! entries, one bitmap entry after every `chunk ratio` payload entries.
+use crate::bytes::le64;
 
 /// Block not present (reads as zeros, or from the parent).
 pub const PAYLOAD_NOT_PRESENT: u8 = 0;
@@ -67,7 +68,7 @@ pub fn decode(bytes: &[u8], count: usize) -> Vec<BatEntry> {
     bytes
         .chunks_exact(8)
         .take(count)
-        .map(|c| BatEntry(super::le64(c, 0)))
+        .map(|c| BatEntry(le64(c, 0)))
         .collect()
 }
 

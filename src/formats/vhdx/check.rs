@@ -28,12 +28,13 @@
 //!
 //! Classification: see [`crate::formats::check`].
 
+use super::MIB;
 use super::bat::{self, BatEntry};
 use super::header::{FILE_SIGNATURE, HEADER_OFFSETS, HEADER_SIZE, VhdxHeader};
 use super::log::{self, LogOverlay, Sector};
 use super::metadata::{self, TABLE_SIZE};
 use super::region::{self, REGION_OFFSETS, REGION_TABLE_SIZE};
-use super::{MIB, guid_to_string, le16, le32};
+use crate::bytes::{le16, le32};
 use crate::error::{Error, Result};
 use crate::formats::check::{CheckProblem, CheckReport, ProblemKind, SpaceMap};
 use crate::formats::error::FormatError;
@@ -439,10 +440,10 @@ impl Checker<'_> {
             current.0,
             current.1,
             current.2.sequence_number,
-            if current.2.log_guid == [0; 16] {
+            if current.2.log_guid.is_nil() {
                 String::new()
             } else {
-                format!(", log GUID {}", guid_to_string(&current.2.log_guid))
+                format!(", log GUID {}", current.2.log_guid.to_string())
             }
         ));
         Some(current.2)
@@ -453,7 +454,7 @@ impl Checker<'_> {
     fn log(&mut self, h: &VhdxHeader) -> Option<(u64, u64)> {
         let (off, len) = (h.log_offset, u64::from(h.log_length));
         let file = self.view.len;
-        let active = h.log_guid != [0; 16];
+        let active = !h.log_guid.is_nil();
         if len == 0 {
             if active {
                 self.corrupt(
@@ -501,7 +502,7 @@ impl Checker<'_> {
             Ok(o) if o.entries == 0 => {
                 self.report.notes.push(format!(
                     "the header names log GUID {} but the log at {off:#x} holds no valid sequence for it: nothing to replay",
-                    guid_to_string(&h.log_guid)
+                    h.log_guid.to_string()
                 ));
             }
             Ok(o) => {
@@ -778,9 +779,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::bytes::le64;
     use crate::formats::check::ProblemKind as K;
+    use crate::formats::vhdx::set_checksum;
     use crate::formats::vhdx::writer::{VhdxWriteOptions, VhdxWriter};
-    use crate::formats::vhdx::{le64, set_checksum};
     use crate::image::ImageWriter;
     use crate::storage::MemStorage;
 
@@ -900,7 +902,7 @@ mod tests {
             (0x10000, h1)
         };
         // One log entry rewriting the BAT's first sector with an invalid state for entry 0.
-        let guid = [0x11u8; 16];
+        let guid = crate::bytes::Guid::from_bytes([0x11u8; 16]);
         let mut sector = b[bat as usize..bat as usize + 4096].to_vec();
         sector[0] = (sector[0] & !7) | 5;
         let entry = log::build_entry(&guid, 1, 0, &[(bat, Some(&sector))]);

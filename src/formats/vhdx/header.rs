@@ -1,6 +1,7 @@
 //! File type identifier and the two headers ([MS-VHDX] 2.2).
 
-use super::{Guid, checksum, guid_at, invalid, le16, le32, le64, need, set_checksum};
+use super::{Guid, checksum, invalid, need, set_checksum};
+use crate::bytes::{le16, le32, le64};
 use crate::formats::error::FormatError;
 
 /// File type identifier signature, ASCII `vhdxfile`, at offset 0 (2.2.1).
@@ -56,9 +57,9 @@ impl VhdxHeader {
         }
         let h = VhdxHeader {
             sequence_number: le64(b, 8),
-            file_write_guid: guid_at(b, 16),
-            data_write_guid: guid_at(b, 32),
-            log_guid: guid_at(b, 48),
+            file_write_guid: Guid::read(b, 16),
+            data_write_guid: Guid::read(b, 32),
+            log_guid: Guid::read(b, 48),
             log_version: le16(b, 64),
             version: le16(b, 66),
             log_length: le32(b, 68),
@@ -99,9 +100,9 @@ impl VhdxHeader {
         let mut b = vec![0u8; HEADER_SIZE];
         b[0..4].copy_from_slice(HEADER_SIGNATURE);
         b[8..16].copy_from_slice(&self.sequence_number.to_le_bytes());
-        b[16..32].copy_from_slice(&self.file_write_guid);
-        b[32..48].copy_from_slice(&self.data_write_guid);
-        b[48..64].copy_from_slice(&self.log_guid);
+        b[16..32].copy_from_slice(&self.file_write_guid.to_bytes());
+        b[32..48].copy_from_slice(&self.data_write_guid.to_bytes());
+        b[48..64].copy_from_slice(&self.log_guid.to_bytes());
         b[64..66].copy_from_slice(&self.log_version.to_le_bytes());
         b[66..68].copy_from_slice(&self.version.to_le_bytes());
         b[68..72].copy_from_slice(&self.log_length.to_le_bytes());
@@ -158,9 +159,9 @@ mod tests {
     fn sample(seq: u64) -> VhdxHeader {
         VhdxHeader {
             sequence_number: seq,
-            file_write_guid: [1; 16],
-            data_write_guid: [2; 16],
-            log_guid: [0; 16],
+            file_write_guid: Guid::from_bytes([1; 16]),
+            data_write_guid: Guid::from_bytes([2; 16]),
+            log_guid: Guid::NIL,
             log_version: 0,
             version: 1,
             log_length: 1 << 20,

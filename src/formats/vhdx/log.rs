@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{Guid, checksum, guid_at, invalid, le32, le64};
+use super::{Guid, checksum, invalid};
+use crate::bytes::{le32, le64};
 use crate::formats::error::FormatError;
 
 /// Log entry signature, ASCII `loge`.
@@ -53,7 +54,7 @@ struct Entry {
 /// Parses the entry at `pos` of `log` (checksum, signature, guid); `None` if none is there.
 fn entry_at(log: &[u8], pos: usize, guid: &Guid) -> Option<Entry> {
     let h = log.get(pos..pos + 64)?;
-    if &h[0..4] != ENTRY_SIGNATURE || guid_at(h, 32) != *guid {
+    if &h[0..4] != ENTRY_SIGNATURE || Guid::read(h, 32) != *guid {
         return None;
     }
     let length = le32(h, 8) as usize;
@@ -235,7 +236,7 @@ pub fn build_entry(guid: &Guid, seq: u64, tail: u32, writes: &[(u64, Option<&[u8
     b[12..16].copy_from_slice(&tail.to_le_bytes());
     b[16..24].copy_from_slice(&seq.to_le_bytes());
     b[24..28].copy_from_slice(&(writes.len() as u32).to_le_bytes());
-    b[32..48].copy_from_slice(guid);
+    b[32..48].copy_from_slice(&guid.to_bytes());
     let mut ds = desc_sectors;
     for (i, (off, w)) in writes.iter().enumerate() {
         let d = 64 + 32 * i;
@@ -267,7 +268,7 @@ pub fn build_entry(guid: &Guid, seq: u64, tail: u32, writes: &[(u64, Option<&[u8
 mod tests {
     use super::*;
 
-    const G: Guid = [7; 16];
+    const G: Guid = Guid::from_bytes([7; 16]);
 
     #[test]
     fn replays_active_sequence_in_order() {
@@ -287,7 +288,12 @@ mod tests {
         assert_eq!(o.sectors[&0x301000], Sector::Data(c.clone().into()));
         assert_eq!(o.sectors[&0x302000], Sector::Zero);
         // Another guid: nothing to replay.
-        assert_eq!(replay(&log, 1 << 20, &[8; 16]).unwrap().entries, 0);
+        assert_eq!(
+            replay(&log, 1 << 20, &Guid::from_bytes([8; 16]))
+                .unwrap()
+                .entries,
+            0
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Metadata region ([MS-VHDX] 2.6): the table and its items.
 
-use super::{Guid, guid, guid_at, guid_to_string, invalid, le16, le32, le64, need, unsupported};
+use super::{Guid, invalid, need, unsupported};
+use crate::bytes::{le16, le32, le64};
 use crate::formats::error::FormatError;
 
 /// Metadata table signature, ASCII `metadata`.
@@ -8,49 +9,49 @@ pub const METADATA_SIGNATURE: &[u8; 8] = b"metadata";
 /// Size of the table at the start of the region.
 pub const TABLE_SIZE: usize = 64 << 10;
 /// File Parameters CAA16737-FA36-4D43-B3B6-33F0AA44E76B.
-pub const FILE_PARAMETERS: Guid = guid(
+pub const FILE_PARAMETERS: Guid = Guid::from_fields(
     0xCAA16737,
     0xFA36,
     0x4D43,
     [0xB3, 0xB6, 0x33, 0xF0, 0xAA, 0x44, 0xE7, 0x6B],
 );
 /// Virtual Disk Size 2FA54224-CD1B-4876-B211-5DBED83BF4B8.
-pub const VIRTUAL_DISK_SIZE: Guid = guid(
+pub const VIRTUAL_DISK_SIZE: Guid = Guid::from_fields(
     0x2FA54224,
     0xCD1B,
     0x4876,
     [0xB2, 0x11, 0x5D, 0xBE, 0xD8, 0x3B, 0xF4, 0xB8],
 );
 /// Page 83 Data BECA12AB-B2E6-4523-93EF-C309E000C746.
-pub const PAGE83_DATA: Guid = guid(
+pub const PAGE83_DATA: Guid = Guid::from_fields(
     0xBECA12AB,
     0xB2E6,
     0x4523,
     [0x93, 0xEF, 0xC3, 0x09, 0xE0, 0x00, 0xC7, 0x46],
 );
 /// Logical Sector Size 8141BF1D-A96F-4709-BA47-F233A8FAAB5F.
-pub const LOGICAL_SECTOR_SIZE: Guid = guid(
+pub const LOGICAL_SECTOR_SIZE: Guid = Guid::from_fields(
     0x8141BF1D,
     0xA96F,
     0x4709,
     [0xBA, 0x47, 0xF2, 0x33, 0xA8, 0xFA, 0xAB, 0x5F],
 );
 /// Physical Sector Size CDA348C7-445D-4471-9CC9-E9885251C556.
-pub const PHYSICAL_SECTOR_SIZE: Guid = guid(
+pub const PHYSICAL_SECTOR_SIZE: Guid = Guid::from_fields(
     0xCDA348C7,
     0x445D,
     0x4471,
     [0x9C, 0xC9, 0xE9, 0x88, 0x52, 0x51, 0xC5, 0x56],
 );
 /// Parent Locator A8D35F2D-B30B-454D-ABF7-D3D84834AB0C.
-pub const PARENT_LOCATOR: Guid = guid(
+pub const PARENT_LOCATOR: Guid = Guid::from_fields(
     0xA8D35F2D,
     0xB30B,
     0x454D,
     [0xAB, 0xF7, 0xD3, 0xD8, 0x48, 0x34, 0xAB, 0x0C],
 );
 /// VHDX parent locator type B04AEFB7-D19E-4A81-B789-25B8E9445913.
-pub const VHDX_LOCATOR_TYPE: Guid = guid(
+pub const VHDX_LOCATOR_TYPE: Guid = Guid::from_fields(
     0xB04AEFB7,
     0xD19E,
     0x4A81,
@@ -107,10 +108,10 @@ fn utf16(b: &[u8]) -> Option<String> {
 pub fn parse_parent_locator(b: &[u8], offset: u64) -> Result<Vec<(String, String)>, FormatError> {
     const W: &str = "parent locator";
     need(b, 20, W, offset)?;
-    if guid_at(b, 0) != VHDX_LOCATOR_TYPE {
+    if Guid::read(b, 0) != VHDX_LOCATOR_TYPE {
         return Err(unsupported(format!(
             "parent locator type {} (only the VHDX type is known)",
-            guid_to_string(&guid_at(b, 0))
+            Guid::read(b, 0)
         )));
     }
     let count = le16(b, 18) as usize;
@@ -136,7 +137,7 @@ pub fn parse_parent_locator(b: &[u8], offset: u64) -> Result<Vec<(String, String
 /// Builds a parent locator item from key/value pairs.
 pub fn parent_locator_bytes(pairs: &[(&str, &str)]) -> Vec<u8> {
     let mut b = vec![0u8; 20 + 12 * pairs.len()];
-    b[0..16].copy_from_slice(&VHDX_LOCATOR_TYPE);
+    b[0..16].copy_from_slice(&VHDX_LOCATOR_TYPE.to_bytes());
     b[18..20].copy_from_slice(&(pairs.len() as u16).to_le_bytes());
     for (i, (k, v)) in pairs.iter().enumerate() {
         let enc = |s: &str| {
@@ -183,13 +184,13 @@ pub fn parse(region: &[u8], offset: u64) -> Result<VhdxMetadata, FormatError> {
     let mut items: Vec<(Guid, &[u8], u64)> = Vec::new();
     for i in 0..count {
         let at = 32 + 32 * i;
-        let id = guid_at(region, at);
+        let id = Guid::read(region, at);
         let (io, il, flags) = (
             le32(region, at + 16) as usize,
             le32(region, at + 20) as usize,
             le32(region, at + 24),
         );
-        if id == [0; 16] {
+        if id.is_nil() {
             continue;
         }
         let known = [
@@ -204,7 +205,7 @@ pub fn parse(region: &[u8], offset: u64) -> Result<VhdxMetadata, FormatError> {
             if flags & FLAG_REQUIRED != 0 {
                 return Err(unsupported(format!(
                     "unknown required metadata item {} in the metadata table at {offset:#x}",
-                    guid_to_string(&id)
+                    id.to_string()
                 )));
             }
             continue;
@@ -218,7 +219,7 @@ pub fn parse(region: &[u8], offset: u64) -> Result<VhdxMetadata, FormatError> {
                 offset,
                 format!(
                     "entry {i} ({}): item at {io:#x}+{il:#x} is not inside the region ({:#x} bytes, after the 64 KiB table)",
-                    guid_to_string(&id),
+                    id.to_string(),
                     region.len()
                 ),
             ));
@@ -228,7 +229,7 @@ pub fn parse(region: &[u8], offset: u64) -> Result<VhdxMetadata, FormatError> {
                 return Err(invalid(
                     W,
                     offset,
-                    format!("entry {i} repeats item {}", guid_to_string(&id)),
+                    format!("entry {i} repeats item {}", id.to_string()),
                 ));
             }
         }
@@ -283,7 +284,7 @@ pub fn parse(region: &[u8], offset: u64) -> Result<VhdxMetadata, FormatError> {
     }
     let page83 = get(PAGE83_DATA, "page 83 data", 16)
         .ok()
-        .map(|(b, _)| guid_at(b, 0));
+        .map(|(b, _)| Guid::read(b, 0));
     let has_parent = fp_flags & 2 != 0;
     let parent_locator = if has_parent {
         let (pl, plo) = get(PARENT_LOCATOR, "parent locator", 20)?;
@@ -316,7 +317,11 @@ pub fn to_bytes(m: &VhdxMetadata, len: usize) -> Vec<u8> {
     let mut items: Vec<(Guid, Vec<u8>, u32)> = vec![
         (FILE_PARAMETERS, fp, FLAG_REQUIRED),
         (VIRTUAL_DISK_SIZE, m.virtual_size.to_le_bytes().to_vec(), vd),
-        (PAGE83_DATA, m.page83.unwrap_or_default().to_vec(), vd),
+        (
+            PAGE83_DATA,
+            m.page83.unwrap_or_default().to_bytes().to_vec(),
+            vd,
+        ),
         (
             LOGICAL_SECTOR_SIZE,
             m.logical_sector_size.to_le_bytes().to_vec(),
@@ -336,7 +341,7 @@ pub fn to_bytes(m: &VhdxMetadata, len: usize) -> Vec<u8> {
     let mut pos = TABLE_SIZE;
     for (i, (g, data, flags)) in items.iter().enumerate() {
         let at = 32 + 32 * i;
-        r[at..at + 16].copy_from_slice(g);
+        r[at..at + 16].copy_from_slice(&g.to_bytes());
         r[at + 16..at + 20].copy_from_slice(&(pos as u32).to_le_bytes());
         r[at + 20..at + 24].copy_from_slice(&(data.len() as u32).to_le_bytes());
         r[at + 24..at + 28].copy_from_slice(&flags.to_le_bytes());
@@ -358,7 +363,7 @@ mod tests {
             virtual_size: 10 << 20,
             logical_sector_size: 4096,
             physical_sector_size: 4096,
-            page83: Some([3; 16]),
+            page83: Some(Guid::from_bytes([3; 16])),
             parent_locator: None,
         }
     }
@@ -368,7 +373,7 @@ mod tests {
         let b = to_bytes(&sample(), 1 << 20);
         assert_eq!(&b[0..8], b"metadata");
         assert_eq!(le16(&b, 10), 5); // entry count
-        assert_eq!(guid_at(&b, 32), FILE_PARAMETERS);
+        assert_eq!(Guid::read(&b, 32), FILE_PARAMETERS);
         assert_eq!(le32(&b, 48), 0x10000); // first item at 64 KiB
         assert_eq!(parse(&b, 0x200000).unwrap(), sample());
         let mut m = sample();

@@ -8,7 +8,7 @@ use super::header::{self, HEADER_OFFSETS, HEADER_SIZE, VhdxHeader};
 use super::log::{self, LogOverlay, Sector};
 use super::metadata::{self, VhdxMetadata};
 use super::region::{self, REGION_OFFSETS, REGION_TABLE_SIZE, VhdxRegions};
-use super::{MIB, corrupt, guid_from_str, guid_to_string, invalid, unsupported};
+use super::{Guid, MIB, corrupt, invalid, unsupported};
 use crate::error::{Error, Result};
 use crate::image::{
     Extent, ExtentKind, Format, ImageInfo, ImageReader, SharedReader, check_read_range,
@@ -139,7 +139,7 @@ impl VhdxReader {
         // The log: replay in memory when its guid is set.
         let mut overlay = LogOverlay::default();
         let log_end = header.log_offset + u64::from(header.log_length);
-        if header.log_guid != [0; 16] {
+        if !header.log_guid.is_nil() {
             if header.log_length > log::MAX_LOG {
                 return Err(unsupported(format!(
                     "a log of {:#x} bytes (at most {:#x} are replayed)",
@@ -339,7 +339,7 @@ impl VhdxReader {
     fn open_parent(&mut self, ctx: &OpenContext<'_>) -> Result<()> {
         let pairs = self.meta.parent_locator.clone().unwrap_or_default();
         let linkage = locator_value(&pairs, "parent_linkage")
-            .and_then(guid_from_str)
+            .and_then(Guid::parse)
             .ok_or_else(|| {
                 corrupt(
                     "parent locator",
@@ -378,8 +378,8 @@ impl VhdxReader {
             if ph.data_write_guid != linkage {
                 return Err(Error::Corrupt(format!(
                     "parent '{name}' has DataWriteGuid {}, but the child's parent_linkage is {} (the parent changed after the child was made)",
-                    guid_to_string(&ph.data_write_guid),
-                    guid_to_string(&linkage)
+                    ph.data_write_guid.to_string(),
+                    linkage.to_string()
                 )));
             }
             let parent =

@@ -1,9 +1,7 @@
 //! Region table ([MS-VHDX] 2.2.3): where the BAT and the metadata region lie.
 
-use super::{
-    Guid, MIB, checksum, guid, guid_at, guid_to_string, invalid, le32, le64, need, set_checksum,
-    unsupported,
-};
+use super::{Guid, MIB, checksum, invalid, need, set_checksum, unsupported};
+use crate::bytes::{le32, le64};
 use crate::formats::error::FormatError;
 
 /// Region table signature, ASCII `regi`.
@@ -15,14 +13,14 @@ pub const REGION_TABLE_SIZE: usize = 64 << 10;
 /// Most entries a table may hold.
 pub const MAX_ENTRIES: u32 = 2047;
 /// BAT region 2DC27766-F623-4200-9D64-115E9BFD4A08.
-pub const BAT_GUID: Guid = guid(
+pub const BAT_GUID: Guid = Guid::from_fields(
     0x2DC27766,
     0xF623,
     0x4200,
     [0x9D, 0x64, 0x11, 0x5E, 0x9B, 0xFD, 0x4A, 0x08],
 );
 /// Metadata region 8B7CA206-4790-4B9A-B8FE-575F050F886E.
-pub const METADATA_GUID: Guid = guid(
+pub const METADATA_GUID: Guid = Guid::from_fields(
     0x8B7CA206,
     0x4790,
     0x4B9A,
@@ -84,7 +82,7 @@ pub fn parse(bytes: &[u8], offset: u64) -> Result<VhdxRegions, FormatError> {
     for i in 0..count as usize {
         let at = 16 + 32 * i;
         let r = Region {
-            guid: guid_at(b, at),
+            guid: Guid::read(b, at),
             offset: le64(b, at + 16),
             length: le32(b, at + 24),
             required: le32(b, at + 28) & 1 != 0,
@@ -121,14 +119,14 @@ pub fn parse(bytes: &[u8], offset: u64) -> Result<VhdxRegions, FormatError> {
                 return Err(invalid(
                     W,
                     offset,
-                    format!("entry {i} repeats region {}", guid_to_string(&r.guid)),
+                    format!("entry {i} repeats region {}", r.guid.to_string()),
                 ));
             }
         }
         if r.guid != BAT_GUID && r.guid != METADATA_GUID && r.required {
             return Err(unsupported(format!(
                 "unknown required region {} in the region table at {offset:#x}",
-                guid_to_string(&r.guid)
+                r.guid.to_string()
             )));
         }
         regions.push(r);
@@ -153,7 +151,7 @@ pub fn to_bytes(regions: &[Region]) -> Vec<u8> {
     b[8..12].copy_from_slice(&(regions.len() as u32).to_le_bytes());
     for (i, r) in regions.iter().enumerate() {
         let at = 16 + 32 * i;
-        b[at..at + 16].copy_from_slice(&r.guid);
+        b[at..at + 16].copy_from_slice(&r.guid.to_bytes());
         b[at + 16..at + 24].copy_from_slice(&r.offset.to_le_bytes());
         b[at + 24..at + 28].copy_from_slice(&r.length.to_le_bytes());
         b[at + 28..at + 32].copy_from_slice(&u32::from(r.required).to_le_bytes());
@@ -205,7 +203,7 @@ mod tests {
                 .contains("checksum")
         );
         let over = Region {
-            guid: [9; 16],
+            guid: Guid::from_bytes([9; 16]),
             offset: 3 * MIB,
             length: MIB as u32,
             required: false,
@@ -213,7 +211,7 @@ mod tests {
         let e = parse(&table(Some(over)), 0x30000).unwrap_err().to_string();
         assert!(e.contains("overlaps"), "{e}");
         let unknown = Region {
-            guid: [9; 16],
+            guid: Guid::from_bytes([9; 16]),
             offset: 8 * MIB,
             length: MIB as u32,
             required: true,
@@ -221,14 +219,14 @@ mod tests {
         let e = parse(&table(Some(unknown)), 0x30000).unwrap_err();
         assert_eq!(e.kind(), crate::error::ErrorKind::Unsupported);
         let optional = Region {
-            guid: [9; 16],
+            guid: Guid::from_bytes([9; 16]),
             offset: 8 * MIB,
             length: MIB as u32,
             required: false,
         };
         assert!(parse(&table(Some(optional)), 0).is_ok());
         let odd = Region {
-            guid: [9; 16],
+            guid: Guid::from_bytes([9; 16]),
             offset: 8 * MIB + 4096,
             length: MIB as u32,
             required: false,
@@ -236,7 +234,7 @@ mod tests {
         assert!(parse(&table(Some(odd)), 0).is_err());
         // Regression: an offset near 2^64 used to overflow the overlap check.
         let huge = Region {
-            guid: [9; 16],
+            guid: Guid::from_bytes([9; 16]),
             offset: !(MIB - 1),
             length: MIB as u32,
             required: false,

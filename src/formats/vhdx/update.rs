@@ -27,7 +27,7 @@ use crate::storage::{FileStorage, Storage};
 use super::bat::{self, BatEntry, PAYLOAD_FULLY_PRESENT, PAYLOAD_ZERO};
 use super::header::{self, HEADER_OFFSETS, HEADER_SIZE, VhdxHeader};
 use super::region::{self, REGION_OFFSETS, REGION_TABLE_SIZE};
-use super::{MIB, log, metadata, random_guid};
+use super::{Guid, MIB, log, metadata};
 
 /// Largest metadata region read (the writers of this format use 1 MiB).
 const MAX_METADATA: u64 = 64 << 20;
@@ -117,7 +117,7 @@ impl VhdxUpdater {
             }
         };
         let header = if header_slot == 0 { h0? } else { h1? };
-        if header.log_guid != [0; 16] {
+        if !header.log_guid.is_nil() {
             let log_end = header
                 .log_offset
                 .checked_add(u64::from(header.log_length))
@@ -239,8 +239,8 @@ impl VhdxUpdater {
             return Ok(());
         }
         let mut h = self.header.clone();
-        h.file_write_guid = random_guid();
-        h.data_write_guid = random_guid();
+        h.file_write_guid = Guid::random();
+        h.data_write_guid = Guid::random();
         let mut slot = 1 - self.header_slot;
         for _ in 0..2 {
             h.sequence_number = h.sequence_number.checked_add(1).ok_or_else(|| {
@@ -538,7 +538,7 @@ mod tests {
         } else {
             (65536, h0)
         };
-        h.log_guid = random_guid();
+        h.log_guid = Guid::random();
         let sector = vec![0x5a; 4096];
         let entry = log::build_entry(&h.log_guid, 1, 0, &[(4 * MIB, Some(&sector))]);
         let mut b = good.clone();

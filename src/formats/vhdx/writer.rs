@@ -34,7 +34,7 @@ use super::bat::{self, BatEntry};
 use super::header::{self, HEADER_OFFSETS, VhdxHeader};
 use super::metadata::{self, MAX_VIRTUAL_SIZE, VhdxMetadata};
 use super::region::{self, BAT_GUID, METADATA_GUID, REGION_OFFSETS, Region};
-use super::{MIB, random_guid};
+use super::{Guid, MIB};
 use crate::error::{Error, Result};
 use crate::files::OutputFiles;
 use crate::image::{Format, ImageWriter, WriteReport};
@@ -294,7 +294,7 @@ impl ImageWriter for VhdxWriter {
             virtual_size: self.size,
             logical_sector_size: self.opts.logical_sector_size,
             physical_sector_size: self.opts.physical_sector_size,
-            page83: Some(random_guid()),
+            page83: Some(Guid::random()),
             parent_locator: None,
         };
         let meta_bytes = metadata::to_bytes(&meta, METADATA_LENGTH as usize);
@@ -319,9 +319,9 @@ impl ImageWriter for VhdxWriter {
         }
         let mut h = VhdxHeader {
             sequence_number: 0,
-            file_write_guid: random_guid(),
-            data_write_guid: random_guid(),
-            log_guid: [0; 16],
+            file_write_guid: Guid::random(),
+            data_write_guid: Guid::random(),
+            log_guid: Guid::NIL,
             log_version: 0,
             version: 1,
             log_length: LOG_LENGTH,

@@ -40,6 +40,7 @@ use super::descriptor::{MAX_DESCRIPTOR_BYTES, VmdkDescriptor, VmdkExtentLine, Vm
 use super::sesparse::{SESPARSE_VOLATILE_MAGIC, SeSparseHeader};
 use super::sparse::{FLAG_REDUNDANT_GT, GD_AT_END, HEADER_SIZE, SPARSE_MAGIC, SparseHeader};
 use super::stream::{GRAIN_MARKER_SIZE, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT, Marker};
+use crate::bytes::{le32, le64};
 use crate::error::{Error, ErrorKind, Result};
 use crate::formats::check::{CheckProblem, CheckReport, ProblemKind, SpaceMap};
 use crate::image::Format;
@@ -171,16 +172,6 @@ impl<'a> Window<'a> {
         let b = (end.max(pos) - self.start) as usize;
         Ok(&self.buf[a..b])
     }
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// Round up to a whole sector.
@@ -1699,30 +1690,27 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+    use crate::bytes::set_le32;
     use crate::formats::check::ProblemKind as K;
     use crate::formats::vmdk::sparse::tests::header_bytes;
     use crate::formats::vmdk::sparse::{FLAG_COMPRESSED, FLAG_MARKERS, FLAG_VALID_NEWLINE};
     use crate::open::OpenOptions;
     use crate::storage::MemStorage;
 
-    fn put32(b: &mut [u8], at: usize, v: u32) {
-        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-    }
-
     /// A hosted sparse extent of 4 grains of 8 sectors, 4 entries per grain table, built
     /// sector by sector: 0 header, 1 redundant directory, 2 redundant table, 3 directory,
     /// 4 table; grains 0 and 2 stored at sectors 5 and 13 (overHead 5); 21 sectors in all.
     fn sparse() -> Vec<u8> {
         let mut b = header_bytes(1, FLAG_VALID_NEWLINE | FLAG_REDUNDANT_GT, 32, 8, 3);
-        put32(&mut b, 44, 4); // numGTEsPerGT
+        set_le32(&mut b, 44, 4); // numGTEsPerGT
         b[48..56].copy_from_slice(&1u64.to_le_bytes()); // rgdOffset
         b[64..72].copy_from_slice(&5u64.to_le_bytes()); // overHead
         b.resize(21 * 512, 0);
-        put32(&mut b, 512, 2); // RGD[0] -> sector 2
-        put32(&mut b, 3 * 512, 4); // GD[0] -> sector 4
+        set_le32(&mut b, 512, 2); // RGD[0] -> sector 2
+        set_le32(&mut b, 3 * 512, 4); // GD[0] -> sector 4
         for t in [2, 4] {
-            put32(&mut b, t * 512, 5); // grain 0 at sector 5
-            put32(&mut b, t * 512 + 8, 13); // grain 2 at sector 13
+            set_le32(&mut b, t * 512, 5); // grain 0 at sector 5
+            set_le32(&mut b, t * 512 + 8, 13); // grain 2 at sector 13
         }
         b[5 * 512..13 * 512].fill(0x11);
         b[13 * 512..].fill(0x22);
@@ -1753,7 +1741,7 @@ mod tests {
     fn redundant_tables() {
         // A differing redundant entry: a corruption naming both values.
         let mut b = sparse();
-        put32(&mut b, 2 * 512 + 8, 14);
+        set_le32(&mut b, 2 * 512 + 8, 14);
         let r = run(b, false);
         let p = r.problems.iter().find(|p| p.kind == K::Corruption).unwrap();
         assert!(p.message.contains("grain table 0 (at 0x800) and its redundant copy (at 0x400) differ in 1 entries, the first being entry 2"), "{r}");
@@ -1771,7 +1759,7 @@ mod tests {
         );
         // An unused redundant directory: a warning.
         let mut b = sparse();
-        put32(&mut b, 512, 0);
+        set_le32(&mut b, 512, 0);
         let r = run(b, false);
         assert!(
             r.is_clean() && r.has(K::Warning, "all zero (unused)"),
@@ -1800,7 +1788,7 @@ mod tests {
         // Past the end of the file (both tables agree).
         let mut b = sparse();
         for t in [2, 4] {
-            put32(&mut b, t * 512, 1000);
+            set_le32(&mut b, t * 512, 1000);
         }
         let r = run(b, false);
         let p = r.problems.iter().find(|p| p.kind == K::Corruption).unwrap();
@@ -1817,7 +1805,7 @@ mod tests {
         // One grain referenced twice; the other one leaked.
         let mut b = sparse();
         for t in [2, 4] {
-            put32(&mut b, t * 512 + 8, 5);
+            set_le32(&mut b, t * 512 + 8, 5);
         }
         let r = run(b, false);
         assert!(r.has(K::Corruption, "grain 0 (grain table 0, entry 0) and grain 2 (grain table 0, entry 2) point at the same data at 0xa00"), "{r}");
@@ -1825,13 +1813,13 @@ mod tests {
         // A grain over the metadata.
         let mut b = sparse();
         for t in [2, 4] {
-            put32(&mut b, t * 512 + 8, 3);
+            set_le32(&mut b, t * 512 + 8, 3);
         }
         let r = run(b, false);
         assert!(r.has(K::Corruption, "overlaps the grain directory"), "{r}");
         // A grain table past the end.
         let mut b = sparse();
-        put32(&mut b, 3 * 512, 500);
+        set_le32(&mut b, 3 * 512, 500);
         let r = run(b, false);
         assert!(
             r.has(
@@ -1868,7 +1856,7 @@ mod tests {
     fn stream() -> Vec<u8> {
         let flags = FLAG_VALID_NEWLINE | FLAG_COMPRESSED | FLAG_MARKERS;
         let mut h = header_bytes(3, flags, 16, 8, GD_AT_END);
-        put32(&mut h, 44, 4); // numGTEsPerGT
+        set_le32(&mut h, 44, 4); // numGTEsPerGT
         h[64..72].copy_from_slice(&2u64.to_le_bytes()); // overHead
         let data = zlib(&[0x42; 4096]);
         let mut b = h.clone();
@@ -1887,12 +1875,12 @@ mod tests {
         meta(&mut b, 1, MARKER_GT);
         let gt = b.len() / 512;
         let mut t = vec![0u8; 512];
-        put32(&mut t, 0, 2); // grain 0's marker at sector 2 (1 would mean a zeroed grain)
+        set_le32(&mut t, 0, 2); // grain 0's marker at sector 2 (1 would mean a zeroed grain)
         b.extend_from_slice(&t);
         meta(&mut b, 1, MARKER_GD);
         let gd = b.len() / 512;
         let mut d = vec![0u8; 512];
-        put32(&mut d, 0, gt as u32);
+        set_le32(&mut d, 0, gt as u32);
         b.extend_from_slice(&d);
         meta(&mut b, 1, MARKER_FOOTER);
         let mut f = h;

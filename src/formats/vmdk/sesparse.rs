@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use super::VmdkError;
 use super::sparse::{Grain, MAX_CAPACITY_SECTORS};
+use crate::bytes::le64;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 
@@ -51,12 +52,6 @@ pub struct SeSparseHeader {
     pub grain_tables_offset: u64,
     /// Grains offset.
     pub grains_offset: u64,
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 impl SeSparseHeader {
@@ -300,42 +295,39 @@ impl SeSparseExtent {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::bytes::set_le64;
     use crate::storage::MemStorage;
-
-    fn put(b: &mut [u8], at: usize, v: u64) {
-        b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-    }
 
     /// An seSparse file of `capacity` sectors: header @0, volatile header @1, GD @2 (1 sector),
     /// grain tables @8, grains @200.
     pub(crate) fn sesparse_bytes(capacity: u64) -> Vec<u8> {
         let mut f = vec![0u8; 200 * 512];
-        put(&mut f, 0, SESPARSE_CONST_MAGIC); // magic
-        put(&mut f, 8, SESPARSE_VERSION); // version
-        put(&mut f, 16, capacity); // capacity
-        put(&mut f, 24, 8); // grain size
-        put(&mut f, 32, 64); // grain table size
-        put(&mut f, 80, 1); // volatile header offset
-        put(&mut f, 88, 1); // volatile header size
-        put(&mut f, 128, 2); // grain directory offset
-        put(&mut f, 136, 1); // grain directory size
-        put(&mut f, 144, 8); // grain tables offset
-        put(&mut f, 192, 200); // grains offset
-        put(&mut f, 512, SESPARSE_VOLATILE_MAGIC); // volatile magic
+        set_le64(&mut f, 0, SESPARSE_CONST_MAGIC); // magic
+        set_le64(&mut f, 8, SESPARSE_VERSION); // version
+        set_le64(&mut f, 16, capacity); // capacity
+        set_le64(&mut f, 24, 8); // grain size
+        set_le64(&mut f, 32, 64); // grain table size
+        set_le64(&mut f, 80, 1); // volatile header offset
+        set_le64(&mut f, 88, 1); // volatile header size
+        set_le64(&mut f, 128, 2); // grain directory offset
+        set_le64(&mut f, 136, 1); // grain directory size
+        set_le64(&mut f, 144, 8); // grain tables offset
+        set_le64(&mut f, 192, 200); // grains offset
+        set_le64(&mut f, 512, SESPARSE_VOLATILE_MAGIC); // volatile magic
         f
     }
 
     #[test]
     fn reads_grain_types() {
         let mut f = sesparse_bytes(4096);
-        put(&mut f, 1024, 0x1000_0000_0000_0000); // GD[0] -> GT 0 at sector 8
+        set_le64(&mut f, 1024, 0x1000_0000_0000_0000); // GD[0] -> GT 0 at sector 8
         let gt = 8 * 512;
-        put(&mut f, gt, 0x3000_0000_0000_0001); // grain 0 -> cluster 1 << 12 (low bits shift up)
-        put(&mut f, gt + 8, 0x3001_0000_0000_0000); // grain 1 -> cluster 1
-        put(&mut f, gt + 16, 0x2000_0000_0000_0000); // grain 2 zero
-        put(&mut f, gt + 24, 0x1000_0000_0000_0000); // grain 3 unmapped
-        put(&mut f, gt + 32, 0x0000_0000_0000_0005); // grain 4: stray bits
-        put(&mut f, gt + 40, 0x7000_0000_0000_0000); // grain 5: unknown type
+        set_le64(&mut f, gt, 0x3000_0000_0000_0001); // grain 0 -> cluster 1 << 12 (low bits shift up)
+        set_le64(&mut f, gt + 8, 0x3001_0000_0000_0000); // grain 1 -> cluster 1
+        set_le64(&mut f, gt + 16, 0x2000_0000_0000_0000); // grain 2 zero
+        set_le64(&mut f, gt + 24, 0x1000_0000_0000_0000); // grain 3 unmapped
+        set_le64(&mut f, gt + 32, 0x0000_0000_0000_0005); // grain 4: stray bits
+        set_le64(&mut f, gt + 40, 0x7000_0000_0000_0000); // grain 5: unknown type
         f.resize((200 + 16) * 512, 0);
         let s = SeSparseExtent::open(Arc::new(MemStorage::from_vec(f))).unwrap();
         // Cluster 4096 is far past the end of the file.
@@ -357,7 +349,7 @@ pub(crate) mod tests {
     fn rejects_bad_headers() {
         let ok = sesparse_bytes(4096);
         let mut b = ok.clone();
-        put(&mut b, 0, 1);
+        set_le64(&mut b, 0, 1);
         assert!(
             SeSparseHeader::parse(&b)
                 .unwrap_err()
@@ -365,7 +357,7 @@ pub(crate) mod tests {
                 .contains("magic")
         );
         let mut b = ok.clone();
-        put(&mut b, 24, 16);
+        set_le64(&mut b, 24, 16);
         assert!(
             SeSparseHeader::parse(&b)
                 .unwrap_err()
@@ -373,14 +365,14 @@ pub(crate) mod tests {
                 .contains("grain size")
         );
         let mut b = ok.clone();
-        put(&mut b, 16, 1 << 40);
+        set_le64(&mut b, 16, 1 << 40);
         assert!(SeSparseHeader::parse(&b).is_err());
         let mut b = ok.clone();
-        put(&mut b, 512 + 24, 1); // journal to replay
+        set_le64(&mut b, 512 + 24, 1); // journal to replay
         let e = SeSparseExtent::open(Arc::new(MemStorage::from_vec(b))).unwrap_err();
         assert!(e.to_string().contains("journal"), "{e}");
         let mut b = ok;
-        put(&mut b, 1024, 0x2000_0000_0000_0000); // GD entry with a bad tag
+        set_le64(&mut b, 1024, 0x2000_0000_0000_0000); // GD entry with a bad tag
         let s = SeSparseExtent::open(Arc::new(MemStorage::from_vec(b))).unwrap();
         assert!(s.grain_run(0).is_err());
     }

@@ -11,6 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use super::VmdkError;
+use crate::bytes::{le32, le64};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 
@@ -68,18 +69,6 @@ pub struct SparseHeader {
     pub unclean_shutdown: bool,
     /// 0 none, 1 deflate.
     pub compress_algorithm: u16,
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 impl SparseHeader {
@@ -419,6 +408,7 @@ impl SparseExtent {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::bytes::set_le32;
 
     /// A valid header: version, flags, capacity, grain size, GD offset; rest typical.
     pub(crate) fn header_bytes(
@@ -516,10 +506,6 @@ pub(crate) mod tests {
         assert!(SparseHeader::parse(&ok[..100], 0).is_err());
     }
 
-    fn le(v: u32) -> [u8; 4] {
-        v.to_le_bytes()
-    }
-
     #[test]
     fn grain_lookup_validates_offsets() {
         use crate::storage::MemStorage;
@@ -527,11 +513,11 @@ pub(crate) mod tests {
         let mut f = header_bytes(1, FLAG_VALID_NEWLINE, 32, 8, 1);
         f[44..48].copy_from_slice(&4u32.to_le_bytes()); // 4 GTEs per GT
         f.resize(4 * 512, 0);
-        f[512..516].copy_from_slice(&le(2)); // GD[0] = sector 2
-        f[1024..1028].copy_from_slice(&le(4)); // GTE 0 -> sector 4
-        f[1028..1032].copy_from_slice(&le(1)); // GTE 1 -> 1 (not zero: v1, no flag)
-        f[1032..1036].copy_from_slice(&le(0)); // GTE 2 unallocated
-        f[1036..1040].copy_from_slice(&le(1000)); // GTE 3 past the end
+        set_le32(&mut f, 512, 2); // GD[0] = sector 2
+        set_le32(&mut f, 1024, 4); // GTE 0 -> sector 4
+        set_le32(&mut f, 1028, 1); // GTE 1 -> 1 (not zero: v1, no flag)
+        set_le32(&mut f, 1032, 0); // GTE 2 unallocated
+        set_le32(&mut f, 1036, 1000); // GTE 3 past the end
         f.resize(12 * 512, 0xab);
         let h = SparseHeader::parse(&f, 0).unwrap();
         let s = SparseExtent::open(Arc::new(MemStorage::from_vec(f)), h).unwrap();

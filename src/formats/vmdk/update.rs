@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use super::VmdkError;
 use super::descriptor::{VmdkDescriptor, VmdkExtentType};
 use super::sparse::{FLAG_REDUNDANT_GT, GD_AT_END, HEADER_SIZE, SPARSE_MAGIC, SparseHeader};
+use crate::bytes::get_le32;
 use crate::error::{Error, Result};
 use crate::image::{Format, ImageUpdater, check_read_range};
 use crate::storage::{FileStorage, Storage};
@@ -86,14 +87,6 @@ struct SparseUpdater {
     unsynced: bool,
     /// Byte offset and bytes of the embedded descriptor, until its CID has been renewed.
     descriptor: Option<(u64, Vec<u8>)>,
-}
-
-fn le32(b: &[u8], i: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(i * 4..i * 4 + 4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_le_bytes(a)
 }
 
 fn refuse(why: String) -> Error {
@@ -296,7 +289,9 @@ impl SparseUpdater {
         st.read_exact_at(&mut raw, start)
             .map_err(|e| Error::io(format!("reading the {what} at {start:#x}"), e))?;
         let gt_bytes = h.num_gtes_per_gt as u64 * 4;
-        let dir: Vec<u32> = (0..n as usize).map(|i| le32(&raw, i)).collect();
+        let dir: Vec<u32> = (0..n as usize)
+            .map(|i| get_le32(&raw, i * 4).unwrap_or(0))
+            .collect();
         for (i, &e) in dir.iter().enumerate() {
             let off = e as u64 * SECTOR;
             if e != 0 && (off < min_host || off + gt_bytes > file_len) {
@@ -342,7 +337,7 @@ impl SparseUpdater {
             .read_exact_at(&mut raw, off)
             .map_err(self.io(format!("reading the grain table at {off:#x}")))?;
         Ok((0..self.header.num_gtes_per_gt as usize)
-            .map(|i| le32(&raw, i))
+            .map(|i| get_le32(&raw, i * 4).unwrap_or(0))
             .collect())
     }
 

@@ -1241,17 +1241,11 @@ pub fn create(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bytes::{le32, le64};
     use crate::convert::{ConvertOptions, convert};
     use crate::formats::raw::RawReader;
     use crate::storage::MemStorage;
     use std::collections::{BTreeMap, HashMap};
-
-    fn u32_at(b: &[u8], i: usize) -> u32 {
-        u32::from_le_bytes(b[i..i + 4].try_into().unwrap())
-    }
-    fn u64_at(b: &[u8], i: usize) -> u64 {
-        u64::from_le_bytes(b[i..i + 8].try_into().unwrap())
-    }
 
     /// Data grains, zero grains, a repetitive grain, and a short tail.
     fn pattern(len: usize) -> Vec<u8> {
@@ -1355,8 +1349,8 @@ mod tests {
         let mut pos = (h.overhead * 512) as usize;
         let mut last_lba = None;
         loop {
-            let val = u64_at(file, pos);
-            let sz = u32_at(file, pos + 8) as usize;
+            let val = le64(file, pos);
+            let sz = le32(file, pos + 8) as usize;
             if sz != 0 {
                 // Grain marker: LBA, size, zlib data, padding to the sector.
                 assert_eq!(val % 128, 0, "grain LBA is grain-aligned");
@@ -1372,20 +1366,20 @@ mod tests {
                 pos += (12 + sz).div_ceil(512) * 512;
                 continue;
             }
-            let ty = u32_at(file, pos + 12);
+            let ty = le32(file, pos + 12);
             assert!(file[pos + 16..pos + 512].iter().all(|&b| b == 0));
             pos += 512;
             match ty {
                 MARKER_GT => {
                     assert_eq!(val, 4);
-                    let e = (0..512).map(|i| u32_at(file, pos + 4 * i)).collect();
+                    let e = (0..512).map(|i| le32(file, pos + 4 * i)).collect();
                     tables.insert(pos as u64 / 512, e);
                     pos += 2048;
                 }
                 MARKER_GD => {
                     let n = size.div_ceil(GT_COVERAGE as usize);
                     assert_eq!(val, (n as u64 * 4).div_ceil(512));
-                    let e = (0..n).map(|i| u32_at(file, pos + 4 * i)).collect();
+                    let e = (0..n).map(|i| le32(file, pos + 4 * i)).collect();
                     gd = Some((pos as u64 / 512, e));
                     pos += val as usize * 512;
                 }
@@ -1595,10 +1589,10 @@ mod tests {
         let mut allocated = 0;
         for dir in [h.rgd_offset, h.gd_offset] {
             for t in 0..num_gts as usize {
-                let gt = u32_at(&file, (dir * 512) as usize + 4 * t) as usize;
+                let gt = le32(&file, (dir * 512) as usize + 4 * t) as usize;
                 assert_eq!(gt as u64, dir + 1 + t as u64 * 4, "GT follows its GD");
                 for i in 0..512 {
-                    let e = u32_at(&file, gt * 512 + 4 * i) as usize;
+                    let e = le32(&file, gt * 512 + 4 * i) as usize;
                     let v = (t * 512 + i) * GRAIN_SIZE as usize;
                     if e == 0 {
                         continue;

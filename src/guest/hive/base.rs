@@ -21,6 +21,7 @@
 //! | 4092 | 4 | boot recover |
 
 use super::HiveError;
+use crate::bytes::{le32, set_le32};
 
 /// Size of the base block and of every hive-bin granule.
 pub const BASE_BLOCK_SIZE: usize = 4096;
@@ -58,16 +59,12 @@ impl std::fmt::Debug for BaseBlock {
     }
 }
 
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
-}
-
 /// The base-block checksum of the first 508 bytes of `raw` (which must hold at least 508 bytes):
 /// XOR of the 127 little-endian dwords, with 0xFFFFFFFF mapped to 0xFFFFFFFE and 0 to 1.
 pub fn checksum(raw: &[u8]) -> u32 {
     let mut x = 0u32;
     for i in 0..CHECKSUM_OFFSET / 4 {
-        x ^= u32_at(raw, i * 4);
+        x ^= le32(raw, i * 4);
     }
     match x {
         0xFFFF_FFFF => 0xFFFF_FFFE,
@@ -139,11 +136,11 @@ impl BaseBlock {
     }
 
     fn u32(&self, off: usize) -> u32 {
-        u32_at(&self.raw, off)
+        le32(&self.raw, off)
     }
 
     fn set_u32(&mut self, off: usize, v: u32) {
-        self.raw[off..off + 4].copy_from_slice(&v.to_le_bytes());
+        set_le32(&mut self.raw, off, v);
     }
 
     /// Primary sequence number (incremented before a write starts).

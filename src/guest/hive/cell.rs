@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::HiveError;
+use crate::bytes::get_le32;
 
 /// `hbin`: the hive-bin signature.
 pub const HBIN_SIGNATURE: &[u8; 4] = b"hbin";
@@ -49,11 +50,6 @@ pub struct Cells {
     pub saved_len: usize,
     /// Timestamp put into new bins' headers.
     pub now: u64,
-}
-
-fn rd_u32(b: &[u8], off: usize) -> Option<u32> {
-    let s = b.get(off..off.checked_add(4)?)?;
-    Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 impl Cells {
@@ -88,7 +84,7 @@ impl Cells {
                     ),
                 ));
             }
-            let off_field = rd_u32(b, pos + 4).unwrap_or(u32::MAX);
+            let off_field = get_le32(b, pos + 4).unwrap_or(u32::MAX);
             if off_field != p32 {
                 return Err(HiveError::invalid(
                     "bin",
@@ -96,7 +92,7 @@ impl Cells {
                     format!("offset field says {off_field:#x}, the bin lies at {p32:#x}"),
                 ));
             }
-            let size = rd_u32(b, pos + 8).unwrap_or(0);
+            let size = get_le32(b, pos + 8).unwrap_or(0);
             if size == 0 || size % PAGE_SIZE != 0 {
                 return Err(HiveError::invalid(
                     "bin",
@@ -116,7 +112,7 @@ impl Cells {
             cells.bin_starts.push(p32);
             let mut c = pos + HBIN_HEADER_SIZE as usize;
             while c < end {
-                let raw = rd_u32(&cells.bytes, c).unwrap_or(0) as i32;
+                let raw = get_le32(&cells.bytes, c).unwrap_or(0) as i32;
                 let len = raw.unsigned_abs();
                 if len < 8 || len % 8 != 0 || c + len as usize > end {
                     return Err(HiveError::corrupt(
@@ -174,7 +170,7 @@ impl Cells {
                 ),
             )
         })?;
-        let raw = rd_u32(&self.bytes, off as usize).unwrap_or(0) as i32;
+        let raw = get_le32(&self.bytes, off as usize).unwrap_or(0) as i32;
         if raw >= 0 {
             return Err(HiveError::corrupt(
                 what,

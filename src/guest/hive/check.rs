@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::Hive;
+use crate::bytes::{get_le16, get_le32};
 
 /// Size of the base block; cell offsets are relative to its end.
 const BASE: u64 = 4096;
@@ -104,16 +105,6 @@ pub fn check_bytes(bytes: &[u8]) -> CheckReport {
     w.walk_tree(root);
     w.leaks();
     w.report
-}
-
-fn le16(b: &[u8], at: usize) -> Option<u16> {
-    let s = b.get(at..at.checked_add(2)?)?;
-    Some(u16::from_le_bytes([s[0], s[1]]))
-}
-
-fn le32(b: &[u8], at: usize) -> Option<u32> {
-    let s = b.get(at..at.checked_add(4)?)?;
-    Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 /// The upper case of one UTF-16 unit, the way the registry compares names: a unit whose upper
@@ -218,7 +209,7 @@ impl<'a> Walker<'a> {
             );
             return None;
         }
-        let field = |at: usize| le32(b, at).unwrap_or(0);
+        let field = |at: usize| get_le32(b, at).unwrap_or(0);
         let (primary, secondary) = (field(4), field(8));
         if primary != secondary {
             self.issue(
@@ -314,7 +305,7 @@ impl<'a> Walker<'a> {
                 );
                 return;
             }
-            let field_off = le32(bins, off + 4).unwrap_or(0);
+            let field_off = get_le32(bins, off + 4).unwrap_or(0);
             if field_off as usize != off {
                 self.issue(
                     abs + 4,
@@ -322,7 +313,7 @@ impl<'a> Walker<'a> {
                     format!("offset field {field_off:#x}, expected {off:#x}"),
                 );
             }
-            let size = le32(bins, off + 8).unwrap_or(0) as usize;
+            let size = get_le32(bins, off + 8).unwrap_or(0) as usize;
             if size < 4096 || size % 4096 != 0 {
                 self.issue(
                     abs + 8,
@@ -353,7 +344,7 @@ impl<'a> Walker<'a> {
         let mut c = start + HBIN_HEADER;
         while c < end {
             let abs = BASE + c as u64;
-            let raw = le32(self.bins, c).unwrap_or(0) as i32;
+            let raw = get_le32(self.bins, c).unwrap_or(0) as i32;
             let size = raw.unsigned_abs() as usize;
             if size < 8 || size % 8 != 0 {
                 self.issue(
@@ -554,7 +545,7 @@ impl<'a> Walker<'a> {
                 "key node",
                 format!(
                     "name length {} goes past the end of the {}-byte cell",
-                    le16(nk, 72).unwrap_or(0),
+                    get_le16(nk, 72).unwrap_or(0),
                     nk.len()
                 ),
             );
@@ -586,7 +577,7 @@ impl<'a> Walker<'a> {
         let mut max_data = 0u32;
         let mut names: HashSet<Vec<u16>> = HashSet::new();
         for i in 0..n.min(list.len() / 4) {
-            let vk_off = le32(list, i * 4).unwrap_or(NONE);
+            let vk_off = get_le32(list, i * 4).unwrap_or(NONE);
             let Some(vk) = self.take(vk_off, "value", list_abs) else {
                 continue;
             };
@@ -604,10 +595,10 @@ impl<'a> Walker<'a> {
                 continue;
             }
             self.report.values += 1;
-            let name_len = le16(vk, 2).unwrap_or(0) as usize;
-            let size = le32(vk, 4).unwrap_or(0);
-            let data_off = le32(vk, 8).unwrap_or(NONE);
-            let flags = le16(vk, 16).unwrap_or(0);
+            let name_len = get_le16(vk, 2).unwrap_or(0) as usize;
+            let size = get_le32(vk, 4).unwrap_or(0);
+            let data_off = get_le32(vk, 8).unwrap_or(NONE);
+            let flags = get_le16(vk, 16).unwrap_or(0);
             let Some(raw) = vk.get(20..20 + name_len) else {
                 self.issue(
                     vabs + 4 + 2,
@@ -679,8 +670,8 @@ impl<'a> Walker<'a> {
         };
         let dabs = BASE + data_off as u64;
         if self.minor >= 4 && len > BIG_DATA_SEGMENT && data.get(..2) == Some(b"db") {
-            let count = le16(data, 2).unwrap_or(0) as u32;
-            let list_off = le32(data, 4).unwrap_or(NONE);
+            let count = get_le16(data, 2).unwrap_or(0) as u32;
+            let list_off = get_le32(data, 4).unwrap_or(NONE);
             let expected = len.div_ceil(BIG_DATA_SEGMENT);
             if count != expected {
                 self.issue(
@@ -705,7 +696,7 @@ impl<'a> Walker<'a> {
             }
             let mut left = len;
             for i in 0..(count as usize).min(list.len() / 4) {
-                let seg_off = le32(list, i * 4).unwrap_or(NONE);
+                let seg_off = get_le32(list, i * 4).unwrap_or(NONE);
                 let Some(seg) = self.take(seg_off, "big data segment", labs) else {
                     left = left.saturating_sub(BIG_DATA_SEGMENT);
                     continue;
@@ -834,7 +825,7 @@ impl<'a> Walker<'a> {
         };
         let labs = BASE + off as u64;
         let sig = list.get(..2).unwrap_or(list);
-        let count = le16(list, 2).unwrap_or(0) as usize;
+        let count = get_le16(list, 2).unwrap_or(0) as usize;
         let width = match sig {
             b"li" | b"ri" => 4,
             b"lf" | b"lh" => 8,
@@ -864,14 +855,14 @@ impl<'a> Walker<'a> {
         }
         for i in 0..count.min(room) {
             let at = 4 + i * width;
-            let target = le32(list, at).unwrap_or(NONE);
+            let target = get_le32(list, at).unwrap_or(NONE);
             if sig == b"ri" {
                 self.subkey_list(target, labs, false, out);
                 continue;
             }
             let stored = match sig {
-                b"lf" => Some((b'f', le32(list, at + 4).unwrap_or(0))),
-                b"lh" => Some((b'h', le32(list, at + 4).unwrap_or(0))),
+                b"lf" => Some((b'f', get_le32(list, at + 4).unwrap_or(0))),
+                b"lh" => Some((b'h', get_le32(list, at + 4).unwrap_or(0))),
                 _ => None,
             };
             out.push(Entry {
@@ -916,10 +907,10 @@ impl<'a> Walker<'a> {
                 break;
             }
             self.report.security_cells += 1;
-            let flink = le32(sk, 4).unwrap_or(NONE);
-            let blink = le32(sk, 8).unwrap_or(NONE);
-            let count = le32(sk, 12).unwrap_or(0);
-            let desc_len = le32(sk, 16).unwrap_or(0) as u64;
+            let flink = get_le32(sk, 4).unwrap_or(NONE);
+            let blink = get_le32(sk, 8).unwrap_or(NONE);
+            let count = get_le32(sk, 12).unwrap_or(0);
+            let desc_len = get_le32(sk, 16).unwrap_or(0) as u64;
             ring.insert(cur, count);
             if desc_len > sk.len() as u64 - 20 {
                 self.issue(
@@ -949,7 +940,7 @@ impl<'a> Walker<'a> {
                 let first_blink = self
                     .cells
                     .get(&start)
-                    .and_then(|_| le32(self.bins, start as usize + 4 + 8));
+                    .and_then(|_| get_le32(self.bins, start as usize + 4 + 8));
                 if first_blink != Some(cur) {
                     self.issue(
                         BASE + start as u64 + 4 + 8,
@@ -1033,9 +1024,9 @@ fn parse_node(nk: &[u8]) -> Option<Node> {
     if nk.len() < NK_MIN || &nk[..2] != b"nk" {
         return None;
     }
-    let f = |at: usize| le32(nk, at).unwrap_or(0);
-    let flags = le16(nk, 2).unwrap_or(0);
-    let name_len = le16(nk, 72).unwrap_or(0) as usize;
+    let f = |at: usize| get_le32(nk, at).unwrap_or(0);
+    let flags = get_le16(nk, 2).unwrap_or(0);
+    let name_len = get_le16(nk, 72).unwrap_or(0) as usize;
     let raw = nk.get(NK_MIN..NK_MIN + name_len)?;
     Some(Node {
         name: name_units(raw, flags & 0x20 != 0),
@@ -1050,7 +1041,7 @@ fn parse_node(nk: &[u8]) -> Option<Node> {
         max_class: f(56),
         max_value_name: f(60),
         max_value_data: f(64),
-        class_len: le16(nk, 74).unwrap_or(0),
+        class_len: get_le16(nk, 74).unwrap_or(0),
     })
 }
 
@@ -1157,7 +1148,7 @@ mod tests {
     }
 
     fn fix_checksum(file: &mut [u8]) {
-        let mut sum = (0..127).fold(0u32, |x, i| x ^ le32(file, i * 4).unwrap());
+        let mut sum = (0..127).fold(0u32, |x, i| x ^ get_le32(file, i * 4).unwrap());
         if sum == 0xFFFF_FFFF {
             sum = 0xFFFF_FFFE;
         } else if sum == 0 {
@@ -1421,13 +1412,13 @@ mod tests {
         let mut f = good();
         let mut c = 4096 + 32;
         loop {
-            let s = (le32(&f, c).unwrap() as i32).unsigned_abs() as usize;
+            let s = (get_le32(&f, c).unwrap() as i32).unsigned_abs() as usize;
             if c + s == f.len() {
                 break;
             }
             c += s;
         }
-        let s = (le32(&f, c).unwrap() as i32).unsigned_abs() + 8;
+        let s = (get_le32(&f, c).unwrap() as i32).unsigned_abs() + 8;
         f[c..c + 4].copy_from_slice(&(s as i32).to_le_bytes());
         let r = check_bytes(&f);
         assert!(has(&r, "cell", "crosses the end of its bin"), "{r:#?}");
@@ -1672,7 +1663,7 @@ mod tests {
         let last_free = {
             let mut c = 4096 + 32;
             loop {
-                let s = le32(&f, c).unwrap() as i32;
+                let s = get_le32(&f, c).unwrap() as i32;
                 if s > 0 {
                     break c - 4096;
                 }
@@ -1752,7 +1743,7 @@ mod tests {
             b.bins[p..p + 4].copy_from_slice(&len.to_le_bytes());
             // The old data cell is now unreferenced: free it.
             let d = g.data as usize;
-            let s = (le32(&b.bins, d).unwrap() as i32).unsigned_abs();
+            let s = (get_le32(&b.bins, d).unwrap() as i32).unsigned_abs();
             b.bins[d..d + 4].copy_from_slice(&(s as i32).to_le_bytes());
         });
         let r = check_bytes(&f);
@@ -1763,7 +1754,7 @@ mod tests {
         let mut f2 = f.clone();
         let mut c = 4096 + 32;
         while c < f2.len() {
-            let s = (le32(&f2, c).unwrap() as i32).unsigned_abs() as usize;
+            let s = (get_le32(&f2, c).unwrap() as i32).unsigned_abs() as usize;
             if f2.get(c + 4..c + 6) == Some(b"db") {
                 f2[c + 6..c + 8].copy_from_slice(&3u16.to_le_bytes());
             }

@@ -28,6 +28,7 @@
 
 use super::HiveError;
 use super::cell::{Cells, abs};
+use crate::bytes::{le16, le32};
 
 /// `nk`: key node signature.
 pub const NK_SIGNATURE: &[u8; 2] = b"nk";
@@ -103,13 +104,6 @@ pub struct KeyNode {
     pub max_value_data: u32,
     /// The raw name bytes.
     pub name_raw: Vec<u8>,
-}
-
-pub(crate) fn le16(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-pub(crate) fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
 
 impl KeyNode {

@@ -7,7 +7,8 @@
 
 use super::HiveError;
 use super::cell::{Cells, abs};
-use super::key::{le16, le32, upcase};
+use super::key::upcase;
+use crate::bytes::{le16, le32};
 
 /// `li`: index leaf signature.
 pub const LI: &[u8; 2] = b"li";

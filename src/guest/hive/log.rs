@@ -42,6 +42,7 @@ use super::base::{
     checksum,
 };
 use super::{BaseBlock, HiveError, RecoveryReport};
+use crate::bytes::{get_le32, get_le64};
 use crate::error::Result;
 
 /// One sector: the size of the base-block copy at the start of a log and the alignment of
@@ -121,20 +122,6 @@ pub fn find_logs(hive: &Path) -> Vec<PathBuf> {
     }
     found.sort();
     found.into_iter().map(|(_, _, p)| p).collect()
-}
-
-/// Reads a little-endian u32 at `off`, or `None` past the end.
-fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    let s = b.get(off..off.checked_add(4)?)?;
-    Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-}
-
-/// Reads a little-endian u64 at `off`, or `None` past the end.
-fn u64_at(b: &[u8], off: usize) -> Option<u64> {
-    let s = b.get(off..off.checked_add(8)?)?;
-    let mut a = [0u8; 8];
-    a.copy_from_slice(s);
-    Some(u64::from_le_bytes(a))
 }
 
 /// The format of a transaction log, from the file type of its base block.
@@ -265,7 +252,7 @@ pub fn inspect_log(bytes: &[u8]) -> Result<LogInfo> {
                 .iter()
                 .map(|e| EntryInfo {
                     offset: e.offset as u64,
-                    size: u32_at(bytes, e.offset + 4).unwrap_or(0),
+                    size: get_le32(bytes, e.offset + 4).unwrap_or(0),
                     sequence: e.sequence,
                     hive_bins_size: e.hive_bins_size,
                     page_count: e.pages.len() as u32,
@@ -314,14 +301,14 @@ fn parse_entry(
         return Ok(None);
     }
     // The header is 40 bytes long, so these reads cannot fail.
-    let field = |off: usize| u32_at(head, off).unwrap_or(0);
+    let field = |off: usize| get_le32(head, off).unwrap_or(0);
     let size = field(4);
     let flags = field(8);
     let sequence = field(12);
     let hive_bins_size = field(16);
     let count = field(20);
-    let hash1 = u64_at(head, 24).unwrap_or(0);
-    let hash2 = u64_at(head, 32).unwrap_or(0);
+    let hash1 = get_le64(head, 24).unwrap_or(0);
+    let hash2 = get_le64(head, 32).unwrap_or(0);
     let at = |off: usize| pos as u64 + off as u64;
     if size as usize % SECTOR != 0 || (size as usize) < SECTOR {
         return Err(format!(
@@ -379,7 +366,7 @@ fn parse_entry(
     let mut data_pos = refs_end as usize;
     for i in 0..count as usize {
         let r = ENTRY_HEADER + 8 * i;
-        let (Some(off), Some(len)) = (u32_at(entry, r), u32_at(entry, r + 4)) else {
+        let (Some(off), Some(len)) = (get_le32(entry, r), get_le32(entry, r + 4)) else {
             return Err(format!("log entry at {:#x}: reference {i} is cut", at(r)));
         };
         if len == 0 || len as usize % SECTOR != 0 || off as usize % SECTOR != 0 {
@@ -794,7 +781,7 @@ fn replay_new(
         report.entries_applied += 1;
     }
     let mut raw = *base.raw();
-    let f = u32_at(&raw, BASE_FLAGS_OFFSET).unwrap_or(0);
+    let f = get_le32(&raw, BASE_FLAGS_OFFSET).unwrap_or(0);
     raw[BASE_FLAGS_OFFSET..BASE_FLAGS_OFFSET + 4]
         .copy_from_slice(&((f & !1) | flags).to_le_bytes());
     if let Ok(b) = BaseBlock::parse(&raw, 0) {
@@ -857,8 +844,8 @@ fn replay_old(
             let at = p.offset as usize;
             // A dirty page starting a hive bin must be a valid bin header for its place.
             if at % BIN_GRANULE as usize == 0 && p.data.get(..4) == Some(b"hbin".as_slice()) {
-                let off = u32_at(p.data, 4).unwrap_or(u32::MAX);
-                let bsize = u32_at(p.data, 8).unwrap_or(0);
+                let off = get_le32(p.data, 4).unwrap_or(u32::MAX);
+                let bsize = get_le32(p.data, 8).unwrap_or(0);
                 if off as usize != at || bsize < BIN_GRANULE || bsize % BIN_GRANULE != 0 {
                     report.notes.push(format!(
                         "{}: dirty hive bin for offset {at:#x} is invalid (offset field {off:#x}, size {bsize:#x}); replay stops before it",
@@ -992,7 +979,7 @@ mod tests {
             assert_eq!(base.primary_sequence(), 13);
             assert_eq!(base.file_type(), FILE_TYPE_PRIMARY);
             assert_eq!(base.hive_bins_size(), 12288);
-            assert_eq!(u32_at(base.raw(), BASE_FLAGS_OFFSET), Some(1));
+            assert_eq!(get_le32(base.raw(), BASE_FLAGS_OFFSET), Some(1));
         }
     }
 

@@ -43,6 +43,7 @@ use key::{KeyNode, NIL};
 use security::SecurityNode;
 use value::ValueNode;
 
+use crate::bytes::le32;
 use crate::error::{Error, Result};
 
 /// Identifies a key inside one [`Hive`]: the offset of its key node cell relative to the first
@@ -910,7 +911,7 @@ impl Hive {
         if v.is_big(self.base.allows_big_data()) {
             let segs = value::big_segments(&self.cells, v.data_off)?;
             let d = self.cells.data(v.data_off, "big data")?;
-            let list = key::le32(d, 4);
+            let list = le32(d, 4);
             for s in segs {
                 self.cells.free(s)?;
             }

@@ -14,7 +14,7 @@
 
 use super::HiveError;
 use super::cell::{Cells, abs};
-use super::key::le32;
+use crate::bytes::le32;
 
 /// `sk`: key security signature.
 pub const SK_SIGNATURE: &[u8; 2] = b"sk";

@@ -20,7 +20,8 @@
 
 use super::HiveError;
 use super::cell::{Cells, abs};
-use super::key::{decode_name, encode_name, le16, le32};
+use super::key::{decode_name, encode_name};
+use crate::bytes::{le16, le32};
 
 /// `vk`: key value signature.
 pub const VK_SIGNATURE: &[u8; 2] = b"vk";

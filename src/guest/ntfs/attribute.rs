@@ -2,7 +2,7 @@
 //! `$VOLUME_INFORMATION`.
 
 use super::NtfsError;
-use super::record::{rd16, rd32, rd64, wr32, wr64};
+use crate::bytes::{le16, le32, le64, set_le32, set_le64};
 
 /// File attribute: archive (set on new files, as Windows does).
 pub const FILE_ATTR_ARCHIVE: u32 = 0x0000_0020;
@@ -34,18 +34,18 @@ pub fn standard_information(time: u64, attrs: u32, security_id: Option<u32>) -> 
     let len = if security_id.is_some() { SI_LEN } else { 48 };
     let mut v = vec![0u8; len];
     for o in [0, 8, 16, 24] {
-        wr64(&mut v, o, time); // created, modified, MFT changed, read
+        set_le64(&mut v, o, time); // created, modified, MFT changed, read
     }
-    wr32(&mut v, 0x20, attrs);
+    set_le32(&mut v, 0x20, attrs);
     if let Some(id) = security_id {
-        wr32(&mut v, 0x34, id);
+        set_le32(&mut v, 0x34, id);
     }
     v
 }
 
 /// The security id of a `$STANDARD_INFORMATION` value (`None` in the short NTFS 1.2 form).
 pub fn si_security_id(v: &[u8]) -> Option<u32> {
-    (v.len() >= SI_LEN).then(|| rd32(v, 0x34))
+    (v.len() >= SI_LEN).then(|| le32(v, 0x34))
 }
 
 /// A `$FILE_NAME` value.
@@ -58,13 +58,13 @@ pub fn file_name(
     namespace: u8,
 ) -> Vec<u8> {
     let mut v = vec![0u8; FN_HEADER + 2 * name.len()];
-    wr64(&mut v, 0, parent_ref);
+    set_le64(&mut v, 0, parent_ref);
     for o in [8, 16, 24, 32] {
-        wr64(&mut v, o, time);
+        set_le64(&mut v, o, time);
     }
-    wr64(&mut v, 0x28, sizes.0);
-    wr64(&mut v, 0x30, sizes.1);
-    wr32(&mut v, 0x38, attrs);
+    set_le64(&mut v, 0x28, sizes.0);
+    set_le64(&mut v, 0x30, sizes.1);
+    set_le32(&mut v, 0x38, attrs);
     v[0x40] = name.len() as u8;
     v[0x41] = namespace;
     for (i, u) in name.iter().enumerate() {
@@ -114,20 +114,20 @@ pub fn parse_file_name(v: &[u8], what: &str, offset: u64) -> Result<FileName, Nt
         ));
     }
     Ok(FileName {
-        parent_ref: rd64(v, 0),
-        alloc: rd64(v, 0x28),
-        size: rd64(v, 0x30),
-        attrs: rd32(v, 0x38),
+        parent_ref: le64(v, 0),
+        alloc: le64(v, 0x28),
+        size: le64(v, 0x30),
+        attrs: le32(v, 0x38),
         namespace: v[0x41],
-        name: (0..n).map(|i| rd16(v, FN_HEADER + 2 * i)).collect(),
+        name: (0..n).map(|i| le16(v, FN_HEADER + 2 * i)).collect(),
     })
 }
 
 /// Writes new size copies into a `$FILE_NAME` value.
 pub fn set_file_name_sizes(v: &mut [u8], alloc: u64, size: u64) {
     if v.len() >= FN_HEADER {
-        wr64(v, 0x28, alloc);
-        wr64(v, 0x30, size);
+        set_le64(v, 0x28, alloc);
+        set_le64(v, 0x30, size);
     }
 }
 
@@ -166,7 +166,7 @@ mod tests {
         let v = standard_information(7, FILE_ATTR_ARCHIVE, Some(0x100));
         assert_eq!(v.len(), SI_LEN);
         assert_eq!(si_security_id(&v), Some(0x100));
-        assert_eq!(rd64(&v, 8), 7);
+        assert_eq!(le64(&v, 8), 7);
         assert_eq!(si_security_id(&standard_information(7, 0, None)), None);
         assert!(ntfs_now() > 130_000_000_000_000_000);
     }

@@ -1,6 +1,7 @@
 //! The NTFS boot sector (BIOS parameter block): geometry of the volume and where `$MFT` is.
 
 use super::NtfsError;
+use crate::bytes::{le16, le64};
 
 /// OEM id of an NTFS volume (bytes 3..11): ASCII "NTFS    ".
 pub const OEM_NTFS: &[u8; 8] = b"NTFS    ";
@@ -30,16 +31,6 @@ pub struct Boot {
     pub index_block_size: u32,
     /// Volume serial number.
     pub serial: u64,
-}
-
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// Decodes a "clusters per record / index block" byte: positive = clusters, negative = 2^-n
@@ -111,7 +102,7 @@ impl Boot {
                 ),
             ));
         }
-        let bps = u32::from(u16_at(b, 0x0B));
+        let bps = u32::from(le16(b, 0x0B));
         if !bps.is_power_of_two() || !(256..=4096).contains(&bps) {
             return Err(NtfsError::invalid(
                 "boot sector",
@@ -144,7 +135,7 @@ impl Boot {
                 format!("cluster size {cluster_size} bytes is over the 2 MiB NTFS maximum"),
             ));
         }
-        let total_sectors = u64_at(b, 0x28);
+        let total_sectors = le64(b, 0x28);
         let total_clusters = total_sectors / spc;
         if total_clusters < 16 {
             return Err(NtfsError::invalid(
@@ -166,8 +157,8 @@ impl Boot {
                 ),
             ));
         }
-        let mft_lcn = u64_at(b, 0x30);
-        let mftmirr_lcn = u64_at(b, 0x38);
+        let mft_lcn = le64(b, 0x30);
+        let mftmirr_lcn = le64(b, 0x38);
         for (v, at, what) in [(mft_lcn, 0x30, "$MFT"), (mftmirr_lcn, 0x38, "$MFTMirr")] {
             if v == 0 || v >= total_clusters {
                 return Err(NtfsError::invalid(
@@ -195,7 +186,7 @@ impl Boot {
             mftmirr_lcn,
             record_size,
             index_block_size,
-            serial: u64_at(b, 0x48),
+            serial: le64(b, 0x48),
         })
     }
 

@@ -7,6 +7,7 @@ use super::index::IndexStore;
 use super::record::{self, Record};
 use super::volume::{Loc, Stream};
 use super::{NtfsError, NtfsVolume};
+use crate::bytes::{le32, le64};
 use crate::error::Result;
 use crate::guest::disk::DiskIo;
 
@@ -64,7 +65,7 @@ impl<D: DiskIo> NtfsVolume<D> {
             )
             .into());
         }
-        let block_size = record::rd32(v, 8);
+        let block_size = le32(v, 8);
         if !block_size.is_power_of_two() || !(512..=65536).contains(&block_size) {
             return Err(NtfsError::corrupt(
                 format!("$INDEX_ROOT of MFT record {rec}"),
@@ -158,7 +159,7 @@ impl<D: DiskIo> NtfsVolume<D> {
             .into());
         }
         fixup::remove(&mut buf, &what, abs)?;
-        let hv = record::rd64(&buf, 0x10);
+        let hv = le64(&buf, 0x10);
         if hv != vcn {
             return Err(NtfsError::corrupt(
                 what,

@@ -9,6 +9,7 @@ use super::record::{self, Record, align8};
 use super::runlist::Run;
 use super::volume::Stream;
 use super::{NtfsError, NtfsVolume, REF_MASK};
+use crate::bytes::set_le16;
 use crate::error::Result;
 use crate::guest::disk::DiskIo;
 
@@ -84,7 +85,7 @@ impl<D: DiskIo> NtfsVolume<D> {
         if let Err(e) = inserted {
             // Take the record and clusters back so nothing refers to a half-made file.
             let mut dead = rec.clone();
-            record::wr16(&mut dead.buf, 0x16, 0);
+            set_le16(&mut dead.buf, 0x16, 0);
             self.write_record(&dead)?;
             self.free_clusters(&clusters_taken)?;
             self.unused_record(n)?;

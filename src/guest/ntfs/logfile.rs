@@ -20,6 +20,7 @@
 
 use super::NtfsError;
 use super::fixup;
+use crate::bytes::{get_le16, get_le32, get_le64};
 
 /// `RSTR`: a restart page.
 const MAGIC_RSTR: &[u8; 4] = b"RSTR";
@@ -46,20 +47,6 @@ const MAX_PAGE: usize = 65536;
 /// How far into the log the restart pages are searched.
 const MAX_SEARCH: usize = 1 << 26;
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    b.get(at..at + 2)
-        .map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
-}
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4)
-        .map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    b.get(at..at + 8).map_or(0, |s| {
-        u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]])
-    })
-}
-
 /// A checked restart page: its current LSN and whether its restart area says clean.
 struct Restart {
     lsn: u64,
@@ -72,8 +59,8 @@ fn check_restart_page(data: &[u8], pos: usize) -> Result<Restart, NtfsError> {
     let bad = |d: String| NtfsError::invalid(what.as_str(), pos as u64, d);
     let head = &data[pos..];
     let is_chkd = head.get(..4) == Some(MAGIC_CHKD.as_slice());
-    let sys_page = u32_at(head, 0x10) as usize;
-    let log_page = u32_at(head, 0x14) as usize;
+    let sys_page = get_le32(head, 0x10).unwrap_or(0) as usize;
+    let log_page = get_le32(head, 0x14).unwrap_or(0) as usize;
     if sys_page < BLOCK
         || log_page < BLOCK
         || !sys_page.is_power_of_two()
@@ -89,14 +76,17 @@ fn check_restart_page(data: &[u8], pos: usize) -> Result<Restart, NtfsError> {
             "the second restart page must be at the system page size {sys_page:#x}"
         )));
     }
-    let (minor, major) = (u16_at(head, 0x1A) as i16, u16_at(head, 0x1C) as i16);
+    let (minor, major) = (
+        get_le16(head, 0x1A).unwrap_or(0) as i16,
+        get_le16(head, 0x1C).unwrap_or(0) as i16,
+    );
     if !matches!((major, minor), (1, 1) | (2, 0)) {
         return Err(bad(format!(
             "log version {major}.{minor}, expected 1.1 or 2.0"
         )));
     }
-    let usa_ofs = usize::from(u16_at(head, 4));
-    let usa_count = usize::from(u16_at(head, 6));
+    let usa_ofs = usize::from(get_le16(head, 4).unwrap_or(0));
+    let usa_count = usize::from(get_le16(head, 6).unwrap_or(0));
     let have_usa = !(is_chkd && usa_count == 0);
     let mut usa_end = RSTR_USN_OFFSET;
     if have_usa {
@@ -113,16 +103,16 @@ fn check_restart_page(data: &[u8], pos: usize) -> Result<Restart, NtfsError> {
             )));
         }
     }
-    let ra_ofs = usize::from(u16_at(head, 0x18));
+    let ra_ofs = usize::from(get_le16(head, 0x18).unwrap_or(0));
     if ra_ofs % 8 != 0 || ra_ofs < usa_end || ra_ofs + RESTART_AREA_LEN > sys_page {
         return Err(bad(format!(
             "restart area offset {ra_ofs:#x} must be 8-aligned, after the update sequence array ({usa_end:#x}) and leave room in the page"
         )));
     }
-    if !is_chkd && u64_at(head, 8) != 0 {
+    if !is_chkd && get_le64(head, 8).unwrap_or(0) != 0 {
         return Err(bad(format!(
             "an RSTR page (not touched by chkdsk) has chkdsk LSN {:#x}",
-            u64_at(head, 8)
+            get_le64(head, 8).unwrap_or(0)
         )));
     }
     // The restart area fields up to the file size must lie in the first sector (before the
@@ -144,16 +134,16 @@ fn check_restart_page(data: &[u8], pos: usize) -> Result<Restart, NtfsError> {
         fixup::remove(&mut page, &what, pos as u64)?;
     }
     let ra = &page[ra_ofs..];
-    let clients = usize::from(u16_at(ra, 0x08));
-    let free_list = u16_at(ra, 0x0A);
-    let in_use = u16_at(ra, 0x0C);
-    let flags = u16_at(ra, 0x0E);
-    let seq_bits = u32_at(ra, 0x10);
-    let ra_len = usize::from(u16_at(ra, 0x14));
-    let ca_ofs = usize::from(u16_at(ra, 0x16));
-    let file_size = u64_at(ra, 0x18);
-    let rec_hdr_len = u16_at(ra, 0x24);
-    let data_ofs = u16_at(ra, 0x26);
+    let clients = usize::from(get_le16(ra, 0x08).unwrap_or(0));
+    let free_list = get_le16(ra, 0x0A).unwrap_or(0);
+    let in_use = get_le16(ra, 0x0C).unwrap_or(0);
+    let flags = get_le16(ra, 0x0E).unwrap_or(0);
+    let seq_bits = get_le32(ra, 0x10).unwrap_or(0);
+    let ra_len = usize::from(get_le16(ra, 0x14).unwrap_or(0));
+    let ca_ofs = usize::from(get_le16(ra, 0x16).unwrap_or(0));
+    let file_size = get_le64(ra, 0x18).unwrap_or(0);
+    let rec_hdr_len = get_le16(ra, 0x24).unwrap_or(0);
+    let data_ofs = get_le16(ra, 0x26).unwrap_or(0);
     let abad = |d: String| {
         NtfsError::invalid(
             what.as_str(),
@@ -206,21 +196,21 @@ fn check_restart_page(data: &[u8], pos: usize) -> Result<Restart, NtfsError> {
                     )));
                 }
                 let rec = ca + i * CLIENT_RECORD_LEN;
-                if steps == 0 && u16_at(&page, rec + 0x10) != NO_CLIENT {
+                if steps == 0 && get_le16(&page, rec + 0x10).unwrap_or(0) != NO_CLIENT {
                     return Err(abad(format!(
                         "first {name} client {idx} has a previous client"
                     )));
                 }
-                idx = u16_at(&page, rec + 0x12);
+                idx = get_le16(&page, rec + 0x12).unwrap_or(0);
                 steps += 1;
             }
         }
     }
     let clean = in_use == NO_CLIENT || flags & RESTART_VOLUME_IS_CLEAN != 0;
     let lsn = if is_chkd {
-        u64_at(&page, 8)
+        get_le64(&page, 8).unwrap_or(0)
     } else {
-        u64_at(ra, 0)
+        get_le64(ra, 0).unwrap_or(0)
     };
     Ok(Restart { lsn, clean })
 }

@@ -26,6 +26,7 @@ pub use error::NtfsError;
 
 use std::sync::Arc;
 
+use crate::bytes::le16;
 use crate::error::Result;
 use crate::guest::disk::DiskIo;
 use bitmap::Bitmap;
@@ -248,7 +249,7 @@ impl<D: DiskIo> NtfsVolume<D> {
             .into());
         }
         vol.state.version = (v[8], v[9]);
-        vol.state.dirty = record::rd16(v, 10) & VOLUME_IS_DIRTY != 0;
+        vol.state.dirty = le16(v, 10) & VOLUME_IS_DIRTY != 0;
         // $UpCase.
         let rec10 = vol.read_record(10)?;
         let s = vol.load_stream(&rec10, record::AT_DATA, &[], "$UpCase")?;

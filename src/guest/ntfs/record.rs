@@ -3,6 +3,7 @@
 
 use super::NtfsError;
 use super::fixup;
+use crate::bytes::{le16, le32, le64, set_le16, set_le32, set_le64};
 
 /// Signature of an MFT record: ASCII "FILE".
 pub const FILE_MAGIC: &[u8; 4] = b"FILE";
@@ -42,27 +43,6 @@ pub const ATTR_ENCRYPTED: u16 = 0x4000;
 pub const RESIDENT_HEADER: usize = 0x18;
 /// Size of a non-resident attribute header (uncompressed).
 pub const NONRESIDENT_HEADER: usize = 0x40;
-
-pub(crate) fn rd16(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-pub(crate) fn rd32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-pub(crate) fn rd64(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
-}
-pub(crate) fn wr16(b: &mut [u8], o: usize, v: u16) {
-    b[o..o + 2].copy_from_slice(&v.to_le_bytes());
-}
-pub(crate) fn wr32(b: &mut [u8], o: usize, v: u32) {
-    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
-}
-pub(crate) fn wr64(b: &mut [u8], o: usize, v: u64) {
-    b[o..o + 8].copy_from_slice(&v.to_le_bytes());
-}
 
 /// Rounds up to a multiple of 8.
 pub(crate) fn align8(n: usize) -> usize {
@@ -158,7 +138,7 @@ impl Record {
 
     fn check(&self) -> Result<(), NtfsError> {
         let size = self.buf.len();
-        let usa_ofs = rd16(&self.buf, 4) as usize;
+        let usa_ofs = le16(&self.buf, 4) as usize;
         let first = self.first_attr();
         if first < usa_ofs + 2 * (size / 512 + 1) || first % 8 != 0 || first + 8 > size {
             return Err(self.bad(
@@ -173,7 +153,7 @@ impl Record {
                 format!("bytes in use {used} outside {}..={size}", first + 4),
             ));
         }
-        let alloc = rd32(&self.buf, 0x1C) as usize;
+        let alloc = le32(&self.buf, 0x1C) as usize;
         if alloc != size {
             return Err(self.bad(
                 0x1C,
@@ -181,7 +161,7 @@ impl Record {
             ));
         }
         if usa_ofs >= 0x30 {
-            let n = rd32(&self.buf, 0x2C);
+            let n = le32(&self.buf, 0x2C);
             if u64::from(n) != self.number & 0xFFFF_FFFF {
                 return Err(self.bad(
                     0x2C,
@@ -198,15 +178,15 @@ impl Record {
 
     /// Offset of the first attribute.
     pub fn first_attr(&self) -> usize {
-        rd16(&self.buf, 0x14) as usize
+        le16(&self.buf, 0x14) as usize
     }
     /// Bytes in use.
     pub fn used(&self) -> usize {
-        rd32(&self.buf, 0x18) as usize
+        le32(&self.buf, 0x18) as usize
     }
     /// Record flags.
     pub fn flags(&self) -> u16 {
-        rd16(&self.buf, 0x16)
+        le16(&self.buf, 0x16)
     }
     /// Whether the record is in use.
     pub fn in_use(&self) -> bool {
@@ -218,11 +198,11 @@ impl Record {
     }
     /// Sequence number.
     pub fn sequence(&self) -> u16 {
-        rd16(&self.buf, 0x10)
+        le16(&self.buf, 0x10)
     }
     /// Base record reference (0 for a base record).
     pub fn base_ref(&self) -> u64 {
-        rd64(&self.buf, 0x20)
+        le64(&self.buf, 0x20)
     }
     /// The MFT reference of this record (number and sequence).
     pub fn reference(&self) -> u64 {
@@ -238,14 +218,14 @@ impl Record {
             if pos + 4 > used {
                 return Err(self.bad(pos, "attributes run past the bytes in use (no end marker)"));
             }
-            let ty = rd32(&self.buf, pos);
+            let ty = le32(&self.buf, pos);
             if ty == END_MARKER {
                 break;
             }
             if pos + 0x10 > used {
                 return Err(self.bad(pos, "attribute header runs past the bytes in use"));
             }
-            let len = rd32(&self.buf, pos + 4) as usize;
+            let len = le32(&self.buf, pos + 4) as usize;
             let non_resident = self.buf[pos + 8] != 0;
             let min = if non_resident {
                 NONRESIDENT_HEADER
@@ -261,7 +241,7 @@ impl Record {
                 ));
             }
             let name_len = self.buf[pos + 9] as usize;
-            let name_off = rd16(&self.buf, pos + 10) as usize;
+            let name_off = le16(&self.buf, pos + 10) as usize;
             if name_len > 0 && name_off + 2 * name_len > len {
                 return Err(self.bad(
                     pos + 10,
@@ -269,7 +249,7 @@ impl Record {
                 ));
             }
             let name = (0..name_len)
-                .map(|i| rd16(&self.buf, pos + name_off + 2 * i))
+                .map(|i| le16(&self.buf, pos + name_off + 2 * i))
                 .collect();
             let a = Attr {
                 pos,
@@ -277,8 +257,8 @@ impl Record {
                 len,
                 non_resident,
                 name,
-                flags: rd16(&self.buf, pos + 12),
-                id: rd16(&self.buf, pos + 14),
+                flags: le16(&self.buf, pos + 12),
+                id: le16(&self.buf, pos + 14),
             };
             if non_resident {
                 self.nonresident(&a)?;
@@ -315,8 +295,8 @@ impl Record {
                 format!("attribute type {:#x} should be resident", a.ty),
             ));
         }
-        let vlen = rd32(&self.buf, a.pos + 0x10) as usize;
-        let voff = rd16(&self.buf, a.pos + 0x14) as usize;
+        let vlen = le32(&self.buf, a.pos + 0x10) as usize;
+        let voff = le16(&self.buf, a.pos + 0x14) as usize;
         if voff.checked_add(vlen).is_none_or(|e| e > a.len) {
             return Err(self.bad(
                 a.pos + 0x10,
@@ -339,7 +319,7 @@ impl Record {
         }
         let p = a.pos;
         let b = &self.buf;
-        let pairs_off = rd16(b, p + 0x20) as usize;
+        let pairs_off = le16(b, p + 0x20) as usize;
         if pairs_off < NONRESIDENT_HEADER || pairs_off >= a.len {
             return Err(self.bad(
                 p + 0x20,
@@ -350,12 +330,12 @@ impl Record {
             ));
         }
         let nr = NonResident {
-            lowest_vcn: rd64(b, p + 0x10),
-            highest_vcn: rd64(b, p + 0x18),
-            compression_unit: rd16(b, p + 0x22),
-            alloc: rd64(b, p + 0x28),
-            size: rd64(b, p + 0x30),
-            init: rd64(b, p + 0x38),
+            lowest_vcn: le64(b, p + 0x10),
+            highest_vcn: le64(b, p + 0x18),
+            compression_unit: le16(b, p + 0x22),
+            alloc: le64(b, p + 0x28),
+            size: le64(b, p + 0x30),
+            init: le64(b, p + 0x38),
             pairs: p + pairs_off..p + a.len,
         };
         if nr.lowest_vcn == 0 && (nr.size > nr.alloc || nr.init > nr.size) {
@@ -372,8 +352,8 @@ impl Record {
 
     /// The next attribute id (and increments it).
     fn take_id(&mut self) -> u16 {
-        let id = rd16(&self.buf, 0x28);
-        wr16(&mut self.buf, 0x28, id.wrapping_add(1));
+        let id = le16(&self.buf, 0x28);
+        set_le16(&mut self.buf, 0x28, id.wrapping_add(1));
         id
     }
 
@@ -397,7 +377,7 @@ impl Record {
         for b in &mut self.buf[new_used..size] {
             *b = 0;
         }
-        wr32(&mut self.buf, 0x18, new_used as u32);
+        set_le32(&mut self.buf, 0x18, new_used as u32);
         Ok(())
     }
 
@@ -409,9 +389,9 @@ impl Record {
     /// Inserts a new attribute (built by [`resident`] or [`non_resident`]) in type order,
     /// giving it the next attribute id.
     pub fn insert(&mut self, mut bytes: Vec<u8>) -> Result<(), NtfsError> {
-        let ty = rd32(&bytes, 0);
-        let id = rd16(&self.buf, 0x28);
-        wr16(&mut bytes, 14, id);
+        let ty = le32(&bytes, 0);
+        let id = le16(&self.buf, 0x28);
+        set_le16(&mut bytes, 14, id);
         let attrs = self.attrs()?;
         let pos = attrs
             .iter()
@@ -430,7 +410,7 @@ impl Record {
 
     /// Replaces the attribute `a` by `bytes`, keeping its attribute id.
     pub fn replace(&mut self, a: &Attr, mut bytes: Vec<u8>) -> Result<(), NtfsError> {
-        wr16(&mut bytes, 14, a.id);
+        set_le16(&mut bytes, 14, a.id);
         self.splice(a.pos, a.len, &bytes)
     }
 
@@ -452,18 +432,18 @@ impl Record {
         let mut b = vec![0u8; size];
         b[0..4].copy_from_slice(FILE_MAGIC);
         let usa_count = size / 512 + 1;
-        wr16(&mut b, 4, 0x30); // update sequence array offset (NTFS 3.1 layout)
-        wr16(&mut b, 6, usa_count as u16);
-        wr16(&mut b, 0x10, sequence);
-        wr16(&mut b, 0x12, if flags & FLAG_IN_USE != 0 { 1 } else { 0 }); // link count
+        set_le16(&mut b, 4, 0x30); // update sequence array offset (NTFS 3.1 layout)
+        set_le16(&mut b, 6, usa_count as u16);
+        set_le16(&mut b, 0x10, sequence);
+        set_le16(&mut b, 0x12, if flags & FLAG_IN_USE != 0 { 1 } else { 0 }); // link count
         let first = align8(0x30 + 2 * usa_count);
-        wr16(&mut b, 0x14, first as u16);
-        wr16(&mut b, 0x16, flags);
-        wr32(&mut b, 0x18, (first + 8) as u32);
-        wr32(&mut b, 0x1C, size as u32);
-        wr32(&mut b, 0x2C, number as u32);
-        wr16(&mut b, 0x30, 1); // initial update sequence number (apply increments it)
-        wr32(&mut b, first, END_MARKER);
+        set_le16(&mut b, 0x14, first as u16);
+        set_le16(&mut b, 0x16, flags);
+        set_le32(&mut b, 0x18, (first + 8) as u32);
+        set_le32(&mut b, 0x1C, size as u32);
+        set_le32(&mut b, 0x2C, number as u32);
+        set_le16(&mut b, 0x30, 1); // initial update sequence number (apply increments it)
+        set_le32(&mut b, first, END_MARKER);
         Record {
             number,
             offset,
@@ -478,16 +458,16 @@ pub fn resident(ty: u32, name: &[u16], value: &[u8], indexed: bool) -> Vec<u8> {
     let value_off = align8(name_off + 2 * name.len());
     let len = align8(value_off + value.len());
     let mut b = vec![0u8; len];
-    wr32(&mut b, 0, ty);
-    wr32(&mut b, 4, len as u32);
+    set_le32(&mut b, 0, ty);
+    set_le32(&mut b, 4, len as u32);
     b[8] = 0;
     b[9] = name.len() as u8;
-    wr16(&mut b, 10, name_off as u16);
-    wr32(&mut b, 0x10, value.len() as u32);
-    wr16(&mut b, 0x14, value_off as u16);
+    set_le16(&mut b, 10, name_off as u16);
+    set_le32(&mut b, 0x10, value.len() as u32);
+    set_le16(&mut b, 0x14, value_off as u16);
     b[0x16] = u8::from(indexed);
     for (i, u) in name.iter().enumerate() {
-        wr16(&mut b, name_off + 2 * i, *u);
+        set_le16(&mut b, name_off + 2 * i, *u);
     }
     b[value_off..value_off + value.len()].copy_from_slice(value);
     b
@@ -524,20 +504,20 @@ pub fn non_resident(
     let pairs_off = align8(name_off + 2 * name.len());
     let len = align8(pairs_off + pairs.len());
     let mut b = vec![0u8; len];
-    wr32(&mut b, 0, ty);
-    wr32(&mut b, 4, len as u32);
+    set_le32(&mut b, 0, ty);
+    set_le32(&mut b, 4, len as u32);
     b[8] = 1;
     b[9] = name.len() as u8;
-    wr16(&mut b, 10, name_off as u16);
-    wr16(&mut b, 12, flags);
-    wr64(&mut b, 0x10, 0);
-    wr64(&mut b, 0x18, sizes.highest_vcn);
-    wr16(&mut b, 0x20, pairs_off as u16);
-    wr64(&mut b, 0x28, sizes.alloc);
-    wr64(&mut b, 0x30, sizes.size);
-    wr64(&mut b, 0x38, sizes.init);
+    set_le16(&mut b, 10, name_off as u16);
+    set_le16(&mut b, 12, flags);
+    set_le64(&mut b, 0x10, 0);
+    set_le64(&mut b, 0x18, sizes.highest_vcn);
+    set_le16(&mut b, 0x20, pairs_off as u16);
+    set_le64(&mut b, 0x28, sizes.alloc);
+    set_le64(&mut b, 0x30, sizes.size);
+    set_le64(&mut b, 0x38, sizes.init);
     for (i, u) in name.iter().enumerate() {
-        wr16(&mut b, name_off + 2 * i, *u);
+        set_le16(&mut b, name_off + 2 * i, *u);
     }
     b[pairs_off..pairs_off + pairs.len()].copy_from_slice(pairs);
     b
@@ -608,18 +588,18 @@ mod tests {
         assert!(Record::parse(good.clone(), 8, 0).is_err());
         // Bytes in use past the record.
         let mut b = r.clone();
-        wr32(&mut b.buf, 0x18, 5000);
+        set_le32(&mut b.buf, 0x18, 5000);
         assert!(Record::parse(b.to_disk().unwrap(), 7, 0).is_err());
         // Attribute length zero.
         let mut b = r.clone();
         b.insert(resident(AT_DATA, &[], b"x", false)).unwrap();
         let first = b.first_attr();
-        wr32(&mut b.buf, first + 4, 0);
+        set_le32(&mut b.buf, first + 4, 0);
         assert!(Record::parse(b.to_disk().unwrap(), 7, 0).is_err());
         // Resident value past the attribute.
         let mut b = r.clone();
         b.insert(resident(AT_DATA, &[], b"x", false)).unwrap();
-        wr32(&mut b.buf, first + 0x10, 4000);
+        set_le32(&mut b.buf, first + 0x10, 4000);
         assert!(Record::parse(b.to_disk().unwrap(), 7, 0).is_err());
         // Bad signature / torn fixup.
         let mut bad = good.clone();

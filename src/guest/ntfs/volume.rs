@@ -8,6 +8,7 @@ use super::index::{self, IndexEntry};
 use super::record::{self, Attr, NonResidentSizes, Record};
 use super::runlist::{self, Run};
 use super::{DirEntry, FIRST_USER_RECORD, NtfsError, NtfsVolume, REF_MASK, ROOT};
+use crate::bytes::{le16, le32, le64};
 use crate::error::Result;
 use crate::guest::disk::DiskIo;
 
@@ -435,8 +436,8 @@ impl<D: DiskIo> NtfsVolume<D> {
         let mut numbers: Vec<u64> = Vec::new();
         let mut pos = 0usize;
         while pos + 0x1A <= value.len() {
-            let ety = record::rd32(&value, pos);
-            let elen = record::rd16(&value, pos + 4) as usize;
+            let ety = le32(&value, pos);
+            let elen = le16(&value, pos + 4) as usize;
             let nlen = value[pos + 6] as usize;
             let noff = value[pos + 7] as usize;
             if elen < 0x1A || pos + elen > value.len() || noff + 2 * nlen > elen {
@@ -448,10 +449,10 @@ impl<D: DiskIo> NtfsVolume<D> {
                 .into());
             }
             let ename: Vec<u16> = (0..nlen)
-                .map(|i| record::rd16(&value, pos + noff + 2 * i))
+                .map(|i| le16(&value, pos + noff + 2 * i))
                 .collect();
             if ety == ty && ename == name {
-                let n = record::rd64(&value, pos + 0x10) & REF_MASK;
+                let n = le64(&value, pos + 0x10) & REF_MASK;
                 if !numbers.contains(&n) {
                     numbers.push(n);
                 }

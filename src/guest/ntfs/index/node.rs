@@ -28,6 +28,7 @@
 //! ```
 
 use super::super::NtfsError;
+use crate::bytes::{get_le16, get_le32, get_le64};
 
 /// `INDX`: signature of an index allocation block.
 pub const INDX_MAGIC: &[u8; 4] = b"INDX";
@@ -128,22 +129,6 @@ impl Node {
     }
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
-    ))
-}
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
-    ))
-}
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(
-        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
-    ))
-}
-
 /// Checks that a `$FILE_NAME` key holds its name; returns (name length in units, namespace).
 pub fn check_file_name_key(key: &[u8]) -> Result<(usize, u8), String> {
     if key.len() < FN_NAME {
@@ -189,9 +174,9 @@ pub fn parse_node(buf: &[u8], node_off: usize, what: &str) -> Result<Node, NtfsE
         )
     })?;
     // The slice is NODE_HEADER_LEN bytes long, so these reads cannot fail.
-    let first = u32_at(hdr, 0).unwrap_or(0) as usize;
-    let used = u32_at(hdr, 4).unwrap_or(0) as usize;
-    let alloc = u32_at(hdr, 8).unwrap_or(0) as usize;
+    let first = get_le32(hdr, 0).unwrap_or(0) as usize;
+    let used = get_le32(hdr, 4).unwrap_or(0) as usize;
+    let alloc = get_le32(hdr, 8).unwrap_or(0) as usize;
     let flags = hdr[12];
     let room = buf.len() - node_off;
     if alloc > room {
@@ -229,10 +214,10 @@ pub fn parse_node(buf: &[u8], node_off: usize, what: &str) -> Result<Node, NtfsE
                 ),
             ));
         }
-        let file_ref = u64_at(buf, pos).unwrap_or(0);
-        let len = usize::from(u16_at(buf, pos + 8).unwrap_or(0));
-        let key_len = usize::from(u16_at(buf, pos + 10).unwrap_or(0));
-        let eflags = u16_at(buf, pos + 12).unwrap_or(0);
+        let file_ref = get_le64(buf, pos).unwrap_or(0);
+        let len = usize::from(get_le16(buf, pos + 8).unwrap_or(0));
+        let key_len = usize::from(get_le16(buf, pos + 10).unwrap_or(0));
+        let eflags = get_le16(buf, pos + 12).unwrap_or(0);
         let sub = eflags & ENTRY_SUBNODE != 0;
         let last = eflags & ENTRY_LAST != 0;
         let min = ENTRY_HEADER_LEN + if sub { 8 } else { 0 };
@@ -253,7 +238,7 @@ pub fn parse_node(buf: &[u8], node_off: usize, what: &str) -> Result<Node, NtfsE
             ));
         }
         let child = if sub {
-            Some(u64_at(buf, pos + len - 8).unwrap_or(0))
+            Some(get_le64(buf, pos + len - 8).unwrap_or(0))
         } else {
             None
         };
@@ -305,9 +290,9 @@ pub fn parse_root(value: &[u8]) -> Result<(RootHeader, Node), NtfsError> {
             ),
         ));
     };
-    let ty = u32_at(raw, 0).unwrap_or(0);
-    let coll = u32_at(raw, 4).unwrap_or(0);
-    let block_size = u32_at(raw, 8).unwrap_or(0);
+    let ty = get_le32(raw, 0).unwrap_or(0);
+    let coll = get_le32(raw, 4).unwrap_or(0);
+    let block_size = get_le32(raw, 8).unwrap_or(0);
     if ty != ATTR_FILE_NAME {
         return Err(NtfsError::Unsupported(format!(
             "$INDEX_ROOT indexes attribute type {ty:#x}; only $FILE_NAME ({ATTR_FILE_NAME:#x}) indexes are handled"
@@ -405,8 +390,8 @@ pub fn parse_block(
             format!("signature {:02x?}, expected \"INDX\"", &block[0..4]),
         ));
     }
-    let usa_ofs = usize::from(u16_at(block, 4).unwrap_or(0));
-    let usa_count = usize::from(u16_at(block, 6).unwrap_or(0));
+    let usa_ofs = usize::from(get_le16(block, 4).unwrap_or(0));
+    let usa_count = usize::from(get_le16(block, 6).unwrap_or(0));
     let usa_end = usa_ofs + 2 * usa_count;
     if usa_ofs < BLOCK_NODE_OFFSET + NODE_HEADER_LEN || usa_end > 512 {
         return Err(bad(
@@ -416,14 +401,14 @@ pub fn parse_block(
             ),
         ));
     }
-    let found_vcn = u64_at(block, 0x10).unwrap_or(0);
+    let found_vcn = get_le64(block, 0x10).unwrap_or(0);
     if found_vcn != vcn {
         return Err(bad(
             0x10,
             format!("block records VCN {found_vcn}, expected {vcn}"),
         ));
     }
-    let first = u32_at(block, BLOCK_NODE_OFFSET).unwrap_or(0) as usize;
+    let first = get_le32(block, BLOCK_NODE_OFFSET).unwrap_or(0) as usize;
     if BLOCK_NODE_OFFSET + first < usa_end {
         return Err(bad(
             BLOCK_NODE_OFFSET as u64,
