@@ -1,9 +1,9 @@
 //! Content comparison of two images of any formats (`diskconv compare`), and the block walker
 //! that [`compare`] and [`verify`](crate::verify) share.
 //!
-//! [`walk`] cuts a range of two images into blocks handled on the rayon pool, a batch at a time
-//! so memory stays bounded; stretches that an image maps as zero or unallocated are not read at
-//! all, and the results come back in disk order.
+//! The walker (`walk`, crate-internal) cuts a range of two images into blocks handled on the
+//! rayon pool, a batch at a time so memory stays bounded; stretches that an image maps as zero
+//! or unallocated are not read at all, and the results come back in disk order.
 
 use std::ops::{ControlFlow, Range};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -39,9 +39,8 @@ use crate::error::Error;
 use crate::storage::FileStorage;
 
 /// A refused output path or a failed file operation: the path, what is wrong (or what was being
-/// done) and, for failures, the operating system's error. Converts into the crate's
-/// [`Error`](crate::Error): a refusal is an invalid argument, a failure an I/O error, both naming
-/// the path.
+/// done) and, for failures, the operating system's error. Converts into the crate's [`Error`]:
+/// a refusal is an invalid argument, a failure an I/O error, both naming the path.
 #[derive(Debug)]
 pub struct FileError {
     /// The path the caller named.
