@@ -399,11 +399,11 @@ impl VhdReader {
                 "dynamic header",
                 hoff,
                 format!(
-                    "{} expects a parent with unique id {}, but its parent {} has unique id {}",
+                    "{} expects a parent with unique id {:x}, but its parent {} has unique id {:x}",
                     path.map_or("this image".into(), |p| p.display().to_string()),
-                    format!("{:x}", Guid::from_be_bytes(*expected)),
+                    Guid::from_be_bytes(*expected),
                     resolved.display(),
-                    format!("{:x}", Guid::from_be_bytes(pfooter.unique_id))
+                    Guid::from_be_bytes(pfooter.unique_id)
                 ),
             ));
         }

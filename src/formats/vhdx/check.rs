@@ -443,7 +443,7 @@ impl Checker<'_> {
             if current.2.log_guid.is_nil() {
                 String::new()
             } else {
-                format!(", log GUID {}", current.2.log_guid.to_string())
+                format!(", log GUID {}", current.2.log_guid)
             }
         ));
         Some(current.2)
@@ -502,7 +502,7 @@ impl Checker<'_> {
             Ok(o) if o.entries == 0 => {
                 self.report.notes.push(format!(
                     "the header names log GUID {} but the log at {off:#x} holds no valid sequence for it: nothing to replay",
-                    h.log_guid.to_string()
+                    h.log_guid
                 ));
             }
             Ok(o) => {

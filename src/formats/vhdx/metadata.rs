@@ -205,7 +205,7 @@ pub fn parse(region: &[u8], offset: u64) -> Result<VhdxMetadata, FormatError> {
             if flags & FLAG_REQUIRED != 0 {
                 return Err(unsupported(format!(
                     "unknown required metadata item {} in the metadata table at {offset:#x}",
-                    id.to_string()
+                    id
                 )));
             }
             continue;
@@ -219,18 +219,14 @@ pub fn parse(region: &[u8], offset: u64) -> Result<VhdxMetadata, FormatError> {
                 offset,
                 format!(
                     "entry {i} ({}): item at {io:#x}+{il:#x} is not inside the region ({:#x} bytes, after the 64 KiB table)",
-                    id.to_string(),
+                    id,
                     region.len()
                 ),
             ));
         }
         for (g, _, _) in &items {
             if *g == id {
-                return Err(invalid(
-                    W,
-                    offset,
-                    format!("entry {i} repeats item {}", id.to_string()),
-                ));
+                return Err(invalid(W, offset, format!("entry {i} repeats item {}", id)));
             }
         }
         items.push((id, &region[io..io + il], offset + io as u64));

@@ -378,8 +378,7 @@ impl VhdxReader {
             if ph.data_write_guid != linkage {
                 return Err(Error::Corrupt(format!(
                     "parent '{name}' has DataWriteGuid {}, but the child's parent_linkage is {} (the parent changed after the child was made)",
-                    ph.data_write_guid.to_string(),
-                    linkage.to_string()
+                    ph.data_write_guid, linkage
                 )));
             }
             let parent =

@@ -119,14 +119,14 @@ pub fn parse(bytes: &[u8], offset: u64) -> Result<VhdxRegions, FormatError> {
                 return Err(invalid(
                     W,
                     offset,
-                    format!("entry {i} repeats region {}", r.guid.to_string()),
+                    format!("entry {i} repeats region {}", r.guid),
                 ));
             }
         }
         if r.guid != BAT_GUID && r.guid != METADATA_GUID && r.required {
             return Err(unsupported(format!(
                 "unknown required region {} in the region table at {offset:#x}",
-                r.guid.to_string()
+                r.guid
             )));
         }
         regions.push(r);
