@@ -2,11 +2,15 @@
 //!
 //! Block-level disk image conversion for machine migrations.
 //!
-//! The crate is layered (see `DESIGN.md` of the project): [`storage`] gives positional bytes;
-//! each format in [`formats`] implements [`ImageReader`] and/or [`ImageWriter`]; the
-//! [`convert`](mod@convert) engine copies any reader into any writer in parallel, skipping zero
-//! and unallocated blocks; [`open`](fn@open) detects formats and applies the policy for files
-//! named inside an image.
+//! The crate is layered (see `DESIGN.md` of the project): [`error`] and [`bytes`] (endian
+//! fields, GUIDs) at the bottom; [`storage`] gives positional bytes; [`files`] creates and
+//! changes files safely (temporary names, the image lock, the undo journal); each format in
+//! [`formats`] implements [`ImageReader`] and/or [`ImageWriter`]; the [`convert`](mod@convert)
+//! engine copies any reader into any writer in parallel, skipping zero and unallocated blocks,
+//! and [`compare`](mod@compare) / [`verify`](mod@verify) walk two images block by block;
+//! [`open`](fn@open) detects formats and applies the policy for files named inside an image;
+//! [`guest`] reads and edits what is inside a disk (partitions, hives, NTFS), for [`inspect`]
+//! and [`inject`].
 //!
 //! ```no_run
 //! use diskconv::{open, OpenOptions, OutputOptions, ConvertOptions, Format};
