@@ -16,8 +16,9 @@ pub const VMDK_DESCRIPTOR_START: &[u8] = b"# Disk DescriptorFile";
 pub const VHD_COOKIE: [u8; 8] = *b"conectix";
 /// VHDX file type identifier "vhdxfile" (MS-VHDX 2.2.1).
 pub const VHDX_SIGNATURE: [u8; 8] = *b"vhdxfile";
-/// VDI signature at offset 0x40 (VirtualBox VDIHEADER, u32 little-endian 0xbeda107f).
-pub const VDI_SIGNATURE: [u8; 4] = 0xbeda_107f_u32.to_le_bytes();
+/// VDI signature at offset 0x40 (VirtualBox `VDIPREHEADER`, u32 little-endian 0xbeda107f).
+pub use crate::formats::vdi::header::SIGNATURE as VDI_SIGNATURE;
+use crate::formats::vdi::header::SIGNATURE_OFFSET as VDI_SIGNATURE_OFFSET;
 
 /// A small text file whose first sector names a `createType` and an extent access mode: a VMDK
 /// descriptor whose writer left out the `# Disk DescriptorFile` comment (the comment is
@@ -71,7 +72,7 @@ pub fn detect(storage: &dyn Storage) -> Result<Format> {
             return Ok(Format::Ova);
         }
     }
-    if head.len() >= 0x44 && head[0x40..0x44] == VDI_SIGNATURE {
+    if head.get(VDI_SIGNATURE_OFFSET..VDI_SIGNATURE_OFFSET + 4) == Some(&VDI_SIGNATURE[..]) {
         return Ok(Format::Vdi);
     }
     if len >= 512 {

@@ -13,6 +13,7 @@ use crate::detect::detect;
 use crate::error::{Error, Result, ResultExt};
 use crate::formats::qcow2::Qcow2Reader;
 use crate::formats::raw::RawReader;
+use crate::formats::vdi::VdiReader;
 use crate::formats::vhd::VhdReader;
 use crate::formats::vhdx::VhdxReader;
 use crate::formats::vmdk::VmdkReader;
@@ -201,6 +202,12 @@ impl<'a> OpenContext<'a> {
         self.chain.len() as u32
     }
 
+    /// The reference policy in force (a format that must search for a file, such as the
+    /// parent of a differencing VDI, does not search when it is [`ReferencePolicy::Deny`]).
+    pub fn references(&self) -> ReferencePolicy {
+        self.opts.references
+    }
+
     fn open_path(
         &self,
         path: &Path,
@@ -254,13 +261,7 @@ impl<'a> OpenContext<'a> {
             Format::Ova => Ok(Box::new(open_ova(storage, path, self)?)),
             Format::Vhd => Ok(Box::new(VhdReader::open(storage, path, self)?)),
             Format::Vhdx => Ok(Box::new(VhdxReader::open(storage, path, self)?)),
-            other => Err(Error::Unsupported(format!(
-                "reading {} images is not implemented yet (this build reads raw, qcow2, VMDK, OVA, VHD and VHDX)",
-                match other {
-                    Format::Vdi => "VDI",
-                    _ => other.name(),
-                }
-            ))),
+            Format::Vdi => Ok(Box::new(VdiReader::open(storage, path, self)?)),
         }
     }
 

@@ -1,8 +1,8 @@
-//! The error type shared by the VHD and VHDX modules.
+//! The error type shared by the VHD, VHDX and VDI modules.
 
 use crate::error::ErrorKind;
 
-/// An invalid, corrupt or unsupported structure of a VHD or VHDX image.
+/// An invalid, corrupt or unsupported structure of a VHD, VHDX or VDI image.
 ///
 /// Every variant names the format, the structure and the byte offset where it lies, e.g.
 /// "VHDX BAT at 0x300000: entry 17 points at 0x7fff00000, past the end of the file".
@@ -12,7 +12,7 @@ pub enum FormatError {
     /// The bytes are not a valid structure (bad signature, impossible field, bad checksum).
     #[error("{format} {what} at {offset:#x}: {detail}")]
     Invalid {
-        /// "VHD" or "VHDX".
+        /// "VHD", "VHDX" or "VDI".
         format: &'static str,
         /// The structure, e.g. "footer", "region table".
         what: String,
@@ -24,7 +24,7 @@ pub enum FormatError {
     /// A structure is well-formed but inconsistent with the rest of the image.
     #[error("{format} {what} at {offset:#x}: {detail}")]
     Corrupt {
-        /// "VHD" or "VHDX".
+        /// "VHD", "VHDX" or "VDI".
         format: &'static str,
         /// The structure, e.g. "BAT", "log entry".
         what: String,
@@ -36,7 +36,7 @@ pub enum FormatError {
     /// The image uses something this version does not implement.
     #[error("unsupported {format} image: {detail}")]
     Unsupported {
-        /// "VHD" or "VHDX".
+        /// "VHD", "VHDX" or "VDI".
         format: &'static str,
         /// What is not supported.
         detail: String,

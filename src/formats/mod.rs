@@ -6,6 +6,7 @@ pub mod check;
 pub mod error;
 pub mod qcow2;
 pub mod raw;
+pub mod vdi;
 pub mod vhd;
 pub mod vhdx;
 pub mod vmdk;
