@@ -80,8 +80,12 @@ pub struct VdiUpdater {
     r: VdiReader,
     /// Entries changed since the last flush.
     dirty: BTreeSet<u32>,
-    /// Blocks of the data area no entry names any more (freed by `write_zeroes`).
+    /// Blocks of the data area freed by `write_zeroes` since the last flush: the block map on
+    /// disk may still name them, so they are reused only after a flush.
     holes: BTreeSet<u32>,
+    /// Blocks of the data area that no entry names, on disk or in memory (counted by
+    /// `cBlocksAllocated` but left unnamed by a crash or another tool): reused first.
+    spare: BTreeSet<u32>,
     /// The header's count or modification UUID changed since the last flush.
     header_dirty: bool,
     /// The modification UUID was renewed in this session.
@@ -96,6 +100,7 @@ impl std::fmt::Debug for VdiUpdater {
             .field("header", &self.r.header)
             .field("dirty", &self.dirty.len())
             .field("holes", &self.holes.len())
+            .field("spare", &self.spare.len())
             .finish_non_exhaustive()
     }
 }
@@ -104,9 +109,24 @@ impl VdiReader {
     /// Turns this reader into an updater of the same image, reusing the parsed header, block
     /// map and parent; the storage it was opened from must be writable.
     pub fn into_updater(self) -> Result<VdiUpdater> {
+        let h = &self.header;
+        // Every writer keeps the data area's start inside the file (an empty dynamic image
+        // ends there); one past the end would have new blocks written far beyond it.
+        if h.data_offset > self.file_len {
+            return Err(corrupt(
+                "header",
+                super::header::PRE_HEADER_SIZE as u64,
+                format!(
+                    "the data area starts at {:#x} (offData), past the end of the file \
+                     ({:#x} bytes); such an image is not updated in place",
+                    h.data_offset, self.file_len
+                ),
+            )
+            .into());
+        }
         // Blocks counted by cBlocksAllocated but named by no entry (left by a crash, or by
-        // another tool): holes, reclaimed by the first flush like the ones write_zeroes makes,
-        // so the count never has to grow past cBlocks.
+        // another tool): reused by the next blocks stored, the rest reclaimed by the first
+        // flush, so the count never has to grow past cBlocks.
         let count = self.header.blocks_allocated;
         let mut named = vec![false; count as usize];
         for &e in &self.map {
@@ -115,11 +135,12 @@ impl VdiReader {
                 named[i as usize] = true;
             }
         }
-        let holes = (0..count).filter(|&i| !named[i as usize]).collect();
+        let spare = (0..count).filter(|&i| !named[i as usize]).collect();
         Ok(VdiUpdater {
             r: self,
             dirty: BTreeSet::new(),
-            holes,
+            holes: BTreeSet::new(),
+            spare,
             header_dirty: false,
             renewed: false,
             scratch: Vec::new(),
@@ -140,6 +161,15 @@ impl VdiUpdater {
         VdiReader::open(Arc::new(storage), Some(&canonical), &ctx)
             .and_then(VdiReader::into_updater)
             .in_image(path)
+    }
+
+    /// Opens the VDI held in `storage` (writable: memory, or a file the caller opened) for
+    /// in-place updates. Such an image has no folder: a differencing one, whose parent would
+    /// have to be searched for, is refused.
+    pub fn open_storage(storage: Arc<dyn Storage>) -> Result<VdiUpdater> {
+        let opts = OpenOptions::default().format(Format::Vdi);
+        let ctx = OpenContext::detached(&opts);
+        VdiReader::open(storage, None, &ctx)?.into_updater()
     }
 
     /// The reader underneath, showing the image as updated so far.
@@ -186,7 +216,7 @@ impl VdiUpdater {
     /// `within..within + data.len()` are `data` (zeros when `None`), the rest what the block
     /// reads as now (zeros, or the parent's data for a free block of a differencing image).
     fn store_block(&mut self, b: u32, within: u64, len: u64, data: Option<&[u8]>) -> Result<()> {
-        if self.r.header.blocks_allocated >= self.r.header.blocks {
+        if self.spare.is_empty() && self.r.header.blocks_allocated >= self.r.header.blocks {
             // Every place of the data area is taken, some by freed blocks: compact first.
             self.flush()?;
             if self.r.header.blocks_allocated >= self.r.header.blocks {
@@ -202,10 +232,12 @@ impl VdiUpdater {
                 .into());
             }
         }
+        // A spare block (named by nothing, on disk or here), else a new one at the end.
+        let spare = self.spare.pop_first();
         let h = &self.r.header;
         let bs = u64::from(h.block_size);
         let extra = u64::from(h.block_extra);
-        let index = h.blocks_allocated;
+        let index = spare.unwrap_or(h.blocks_allocated);
         let start = h.block_offset(index);
         let pos = u64::from(b) * bs;
         let from_parent = self.r.parent.is_some() && self.r.map[b as usize] == FREE;
@@ -233,8 +265,10 @@ impl VdiUpdater {
             }
             zero(s.as_ref(), at + len, bs - within - len)?;
         }
-        self.r.header.blocks_allocated += 1;
-        self.header_dirty = true;
+        if spare.is_none() {
+            self.r.header.blocks_allocated += 1;
+            self.header_dirty = true;
+        }
         self.set_entry(b, index);
         Ok(())
     }
@@ -274,7 +308,7 @@ impl VdiUpdater {
 
     /// Moves the last stored blocks into the holes and shortens the data area.
     fn compact(&mut self) -> Result<()> {
-        if self.holes.is_empty() {
+        if self.holes.is_empty() && self.spare.is_empty() {
             return Ok(());
         }
         let s = self.r.storage.clone();
@@ -287,7 +321,10 @@ impl VdiUpdater {
                 owner[i as usize] = b as u32;
             }
         }
-        let holes: Vec<u32> = std::mem::take(&mut self.holes)
+        // Freed blocks (their entries now published) and spare ones: nothing names them.
+        let mut holes = std::mem::take(&mut self.holes);
+        holes.append(&mut self.spare);
+        let holes: Vec<u32> = holes
             .into_iter()
             .filter(|&i| i < count && owner[i as usize] == FREE)
             .collect();
@@ -468,10 +505,7 @@ mod tests {
 
     fn updater(bytes: Vec<u8>) -> (Arc<MemStorage>, VdiUpdater) {
         let mem = Arc::new(MemStorage::from_vec(bytes));
-        let opts = OpenOptions::new().format(Format::Vdi);
-        let ctx = OpenContext::detached(&opts);
-        let r = VdiReader::open(mem.clone(), None, &ctx).unwrap();
-        (mem, r.into_updater().unwrap())
+        (mem.clone(), VdiUpdater::open_storage(mem).unwrap())
     }
 
     fn read_all(mem: &MemStorage) -> (Vec<u8>, crate::formats::vdi::VdiHeader) {
@@ -559,6 +593,39 @@ mod tests {
         )
         .unwrap();
         assert!(report.is_clean(), "{report}");
+
+        // A spare block is reused by the next block stored: the count does not grow.
+        let (mut img, mut model) = image(0);
+        img[512..516].copy_from_slice(&FREE.to_le_bytes());
+        model[..BS as usize].fill(0);
+        let (mem, mut up) = updater(img);
+        up.write_at(&[9; 5], BS + 1).unwrap();
+        model[BS as usize + 1..BS as usize + 6].fill(9);
+        up.flush().unwrap();
+        let (got, h) = read_all(&mem);
+        assert_eq!(got, model);
+        assert_eq!(h.blocks_allocated, 3);
+        let map = crate::formats::vdi::blockmap::decode(&mem.to_vec()[512..532]);
+        assert_eq!(map[1], 1, "stored in the spare data block 1");
+    }
+
+    /// Regression (fuzz `vdi_image`, out of memory): a header whose data area starts far past
+    /// the end of the file (offData 0xffffff00, no block named) had the updater store a block
+    /// 4 GiB into the storage. Such an image is refused for updates; it still reads.
+    #[test]
+    fn regression_fuzz_oom_data_area_past_the_end_is_not_updated() {
+        let mut img = crate::formats::vdi::header::tests::v1(4 * BS, BS as u32, 2);
+        img[72 + 272..72 + 276].copy_from_slice(&0xffff_ff00u32.to_le_bytes()); // offData
+        img.extend_from_slice(&crate::formats::vdi::blockmap::encode(&[FREE; 4]));
+        let mem = Arc::new(MemStorage::from_vec(img));
+        let e = VdiUpdater::open_storage(mem.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("past the end of the file"), "{e}");
+        let r = open_storage(mem, &OpenOptions::new().format(Format::Vdi)).unwrap();
+        let mut buf = vec![1u8; 100];
+        r.read_at(&mut buf, 0).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
     }
 
     #[test]
