@@ -728,8 +728,8 @@ fn damaged_files_are_clear_errors() {
     set32(&mut b, 72 + 272, 0x204); // offData inside the block map
     cases.push(("data offset inside the map", b, "offData"));
     let mut b = bytes.clone();
-    b[72 + 320..72 + 336].fill(0);
-    cases.push(("nil uuid", b, "uuidCreate"));
+    b[72 + 4] = 4; // differencing, without a parent UUID
+    cases.push(("child without a parent", b, "uuidLinkage is nil"));
     for (what, bytes, want) in cases {
         let p = d.path().join("bad.vdi");
         std::fs::write(&p, &bytes).unwrap();
@@ -1023,4 +1023,31 @@ fn sync_to_a_vdi_target() {
     }
     let (code, text, _) = dc(&["check", s(&dst)]);
     assert_eq!(code, 0, "{text}");
+}
+
+/// The NTFS writer edits a volume inside a VDI through the same updater (`ntfs put`), and
+/// ntfs-3g reads the file back from the converted image.
+#[test]
+fn ntfs_edit_inside_a_vdi() {
+    if !require("mkntfs") || !require("ntfscat") || !require("qemu-img") {
+        return;
+    }
+    let d = tmpdir();
+    let raw = d.path().join("vol.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(16 * MIB)
+        .unwrap();
+    run(std::process::Command::new("mkntfs").args(["-F", "-q", "-Q", s(&raw)]));
+    let img = d.path().join("vol.vdi");
+    run(diskconv().args(["convert", "-O", "vdi", s(&raw), s(&img)]));
+    let file = d.path().join("hello.txt");
+    std::fs::write(&file, b"written into a VDI\n").unwrap();
+    run(diskconv().args(["ntfs", "mkdir", s(&img), "/dir"]));
+    run(diskconv().args(["ntfs", "put", s(&img), s(&file), "/dir/hello.txt"]));
+    assert_qemu_check(&img);
+    let back = d.path().join("back.raw");
+    qemu_img(&["convert", "-f", "vdi", "-O", "raw", s(&img), s(&back)]);
+    let out = run(std::process::Command::new("ntfscat").args([s(&back), "/dir/hello.txt"]));
+    assert_eq!(out.stdout, b"written into a VDI\n");
 }

@@ -39,6 +39,18 @@ pub fn check(
     report.total_clusters = h.virtual_size().div_ceil(bs);
     report.image_end_offset = h.data_end().max(h.blocks_offset + h.map_len());
     notes(&h, &mut report);
+    if h.nil_uuids() {
+        report.add(CheckProblem::new(
+            ProblemKind::Warning,
+            "header",
+            PRE_HEADER_SIZE as u64,
+            format!(
+                "uuidCreate {} or uuidModify {} is nil: VirtualBox refuses to open this image \
+                 (qemu and diskconv read it; converting it gives fresh UUIDs)",
+                h.uuid_create, h.uuid_modify
+            ),
+        ));
+    }
 
     let map_end = h.blocks_offset + h.map_len();
     if map_end > file_len {

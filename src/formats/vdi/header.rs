@@ -260,6 +260,12 @@ pub struct VdiHeader {
 }
 
 impl VdiHeader {
+    /// Whether `uuidCreate` or `uuidModify` is nil: VirtualBox refuses such an image (qemu
+    /// built without libuuid wrote them); diskconv reads it.
+    pub fn nil_uuids(&self) -> bool {
+        self.uuid_create.is_nil() || self.uuid_modify.is_nil()
+    }
+
     /// Major version.
     pub fn major(&self) -> u32 {
         self.version >> 16
@@ -492,12 +498,9 @@ impl VdiHeader {
                 self.blocks_allocated, self.blocks
             ));
         }
-        if self.uuid_create.is_nil() {
-            return bad("the image's UUID (uuidCreate) is nil".into());
-        }
-        if self.uuid_modify.is_nil() {
-            return bad("the modification UUID (uuidModify) is nil".into());
-        }
+        // VirtualBox also refuses a nil uuidCreate or uuidModify; qemu built without libuuid
+        // wrote such images and reads them. They are read (see `VdiHeader::nil_uuids`); only a
+        // child needs its parent's UUID.
         if self.major() == 1 {
             let min_blocks = (PRE_HEADER_SIZE + HEADER1_SIZE) as u64;
             if self.blocks_offset < min_blocks {
@@ -705,12 +708,13 @@ pub(crate) mod tests {
             assert!(e.contains(want), "field at {at} = {v}: {e}");
         }
         let mut b = v1(5 << 20, 1 << 20, 0);
-        b[72 + 320..72 + 336].fill(0);
+        set32(&mut b, 72 + 304, 0);
         let e = VdiHeader::parse(&b, 0).unwrap_err().to_string();
-        assert!(
-            e.contains("uuidCreate") && e.starts_with("VDI header at 0x48"),
-            "{e}"
-        );
+        assert!(e.starts_with("VDI header at 0x48: block size"), "{e}");
+        // Nil UUIDs (old qemu) are read; VirtualBox would refuse them.
+        let mut b = v1(5 << 20, 1 << 20, 0);
+        b[72 + 320..72 + 352].fill(0);
+        assert!(VdiHeader::parse(&b, 0).unwrap().nil_uuids());
         // A differencing image must name its parent.
         let mut b = v1(5 << 20, 1 << 20, 0);
         set32(&mut b, 72 + 4, 4);

@@ -371,6 +371,10 @@ impl ImageReader for VdiReader {
             "{} of {} blocks allocated",
             h.blocks_allocated, h.blocks
         ));
+        if h.nil_uuids() {
+            info.flags
+                .push("nil uuid (VirtualBox refuses this image; old qemu wrote such)".into());
+        }
         if h.block_extra != 0 {
             info.flags
                 .push(format!("{} bytes of extra data per block", h.block_extra));
