@@ -1,6 +1,5 @@
 //! VirtualBox VDI images: reading (dynamic, fixed, differencing chains), writing (dynamic and
-//! fixed) and in-place updates. Errors use [`FormatError`](crate::formats::error::FormatError)
-//! with the format "VDI".
+//! fixed) and in-place updates. Errors use [`FormatError`] with the format "VDI".
 //!
 //! # Layout (VirtualBox `VDICore.h`)
 //!
