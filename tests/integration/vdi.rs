@@ -1042,3 +1042,27 @@ fn ntfs_edit_inside_a_vdi() {
     let out = run(std::process::Command::new("ntfscat").args([s(&back), "/dir/hello.txt"]));
     assert_eq!(out.stdout, b"written into a VDI\n");
 }
+
+/// A chain deeper than the depth limit (16 images below the top, as for the other formats) is
+/// refused; one at the limit reads.
+#[test]
+fn chain_depth_limit() {
+    let t = tmpdir();
+    let dir = t.path().join("vm");
+    let mut layers = vec![Vdi::new(1, MIB, 64 << 10, 100)];
+    layers[0].blocks[0] = Slot::Data(vec![0x42; 64 << 10]);
+    for i in 1..=18u8 {
+        let mut c = Vdi::child(&layers[i as usize - 1], 100 + i);
+        c.blocks[i as usize % 16] = Slot::Data(vec![i; 64 << 10]);
+        layers.push(c);
+    }
+    for (i, l) in layers.iter().enumerate() {
+        l.write(&dir.join(format!("l{i:02}.vdi")));
+    }
+    // l16 has 16 images below it: the limit.
+    let r = open_vdi(&dir.join("l16.vdi")).unwrap_or_else(|e| panic!("{}", e.chain()));
+    let refs: Vec<&Vdi> = layers[..=16].iter().collect();
+    assert_eq!(read_all(r.as_ref()), model(&refs));
+    let e = open_err(&dir.join("l18.vdi"), &OpenOptions::default());
+    assert!(e.chain().contains("deeper than 16"), "{}", e.chain());
+}

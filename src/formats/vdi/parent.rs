@@ -148,7 +148,9 @@ pub(super) fn locate(ctx: &OpenContext<'_>, child: Option<&Path>, h: &VdiHeader)
                 Ok(None) => looked += 1,
                 Err(e) if e.kind() == ErrorKind::ReferenceDenied => denied.push(name),
                 // Vanished or unreadable: not the parent.
-                Err(_) => {}
+                Err(e) if e.kind() == ErrorKind::Io => {}
+                // The chain is too deep: no parent may be opened.
+                Err(e) => return Err(e),
             }
         }
     }
