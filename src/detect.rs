@@ -18,7 +18,6 @@ pub const VHD_COOKIE: [u8; 8] = *b"conectix";
 pub const VHDX_SIGNATURE: [u8; 8] = *b"vhdxfile";
 /// VDI signature at offset 0x40 (VirtualBox `VDIPREHEADER`, u32 little-endian 0xbeda107f).
 pub use crate::formats::vdi::header::SIGNATURE as VDI_SIGNATURE;
-use crate::formats::vdi::header::SIGNATURE_OFFSET as VDI_SIGNATURE_OFFSET;
 
 /// A small text file whose first sector names a `createType` and an extent access mode: a VMDK
 /// descriptor whose writer left out the `# Disk DescriptorFile` comment (the comment is
@@ -72,7 +71,7 @@ pub fn detect(storage: &dyn Storage) -> Result<Format> {
             return Ok(Format::Ova);
         }
     }
-    if head.get(VDI_SIGNATURE_OFFSET..VDI_SIGNATURE_OFFSET + 4) == Some(&VDI_SIGNATURE[..]) {
+    if crate::formats::vdi::probe(head) {
         return Ok(Format::Vdi);
     }
     if len >= 512 {

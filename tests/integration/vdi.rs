@@ -1066,3 +1066,26 @@ fn chain_depth_limit() {
     let e = open_err(&dir.join("l18.vdi"), &OpenOptions::default());
     assert!(e.chain().contains("deeper than 16"), "{}", e.chain());
 }
+
+/// Regression (fuzz `vdi_image`, out of memory): a header whose data area starts far past the
+/// end of the file (offData 0xffffff00, two blocks counted, none named) had the updater store
+/// a block 4 GiB into the file. Such an image is refused for updates, untouched; it still
+/// reads (as zeros).
+#[test]
+fn regression_fuzz_oom_data_area_past_the_end_is_not_updated() {
+    let d = tmpdir();
+    let p = d.path().join("far.vdi");
+    let mut b = Vdi::new(1, 4 * MIB, 1 << 20, 90).bytes();
+    b[72 + 272..72 + 276].copy_from_slice(&0xffff_ff00u32.to_le_bytes()); // offData
+    b[72 + 316..72 + 320].copy_from_slice(&2u32.to_le_bytes()); // cBlocksAllocated
+    std::fs::write(&p, &b).unwrap();
+    let e = VdiUpdater::open(&p).unwrap_err();
+    assert!(
+        e.chain().contains("past the end of the file"),
+        "{}",
+        e.chain()
+    );
+    assert_eq!(std::fs::read(&p).unwrap(), b);
+    let r = open_vdi(&p).unwrap();
+    assert!(read_all(r.as_ref()).iter().all(|&x| x == 0));
+}

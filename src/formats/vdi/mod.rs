@@ -63,6 +63,15 @@ use crate::formats::error::FormatError;
 /// The format name in messages.
 const FORMAT: &str = "VDI";
 
+/// File name extensions of the format.
+pub const EXTENSIONS: &[&str] = &["vdi"];
+
+/// Whether `head`, the first bytes of a file, is a VDI: the signature `0xbeda107f` at byte 64
+/// (the text before it is for eyes only and varies by writer).
+pub fn probe(head: &[u8]) -> bool {
+    head.get(header::SIGNATURE_OFFSET..header::SIGNATURE_OFFSET + 4) == Some(&header::SIGNATURE[..])
+}
+
 /// Little-endian u32 at `at` of `b` (the caller checked the bounds).
 fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
