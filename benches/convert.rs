@@ -39,6 +39,8 @@ enum Input {
     Raw,
     /// The qcow2 qemu-img made of it (case `raw-qcow2`), so both tools read the same file.
     QemuQcow2,
+    /// The dynamic VDI qemu-img made of it, so both tools read the same file.
+    QemuVdi,
 }
 
 const CASES: &[Case] = &[
@@ -83,6 +85,20 @@ const CASES: &[Case] = &[
         input: Input::Raw,
         out_fmt: "vhdx",
         extra: &["-o", "subformat=dynamic"],
+    },
+    Case {
+        name: "raw-vdi",
+        title: "raw->vdi dynamic",
+        input: Input::Raw,
+        out_fmt: "vdi",
+        extra: &[],
+    },
+    Case {
+        name: "vdi-raw",
+        title: "vdi->raw",
+        input: Input::QemuVdi,
+        out_fmt: "raw",
+        extra: &[],
     },
     Case {
         name: "qcow2-raw",
@@ -308,28 +324,29 @@ fn remove(p: &Path) {
     }
 }
 
-/// The qcow2 input of `qcow2-raw`: qemu-img's output of `raw-qcow2`, cached next to the source.
-fn qcow2_input_path(src: &SourceImage) -> PathBuf {
-    src.path.with_extension("qemu.qcow2")
+/// The `fmt` (qcow2 or vdi) input of `qcow2-raw` / `vdi-raw`: qemu-img's conversion of the
+/// source, cached next to it.
+fn qemu_input_path(src: &SourceImage, fmt: &str) -> PathBuf {
+    src.path.with_extension(format!("qemu.{fmt}"))
 }
 
-fn ensure_qcow2_input(src: &SourceImage, have_qemu: bool) -> Result<PathBuf, String> {
-    let p = qcow2_input_path(src);
+fn ensure_qemu_input(src: &SourceImage, fmt: &str, have_qemu: bool) -> Result<PathBuf, String> {
+    let p = qemu_input_path(src, fmt);
     if p.exists() {
         return Ok(p);
     }
-    let tmp = p.with_extension("qcow2.tmp");
+    let tmp = p.with_extension(format!("{fmt}.tmp"));
     let mut cmd = if have_qemu {
         let mut c = Command::new("qemu-img");
-        c.args(["convert", "-f", "raw", "-O", "qcow2"]);
+        c.args(["convert", "-f", "raw", "-O", fmt]);
         c
     } else {
-        // No qemu-img: the best we can do is our own qcow2 (then both rows read it anyway).
+        // No qemu-img: the best we can do is our own image (then both rows read it anyway).
         let mut c = Command::new(DISKCONV);
-        c.args(["convert", "-f", "raw", "-O", "qcow2"]);
+        c.args(["convert", "-f", "raw", "-O", fmt]);
         c
     };
-    eprintln!("making the qcow2 input of qcow2-raw ...");
+    eprintln!("making the {fmt} input of {fmt}-raw ...");
     measure::output(cmd.arg(&src.path).arg(&tmp)).map_err(|e| format!("no qcow2 input: {e}"))?;
     fs::rename(&tmp, &p).map_err(|e| e.to_string())?;
     Ok(p)
@@ -357,7 +374,7 @@ fn verify(src: &Path, out: &Path, out_fmt: &str, have_qemu: bool) -> (String, bo
         }
         Err(e) => (format!("MISMATCH? could not run {by} compare: {e}"), false),
     };
-    if have_qemu && matches!(out_fmt, "qcow2" | "vmdk" | "vhdx") {
+    if have_qemu && matches!(out_fmt, "qcow2" | "vmdk" | "vhdx" | "vdi") {
         match Command::new("qemu-img")
             .args(["check", "-f", out_fmt])
             .arg(out)
@@ -395,10 +412,11 @@ fn run_case(
     };
     let (input, in_fmt) = match case.input {
         Input::Raw => (Ok(src.path.clone()), "raw"),
-        Input::QemuQcow2 => (ensure_qcow2_input(src, have_qemu), "qcow2"),
+        Input::QemuQcow2 => (ensure_qemu_input(src, "qcow2", have_qemu), "qcow2"),
+        Input::QemuVdi => (ensure_qemu_input(src, "vdi", have_qemu), "vdi"),
     };
-    let ext = if case.out_fmt == "qcow2" {
-        "qcow2"
+    let ext = if matches!(case.out_fmt, "qcow2" | "vdi") {
+        case.out_fmt
     } else {
         "raw"
     };
@@ -520,9 +538,13 @@ fn run_case(
             r.verify = Some(text);
             r.verify_ok = Some(ok);
         }
-        // qemu-img's plain qcow2 is the input of qcow2-raw: keep it rather than make it again.
-        if r.tool == Tool::QemuImg && case.name == "raw-qcow2" && r.best.is_some() {
-            let cached = qcow2_input_path(src);
+        // qemu-img's plain qcow2 and dynamic VDI are the inputs of qcow2-raw and vdi-raw: keep
+        // them rather than make them again.
+        if r.tool == Tool::QemuImg
+            && matches!(case.name, "raw-qcow2" | "raw-vdi")
+            && r.best.is_some()
+        {
+            let cached = qemu_input_path(src, case.out_fmt);
             if !cached.exists() {
                 let _ = fs::copy(&out, &cached);
             }

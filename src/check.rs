@@ -2,8 +2,9 @@
 //!
 //! The format is detected from the content (as [`open`](crate::open()) does) and the file handed
 //! to that format's own check: [`qcow2`](crate::formats::qcow2::check()),
-//! [`vmdk`](crate::formats::vmdk::check::check), [`vhd`](crate::formats::vhd::check::check) or
-//! [`vhdx`](crate::formats::vhdx::check::check). Every one fills the same
+//! [`vmdk`](crate::formats::vmdk::check::check), [`vhd`](crate::formats::vhd::check::check),
+//! [`vhdx`](crate::formats::vhdx::check::check) or [`vdi`](crate::formats::vdi::check::check).
+//! Every one fills the same
 //! [`CheckReport`]. Formats without structure of their own (raw) have nothing to check and give
 //! an [`ErrorKind::Unsupported`](crate::ErrorKind) error. The image is only read.
 //!
@@ -21,7 +22,7 @@ use std::sync::Arc;
 
 use crate::detect::detect;
 use crate::error::{Error, Result, ResultExt};
-use crate::formats::{qcow2, vhd, vhdx, vmdk};
+use crate::formats::{qcow2, vdi, vhd, vhdx, vmdk};
 use crate::image::Format;
 use crate::open::{OpenContext, OpenOptions, ReferencePolicy};
 use crate::storage::{FileStorage, Storage};
@@ -55,7 +56,7 @@ pub fn check_storage(
     dispatch(storage, format, None, &ctx, opts).map_err(|e| match e {
         Dispatch::Error(e) => e,
         Dispatch::Nothing(f) => Error::Unsupported(format!(
-            "a {f} image has no structure to check; only qcow2, VMDK, VHD and VHDX images have"
+            "a {f} image has no structure to check; only qcow2, VMDK, VHD, VHDX and VDI images have"
         )),
     })
 }
@@ -84,6 +85,7 @@ fn dispatch(
         ),
         Format::Vhd => vhd::check::check(storage.as_ref(), path, ctx),
         Format::Vhdx => vhdx::check::check(storage.as_ref()),
+        Format::Vdi => vdi::check::check(storage.as_ref(), path, ctx),
         other => return Err(Dispatch::Nothing(other)),
     }
     .map_err(Dispatch::Error)
@@ -105,7 +107,8 @@ pub fn check_file(path: &Path, opts: &CheckOptions) -> Result<CheckReport> {
         Ok(r) => Ok(r),
         Err(Dispatch::Error(e)) => Err(e.in_file(path)),
         Err(Dispatch::Nothing(other)) => Err(Error::Unsupported(format!(
-            "{} is a {other} image; only qcow2, VMDK, VHD and VHDX images have structure to check",
+            "{} is a {other} image; only qcow2, VMDK, VHD, VHDX and VDI images have structure to \
+             check",
             path.display()
         ))),
     }

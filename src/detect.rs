@@ -11,10 +11,7 @@ use crate::formats::vmdk::sparse::SPARSE_MAGIC as VMDK_SPARSE_MAGIC;
 use crate::image::Format;
 use crate::storage::Storage;
 
-// The magic numbers live in their format modules; VDI has no module yet, so its signature is
-// kept here until one exists.
-/// VDI signature at offset 0x40 (VirtualBox VDIHEADER, u32 little-endian 0xbeda107f).
-pub const VDI_SIGNATURE: [u8; 4] = 0xbeda_107f_u32.to_le_bytes();
+pub use crate::formats::vdi::header::SIGNATURE as VDI_SIGNATURE;
 
 /// A small text file whose first sector names a `createType` and an extent access mode: a VMDK
 /// descriptor whose writer left out the `# Disk DescriptorFile` comment (the comment is
@@ -70,7 +67,7 @@ pub fn detect(storage: &dyn Storage) -> Result<Format> {
             return Ok(Format::Ova);
         }
     }
-    if head.len() >= 0x44 && head[0x40..0x44] == VDI_SIGNATURE {
+    if crate::formats::vdi::probe(head) {
         return Ok(Format::Vdi);
     }
     if len >= 512 {

@@ -30,7 +30,7 @@ pub enum Format {
     Vhd,
     /// Microsoft Hyper-V VHDX.
     Vhdx,
-    /// VirtualBox VDI (recognised only).
+    /// VirtualBox VDI.
     Vdi,
     /// An OVA package (a tar holding an OVF descriptor, a manifest and VMDK disks).
     Ova,
@@ -54,7 +54,13 @@ impl Format {
     pub fn can_read(self) -> bool {
         matches!(
             self,
-            Format::Raw | Format::Qcow2 | Format::Vmdk | Format::Ova | Format::Vhd | Format::Vhdx
+            Format::Raw
+                | Format::Qcow2
+                | Format::Vmdk
+                | Format::Ova
+                | Format::Vhd
+                | Format::Vhdx
+                | Format::Vdi
         )
     }
 
@@ -62,7 +68,13 @@ impl Format {
     pub fn can_write(self) -> bool {
         matches!(
             self,
-            Format::Raw | Format::Qcow2 | Format::Vmdk | Format::Ova | Format::Vhd | Format::Vhdx
+            Format::Raw
+                | Format::Qcow2
+                | Format::Vmdk
+                | Format::Ova
+                | Format::Vhd
+                | Format::Vhdx
+                | Format::Vdi
         )
     }
 

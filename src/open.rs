@@ -14,6 +14,7 @@ use crate::error::{Error, Result, ResultExt};
 use crate::formats::ova::{open_ova, open_ova_disks};
 use crate::formats::qcow2::Qcow2Reader;
 use crate::formats::raw::RawReader;
+use crate::formats::vdi::VdiReader;
 use crate::formats::vhd::VhdReader;
 use crate::formats::vhdx::VhdxReader;
 use crate::formats::vmdk::VmdkReader;
@@ -305,6 +306,12 @@ impl<'a> OpenContext<'a> {
         self.open_storage(storage, None, Some(format), None)
     }
 
+    /// The reference policy in force (a format that must search for a file, such as the
+    /// parent of a differencing VDI, does not search when it is [`ReferencePolicy::Deny`]).
+    pub fn references(&self) -> ReferencePolicy {
+        self.opts.references
+    }
+
     fn open_path(
         &self,
         path: &Path,
@@ -358,13 +365,7 @@ impl<'a> OpenContext<'a> {
             Format::Ova => Ok(Box::new(open_ova(storage, path, self)?)),
             Format::Vhd => Ok(Box::new(VhdReader::open(storage, path, self)?)),
             Format::Vhdx => Ok(Box::new(VhdxReader::open(storage, path, self)?)),
-            other => Err(Error::Unsupported(format!(
-                "reading {} images is not implemented yet (this build reads raw, qcow2, VMDK, OVA, VHD and VHDX)",
-                match other {
-                    Format::Vdi => "VDI",
-                    _ => other.name(),
-                }
-            ))),
+            Format::Vdi => Ok(Box::new(VdiReader::open(storage, path, self)?)),
         }
     }
 

@@ -13,6 +13,7 @@ use crate::formats::ova::{self, Firmware, OvaOptions};
 use crate::formats::qcow2::header::{CompressionType, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
 use crate::formats::qcow2::{Qcow2WriteOptions, Qcow2Writer};
 use crate::formats::raw::{Preallocation, RawWriter};
+use crate::formats::vdi::{self, VdiWriteOptions};
 use crate::formats::vhd::{self, VhdSubformat, VhdWriteOptions};
 use crate::formats::vhdx::{self, VhdxSubformat, VhdxWriteOptions};
 use crate::formats::vmdk::{self, AdapterType, VmdkSubformat, VmdkWriteOptions};
@@ -35,6 +36,8 @@ pub struct OutputOptions {
     pub vhd: VhdWriteOptions,
     /// VHDX options.
     pub vhdx: VhdxWriteOptions,
+    /// VDI options.
+    pub vdi: VdiWriteOptions,
     /// The keys given through [`OutputOptions::set`], so [`OutputOptions::validate`] can refuse
     /// one that means nothing with the others (`block_size` of a fixed VHD).
     given: Vec<&'static str>,
@@ -50,6 +53,7 @@ impl OutputOptions {
             ova: OvaOptions::default(),
             vhd: VhdWriteOptions::default(),
             vhdx: VhdxWriteOptions::default(),
+            vdi: VdiWriteOptions::default(),
             given: Vec::new(),
         }
     }
@@ -78,6 +82,10 @@ impl OutputOptions {
     /// Sets one option, checking it applies to the output format.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
         let fmt = self.format;
+        if fmt == Format::Vdi {
+            // The format parses its own options.
+            return self.vdi.set(key, value);
+        }
         let only = |formats: &[Format]| -> Result<()> {
             if formats.contains(&fmt) {
                 Ok(())
@@ -320,7 +328,7 @@ impl OutputOptions {
     pub fn validate(&self) -> Result<()> {
         if !self.format.can_write() {
             return Err(Error::Unsupported(format!(
-                "writing {} images is not implemented yet (this build writes raw, qcow2, VMDK, OVA, VHD and VHDX)",
+                "writing {} images is not implemented yet (this build writes raw, qcow2, VMDK, OVA, VHD, VHDX and VDI)",
                 self.format
             )));
         }
@@ -397,7 +405,7 @@ fn known_options(fmt: Format) -> &'static str {
         Format::Vhd => "subformat, block_size, round_to_mib",
         Format::Vhdx => "subformat, block_size, logical_sector_size, physical_sector_size",
         Format::Ova => "name, cpus, memory, os_type, firmware, adapter_type, hwversion",
-        Format::Vdi => "none",
+        Format::Vdi => VdiWriteOptions::KEYS,
     }
 }
 
@@ -429,11 +437,7 @@ pub fn create_writer(
         Format::Ova => ova::create_writer(files, size, &opts.vmdk, &opts.ova)?,
         Format::Vhd => vhd::writer::create(files, size, &opts.vhd)?,
         Format::Vhdx => vhdx::writer::create(files, size, &opts.vhdx)?,
-        other => {
-            return Err(Error::Unsupported(format!(
-                "writing {other} images is not implemented yet"
-            )));
-        }
+        Format::Vdi => vdi::writer::create(files.main()?, size, &opts.vdi)?,
     })
 }
 

@@ -197,7 +197,7 @@ impl CheckReport {
     fn unit(&self) -> &'static str {
         match self.format {
             "vmdk" => "grains",
-            "vpc" | "vhdx" => "blocks",
+            "vpc" | "vhdx" | "vdi" => "blocks",
             _ => "clusters",
         }
     }

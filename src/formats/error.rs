@@ -1,8 +1,8 @@
-//! The error type shared by the VHD and VHDX modules.
+//! The error type shared by the VHD, VHDX and VDI modules.
 
 use crate::error::{Error, ErrorKind, StructureError};
 
-/// An invalid, corrupt or unsupported structure of a VHD or VHDX image.
+/// An invalid, corrupt or unsupported structure of a VHD, VHDX or VDI image.
 ///
 /// Every variant names the format, the structure and the byte offset where it lies, e.g.
 /// "VHDX BAT at 0x300000: entry 17 points at 0x7fff00000, past the end of the file".
@@ -11,13 +11,13 @@ use crate::error::{Error, ErrorKind, StructureError};
 pub enum FormatError {
     /// A structure is not valid (bad signature, impossible field, bad checksum) or is
     /// inconsistent with the rest of the image (its [`kind`](StructureError::kind) says which);
-    /// its format is "VHD" or "VHDX".
+    /// its format is "VHD", "VHDX" or "VDI".
     #[error(transparent)]
     Structure(StructureError),
     /// The image uses something this version does not implement.
     #[error("unsupported {format} image: {detail}")]
     Unsupported {
-        /// "VHD" or "VHDX".
+        /// "VHD", "VHDX" or "VDI".
         format: &'static str,
         /// What is not supported.
         detail: String,

@@ -7,6 +7,7 @@ pub mod error;
 pub mod ova;
 pub mod qcow2;
 pub mod raw;
+pub mod vdi;
 pub mod vhd;
 pub mod vhdx;
 pub mod vmdk;

@@ -204,19 +204,21 @@ pub fn target_format(dst: &Path, explicit: Option<Format>) -> Format {
 }
 
 /// Refuses, before anything is written, a target format that cannot be updated in place
-/// (OVA, VDI): the caller syncs to an updatable format and converts the result at the end.
+/// (OVA): the caller syncs to an updatable format and converts the result at the end.
 pub fn check_updatable(format: Format) -> Result<()> {
     match format {
-        Format::Raw | Format::Qcow2 | Format::Vhd | Format::Vhdx | Format::Vmdk => Ok(()),
+        Format::Raw | Format::Qcow2 | Format::Vhd | Format::Vhdx | Format::Vmdk | Format::Vdi => {
+            Ok(())
+        }
         other => Err(Error::Unsupported(format!(
-            "a {other} target cannot be updated in place; sync to raw, qcow2, vpc, vhdx or vmdk \
-             (monolithicSparse) and convert the result to {other} at the end"
+            "a {other} target cannot be updated in place; sync to raw, qcow2, vpc, vhdx, vdi or \
+             vmdk (monolithicSparse) and convert the result to {other} at the end"
         ))),
     }
 }
 
 /// Creates an empty target in a variant of `format` that [`open_updater`] can update: qcow2
-/// uncompressed, VHD and VHDX dynamic, VMDK monolithicSparse (never streamOptimized).
+/// uncompressed, VHD, VHDX and VDI dynamic, VMDK monolithicSparse (never streamOptimized).
 fn create_target(dst: &Path, size: u64, format: Format) -> Result<()> {
     check_updatable(format)?;
     let mut opts = OutputOptions::new(format);

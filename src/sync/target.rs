@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::detect::detect;
 use crate::error::{Error, Result};
-use crate::formats::{qcow2, raw, vhd, vhdx, vmdk};
+use crate::formats::{qcow2, raw, vdi, vhd, vhdx, vmdk};
 use crate::image::{Format, ImageUpdater, NamedUpdater};
 use crate::storage::FileStorage;
 
@@ -26,9 +26,10 @@ pub fn open_updater(path: &Path, format: Option<Format>) -> Result<Box<dyn Image
         Format::Vhd => Box::new(vhd::update::VhdUpdater::open(path)?),
         Format::Vhdx => Box::new(vhdx::update::VhdxUpdater::open(path)?),
         Format::Vmdk => Box::new(vmdk::update::VmdkUpdater::open(path)?),
+        Format::Vdi => Box::new(vdi::VdiUpdater::open(path)?),
         other => {
             return Err(Error::Unsupported(format!(
-                "a {other} image cannot be updated in place; sync to a raw, qcow2, VHD, VHDX or \
+                "a {other} image cannot be updated in place; sync to a raw, qcow2, VHD, VHDX, VDI or \
                  monolithicSparse VMDK target and convert it at the end"
             ))
             .in_file(path));

@@ -746,7 +746,7 @@ fn raw_has_nothing_to_check() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("raw image") && err.contains("only qcow2, VMDK, VHD and VHDX"),
+        err.contains("raw image") && err.contains("only qcow2, VMDK, VHD, VHDX and VDI"),
         "{err}"
     );
 }

@@ -133,6 +133,20 @@ const CASES: &[Case] = &[
         falloc: false,
     },
     Case {
+        fmt: "vdi",
+        args: &[],
+        beside: &[],
+        plain: true,
+        falloc: false,
+    },
+    Case {
+        fmt: "vdi",
+        args: &["-o", "subformat=fixed"],
+        beside: &[],
+        plain: true,
+        falloc: false,
+    },
+    Case {
         fmt: "ova",
         args: &[],
         beside: &[],

@@ -41,6 +41,7 @@ mod sync_update_vhd;
 mod sync_update_vmdk;
 mod sync_verify;
 mod util;
+mod vdi;
 mod vhd;
 mod vhdx;
 mod vmdk_read;

@@ -106,7 +106,7 @@ pub enum Command {
     /// Compare the contents of two images of any formats. Exit 0: same, 1: different, 2: error.
     #[command(after_help = crate::exit::COMPARE)]
     Compare(CompareArgs),
-    /// Check the structure of a qcow2, VMDK, VHD or VHDX image. Exit 0: clean (warnings
+    /// Check the structure of a qcow2, VMDK, VHD, VHDX or VDI image. Exit 0: clean (warnings
     /// allowed), 2: corruptions, 3: leaks only, 1: the check could not run.
     #[command(after_help = crate::exit::CHECK)]
     Check(CheckArgs),
@@ -168,8 +168,8 @@ pub struct PackageArgs {
 pub struct ConvertArgs {
     #[command(flatten)]
     pub input: Input,
-    /// Output format: raw, qcow2, vmdk, ova, vpc (VHD) or vhdx. Default: the one DST's
-    /// extension names (.qcow2, .vmdk, .vhd/.vpc, .vhdx, .ova, .raw), else raw. A format that
+    /// Output format: raw, qcow2, vmdk, ova, vpc (VHD), vhdx or vdi. Default: the one DST's
+    /// extension names (.qcow2, .vmdk, .vhd/.vpc, .vhdx, .vdi, .ova, .raw), else raw. A format that
     /// differs from the one DST's extension names is warned about.
     #[arg(short = 'O', long = "output-format", value_name = "FMT")]
     pub output_format: Option<String>,
@@ -190,6 +190,8 @@ pub struct ConvertArgs {
     ///
     /// vhdx: subformat=dynamic|fixed, block_size=1M..256M, logical_sector_size=512|4096,
     /// physical_sector_size=512|4096.
+    ///
+    /// vdi: subformat=dynamic|fixed (or static=on|off).
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     pub options: Vec<String>,
     /// Compress the output (qcow2 only; streamOptimized VMDK and OVA are always compressed).

@@ -56,7 +56,7 @@ pub const VERIFY: &str = concat!(
 pub const CHECK: &str = concat!(
     "Exit codes:
   0    the image is clean (warnings allowed)
-  1    failure: the check could not run (not a qcow2, VMDK, VHD or VHDX image, unreadable)
+  1    failure: the check could not run (not a qcow2, VMDK, VHD, VHDX or VDI image, unreadable)
   2    corruptions found (or a part of the image could not be read)
   3    leaks only (wasted space, harmless)
 ",

@@ -31,8 +31,8 @@ pub struct SyncArgs {
     /// Source format (detected when omitted).
     #[arg(short = 'f', long = "format")]
     pub format: Option<String>,
-    /// Format of a new target: raw, qcow2, vpc, vhdx or vmdk (monolithicSparse). Default: the
-    /// one DST's extension names (.qcow2, .vmdk, .vhd/.vpc, .vhdx, .raw), else raw. A name or
+    /// Format of a new target: raw, qcow2, vpc, vhdx, vdi or vmdk (monolithicSparse). Default:
+    /// the one DST's extension names (.qcow2, .vmdk, .vhd/.vpc, .vhdx, .vdi, .raw), else raw. A name or
     /// format that cannot be updated in place (.ova) is refused: use --export for it.
     #[arg(short = 'O', long = "output-format")]
     pub output_format: Option<String>,
@@ -291,7 +291,7 @@ pub fn check_usage(args: &SyncArgs) -> Result<Option<Format>> {
         };
         return Err(Error::InvalidArgument(format!(
             "{asked} for the {target} format, which cannot be a sync target (it cannot be \
-             updated in place): sync to an image that can (raw, qcow2, vpc, vhdx or vmdk, e.g. \
+             updated in place): sync to an image that can (raw, qcow2, vpc, vhdx, vdi or vmdk, e.g. \
              {}) and make the {target} from it at the end with --export {} --export-format \
              {target}",
             args.dst.with_extension("qcow2").display(),
