@@ -121,13 +121,19 @@ const CASES: &[Case] = &[
 enum Tool {
     Diskconv,
     QemuImg,
+    /// Another diskconv binary (`--baseline PATH`), e.g. the build before a refactor.
+    Baseline,
 }
+
+/// The `--baseline` binary, when given.
+static BASELINE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 impl Tool {
     fn name(self) -> &'static str {
         match self {
             Tool::Diskconv => "diskconv",
             Tool::QemuImg => "qemu-img",
+            Tool::Baseline => "baseline",
         }
     }
 
@@ -135,6 +141,7 @@ impl Tool {
         let mut c = match self {
             Tool::Diskconv => Command::new(DISKCONV),
             Tool::QemuImg => Command::new("qemu-img"),
+            Tool::Baseline => Command::new(BASELINE.get().map_or(Path::new("?"), |p| p.as_path())),
         };
         c.args(["convert", "-f", in_fmt, "-O", case.out_fmt])
             .args(case.extra)
@@ -152,10 +159,11 @@ struct Args {
     json: PathBuf,
     only: Option<Vec<String>>,
     warmup: bool,
+    baseline: Option<PathBuf>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench convert -- [--size 2G] [--runs N] [--workdir DIR] \
-[--keep] [--json FILE] [--only CASE[,CASE...]] [--no-warmup]
+[--keep] [--json FILE] [--only CASE[,CASE...]] [--no-warmup] [--baseline DISKCONV]
 cases: raw-qcow2 raw-qcow2-zlib raw-qcow2-zstd qcow2-raw raw-raw";
 
 fn target_dir() -> PathBuf {
@@ -195,6 +203,7 @@ fn parse_args() -> Result<Args, String> {
         json: target_dir().join("bench-results.json"),
         only: None,
         warmup: true,
+        baseline: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -213,6 +222,7 @@ fn parse_args() -> Result<Args, String> {
             "--workdir" => a.workdir = value("--workdir")?.into(),
             "--json" => a.json = value("--json")?.into(),
             "--keep" => a.keep = true,
+            "--baseline" => a.baseline = Some(value("--baseline")?.into()),
             "--warmup" => a.warmup = true,
             "--no-warmup" => a.warmup = false,
             "--only" => {
@@ -405,11 +415,14 @@ fn run_case(
     have_qemu: bool,
     outdir: &Path,
 ) -> Vec<ToolResult> {
-    let tools: Vec<Tool> = if have_qemu {
+    let mut tools: Vec<Tool> = if have_qemu {
         vec![Tool::Diskconv, Tool::QemuImg]
     } else {
         vec![Tool::Diskconv]
     };
+    if args.baseline.is_some() {
+        tools.insert(1, Tool::Baseline);
+    }
     let (input, in_fmt) = match case.input {
         Input::Raw => (Ok(src.path.clone()), "raw"),
         Input::QemuQcow2 => (ensure_qemu_input(src, "qcow2", have_qemu), "qcow2"),
@@ -530,7 +543,7 @@ fn run_case(
             .min_by(|a, b| a.1.total_s().total_cmp(&b.1.total_s()))
             .map(|(i, _)| i);
         let out = dst(r.tool);
-        if r.tool == Tool::Diskconv && r.best.is_some() {
+        if matches!(r.tool, Tool::Diskconv | Tool::Baseline) && r.best.is_some() {
             let (text, ok) = verify(&src.path, &out, case.out_fmt, have_qemu);
             if !ok {
                 eprintln!("!!! {} {}: {text}", case.title, r.tool.name());
@@ -567,7 +580,7 @@ fn fmt_bytes(n: u64) -> String {
 fn print_table(results: &[ToolResult]) {
     println!();
     println!(
-        "{:<20} {:<9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>11} {:>11} {:>7} {:>7}  check",
+        "{:<20} {:<9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>11} {:>11} {:>7} {:>7} {:>7}  check",
         "case",
         "tool",
         "wall s",
@@ -578,16 +591,18 @@ fn print_table(results: &[ToolResult]) {
         "out alloc",
         "out length",
         "t ratio",
-        "sz ratio"
+        "sz ratio",
+        "vs base"
     );
-    println!("{}", "-".repeat(128));
+    println!("{}", "-".repeat(136));
     for r in results {
         let Some(b) = r.best() else {
             let e = r.error_text().unwrap_or_default();
             println!(
-                "{:<20} {:<9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>11} {:>11} {:>7} {:>7}  ERROR: {e}",
+                "{:<20} {:<9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>11} {:>11} {:>7} {:>7} {:>7}  ERROR: {e}",
                 r.title,
                 r.tool.name(),
+                "-",
                 "-",
                 "-",
                 "-",
@@ -611,8 +626,16 @@ fn print_table(results: &[ToolResult]) {
             ),
             None => ("".into(), "".into()),
         };
+        // diskconv / baseline wall time on the diskconv row.
+        let base = results
+            .iter()
+            .find(|o| o.case == r.case && o.tool == Tool::Baseline && r.tool == Tool::Diskconv)
+            .and_then(|o| o.best())
+            .map_or(String::new(), |o| {
+                format!("{:.3}x", b.total_s() / o.total_s().max(1e-9))
+            });
         println!(
-            "{:<20} {:<9} {:>8.2} {:>7.2} {:>7.0} {:>7.2} {:>8.1} {:>11} {:>11} {:>7} {:>7}  {}",
+            "{:<20} {:<9} {:>8.2} {:>7.2} {:>7.0} {:>7.2} {:>8.1} {:>11} {:>11} {:>7} {:>7} {:>7}  {}",
             r.title,
             r.tool.name(),
             b.total_s(),
@@ -624,6 +647,7 @@ fn print_table(results: &[ToolResult]) {
             fmt_bytes(b.out_len),
             tr,
             sr,
+            base,
             r.verify.as_deref().unwrap_or("")
         );
     }
@@ -632,7 +656,8 @@ fn print_table(results: &[ToolResult]) {
         "wall s = until the output is on disk: the process plus an fsync of the output after it \
          exits (qemu-img convert does not sync, diskconv does); exit s = the process alone.\n\
          MB/s = virtual disk bytes / wall s / 1e6, best of the runs. Ratios (diskconv row) are \
-         diskconv / qemu-img of wall s and out alloc: below 1 = diskconv better."
+         diskconv / qemu-img of wall s and out alloc: below 1 = diskconv better; vs base = \
+         diskconv / the --baseline binary's wall s."
     );
 }
 
@@ -684,6 +709,16 @@ fn run(args: &Args) -> io::Result<ExitCode> {
             .unwrap_or("NOT FOUND (diskconv only; outputs self-checked with diskconv compare)")
     );
     println!("diskconv: {DISKCONV}");
+    if let Some(b) = &args.baseline {
+        if !b.is_file() {
+            return Err(io::Error::other(format!(
+                "--baseline {}: no such file",
+                b.display()
+            )));
+        }
+        println!("baseline: {}", b.display());
+        let _ = BASELINE.set(b.clone());
+    }
 
     let src = source::source_image(&args.workdir, args.size)?;
     println!(
@@ -754,6 +789,22 @@ fn run(args: &Args) -> io::Result<ExitCode> {
             }))
         })
         .collect();
+    let base_ratios: Vec<serde_json::Value> = results
+        .iter()
+        .filter(|r| r.tool == Tool::Diskconv)
+        .filter_map(|d| {
+            let q = results
+                .iter()
+                .find(|q| q.case == d.case && q.tool == Tool::Baseline)?;
+            let (db, qb) = (d.best()?, q.best()?);
+            Some(json!({
+                "case": d.case,
+                "wall": db.total_s() / qb.total_s().max(1e-9),
+                "cpu": db.m.cpu_s() / qb.m.cpu_s().max(1e-9),
+                "rss": db.m.max_rss as f64 / qb.m.max_rss.max(1) as f64,
+            }))
+        })
+        .collect();
     let cases: Vec<serde_json::Value> = results
         .iter()
         .map(|r| {
@@ -773,6 +824,8 @@ fn run(args: &Args) -> io::Result<ExitCode> {
         "warmup": args.warmup,
         "results": cases,
         "ratios_diskconv_over_qemu": ratios,
+        "baseline": args.baseline,
+        "ratios_diskconv_over_baseline": base_ratios,
     });
     if let Some(dir) = args.json.parent() {
         fs::create_dir_all(dir)?;

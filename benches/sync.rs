@@ -1,4 +1,5 @@
-//! `cargo bench --bench sync -- [--size 1G] [--workdir DIR] [--json FILE] [--change-pct P]`
+//! `cargo bench --bench sync -- [--size 1G] [--workdir DIR] [--json FILE] [--change-pct P]
+//! [--baseline DISKCONV] [--runs N]`
 //!
 //! Incremental sync on the benchmark image (see `common/source.rs`), as a qcow2 source made by
 //! `qemu-img convert`: a full first pass (`diskconv sync`), then P % of the 64 KiB blocks
@@ -8,6 +9,8 @@
 //! Prints seconds, MB/s, peak RSS of each `diskconv sync` child and the ratios: bitmap pass /
 //! full pass (aim <= 5 %), scan pass / plain read (aim <= 1.2x), peak RSS (aim < 128 MiB).
 //! The target is checked against the source with `qemu-img compare` after each pass.
+//! `--baseline DISKCONV` runs the same sequence (same changed blocks) with another diskconv binary
+//! too, alternating which goes first over `--runs N` rounds, and prints new / baseline per pass.
 
 mod common;
 
@@ -29,6 +32,8 @@ struct Args {
     workdir: PathBuf,
     json: PathBuf,
     change_pct: f64,
+    baseline: Option<PathBuf>,
+    runs: u32,
 }
 
 fn target_dir() -> PathBuf {
@@ -43,6 +48,8 @@ fn parse_args() -> Result<Args, String> {
         workdir: target_dir().join("bench-work"),
         json: target_dir().join("bench-sync-results.json"),
         change_pct: 1.0,
+        baseline: None,
+        runs: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -65,11 +72,16 @@ fn parse_args() -> Result<Args, String> {
                     .filter(|p: &f64| *p > 0.0 && *p <= 50.0)
                     .ok_or(format!("bad --change-pct {v} (0 < P <= 50)"))?;
             }
+            "--baseline" => a.baseline = Some(value("--baseline")?.into()),
+            "--runs" => {
+                let v = value("--runs")?;
+                a.runs = v.parse().ok().filter(|&n| n > 0).ok_or("bad --runs")?;
+            }
             "--bench" => {}
             other => {
                 return Err(format!(
                     "unknown argument {other}\nusage: cargo bench --bench sync -- [--size 1G] \
-                     [--workdir DIR] [--json FILE] [--change-pct P]"
+                     [--workdir DIR] [--json FILE] [--change-pct P] [--baseline DISKCONV] [--runs N]"
                 ));
             }
         }
@@ -101,8 +113,14 @@ fn change_blocks(img: &Path, size: u64, pct: f64, seed: u64) -> std::io::Result<
     Ok(want)
 }
 
-fn sync_run(src: &Path, dst: &Path, extra: &[&str], log: &Path) -> std::io::Result<Measured> {
-    let mut cmd = Command::new(DISKCONV);
+fn sync_run(
+    bin: &Path,
+    src: &Path,
+    dst: &Path,
+    extra: &[&str],
+    log: &Path,
+) -> std::io::Result<Measured> {
+    let mut cmd = Command::new(bin);
     cmd.arg("sync").arg(src).arg(dst).args(extra);
     let m = measure::run(&mut cmd, log)?;
     if let Some(e) = &m.error {
@@ -147,27 +165,53 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main() -> std::io::Result<()> {
-    let args = parse_args().map_err(io_err)?;
-    fs::create_dir_all(&args.workdir)?;
-    let img = source::source_image(&args.workdir, args.size)?;
-    let out = args.workdir.join("sync");
-    let _ = fs::remove_dir_all(&out);
-    fs::create_dir_all(&out)?;
+/// The four timed passes of one sequence.
+struct Passes {
+    full: Measured,
+    bitmap: Measured,
+    scan: Measured,
+    scan0: Measured,
+    changed: [u64; 2],
+}
+
+impl Passes {
+    fn all(&self) -> [(&'static str, &Measured); 4] {
+        [
+            ("full", &self.full),
+            ("bitmap (1%)", &self.bitmap),
+            ("scan (1%)", &self.scan),
+            ("scan (no change)", &self.scan0),
+        ]
+    }
+
+    /// Keeps the faster of each pass.
+    fn best_of(self, other: Passes) -> Passes {
+        let pick = |a: Measured, b: Measured| if b.wall_s < a.wall_s { b } else { a };
+        Passes {
+            full: pick(self.full, other.full),
+            bitmap: pick(self.bitmap, other.bitmap),
+            scan: pick(self.scan, other.scan),
+            scan0: pick(self.scan0, other.scan0),
+            changed: self.changed,
+        }
+    }
+}
+
+/// Full pass, bitmap pass, scan pass and no-change scan with `bin`, in `out` (made afresh).
+fn sequence(bin: &Path, raw: &Path, size: u64, pct: f64, out: &Path) -> std::io::Result<Passes> {
+    let _ = fs::remove_dir_all(out);
+    fs::create_dir_all(out)?;
     let src = out.join("src.qcow2");
     let dst = out.join("dst.img");
-    eprintln!("making the qcow2 source ...");
+    eprintln!("{}: making the qcow2 source ...", bin.display());
     measure::output(
         Command::new("qemu-img")
             .args(["convert", "-f", "raw", "-O", "qcow2"])
-            .arg(&img.path)
+            .arg(raw)
             .arg(&src),
     )?;
-    let size = img.virtual_size;
-    let mb = |s: f64| size as f64 / 1e6 / s;
-
     source::warm_cache(&src)?;
-    let full = sync_run(&src, &dst, &[], &out.join("full.log"))?;
+    let full = sync_run(bin, &src, &dst, &[], &out.join("full.log"))?;
     compare(&src, &dst)?;
 
     measure::output(
@@ -176,52 +220,117 @@ fn real_main() -> std::io::Result<()> {
             .arg(&src)
             .arg("b0"),
     )?;
-    let n1 = change_blocks(&src, size, args.change_pct, 11)?;
+    let n1 = change_blocks(&src, size, pct, 11)?;
     source::warm_cache(&src)?;
-    let bitmap = sync_run(&src, &dst, &["--bitmap", "b0"], &out.join("bitmap.log"))?;
+    let bitmap = sync_run(
+        bin,
+        &src,
+        &dst,
+        &["--bitmap", "b0"],
+        &out.join("bitmap.log"),
+    )?;
     compare(&src, &dst)?;
 
-    let n2 = change_blocks(&src, size, args.change_pct, 12)?;
+    let n2 = change_blocks(&src, size, pct, 12)?;
     source::warm_cache(&src)?;
-    let scan = sync_run(&src, &dst, &[], &out.join("scan.log"))?;
+    let scan = sync_run(bin, &src, &dst, &[], &out.join("scan.log"))?;
     compare(&src, &dst)?;
 
     // The same scan with nothing to write: the cost of reading and hashing alone.
     source::warm_cache(&src)?;
-    let scan0 = sync_run(&src, &dst, &[], &out.join("scan0.log"))?;
+    let scan0 = sync_run(bin, &src, &dst, &[], &out.join("scan0.log"))?;
+    Ok(Passes {
+        full,
+        bitmap,
+        scan,
+        scan0,
+        changed: [n1, n2],
+    })
+}
 
-    source::warm_cache(&src)?;
-    let (read_s, read_bytes) = plain_read(&src)?;
+fn real_main() -> std::io::Result<()> {
+    let args = parse_args().map_err(io_err)?;
+    fs::create_dir_all(&args.workdir)?;
+    let img = source::source_image(&args.workdir, args.size)?;
+    let size = img.virtual_size;
+    let mb = |s: f64| size as f64 / 1e6 / s;
+    let new_bin = PathBuf::from(DISKCONV);
+    let mut bins = vec![("new", new_bin)];
+    if let Some(b) = &args.baseline {
+        if !b.is_file() {
+            return Err(io_err(format!("--baseline {}: no such file", b.display())));
+        }
+        bins.push(("baseline", b.clone()));
+    }
+    let mut best: Vec<Option<Passes>> = bins.iter().map(|_| None).collect();
+    for round in 0..args.runs {
+        let mut order: Vec<usize> = (0..bins.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (tag, bin) = &bins[i];
+            let p = sequence(
+                bin,
+                &img.path,
+                size,
+                args.change_pct,
+                &args.workdir.join(format!("sync-{tag}")),
+            )?;
+            best[i] = Some(match best[i].take() {
+                Some(b) => b.best_of(p),
+                None => p,
+            });
+        }
+    }
+    let best: Vec<Passes> = best.into_iter().flatten().collect();
+    let new = &best[0];
 
-    let peak = full
+    source::warm_cache(&img.path)?;
+    let qcow = args.workdir.join("sync-new").join("src.qcow2");
+    source::warm_cache(&qcow)?;
+    let (read_s, read_bytes) = plain_read(&qcow)?;
+
+    let peak = new
+        .full
         .max_rss
-        .max(bitmap.max_rss)
-        .max(scan.max_rss)
-        .max(scan0.max_rss);
+        .max(new.bitmap.max_rss)
+        .max(new.scan.max_rss)
+        .max(new.scan0.max_rss);
+    let [n1, n2] = new.changed;
     println!(
-        "sync on {} ({}, {} allocated), {} % of 64 KiB blocks changed ({n1} then {n2} blocks)",
+        "sync on {} ({}, {} allocated), {} % of 64 KiB blocks changed ({n1} then {n2} blocks), \
+         best of {} run(s)",
         source::size_tag(size),
         img.content,
         human_bytes(img.allocated),
-        args.change_pct
+        args.change_pct,
+        args.runs
     );
     println!(
-        "{:<22} {:>8} {:>9} {:>8} {:>10}",
-        "pass", "wall s", "MB/s", "CPU s", "peak RSS"
+        "{:<22} {:>8} {:>9} {:>8} {:>10} {:>9} {:>8}",
+        "pass", "wall s", "MB/s", "CPU s", "peak RSS", "base s", "vs base"
     );
-    for (name, m) in [
-        ("full", &full),
-        ("bitmap (1%)", &bitmap),
-        ("scan (1%)", &scan),
-        ("scan (no change)", &scan0),
-    ] {
+    for (k, (name, m)) in new.all().into_iter().enumerate() {
+        let (base_s, ratio) = match best.get(1) {
+            Some(b) => {
+                let bm = b.all()[k].1;
+                (
+                    format!("{:.2}", bm.wall_s),
+                    format!("{:.3}x", m.wall_s / bm.wall_s.max(1e-9)),
+                )
+            }
+            None => (String::new(), String::new()),
+        };
         println!(
-            "{:<22} {:>8.2} {:>9.0} {:>8.2} {:>10}",
+            "{:<22} {:>8.2} {:>9.0} {:>8.2} {:>10} {:>9} {:>8}",
             name,
             m.wall_s,
             mb(m.wall_s),
             m.cpu_s(),
-            human_bytes(m.max_rss)
+            human_bytes(m.max_rss),
+            base_s,
+            ratio
         );
     }
     println!(
@@ -232,9 +341,9 @@ fn real_main() -> std::io::Result<()> {
         "-",
         "-"
     );
-    let r_bitmap = bitmap.wall_s / full.wall_s;
-    let r_scan = scan.wall_s / read_s;
-    let r_scan0 = scan0.wall_s / read_s;
+    let r_bitmap = new.bitmap.wall_s / new.full.wall_s;
+    let r_scan = new.scan.wall_s / read_s;
+    let r_scan0 = new.scan0.wall_s / read_s;
     println!(
         "bitmap / full = {:.1} % (aim <= 5 %); scan / plain read = {:.2}x with 1 % to write, \
          {:.2}x with nothing to write (aim <= 1.2x); peak RSS {} (aim < 128 MiB)",
@@ -243,21 +352,35 @@ fn real_main() -> std::io::Result<()> {
         r_scan0,
         human_bytes(peak)
     );
+    let baseline = best.get(1).map(|b| {
+        json!({
+            "binary": args.baseline,
+            "full": b.full,
+            "bitmap": b.bitmap,
+            "scan": b.scan,
+            "scan_no_change": b.scan0,
+            "ratio_new_over_baseline": b.all().iter().zip(new.all()).map(|((n, bm), (_, m))| {
+                json!({"pass": n, "wall": m.wall_s / bm.wall_s.max(1e-9)})
+            }).collect::<Vec<_>>(),
+        })
+    });
     let j = json!({
         "size": size,
         "content": img.content,
         "change_pct": args.change_pct,
         "changed_blocks": [n1, n2],
-        "full": full,
-        "bitmap": bitmap,
-        "scan": scan,
-        "scan_no_change": scan0,
+        "runs": args.runs,
+        "full": new.full,
+        "bitmap": new.bitmap,
+        "scan": new.scan,
+        "scan_no_change": new.scan0,
         "ratio_scan_no_change_read": r_scan0,
         "plain_read_s": read_s,
         "plain_read_bytes": read_bytes,
         "ratio_bitmap_full": r_bitmap,
         "ratio_scan_read": r_scan,
         "peak_rss": peak,
+        "baseline": baseline,
     });
     fs::write(
         &args.json,
