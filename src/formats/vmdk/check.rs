@@ -523,61 +523,163 @@ impl Checker<'_> {
         }
         let stream = h.markers();
 
-        // Where the grain directory is: the header's gdOffset, or the footer's.
-        let mut eh = h;
-        let mut walk = Walk::default();
-        let mut leak_end = len;
-        if stream {
-            let overhead = h.overhead.saturating_mul(512);
-            walk = self.walk(s, len, overhead, &h, &mut space);
-            if let Some(eos) = walk.eos {
-                leak_end = eos;
-            }
-            if let Some(end) = walk.ended_at {
-                if h.gd_offset == GD_AT_END || walk.footer.is_some() {
-                    // VMware's layout ends with footer and end-of-stream marker.
-                    self.add_values(
-                        ProblemKind::Corruption,
-                        "end-of-stream marker",
-                        end,
-                        "the stream ends without an end-of-stream marker (truncated?)".to_string(),
-                        "an end-of-stream marker",
-                        "the end of the file",
-                    );
-                } else {
-                    self.report.notes.push(
-                        "the stream has no end-of-stream marker (qemu's writer omits it when the grain directory is at the front)".into(),
+        let Some((eh, walk, leak_end)) = self.stream_layout(s, len, &h, &mut space) else {
+            return Ok(());
+        };
+        let g = SparseGeometry {
+            per_gt: u64::from(h.num_gtes_per_gt),
+            total_grains: h.capacity.div_ceil(h.grain_size),
+            grain_bytes: h.grain_bytes(),
+            cap_bytes: h.capacity * 512,
+            zero_ok: h.zeroed_grain() || h.version >= 2,
+        };
+        let gt_bytes = g.per_gt * 4;
+        self.report.total_clusters += g.total_grains;
+        if self.report.cluster_size == 0 {
+            self.report.cluster_size = g.grain_bytes;
+        }
+        let Some(Directories { gd_at, gd, rgd }) =
+            self.directories(s, len, &h, &eh, &walk, &mut space)
+        else {
+            return Ok(());
+        };
+
+        // Tables and grains.
+        let mut tally = GrainTally::default();
+        let mut no_redundant = 0u64;
+        for (i, &e) in gd.iter().enumerate() {
+            let gd_entry_at = gd_at + 4 * i as u64;
+            let primary = self.table(s, len, e, gd_entry_at, gt_bytes, "grain directory", i);
+            if primary.is_some() {
+                space.add(u64::from(e) * 512, sectors(gt_bytes), Owner::Gt(i as u32));
+                if stream
+                    && !walk.gt_payloads.is_empty()
+                    && !walk.gt_payloads.contains(&(u64::from(e) * 512))
+                {
+                    self.corrupt(
+                        "grain directory",
+                        gd_entry_at,
+                        format!(
+                            "grain directory entry {i} points at sector {e:#x}, where no grain table marker's table lies"
+                        ),
                     );
                 }
             }
-            match self.footer(s, len, &h, &walk, &mut space) {
-                FooterState::Use(f) => eh = f,
-                FooterState::Lost => {
-                    // No footer: fall back to the directory the walk found (VMware layout).
-                    match walk.gd_payloads.last() {
-                        Some(&at) => {
-                            self.report.notes.push(format!(
-                                "using the grain directory found by the marker walk at {at:#x}"
-                            ));
-                            eh.gd_offset = at / 512;
-                        }
-                        None => return Ok(()),
+            let redundant = match &rgd {
+                Some((r_at, r)) => {
+                    let re = r.get(i).copied().unwrap_or(0);
+                    let t = self.table(
+                        s,
+                        len,
+                        re,
+                        r_at + 4 * i as u64,
+                        gt_bytes,
+                        "redundant grain directory",
+                        i,
+                    );
+                    if t.is_some() {
+                        space.add(u64::from(re) * 512, sectors(gt_bytes), Owner::Rgt(i as u32));
                     }
+                    Some((re, t))
                 }
-                FooterState::Header => {}
+                None => None,
+            };
+            if let Some((re, rt)) = redundant {
+                if self.compare_redundant(i, e, re, &primary, &rt) {
+                    no_redundant += 1;
+                }
+            }
+            let Some(t) = primary else { continue };
+            let gt_at = u64::from(e) * 512;
+            self.table_grains(s, len, &h, &walk, &g, i, gt_at, &t, &mut space, &mut tally);
+        }
+        if no_redundant > 0 {
+            self.warn(
+                "redundant grain directory",
+                h.rgd_offset.saturating_mul(512),
+                format!(
+                    "{no_redundant} grain tables have an empty redundant copy; the primary tables are the ones read"
+                ),
+            );
+        }
+        self.orphan_markers(&walk, &tally.referenced, &mut space);
+        self.finish_space(
+            space,
+            h.overhead.saturating_mul(512).min(len),
+            leak_end,
+            if h.markers() { 512 } else { g.grain_bytes },
+        );
+        Ok(())
+    }
+
+    /// For a stream-optimized extent, walks the markers and finds the header that locates the
+    /// grain directory (the footer in VMware's layout); `None` when no directory can be found
+    /// (reported). Returns that header, the walk and where leaks stop being counted.
+    fn stream_layout(
+        &mut self,
+        s: &dyn Storage,
+        len: u64,
+        h: &SparseHeader,
+        space: &mut SpaceMap<Owner>,
+    ) -> Option<(SparseHeader, Walk, u64)> {
+        if !h.markers() {
+            return Some((*h, Walk::default(), len));
+        }
+        let mut eh = *h;
+        let overhead = h.overhead.saturating_mul(512);
+        let walk = self.walk(s, len, overhead, h, space);
+        let leak_end = walk.eos.unwrap_or(len);
+        if let Some(end) = walk.ended_at {
+            if h.gd_offset == GD_AT_END || walk.footer.is_some() {
+                // VMware's layout ends with footer and end-of-stream marker.
+                self.add_values(
+                    ProblemKind::Corruption,
+                    "end-of-stream marker",
+                    end,
+                    "the stream ends without an end-of-stream marker (truncated?)".to_string(),
+                    "an end-of-stream marker",
+                    "the end of the file",
+                );
+            } else {
+                self.report.notes.push(
+                    "the stream has no end-of-stream marker (qemu's writer omits it when the grain directory is at the front)".into(),
+                );
             }
         }
+        match self.footer(s, len, h, &walk, space) {
+            FooterState::Use(f) => eh = f,
+            FooterState::Lost => {
+                // No footer: fall back to the directory the walk found (VMware layout).
+                match walk.gd_payloads.last() {
+                    Some(&at) => {
+                        self.report.notes.push(format!(
+                            "using the grain directory found by the marker walk at {at:#x}"
+                        ));
+                        eh.gd_offset = at / 512;
+                    }
+                    None => return None,
+                }
+            }
+            FooterState::Header => {}
+        }
+        Some((eh, walk, leak_end))
+    }
 
-        let per_gt = u64::from(h.num_gtes_per_gt);
-        let gt_bytes = per_gt * 4;
+    /// Reads the grain directory and, when the header has one, the redundant directory (dropped
+    /// when it is all zero); `None` when the primary cannot be read (reported).
+    #[allow(clippy::too_many_arguments)]
+    fn directories(
+        &mut self,
+        s: &dyn Storage,
+        len: u64,
+        h: &SparseHeader,
+        eh: &SparseHeader,
+        walk: &Walk,
+        space: &mut SpaceMap<Owner>,
+    ) -> Option<Directories> {
+        let stream = h.markers();
         let n_gd = eh.gd_entries();
         let gd_bytes = n_gd * 4;
-        let total_grains = h.capacity.div_ceil(h.grain_size);
-        self.report.total_clusters += total_grains;
-        if self.report.cluster_size == 0 {
-            self.report.cluster_size = h.grain_bytes();
-        }
-
         // Primary directory.
         let gd_at = eh.gd_offset.checked_mul(512).filter(|&o| o > 0);
         let Some(gd_at) = gd_at.filter(|&o| o.checked_add(gd_bytes).is_some_and(|e| e <= len))
@@ -596,7 +698,7 @@ impl Checker<'_> {
                     eh.gd_offset.saturating_mul(512).saturating_add(gd_bytes)
                 ),
             );
-            return Ok(());
+            return None;
         };
         if stream && !walk.gd_payloads.is_empty() && !walk.gd_payloads.contains(&gd_at) {
             self.corrupt(
@@ -613,9 +715,7 @@ impl Checker<'_> {
             );
         }
         // gd_bytes <= file length: a bounded allocation.
-        let Some(gd_raw) = self.read(s, gd_at, gd_bytes as usize, "grain directory") else {
-            return Ok(());
-        };
+        let gd_raw = self.read(s, gd_at, gd_bytes as usize, "grain directory")?;
         let gd: Vec<u32> = gd_raw.chunks_exact(4).map(|c| le32(c, 0)).collect();
         space.add(gd_at, sectors(gd_bytes), Owner::Gd);
 
@@ -665,191 +765,171 @@ impl Checker<'_> {
                 rgd = None;
             }
         }
+        Some(Directories { gd_at, gd, rgd })
+    }
 
-        // Tables and grains.
-        let zero_ok = h.zeroed_grain() || h.version >= 2;
-        let grain_bytes = h.grain_bytes();
-        let cap_bytes = h.capacity * 512;
-        let mut prev_end: Option<u64> = None;
-        let mut no_redundant = 0u64;
-        let mut referenced: HashSet<u64> = HashSet::new();
-        for (i, &e) in gd.iter().enumerate() {
-            let i32_ = i as u32;
-            let gd_entry_at = gd_at + 4 * i as u64;
-            let primary = self.table(s, len, e, gd_entry_at, gt_bytes, "grain directory", i);
-            if primary.is_some() {
-                space.add(u64::from(e) * 512, sectors(gt_bytes), Owner::Gt(i32_));
-                if stream
-                    && !walk.gt_payloads.is_empty()
-                    && !walk.gt_payloads.contains(&(u64::from(e) * 512))
-                {
-                    self.corrupt(
-                        "grain directory",
-                        gd_entry_at,
-                        format!(
-                            "grain directory entry {i} points at sector {e:#x}, where no grain table marker's table lies"
-                        ),
-                    );
-                }
-            }
-            let redundant = match &rgd {
-                Some((r_at, r)) => {
-                    let re = r.get(i).copied().unwrap_or(0);
-                    let t = self.table(
-                        s,
-                        len,
-                        re,
-                        r_at + 4 * i as u64,
-                        gt_bytes,
-                        "redundant grain directory",
-                        i,
-                    );
-                    if t.is_some() {
-                        space.add(u64::from(re) * 512, sectors(gt_bytes), Owner::Rgt(i32_));
-                    }
-                    Some((re, t))
-                }
-                None => None,
-            };
-            if let Some((re, rt)) = redundant {
-                let empty =
-                    |t: &Option<Vec<u32>>| t.as_ref().is_none_or(|v| v.iter().all(|&x| x == 0));
-                match (empty(&primary), empty(&rt)) {
-                    (true, true) => {}
-                    (false, true) => no_redundant += 1,
-                    (true, false) => self.corrupt(
-                        "redundant grain directory",
-                        u64::from(re) * 512,
-                        format!(
-                            "redundant grain table {i} (at {:#x}) records grains but the primary grain table {} is empty: those grains are not read (every reader uses the primary)",
-                            u64::from(re) * 512,
-                            if e == 0 { "entry is 0".to_string() } else { format!("at {:#x}", u64::from(e) * 512) }
-                        ),
-                    ),
-                    (false, false) => {
-                        let (p, r) = (primary.as_deref().unwrap_or(&[]), rt.as_deref().unwrap_or(&[]));
-                        let diff: Vec<usize> = (0..p.len()).filter(|&k| p.get(k) != r.get(k)).collect();
-                        if let Some(&k) = diff.first() {
-                            self.add_values(
-                                ProblemKind::Corruption,
-                                "grain table",
-                                u64::from(e) * 512,
-                                format!(
-                                    "grain table {i} (at {:#x}) and its redundant copy (at {:#x}) differ in {} entries, the first being entry {k}; the primary is the one read",
-                                    u64::from(e) * 512,
-                                    u64::from(re) * 512,
-                                    diff.len()
-                                ),
-                                format!("the redundant entry {:#x}", r.get(k).copied().unwrap_or(0)),
-                                format!("{:#x}", p[k]),
-                            );
-                        }
-                    }
-                }
-            }
-            let Some(t) = primary else { continue };
-            let gt_at = u64::from(e) * 512;
-            for (k, &gte) in t.iter().enumerate() {
-                if gte == 0 || (gte == 1 && zero_ok) {
-                    continue;
-                }
-                let grain = i as u64 * per_gt + k as u64;
-                let entry_at = gt_at + 4 * k as u64;
-                let host = u64::from(gte) * 512;
-                let beyond = grain >= total_grains;
-                if beyond {
-                    self.add(
-                        ProblemKind::Leak,
-                        "grain table",
-                        entry_at,
-                        format!(
-                            "grain table {i} (at {gt_at:#x}) entry {k} is allocated (sector {gte:#x}) but grain {grain} lies beyond the capacity ({} sectors)",
-                            h.capacity
-                        ),
-                    );
-                }
-                if h.compressed() {
-                    let last = grain + 1 >= total_grains;
-                    let g = GrainRef {
-                        gt: i,
-                        entry: k,
-                        grain,
-                        host,
-                        entry_at,
-                        last,
-                    };
-                    if self.compressed(s, len, &h, &walk, &g, &mut space) && !beyond {
-                        referenced.insert(host);
-                        self.report.allocated_clusters += 1;
-                        self.report.compressed_clusters += 1;
-                        self.report.fragmented_clusters += 1;
-                    }
-                    continue;
-                }
-                let need = grain_bytes
-                    .min(cap_bytes.saturating_sub(grain * grain_bytes))
-                    .max(1);
-                if host.saturating_add(need) > len {
+    /// Compares grain table `i` (directory entry `e`) with its redundant copy (entry `re`);
+    /// true when only the redundant copy is empty (counted, reported once for all tables).
+    fn compare_redundant(
+        &mut self,
+        i: usize,
+        e: u32,
+        re: u32,
+        primary: &Option<Vec<u32>>,
+        rt: &Option<Vec<u32>>,
+    ) -> bool {
+        let empty = |t: &Option<Vec<u32>>| t.as_ref().is_none_or(|v| v.iter().all(|&x| x == 0));
+        match (empty(primary), empty(rt)) {
+            (true, true) => {}
+            (false, true) => return true,
+            (true, false) => self.corrupt(
+                "redundant grain directory",
+                u64::from(re) * 512,
+                format!(
+                    "redundant grain table {i} (at {:#x}) records grains but the primary grain table {} is empty: those grains are not read (every reader uses the primary)",
+                    u64::from(re) * 512,
+                    if e == 0 { "entry is 0".to_string() } else { format!("at {:#x}", u64::from(e) * 512) }
+                ),
+            ),
+            (false, false) => {
+                let (p, r) = (primary.as_deref().unwrap_or(&[]), rt.as_deref().unwrap_or(&[]));
+                let diff: Vec<usize> = (0..p.len()).filter(|&k| p.get(k) != r.get(k)).collect();
+                if let Some(&k) = diff.first() {
                     self.add_values(
                         ProblemKind::Corruption,
                         "grain table",
-                        entry_at,
+                        u64::from(e) * 512,
                         format!(
-                            "grain table {i} (at {gt_at:#x}) entry {k}: grain {grain} at {host:#x} lies past the end of the file"
+                            "grain table {i} (at {:#x}) and its redundant copy (at {:#x}) differ in {} entries, the first being entry {k}; the primary is the one read",
+                            u64::from(e) * 512,
+                            u64::from(re) * 512,
+                            diff.len()
                         ),
-                        format!("an end at most at {len:#x}"),
-                        format!("{:#x}", host + need),
+                        format!("the redundant entry {:#x}", r.get(k).copied().unwrap_or(0)),
+                        format!("{:#x}", p[k]),
                     );
-                    continue;
-                }
-                let claim = grain_bytes.min(len - host);
-                let owner = Owner::Grains {
-                    first: grain,
-                    count: 1,
-                    gt: i32_,
-                    entry: k as u32,
-                };
-                match space.last().copied() {
-                    Some(u) if u.end == host => match u.owner {
-                        Owner::Grains {
-                            first,
-                            count,
-                            gt,
-                            entry,
-                        } if first + count == grain && gt == i32_ => {
-                            space.extend_last(
-                                host + claim,
-                                Owner::Grains {
-                                    first,
-                                    count: count + 1,
-                                    gt,
-                                    entry,
-                                },
-                            );
-                        }
-                        _ => space.add(host, claim, owner),
-                    },
-                    _ => space.add(host, claim, owner),
-                }
-                if !beyond {
-                    self.report.allocated_clusters += 1;
-                    if prev_end.is_some_and(|p| p != host) {
-                        self.report.fragmented_clusters += 1;
-                    }
-                    prev_end = Some(host + grain_bytes);
                 }
             }
         }
-        if no_redundant > 0 {
-            self.warn(
-                "redundant grain directory",
-                h.rgd_offset.saturating_mul(512),
-                format!(
-                    "{no_redundant} grain tables have an empty redundant copy; the primary tables are the ones read"
-                ),
-            );
+        false
+    }
+
+    /// Checks the allocated entries of grain table `i` (at `gt_at`): grains past the capacity or
+    /// the end of the file, compressed grains, and the space each grain takes.
+    #[allow(clippy::too_many_arguments)]
+    fn table_grains(
+        &mut self,
+        s: &dyn Storage,
+        len: u64,
+        h: &SparseHeader,
+        walk: &Walk,
+        g: &SparseGeometry,
+        i: usize,
+        gt_at: u64,
+        t: &[u32],
+        space: &mut SpaceMap<Owner>,
+        tally: &mut GrainTally,
+    ) {
+        for (k, &gte) in t.iter().enumerate() {
+            if gte == 0 || (gte == 1 && g.zero_ok) {
+                continue;
+            }
+            let grain = i as u64 * g.per_gt + k as u64;
+            let entry_at = gt_at + 4 * k as u64;
+            let host = u64::from(gte) * 512;
+            let beyond = grain >= g.total_grains;
+            if beyond {
+                self.add(
+                    ProblemKind::Leak,
+                    "grain table",
+                    entry_at,
+                    format!(
+                        "grain table {i} (at {gt_at:#x}) entry {k} is allocated (sector {gte:#x}) but grain {grain} lies beyond the capacity ({} sectors)",
+                        h.capacity
+                    ),
+                );
+            }
+            if h.compressed() {
+                let last = grain + 1 >= g.total_grains;
+                let gr = GrainRef {
+                    gt: i,
+                    entry: k,
+                    grain,
+                    host,
+                    entry_at,
+                    last,
+                };
+                if self.compressed(s, len, h, walk, &gr, space) && !beyond {
+                    tally.referenced.insert(host);
+                    self.report.allocated_clusters += 1;
+                    self.report.compressed_clusters += 1;
+                    self.report.fragmented_clusters += 1;
+                }
+                continue;
+            }
+            let need = g
+                .grain_bytes
+                .min(g.cap_bytes.saturating_sub(grain * g.grain_bytes))
+                .max(1);
+            if host.saturating_add(need) > len {
+                self.add_values(
+                    ProblemKind::Corruption,
+                    "grain table",
+                    entry_at,
+                    format!(
+                        "grain table {i} (at {gt_at:#x}) entry {k}: grain {grain} at {host:#x} lies past the end of the file"
+                    ),
+                    format!("an end at most at {len:#x}"),
+                    format!("{:#x}", host + need),
+                );
+                continue;
+            }
+            let claim = g.grain_bytes.min(len - host);
+            let owner = Owner::Grains {
+                first: grain,
+                count: 1,
+                gt: i as u32,
+                entry: k as u32,
+            };
+            match space.last().copied() {
+                Some(u) if u.end == host => match u.owner {
+                    Owner::Grains {
+                        first,
+                        count,
+                        gt,
+                        entry,
+                    } if first + count == grain && gt == i as u32 => {
+                        space.extend_last(
+                            host + claim,
+                            Owner::Grains {
+                                first,
+                                count: count + 1,
+                                gt,
+                                entry,
+                            },
+                        );
+                    }
+                    _ => space.add(host, claim, owner),
+                },
+                _ => space.add(host, claim, owner),
+            }
+            if !beyond {
+                self.report.allocated_clusters += 1;
+                if tally.prev_end.is_some_and(|p| p != host) {
+                    self.report.fragmented_clusters += 1;
+                }
+                tally.prev_end = Some(host + g.grain_bytes);
+            }
         }
-        // Grain markers of the stream that no table references.
+    }
+
+    /// Reports the grain markers of a stream that no grain table references.
+    fn orphan_markers(
+        &mut self,
+        walk: &Walk,
+        referenced: &HashSet<u64>,
+        space: &mut SpaceMap<Owner>,
+    ) {
         for (&pos, &(lba, size)) in &walk.grains {
             if !referenced.contains(&pos) {
                 self.add(
@@ -867,13 +947,6 @@ impl Checker<'_> {
                 );
             }
         }
-        self.finish_space(
-            space,
-            h.overhead.saturating_mul(512).min(len),
-            leak_end,
-            if stream { 512 } else { grain_bytes },
-        );
-        Ok(())
     }
 
     /// Reads the grain table a directory entry `e` (at `entry_at`) points at; `None` for an
@@ -1673,6 +1746,39 @@ struct GrainRef {
     entry_at: u64,
     /// The last grain of the extent.
     last: bool,
+}
+
+/// The grain directory of a sparse extent and its redundant copy.
+struct Directories {
+    /// Where the primary directory is (bytes).
+    gd_at: u64,
+    /// Its entries.
+    gd: Vec<u32>,
+    /// The redundant directory's position and entries, when there is a usable one.
+    rgd: Option<(u64, Vec<u32>)>,
+}
+
+/// Sizes of a sparse extent derived from its header.
+struct SparseGeometry {
+    /// Entries per grain table.
+    per_gt: u64,
+    /// Grains that cover the capacity.
+    total_grains: u64,
+    /// Bytes per grain.
+    grain_bytes: u64,
+    /// The capacity in bytes.
+    cap_bytes: u64,
+    /// Whether a grain table entry of 1 means a zero grain.
+    zero_ok: bool,
+}
+
+/// What the walk over the grain tables accumulates.
+#[derive(Default)]
+struct GrainTally {
+    /// Where the previous allocated grain ended (for fragmentation).
+    prev_end: Option<u64>,
+    /// Host offsets of compressed grains some table references.
+    referenced: HashSet<u64>,
 }
 
 /// Which header locates the grain directory of a stream.
