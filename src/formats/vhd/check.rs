@@ -432,6 +432,8 @@ impl Checker<'_> {
         self.report.image_end_offset = len;
     }
 
+    /// A dynamic or differencing VHD: its header, BAT, blocks, the space they take and, for a
+    /// differencing disk, the parent.
     fn dynamic(
         &mut self,
         f: &VhdFooter,
@@ -446,6 +448,38 @@ impl Checker<'_> {
         if footer_len > 0 {
             space.add(data_end, footer_len, Owner::Footer);
         }
+        let Some((header, hb)) = self.dynamic_header(f, footer_len, &mut space)? else {
+            return Ok(());
+        };
+        let hoff = f.data_offset;
+        let Some(bat) = self.bat(f, &header, hoff, data_end, &mut space)? else {
+            return Ok(());
+        };
+        // Only a differencing disk has a parent: the reader ignores locators elsewhere.
+        let locator_names = if f.disk_type == DiskType::Differencing {
+            self.locators(&hb, hoff, data_end, &mut space)
+        } else {
+            Vec::new()
+        };
+        let span = header.bitmap_size() + u64::from(header.block_size);
+        self.blocks(&bat, span, data_end, &mut space);
+        self.space_findings(space, data_end, span, bat.table_offset, hoff);
+        if f.disk_type == DiskType::Differencing {
+            self.parent(&header, hoff, locator_names, path, ctx);
+        }
+        Ok(())
+    }
+
+    /// Reads and checks the dynamic header the footer points at; `None` when it is outside the
+    /// file or unreadable (reported). Returns the parsed header and its bytes.
+    fn dynamic_header(
+        &mut self,
+        f: &VhdFooter,
+        footer_len: u64,
+        space: &mut SpaceMap<Owner>,
+    ) -> Result<Option<(VhdDynamicHeader, Vec<u8>)>> {
+        let len = self.len;
+        let data_end = len - footer_len;
         let hoff = f.data_offset;
         let footer_at = data_end.min(len - 512);
         if hoff < 512
@@ -464,10 +498,10 @@ impl Checker<'_> {
                 )
                 .values(format!("512..{:#x}", data_end.saturating_sub(1024)), format!("{hoff:#x}")),
             );
-            return Ok(());
+            return Ok(None);
         }
         let Some(hb) = self.read(hoff, HEADER_SIZE, "dynamic header") else {
-            return Ok(());
+            return Ok(None);
         };
         let header = match parse_header(&hb, hoff) {
             Ok((h, bad)) => {
@@ -479,7 +513,7 @@ impl Checker<'_> {
             Err(e @ FormatError::Unsupported { .. }) => return Err(e.into()),
             Err(e) => {
                 self.corrupt("dynamic header", hoff, e.to_string());
-                return Ok(());
+                return Ok(None);
             }
         };
         space.add(hoff, HEADER_SIZE as u64, Owner::Header);
@@ -493,6 +527,19 @@ impl Checker<'_> {
                 ),
             );
         }
+        Ok(Some((header, hb)))
+    }
+
+    /// Checks the BAT's size against the disk and its place in the file, and reads it; `None`
+    /// when it lies outside the file or is unreadable (reported).
+    fn bat(
+        &mut self,
+        f: &VhdFooter,
+        header: &VhdDynamicHeader,
+        hoff: u64,
+        data_end: u64,
+        space: &mut SpaceMap<Owner>,
+    ) -> Result<Option<Bat>> {
         let size = f.virtual_size();
         let bs = u64::from(header.block_size);
         let needed = size.div_ceil(bs);
@@ -536,25 +583,29 @@ impl Checker<'_> {
                     format!("{toff:#x}"),
                 ),
             );
-            return Ok(());
+            return Ok(None);
         }
         // bat_bytes <= 64 MiB (MAX_BAT_ENTRIES) and inside the file.
         let Some(raw) = self.read(toff, bat_bytes as usize, "BAT") else {
-            return Ok(());
+            return Ok(None);
         };
         space.add(toff, bat_bytes.next_multiple_of(512), Owner::Bat);
-        // Only a differencing disk has a parent: the reader ignores locators elsewhere.
-        let locator_names = if f.disk_type == DiskType::Differencing {
-            self.locators(&hb, hoff, data_end, &mut space)
-        } else {
-            Vec::new()
-        };
+        Ok(Some(Bat {
+            raw,
+            table_offset: toff,
+            needed,
+            block_size: bs,
+        }))
+    }
 
-        let span = header.bitmap_size() + bs;
-        self.report.cluster_size = bs;
+    /// Checks every allocated BAT entry: blocks past the data or past the disk, fragmentation;
+    /// records the space each block takes (`span` bytes with its sector bitmap).
+    fn blocks(&mut self, bat: &Bat, span: u64, data_end: u64, space: &mut SpaceMap<Owner>) {
+        let (toff, needed) = (bat.table_offset, bat.needed);
+        self.report.cluster_size = bat.block_size;
         self.report.total_clusters = needed;
         let mut prev_end: Option<u64> = None;
-        for (i, e) in raw.chunks_exact(4).map(|c| be32(c, 0)).enumerate() {
+        for (i, e) in bat.raw.chunks_exact(4).map(|c| be32(c, 0)).enumerate() {
             if e == UNALLOCATED {
                 continue;
             }
@@ -603,7 +654,17 @@ impl Checker<'_> {
             }
             prev_end = Some(end);
         }
+    }
 
+    /// Overlapping structures and unused space large enough for a block.
+    fn space_findings(
+        &mut self,
+        space: SpaceMap<Owner>,
+        data_end: u64,
+        span: u64,
+        toff: u64,
+        hoff: u64,
+    ) {
         let sp = space.finish(0, data_end, MAX_OVERLAPS);
         for (a, b) in sp.overlaps {
             let (what, at) = match (a.owner, b.owner) {
@@ -643,10 +704,6 @@ impl Checker<'_> {
                 );
             }
         }
-        if f.disk_type == DiskType::Differencing {
-            self.parent(&header, hoff, locator_names, path, ctx);
-        }
-        Ok(())
     }
 
     /// Checks the 8 parent locator entries of the header `hb` (at `hoff`), claims their data and
@@ -837,6 +894,18 @@ impl Checker<'_> {
             ),
         );
     }
+}
+
+/// The BAT of a dynamic or differencing VHD as read by the check.
+struct Bat {
+    /// Its bytes (big-endian sector numbers).
+    raw: Vec<u8>,
+    /// Where it is in the file.
+    table_offset: u64,
+    /// Entries the virtual size needs.
+    needed: u64,
+    /// Bytes per block.
+    block_size: u64,
 }
 
 #[cfg(test)]
