@@ -32,7 +32,7 @@ use super::MIB;
 use super::bat::{self, BatEntry};
 use super::header::{FILE_SIGNATURE, HEADER_OFFSETS, HEADER_SIZE, VhdxHeader};
 use super::log::{self, LogOverlay, Sector};
-use super::metadata::{self, TABLE_SIZE};
+use super::metadata::{self, TABLE_SIZE, VhdxMetadata};
 use super::region::{self, REGION_OFFSETS, REGION_TABLE_SIZE};
 use crate::bytes::{le16, le32};
 use crate::error::{Error, Result};
@@ -207,13 +207,32 @@ impl Checker<'_> {
             return Ok(());
         };
 
-        // Placement of the regions.
         let size = self.view.size();
         let mut space: SpaceMap<Owner> = SpaceMap::new(usize::MAX);
         space.add(0, MIB, Owner::HeaderArea);
         if let Some((o, l)) = log_region {
             space.add(o, l, Owner::Log);
         }
+        let Some(meta) = self.metadata_region(&regions, size, &mut space) else {
+            return Ok(());
+        };
+        let bat_off = regions.bat.offset;
+        let Some(table) = self.read_bat(&regions, &meta, size)? else {
+            return Ok(());
+        };
+        self.bat(&table, bat_off, meta.chunk_ratio(), &meta, &mut space);
+        self.space_findings(space, size, bat_off);
+        Ok(())
+    }
+
+    /// Places the metadata and BAT regions in `space`, reads and checks the metadata region;
+    /// `None` when it cannot be read or parsed (reported).
+    fn metadata_region(
+        &mut self,
+        regions: &region::VhdxRegions,
+        size: u64,
+        space: &mut SpaceMap<Owner>,
+    ) -> Option<VhdxMetadata> {
         let md = regions.metadata;
         let (md_off, md_len) = (md.offset, u64::from(md.length));
         let md_ok = md_off.checked_add(md_len).is_some_and(|e| e <= size);
@@ -239,7 +258,7 @@ impl Checker<'_> {
             Owner::BatRegion,
         );
         if !md_ok {
-            return Ok(());
+            return None;
         }
         if md_len > MAX_METADATA_BYTES {
             self.add(
@@ -250,11 +269,9 @@ impl Checker<'_> {
                     "VHDX metadata region at {md_off:#x}: {md_len:#x} bytes is too large to check"
                 ),
             );
-            return Ok(());
+            return None;
         }
-        let Some(mdb) = self.read(md_off, md_len as usize, "metadata region") else {
-            return Ok(());
-        };
+        let mdb = self.read(md_off, md_len as usize, "metadata region")?;
         let meta = match metadata::parse(&mdb, md_off) {
             Ok(m) => m,
             Err(e @ FormatError::Unsupported { .. }) => {
@@ -264,11 +281,11 @@ impl Checker<'_> {
                     md_off,
                     format!("{e}: the disk cannot be read or checked further"),
                 );
-                return Ok(());
+                return None;
             }
             Err(e) => {
                 self.corrupt("metadata table", md_off, e.to_string());
-                return Ok(());
+                return None;
             }
         };
         self.metadata_items(&mdb, md_off);
@@ -284,7 +301,18 @@ impl Checker<'_> {
                 .notes
                 .push("a differencing disk (its parent is not checked)".into());
         }
+        Some(meta)
+    }
 
+    /// Checks that the BAT region holds the disk's entries and lies in the file, and reads it;
+    /// `None` when it does not (reported).
+    fn read_bat(
+        &mut self,
+        regions: &region::VhdxRegions,
+        meta: &VhdxMetadata,
+        size: u64,
+    ) -> Result<Option<Vec<BatEntry>>> {
+        let (bat_off, bat_len) = (regions.bat.offset, u64::from(regions.bat.length));
         // The BAT.
         let cr = meta.chunk_ratio();
         let bs = u64::from(meta.block_size);
@@ -305,7 +333,7 @@ impl Checker<'_> {
                 )
                 .values(format!("at least {bat_bytes:#x} bytes"), format!("{bat_len:#x}")),
             );
-            return Ok(());
+            return Ok(None);
         }
         if bat_bytes > MAX_BAT_BYTES {
             return Err(
@@ -327,14 +355,16 @@ impl Checker<'_> {
                     format!("{:#x}", bat_off + bat_bytes),
                 ),
             );
-            return Ok(());
+            return Ok(None);
         }
         let Some(raw) = self.read(bat_off, bat_bytes as usize, "BAT") else {
-            return Ok(());
+            return Ok(None);
         };
-        let table = bat::decode(&raw, entries as usize);
-        self.bat(&table, bat_off, cr, &meta, &mut space);
+        Ok(Some(bat::decode(&raw, entries as usize)))
+    }
 
+    /// Overlapping structures, and a note on unused space that could hold whole blocks.
+    fn space_findings(&mut self, space: SpaceMap<Owner>, size: u64, bat_off: u64) {
         let sp = space.finish(MIB, size, MAX_OVERLAPS);
         for (a, b) in sp.overlaps {
             let at = b
@@ -379,7 +409,6 @@ impl Checker<'_> {
             ));
         }
         self.report.image_end_offset = sp.end;
-        Ok(())
     }
 
     /// Both headers; returns the current one, or `None` (reported) when neither is valid.
