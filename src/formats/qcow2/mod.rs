@@ -76,3 +76,8 @@ impl From<Qcow2Error> for Error {
         Error::typed(e.kind(), e)
     }
 }
+
+/// Whether the first sector (`head`) is a qcow2 header's: it starts with the magic.
+pub fn probe(head: &[u8], _len: u64) -> bool {
+    head.starts_with(&header::MAGIC)
+}
