@@ -65,7 +65,7 @@ pub fn check_output(target: &Path, opts: &OutputOptions) -> Result<OutputTarget>
                 ))
                 .in_file(path));
             }
-            if opts.qcow2.preallocation != Preallocation::Off {
+            if opts.raw.preallocation != Preallocation::Off {
                 return Err(Error::InvalidArgument(
                     "is a block device: preallocation does not apply to it (every byte of the \
                      image is written, zeros included)"

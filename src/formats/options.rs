@@ -1,24 +1,26 @@
 //! Output options (`-O FMT -o key=value,... -c`): the format of an output and the typed write
-//! options of every format, with the `-o` parser.
+//! options of every format. Each format parses and checks its own options (`set` and
+//! `validate` of its options type, in its folder); [`OutputOptions::set`] and
+//! [`OutputOptions::validate`] hand a key to the output format's row in the
+//! [registry](crate::formats::registry), which knows which options type it uses.
 
-use crate::error::{Error, Result};
 use crate::formats::Format;
-use crate::formats::ova::{Firmware, OvaOptions};
+use crate::formats::ova::OvaOptions;
 use crate::formats::qcow2::Qcow2WriteOptions;
-use crate::formats::qcow2::header::{CompressionType, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
-use crate::formats::raw::Preallocation;
+use crate::formats::raw::RawWriteOptions;
 use crate::formats::vdi::VdiWriteOptions;
-use crate::formats::vhd::{VhdSubformat, VhdWriteOptions};
-use crate::formats::vhdx::{VhdxSubformat, VhdxWriteOptions};
-use crate::formats::vmdk::{AdapterType, VmdkSubformat, VmdkWriteOptions};
-use crate::util::parse_size;
+use crate::formats::vhd::VhdWriteOptions;
+use crate::formats::vhdx::VhdxWriteOptions;
+use crate::formats::vmdk::VmdkWriteOptions;
 
 /// What to write: the format and its options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputOptions {
     /// Output format.
     pub format: Format,
-    /// qcow2 options (also carries the preallocation mode used by raw).
+    /// Raw options.
+    pub raw: RawWriteOptions,
+    /// qcow2 options (with `-c`, [`OutputOptions::compressed`]).
     pub qcow2: Qcow2WriteOptions,
     /// VMDK options (also used for the disk inside an OVA).
     pub vmdk: VmdkWriteOptions,
@@ -32,7 +34,7 @@ pub struct OutputOptions {
     pub vdi: VdiWriteOptions,
     /// The keys given through [`OutputOptions::set`], so [`OutputOptions::validate`] can refuse
     /// one that means nothing with the others (`block_size` of a fixed VHD).
-    given: Vec<&'static str>,
+    pub(crate) given: Vec<String>,
 }
 
 impl OutputOptions {
@@ -40,6 +42,7 @@ impl OutputOptions {
     pub fn new(format: Format) -> Self {
         OutputOptions {
             format,
+            raw: RawWriteOptions::default(),
             qcow2: Qcow2WriteOptions::default(),
             vmdk: VmdkWriteOptions::default(),
             ova: OvaOptions::default(),
@@ -50,8 +53,9 @@ impl OutputOptions {
         }
     }
 
-    fn was_given(&self, key: &str) -> bool {
-        self.given.contains(&key)
+    /// Whether `key` was given through [`OutputOptions::set`].
+    pub fn was_given(&self, key: &str) -> bool {
+        self.given.iter().any(|k| k == key)
     }
 
     /// Turns compression on or off (`-c`).
@@ -59,355 +63,12 @@ impl OutputOptions {
         self.qcow2.compress = on;
         self
     }
-
-    /// Applies a qemu-img style option list, `key=value,key=value`.
-    pub fn with_options(mut self, list: &str) -> Result<Self> {
-        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (key, value) = item.split_once('=').ok_or_else(|| {
-                Error::InvalidArgument(format!("option '{item}' is not of the form key=value"))
-            })?;
-            self.set(key.trim(), value.trim())?;
-        }
-        Ok(self)
-    }
-
-    /// Sets one option, checking it applies to the output format.
-    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        let fmt = self.format;
-        if fmt == Format::Vdi {
-            // The format parses its own options.
-            return self.vdi.set(key, value);
-        }
-        let only = |formats: &[Format]| -> Result<()> {
-            if formats.contains(&fmt) {
-                Ok(())
-            } else {
-                Err(Error::InvalidArgument(format!(
-                    "option '{key}' does not apply to {fmt} output ({fmt} options: {})",
-                    known_options(fmt)
-                )))
-            }
-        };
-        match key {
-            "compat" => {
-                only(&[Format::Qcow2])?;
-                self.qcow2.version = match value {
-                    "0.10" | "v2" => 2,
-                    "1.1" | "v3" => 3,
-                    other => {
-                        return Err(Error::InvalidArgument(format!(
-                            "compat={other}: expected 0.10 or 1.1"
-                        )));
-                    }
-                };
-            }
-            "cluster_size" => {
-                only(&[Format::Qcow2])?;
-                let v = parse_size(value)
-                    .filter(|v| v.is_power_of_two())
-                    .ok_or_else(|| {
-                        Error::InvalidArgument(format!(
-                            "cluster_size={value}: expected a power of two from 512 to 2M"
-                        ))
-                    })?;
-                let bits = v.trailing_zeros();
-                if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&bits) {
-                    return Err(Error::InvalidArgument(format!(
-                        "cluster_size={value}: expected a power of two from 512 to 2M"
-                    )));
-                }
-                self.qcow2.cluster_bits = bits;
-            }
-            "compression_type" => {
-                only(&[Format::Qcow2])?;
-                self.qcow2.compression_type = match value {
-                    "zlib" => CompressionType::Zlib,
-                    "zstd" => CompressionType::Zstd,
-                    other => {
-                        return Err(Error::InvalidArgument(format!(
-                            "compression_type={other}: expected zlib or zstd"
-                        )));
-                    }
-                };
-            }
-            "preallocation" => {
-                only(&[Format::Qcow2, Format::Raw])?;
-                self.qcow2.preallocation = value.parse()?;
-            }
-            "subformat" if fmt == Format::Vhd => {
-                self.vhd.subformat = match value {
-                    "dynamic" => VhdSubformat::Dynamic,
-                    "fixed" => VhdSubformat::Fixed,
-                    other => {
-                        return Err(Error::InvalidArgument(format!(
-                            "subformat={other}: expected fixed or dynamic"
-                        )));
-                    }
-                };
-            }
-            "subformat" if fmt == Format::Vhdx => {
-                self.vhdx.subformat = match value {
-                    "dynamic" => VhdxSubformat::Dynamic,
-                    "fixed" => VhdxSubformat::Fixed,
-                    other => {
-                        return Err(Error::InvalidArgument(format!(
-                            "subformat={other}: expected fixed or dynamic"
-                        )));
-                    }
-                };
-            }
-            "block_size" => {
-                only(&[Format::Vhd, Format::Vhdx])?;
-                let (min, max) = if fmt == Format::Vhd {
-                    (512 * 1024, 256 << 20)
-                } else {
-                    (1 << 20, 256 << 20)
-                };
-                let v = parse_size(value)
-                    .filter(|v| v.is_power_of_two() && (min..=max).contains(v))
-                    .ok_or_else(|| {
-                        Error::InvalidArgument(format!(
-                            "block_size={value}: expected a power of two from {} to {}",
-                            crate::util::human_bytes(min),
-                            crate::util::human_bytes(max)
-                        ))
-                    })? as u32;
-                if fmt == Format::Vhd {
-                    self.vhd.block_size = v;
-                } else {
-                    self.vhdx.block_size = v;
-                }
-            }
-            "round_to_mib" => {
-                only(&[Format::Vhd])?;
-                self.vhd.round_to_mib = parse_on_off(key, value)?;
-            }
-            "logical_sector_size" | "physical_sector_size" => {
-                only(&[Format::Vhdx])?;
-                let v = match value {
-                    "512" => 512,
-                    "4096" | "4k" | "4K" => 4096,
-                    other => {
-                        return Err(Error::InvalidArgument(format!(
-                            "{key}={other}: expected 512 or 4096"
-                        )));
-                    }
-                };
-                if key == "logical_sector_size" {
-                    self.vhdx.logical_sector_size = v;
-                } else {
-                    self.vhdx.physical_sector_size = v;
-                }
-            }
-            "subformat" => {
-                only(&[Format::Vmdk])?;
-                self.vmdk.subformat = match value {
-                    "streamOptimized" => VmdkSubformat::StreamOptimized,
-                    "monolithicSparse" => VmdkSubformat::MonolithicSparse,
-                    "monolithicFlat" => VmdkSubformat::MonolithicFlat,
-                    "vmfs" => VmdkSubformat::Vmfs,
-                    other => {
-                        return Err(Error::InvalidArgument(format!(
-                            "subformat={other}: expected streamOptimized, monolithicSparse, \
-                             monolithicFlat or vmfs"
-                        )));
-                    }
-                };
-            }
-            "adapter_type" => {
-                only(&[Format::Vmdk, Format::Ova])?;
-                self.vmdk.adapter_type = match value {
-                    "lsilogic" => AdapterType::LsiLogic,
-                    "ide" => AdapterType::Ide,
-                    "buslogic" => AdapterType::BusLogic,
-                    "legacyESX" => AdapterType::LegacyEsx,
-                    other => {
-                        return Err(Error::InvalidArgument(format!(
-                            "adapter_type={other}: expected lsilogic, ide, buslogic or legacyESX"
-                        )));
-                    }
-                };
-            }
-            "hwversion" => {
-                only(&[Format::Vmdk, Format::Ova])?;
-                self.vmdk.hw_version = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|v| (4..=99).contains(v))
-                    .ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "hwversion={value}: expected a virtual hardware version from 4 to 99"
-                    ))
-                })?;
-            }
-            "name" => {
-                only(&[Format::Ova])?;
-                if value.is_empty()
-                    || !value
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-                {
-                    return Err(Error::InvalidArgument(format!(
-                        "name={value}: use letters, digits, '-', '_' and '.' only"
-                    )));
-                }
-                self.ova.vm_name = value.to_string();
-            }
-            "cpus" => {
-                only(&[Format::Ova])?;
-                self.ova.cpus = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|v| (1..=768).contains(v))
-                    .ok_or_else(|| {
-                        Error::InvalidArgument(format!("cpus={value}: expected 1 to 768"))
-                    })?;
-            }
-            "memory" => {
-                only(&[Format::Ova])?;
-                // A plain number is MiB (as in VMware's memsize); a suffix gives the unit.
-                let mib = if value.chars().all(|c| c.is_ascii_digit()) {
-                    value.parse::<u64>().ok()
-                } else {
-                    parse_size(value).map(|b| b >> 20)
-                };
-                self.ova.memory_mib = mib.filter(|&m| m >= 4).ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "memory={value}: expected MiB (4096) or a size with a unit (4G)"
-                    ))
-                })?;
-            }
-            "os_type" => {
-                only(&[Format::Ova])?;
-                if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
-                    return Err(Error::InvalidArgument(format!(
-                        "os_type={value}: expected a VMware guest id such as otherGuest64 or \
-                         windows2019srv_64Guest"
-                    )));
-                }
-                self.ova.os_type = value.to_string();
-            }
-            "firmware" => {
-                only(&[Format::Ova])?;
-                self.ova.firmware = match value {
-                    "bios" => Firmware::Bios,
-                    "efi" | "uefi" => Firmware::Efi,
-                    other => {
-                        return Err(Error::InvalidArgument(format!(
-                            "firmware={other}: expected bios or efi"
-                        )));
-                    }
-                };
-            }
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "unknown option '{other}' for {fmt} output (known: {})",
-                    known_options(fmt)
-                )));
-            }
-        }
-        if let Some(k) = KNOWN_KEYS
-            .iter()
-            .find(|k| **k == key)
-            .filter(|k| !self.given.contains(k))
-        {
-            self.given.push(k);
-        }
-        Ok(())
-    }
-
-    /// Checks combinations of options.
-    pub fn validate(&self) -> Result<()> {
-        if self.format != Format::Qcow2 && self.qcow2.compress {
-            return Err(Error::InvalidArgument(format!(
-                "{} output cannot be compressed with -c (-c is for qcow2; streamOptimized VMDK \
-                 and OVA are always compressed)",
-                self.format
-            )));
-        }
-        // Options the writer would silently ignore are refused: they mean nothing with the others.
-        if self.format == Format::Vhd
-            && self.vhd.subformat == VhdSubformat::Fixed
-            && self.was_given("block_size")
-        {
-            return Err(Error::InvalidArgument(
-                "option 'block_size' means nothing with subformat=fixed: a fixed VHD is one \
-                 run of sectors with a footer, only a dynamic VHD is made of blocks; remove \
-                 block_size or use subformat=dynamic"
-                    .into(),
-            ));
-        }
-        if self.format == Format::Raw && self.qcow2.preallocation == Preallocation::Metadata {
-            return Err(Error::InvalidArgument(
-                "preallocation=metadata means nothing for raw output (a raw image has no \
-                 metadata to preallocate); use off, falloc or full"
-                    .into(),
-            ));
-        }
-        if self.format == Format::Qcow2 {
-            let q = &self.qcow2;
-            if q.version == 2 && q.compression_type != CompressionType::Zlib {
-                return Err(Error::InvalidArgument(
-                    "compression_type=zstd needs compat=1.1 (version 2 images have only zlib)"
-                        .into(),
-                ));
-            }
-            if q.compress && q.preallocation != Preallocation::Off {
-                return Err(Error::InvalidArgument(
-                    "compressed images cannot be preallocated".into(),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Every key [`OutputOptions::set`] knows.
-const KNOWN_KEYS: &[&str] = &[
-    "compat",
-    "cluster_size",
-    "compression_type",
-    "preallocation",
-    "subformat",
-    "block_size",
-    "round_to_mib",
-    "logical_sector_size",
-    "physical_sector_size",
-    "adapter_type",
-    "hwversion",
-    "name",
-    "cpus",
-    "memory",
-    "os_type",
-    "firmware",
-];
-
-/// The option keys of one output format, for messages.
-fn known_options(fmt: Format) -> &'static str {
-    match fmt {
-        Format::Raw => "preallocation",
-        Format::Qcow2 => "compat, cluster_size, compression_type, preallocation",
-        Format::Vmdk => "subformat, adapter_type, hwversion",
-        Format::Vhd => "subformat, block_size, round_to_mib",
-        Format::Vhdx => "subformat, block_size, logical_sector_size, physical_sector_size",
-        Format::Ova => "name, cpus, memory, os_type, firmware, adapter_type, hwversion",
-        Format::Vdi => VdiWriteOptions::KEYS,
-    }
-}
-
-fn parse_on_off(key: &str, value: &str) -> Result<bool> {
-    match value {
-        "on" | "true" | "yes" => Ok(true),
-        "off" | "false" | "no" => Ok(false),
-        other => Err(Error::InvalidArgument(format!(
-            "{key}={other}: expected on or off"
-        ))),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::raw::Preallocation;
 
     #[test]
     fn parses_qemu_style_options() {
@@ -417,6 +78,7 @@ mod tests {
         assert_eq!(o.qcow2.version, 2);
         assert_eq!(o.qcow2.cluster_bits, 12);
         assert_eq!(o.qcow2.preallocation, Preallocation::Metadata);
+        assert_eq!(o.raw.preallocation, Preallocation::Off);
         let e = OutputOptions::new(Format::Raw)
             .with_options("cluster_size=64k")
             .unwrap_err();
@@ -496,5 +158,226 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("subformat, block_size, round_to_mib"), "{e}");
+    }
+
+    fn err(format: &str, list: &str) -> String {
+        OutputOptions::new(format.parse().unwrap())
+            .with_options(list)
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// Every format: the message of a key no format knows, of a key of another format, and of
+    /// a bad value, byte for byte as before the parsers moved into the format folders.
+    #[test]
+    fn unknown_keys_and_bad_values_of_every_format() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "raw",
+                "bogus=1",
+                "unknown option 'bogus' for raw output (known: preallocation)",
+            ),
+            (
+                "raw",
+                "subformat=fixed",
+                "option 'subformat' does not apply to raw output (raw options: preallocation)",
+            ),
+            (
+                "qcow2",
+                "bogus=1",
+                "unknown option 'bogus' for qcow2 output (known: compat, cluster_size, \
+                 compression_type, preallocation)",
+            ),
+            (
+                "qcow2",
+                "static=on",
+                "unknown option 'static' for qcow2 output (known: compat, cluster_size, \
+                 compression_type, preallocation)",
+            ),
+            ("qcow2", "compat=2", "compat=2: expected 0.10 or 1.1"),
+            (
+                "qcow2",
+                "cluster_size=256",
+                "cluster_size=256: expected a power of two from 512 to 2M",
+            ),
+            (
+                "qcow2",
+                "compression_type=lz4",
+                "compression_type=lz4: expected zlib or zstd",
+            ),
+            (
+                "vmdk",
+                "bogus=1",
+                "unknown option 'bogus' for vmdk output (known: subformat, adapter_type, \
+                 hwversion)",
+            ),
+            (
+                "vmdk",
+                "name=x",
+                "option 'name' does not apply to vmdk output (vmdk options: subformat, \
+                 adapter_type, hwversion)",
+            ),
+            (
+                "vmdk",
+                "subformat=twoGbMaxExtentSparse",
+                "subformat=twoGbMaxExtentSparse: expected streamOptimized, monolithicSparse, \
+                 monolithicFlat or vmfs",
+            ),
+            (
+                "vmdk",
+                "adapter_type=scsi",
+                "adapter_type=scsi: expected lsilogic, ide, buslogic or legacyESX",
+            ),
+            (
+                "vmdk",
+                "hwversion=3",
+                "hwversion=3: expected a virtual hardware version from 4 to 99",
+            ),
+            (
+                "vpc",
+                "bogus=1",
+                "unknown option 'bogus' for vpc output (known: subformat, block_size, \
+                 round_to_mib)",
+            ),
+            (
+                "vpc",
+                "subformat=x",
+                "subformat=x: expected fixed or dynamic",
+            ),
+            (
+                "vpc",
+                "block_size=256k",
+                "block_size=256k: expected a power of two from 512 KiB to 256 MiB",
+            ),
+            (
+                "vpc",
+                "round_to_mib=maybe",
+                "round_to_mib=maybe: expected on or off",
+            ),
+            (
+                "vhdx",
+                "bogus=1",
+                "unknown option 'bogus' for vhdx output (known: subformat, block_size, \
+                 logical_sector_size, physical_sector_size)",
+            ),
+            (
+                "vhdx",
+                "subformat=x",
+                "subformat=x: expected fixed or dynamic",
+            ),
+            (
+                "vhdx",
+                "block_size=512k",
+                "block_size=512k: expected a power of two from 1 MiB to 256 MiB",
+            ),
+            (
+                "vhdx",
+                "physical_sector_size=1024",
+                "physical_sector_size=1024: expected 512 or 4096",
+            ),
+            (
+                "ova",
+                "bogus=1",
+                "unknown option 'bogus' for ova output (known: name, cpus, memory, os_type, \
+                 firmware, adapter_type, hwversion)",
+            ),
+            (
+                "ova",
+                "subformat=streamOptimized",
+                "option 'subformat' does not apply to ova output (ova options: name, cpus, \
+                 memory, os_type, firmware, adapter_type, hwversion)",
+            ),
+            (
+                "ova",
+                "name=a b",
+                "name=a b: use letters, digits, '-', '_' and '.' only",
+            ),
+            ("ova", "cpus=0", "cpus=0: expected 1 to 768"),
+            (
+                "ova",
+                "memory=1",
+                "memory=1: expected MiB (4096) or a size with a unit (4G)",
+            ),
+            (
+                "ova",
+                "os_type=a-b",
+                "os_type=a-b: expected a VMware guest id such as otherGuest64 or \
+                 windows2019srv_64Guest",
+            ),
+            (
+                "ova",
+                "firmware=coreboot",
+                "firmware=coreboot: expected bios or efi",
+            ),
+            (
+                "ova",
+                "hwversion=100",
+                "hwversion=100: expected a virtual hardware version from 4 to 99",
+            ),
+            (
+                "vdi",
+                "compat=1.1",
+                "option 'compat' does not apply to vdi output (vdi options: subformat, static)",
+            ),
+            (
+                "vdi",
+                "subformat=x",
+                "subformat=x: expected dynamic or fixed",
+            ),
+            ("vdi", "static=maybe", "static=maybe: expected on or off"),
+            (
+                "raw",
+                "preallocation=some",
+                "unknown preallocation mode 'some' (expected off, metadata, falloc or full)",
+            ),
+            (
+                "qcow2",
+                "nokey",
+                "option 'nokey' is not of the form key=value",
+            ),
+        ];
+        for (format, list, want) in cases {
+            let e = err(format, list);
+            assert!(e.contains(want), "-O {format} -o {list}: {e}");
+        }
+    }
+
+    #[test]
+    fn each_format_takes_its_own_options() {
+        let o = OutputOptions::new(Format::Ova)
+            .with_options("name=web01,cpus=4,memory=8G,adapter_type=ide,hwversion=13")
+            .unwrap();
+        assert_eq!(o.ova.vm_name, "web01");
+        assert_eq!(o.ova.memory_mib, 8192);
+        assert_eq!(o.vmdk.hw_version, 13);
+        let o = OutputOptions::new(Format::Vdi)
+            .with_options("static=on")
+            .unwrap();
+        assert_eq!(o.vdi.subformat, crate::formats::vdi::VdiSubformat::Fixed);
+        let o = OutputOptions::new(Format::Vhdx)
+            .with_options("logical_sector_size=4k,block_size=64M")
+            .unwrap();
+        assert_eq!(
+            (o.vhdx.logical_sector_size, o.vhdx.block_size),
+            (4096, 64 << 20)
+        );
+        // -c is qcow2's only.
+        let e = OutputOptions::new(Format::Vhd)
+            .compressed(true)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vpc output cannot be compressed with -c"), "{e}");
+        let e = OutputOptions::new(Format::Qcow2)
+            .with_options("preallocation=full")
+            .unwrap()
+            .compressed(true)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("compressed images cannot be preallocated"),
+            "{e}"
+        );
     }
 }

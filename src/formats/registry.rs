@@ -51,6 +51,9 @@ pub type OpenUpdaterFn = fn(&Path) -> Result<Box<dyn ImageUpdater>>;
 pub type CheckFn =
     fn(Arc<dyn Storage>, Option<&Path>, &OpenContext<'_>, bool) -> Result<CheckReport>;
 
+/// Sets one `-o key=value` option; `Ok(false)` when the key is not the format's.
+pub type SetOptionFn = fn(&mut OutputOptions, &str, &str) -> Result<bool>;
+
 /// Everything diskconv knows how to do with one format.
 #[derive(Debug, Clone, Copy)]
 pub struct FormatRow {
@@ -82,6 +85,18 @@ pub struct FormatRow {
     pub sync_target_options: &'static str,
     /// Checks the structure.
     pub check: Option<CheckFn>,
+    /// The `-o` keys the format takes, for messages.
+    pub option_keys: &'static [&'static str],
+    /// Sets one `-o key=value` option in the format's own options type; `Ok(false)` when the
+    /// key is not one of the format's.
+    pub set_option: SetOptionFn,
+    /// Whether the format's parser reports unknown keys itself (its keys are then not
+    /// reported to other formats as "does not apply").
+    pub own_option_errors: bool,
+    /// Checks combinations of the format's options.
+    pub validate_options: fn(&OutputOptions) -> Result<()>,
+    /// Whether `-c` (compress) applies.
+    pub compress: bool,
 }
 
 /// Every format, in the order their probes run.
@@ -99,13 +114,18 @@ pub static ROWS: &[FormatRow] = &[
             Ok(Box::new(raw::RawWriter::create(
                 files.main()?,
                 size,
-                o.qcow2.preallocation,
+                o.raw.preallocation,
             )?))
         }),
         sibling_names: None,
         open_updater: Some(|p| Ok(Box::new(raw::RawUpdater::open(p)?))),
         sync_target_options: "",
         check: None,
+        option_keys: raw::RawWriteOptions::KEYS,
+        set_option: |o, k, v| o.raw.set(k, v),
+        own_option_errors: false,
+        validate_options: |o| o.raw.validate(),
+        compress: false,
     },
     FormatRow {
         format: Format::Qcow2,
@@ -127,6 +147,11 @@ pub static ROWS: &[FormatRow] = &[
         open_updater: Some(|p| Ok(Box::new(qcow2::update::Qcow2Updater::open(p)?))),
         sync_target_options: "",
         check: Some(|s, _, _, _| qcow2::check(s.as_ref())),
+        option_keys: qcow2::Qcow2WriteOptions::KEYS,
+        set_option: |o, k, v| o.qcow2.set(k, v),
+        own_option_errors: false,
+        validate_options: |o| o.qcow2.validate(),
+        compress: true,
     },
     FormatRow {
         format: Format::Vmdk,
@@ -144,6 +169,11 @@ pub static ROWS: &[FormatRow] = &[
         check: Some(|s, p, c, deep| {
             vmdk::check::check(s, p, c, &vmdk::check::VmdkCheckOptions { deep })
         }),
+        option_keys: vmdk::VmdkWriteOptions::KEYS,
+        set_option: |o, k, v| o.vmdk.set(k, v),
+        own_option_errors: false,
+        validate_options: |_| Ok(()),
+        compress: false,
     },
     FormatRow {
         format: Format::Vhdx,
@@ -159,6 +189,11 @@ pub static ROWS: &[FormatRow] = &[
         open_updater: Some(|p| Ok(Box::new(vhdx::update::VhdxUpdater::open(p)?))),
         sync_target_options: "",
         check: Some(|s, _, _, _| vhdx::check::check(s.as_ref())),
+        option_keys: vhdx::VhdxWriteOptions::KEYS,
+        set_option: |o, k, v| o.vhdx.set(k, v),
+        own_option_errors: false,
+        validate_options: |_| Ok(()),
+        compress: false,
     },
     FormatRow {
         format: Format::Vhd,
@@ -174,6 +209,11 @@ pub static ROWS: &[FormatRow] = &[
         open_updater: Some(|p| Ok(Box::new(vhd::update::VhdUpdater::open(p)?))),
         sync_target_options: "",
         check: Some(|s, p, c, _| vhd::check::check(s.as_ref(), p, c)),
+        option_keys: vhd::VhdWriteOptions::KEYS,
+        set_option: |o, k, v| o.vhd.set(k, v),
+        own_option_errors: false,
+        validate_options: |o| o.vhd.validate(o.was_given("block_size")),
+        compress: false,
     },
     FormatRow {
         format: Format::Ova,
@@ -194,6 +234,23 @@ pub static ROWS: &[FormatRow] = &[
         open_updater: None,
         sync_target_options: "",
         check: None,
+        // The VM's options, then the VMDK options of the disk inside.
+        option_keys: &[
+            "name",
+            "cpus",
+            "memory",
+            "os_type",
+            "firmware",
+            "adapter_type",
+            "hwversion",
+        ],
+        set_option: |o, k, v| match k {
+            "adapter_type" | "hwversion" => o.vmdk.set(k, v),
+            _ => o.ova.set(k, v),
+        },
+        own_option_errors: false,
+        validate_options: |_| Ok(()),
+        compress: false,
     },
     FormatRow {
         format: Format::Vdi,
@@ -209,6 +266,12 @@ pub static ROWS: &[FormatRow] = &[
         open_updater: Some(|p| Ok(Box::new(vdi::VdiUpdater::open(p)?))),
         sync_target_options: "",
         check: Some(|s, p, c, _| vdi::check::check(s.as_ref(), p, c)),
+        option_keys: &["subformat", "static"],
+        // The VDI parser reports unknown keys itself.
+        set_option: |o, k, v| o.vdi.set(k, v).map(|()| true),
+        own_option_errors: true,
+        validate_options: |_| Ok(()),
+        compress: false,
     },
 ];
 
@@ -377,6 +440,55 @@ impl ImageOpener for Registry {
             )));
         }
         self.open(ctx, storage, None, Some(format), None)
+    }
+}
+
+impl OutputOptions {
+    /// Applies a qemu-img style option list, `key=value,key=value`.
+    pub fn with_options(mut self, list: &str) -> Result<Self> {
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = item.split_once('=').ok_or_else(|| {
+                Error::InvalidArgument(format!("option '{item}' is not of the form key=value"))
+            })?;
+            self.set(key.trim(), value.trim())?;
+        }
+        Ok(self)
+    }
+
+    /// Sets one option, checking it applies to the output format: the format's own parser
+    /// (its row's [`FormatRow::set_option`]) takes it or says it is not one of its keys.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let fmt = self.format;
+        let r = row(fmt);
+        if !(r.set_option)(self, key, value)? {
+            let known = r.option_keys.join(", ");
+            let elsewhere = ROWS
+                .iter()
+                .any(|o| !o.own_option_errors && o.option_keys.contains(&key));
+            return Err(Error::InvalidArgument(if elsewhere {
+                format!("option '{key}' does not apply to {fmt} output ({fmt} options: {known})")
+            } else {
+                format!("unknown option '{key}' for {fmt} output (known: {known})")
+            }));
+        }
+        if !self.was_given(key) {
+            self.given.push(key.to_string());
+        }
+        Ok(())
+    }
+
+    /// Checks combinations of options: `-c` only for a format it applies to, then the
+    /// format's own checks (its row's [`FormatRow::validate_options`]).
+    pub fn validate(&self) -> Result<()> {
+        let r = row(self.format);
+        if self.qcow2.compress && !r.compress {
+            return Err(Error::InvalidArgument(format!(
+                "{} output cannot be compressed with -c (-c is for qcow2; streamOptimized VMDK \
+                 and OVA are always compressed)",
+                self.format
+            )));
+        }
+        (r.validate_options)(self)
     }
 }
 

@@ -4,6 +4,7 @@
 //! [`manifest`] (the `.mf` manifest) and [`writer`] (writing one).
 
 pub mod manifest;
+mod options;
 pub mod ovf;
 pub mod reader;
 pub mod writer;

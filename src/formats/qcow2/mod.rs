@@ -18,6 +18,7 @@ pub mod check;
 pub mod compress;
 pub mod header;
 pub mod l1l2;
+mod options;
 pub mod reader;
 pub mod refcount;
 pub mod snapshot;

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod dynamic;
 pub mod footer;
+mod options;
 pub mod reader;
 pub mod update;
 pub mod writer;

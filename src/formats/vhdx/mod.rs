@@ -9,6 +9,7 @@ pub mod check;
 pub mod header;
 pub mod log;
 pub mod metadata;
+mod options;
 pub mod reader;
 pub mod region;
 pub mod update;

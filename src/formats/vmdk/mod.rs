@@ -17,6 +17,7 @@
 pub mod check;
 pub mod cowd;
 pub mod descriptor;
+mod options;
 pub mod reader;
 pub mod sesparse;
 pub mod sparse;
