@@ -529,6 +529,13 @@ pub fn is_plain_relative(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn fails<T>(r: Result<T>) -> Error {
+        match r {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e,
+        }
+    }
+
     #[test]
     fn policy_parses() {
         assert_eq!(
@@ -608,5 +615,50 @@ mod tests {
         assert!(is_plain_relative("d/a.qcow2"));
         assert!(!is_plain_relative("../a.qcow2"));
         assert!(!is_plain_relative("/a.qcow2"));
+    }
+
+    fn raw_reader(
+        storage: Arc<dyn Storage>,
+        path: Option<&Path>,
+        _: &OpenContext<'_>,
+    ) -> Result<Box<dyn ImageReader>> {
+        Ok(Box::new(crate::formats::raw::RawReader::new(
+            storage, path,
+        )?))
+    }
+
+    static RAW_ONLY: SingleFormat = SingleFormat::new(crate::formats::RAW, raw_reader);
+
+    #[test]
+    fn a_context_opens_only_through_its_opener() {
+        let opts = OpenOptions::default();
+        let mem =
+            || -> Arc<dyn Storage> { Arc::new(crate::storage::MemStorage::from_vec(vec![0; 512])) };
+        // Without an opener, opening anything is an internal error, never a wrong format.
+        let bare = OpenContext::detached(&opts);
+        let e = fails(bare.open_storage(mem(), None, None, None));
+        assert_eq!(e.kind(), crate::ErrorKind::Internal, "{e}");
+        assert_eq!(
+            bare.detect(mem().as_ref()).unwrap_err().kind(),
+            crate::ErrorKind::Internal
+        );
+        // A single-format opener opens its format, refuses every other one and detection.
+        let ctx = OpenContext::detached(&opts).with_opener(&RAW_ONLY);
+        let r = ctx
+            .open_storage(mem(), None, Some(crate::formats::RAW), None)
+            .unwrap();
+        assert_eq!(r.virtual_size(), 512);
+        let other = "qcow2".parse().unwrap();
+        let e = fails(ctx.open_storage(mem(), None, Some(other), None));
+        assert_eq!(e.kind(), crate::ErrorKind::Internal, "{e}");
+        assert!(
+            e.to_string()
+                .contains("a raw opener was asked to open a qcow2 image"),
+            "{e}"
+        );
+        assert!(ctx.open_storage(mem(), None, None, None).is_err());
+        assert!(ctx.open_member(mem(), crate::formats::RAW).is_err());
+        let e = fails(ctx.open_storage(mem(), None, Some(crate::formats::RAW), Some("s")));
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
     }
 }

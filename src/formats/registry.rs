@@ -298,6 +298,12 @@ impl Format {
         row(self).create_writer.is_some()
     }
 
+    /// Whether the format is a package holding a virtual machine (its disks opened with
+    /// [`open_disks`](crate::open_disks)) rather than one disk.
+    pub fn is_package(self) -> bool {
+        row(self).open_disks.is_some()
+    }
+
     /// Whether an existing image of this format can be updated in place (a sync target).
     pub fn can_update(self) -> bool {
         row(self).open_updater.is_some()
@@ -567,6 +573,13 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fails<T>(r: Result<T>) -> Error {
+        match r {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e,
+        }
+    }
     use crate::storage::MemStorage;
 
     fn detect_bytes(b: Vec<u8>) -> Format {
@@ -588,6 +601,34 @@ mod tests {
             assert_eq!(f.name().parse::<Format>().unwrap(), f);
         }
         assert_eq!(ROWS.len(), 7);
+    }
+
+    #[test]
+    fn a_package_inside_a_package_is_refused() {
+        let opts = crate::reference::OpenOptions::default();
+        let ctx = OpenContext::detached(&opts).with_opener(&REGISTRY);
+        let storage: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(vec![0; 1024]));
+        let e = fails(ctx.open_member(storage.clone(), Format::Ova));
+        assert_eq!(
+            e.to_string(),
+            "unsupported: an OVA package inside an OVA package"
+        );
+        assert!(Format::Ova.is_package() && !Format::Vmdk.is_package());
+        // A member of another format is opened through its row.
+        let r = ctx.open_member(storage, Format::Raw).unwrap();
+        assert_eq!(r.virtual_size(), 1024);
+    }
+
+    #[test]
+    fn snapshots_only_where_the_row_has_them() {
+        let opts = crate::reference::OpenOptions::default();
+        let ctx = OpenContext::detached(&opts).with_opener(&REGISTRY);
+        let storage: Arc<dyn Storage> = Arc::new(MemStorage::from_vec(vec![0; 1024]));
+        let e = fails(REGISTRY.open(&ctx, storage, None, None, Some("s1"))).to_string();
+        assert_eq!(
+            e,
+            "internal snapshots exist only in qcow2 images, this is raw"
+        );
     }
 
     #[test]
