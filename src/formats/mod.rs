@@ -7,8 +7,9 @@
 //! row per format (probe, reader, writer, updater, check, names, extensions, write options);
 //! everything above the formats (open, output creation, sync targets, check) goes through it.
 //!
-//! Adding a format: a folder here, a variant of [`Format`] with its name below, and a row in
-//! [`registry::ROWS`].
+//! Adding a format: a folder here, a variant of [`Format`] with its name below, a row in
+//! [`registry::ROWS`], and, when it takes `-o` options, a field of its options type in
+//! [`options::OutputOptions`].
 
 use std::fmt;
 

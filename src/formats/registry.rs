@@ -8,8 +8,9 @@
 //! inside a format folder may import it (the images a format opens itself go through the
 //! [`ImageOpener`] of its [`OpenContext`], which is this registry's [`REGISTRY`]).
 //!
-//! Adding a format: a folder under `src/formats/`, a variant of [`Format`], and a row in
-//! [`ROWS`].
+//! Adding a format: a folder under `src/formats/`, a variant of [`Format`], a row in
+//! [`ROWS`] and, when it takes `-o` options, a field in
+//! [`OutputOptions`](crate::formats::options::OutputOptions).
 
 use std::path::Path;
 use std::str::FromStr;
