@@ -20,9 +20,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::detect::detect;
 use crate::error::{Error, Result, ResultExt};
-use crate::formats::{qcow2, vdi, vhd, vhdx, vmdk};
+use crate::formats::registry::{self, REGISTRY, detect};
 use crate::image::Format;
 use crate::open::{OpenContext, OpenOptions, ReferencePolicy};
 use crate::storage::{FileStorage, Storage};
@@ -48,7 +47,7 @@ pub fn check_storage(
     opts: &CheckOptions,
 ) -> Result<CheckReport> {
     let open = OpenOptions::default().references(opts.references);
-    let ctx = OpenContext::detached(&open);
+    let ctx = OpenContext::detached(&open).with_opener(&REGISTRY);
     let format = match format {
         Some(f) => f,
         None => detect(storage.as_ref())?,
@@ -75,20 +74,10 @@ fn dispatch(
     ctx: &OpenContext<'_>,
     opts: &CheckOptions,
 ) -> std::result::Result<CheckReport, Dispatch> {
-    match format {
-        Format::Qcow2 => qcow2::check(storage.as_ref()),
-        Format::Vmdk => vmdk::check::check(
-            storage,
-            path,
-            ctx,
-            &vmdk::check::VmdkCheckOptions { deep: opts.deep },
-        ),
-        Format::Vhd => vhd::check::check(storage.as_ref(), path, ctx),
-        Format::Vhdx => vhdx::check::check(storage.as_ref()),
-        Format::Vdi => vdi::check::check(storage.as_ref(), path, ctx),
-        other => return Err(Dispatch::Nothing(other)),
+    match registry::check(storage, format, path, ctx, opts.deep) {
+        Some(r) => r.map_err(Dispatch::Error),
+        None => Err(Dispatch::Nothing(format)),
     }
-    .map_err(Dispatch::Error)
 }
 
 /// Checks the image at `path`, read-only.
@@ -99,6 +88,7 @@ fn dispatch(
 pub fn check_file(path: &Path, opts: &CheckOptions) -> Result<CheckReport> {
     let open = OpenOptions::default().references(opts.references);
     let (ctx, canonical) = OpenContext::for_image(path, &open)?;
+    let ctx = ctx.with_opener(&REGISTRY);
     let storage = FileStorage::open_read_only(&canonical)
         .map_err(|e| Error::io("opening read-only", e))
         .in_file(path)?;

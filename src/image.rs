@@ -8,7 +8,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -16,131 +15,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 
-/// Image formats diskconv knows about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// Raw bytes: a plain file or a block device.
-    Raw,
-    /// QEMU copy-on-write version 2 or 3.
-    Qcow2,
-    /// VMware virtual disk.
-    Vmdk,
-    /// Microsoft Virtual PC / Hyper-V VHD, called `vpc` by qemu.
-    Vhd,
-    /// Microsoft Hyper-V VHDX.
-    Vhdx,
-    /// VirtualBox VDI.
-    Vdi,
-    /// An OVA package (a tar holding an OVF descriptor, a manifest and VMDK disks).
-    Ova,
-}
-
-impl Format {
-    /// The canonical name, as accepted by `-f` / `-O`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Raw => "raw",
-            Format::Qcow2 => "qcow2",
-            Format::Vmdk => "vmdk",
-            Format::Vhd => "vpc",
-            Format::Vhdx => "vhdx",
-            Format::Vdi => "vdi",
-            Format::Ova => "ova",
-        }
-    }
-
-    /// Whether this version can read the format.
-    pub fn can_read(self) -> bool {
-        matches!(
-            self,
-            Format::Raw
-                | Format::Qcow2
-                | Format::Vmdk
-                | Format::Ova
-                | Format::Vhd
-                | Format::Vhdx
-                | Format::Vdi
-        )
-    }
-
-    /// Whether this version can write the format.
-    pub fn can_write(self) -> bool {
-        matches!(
-            self,
-            Format::Raw
-                | Format::Qcow2
-                | Format::Vmdk
-                | Format::Ova
-                | Format::Vhd
-                | Format::Vhdx
-                | Format::Vdi
-        )
-    }
-
-    /// The format an output file's name asks for, by its extension (case ignored): `.qcow2`
-    /// and `.qcow` qcow2, `.vmdk` vmdk, `.vhd` and `.vpc` vpc, `.vhdx` vhdx, `.ova` ova, `.vdi`
-    /// vdi, `.raw` raw. `None` for any other extension and for none: `.img` and `.bin` say
-    /// nothing either, since cloud images named `.img` are as often qcow2 as raw.
-    ///
-    /// This is the one extension rule of every output (a converted file, a new sync target):
-    /// see [`Format::for_output`]. Inputs are never detected by name.
-    pub fn from_extension(path: &Path) -> Option<Format> {
-        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
-        Some(match ext.as_str() {
-            "qcow2" | "qcow" => Format::Qcow2,
-            "vmdk" => Format::Vmdk,
-            "vhd" | "vpc" => Format::Vhd,
-            "vhdx" => Format::Vhdx,
-            "ova" => Format::Ova,
-            "vdi" => Format::Vdi,
-            "raw" => Format::Raw,
-            _ => return None,
-        })
-    }
-
-    /// The format of a new output file: `explicit` when given, else the one its extension asks
-    /// for ([`Format::from_extension`]), else raw (qemu-img's default).
-    pub fn for_output(path: &Path, explicit: Option<Format>) -> Format {
-        explicit
-            .or_else(|| Format::from_extension(path))
-            .unwrap_or(Format::Raw)
-    }
-
-    /// When `format` was chosen explicitly for an output at `path` whose extension asks for
-    /// another format, that other format (worth a warning: `x.qcow2` holding a raw image is
-    /// a trap for whoever opens it by name).
-    pub fn extension_mismatch(path: &Path, format: Format) -> Option<Format> {
-        Format::from_extension(path).filter(|&e| e != format)
-    }
-}
-
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Format {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "raw" | "img" => Format::Raw,
-            "qcow2" => Format::Qcow2,
-            "vmdk" => Format::Vmdk,
-            "vpc" | "vhd" => Format::Vhd,
-            "vhdx" => Format::Vhdx,
-            "vdi" => Format::Vdi,
-            "ova" => Format::Ova,
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "unknown format '{other}' (known: raw, qcow2, vmdk, vpc/vhd, vhdx, vdi, ova)"
-                )));
-            }
-        })
-    }
-}
+pub use crate::formats::Format;
 
 /// What a stretch of the virtual disk holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -885,36 +760,4 @@ pub trait ImageUpdater: Send {
 
     /// Writes pending metadata in a safe order and syncs the file(s).
     fn flush(&mut self) -> Result<()>;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn output_format_from_the_extension() {
-        let f = |name: &str| Format::from_extension(Path::new(name));
-        assert_eq!(f("a.qcow2"), Some(Format::Qcow2));
-        assert_eq!(f("dir.x/A.QCOW2"), Some(Format::Qcow2));
-        assert_eq!(f("a.vmdk"), Some(Format::Vmdk));
-        assert_eq!(f("a.vhd"), Some(Format::Vhd));
-        assert_eq!(f("a.VPC"), Some(Format::Vhd));
-        assert_eq!(f("a.vhdx"), Some(Format::Vhdx));
-        assert_eq!(f("web01.ova"), Some(Format::Ova));
-        assert_eq!(f("a.vdi"), Some(Format::Vdi));
-        assert_eq!(f("a.raw"), Some(Format::Raw));
-        for none in ["a.img", "a.bin", "a", "a.iso", ".qcow2", "dir.vmdk/a"] {
-            assert_eq!(f(none), None, "{none}");
-        }
-        let o = |name: &str, e| Format::for_output(Path::new(name), e);
-        assert_eq!(o("x.ova", None), Format::Ova);
-        assert_eq!(o("x.img", None), Format::Raw);
-        assert_eq!(o("x", None), Format::Raw);
-        assert_eq!(o("x.qcow2", Some(Format::Raw)), Format::Raw);
-        let m = |name: &str, fmt| Format::extension_mismatch(Path::new(name), fmt);
-        assert_eq!(m("x.qcow2", Format::Raw), Some(Format::Qcow2));
-        assert_eq!(m("x.qcow2", Format::Qcow2), None);
-        assert_eq!(m("x.img", Format::Qcow2), None);
-        assert_eq!(m("x.vhd", Format::Vhd), None);
-    }
 }

@@ -13,10 +13,10 @@
 //! and [`inject`].
 //!
 //! ```no_run
-//! use diskconv::{open, OpenOptions, OutputOptions, ConvertOptions, Format};
+//! use diskconv::{open, OpenOptions, OutputOptions, ConvertOptions};
 //!
 //! let src = open("disk.vmdk", &OpenOptions::default())?;
-//! let out = OutputOptions::new(Format::Qcow2).with_options("compression_type=zstd")?.compressed(true);
+//! let out = OutputOptions::new("qcow2".parse()?).with_options("compression_type=zstd")?.compressed(true);
 //! let stats = diskconv::convert_file(src.as_ref(), "disk.qcow2".as_ref(), &out,
 //!                                    &ConvertOptions::default(), None)?;
 //! println!("{} bytes of data written", stats.data_bytes);
@@ -39,6 +39,7 @@ pub mod inject;
 pub mod inspect;
 pub mod open;
 pub mod output;
+pub mod reference;
 pub mod storage;
 pub mod sync;
 pub mod util;

@@ -251,7 +251,7 @@ mod tests {
         crate::open_storage(
             Arc::new(MemStorage::from_vec(bytes)),
             &crate::OpenOptions {
-                format: Some(crate::Format::Raw),
+                format: Some(crate::formats::RAW),
                 ..Default::default()
             },
         )

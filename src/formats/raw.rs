@@ -117,6 +117,39 @@ impl std::str::FromStr for Preallocation {
     }
 }
 
+/// How to write a raw image (`-o` options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RawWriteOptions {
+    /// Space reservation (`preallocation=`).
+    pub preallocation: Preallocation,
+}
+
+impl RawWriteOptions {
+    /// The option keys [`set`](Self::set) takes, for messages.
+    pub const KEYS: &'static [&'static str] = &["preallocation"];
+
+    /// Sets one `-o key=value` option; `Ok(false)` when `key` is not a raw option.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<bool> {
+        match key {
+            "preallocation" => self.preallocation = value.parse()?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Checks the options: a raw image has no metadata to preallocate.
+    pub fn validate(&self) -> Result<()> {
+        if self.preallocation == Preallocation::Metadata {
+            return Err(Error::InvalidArgument(
+                "preallocation=metadata means nothing for raw output (a raw image has no \
+                 metadata to preallocate); use off, falloc or full"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Writes a raw image.
 #[derive(Debug)]
 pub struct RawWriter {

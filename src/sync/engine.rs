@@ -38,6 +38,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::error::{Error, Result};
 use crate::files::OutputFiles;
+use crate::formats::RAW;
 use crate::image::{Format, ImageReader, ImageUpdater, NamedReader, read_skipping_holes};
 use crate::open::{OpenOptions, PackageOptions, ReferencePolicy, open, open_qcow2};
 use crate::output::{OutputOptions, create_writer};
@@ -197,34 +198,24 @@ pub fn check_block_size(bs: u64) -> Result<()> {
 }
 
 /// The format a new target gets: `explicit`, else the one its extension asks for, else raw
-/// ([`Format::for_output`], the rule `convert` follows too). A name such as `x.ova` asks for a
+/// ([`format_for_output`](crate::formats::registry::format_for_output), the rule `convert`
+/// follows too). A name such as `x.ova` asks for a
 /// format that cannot be a sync target: [`check_updatable`] refuses it.
 pub fn target_format(dst: &Path, explicit: Option<Format>) -> Format {
-    Format::for_output(dst, explicit)
+    crate::formats::registry::format_for_output(dst, explicit)
 }
 
 /// Refuses, before anything is written, a target format that cannot be updated in place
 /// (OVA): the caller syncs to an updatable format and converts the result at the end.
 pub fn check_updatable(format: Format) -> Result<()> {
-    match format {
-        Format::Raw | Format::Qcow2 | Format::Vhd | Format::Vhdx | Format::Vmdk | Format::Vdi => {
-            Ok(())
-        }
-        other => Err(Error::Unsupported(format!(
-            "a {other} target cannot be updated in place; sync to raw, qcow2, vpc, vhdx, vdi or \
-             vmdk (monolithicSparse) and convert the result to {other} at the end"
-        ))),
-    }
+    crate::formats::registry::check_updatable(format)
 }
 
 /// Creates an empty target in a variant of `format` that [`open_updater`] can update: qcow2
 /// uncompressed, VHD, VHDX and VDI dynamic, VMDK monolithicSparse (never streamOptimized).
 fn create_target(dst: &Path, size: u64, format: Format) -> Result<()> {
     check_updatable(format)?;
-    let mut opts = OutputOptions::new(format);
-    if format == Format::Vmdk {
-        opts = opts.with_options("subformat=monolithicSparse")?;
-    }
+    let opts = OutputOptions::new(format).with_options(format.row().sync_target_options)?;
     let mut files = OutputFiles::new(dst);
     let w = create_writer(&mut files, size, &opts).map_err(|e| e.in_file(dst))?;
     w.finish().map_err(|e| e.in_file(dst))?;
@@ -256,7 +247,7 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
     let device = is_block_device(dst);
     let state_path = state_path_for(dst, opts.state_path.as_deref())?.path;
     let fpp = fp_path(&state_path);
-    if device && opts.output_format.is_some_and(|f| f != Format::Raw) {
+    if device && opts.output_format.is_some_and(|f| !f.is_raw()) {
         return Err(Error::InvalidArgument(format!(
             "is a block device: a sync to a block device writes raw, not {}",
             opts.output_format.map_or("?", |f| f.name())
@@ -404,7 +395,7 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
             cand.set_all();
             let mut initial_fp = zero_fp;
             let (tgt_format, tgt_size, kind, source) = if device && !rescan {
-                let up = open_updater(dst, Some(Format::Raw))?;
+                let up = open_updater(dst, Some(RAW))?;
                 if up.virtual_size() < src_size {
                     return Err(Error::InvalidArgument(format!(
                         "the block device holds {} bytes ({}), less than the {src_size} bytes \
@@ -418,14 +409,9 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
                 // No block's fingerprint is this value (in practice: 2^-128), so the full pass
                 // writes every block, zero blocks as zeros.
                 initial_fp = UNKNOWN_FINGERPRINT;
-                (
-                    Format::Raw,
-                    up.virtual_size(),
-                    PassKind::Full,
-                    ChangeSource::Full,
-                )
+                (RAW, up.virtual_size(), PassKind::Full, ChangeSource::Full)
             } else if target_exists {
-                let up = open_updater(dst, device.then_some(Format::Raw))?;
+                let up = open_updater(dst, device.then_some(RAW))?;
                 if let Some(f) = opts.output_format.filter(|f| *f != up.format()) {
                     return Err(Error::InvalidArgument(format!(
                         "{} is a {} image; an output format ({f}) applies only to a new target",
@@ -908,21 +894,22 @@ fn estimate_final(r: &PassReport) -> f64 {
 mod tests {
     use super::*;
 
+    fn f(name: &str) -> Format {
+        name.parse().unwrap()
+    }
+
     #[test]
     fn target_format_from_extension() {
-        assert_eq!(target_format(Path::new("a.qcow2"), None), Format::Qcow2);
-        assert_eq!(target_format(Path::new("a.VHDX"), None), Format::Vhdx);
-        assert_eq!(target_format(Path::new("a.img"), None), Format::Raw);
+        assert_eq!(target_format(Path::new("a.qcow2"), None), f("qcow2"));
+        assert_eq!(target_format(Path::new("a.VHDX"), None), f("vhdx"));
+        assert_eq!(target_format(Path::new("a.img"), None), f("raw"));
         // Regression: `x.ova` used to become a raw target silently; it asks for an OVA, which
         // cannot be updated in place, and is refused.
-        assert_eq!(target_format(Path::new("x.ova"), None), Format::Ova);
+        assert_eq!(target_format(Path::new("x.ova"), None), f("ova"));
         let e = check_updatable(target_format(Path::new("x.ova"), None)).unwrap_err();
         assert!(e.to_string().contains("convert the result to ova"), "{e}");
         assert!(check_updatable(target_format(Path::new("x.vmdk"), None)).is_ok());
-        assert_eq!(
-            target_format(Path::new("a"), Some(Format::Vhd)),
-            Format::Vhd
-        );
+        assert_eq!(target_format(Path::new("a"), Some(f("vpc"))), f("vpc"));
         assert!(check_block_size(65536).is_ok());
         assert!(check_block_size(2048).is_err());
         assert!(check_block_size(65537).is_err());

@@ -4,6 +4,7 @@
 //! [`manifest`] (the `.mf` manifest) and [`writer`] (writing one).
 
 pub mod manifest;
+mod options;
 pub mod ovf;
 pub mod reader;
 pub mod writer;
@@ -11,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::open::OpenContext;
+use crate::reference::OpenContext;
 use crate::storage::Storage;
 
 pub use reader::{OvaPackage, OvaReader};
@@ -214,4 +215,16 @@ pub fn create_writer(
     ova: &OvaOptions,
 ) -> crate::error::Result<Box<dyn crate::image::ImageWriter>> {
     Ok(Box::new(writer::OvaWriter::create(files, size, vmdk, ova)?))
+}
+
+/// Whether the first sector (`head`) is a tar header whose member is an OVF descriptor: an OVA
+/// package.
+pub fn probe(head: &[u8], _len: u64) -> bool {
+    if head.len() >= TAR_MAGIC_OFFSET + 6
+        && head[TAR_MAGIC_OFFSET..TAR_MAGIC_OFFSET + TAR_MAGIC.len()] == *TAR_MAGIC
+    {
+        let name = head[..100].split(|&b| b == 0).next().unwrap_or(&[]);
+        return name.to_ascii_lowercase().ends_with(b".ovf");
+    }
+    false
 }

@@ -32,12 +32,11 @@ use super::manifest::{
 };
 use super::ovf::{MAX_OVF_BYTES, OvfEnvelope, parse_ovf};
 use crate::bytes::hex;
-use crate::detect::detect;
 use crate::error::{Error, Result};
 use crate::image::{
     Extent, Format, ImageInfo, ImageReader, ManifestInfo, PackageDisk, PackageInfo, PackageNic,
 };
-use crate::open::{OpenContext, PackageOptions};
+use crate::reference::{OpenContext, PackageOptions};
 use crate::storage::Storage;
 
 /// Largest number of tar members looked at.
@@ -566,7 +565,7 @@ impl OvaPackage {
         let m = self.disk_member(index)?.clone();
         let slice: Arc<dyn Storage> =
             Arc::new(SliceStorage::new(self.storage.clone(), m.offset, m.size));
-        let format = match detect(slice.as_ref()) {
+        let format = match ctx.detect(slice.as_ref()) {
             Ok(f @ (Format::Qcow2 | Format::Vhd | Format::Vhdx | Format::Vmdk)) => f,
             _ => Format::Vmdk,
         };

@@ -18,6 +18,7 @@ pub mod check;
 pub mod compress;
 pub mod header;
 pub mod l1l2;
+mod options;
 pub mod reader;
 pub mod refcount;
 pub mod snapshot;
@@ -75,4 +76,9 @@ impl From<Qcow2Error> for Error {
     fn from(e: Qcow2Error) -> Self {
         Error::typed(e.kind(), e)
     }
+}
+
+/// Whether the first sector (`head`) is a qcow2 header's: it starts with the magic.
+pub fn probe(head: &[u8], _len: u64) -> bool {
+    head.starts_with(&header::MAGIC)
 }

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::image::{
     Extent, ExtentKind, Format, ImageInfo, ImageReader, check_read_range, map_through_parent,
 };
-use crate::open::OpenContext;
+use crate::reference::OpenContext;
 use crate::storage::Storage;
 
 /// Bytes of L2 tables kept in the cache (qemu's default L2 cache is 32 MiB at most too).

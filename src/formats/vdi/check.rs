@@ -18,7 +18,7 @@ use std::path::Path;
 
 use crate::error::{ErrorKind, Result};
 use crate::formats::check::{CheckProblem, CheckReport, MAX_LISTED_PROBLEMS, ProblemKind};
-use crate::open::OpenContext;
+use crate::reference::OpenContext;
 use crate::storage::Storage;
 
 use super::blockmap::{self, Entry};

@@ -89,3 +89,10 @@ fn unsupported(detail: String) -> FormatError {
         detail,
     }
 }
+
+/// An opener of VDI images only, for code of this folder that opens a whole VDI (and the
+/// parents it names, always of this format) without the format registry above it.
+pub(crate) static OPENER: crate::reference::SingleFormat =
+    crate::reference::SingleFormat::new(crate::formats::Format::Vdi, |s, p, c| {
+        Ok(Box::new(VdiReader::open(s, p, c)?))
+    });

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::open::{OpenContext, ReferencePolicy};
+use crate::reference::{OpenContext, ReferencePolicy};
 
 use super::corrupt;
 use super::header::{PRE_HEADER_SIZE, VdiHeader};

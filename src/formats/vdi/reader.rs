@@ -8,7 +8,7 @@ use crate::image::{
     Extent, ExtentKind, Format, ImageInfo, ImageReader, NamedReader, SharedReader,
     check_read_range, map_through_parent, read_through_parent,
 };
-use crate::open::{OpenContext, OpenOptions};
+use crate::reference::{OpenContext, OpenOptions};
 use crate::storage::{FileStorage, Storage};
 
 use super::blockmap::{self, Entry};
@@ -86,6 +86,7 @@ pub fn open_with_parent(
     let path = path.as_ref();
     let parent = parent.as_ref();
     let (ctx, canonical) = OpenContext::for_image(path, opts)?;
+    let ctx = ctx.with_opener(&super::OPENER);
     let parent = std::fs::canonicalize(parent)
         .map_err(|e| Error::io("opening the parent", e))
         .in_file(parent)?;

@@ -41,7 +41,7 @@ use crate::error::{Error, Result, ResultExt};
 use crate::image::{
     Extent, Format, ImageInfo, ImageReader, ImageUpdater, read_through_parent, reads_as_zero,
 };
-use crate::open::{OpenContext, OpenOptions};
+use crate::reference::{OpenContext, OpenOptions};
 use crate::storage::{FileStorage, Storage};
 
 use super::blockmap::{Entry, FREE, ZERO};
@@ -156,6 +156,7 @@ impl VdiUpdater {
     pub fn open(path: &Path) -> Result<VdiUpdater> {
         let opts = OpenOptions::default().format(Format::Vdi);
         let (ctx, canonical) = OpenContext::for_image(path, &opts)?;
+        let ctx = ctx.with_opener(&super::OPENER);
         let storage = FileStorage::open_read_write(&canonical)
             .map_err(|e| Error::io("opening the VDI read-write", e))
             .in_file(path)?;
@@ -169,7 +170,7 @@ impl VdiUpdater {
     /// have to be searched for, is refused.
     pub fn open_storage(storage: Arc<dyn Storage>) -> Result<VdiUpdater> {
         let opts = OpenOptions::default().format(Format::Vdi);
-        let ctx = OpenContext::detached(&opts);
+        let ctx = OpenContext::detached(&opts).with_opener(&super::OPENER);
         VdiReader::open(storage, None, &ctx)?.into_updater()
     }
 

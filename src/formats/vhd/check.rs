@@ -37,7 +37,7 @@ use crate::bytes::{be32, be64, hex};
 use crate::error::{Error, Result};
 use crate::formats::check::{CheckProblem, CheckReport, ProblemKind, SpaceMap};
 use crate::formats::error::FormatError;
-use crate::open::OpenContext;
+use crate::reference::OpenContext;
 use crate::storage::{FileStorage, Storage};
 
 /// Most overlaps listed (each pair is one corruption).

@@ -3,9 +3,27 @@
 pub mod check;
 pub mod dynamic;
 pub mod footer;
+mod options;
 pub mod reader;
 pub mod update;
 pub mod writer;
 
 pub use reader::VhdReader;
 pub use writer::{VhdSubformat, VhdWriteOptions};
+
+/// Whether the first sector (`head`) is a VHD footer copy (a dynamic VHD starts with one).
+pub fn probe(head: &[u8], _len: u64) -> bool {
+    head.starts_with(&footer::COOKIE)
+}
+
+/// Whether the last sector is a VHD footer: a fixed VHD (older tools wrote a 511-byte footer).
+pub fn probe_tail(tail: &[u8; 512]) -> bool {
+    tail.starts_with(&footer::COOKIE) || tail[1..].starts_with(&footer::COOKIE)
+}
+
+/// An opener of VHD images only, for code of this folder that opens a whole VHD (and the
+/// parents it names, always of this format) without the format registry above it.
+pub(crate) static OPENER: crate::reference::SingleFormat =
+    crate::reference::SingleFormat::new(crate::formats::Format::Vhd, |s, p, c| {
+        Ok(Box::new(VhdReader::open(s, p, c)?))
+    });

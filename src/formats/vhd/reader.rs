@@ -10,7 +10,7 @@ use crate::image::{
     Extent, ExtentKind, Format, ImageInfo, ImageReader, SharedReader, check_read_range,
     map_through_parent, read_through_parent,
 };
-use crate::open::OpenContext;
+use crate::reference::OpenContext;
 use crate::storage::Storage;
 
 use super::dynamic::{

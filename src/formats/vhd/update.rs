@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::image::{Format, ImageUpdater};
-use crate::open::{OpenOptions, open};
+use crate::reference::{OpenOptions, open_top};
 use crate::storage::{FileStorage, Storage};
 
 use super::dynamic::{HEADER_SIZE, UNALLOCATED, VhdDynamicHeader};
@@ -89,7 +89,7 @@ impl VhdUpdater {
             format: Some(Format::Vhd),
             ..OpenOptions::default()
         };
-        let reader = open(path, &opts)?;
+        let reader = open_top(path, &opts, &super::OPENER)?;
         let virtual_size = reader.info().virtual_size;
         drop(reader);
         drop(ro);
@@ -427,7 +427,7 @@ mod tests {
             format: Some(Format::Vhd),
             ..OpenOptions::default()
         };
-        let r = open(p, &opts).unwrap();
+        let r = crate::open(p, &opts).unwrap();
         let mut v = vec![0u8; r.info().virtual_size as usize];
         r.read_at(&mut v, 0).unwrap();
         v

@@ -9,6 +9,7 @@ pub mod check;
 pub mod header;
 pub mod log;
 pub mod metadata;
+mod options;
 pub mod reader;
 pub mod region;
 pub mod update;
@@ -65,6 +66,18 @@ pub(crate) fn need(bytes: &[u8], need: usize, what: &str, offset: u64) -> Result
     }
     Ok(())
 }
+
+/// Whether the first sector (`head`) starts with the VHDX file signature.
+pub fn probe(head: &[u8], _len: u64) -> bool {
+    head.starts_with(header::FILE_SIGNATURE)
+}
+
+/// An opener of VHDX images only, for code of this folder that opens a whole VHDX (and the
+/// parents it names, always of this format) without the format registry above it.
+pub(crate) static OPENER: crate::reference::SingleFormat =
+    crate::reference::SingleFormat::new(crate::formats::Format::Vhdx, |s, p, c| {
+        Ok(Box::new(VhdxReader::open(s, p, c)?))
+    });
 
 #[cfg(test)]
 mod tests {

@@ -14,7 +14,7 @@ use crate::image::{
     Extent, ExtentKind, Format, ImageInfo, ImageReader, SharedReader, check_read_range,
     map_through_parent, read_through_parent,
 };
-use crate::open::OpenContext;
+use crate::reference::OpenContext;
 use crate::storage::{FileStorage, Storage};
 
 /// Largest BAT read into memory (covers 64 TiB with 1 MiB blocks and 512-byte sectors).

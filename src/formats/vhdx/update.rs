@@ -21,7 +21,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::image::{Format, ImageUpdater};
-use crate::open::{OpenOptions, open};
+use crate::reference::{OpenOptions, open_top};
 use crate::storage::{FileStorage, Storage};
 
 use super::bat::{self, BatEntry, PAYLOAD_FULLY_PRESENT, PAYLOAD_ZERO};
@@ -179,7 +179,7 @@ impl VhdxUpdater {
             format: Some(Format::Vhdx),
             ..OpenOptions::default()
         };
-        drop(open(path, &opts)?);
+        drop(open_top(path, &opts, &super::OPENER)?);
         drop(ro);
 
         let chunk_ratio = meta.chunk_ratio();
@@ -423,7 +423,7 @@ mod tests {
             format: Some(Format::Vhdx),
             ..OpenOptions::default()
         };
-        let r = open(p, &opts).unwrap();
+        let r = crate::open(p, &opts).unwrap();
         let mut v = vec![0u8; r.info().virtual_size as usize];
         r.read_at(&mut v, 0).unwrap();
         v

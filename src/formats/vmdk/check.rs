@@ -44,7 +44,7 @@ use crate::bytes::{le32, le64};
 use crate::error::{Error, ErrorKind, Result};
 use crate::formats::check::{CheckProblem, CheckReport, ProblemKind, SpaceMap};
 use crate::image::Format;
-use crate::open::OpenContext;
+use crate::reference::OpenContext;
 use crate::storage::Storage;
 
 /// Most byte ranges tracked per extent file for overlaps and leaks (32 bytes each: 1 GiB).

@@ -17,6 +17,7 @@
 pub mod check;
 pub mod cowd;
 pub mod descriptor;
+mod options;
 pub mod reader;
 pub mod sesparse;
 pub mod sparse;
@@ -73,4 +74,30 @@ impl From<VmdkError> for Error {
     fn from(e: VmdkError) -> Self {
         Error::typed(e.kind(), e)
     }
+}
+
+/// Whether the first sector (`head`) of a `len`-byte file is a VMDK's: a sparse or COWD
+/// header, or a descriptor (with its `# Disk DescriptorFile` comment or, in a small text
+/// file, without it).
+pub fn probe(head: &[u8], len: u64) -> bool {
+    head.starts_with(&sparse::SPARSE_MAGIC)
+        || head.starts_with(&cowd::COWD_MAGIC)
+        || head.starts_with(descriptor::DESCRIPTOR_START)
+        || looks_like_descriptor(head, len)
+}
+
+/// A small text file whose first sector names a `createType` and an extent access mode: a VMDK
+/// descriptor whose writer left out the `# Disk DescriptorFile` comment (the comment is
+/// optional). Large files never qualify, so a raw disk is not mistaken for one.
+fn looks_like_descriptor(head: &[u8], len: u64) -> bool {
+    const MAX_DESCRIPTOR: u64 = 1 << 20;
+    if len > MAX_DESCRIPTOR || head.contains(&0) {
+        return false;
+    }
+    let text = String::from_utf8_lossy(head);
+    let has_key = |k: &str| {
+        text.lines()
+            .any(|l| l.trim_start().to_ascii_lowercase().starts_with(k))
+    };
+    has_key("createtype") && (has_key("rw ") || has_key("rdonly ") || has_key("noaccess "))
 }

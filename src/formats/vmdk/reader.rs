@@ -22,7 +22,7 @@ use crate::image::{
     Extent, ExtentKind, Format, ImageInfo, ImageReader, check_read_range, map_through_parent,
     read_through_parent,
 };
-use crate::open::OpenContext;
+use crate::reference::OpenContext;
 use crate::storage::Storage;
 
 /// Most grain lookups one `map` call makes while merging grains into one extent.

@@ -1195,6 +1195,17 @@ pub fn flat_extent_name(target_name: &str) -> String {
     format!("{stem}-flat.vmdk")
 }
 
+/// Names of the files a VMDK output at `target_name` writes beside it: the flat extent of a
+/// monolithicFlat or vmfs image.
+pub fn sibling_names(target_name: &str, opts: &VmdkWriteOptions) -> Vec<String> {
+    match opts.subformat {
+        VmdkSubformat::MonolithicFlat | VmdkSubformat::Vmfs => {
+            vec![flat_extent_name(target_name)]
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// Creates the writer for `opts.subformat` over the output files.
 pub fn create(
     files: &mut OutputFiles,
