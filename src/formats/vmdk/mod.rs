@@ -27,6 +27,30 @@ pub mod writer;
 pub use reader::VmdkReader;
 pub use writer::{AdapterType, VmdkSubformat, VmdkWriteOptions};
 
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::image::ImageUpdater;
+use crate::open::OpenContext;
+use crate::storage::Storage;
+
+/// Opens the VMDK found at `path` for in-place updates (the registry's entry point).
+///
+/// Unlike the other formats, the VMDK updater still opens its files itself, by path (a
+/// descriptor's extents lie beside it): `storage` is not used yet, and a VMDK without a path
+/// is refused.
+pub fn open_updater(
+    _storage: Arc<dyn Storage>,
+    path: Option<&Path>,
+    _ctx: &OpenContext<'_>,
+) -> Result<Box<dyn ImageUpdater>> {
+    let path = path.ok_or_else(|| {
+        Error::Unsupported("a VMDK is updated in place only from a file, by its path".into())
+    })?;
+    Ok(Box::new(update::VmdkUpdater::open(path)?))
+}
+
 use crate::error::{Error, ErrorKind, StructureError};
 
 /// An invalid, corrupt or unsupported VMDK structure.

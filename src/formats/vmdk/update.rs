@@ -34,7 +34,9 @@ use super::descriptor::{VmdkDescriptor, VmdkExtentType};
 use super::sparse::{FLAG_REDUNDANT_GT, GD_AT_END, HEADER_SIZE, SPARSE_MAGIC, SparseHeader};
 use crate::bytes::get_le32;
 use crate::error::{Error, Result};
-use crate::image::{Format, ImageUpdater, check_read_range};
+use crate::image::{
+    Extent, ExtentKind, Format, ImageInfo, ImageReader, ImageUpdater, check_read_range,
+};
 use crate::storage::{FileStorage, Storage};
 
 const SECTOR: u64 = 512;
@@ -411,6 +413,28 @@ impl SparseUpdater {
             .and_then(|t| t.entries.get(idx))
             .copied()
             .unwrap_or(0);
+        self.entry_host(g, gte)
+    }
+
+    /// [`SparseUpdater::grain_host`] without loading or allocating anything (for reads): the
+    /// grain table in memory, else the one in the file, else none (unallocated).
+    fn peek_grain_host(&self, g: u64) -> Result<Option<u64>> {
+        let per = self.header.num_gtes_per_gt as u64;
+        let (gdi, idx) = (g / per, (g % per) as usize);
+        let gte = match self.gts.get(&gdi) {
+            Some(t) => t.entries.get(idx).copied().unwrap_or(0),
+            None => match self.gd.get(gdi as usize).copied() {
+                None | Some(0) => 0,
+                Some(gde) => self.read_gt(gde)?.get(idx).copied().unwrap_or(0),
+            },
+        };
+        self.entry_host(g, gte)
+    }
+
+    /// The host offset grain table entry `gte` of grain `g` names, checked.
+    fn entry_host(&self, g: u64, gte: u32) -> Result<Option<u64>> {
+        let per = self.header.num_gtes_per_gt as u64;
+        let (gdi, idx) = (g / per, (g % per) as usize);
         // GTE 1 is a zeroed grain with the flag, and in version 2 and later (sector 1 always
         // holds metadata there), as the reader reads it.
         if gte == 0 || (gte == 1 && (self.header.zeroed_grain() || self.header.version >= 2)) {
@@ -582,6 +606,44 @@ impl SparseUpdater {
         Ok(())
     }
 
+    /// Reads `buf.len()` bytes of this extent at `offset`, as updated so far.
+    fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_read_range(offset, buf.len(), self.virtual_size)?;
+        let gb = self.header.grain_bytes();
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            let at = offset + pos as u64;
+            let g = at / gb;
+            let within = at % gb;
+            let n = ((gb - within) as usize).min(buf.len() - pos);
+            let part = &mut buf[pos..pos + n];
+            match self.peek_grain_host(g)? {
+                Some(host) => {
+                    let o = host + within;
+                    self.storage
+                        .read_exact_at(part, o)
+                        .map_err(self.io(format!("reading grain {g} at {o:#x}")))?;
+                }
+                None => part.fill(0),
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// The extent at `offset` (inside the disk): one grain at most, data or zeros.
+    fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
+        let gb = self.header.grain_bytes();
+        let len = (gb - offset % gb).min(max_len);
+        Ok(match self.peek_grain_host(offset / gb)? {
+            Some(host) => Extent {
+                host_offset: Some(host + offset % gb),
+                ..Extent::new(offset, len, ExtentKind::Data)
+            },
+            None => Extent::new(offset, len, ExtentKind::Zero),
+        })
+    }
+
     fn zero_inner(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
         let gb = self.header.grain_bytes();
@@ -605,13 +667,39 @@ impl SparseUpdater {
     }
 }
 
-impl ImageUpdater for VmdkUpdater {
+impl ImageReader for VmdkUpdater {
     fn format(&self) -> Format {
         Format::Vmdk
     }
+
     fn virtual_size(&self) -> u64 {
         self.virtual_size
     }
+
+    fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
+        if offset >= self.virtual_size || max_len == 0 {
+            return Ok(Extent::new(offset, 0, ExtentKind::Data));
+        }
+        let max_len = max_len.min(self.virtual_size - offset);
+        match &self.kind {
+            Kind::Sparse(s) => s.map(offset, max_len).map_err(|e| e.in_file(&s.path)),
+            Kind::Flat(f) => f.map(offset, max_len),
+        }
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        match &self.kind {
+            Kind::Sparse(s) => s.read(buf, offset).map_err(|e| e.in_file(&s.path)),
+            Kind::Flat(f) => f.read_at(buf, offset),
+        }
+    }
+
+    fn info(&self) -> ImageInfo {
+        ImageInfo::new(Format::Vmdk, self.virtual_size)
+    }
+}
+
+impl ImageUpdater for VmdkUpdater {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         match &mut self.kind {
             Kind::Sparse(s) => {
@@ -843,6 +931,50 @@ impl FlatUpdater {
             }
         }
         Ok(())
+    }
+
+    /// Reads `buf.len()` bytes of the disk at `offset` from the extents, as updated so far.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_read_range(offset, buf.len(), self.virtual_size)?;
+        let end = offset + buf.len() as u64;
+        for x in &self.extents {
+            let (a, b) = (offset.max(x.start), end.min(x.start + x.len));
+            if a >= b {
+                continue;
+            }
+            let at = x.file_offset + (a - x.start);
+            let part = &mut buf[(a - offset) as usize..(b - offset) as usize];
+            match &x.backing {
+                Backing::Flat(st) => st.read_exact_at(part, at).map_err(|e| {
+                    Error::io(format!("reading {} bytes at {at:#x}", b - a), e).in_file(&x.path)
+                })?,
+                Backing::Sparse(sp) => sp.read(part, at).map_err(|e| e.in_file(&x.path))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The extent at `offset` (inside the disk), within one extent of the descriptor.
+    fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
+        let Some(x) = self
+            .extents
+            .iter()
+            .find(|x| offset >= x.start && offset - x.start < x.len)
+        else {
+            return Ok(Extent::new(offset, max_len, ExtentKind::Zero));
+        };
+        let len = max_len.min(x.start + x.len - offset);
+        let at = x.file_offset + (offset - x.start);
+        match &x.backing {
+            Backing::Flat(_) => Ok(Extent {
+                host_offset: Some(at),
+                ..Extent::new(offset, len, ExtentKind::Data)
+            }),
+            Backing::Sparse(sp) => {
+                let e = sp.map(at, len).map_err(|e| e.in_file(&x.path))?;
+                Ok(Extent { offset, ..e })
+            }
+        }
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
