@@ -41,6 +41,7 @@ pub mod open;
 pub mod output;
 pub mod storage;
 pub mod sync;
+pub mod testing;
 pub mod util;
 pub mod verify;
 
