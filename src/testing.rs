@@ -17,8 +17,10 @@ pub struct RandomOps {
     pub seed: u64,
     /// Number of operations.
     pub ops: usize,
-    /// Longest write or zeroing, in bytes.
+    /// Longest write (and read), in bytes.
     pub max_len: u64,
+    /// Longest zeroing, in bytes (at most an eighth of the window is zeroed at once).
+    pub max_zero: u64,
     /// Operations stay below this offset (clipped to the disk): for huge, empty disks.
     pub window: u64,
     /// Size of the aligned whole-block zeroings (the format's block, grain or cluster); 0
@@ -39,6 +41,7 @@ impl RandomOps {
             seed,
             ops,
             max_len,
+            max_zero: max_len,
             window: u64::MAX,
             block: 0,
             flush_one_in: 0,
@@ -117,7 +120,7 @@ pub fn random_operations(
                 }
                 9..=11 => {
                     // At most an eighth of the window, so zeroes do not wipe everything.
-                    let len = 1 + rng.below(o.max_len.min((window / 8).max(1)));
+                    let len = 1 + rng.below(o.max_zero.min((window / 8).max(1)));
                     let off = rng.below(window - len + 1);
                     up.write_zeroes(off, len).map_err(|e| {
                         fail(i, format!("zeroing {len} bytes at {off:#x}: {}", e.chain()))
