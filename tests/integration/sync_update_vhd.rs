@@ -4,7 +4,6 @@
 //! `qemu-img compare` (formats vpc / vhdx given explicitly) and by our own reader; `qemu-img
 //! check` on VHDX (vpc has no check); `qemu-io` reads after unflushed writes.
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use diskconv::storage::FileStorage;
@@ -13,8 +12,8 @@ use diskconv::testing::{RandomOps, random_operations};
 use diskconv::{Format, ImageUpdater, OpenOptions};
 
 use crate::util::{
-    Rng, assert_qemu_check, corpus, diskconv, make_raw, qemu_compare, qemu_img, qemu_io, require,
-    run, sha256_file, sha256_image, tmpdir,
+    assert_qemu_check, corpus, diskconv, make_raw, qemu_compare, qemu_img, qemu_io, require, run,
+    sha256_file, sha256_image, tmpdir,
 };
 
 const MIB: u64 = 1 << 20;
