@@ -35,20 +35,22 @@ use crate::image::ImageUpdater;
 use crate::open::OpenContext;
 use crate::storage::Storage;
 
-/// Opens the VMDK found at `path` for in-place updates (the registry's entry point).
-///
-/// Unlike the other formats, the VMDK updater still opens its files itself, by path (a
-/// descriptor's extents lie beside it): `storage` is not used yet, and a VMDK without a path
-/// is refused.
+/// Opens the VMDK held in `storage` (writable) for in-place updates (the registry's entry
+/// point): a monolithicSparse VMDK is updated over `storage` (`path` names it in errors); a
+/// descriptor file, whose extents lie beside it, only through its `path`, from which the
+/// updater opens the extent files itself.
 pub fn open_updater(
-    _storage: Arc<dyn Storage>,
+    storage: Arc<dyn Storage>,
     path: Option<&Path>,
     _ctx: &OpenContext<'_>,
 ) -> Result<Box<dyn ImageUpdater>> {
-    let path = path.ok_or_else(|| {
-        Error::Unsupported("a VMDK is updated in place only from a file, by its path".into())
-    })?;
-    Ok(Box::new(update::VmdkUpdater::open(path)?))
+    let mut magic = [0u8; 4];
+    let sparse =
+        storage.read_at(&mut magic, 0).is_ok_and(|n| n == 4) && magic == sparse::SPARSE_MAGIC;
+    match path {
+        Some(path) if !sparse => Ok(Box::new(update::VmdkUpdater::open(path)?)),
+        _ => Ok(Box::new(update::VmdkUpdater::open_storage(storage, path)?)),
+    }
 }
 
 use crate::error::{Error, ErrorKind, StructureError};
