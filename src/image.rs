@@ -364,7 +364,11 @@ pub fn reads_as_zero(img: &dyn ImageReader, offset: u64, len: u64) -> Result<boo
 /// Reads `buf.len()` bytes at `offset`, asking the image for its extents first and reading only
 /// the data extents; zero and unallocated stretches are filled with zeros without I/O.
 /// Returns the number of bytes actually read.
-pub fn read_skipping_holes(img: &dyn ImageReader, buf: &mut [u8], offset: u64) -> Result<u64> {
+pub fn read_skipping_holes<R: ImageReader + ?Sized>(
+    img: &R,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<u64> {
     check_read_range(offset, buf.len(), img.virtual_size())?;
     let end = offset + buf.len() as u64;
     let mut pos = offset;
@@ -707,7 +711,7 @@ impl fmt::Debug for NamedUpdater {
     }
 }
 
-impl ImageUpdater for NamedUpdater {
+impl ImageReader for NamedUpdater {
     fn format(&self) -> Format {
         self.inner.format()
     }
@@ -716,6 +720,24 @@ impl ImageUpdater for NamedUpdater {
         self.inner.virtual_size()
     }
 
+    fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
+        self.inner
+            .map(offset, max_len)
+            .map_err(|e| e.in_file(&self.path))
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.inner
+            .read_at(buf, offset)
+            .map_err(|e| e.in_file(&self.path))
+    }
+
+    fn info(&self) -> ImageInfo {
+        self.inner.info()
+    }
+}
+
+impl ImageUpdater for NamedUpdater {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.inner
             .write_at(buf, offset)
@@ -744,13 +766,11 @@ pub type SharedReader = Arc<dyn ImageReader>;
 /// consistent on disk. A crash between flushes may lose writes since the last flush and may
 /// leave leaked (allocated but unreferenced) space, but never metadata that points at garbage:
 /// data is written before the metadata that references it.
-pub trait ImageUpdater: Send {
-    /// Container format.
-    fn format(&self) -> Format;
-
-    /// Size of the virtual disk.
-    fn virtual_size(&self) -> u64;
-
+///
+/// An updater is also a reader of the image it updates ([`ImageReader`]): reads see every
+/// write made so far, flushed or not. Each format builds its updater from an opened reader
+/// over the same storage, so the image is parsed and validated once.
+pub trait ImageUpdater: ImageReader {
     /// Writes `buf` at virtual offset `offset` (any alignment), allocating space as needed.
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()>;
 

@@ -42,6 +42,7 @@ pub mod output;
 pub mod reference;
 pub mod storage;
 pub mod sync;
+pub mod testing;
 pub mod util;
 pub mod verify;
 

@@ -68,12 +68,33 @@ pub struct VerifyReport {
     pub elapsed: Duration,
 }
 
-/// Checks a block size: a multiple of 512 from [`MIN_BLOCK_SIZE`] to [`MAX_BLOCK_SIZE`].
-pub fn check_block_size(bs: u64) -> Result<()> {
-    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) || bs % 512 != 0 {
-        return Err(Error::InvalidArgument(format!(
-            "block size {bs}: expected a multiple of 512 from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE} bytes"
-        )));
+/// The block sizes a block-by-block operation accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockSizes {
+    /// A multiple of 512 from [`MIN_BLOCK_SIZE`] to [`MAX_BLOCK_SIZE`] (verify, compare).
+    Sectors,
+    /// A power of two from 4 KiB to [`MAX_BLOCK_SIZE`] (sync: its fingerprints and bitmaps
+    /// count whole blocks of the target's formats).
+    PowersOfTwo,
+}
+
+/// Checks a block size against `rule`; the one check of every block size.
+pub fn check_block_size(bs: u64, rule: BlockSizes) -> Result<()> {
+    match rule {
+        BlockSizes::Sectors => {
+            if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) || bs % 512 != 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "block size {bs}: expected a multiple of 512 from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE} bytes"
+                )));
+            }
+        }
+        BlockSizes::PowersOfTwo => {
+            if !bs.is_power_of_two() || !(4096..=MAX_BLOCK_SIZE).contains(&bs) {
+                return Err(Error::InvalidArgument(format!(
+                    "block size {bs} must be a power of two between 4 KiB and 64 MiB"
+                )));
+            }
+        }
     }
     Ok(())
 }
@@ -144,7 +165,7 @@ fn mio(e: std::io::Error) -> Error {
     Error::io("writing the manifest", e)
 }
 
-/// Compares `a` and `b` block by block (`block_size` bytes, see [`check_block_size`]) and,
+/// Compares `a` and `b` block by block (`block_size` bytes, see [`BlockSizes::Sectors`]) and,
 /// when `manifest` is given, writes the SHA-256 of every block of `a` to it. The sizes must be
 /// equal (the error names both).
 pub fn verify(
@@ -165,7 +186,7 @@ pub fn verify_cancellable(
     mut manifest: Option<Manifest<'_>>,
     cancel: Option<&AtomicBool>,
 ) -> Result<VerifyReport> {
-    check_block_size(block_size)?;
+    check_block_size(block_size, BlockSizes::Sectors)?;
     let started = Instant::now();
     let size = compared_size(a, b, "the first", "the second")?;
     let blocks = size.div_ceil(block_size);

@@ -337,14 +337,33 @@ mod tests {
 
 /// In-place updates of a raw image: a regular file or a block device. Zero ranges become
 /// holes where the file system (or the device) can punch them, written zeros otherwise. The
-/// size never changes: it is the file's (or the device's) current size.
+/// size never changes: it is the file's (or the device's) current size. Built from a
+/// [`RawReader`] ([`RawReader::into_updater`]) over writable storage; reads go through it.
 #[derive(Debug)]
 pub struct RawUpdater {
-    file: std::fs::File,
-    path: PathBuf,
-    virtual_size: u64,
-    /// `false` once punching was refused (the fallback then writes zero buffers).
-    can_punch: bool,
+    r: RawReader,
+}
+
+impl RawReader {
+    /// Turns this reader (over writable storage) into an updater of the same image.
+    pub fn into_updater(self) -> RawUpdater {
+        RawUpdater { r: self }
+    }
+}
+
+/// Opens the raw image held in `storage` (writable) for in-place updates.
+pub fn open_storage(storage: Arc<dyn Storage>) -> Result<RawUpdater> {
+    Ok(RawReader::new(storage, None)?.into_updater())
+}
+
+/// Opens the raw image held in `storage` (writable) for in-place updates (the registry's
+/// entry point): a [`RawReader`] over it becomes the updater. `path` names it in errors.
+pub fn open_updater(
+    storage: Arc<dyn Storage>,
+    path: Option<&Path>,
+    _ctx: &crate::open::OpenContext<'_>,
+) -> Result<Box<dyn crate::image::ImageUpdater>> {
+    Ok(Box::new(RawReader::new(storage, path)?.into_updater()))
 }
 
 impl RawUpdater {
@@ -352,100 +371,55 @@ impl RawUpdater {
     /// A block device is opened exclusively (`O_EXCL`): one that is mounted or in use is
     /// refused.
     pub fn open(path: &Path) -> Result<RawUpdater> {
-        use std::io::{Seek, SeekFrom};
-        use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt};
-        let device = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(if device {
-                rustix::fs::OFlags::EXCL.bits() as i32
-            } else {
-                0
-            })
-            .open(path)
-            .map_err(|e| {
-                if device && e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
-                    std::io::Error::new(
-                        e.kind(),
-                        "the block device is in use (mounted, part of a RAID or LVM set, or held \
-                         by another program); unmount or release it first",
-                    )
-                } else {
-                    e
-                }
-            })
-            .map_err(|e| Error::io("opening for in-place update", e).in_file(path))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io("reading the file's metadata", e).in_file(path))?;
-        let ft = meta.file_type();
-        let virtual_size = if ft.is_file() {
-            meta.len()
+        use crate::storage::FileStorage;
+        use std::os::unix::fs::FileTypeExt as _;
+        let ft = std::fs::metadata(path).map(|m| m.file_type());
+        let device = ft.as_ref().is_ok_and(|t| t.is_block_device());
+        if ft.is_ok_and(|t| !t.is_file() && !t.is_block_device()) {
+            return Err(Error::InvalidArgument(
+                "a raw update target must be a regular file or a block device".into(),
+            )
+            .in_file(path));
+        }
+        let storage = if device {
+            FileStorage::open_block_device_for_writing(path)
         } else {
-            use std::os::unix::fs::FileTypeExt;
-            if !ft.is_block_device() {
-                return Err(Error::InvalidArgument(
-                    "a raw update target must be a regular file or a block device".into(),
-                )
-                .in_file(path));
-            }
-            // The kernel reports a block device's size at its end.
-            file.seek(SeekFrom::End(0))
-                .map_err(|e| Error::io("finding the size of the block device", e).in_file(path))?
-        };
-        Ok(RawUpdater {
-            file,
-            path: path.to_path_buf(),
-            virtual_size,
-            can_punch: true,
-        })
+            FileStorage::open_read_write(path)
+        }
+        .map_err(|e| Error::io("opening for in-place update", e).in_file(path))?;
+        RawReader::new(Arc::new(storage), Some(path))
+            .map(RawReader::into_updater)
+            .map_err(|e| e.in_file(path))
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.virtual_size => Ok(()),
-            _ => Err(Error::InvalidArgument(format!(
+            Some(end) if end <= self.r.size => Ok(()),
+            _ => Err(self.named(Error::InvalidArgument(format!(
                 "range of {len} bytes at offset {offset:#x} is past the end of the disk \
                  ({} bytes)",
-                self.virtual_size
-            ))
-            .in_file(&self.path)),
+                self.r.size
+            )))),
         }
     }
 
-    fn write_zero_buffers(&self, mut offset: u64, len: u64) -> Result<()> {
-        use std::os::unix::fs::FileExt;
-        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-        let end = offset + len;
-        while offset < end {
-            let n = (end - offset).min(ZEROS.len() as u64) as usize;
-            self.file.write_all_at(&ZEROS[..n], offset).map_err(|e| {
-                Error::io(format!("writing {n} zero bytes at offset {offset:#x}"), e)
-                    .in_file(&self.path)
-            })?;
-            offset += n as u64;
+    /// `e`, naming the file when the updater has one.
+    fn named(&self, e: Error) -> Error {
+        match &self.r.path {
+            Some(p) => e.in_file(p),
+            None => e,
         }
-        Ok(())
     }
 }
 
 impl crate::image::ImageUpdater for RawUpdater {
-    fn format(&self) -> Format {
-        Format::Raw
-    }
-    fn virtual_size(&self) -> u64 {
-        self.virtual_size
-    }
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        use std::os::unix::fs::FileExt;
         self.check_range(offset, buf.len() as u64)?;
-        self.file.write_all_at(buf, offset).map_err(|e| {
-            Error::io(
+        self.r.storage.write_all_at(buf, offset).map_err(|e| {
+            self.named(Error::io(
                 format!("writing {} bytes at offset {offset:#x}", buf.len()),
                 e,
-            )
-            .in_file(&self.path)
+            ))
         })
     }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
@@ -453,36 +427,40 @@ impl crate::image::ImageUpdater for RawUpdater {
         if len == 0 {
             return Ok(());
         }
-        if self.can_punch {
-            use rustix::fs::{FallocateFlags, fallocate};
-            match fallocate(
-                &self.file,
-                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-                offset,
-                len,
-            ) {
-                Ok(()) => return Ok(()),
-                Err(
-                    rustix::io::Errno::OPNOTSUPP
-                    | rustix::io::Errno::NOSYS
-                    | rustix::io::Errno::INVAL
-                    | rustix::io::Errno::NODEV,
-                ) => self.can_punch = false,
-                Err(e) => {
-                    return Err(Error::io(
-                        format!("punching a hole of {len} bytes at offset {offset:#x}"),
-                        e.into(),
-                    )
-                    .in_file(&self.path));
-                }
-            }
-        }
-        self.write_zero_buffers(offset, len)
+        self.r.storage.write_zeroes(offset, len).map_err(|e| {
+            self.named(Error::io(
+                format!("zeroing {len} bytes at offset {offset:#x}"),
+                e,
+            ))
+        })
     }
     fn flush(&mut self) -> Result<()> {
-        self.file
-            .sync_all()
-            .map_err(|e| Error::io("syncing", e).in_file(&self.path))
+        self.r
+            .storage
+            .sync()
+            .map_err(|e| self.named(Error::io("syncing", e)))
+    }
+}
+
+impl ImageReader for RawUpdater {
+    fn format(&self) -> Format {
+        Format::Raw
+    }
+
+    fn virtual_size(&self) -> u64 {
+        self.r.size
+    }
+
+    fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
+        self.r.map(offset, max_len)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.r.read_at(buf, offset)
+    }
+
+    fn info(&self) -> ImageInfo {
+        self.r.info()
     }
 }
 

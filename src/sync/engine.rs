@@ -48,6 +48,7 @@ use crate::sync::state::{
 };
 use crate::sync::target::open_updater;
 use crate::util::{human_bytes, is_zero, random_bytes16};
+use crate::verify::{BlockSizes, check_block_size};
 
 /// The initial fingerprint of every block when the target's content is unknown (a block device
 /// holding old data): it matches no block, so every block is written.
@@ -55,8 +56,8 @@ const UNKNOWN_FINGERPRINT: u128 = 0;
 
 /// Default block size: 64 KiB.
 pub const DEFAULT_BLOCK_SIZE: u64 = 64 << 10;
-/// Largest block size accepted.
-pub const MAX_BLOCK_SIZE: u64 = 64 << 20;
+/// Largest block size accepted (the same as `verify`'s).
+pub const MAX_BLOCK_SIZE: u64 = crate::verify::MAX_BLOCK_SIZE;
 /// Default candidate bytes per crash-safety window (what a crash may force the next run to
 /// rewrite): large enough that the fsyncs of a commit are rare next to the reads.
 pub const DEFAULT_WINDOW_BYTES: u64 = 256 << 20;
@@ -187,16 +188,6 @@ fn bad_state(state: &Path, why: String) -> Error {
     Error::InvalidArgument(format!("sync state {}: {why}", state.display()))
 }
 
-/// Checks a sync block size: a power of two from 4 KiB to 64 MiB.
-pub fn check_block_size(bs: u64) -> Result<()> {
-    if !bs.is_power_of_two() || !(4096..=MAX_BLOCK_SIZE).contains(&bs) {
-        return Err(Error::InvalidArgument(format!(
-            "block size {bs} must be a power of two between 4 KiB and 64 MiB"
-        )));
-    }
-    Ok(())
-}
-
 /// The format a new target gets: `explicit`, else the one its extension asks for, else raw
 /// ([`format_for_output`](crate::formats::registry::format_for_output), the rule `convert`
 /// follows too). A name such as `x.ova` asks for a
@@ -240,6 +231,194 @@ fn exists(p: &Path) -> bool {
     fs::metadata(p).is_ok()
 }
 
+/// Opens the source of a pass, and with a bitmap pass the ranges its bitmap marks changed.
+#[allow(clippy::type_complexity)]
+fn open_source(
+    src_path: &Path,
+    opts: &SyncOptions,
+) -> Result<(Box<dyn ImageReader>, Option<Vec<Range<u64>>>)> {
+    let mut oo = OpenOptions::new().references(opts.references);
+    oo.package = opts.source_package.clone();
+    if let Some(f) = opts.source_format {
+        oo = oo.format(f);
+    }
+    let mut dirty: Option<Vec<Range<u64>>> = None;
+    let src: Box<dyn ImageReader> = match &opts.bitmap {
+        Some(name) => {
+            let q = open_qcow2(src_path, &oo)?;
+            dirty = Some(q.dirty_ranges(name).map_err(|e| e.in_image(src_path))?);
+            Box::new(NamedReader::new(Box::new(q), src_path))
+        }
+        None => open(src_path, &oo)?,
+    };
+    Ok((src, dirty))
+}
+
+/// What the next pass of an existing sync compares: the interrupted pass's candidates when
+/// one is to be resumed, else the blocks the bitmap (`dirty`) or the changed ranges mark, else
+/// every block. A new pass is recorded in the state before anything is done.
+fn next_pass(
+    st: &mut SyncState,
+    dirty: Option<Vec<Range<u64>>>,
+    src_size: u64,
+    state_path: &Path,
+    opts: &SyncOptions,
+) -> Result<ChangeSource> {
+    Ok(match &st.running {
+        Some(_) => ChangeSource::Resume,
+        None => {
+            let mut cand = BlockBitmap::new(src_size, st.block_size)?;
+            let (kind, source) = if let Some(r) = dirty {
+                for x in r {
+                    cand.set_range(x.start.min(src_size)..x.end.min(src_size));
+                }
+                (
+                    PassKind::Bitmap,
+                    ChangeSource::Bitmap(opts.bitmap.clone().unwrap_or_default()),
+                )
+            } else if let Some(r) = &opts.changed_ranges {
+                for x in r {
+                    if x.start > x.end || x.end > src_size {
+                        return Err(Error::InvalidArgument(format!(
+                            "changed range {:#x}..{:#x} is outside the {src_size}-byte source",
+                            x.start, x.end
+                        )));
+                    }
+                    cand.set_range(x.clone());
+                }
+                (PassKind::Ranges, ChangeSource::Ranges)
+            } else {
+                cand.set_all();
+                (PassKind::Scan, ChangeSource::Scan)
+            };
+            st.running = Some(RunningPass {
+                kind,
+                candidates: cand,
+                position: 0,
+                pending: (0, 0),
+            });
+            // Recorded before anything is done, so an interrupted pass is resumed
+            // with the same candidates (a bitmap pass, say) whatever the next run asks.
+            st.save(state_path)?;
+            source
+        }
+    })
+}
+
+/// Starts a sync without a usable state: a new target is created, an existing one adopted
+/// (a rescan compares every block with it), a block device written whole. The state is saved
+/// before the target is created.
+#[allow(clippy::too_many_arguments)]
+fn new_sync(
+    dst: &Path,
+    device: bool,
+    rescan: bool,
+    state_path: &Path,
+    fpp: &Path,
+    src_format: &str,
+    src_size: u64,
+    src_abs: &str,
+    opts: &SyncOptions,
+) -> Result<(SyncState, FpFile, ChangeSource)> {
+    // A new sync, or an adopted target (rescan).
+    let bs = opts.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
+    let blocks = src_size.div_ceil(bs);
+    let target_exists = exists(dst);
+    // A block device without a state gets a full pass that writes every block (its
+    // old content is unknown); no --rescan needed to write over it.
+    if target_exists && !device && !(rescan || opts.rescan_on_bad_state) {
+        return Err(Error::InvalidArgument(format!(
+            "{} exists but has no sync state ({}); remove it, or pass --rescan to adopt it \
+             (every block is compared with the source)",
+            dst.display(),
+            state_path.display()
+        )));
+    }
+    let sync_id = random_bytes16();
+    let zero_fp = zero_fingerprint(bs);
+    let mut cand = BlockBitmap::new(src_size, bs)?;
+    cand.set_all();
+    let mut initial_fp = zero_fp;
+    let (tgt_format, tgt_size, kind, source) = if device && !rescan {
+        let up = open_updater(dst, Some(RAW))?;
+        if up.virtual_size() < src_size {
+            return Err(Error::InvalidArgument(format!(
+                "the block device holds {} bytes ({}), less than the {src_size} bytes \
+                 ({}) of the source",
+                up.virtual_size(),
+                human_bytes(up.virtual_size()),
+                human_bytes(src_size)
+            ))
+            .in_file(dst));
+        }
+        // No block's fingerprint is this value (in practice: 2^-128), so the full pass
+        // writes every block, zero blocks as zeros.
+        initial_fp = UNKNOWN_FINGERPRINT;
+        (RAW, up.virtual_size(), PassKind::Full, ChangeSource::Full)
+    } else if target_exists {
+        let up = open_updater(dst, device.then_some(RAW))?;
+        if let Some(f) = opts.output_format.filter(|f| *f != up.format()) {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a {} image; an output format ({f}) applies only to a new target",
+                dst.display(),
+                up.format()
+            )));
+        }
+        if up.virtual_size() < src_size {
+            return Err(Error::InvalidArgument(format!(
+                "{} holds {} bytes, less than the {src_size}-byte source",
+                dst.display(),
+                up.virtual_size()
+            )));
+        }
+        (
+            up.format(),
+            up.virtual_size(),
+            PassKind::Rescan,
+            ChangeSource::Rescan,
+        )
+    } else {
+        let f = target_format(dst, opts.output_format);
+        check_updatable(f)?;
+        (f, 0, PassKind::Full, ChangeSource::Full)
+    };
+    let fp = FpFile::create(fpp, &sync_id, blocks, initial_fp)?;
+    let mut st = SyncState {
+        sync_id,
+        block_size: bs,
+        passes: 0,
+        src_format: src_format.to_string(),
+        src_size,
+        src_path: src_abs.to_string(),
+        src_head: 0,
+        tgt_format: tgt_format.name().to_string(),
+        tgt_size,
+        tgt_dev: 0,
+        tgt_ino: 0,
+        blocks,
+        running: Some(RunningPass {
+            kind,
+            candidates: cand,
+            position: 0,
+            pending: (0, 0),
+        }),
+    };
+    if target_exists {
+        let (d, i) = dev_ino(dst)?;
+        st.tgt_dev = d;
+        st.tgt_ino = i;
+        st.save(state_path)?;
+    } else {
+        st.save(state_path)?;
+        create_target(dst, src_size, tgt_format)?;
+        let (d, i) = dev_ino(dst)?;
+        st.tgt_dev = d;
+        st.tgt_ino = i;
+        st.save(state_path)?;
+    }
+    Ok((st, fp, source))
+}
+
 /// Runs one sync pass from the image at `src_path` to `dst`: a full copy when there is no
 /// state, otherwise an incremental pass (or the resumption of an interrupted one).
 pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<PassReport> {
@@ -255,7 +434,7 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
         .in_file(dst));
     }
     if let Some(bs) = opts.block_size {
-        check_block_size(bs)?;
+        check_block_size(bs, BlockSizes::PowersOfTwo)?;
     }
     if opts.bitmap.is_some() && opts.changed_ranges.is_some() {
         return Err(Error::InvalidArgument(
@@ -264,20 +443,7 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
     }
 
     // The source.
-    let mut oo = OpenOptions::new().references(opts.references);
-    oo.package = opts.source_package.clone();
-    if let Some(f) = opts.source_format {
-        oo = oo.format(f);
-    }
-    let mut dirty: Option<Vec<Range<u64>>> = None;
-    let src: Box<dyn ImageReader> = match &opts.bitmap {
-        Some(name) => {
-            let q = open_qcow2(src_path, &oo)?;
-            dirty = Some(q.dirty_ranges(name).map_err(|e| e.in_image(src_path))?);
-            Box::new(NamedReader::new(Box::new(q), src_path))
-        }
-        None => open(src_path, &oo)?,
-    };
+    let (src, dirty) = open_source(src_path, opts)?;
     let src_abs = fs::canonicalize(src_path)
         .map_err(|e| Error::io("resolving the source path", e).in_file(src_path))?
         .to_string_lossy()
@@ -333,146 +499,20 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
 
     let (mut st, fp, source) = match st_fp {
         Some((mut st, fp)) => {
-            let source = match &st.running {
-                Some(_) => ChangeSource::Resume,
-                None => {
-                    let mut cand = BlockBitmap::new(src_size, st.block_size)?;
-                    let (kind, source) = if let Some(r) = dirty {
-                        for x in r {
-                            cand.set_range(x.start.min(src_size)..x.end.min(src_size));
-                        }
-                        (
-                            PassKind::Bitmap,
-                            ChangeSource::Bitmap(opts.bitmap.clone().unwrap_or_default()),
-                        )
-                    } else if let Some(r) = &opts.changed_ranges {
-                        for x in r {
-                            if x.start > x.end || x.end > src_size {
-                                return Err(Error::InvalidArgument(format!(
-                                    "changed range {:#x}..{:#x} is outside the {src_size}-byte source",
-                                    x.start, x.end
-                                )));
-                            }
-                            cand.set_range(x.clone());
-                        }
-                        (PassKind::Ranges, ChangeSource::Ranges)
-                    } else {
-                        cand.set_all();
-                        (PassKind::Scan, ChangeSource::Scan)
-                    };
-                    st.running = Some(RunningPass {
-                        kind,
-                        candidates: cand,
-                        position: 0,
-                        pending: (0, 0),
-                    });
-                    // Recorded before anything is done, so an interrupted pass is resumed
-                    // with the same candidates (a bitmap pass, say) whatever the next run asks.
-                    st.save(&state_path)?;
-                    source
-                }
-            };
+            let source = next_pass(&mut st, dirty, src_size, &state_path, opts)?;
             (st, fp, source)
         }
-        None => {
-            // A new sync, or an adopted target (rescan).
-            let bs = opts.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
-            let blocks = src_size.div_ceil(bs);
-            let target_exists = exists(dst);
-            // A block device without a state gets a full pass that writes every block (its
-            // old content is unknown); no --rescan needed to write over it.
-            if target_exists && !device && !(rescan || opts.rescan_on_bad_state) {
-                return Err(Error::InvalidArgument(format!(
-                    "{} exists but has no sync state ({}); remove it, or pass --rescan to adopt it \
-                     (every block is compared with the source)",
-                    dst.display(),
-                    state_path.display()
-                )));
-            }
-            let sync_id = random_bytes16();
-            let zero_fp = zero_fingerprint(bs);
-            let mut cand = BlockBitmap::new(src_size, bs)?;
-            cand.set_all();
-            let mut initial_fp = zero_fp;
-            let (tgt_format, tgt_size, kind, source) = if device && !rescan {
-                let up = open_updater(dst, Some(RAW))?;
-                if up.virtual_size() < src_size {
-                    return Err(Error::InvalidArgument(format!(
-                        "the block device holds {} bytes ({}), less than the {src_size} bytes \
-                         ({}) of the source",
-                        up.virtual_size(),
-                        human_bytes(up.virtual_size()),
-                        human_bytes(src_size)
-                    ))
-                    .in_file(dst));
-                }
-                // No block's fingerprint is this value (in practice: 2^-128), so the full pass
-                // writes every block, zero blocks as zeros.
-                initial_fp = UNKNOWN_FINGERPRINT;
-                (RAW, up.virtual_size(), PassKind::Full, ChangeSource::Full)
-            } else if target_exists {
-                let up = open_updater(dst, device.then_some(RAW))?;
-                if let Some(f) = opts.output_format.filter(|f| *f != up.format()) {
-                    return Err(Error::InvalidArgument(format!(
-                        "{} is a {} image; an output format ({f}) applies only to a new target",
-                        dst.display(),
-                        up.format()
-                    )));
-                }
-                if up.virtual_size() < src_size {
-                    return Err(Error::InvalidArgument(format!(
-                        "{} holds {} bytes, less than the {src_size}-byte source",
-                        dst.display(),
-                        up.virtual_size()
-                    )));
-                }
-                (
-                    up.format(),
-                    up.virtual_size(),
-                    PassKind::Rescan,
-                    ChangeSource::Rescan,
-                )
-            } else {
-                let f = target_format(dst, opts.output_format);
-                check_updatable(f)?;
-                (f, 0, PassKind::Full, ChangeSource::Full)
-            };
-            let fp = FpFile::create(&fpp, &sync_id, blocks, initial_fp)?;
-            let mut st = SyncState {
-                sync_id,
-                block_size: bs,
-                passes: 0,
-                src_format: src_format.clone(),
-                src_size,
-                src_path: src_abs.clone(),
-                src_head: 0,
-                tgt_format: tgt_format.name().to_string(),
-                tgt_size,
-                tgt_dev: 0,
-                tgt_ino: 0,
-                blocks,
-                running: Some(RunningPass {
-                    kind,
-                    candidates: cand,
-                    position: 0,
-                    pending: (0, 0),
-                }),
-            };
-            if target_exists {
-                let (d, i) = dev_ino(dst)?;
-                st.tgt_dev = d;
-                st.tgt_ino = i;
-                st.save(&state_path)?;
-            } else {
-                st.save(&state_path)?;
-                create_target(dst, src_size, tgt_format)?;
-                let (d, i) = dev_ino(dst)?;
-                st.tgt_dev = d;
-                st.tgt_ino = i;
-                st.save(&state_path)?;
-            }
-            (st, fp, source)
-        }
+        None => new_sync(
+            dst,
+            device,
+            rescan,
+            &state_path,
+            &fpp,
+            &src_format,
+            src_size,
+            &src_abs,
+            opts,
+        )?,
     };
 
     let tgt_format: Format = st.tgt_format.parse()?;
@@ -491,15 +531,7 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
             ),
         ));
     }
-    let mut report = run_pass(
-        src.as_ref(),
-        up.as_mut(),
-        &fp,
-        &mut st,
-        &state_path,
-        dst,
-        opts,
-    )?;
+    let mut report = run_pass(src.as_ref(), up.as_mut(), &fp, &mut st, &state_path, opts)?;
     st.passes += 1;
     st.running = None;
     st.src_head = head_hash(src.as_ref())?;
@@ -610,7 +642,6 @@ fn run_pass(
     fp: &FpFile,
     st: &mut SyncState,
     state_path: &Path,
-    dst: &Path,
     opts: &SyncOptions,
 ) -> Result<PassReport> {
     let bs = st.block_size;
@@ -685,11 +716,6 @@ fn run_pass(
         // New fingerprints of the window's runs, stored after the target is flushed.
         let mut updates: Vec<(u64, Vec<u128>)> = Vec::new();
         let mut pending_saved = false;
-        let tgt = if rescan {
-            Some(open(dst, &OpenOptions::new().format(up.format()))?)
-        } else {
-            None
-        };
         let mut i = pos;
         while i < wend {
             if !cand.get(i) {
@@ -735,9 +761,11 @@ fn run_pass(
                 r.bytes_read += n;
                 fps.extend(f);
             }
-            if let Some(t) = &tgt {
+            if rescan {
+                // The target as it is now, read through the updater that writes it (its
+                // earlier writes included, flushed or not).
                 let tb = &mut tbuf[..b.len()];
-                read_skipping_holes(t.as_ref(), &mut tb[..len as usize], off)?;
+                read_skipping_holes(&*up, &mut tb[..len as usize], off)?;
                 tb[len as usize..].fill(0);
                 for (k, o) in old[..nb].iter_mut().enumerate() {
                     let at = k * bs as usize;
@@ -910,9 +938,13 @@ mod tests {
         assert!(e.to_string().contains("convert the result to ova"), "{e}");
         assert!(check_updatable(target_format(Path::new("x.vmdk"), None)).is_ok());
         assert_eq!(target_format(Path::new("a"), Some(f("vpc"))), f("vpc"));
-        assert!(check_block_size(65536).is_ok());
-        assert!(check_block_size(2048).is_err());
-        assert!(check_block_size(65537).is_err());
+        let p = BlockSizes::PowersOfTwo;
+        assert!(check_block_size(65536, p).is_ok());
+        assert!(check_block_size(2048, p).is_err());
+        assert!(check_block_size(65537, p).is_err());
+        // The verify rule takes multiples of 512, not only powers of two.
+        assert!(check_block_size(3 * 512, BlockSizes::Sectors).is_ok());
+        assert!(check_block_size(1000, BlockSizes::Sectors).is_err());
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::util::{
-    Rng, diskconv, make_raw, qemu_compare, qemu_img, qemu_io, require, sha256_file, tmpdir,
+    Rng, assert_qemu_check, diskconv, make_raw, qemu_compare, qemu_img, qemu_io, require,
+    sha256_file, tmpdir,
 };
 
 const BS: u64 = 65536;
@@ -410,6 +411,45 @@ fn damaged_state_is_refused_then_rescan_repairs() {
     assert_eq!(n(&r, "blocks_changed"), 5, "{r}");
     assert!(qemu_compare(&src, "raw", &dst, "raw"));
     // And the new state works.
+    let r = sync_ok(&src, &dst);
+    assert_eq!(n(&r, "blocks_changed"), 0);
+}
+
+/// A rescan adopts an existing qcow2 target (compressed by qemu-img, holding the source but
+/// for a few blocks) and compares every block with it as its updater reads it (the same
+/// updater then writes the differing blocks): only those are counted and written, and qemu
+/// reads the result as the source.
+#[test]
+fn rescan_of_a_compressed_qcow2_target_reads_through_its_updater() {
+    if !require("qemu-img") {
+        return;
+    }
+    let d = tmpdir();
+    let size = 8 << 20;
+    let src = d.path().join("src.img");
+    let old = d.path().join("old.img");
+    let dst = d.path().join("dst.qcow2");
+    make_raw(&src, size, 21);
+    std::fs::copy(&src, &old).unwrap();
+    dirty_blocks(&old, size, 6, &mut Rng(9));
+    qemu_img(&[
+        "convert",
+        "-c",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "-o",
+        "cluster_size=4096",
+        p(&old),
+        p(&dst),
+    ]);
+    let r = sync_json(&[p(&src), p(&dst), "--rescan"]);
+    assert_eq!(r["source"], "rescan");
+    assert_eq!(n(&r, "blocks_changed"), 6, "{r}");
+    assert_eq!(n(&r, "blocks_written"), 6, "{r}");
+    assert!(qemu_compare(&src, "raw", &dst, "qcow2"));
+    assert_qemu_check(&dst);
     let r = sync_ok(&src, &dst);
     assert_eq!(n(&r, "blocks_changed"), 0);
 }

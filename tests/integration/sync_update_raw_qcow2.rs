@@ -6,33 +6,20 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use diskconv::ImageUpdater;
+use diskconv::storage::FileStorage;
 use diskconv::sync::target::open_updater;
+use diskconv::testing::{RandomOps, random_operations};
 
 use crate::util::*;
 
 /// Applies `ops` random writes and zeroings (unaligned, some spanning many clusters) to the
-/// updater and to the raw model file alike.
+/// updater and to the raw model file alike, reading back through the updater as it goes: the
+/// shared contract check ([`diskconv::testing::random_operations`]), without flushes (the
+/// callers flush, or simulate a crash before the flush).
 fn random_ops(up: &mut dyn ImageUpdater, model: &Path, seed: u64, ops: usize, max_len: u64) {
-    let size = up.virtual_size();
-    let m = std::fs::OpenOptions::new().write(true).open(model).unwrap();
-    let mut rng = Rng(seed | 1);
-    for i in 0..ops {
-        let len = 1 + rng.below(max_len.min(size));
-        let off = rng.below(size - len + 1);
-        if rng.below(4) == 0 {
-            up.write_zeroes(off, len)
-                .unwrap_or_else(|e| panic!("op {i}: zeroes {len}@{off:#x}: {}", e.chain()));
-            m.write_all_at(&vec![0u8; len as usize], off).unwrap();
-        } else {
-            let fill = rng.next();
-            let buf: Vec<u8> = (0..len)
-                .map(|j| (fill.wrapping_add(j.wrapping_mul(0x9E37)) >> 8) as u8 | 1)
-                .collect();
-            up.write_at(&buf, off)
-                .unwrap_or_else(|e| panic!("op {i}: write {len}@{off:#x}: {}", e.chain()));
-            m.write_all_at(&buf, off).unwrap();
-        }
-    }
+    let m = FileStorage::open_read_write(model).unwrap();
+    random_operations(up, &m, &RandomOps::new(seed, ops, max_len))
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn p(path: &Path) -> &str {

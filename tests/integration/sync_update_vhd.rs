@@ -4,15 +4,16 @@
 //! `qemu-img compare` (formats vpc / vhdx given explicitly) and by our own reader; `qemu-img
 //! check` on VHDX (vpc has no check); `qemu-io` reads after unflushed writes.
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use diskconv::storage::FileStorage;
 use diskconv::sync::target::open_updater;
+use diskconv::testing::{RandomOps, random_operations};
 use diskconv::{Format, ImageUpdater, OpenOptions};
 
 use crate::util::{
-    Rng, assert_qemu_check, corpus, diskconv, make_raw, qemu_compare, qemu_img, qemu_io, require,
-    run, sha256_file, sha256_image, tmpdir,
+    assert_qemu_check, corpus, diskconv, make_raw, qemu_compare, qemu_img, qemu_io, require, run,
+    sha256_file, sha256_image, tmpdir,
 };
 
 const MIB: u64 = 1 << 20;
@@ -32,52 +33,21 @@ fn model_of(img: &Path, fmt: &str, model: &Path) {
 
 /// Hundreds of random writes and zeroes (unaligned, spanning blocks, some whole-block and one
 /// whole-disk zeroing), applied to the image through the updater and to a raw model; flushes
-/// at random. `window` limits the offsets (for huge, empty corpus disks).
+/// at random; reads back through the updater as it goes. `window` limits the offsets (for
+/// huge, empty corpus disks). The shared contract check
+/// ([`diskconv::testing::random_operations`]).
 fn exercise(up: &mut dyn ImageUpdater, model: &Path, seed: u64, ops: usize, window: u64) {
-    let size = up.virtual_size();
-    let window = window.min(size);
-    let m = std::fs::OpenOptions::new().write(true).open(model).unwrap();
-    let mut rng = Rng(seed | 1);
-    for op in 0..ops {
-        let kind = rng.below(10);
-        if op == ops / 3 {
-            up.write_zeroes(0, window).unwrap();
-            m.write_all_at(&vec![0u8; window as usize], 0).unwrap();
-            continue;
-        }
-        match kind {
-            0..=5 => {
-                let len = 1 + rng.below(300_000).min(window - 1);
-                let off = rng.below(window - len + 1);
-                let byte = (rng.next() % 255 + 1) as u8;
-                let buf: Vec<u8> = (0..len)
-                    .map(|i| byte.wrapping_add((i % 251) as u8))
-                    .collect();
-                up.write_at(&buf, off).unwrap();
-                m.write_all_at(&buf, off).unwrap();
-            }
-            6 | 7 => {
-                // At most an eighth of the window, so zeroes do not wipe everything.
-                let len = 1 + rng.below((window / 8).clamp(1, 3 * MIB));
-                let off = rng.below(window - len + 1);
-                up.write_zeroes(off, len).unwrap();
-                m.write_all_at(&vec![0u8; len as usize], off).unwrap();
-            }
-            8 => {
-                // Aligned whole blocks (1 MiB multiples cover VHDX 1 MiB blocks).
-                let blocks = window / MIB;
-                if blocks == 0 {
-                    continue;
-                }
-                let first = rng.below(blocks);
-                let n = 1 + rng.below((blocks - first).min(2));
-                let (off, len) = (first * MIB, n * MIB);
-                up.write_zeroes(off, len).unwrap();
-                m.write_all_at(&vec![0u8; len as usize], off).unwrap();
-            }
-            _ => up.flush().unwrap(),
-        }
-    }
+    let m = FileStorage::open_read_write(model).unwrap();
+    let o = RandomOps {
+        window,
+        // Zeroes up to 3 MiB (whole VHD blocks), aligned 1 MiB multiples (VHDX blocks).
+        max_zero: 3 * MIB,
+        block: MIB,
+        flush_one_in: 10,
+        zero_window_once: true,
+        ..RandomOps::new(seed, ops, 300_000)
+    };
+    random_operations(up, &m, &o).unwrap_or_else(|e| panic!("{e}"));
     up.flush().unwrap();
 }
 

@@ -5,7 +5,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use diskconv::Format;
+use diskconv::storage::{FileStorage, Storage};
 use diskconv::sync::target::open_updater;
+use diskconv::testing::{RandomOps, random_operations};
 
 use crate::util::{
     Rng, assert_qemu_check, diskconv, make_raw, qemu_compare, qemu_img, qemu_io, require, run,
@@ -13,35 +15,19 @@ use crate::util::{
 };
 
 /// `ops` random writes (any alignment, up to `max_len` bytes) and zeroings, applied to the
-/// VMDK through the updater and to the raw `model` file; flushes now and then and at the end.
+/// VMDK through the updater and to the raw `model` file; flushes now and then and at the end;
+/// reads back through the updater as it goes; writes past the end refused. The shared
+/// contract check ([`diskconv::testing::random_operations`]).
 fn random_ops(vmdk: &Path, model: &Path, ops: usize, max_len: u64, seed: u64) {
-    let m = std::fs::OpenOptions::new().write(true).open(model).unwrap();
+    let m = FileStorage::open_read_write(model).unwrap();
     let mut u = open_updater(vmdk, None).unwrap();
     assert_eq!(u.format(), Format::Vmdk);
-    let size = u.virtual_size();
-    assert_eq!(size, m.metadata().unwrap().len());
-    let mut rng = Rng(seed | 1);
-    for i in 0..ops {
-        let len = 1 + rng.below(max_len);
-        let off = rng.below(size - len + 1);
-        if rng.below(4) == 0 {
-            u.write_zeroes(off, len).unwrap();
-            m.write_all_at(&vec![0u8; len as usize], off).unwrap();
-        } else {
-            let fill = rng.next();
-            let data: Vec<u8> = (0..len)
-                .map(|k| (fill.rotate_left((k % 64) as u32) as u8) ^ (k as u8))
-                .collect();
-            u.write_at(&data, off).unwrap();
-            m.write_all_at(&data, off).unwrap();
-        }
-        if i % 37 == 36 {
-            u.flush().unwrap();
-        }
-    }
-    // Past the end: an error, nothing written.
-    assert!(u.write_at(&[1, 2, 3], size - 2).is_err());
-    assert!(u.write_zeroes(size, 1).is_err());
+    assert_eq!(u.virtual_size(), m.len().unwrap());
+    let o = RandomOps {
+        flush_one_in: 37,
+        ..RandomOps::new(seed, ops, max_len)
+    };
+    random_operations(u.as_mut(), &m, &o).unwrap_or_else(|e| panic!("{e}"));
     u.flush().unwrap();
 }
 

@@ -247,7 +247,7 @@ fn block_size(args: &SyncArgs) -> Result<Option<u64>> {
     let bs = parse_size(s).ok_or_else(|| {
         Error::InvalidArgument(format!("--block-size '{s}' is not a size (e.g. 64k)"))
     })?;
-    diskconv::sync::engine::check_block_size(bs)
+    diskconv::verify::check_block_size(bs, diskconv::verify::BlockSizes::PowersOfTwo)
         .map_err(|e| Error::InvalidArgument(format!("--block-size {s}: {e}")))?;
     Ok(Some(bs))
 }

@@ -96,7 +96,7 @@ pub fn block_size(args: &VerifyArgs) -> Result<u64> {
         Some(s) => diskconv::util::parse_size(s)
             .ok_or_else(|| Error::InvalidArgument(format!("--block-size {s:?} is not a size")))?,
     };
-    diskconv::verify::check_block_size(block_size)?;
+    diskconv::verify::check_block_size(block_size, diskconv::verify::BlockSizes::Sectors)?;
     Ok(block_size)
 }
 

@@ -179,43 +179,100 @@ fn zstd_into(input: &[u8], out: &mut [u8]) -> Result<Option<usize>> {
     })
 }
 
-/// Decompresses one cluster (tests and debugging): fills `out` completely or fails.
+/// Decompresses one cluster (tests and debugging): fills `out` completely or fails. The
+/// same strict decoder as the reader's ([`decompress_cluster`]).
 pub fn decompress(ty: CompressionType, input: &[u8], out: &mut [u8]) -> Result<()> {
+    decompress_cluster(ty, input, out)
+        .map(|_| ())
+        .map_err(|e| Error::Corrupt(format!("cannot decompress the cluster: {e}")))
+}
+
+/// The one decoder of compressed clusters (the reader's, hence the updater's too): exactly
+/// one cluster (`out.len()` bytes) from `input`, which may carry padding after the stream
+/// but no further data. Returns the bytes produced; the error says what is wrong.
+pub(crate) fn decompress_cluster(
+    ty: CompressionType,
+    input: &[u8],
+    out: &mut [u8],
+) -> std::result::Result<usize, String> {
     match ty {
-        CompressionType::Zlib => {
-            let mut d = flate2::Decompress::new_with_window_bits(false, 15);
-            d.decompress(input, out, flate2::FlushDecompress::Finish)
-                .map_err(|e| Error::Corrupt(format!("inflate failed: {e}")))?;
-            if d.total_out() as usize != out.len() {
-                return Err(Error::Corrupt(format!(
-                    "inflate produced {} bytes, expected {}",
-                    d.total_out(),
-                    out.len()
-                )));
-            }
-        }
-        CompressionType::Zstd => {
-            let mut d = zstd::bulk::Decompressor::new()
-                .map_err(|e| Error::io("creating a zstd decompressor", e))?;
-            // The stored stream may be followed by padding up to the sector end: decode one
-            // frame only.
-            let n = d
-                .decompress_to_buffer(input, out)
-                .or_else(|_| {
-                    let len = zstd::zstd_safe::find_frame_compressed_size(input)
-                        .map_err(|c| std::io::Error::other(zstd::zstd_safe::get_error_name(c)))?;
-                    d.decompress_to_buffer(&input[..len.min(input.len())], out)
-                })
-                .map_err(|e| Error::Corrupt(format!("zstd decompression failed: {e}")))?;
-            if n != out.len() {
-                return Err(Error::Corrupt(format!(
-                    "zstd produced {n} bytes, expected {}",
-                    out.len()
-                )));
-            }
+        CompressionType::Zlib => inflate_cluster(input, out),
+        CompressionType::Zstd => unzstd_cluster(input, out),
+    }
+}
+
+/// Raw-deflate decompression of exactly one cluster. Returns the bytes produced (`out.len()`).
+pub(super) fn inflate_cluster(input: &[u8], out: &mut [u8]) -> std::result::Result<usize, String> {
+    use flate2::{Decompress, FlushDecompress, Status};
+    // Window bits 15 accepts streams made with any smaller window (qemu writes 12).
+    let mut d = Decompress::new(false);
+    let status = d
+        .decompress(input, out, FlushDecompress::Finish)
+        .map_err(|e| format!("invalid deflate data: {e}"))?;
+    let produced = d.total_out() as usize;
+    if produced < out.len() {
+        return Err(format!(
+            "decompressed to {produced} bytes, expected one cluster ({} bytes)",
+            out.len()
+        ));
+    }
+    if status != Status::StreamEnd {
+        // The cluster is full; the stream must not hold more data.
+        let consumed = d.total_in() as usize;
+        let mut extra = [0u8; 1];
+        let more = d
+            .decompress(
+                input.get(consumed..).unwrap_or(&[]),
+                &mut extra,
+                FlushDecompress::Finish,
+            )
+            .is_ok();
+        if more && d.total_out() as usize > produced {
+            return Err(format!(
+                "the stream holds more than one cluster ({} bytes)",
+                out.len()
+            ));
         }
     }
-    Ok(())
+    Ok(produced)
+}
+
+/// zstd decompression of exactly one cluster (compression type 1). qemu may write several
+/// frames; decoding continues until the cluster is full.
+pub(super) fn unzstd_cluster(input: &[u8], out: &mut [u8]) -> std::result::Result<usize, String> {
+    use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
+    let mut d = Decoder::new().map_err(|e| format!("cannot start zstd: {e}"))?;
+    let mut inb = InBuffer::around(input);
+    let mut outb = OutBuffer::around(out);
+    let mut frame_done = false;
+    while outb.pos() < outb.capacity() {
+        if inb.pos() >= input.len() {
+            return Err(format!(
+                "decompressed to {} bytes, expected one cluster ({} bytes)",
+                outb.pos(),
+                outb.capacity()
+            ));
+        }
+        let (in_before, out_before) = (inb.pos(), outb.pos());
+        let hint = d
+            .run(&mut inb, &mut outb)
+            .map_err(|e| format!("invalid zstd data: {e}"))?;
+        frame_done = hint == 0;
+        if inb.pos() == in_before && outb.pos() == out_before {
+            return Err("the zstd stream makes no progress".into());
+        }
+    }
+    let produced = outb.pos();
+    if !frame_done {
+        let mut extra = [0u8; 1];
+        let mut more = OutBuffer::around(&mut extra[..]);
+        if d.run(&mut inb, &mut more).is_ok() && more.pos() > 0 {
+            return Err(format!(
+                "the stream holds more than one cluster ({produced} bytes)"
+            ));
+        }
+    }
+    Ok(produced)
 }
 
 #[cfg(test)]

@@ -272,71 +272,87 @@ impl Qcow2Header {
         h.refcount_order = 4;
         h.header_length = V2_HEADER_LEN;
         if version >= 3 {
-            if head.len() < V3_HEADER_MIN_LEN as usize {
-                return Err(invalid(
-                    0,
-                    format!(
-                        "the file is {} bytes long, shorter than a version 3 header ({V3_HEADER_MIN_LEN} bytes)",
-                        head.len()
-                    ),
-                ));
-            }
-            h.incompatible_features = be64(head, 72);
-            h.compatible_features = be64(head, 80);
-            h.autoclear_features = be64(head, 88);
-            h.refcount_order = be32(head, 96);
-            h.header_length = be32(head, 100);
-            if h.header_length < V3_HEADER_MIN_LEN
-                || h.header_length % 8 != 0 && h.header_length != V3_HEADER_MIN_LEN
-                || u64::from(h.header_length) > cluster_size.min(head.len() as u64)
-            {
-                return Err(invalid(
-                    100,
-                    format!(
-                        "header_length is {}, expected a multiple of 8 from {V3_HEADER_MIN_LEN} to \
-                         the cluster size ({cluster_size})",
-                        h.header_length
-                    ),
-                ));
-            }
-            if h.header_length > V3_HEADER_MIN_LEN {
-                h.compression_type = match head[104] {
-                    0 => CompressionType::Zlib,
-                    1 => CompressionType::Zstd,
-                    t => {
-                        return Err(Qcow2Error::Unsupported(format!(
-                            "compression type {t} (known: 0 zlib, 1 zstd)"
-                        )));
-                    }
-                };
-            }
-            let has_compression_bit = h.incompatible_features & INCOMPAT_COMPRESSION != 0;
-            if has_compression_bit != (h.compression_type != CompressionType::Zlib) {
-                return Err(invalid(
-                    72,
-                    format!(
-                        "incompatible feature bit 3 (compression type) is {}, but the compression \
-                         type is {}",
-                        if has_compression_bit { "set" } else { "clear" },
-                        h.compression_type.name()
-                    ),
-                ));
-            }
-            if h.refcount_order > 6 {
-                return Err(invalid(
-                    96,
-                    format!(
-                        "refcount_order is {}, expected 0 to 6 (1- to 64-bit refcounts)",
-                        h.refcount_order
-                    ),
-                ));
-            }
+            h.parse_v3_fields(head, cluster_size)?;
         }
 
         // Extensions (parsed before the feature checks so unknown features can be named).
         let ext_start = u64::from(h.header_length);
         h.parse_extensions(head, ext_start)?;
+        h.check_features()?;
+        h.check_geometry(file_len)?;
+        h.read_backing_name(head)?;
+        Ok(h)
+    }
 
+    /// The fields version 3 adds (features, refcount order, header length, compression type).
+    fn parse_v3_fields(&mut self, head: &[u8], cluster_size: u64) -> Result<(), Qcow2Error> {
+        let h = self;
+        if head.len() < V3_HEADER_MIN_LEN as usize {
+            return Err(invalid(
+                0,
+                format!(
+                    "the file is {} bytes long, shorter than a version 3 header ({V3_HEADER_MIN_LEN} bytes)",
+                    head.len()
+                ),
+            ));
+        }
+        h.incompatible_features = be64(head, 72);
+        h.compatible_features = be64(head, 80);
+        h.autoclear_features = be64(head, 88);
+        h.refcount_order = be32(head, 96);
+        h.header_length = be32(head, 100);
+        if h.header_length < V3_HEADER_MIN_LEN
+            || h.header_length % 8 != 0 && h.header_length != V3_HEADER_MIN_LEN
+            || u64::from(h.header_length) > cluster_size.min(head.len() as u64)
+        {
+            return Err(invalid(
+                100,
+                format!(
+                    "header_length is {}, expected a multiple of 8 from {V3_HEADER_MIN_LEN} to \
+                     the cluster size ({cluster_size})",
+                    h.header_length
+                ),
+            ));
+        }
+        if h.header_length > V3_HEADER_MIN_LEN {
+            h.compression_type = match head[104] {
+                0 => CompressionType::Zlib,
+                1 => CompressionType::Zstd,
+                t => {
+                    return Err(Qcow2Error::Unsupported(format!(
+                        "compression type {t} (known: 0 zlib, 1 zstd)"
+                    )));
+                }
+            };
+        }
+        let has_compression_bit = h.incompatible_features & INCOMPAT_COMPRESSION != 0;
+        if has_compression_bit != (h.compression_type != CompressionType::Zlib) {
+            return Err(invalid(
+                72,
+                format!(
+                    "incompatible feature bit 3 (compression type) is {}, but the compression \
+                     type is {}",
+                    if has_compression_bit { "set" } else { "clear" },
+                    h.compression_type.name()
+                ),
+            ));
+        }
+        if h.refcount_order > 6 {
+            return Err(invalid(
+                96,
+                format!(
+                    "refcount_order is {}, expected 0 to 6 (1- to 64-bit refcounts)",
+                    h.refcount_order
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses unknown incompatible features (naming them), encryption and a data file bit
+    /// without a data file name.
+    fn check_features(&self) -> Result<(), Qcow2Error> {
+        let h = self;
         let unknown = h.incompatible_features & !INCOMPAT_KNOWN;
         if unknown != 0 {
             let names: Vec<String> = (0..64u8)
@@ -370,7 +386,14 @@ impl Qcow2Header {
             ));
         }
 
-        // Geometry.
+        Ok(())
+    }
+
+    /// Checks the size, the L1 table, the refcount table and the snapshot table against the
+    /// limits and the file (`file_len` bytes).
+    fn check_geometry(&self, file_len: u64) -> Result<(), Qcow2Error> {
+        let h = self;
+        let cluster_size = h.cluster_size();
         if h.size > MAX_VIRTUAL_SIZE {
             return Err(invalid(24, format!("virtual size {:#x} is absurd", h.size)));
         }
@@ -441,7 +464,13 @@ impl Qcow2Header {
             )?;
         }
 
-        // Backing file name: inside the first cluster, at most 1023 bytes (qemu's limit).
+        Ok(())
+    }
+
+    /// The backing file name: inside the first cluster (`head`), at most 1023 bytes (qemu's
+    /// limit), UTF-8.
+    fn read_backing_name(&mut self, head: &[u8]) -> Result<(), Qcow2Error> {
+        let h = self;
         if h.backing_file_offset != 0 {
             let size = u64::from(h.backing_file_size);
             let end = h.backing_file_offset.checked_add(size);
@@ -461,7 +490,7 @@ impl Qcow2Header {
                 invalid(h.backing_file_offset, "the backing file name is not UTF-8")
             })?);
         }
-        Ok(h)
+        Ok(())
     }
 
     fn parse_extensions(&mut self, head: &[u8], start: u64) -> Result<(), Qcow2Error> {

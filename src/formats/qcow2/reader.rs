@@ -19,9 +19,8 @@ use std::sync::{Arc, Mutex};
 use super::Qcow2Error;
 use super::bitmaps::{self, Qcow2Bitmap, TableEntry};
 use super::header::{
-    AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, CompressionType,
-    INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS,
-    Qcow2Header,
+    AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, INCOMPAT_CORRUPT,
+    INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, Qcow2Header,
 };
 use super::l1l2::{self, COMPRESSED, COPIED, L2_RESERVED, L2Entry, OFFSET_MASK, SubclusterBitmap};
 use super::snapshot::{self, Qcow2Snapshot};
@@ -62,6 +61,13 @@ impl L2Cache {
     fn get(&self, offset: u64) -> Option<Arc<[u64]>> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.tables.get(&offset).cloned()
+    }
+
+    fn remove(&self, offset: u64) -> Option<Arc<[u64]>> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let t = inner.tables.remove(&offset)?;
+        inner.order.retain(|&o| o != offset);
+        Some(t)
     }
 
     fn insert(&self, offset: u64, table: Arc<[u64]>) {
@@ -120,21 +126,26 @@ impl Run {
 
 /// A qcow2 image opened for reading: the active layer or one internal snapshot.
 pub struct Qcow2Reader {
-    file: Arc<dyn Storage>,
-    file_len: u64,
+    pub(super) file: Arc<dyn Storage>,
+    /// Length of the file (an updater keeps it current).
+    pub(super) file_len: u64,
     data_file: Option<DataFile>,
     path: Option<PathBuf>,
-    header: Qcow2Header,
+    pub(super) header: Qcow2Header,
     /// Virtual size of the layer being read (the snapshot's, when one is selected).
-    size: u64,
-    l1: Vec<u64>,
+    pub(super) size: u64,
+    /// The L1 table as reads see it (an updater changes it in place).
+    pub(super) l1: Vec<u64>,
     l1_offset: u64,
     backing: Option<Box<dyn ImageReader>>,
     backing_size: u64,
     snapshots: Vec<Qcow2Snapshot>,
-    selected_snapshot: Option<usize>,
+    pub(super) selected_snapshot: Option<usize>,
     bitmaps: Vec<Qcow2Bitmap>,
     cache: L2Cache,
+    /// L2 tables an updater holds (changed, or about to be): reads use these, never the
+    /// cache or the file.
+    held: HashMap<u64, Arc<[u64]>>,
 }
 
 impl fmt::Debug for Qcow2Reader {
@@ -182,6 +193,19 @@ impl Qcow2Reader {
         storage: Arc<dyn Storage>,
         path: Option<&Path>,
         ctx: &OpenContext<'_>,
+        snapshot: Option<&str>,
+    ) -> Result<Self> {
+        let mut r = Self::open_unlinked(storage, path, snapshot)?;
+        r.open_references(ctx)?;
+        Ok(r)
+    }
+
+    /// Opens the image in `storage` without the files it names (backing file, external data
+    /// file): the header, the snapshot table, the L1 table and the bitmap directory, each
+    /// validated. Used as is by the updater, which refuses images that name other files.
+    pub(super) fn open_unlinked(
+        storage: Arc<dyn Storage>,
+        path: Option<&Path>,
         snapshot: Option<&str>,
     ) -> Result<Self> {
         let file_len = storage
@@ -239,7 +263,39 @@ impl Qcow2Reader {
             Vec::new()
         };
 
-        let data_file = if header.incompatible_features & INCOMPAT_DATA_FILE != 0 {
+        let bitmaps = match header.bitmaps {
+            Some(ext) if header.autoclear_features & AUTOCLEAR_BITMAPS != 0 => {
+                read_bitmaps(storage.as_ref(), &ext, cs, file_len, header.size)?
+            }
+            // Without autoclear bit 0 the bitmaps are stale (a program that does not know them
+            // wrote to the image); qemu ignores them then, and so do we.
+            _ => Vec::new(),
+        };
+
+        Ok(Qcow2Reader {
+            file: storage,
+            file_len,
+            data_file: None,
+            path: path.map(Path::to_path_buf),
+            size,
+            l1,
+            l1_offset,
+            backing: None,
+            backing_size: 0,
+            snapshots,
+            selected_snapshot,
+            bitmaps,
+            cache: L2Cache::new(cs),
+            held: HashMap::new(),
+            header,
+        })
+    }
+
+    /// Opens the external data file and the backing file the header names, through `ctx`.
+    fn open_references(&mut self, ctx: &OpenContext<'_>) -> Result<()> {
+        let header = &self.header;
+        let path = self.path.as_deref();
+        self.data_file = if header.incompatible_features & INCOMPAT_DATA_FILE != 0 {
             // The header parser guarantees the name exists when the bit is set.
             let name = header.data_file.as_deref().unwrap_or_default();
             // Deliberate difference from qemu: qemu resolves a relative data file name against
@@ -258,7 +314,7 @@ impl Qcow2Reader {
             None
         };
 
-        let backing = match &header.backing_file {
+        self.backing = match &header.backing_file {
             None => None,
             Some(name) => {
                 let format = match header.backing_format.as_deref() {
@@ -272,33 +328,9 @@ impl Qcow2Reader {
                 Some(ctx.open_reference(path, "backing file", name, format)?)
             }
         };
-        let backing_size = backing.as_ref().map_or(0, |b| b.virtual_size());
+        self.backing_size = self.backing.as_ref().map_or(0, |b| b.virtual_size());
 
-        let bitmaps = match header.bitmaps {
-            Some(ext) if header.autoclear_features & AUTOCLEAR_BITMAPS != 0 => {
-                read_bitmaps(storage.as_ref(), &ext, cs, file_len, header.size)?
-            }
-            // Without autoclear bit 0 the bitmaps are stale (a program that does not know them
-            // wrote to the image); qemu ignores them then, and so do we.
-            _ => Vec::new(),
-        };
-
-        Ok(Qcow2Reader {
-            file: storage,
-            file_len,
-            data_file,
-            path: path.map(Path::to_path_buf),
-            size,
-            l1,
-            l1_offset,
-            backing,
-            backing_size,
-            snapshots,
-            selected_snapshot,
-            bitmaps,
-            cache: L2Cache::new(cs),
-            header,
-        })
+        Ok(())
     }
 
     /// The parsed header.
@@ -437,18 +469,71 @@ impl Qcow2Reader {
 
     /// The L2 table at `offset`, from the cache or the file.
     fn l2_table(&self, offset: u64) -> Result<Arc<[u64]>> {
+        if let Some(t) = self.held.get(&offset) {
+            return Ok(t.clone());
+        }
         if let Some(t) = self.cache.get(offset) {
             return Ok(t);
         }
+        let table = self.read_l2_table(offset)?;
+        self.cache.insert(offset, table.clone());
+        Ok(table)
+    }
+
+    /// Reads the L2 table at `offset` from the file.
+    fn read_l2_table(&self, offset: u64) -> Result<Arc<[u64]>> {
         let bytes = read_vec(
             self.file.as_ref(),
             "L2 table",
             offset,
             self.header.cluster_size(),
         )?;
-        let table: Arc<[u64]> = be64_table(&bytes).into();
-        self.cache.insert(offset, table.clone());
-        Ok(table)
+        Ok(be64_table(&bytes).into())
+    }
+
+    /// Hands the L2 table at `offset` to an updater, which changes it in place: from now on
+    /// reads use the held copy (see [`Qcow2Reader::held_table`]). `new` makes an empty table
+    /// (a newly allocated one) instead of reading it.
+    pub(super) fn hold_table(&mut self, offset: u64, new: bool) -> Result<()> {
+        if self.held.contains_key(&offset) {
+            return Ok(());
+        }
+        let cached = self.cache.remove(offset);
+        let table = if new {
+            vec![0u64; self.header.l2_entries() as usize].into()
+        } else {
+            match cached {
+                Some(t) => t,
+                None => self.read_l2_table(offset)?,
+            }
+        };
+        self.held.insert(offset, table);
+        Ok(())
+    }
+
+    /// The held L2 table at `offset`, for changes.
+    pub(super) fn held_table(&mut self, offset: u64) -> Option<&mut [u64]> {
+        let t = self.held.get_mut(&offset)?;
+        if Arc::get_mut(t).is_none() {
+            // A read still holds the old copy (never while an updater has `&mut`).
+            *t = t.to_vec().into();
+        }
+        Arc::get_mut(t)
+    }
+
+    /// The held L2 table at `offset`, to read or write back.
+    pub(super) fn held(&self, offset: u64) -> Option<&[u64]> {
+        self.held.get(&offset).map(|t| &t[..])
+    }
+
+    /// How many L2 tables are held.
+    pub(super) fn held_count(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Gives up every held table (all written back): reads use the file again.
+    pub(super) fn release_tables(&mut self) {
+        self.held.clear();
     }
 
     /// What this layer holds at `offset` (inside the disk), for at most `max_len` (>= 1) bytes.
@@ -484,7 +569,10 @@ impl Qcow2Reader {
                 "L2 table offset {l2_offset:#x} is not aligned to the cluster size ({cs:#x})"
             )));
         }
-        if l2_offset.checked_add(cs).is_none_or(|e| e > self.file_len) {
+        // A table an updater holds may be new, not written yet.
+        if !self.held.contains_key(&l2_offset)
+            && l2_offset.checked_add(cs).is_none_or(|e| e > self.file_len)
+        {
             return Err(l1_err(format!(
                 "points at an L2 table at {l2_offset:#x}, past the end of the file ({:#x})",
                 self.file_len
@@ -703,88 +791,12 @@ impl Qcow2Reader {
             .into()
         };
         let cs = out.len();
-        match self.header.compression_type {
-            CompressionType::Zlib => inflate_cluster(&input, out).map_err(bad),
-            CompressionType::Zstd => unzstd_cluster(&input, out).map_err(bad),
-        }
-        .map(|got| {
-            debug_assert_eq!(got, cs);
-        })
+        super::compress::decompress_cluster(self.header.compression_type, &input, out)
+            .map_err(bad)
+            .map(|got| {
+                debug_assert_eq!(got, cs);
+            })
     }
-}
-
-/// Raw-deflate decompression of exactly one cluster. Returns the bytes produced (`out.len()`).
-fn inflate_cluster(input: &[u8], out: &mut [u8]) -> std::result::Result<usize, String> {
-    use flate2::{Decompress, FlushDecompress, Status};
-    // Window bits 15 accepts streams made with any smaller window (qemu writes 12).
-    let mut d = Decompress::new(false);
-    let status = d
-        .decompress(input, out, FlushDecompress::Finish)
-        .map_err(|e| format!("invalid deflate data: {e}"))?;
-    let produced = d.total_out() as usize;
-    if produced < out.len() {
-        return Err(format!(
-            "decompressed to {produced} bytes, expected one cluster ({} bytes)",
-            out.len()
-        ));
-    }
-    if status != Status::StreamEnd {
-        // The cluster is full; the stream must not hold more data.
-        let consumed = d.total_in() as usize;
-        let mut extra = [0u8; 1];
-        let more = d
-            .decompress(
-                input.get(consumed..).unwrap_or(&[]),
-                &mut extra,
-                FlushDecompress::Finish,
-            )
-            .is_ok();
-        if more && d.total_out() as usize > produced {
-            return Err(format!(
-                "the stream holds more than one cluster ({} bytes)",
-                out.len()
-            ));
-        }
-    }
-    Ok(produced)
-}
-
-/// zstd decompression of exactly one cluster (compression type 1). qemu may write several
-/// frames; decoding continues until the cluster is full.
-fn unzstd_cluster(input: &[u8], out: &mut [u8]) -> std::result::Result<usize, String> {
-    use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
-    let mut d = Decoder::new().map_err(|e| format!("cannot start zstd: {e}"))?;
-    let mut inb = InBuffer::around(input);
-    let mut outb = OutBuffer::around(out);
-    let mut frame_done = false;
-    while outb.pos() < outb.capacity() {
-        if inb.pos() >= input.len() {
-            return Err(format!(
-                "decompressed to {} bytes, expected one cluster ({} bytes)",
-                outb.pos(),
-                outb.capacity()
-            ));
-        }
-        let (in_before, out_before) = (inb.pos(), outb.pos());
-        let hint = d
-            .run(&mut inb, &mut outb)
-            .map_err(|e| format!("invalid zstd data: {e}"))?;
-        frame_done = hint == 0;
-        if inb.pos() == in_before && outb.pos() == out_before {
-            return Err("the zstd stream makes no progress".into());
-        }
-    }
-    let produced = outb.pos();
-    if !frame_done {
-        let mut extra = [0u8; 1];
-        let mut more = OutBuffer::around(&mut extra[..]);
-        if d.run(&mut inb, &mut more).is_ok() && more.pos() > 0 {
-            return Err(format!(
-                "the stream holds more than one cluster ({produced} bytes)"
-            ));
-        }
-    }
-    Ok(produced)
 }
 
 /// Reads and parses the snapshot table.
@@ -1056,6 +1068,7 @@ impl ImageReader for Qcow2Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::qcow2::compress::{inflate_cluster, unzstd_cluster};
     use crate::open::OpenOptions;
     use crate::storage::MemStorage;
 

@@ -26,21 +26,19 @@
 //! allocation of bitmap data clusters; not done.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use super::Qcow2Error;
 use super::bitmaps;
-use super::header::{
-    AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, MAX_CLUSTER_BITS,
-    MIN_CLUSTER_BITS, Qcow2Header,
-};
+use super::header::{AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY};
 use super::l1l2::{self, COPIED, L2Entry, OFFSET_MASK};
+use super::reader::Qcow2Reader;
 use super::refcount;
-use crate::bytes::{be32, be64_table};
+use crate::bytes::be64_table;
 use crate::error::{Error, Result};
-use crate::image::{Format, ImageUpdater};
+use crate::image::{Extent, Format, ImageInfo, ImageReader, ImageUpdater};
+use crate::storage::{FileKind, FileStorage, Storage};
 
 /// Bytes of L2 tables (and, separately, of refcount blocks) kept in memory before a flush is
 /// forced to write them back and drop them.
@@ -49,7 +47,7 @@ const CACHE_BYTES: u64 = 32 << 20;
 /// Largest single data write (bytes) when consecutive pieces are merged.
 const MAX_RUN: usize = 4 << 20;
 
-/// One cached L2 table or refcount block.
+/// One cached refcount block.
 #[derive(Debug)]
 struct Cached<T> {
     data: Vec<T>,
@@ -57,22 +55,23 @@ struct Cached<T> {
 }
 
 /// Writes into an existing image in place; see [`ImageUpdater`] and the module documentation.
+///
+/// Built from a [`Qcow2Reader`] ([`Qcow2Reader::into_updater`]): the reader's header and L1
+/// table are the current state, the L2 tables the updater changes are held by the reader
+/// until written back, so reads through the updater (the reader's own table walk and
+/// decompressor) see every write.
 #[derive(Debug)]
 pub struct Qcow2Updater {
-    file: File,
-    path: PathBuf,
-    header: Qcow2Header,
-    virtual_size: u64,
+    r: Qcow2Reader,
     cluster_bits: u32,
     cluster_size: u64,
     /// Refcounts per refcount block.
     per_block: u64,
     /// First cluster past the end of the file: where appended clusters go.
     end_cluster: u64,
-    l1: Vec<u64>,
     l1_dirty: BTreeSet<usize>,
-    /// L2 tables by host offset.
-    l2_cache: HashMap<u64, Cached<u64>>,
+    /// Held L2 tables (by host offset) changed since they were last written.
+    l2_dirty: BTreeSet<u64>,
     reftable: Vec<u64>,
     reftable_offset: u64,
     /// Refcount blocks by refcount table index.
@@ -93,41 +92,19 @@ fn unsupported(what: impl Into<String>) -> Error {
     Error::from(Qcow2Error::Unsupported(what.into()))
 }
 
-impl Qcow2Updater {
-    /// Opens the image at `path` read-write for in-place updates. Refuses images it cannot
-    /// update safely (saying why); nothing is written by a refused open.
-    pub fn open(path: &Path) -> Result<Qcow2Updater> {
-        Self::open_inner(path).map_err(|e| e.in_file(path))
-    }
+/// Opens the qcow2 image held in `storage` (writable) for in-place updates; see
+/// [`Qcow2Updater`]. Images naming other files (a backing file, an external data file) are
+/// refused before anything else is opened.
+pub fn open_storage(storage: Arc<dyn Storage>) -> Result<Qcow2Updater> {
+    Qcow2Reader::open_unlinked(storage, None, None)?.into_updater()
+}
 
-    fn open_inner(path: &Path) -> Result<Qcow2Updater> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io("opening for in-place update", e))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io("reading the file's metadata", e))?;
-        if !meta.file_type().is_file() {
-            return Err(Error::InvalidArgument(
-                "a qcow2 update target must be a regular file".into(),
-            ));
-        }
-        let file_len = meta.len();
-        let peek = read_vec(&file, "header", 0, file_len.min(512))?;
-        let cb = if peek.len() >= 24 {
-            be32(&peek, 20)
-        } else {
-            MIN_CLUSTER_BITS
-        };
-        let head = if (MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cb) {
-            read_vec(&file, "header", 0, file_len.min(1 << cb))?
-        } else {
-            peek
-        };
-        // The parser refuses encryption and unknown incompatible features.
-        let header = Qcow2Header::parse(&head, file_len)?;
+impl Qcow2Reader {
+    /// Turns this reader (of the active layer, over writable storage) into an updater of the
+    /// same image, keeping its parsed header, L1 table and bitmap directory. Refuses images
+    /// it cannot update safely (saying why); nothing is written by a refusal.
+    pub fn into_updater(self) -> Result<Qcow2Updater> {
+        let header = &self.header;
         let inc = header.incompatible_features;
         if inc & INCOMPAT_DIRTY != 0 {
             return Err(unsupported(
@@ -163,23 +140,27 @@ impl Qcow2Updater {
                  implemented (flatten it with 'qemu-img rebase -b \"\"' or convert it)"
             )));
         }
+        if self.selected_snapshot.is_some() {
+            return Err(unsupported("an internal snapshot is not updated in place"));
+        }
         let cluster_bits = header.cluster_bits;
         let cluster_size = header.cluster_size();
-        // The parser checked the L1 table and the refcount table against the file and the
-        // size limits.
-        let l1 = be64_table(&read_vec(
-            &file,
-            "L1 table",
-            header.l1_table_offset,
-            u64::from(header.l1_size) * 8,
-        )?);
+        // The reader checked the refcount table against the file and the size limits.
         let reftable_offset = header.refcount_table_offset;
-        let reftable = be64_table(&read_vec(
-            &file,
-            "refcount table",
-            reftable_offset,
-            u64::from(header.refcount_table_clusters) * cluster_size,
-        )?);
+        let mut bytes =
+            vec![0u8; (u64::from(header.refcount_table_clusters) * cluster_size) as usize];
+        self.file
+            .read_exact_at(&mut bytes, reftable_offset)
+            .map_err(|e| {
+                Error::io(
+                    format!(
+                        "reading the refcount table ({} bytes at offset {reftable_offset:#x})",
+                        bytes.len()
+                    ),
+                    e,
+                )
+            })?;
+        let reftable = be64_table(&bytes);
         for (i, &e) in reftable.iter().enumerate() {
             if e & refcount::REFTABLE_RESERVED != 0 {
                 return Err(Qcow2Error::corrupt(
@@ -195,38 +176,60 @@ impl Qcow2Updater {
             || header.autoclear_features & AUTOCLEAR_BITMAPS == 0)
             && header.autoclear_features & !AUTOCLEAR_BITMAPS == 0;
         Ok(Qcow2Updater {
-            file,
-            path: path.to_path_buf(),
-            virtual_size: header.size,
             cluster_bits,
             cluster_size,
             per_block,
-            end_cluster: file_len.div_ceil(cluster_size),
-            l1,
+            end_cluster: self.file_len.div_ceil(cluster_size),
             l1_dirty: BTreeSet::new(),
-            l2_cache: HashMap::new(),
+            l2_dirty: BTreeSet::new(),
             reftable,
             reftable_offset,
             rb_cache: HashMap::new(),
             pending_frees: Vec::new(),
             scan: 0,
             bitmaps_marked,
-            header,
+            r: self,
             #[cfg(test)]
             stop_flush_after: None,
         })
     }
+}
 
-    fn file_len(&self) -> Result<u64> {
-        Ok(self
+impl Qcow2Updater {
+    /// Opens the image at `path` read-write for in-place updates. Refuses images it cannot
+    /// update safely (saying why); nothing is written by a refused open.
+    pub fn open(path: &Path) -> Result<Qcow2Updater> {
+        Self::open_inner(path).map_err(|e| e.in_file(path))
+    }
+
+    fn open_inner(path: &Path) -> Result<Qcow2Updater> {
+        let storage = FileStorage::open_read_write(path)
+            .map_err(|e| Error::io("opening for in-place update", e))?;
+        if storage.kind() != FileKind::Regular {
+            return Err(Error::InvalidArgument(
+                "a qcow2 update target must be a regular file".into(),
+            ));
+        }
+        open_storage(Arc::new(storage))
+    }
+
+    /// The reader underneath, showing the image as updated so far.
+    pub fn reader(&self) -> &Qcow2Reader {
+        &self.r
+    }
+
+    /// Keeps the reader's idea of the file's length current (clusters were appended).
+    fn refresh_len(&mut self) -> Result<()> {
+        self.r.file_len = self
+            .r
             .file
-            .metadata()
-            .map_err(|e| Error::io("reading the file size", e))?
-            .len())
+            .len()
+            .map_err(|e| Error::io("reading the file size", e))?;
+        Ok(())
     }
 
     fn pwrite(&self, what: &str, buf: &[u8], off: u64) -> Result<()> {
-        self.file.write_all_at(buf, off).map_err(|e| {
+        self.r.file.write_all_at(buf, off).map_err(|e| {
             Error::io(
                 format!("writing {what} ({} bytes at offset {off:#x})", buf.len()),
                 e,
@@ -235,7 +238,7 @@ impl Qcow2Updater {
     }
 
     fn sync(&self) -> Result<()> {
-        self.file.sync_all().map_err(|e| Error::io("syncing", e))
+        self.r.file.sync().map_err(|e| Error::io("syncing", e))
     }
 
     /// Before the first change: clears the autoclear feature bits this updater does not
@@ -245,52 +248,32 @@ impl Qcow2Updater {
         if self.bitmaps_marked {
             return Ok(());
         }
-        let unknown = self.header.autoclear_features & !AUTOCLEAR_BITMAPS;
-        if self.header.version >= 3 && unknown != 0 {
-            let kept = self.header.autoclear_features & AUTOCLEAR_BITMAPS;
+        let unknown = self.r.header.autoclear_features & !AUTOCLEAR_BITMAPS;
+        if self.r.header.version >= 3 && unknown != 0 {
+            let kept = self.r.header.autoclear_features & AUTOCLEAR_BITMAPS;
             self.pwrite("header (autoclear features)", &kept.to_be_bytes(), 88)?;
             self.sync()?;
-            self.header.autoclear_features = kept;
+            self.r.header.autoclear_features = kept;
         }
-        let ext = match self.header.bitmaps {
-            Some(ext) if self.header.autoclear_features & AUTOCLEAR_BITMAPS != 0 => ext,
-            _ => {
-                self.bitmaps_marked = true;
-                return Ok(());
-            }
-        };
-        if ext.directory_size > bitmaps::MAX_DIRECTORY_BYTES {
-            return Err(Qcow2Error::corrupt(
-                "bitmap directory",
-                ext.directory_offset,
-                format!("directory of {} bytes is too large", ext.directory_size),
-            )
-            .into());
+        if self.r.header.bitmaps.is_none()
+            || self.r.header.autoclear_features & AUTOCLEAR_BITMAPS == 0
+        {
+            self.bitmaps_marked = true;
+            return Ok(());
         }
-        let file_len = self.file_len()?;
-        let bytes = read_vec(
-            &self.file,
-            "bitmap directory",
-            ext.directory_offset,
-            ext.directory_size,
-        )?;
-        let list = bitmaps::parse_directory(
-            &bytes,
-            ext.directory_offset,
-            ext.nb_bitmaps,
-            self.cluster_size,
-            file_len,
-            self.virtual_size,
-        )?;
-        let mut changed = false;
-        for b in &list {
-            if !b.in_use() {
-                let flags = b.flags | bitmaps::FLAG_IN_USE;
-                self.pwrite("bitmap flags", &flags.to_be_bytes(), b.entry_offset + 12)?;
-                changed = true;
-            }
+        // The reader read and validated the bitmap directory at open.
+        let list: Vec<(u64, u32)> = self
+            .r
+            .bitmaps()
+            .iter()
+            .filter(|b| !b.in_use())
+            .map(|b| (b.entry_offset, b.flags))
+            .collect();
+        for &(entry_offset, flags) in &list {
+            let flags = flags | bitmaps::FLAG_IN_USE;
+            self.pwrite("bitmap flags", &flags.to_be_bytes(), entry_offset + 12)?;
         }
-        if changed {
+        if !list.is_empty() {
             self.sync()?;
         }
         self.bitmaps_marked = true;
@@ -315,8 +298,10 @@ impl Qcow2Updater {
             return Ok(false);
         }
         let off = self.reftable[idx as usize] & OFFSET_MASK;
-        let data = read_vec(&self.file, "refcount block", off, self.cluster_size)?;
-        if data.len() as u64 != self.cluster_size {
+        if off
+            .checked_add(self.cluster_size)
+            .is_none_or(|e| e > self.r.file_len)
+        {
             return Err(Qcow2Error::corrupt(
                 "refcount block",
                 off,
@@ -324,6 +309,16 @@ impl Qcow2Updater {
             )
             .into());
         }
+        let mut data = vec![0u8; self.cluster_size as usize];
+        self.r.file.read_exact_at(&mut data, off).map_err(|e| {
+            Error::io(
+                format!(
+                    "reading the refcount block ({} bytes at offset {off:#x})",
+                    self.cluster_size
+                ),
+                e,
+            )
+        })?;
         self.rb_cache.insert(idx, Cached { data, dirty: false });
         Ok(true)
     }
@@ -333,7 +328,7 @@ impl Qcow2Updater {
         if !self.load_block(idx)? {
             return Ok(0);
         }
-        let order = self.header.refcount_order;
+        let order = self.r.header.refcount_order;
         Ok(self.rb_cache.get(&idx).map_or(0, |b| {
             refcount::get(&b.data, cluster % self.per_block, order)
         }))
@@ -349,14 +344,14 @@ impl Qcow2Updater {
             )
             .into());
         }
-        if value > refcount::max_value(self.header.refcount_order) {
+        if value > refcount::max_value(self.r.header.refcount_order) {
             return Err(unsupported(format!(
                 "refcount of cluster {:#x} would exceed the {}-bit refcount width",
                 cluster * self.cluster_size,
-                self.header.refcount_bits()
+                self.r.header.refcount_bits()
             )));
         }
-        let order = self.header.refcount_order;
+        let order = self.r.header.refcount_order;
         if let Some(b) = self.rb_cache.get_mut(&idx) {
             refcount::set(&mut b.data, cluster % self.per_block, order, value);
             b.dirty = true;
@@ -482,8 +477,8 @@ impl Qcow2Updater {
                 self.pending_frees.push(old_off / cs + k);
             }
             self.reftable_offset = new_off;
-            self.header.refcount_table_offset = new_off;
-            self.header.refcount_table_clusters = t as u32;
+            self.r.header.refcount_table_offset = new_off;
+            self.r.header.refcount_table_clusters = t as u32;
         } else {
             for &i in &blocks {
                 let v = self.reftable[i as usize];
@@ -539,47 +534,44 @@ impl Qcow2Updater {
 
     /// The L2 table covering guest cluster `gc`, loaded; allocates it when `create`.
     fn l2_for(&mut self, gc: u64, create: bool) -> Result<Option<(u64, usize)>> {
-        let entries = self.header.l2_entries();
+        let entries = self.r.header.l2_entries();
         let l1i = (gc / entries) as usize;
         let l2i = (gc % entries) as usize;
-        let Some(&raw) = self.l1.get(l1i) else {
+        let Some(&raw) = self.r.l1.get(l1i) else {
             return Err(Qcow2Error::corrupt(
                 "L1 table",
-                self.header.l1_table_offset,
+                self.r.header.l1_table_offset,
                 format!("no entry {l1i} for guest cluster {gc}"),
             )
             .into());
         };
         let l2off = l1l2::decode_l1(raw)
-            .map_err(|d| Qcow2Error::corrupt("L1 table", self.header.l1_table_offset, d))?;
+            .map_err(|d| Qcow2Error::corrupt("L1 table", self.r.header.l1_table_offset, d))?;
         let l2off = match l2off {
             Some(o) => o,
             None if !create => return Ok(None),
             None => {
                 let o = self.alloc_cluster()?;
-                self.l2_cache.insert(
-                    o,
-                    Cached {
-                        data: vec![0; entries as usize],
-                        dirty: true,
-                    },
-                );
-                self.l1[l1i] = o | COPIED;
+                self.r.hold_table(o, true)?;
+                self.l2_dirty.insert(o);
+                self.r.l1[l1i] = o | COPIED;
                 self.l1_dirty.insert(l1i);
                 o
             }
         };
-        if !self.l2_cache.contains_key(&l2off) {
+        if self.r.held(l2off).is_none() {
             if l2off % self.cluster_size != 0 {
                 return Err(Qcow2Error::corrupt(
                     "L1 table",
-                    self.header.l1_table_offset,
+                    self.r.header.l1_table_offset,
                     format!("entry {l1i} points at {l2off:#x}, not cluster aligned"),
                 )
                 .into());
             }
-            let bytes = read_vec(&self.file, "L2 table", l2off, self.cluster_size)?;
-            if bytes.len() as u64 != self.cluster_size {
+            if l2off
+                .checked_add(self.cluster_size)
+                .is_none_or(|e| e > self.r.file_len)
+            {
                 return Err(Qcow2Error::corrupt(
                     "L2 table",
                     l2off,
@@ -587,25 +579,19 @@ impl Qcow2Updater {
                 )
                 .into());
             }
-            self.l2_cache.insert(
-                l2off,
-                Cached {
-                    data: be64_table(&bytes),
-                    dirty: false,
-                },
-            );
+            self.r.hold_table(l2off, false)?;
         }
         Ok(Some((l2off, l2i)))
     }
 
     fn l2_get(&self, l2off: u64, l2i: usize) -> Result<L2Entry> {
         let raw = self
-            .l2_cache
-            .get(&l2off)
-            .and_then(|t| t.data.get(l2i))
+            .r
+            .held(l2off)
+            .and_then(|t| t.get(l2i))
             .copied()
             .unwrap_or(0);
-        let e = l1l2::decode_l2(raw, self.cluster_bits, self.header.version)
+        let e = l1l2::decode_l2(raw, self.cluster_bits, self.r.header.version)
             .map_err(|d| Qcow2Error::corrupt("L2 table", l2off, format!("entry {l2i}: {d}")))?;
         let file_len = self.end_cluster * self.cluster_size;
         match e {
@@ -632,40 +618,19 @@ impl Qcow2Updater {
     }
 
     fn l2_set(&mut self, l2off: u64, l2i: usize, raw: u64) {
-        if let Some(t) = self.l2_cache.get_mut(&l2off) {
-            if let Some(slot) = t.data.get_mut(l2i) {
-                *slot = raw;
-                t.dirty = true;
-            }
+        if let Some(slot) = self.r.held_table(l2off).and_then(|t| t.get_mut(l2i)) {
+            *slot = raw;
+            self.l2_dirty.insert(l2off);
         }
     }
 
-    /// The current content of a guest cluster, as the image reads it.
-    fn read_cluster(&self, entry: L2Entry, buf: &mut [u8]) -> Result<()> {
-        match entry {
-            L2Entry::Unallocated | L2Entry::Zero { .. } => buf.fill(0),
-            L2Entry::Normal { host, .. } => {
-                let got = self
-                    .file
-                    .read_at(buf, host)
-                    .map_err(|e| Error::io(format!("reading the cluster at {host:#x}"), e))?;
-                buf[got..].fill(0);
-            }
-            L2Entry::Compressed { host, len } => {
-                let file_len = self.file_len()?;
-                let avail = file_len.saturating_sub(host).min(len);
-                let input = read_vec(&self.file, "compressed cluster", host, avail)?;
-                super::compress::decompress(self.header.compression_type, &input, buf).map_err(
-                    |e| {
-                        Qcow2Error::corrupt(
-                            "compressed cluster",
-                            host,
-                            format!("cannot be decompressed: {}", e.chain()),
-                        )
-                    },
-                )?;
-            }
-        }
+    /// The current content of guest cluster `gc` (zeros past the end of the disk), as the
+    /// image reads it: through the reader, with its checks and its strict decompressor.
+    fn read_cluster(&self, gc: u64, buf: &mut [u8]) -> Result<()> {
+        let pos = gc * self.cluster_size;
+        let n = (self.r.size.saturating_sub(pos) as usize).min(buf.len());
+        self.r.read_at(&mut buf[..n], pos)?;
+        buf[n..].fill(0);
         Ok(())
     }
 
@@ -678,7 +643,7 @@ impl Qcow2Updater {
         let Some((l2off, l2i)) = self.l2_for(gc, true)? else {
             return Err(Qcow2Error::corrupt(
                 "L1 table",
-                self.header.l1_table_offset,
+                self.r.header.l1_table_offset,
                 format!("no L2 table for guest cluster {gc}"),
             )
             .into());
@@ -709,7 +674,7 @@ impl Qcow2Updater {
             // A preallocated zero cluster: made whole with zeros around the data.
             L2Entry::Zero { host: Some(h) } if self.get_rc(h / cs)? == 1 => h,
             _ => {
-                self.read_cluster(entry, &mut buf)?;
+                self.read_cluster(gc, &mut buf)?;
                 let h = self.alloc_cluster()?;
                 self.release(entry);
                 h
@@ -733,7 +698,7 @@ impl Qcow2Updater {
         }
         // Without a backing file an unallocated cluster reads as zeros; version 3 says so
         // explicitly with the zero flag.
-        let raw = if self.header.version >= 3 {
+        let raw = if self.r.header.version >= 3 {
             l1l2::ZERO
         } else {
             0
@@ -746,11 +711,11 @@ impl Qcow2Updater {
     /// Writes everything back in order when the caches grew past their bound.
     fn maybe_evict(&mut self) -> Result<()> {
         let cs = self.cluster_size;
-        let l2_bytes = self.l2_cache.len() as u64 * cs;
+        let l2_bytes = self.r.held_count() as u64 * cs;
         let rb_bytes = self.rb_cache.len() as u64 * cs;
         if l2_bytes > CACHE_BYTES || rb_bytes > CACHE_BYTES || self.pending_frees.len() > 1 << 20 {
             self.flush()?;
-            self.l2_cache.clear();
+            self.r.release_tables();
             self.rb_cache.clear();
         }
         Ok(())
@@ -771,26 +736,18 @@ impl Qcow2Updater {
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
-            Some(end) if end <= self.virtual_size => Ok(()),
+            Some(end) if end <= self.r.size => Ok(()),
             _ => Err(Error::InvalidArgument(format!(
                 "range of {len} bytes at offset {offset:#x} is past the end of the disk ({} bytes)",
-                self.virtual_size
-            ))
-            .in_file(&self.path)),
+                self.r.size
+            ))),
         }
     }
 }
 
 impl ImageUpdater for Qcow2Updater {
-    fn format(&self) -> Format {
-        Format::Qcow2
-    }
-    fn virtual_size(&self) -> u64 {
-        self.virtual_size
-    }
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
-        let path = self.path.clone();
         let inner = |s: &mut Self| -> Result<()> {
             s.mark_bitmaps()?;
             let cs = s.cluster_size;
@@ -820,15 +777,15 @@ impl ImageUpdater for Qcow2Updater {
             if let Some((h, b, l)) = run {
                 s.pwrite("guest data", &buf[b..b + l], h)?;
             }
+            s.refresh_len()?;
             // Only now that the data is written may metadata pointing at it be written back.
             s.maybe_evict()?;
             Ok(())
         };
-        inner(self).map_err(|e| e.in_file(path))
+        inner(self)
     }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
-        let path = self.path.clone();
         let inner = |s: &mut Self| -> Result<()> {
             if len == 0 {
                 return Ok(());
@@ -841,9 +798,10 @@ impl ImageUpdater for Qcow2Updater {
                 let within = pos % cs;
                 let n = (cs - within).min(end - pos);
                 let gc = pos >> s.cluster_bits;
-                let per_l2 = s.header.l2_entries();
+                let per_l2 = s.r.header.l2_entries();
                 let l1_empty =
-                    s.l1.get((gc / per_l2) as usize)
+                    s.r.l1
+                        .get((gc / per_l2) as usize)
                         .is_some_and(|&e| e & OFFSET_MASK == 0);
                 if l1_empty {
                     // No L2 table: the whole stretch it would cover reads as zeros already.
@@ -868,12 +826,11 @@ impl ImageUpdater for Qcow2Updater {
                 pos += n;
                 s.maybe_evict()?;
             }
-            Ok(())
+            s.refresh_len()
         };
-        inner(self).map_err(|e| e.in_file(path))
+        inner(self)
     }
     fn flush(&mut self) -> Result<()> {
-        let path = self.path.clone();
         let inner = |s: &mut Self| -> Result<()> {
             // 1. Data, then the refcount increments that cover it.
             s.sync()?;
@@ -883,20 +840,10 @@ impl ImageUpdater for Qcow2Updater {
                 return Ok(());
             }
             // 2. L2 tables, then the L1 entries pointing at new ones.
-            let mut dirty: Vec<u64> = s
-                .l2_cache
-                .iter()
-                .filter(|(_, t)| t.dirty)
-                .map(|(&o, _)| o)
-                .collect();
-            dirty.sort_unstable();
-            for off in dirty {
-                if let Some(t) = s.l2_cache.get(&off) {
-                    let bytes: Vec<u8> = t.data.iter().flat_map(|v| v.to_be_bytes()).collect();
+            while let Some(off) = s.l2_dirty.pop_first() {
+                if let Some(t) = s.r.held(off) {
+                    let bytes: Vec<u8> = t.iter().flat_map(|v| v.to_be_bytes()).collect();
                     s.pwrite("L2 table", &bytes, off)?;
-                }
-                if let Some(t) = s.l2_cache.get_mut(&off) {
-                    t.dirty = false;
                 }
             }
             s.sync()?;
@@ -905,8 +852,8 @@ impl ImageUpdater for Qcow2Updater {
             }
             let l1_dirty = std::mem::take(&mut s.l1_dirty);
             for &i in &l1_dirty {
-                let off = s.header.l1_table_offset + i as u64 * 8;
-                s.pwrite("L1 entry", &s.l1[i].to_be_bytes(), off)?;
+                let off = s.r.header.l1_table_offset + i as u64 * 8;
+                s.pwrite("L1 entry", &s.r.l1[i].to_be_bytes(), off)?;
             }
             if !l1_dirty.is_empty() {
                 s.sync()?;
@@ -940,31 +887,32 @@ impl ImageUpdater for Qcow2Updater {
                 s.sync()?;
                 s.scan = s.scan.min(lowest);
             }
-            Ok(())
+            s.refresh_len()
         };
-        inner(self).map_err(|e| e.in_file(path))
+        inner(self)
     }
 }
 
-/// Reads `len` bytes at `off` (fewer at the end of the file); `len` is capped by the callers.
-fn read_vec(file: &File, what: &str, off: u64, len: u64) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; len as usize];
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], off + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(Error::io(
-                    format!("reading the {what} ({len} bytes at offset {off:#x})"),
-                    e,
-                ));
-            }
-        }
+impl ImageReader for Qcow2Updater {
+    fn format(&self) -> Format {
+        Format::Qcow2
     }
-    buf.truncate(got);
-    Ok(buf)
+
+    fn virtual_size(&self) -> u64 {
+        self.r.size
+    }
+
+    fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
+        self.r.map(offset, max_len)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.r.read_at(buf, offset)
+    }
+
+    fn info(&self) -> ImageInfo {
+        self.r.info()
+    }
 }
 
 #[cfg(test)]
@@ -1054,6 +1002,63 @@ mod tests {
                 assert_eq!(leaks, 0, "complete flush leaked");
             }
         }
+    }
+
+    /// A compressed cluster whose stream holds more than one cluster: the reader rejects
+    /// it, and so does the updater, which reads it through the reader (its own, laxer
+    /// decompressor accepted it and wrote the first cluster's worth back).
+    #[test]
+    fn the_updater_rejects_the_compressed_clusters_the_reader_rejects() {
+        use crate::storage::MemStorage;
+        use flate2::{Compress, Compression, FlushCompress};
+        let mut h = super::super::header::Qcow2Header::new(3, 16, 1 << 20);
+        h.l1_size = 1;
+        h.l1_table_offset = 0x30000;
+        h.refcount_table_offset = 0x10000;
+        h.refcount_table_clusters = 1;
+        let mut img = h.to_bytes().unwrap();
+        img.resize(0x60000, 0);
+        img[0x30000..0x30008].copy_from_slice(&(0x40000u64 | COPIED).to_be_bytes());
+        // Guest cluster 2: 70000 bytes of deflate stream, past one 64 KiB cluster.
+        let mut c = Compress::new(Compression::default(), false);
+        let mut stream = vec![0u8; 4096];
+        c.compress(&[7u8; 70000], &mut stream, FlushCompress::Finish)
+            .unwrap();
+        stream.truncate(c.total_out() as usize);
+        img[0x50000..0x50000 + stream.len()].copy_from_slice(&stream);
+        let d = l1l2::encode_compressed(0x50000, 512, 16).unwrap();
+        img[0x40010..0x40018].copy_from_slice(&d.to_be_bytes());
+
+        let reader = Qcow2Reader::open_unlinked(
+            std::sync::Arc::new(MemStorage::from_vec(img.clone())),
+            None,
+            None,
+        )
+        .unwrap();
+        let mut b = vec![0u8; 100];
+        let e = reader.read_at(&mut b, 2 << 16).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Corrupt);
+        assert!(e.chain().contains("more than one cluster"), "{}", e.chain());
+
+        let mem = std::sync::Arc::new(MemStorage::from_vec(img.clone()));
+        let mut u = open_storage(mem.clone()).unwrap();
+        // Reads through the updater, and a partial write that needs the old content.
+        let e = u.read_at(&mut b, 2 << 16).unwrap_err();
+        assert!(e.chain().contains("more than one cluster"), "{}", e.chain());
+        let e = u.write_at(&[1u8; 100], (2 << 16) + 5).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Corrupt);
+        assert!(e.chain().contains("more than one cluster"), "{}", e.chain());
+        assert!(mem.to_vec() == img, "a refused write changed the image");
+        // The shared decompressor (tests, debugging) is the strict one too.
+        let mut out = vec![0u8; 1 << 16];
+        assert!(
+            super::super::compress::decompress(
+                super::super::header::CompressionType::Zlib,
+                &stream,
+                &mut out
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -380,14 +380,6 @@ impl VdiUpdater {
 }
 
 impl ImageUpdater for VdiUpdater {
-    fn format(&self) -> Format {
-        Format::Vdi
-    }
-
-    fn virtual_size(&self) -> u64 {
-        self.r.size
-    }
-
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
         if buf.is_empty() {

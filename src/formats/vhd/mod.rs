@@ -21,9 +21,22 @@ pub fn probe_tail(tail: &[u8; 512]) -> bool {
     tail.starts_with(&footer::COOKIE) || tail[1..].starts_with(&footer::COOKIE)
 }
 
-/// An opener of VHD images only, for code of this folder that opens a whole VHD (and the
-/// parents it names, always of this format) without the format registry above it.
-pub(crate) static OPENER: crate::reference::SingleFormat =
-    crate::reference::SingleFormat::new(crate::formats::Format::Vhd, |s, p, c| {
-        Ok(Box::new(VhdReader::open(s, p, c)?))
-    });
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::image::ImageUpdater;
+use crate::reference::OpenContext;
+use crate::storage::Storage;
+
+/// Opens the VHD held in `storage` (writable) for in-place updates: the reader parses and
+/// validates it, and becomes the updater over the same storage (the registry's entry point).
+/// `path` and `ctx` are where it was found and the reference policy; a differencing disk is
+/// refused, so neither is used.
+pub fn open_updater(
+    storage: Arc<dyn Storage>,
+    _path: Option<&Path>,
+    _ctx: &OpenContext<'_>,
+) -> Result<Box<dyn ImageUpdater>> {
+    Ok(Box::new(update::open_storage(storage)?))
+}

@@ -1,6 +1,6 @@
 //! Reading fixed, dynamic and differencing VHDs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -46,22 +46,61 @@ enum Loc {
 }
 
 #[derive(Debug)]
-struct Sparse {
-    header: VhdDynamicHeader,
+pub(super) struct Sparse {
+    pub(super) header: VhdDynamicHeader,
     header_offset: u64,
-    bat: Vec<u32>,
+    /// The BAT as reads see it (an updater changes it in place).
+    pub(super) bat: Vec<u32>,
     /// Entries that point somewhere impossible, with the reason (reported when used).
     bad: HashMap<u32, String>,
     bitmaps: Mutex<HashMap<u32, Arc<Vec<u8>>>>,
+    /// Sector bitmaps changed by an updater and not yet written: reads see these, never a
+    /// cached or stored older copy.
+    pending: BTreeMap<u32, Arc<Vec<u8>>>,
+}
+
+impl Sparse {
+    /// The changed sector bitmap of `block`, starting from `stored` (its bytes on disk) the
+    /// first time: from now on reads see this copy, until [`Sparse::take_pending`].
+    pub(super) fn pending_bitmap(&mut self, block: u32, stored: Vec<u8>) -> &mut Vec<u8> {
+        self.bitmaps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&block);
+        Arc::make_mut(
+            self.pending
+                .entry(block)
+                .or_insert_with(|| Arc::new(stored)),
+        )
+    }
+
+    /// The changed sector bitmap of `block`, when there is one.
+    pub(super) fn pending(&self, block: u32) -> Option<&[u8]> {
+        self.pending.get(&block).map(|b| b.as_slice())
+    }
+
+    /// How many changed sector bitmaps wait to be written.
+    pub(super) fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The changed sector bitmaps, handed over to be written (reads use the stored ones
+    /// again afterwards).
+    pub(super) fn take_pending(&mut self) -> BTreeMap<u32, Arc<Vec<u8>>> {
+        std::mem::take(&mut self.pending)
+    }
 }
 
 /// A VHD opened for reading.
 pub struct VhdReader {
-    storage: Arc<dyn Storage>,
-    footer: VhdFooter,
-    size: u64,
-    file_len: u64,
-    sparse: Option<Sparse>,
+    pub(super) storage: Arc<dyn Storage>,
+    pub(super) footer: VhdFooter,
+    pub(super) size: u64,
+    pub(super) file_len: u64,
+    /// Bytes of the footer in use at the end of the file (512, 511 for an old one, 0 when
+    /// the copy at offset 0 is used).
+    pub(super) footer_len: u64,
+    pub(super) sparse: Option<Sparse>,
     parent: Option<SharedReader>,
     parent_name: Option<String>,
     flags: Vec<String>,
@@ -168,6 +207,7 @@ impl VhdReader {
             storage,
             size,
             file_len,
+            footer_len,
             sparse: None,
             parent: None,
             parent_name: None,
@@ -313,6 +353,7 @@ impl VhdReader {
             bat,
             bad,
             bitmaps: Mutex::new(HashMap::new()),
+            pending: BTreeMap::new(),
         })
     }
 
@@ -419,6 +460,9 @@ impl VhdReader {
     }
 
     fn bitmap(&self, s: &Sparse, block: u32, host: u64) -> Result<Arc<Vec<u8>>> {
+        if let Some(b) = s.pending.get(&block) {
+            return Ok(b.clone());
+        }
         if let Some(b) = s
             .bitmaps
             .lock()

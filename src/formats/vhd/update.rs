@@ -19,13 +19,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::image::{Format, ImageUpdater};
-use crate::reference::{OpenOptions, open_top};
+use crate::image::{Extent, Format, ImageInfo, ImageReader, ImageUpdater};
+use crate::reference::{OpenContext, OpenOptions};
 use crate::storage::{FileStorage, Storage};
 
-use super::dynamic::{HEADER_SIZE, UNALLOCATED, VhdDynamicHeader};
+use super::dynamic::{HEADER_SIZE, UNALLOCATED};
 use super::footer::{DiskType, FOOTER_SIZE};
-use super::reader::load_footer;
+use super::reader::{Sparse, VhdReader, load_footer};
 
 /// Changed sector bitmaps kept before an automatic flush writes them.
 const MAX_PENDING: usize = 1024;
@@ -34,16 +34,14 @@ fn io(op: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(op, e)
 }
 
+/// What a dynamic disk's updater keeps besides the reader's BAT and sector bitmaps.
 #[derive(Debug)]
 struct Dynamic {
     block_size: u64,
     bitmap_size: u64,
     table_offset: u64,
-    bat: Vec<u32>,
     /// BAT entries changed since the last flush (index -> new value).
     pending_bat: BTreeMap<u32, u32>,
-    /// Sector bitmaps changed since the last flush (block -> bitmap bytes).
-    pending_bitmaps: BTreeMap<u32, Vec<u8>>,
     /// Blocks whose bitmap on disk is known to have every bit set (no need to read it).
     full: HashSet<u32>,
     /// Where the footer at the end of the file starts (and the next block goes).
@@ -52,155 +50,159 @@ struct Dynamic {
     footer: [u8; FOOTER_SIZE],
 }
 
-/// Writes into an existing image in place; see [`ImageUpdater`].
+/// Writes into an existing image in place; see [`ImageUpdater`]. Built from a [`VhdReader`]
+/// ([`VhdReader::into_updater`]), whose BAT and sector bitmaps it keeps current, so reads
+/// through the updater see every write.
 #[derive(Debug)]
 pub struct VhdUpdater {
-    storage: Arc<FileStorage>,
-    virtual_size: u64,
+    r: VhdReader,
     dynamic: Option<Dynamic>,
 }
 
-impl VhdUpdater {
-    /// Opens the image at `path` read-write for in-place updates. Refuses images it cannot
-    /// update safely (saying why).
-    pub fn open(path: &Path) -> Result<VhdUpdater> {
-        Self::open_inner(path).map_err(|e| e.in_file(path))
-    }
+fn differencing() -> Error {
+    Error::Unsupported(
+        "a differencing VHD cannot be updated in place (its blocks depend on its \
+         parent); convert it to a standalone image first"
+            .into(),
+    )
+}
 
-    fn open_inner(path: &Path) -> Result<VhdUpdater> {
-        let ro = FileStorage::open_read_only(path).map_err(io("opening the VHD".into()))?;
-        let (footer, footer_len, _) = load_footer(&ro)?;
-        if footer.disk_type == DiskType::Differencing {
-            return Err(Error::Unsupported(
-                "a differencing VHD cannot be updated in place (its blocks depend on its \
-                 parent); convert it to a standalone image first"
-                    .into(),
-            ));
+/// Opens the VHD held in `storage` (writable) for in-place updates; see [`VhdUpdater`].
+/// A differencing disk is refused before the reader looks for its parent.
+pub fn open_storage(storage: Arc<dyn Storage>) -> Result<VhdUpdater> {
+    let (footer, _, _) = load_footer(storage.as_ref())?;
+    if footer.disk_type == DiskType::Differencing {
+        return Err(differencing());
+    }
+    // Not differencing: the reader opens no parent, so it needs no folder.
+    let opts = OpenOptions::default().format(Format::Vhd);
+    VhdReader::open(storage, None, &OpenContext::detached(&opts))?.into_updater()
+}
+
+impl VhdReader {
+    /// Turns this reader (of a fixed or dynamic disk, opened from writable storage) into an
+    /// updater of the same image, keeping its parsed footer, header and BAT. Refuses images
+    /// it cannot update safely (saying why).
+    pub fn into_updater(self) -> Result<VhdUpdater> {
+        if self.footer.disk_type == DiskType::Differencing {
+            return Err(differencing());
         }
-        if footer_len != FOOTER_SIZE as u64 {
+        if self.footer_len != FOOTER_SIZE as u64 {
             return Err(Error::Unsupported(
                 "the footer at the end of this VHD is damaged or old-style (511 bytes); \
                  convert the image to repair it before updating it in place"
                     .into(),
             ));
         }
-        // The reader validates every structure (BAT entries inside the file, no overlaps).
-        let opts = OpenOptions {
-            format: Some(Format::Vhd),
-            ..OpenOptions::default()
-        };
-        let reader = open_top(path, &opts, &super::OPENER)?;
-        let virtual_size = reader.info().virtual_size;
-        drop(reader);
-        drop(ro);
-        let storage =
-            FileStorage::open_read_write(path).map_err(io("opening the VHD read-write".into()))?;
-        let file_len = storage
-            .len()
-            .map_err(io("reading the length of the file".into()))?;
+        let file_len = self.file_len;
         let footer_offset = file_len - FOOTER_SIZE as u64;
-        let dynamic = if footer.disk_type == DiskType::Fixed {
-            None
-        } else {
-            let mut hb = vec![0u8; HEADER_SIZE];
-            read(&storage, &mut hb, footer.data_offset)?;
-            let header = VhdDynamicHeader::parse(&hb, footer.data_offset)?;
-            let block_size = u64::from(header.block_size);
-            let entries = virtual_size.div_ceil(block_size);
-            let mut raw = vec![0u8; (entries * 4) as usize];
-            read(&storage, &mut raw, header.table_offset)?;
-            let bat: Vec<u32> = raw
-                .chunks_exact(4)
-                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            // The reader only reports bad entries when their block is read; writing through
-            // one would damage the file, so every entry is checked here: its block ends
-            // before the footer (the next block is appended there), misses the footer copy,
-            // the dynamic header and the BAT, and overlaps no other block.
-            let span = header.bitmap_size() + block_size;
-            let meta = [
-                (0u64, FOOTER_SIZE as u64, "the footer copy"),
-                (footer.data_offset, HEADER_SIZE as u64, "the dynamic header"),
-                (
-                    header.table_offset,
-                    (entries * 4).next_multiple_of(512),
-                    "the BAT",
-                ),
-            ];
-            let mut used: Vec<(u64, usize)> = Vec::new();
-            for (i, &e) in bat.iter().enumerate() {
-                if e == UNALLOCATED {
-                    continue;
+        let dynamic = match &self.sparse {
+            None => None,
+            Some(sp) => {
+                let block_size = u64::from(sp.header.block_size);
+                let entries = sp.bat.len() as u64;
+                // The reader only reports bad entries when their block is read; writing
+                // through one would damage the file, so every entry is checked here: its
+                // block ends before the footer (the next block is appended there), misses
+                // the footer copy, the dynamic header and the BAT, and overlaps no other
+                // block.
+                let span = sp.header.bitmap_size() + block_size;
+                let meta = [
+                    (0u64, FOOTER_SIZE as u64, "the footer copy"),
+                    (
+                        self.footer.data_offset,
+                        HEADER_SIZE as u64,
+                        "the dynamic header",
+                    ),
+                    (
+                        sp.header.table_offset,
+                        (entries * 4).next_multiple_of(512),
+                        "the BAT",
+                    ),
+                ];
+                let mut used: Vec<(u64, usize)> = Vec::new();
+                for (i, &e) in sp.bat.iter().enumerate() {
+                    if e == UNALLOCATED {
+                        continue;
+                    }
+                    let start = u64::from(e) * 512;
+                    let end = start + span;
+                    if end > footer_offset {
+                        return Err(Error::Corrupt(format!(
+                            "BAT entry {i} points at {start:#x}: its block of {span} bytes runs \
+                             into the footer at {footer_offset:#x}"
+                        )));
+                    }
+                    if let Some((_, _, what)) =
+                        meta.iter().find(|(o, l, _)| start < o + l && *o < end)
+                    {
+                        return Err(Error::Corrupt(format!(
+                            "BAT entry {i} points at {start:#x}, overlapping {what}"
+                        )));
+                    }
+                    used.push((start, i));
                 }
-                let start = u64::from(e) * 512;
-                let end = start + span;
-                if end > footer_offset {
-                    return Err(Error::Corrupt(format!(
-                        "BAT entry {i} points at {start:#x}: its block of {span} bytes runs into \
-                         the footer at {footer_offset:#x}"
-                    )));
+                used.sort_unstable();
+                for w in used.windows(2) {
+                    if w[1].0 < w[0].0 + span {
+                        return Err(Error::Corrupt(format!(
+                            "BAT entries {} and {} point at overlapping blocks ({:#x} and {:#x})",
+                            w[0].1, w[1].1, w[0].0, w[1].0
+                        )));
+                    }
                 }
-                if let Some((_, _, what)) = meta.iter().find(|(o, l, _)| start < o + l && *o < end)
-                {
-                    return Err(Error::Corrupt(format!(
-                        "BAT entry {i} points at {start:#x}, overlapping {what}"
-                    )));
-                }
-                used.push((start, i));
+                let mut fb = [0u8; FOOTER_SIZE];
+                read(self.storage.as_ref(), &mut fb, footer_offset)?;
+                Some(Dynamic {
+                    block_size,
+                    bitmap_size: sp.header.bitmap_size(),
+                    table_offset: sp.header.table_offset,
+                    pending_bat: BTreeMap::new(),
+                    full: HashSet::new(),
+                    footer_offset,
+                    footer: fb,
+                })
             }
-            used.sort_unstable();
-            for w in used.windows(2) {
-                if w[1].0 < w[0].0 + span {
-                    return Err(Error::Corrupt(format!(
-                        "BAT entries {} and {} point at overlapping blocks ({:#x} and {:#x})",
-                        w[0].1, w[1].1, w[0].0, w[1].0
-                    )));
-                }
-            }
-            let mut fb = [0u8; FOOTER_SIZE];
-            read(&storage, &mut fb, footer_offset)?;
-            Some(Dynamic {
-                block_size,
-                bitmap_size: header.bitmap_size(),
-                table_offset: header.table_offset,
-                bat,
-                pending_bat: BTreeMap::new(),
-                pending_bitmaps: BTreeMap::new(),
-                full: HashSet::new(),
-                footer_offset,
-                footer: fb,
-            })
         };
-        Ok(VhdUpdater {
-            storage: Arc::new(storage),
-            virtual_size,
-            dynamic,
-        })
+        Ok(VhdUpdater { r: self, dynamic })
+    }
+}
+
+impl VhdUpdater {
+    /// Opens the image at `path` read-write for in-place updates. Refuses images it cannot
+    /// update safely (saying why).
+    pub fn open(path: &Path) -> Result<VhdUpdater> {
+        FileStorage::open_read_write(path)
+            .map_err(io("opening the VHD read-write".into()))
+            .and_then(|s| open_storage(Arc::new(s)))
+            .map_err(|e| e.in_file(path))
+    }
+
+    /// The reader underneath, showing the image as updated so far.
+    pub fn reader(&self) -> &VhdReader {
+        &self.r
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
-        if offset
-            .checked_add(len)
-            .is_none_or(|e| e > self.virtual_size)
-        {
+        if offset.checked_add(len).is_none_or(|e| e > self.r.size) {
             return Err(Error::InvalidArgument(format!(
                 "a write of {len} bytes at offset {offset:#x} goes past the end of the \
                  {}-byte disk",
-                self.virtual_size
+                self.r.size
             )));
         }
         Ok(())
     }
 }
 
-fn read(s: &FileStorage, buf: &mut [u8], offset: u64) -> Result<()> {
+fn read(s: &dyn Storage, buf: &mut [u8], offset: u64) -> Result<()> {
     s.read_exact_at(buf, offset).map_err(io(format!(
         "reading {} bytes at offset {offset:#x}",
         buf.len()
     )))
 }
 
-fn write(s: &FileStorage, buf: &[u8], offset: u64) -> Result<()> {
+fn write(s: &dyn Storage, buf: &[u8], offset: u64) -> Result<()> {
     s.write_all_at(buf, offset).map_err(io(format!(
         "writing {} bytes at offset {offset:#x}",
         buf.len()
@@ -209,8 +211,14 @@ fn write(s: &FileStorage, buf: &[u8], offset: u64) -> Result<()> {
 
 impl Dynamic {
     /// The file offset of block `b`'s bitmap, allocating the block when `alloc` is set.
-    fn block(&mut self, s: &FileStorage, b: u32, alloc: bool) -> Result<Option<u64>> {
-        let e = self.bat.get(b as usize).copied().unwrap_or(UNALLOCATED);
+    fn block(
+        &mut self,
+        s: &dyn Storage,
+        sp: &mut Sparse,
+        b: u32,
+        alloc: bool,
+    ) -> Result<Option<u64>> {
+        let e = sp.bat.get(b as usize).copied().unwrap_or(UNALLOCATED);
         if e != UNALLOCATED {
             return Ok(Some(u64::from(e) * 512));
         }
@@ -235,18 +243,26 @@ impl Dynamic {
         self.footer_offset = end;
         self.full.insert(b);
         self.pending_bat.insert(b, sector);
-        if let Some(slot) = self.bat.get_mut(b as usize) {
+        if let Some(slot) = sp.bat.get_mut(b as usize) {
             *slot = sector;
         }
         Ok(Some(start))
     }
 
     /// Sets the bits of sectors `first..first+count` in block `b` (bitmap at `bm`).
-    fn mark(&mut self, s: &FileStorage, b: u32, bm: u64, first: u64, count: u64) -> Result<()> {
+    fn mark(
+        &mut self,
+        s: &dyn Storage,
+        sp: &mut Sparse,
+        b: u32,
+        bm: u64,
+        first: u64,
+        count: u64,
+    ) -> Result<()> {
         if self.full.contains(&b) {
             return Ok(());
         }
-        if !self.pending_bitmaps.contains_key(&b) {
+        let stored = if sp.pending(b).is_none() {
             let mut bits = vec![0u8; self.bitmap_size as usize];
             read(s, &mut bits, bm)?;
             let all =
@@ -257,23 +273,24 @@ impl Dynamic {
                 }
                 return Ok(());
             }
-            self.pending_bitmaps.insert(b, bits);
-        }
-        if let Some(bits) = self.pending_bitmaps.get_mut(&b) {
-            for i in first..first + count {
-                bits[(i / 8) as usize] |= 0x80 >> (i % 8);
-            }
+            bits
+        } else {
+            Vec::new()
+        };
+        let bits = sp.pending_bitmap(b, stored);
+        for i in first..first + count {
+            bits[(i / 8) as usize] |= 0x80 >> (i % 8);
         }
         Ok(())
     }
 
     /// Whether sector `sector` of block `b` (bitmap at `bm`) is marked present.
-    fn present(&self, s: &FileStorage, b: u32, bm: u64, sector: u64) -> Result<bool> {
+    fn present(&self, s: &dyn Storage, sp: &Sparse, b: u32, bm: u64, sector: u64) -> Result<bool> {
         if self.full.contains(&b) {
             return Ok(true);
         }
         let mask = 0x80 >> (sector % 8);
-        if let Some(bits) = self.pending_bitmaps.get(&b) {
+        if let Some(bits) = sp.pending(b) {
             return Ok(bits
                 .get((sector / 8) as usize)
                 .is_some_and(|x| x & mask != 0));
@@ -288,7 +305,8 @@ impl Dynamic {
     /// stored), so it is zeroed first; setting its bit then reveals only zeros and the data.
     fn clear_partial_sectors(
         &self,
-        s: &FileStorage,
+        s: &dyn Storage,
+        sp: &Sparse,
         b: u32,
         bm: u64,
         within: u64,
@@ -300,7 +318,7 @@ impl Dynamic {
             (within % 512 != 0, within / 512),
             (end % 512 != 0, end / 512),
         ] {
-            if partial && done != Some(sector) && !self.present(s, b, bm, sector)? {
+            if partial && done != Some(sector) && !self.present(s, sp, b, bm, sector)? {
                 let at = bm + self.bitmap_size + sector * 512;
                 write(s, &[0u8; 512], at)?;
                 done = Some(sector);
@@ -309,16 +327,16 @@ impl Dynamic {
         Ok(())
     }
 
-    fn flush(&mut self, s: &FileStorage) -> Result<()> {
-        if self.pending_bat.is_empty() && self.pending_bitmaps.is_empty() {
+    fn flush(&mut self, s: &dyn Storage, sp: &mut Sparse) -> Result<()> {
+        if self.pending_bat.is_empty() && sp.pending_count() == 0 {
             return s.sync().map_err(io("syncing the VHD".into()));
         }
         // Data (and appended blocks with their footer) first.
         s.sync().map_err(io("syncing the VHD data".into()))?;
-        for (&b, bits) in &self.pending_bitmaps {
-            let e = self.bat.get(b as usize).copied().unwrap_or(UNALLOCATED);
+        for (b, bits) in sp.take_pending() {
+            let e = sp.bat.get(b as usize).copied().unwrap_or(UNALLOCATED);
             if e != UNALLOCATED {
-                write(s, bits, u64::from(e) * 512)?;
+                write(s, &bits, u64::from(e) * 512)?;
             }
         }
         for (&i, &v) in &self.pending_bat {
@@ -326,22 +344,16 @@ impl Dynamic {
         }
         s.sync().map_err(io("syncing the VHD metadata".into()))?;
         self.pending_bat.clear();
-        self.pending_bitmaps.clear();
         Ok(())
     }
 }
 
 impl ImageUpdater for VhdUpdater {
-    fn format(&self) -> Format {
-        Format::Vhd
-    }
-    fn virtual_size(&self) -> u64 {
-        self.virtual_size
-    }
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
-        let s = self.storage.as_ref();
-        let Some(d) = self.dynamic.as_mut() else {
+        let s = self.r.storage.clone();
+        let s = s.as_ref();
+        let (Some(d), Some(sp)) = (self.dynamic.as_mut(), self.r.sparse.as_mut()) else {
             return write(s, buf, offset);
         };
         let mut done = 0usize;
@@ -351,25 +363,28 @@ impl ImageUpdater for VhdUpdater {
             let within = pos % d.block_size;
             let n = ((d.block_size - within) as usize).min(buf.len() - done);
             let bi = u32::try_from(b).map_err(|_| Error::Corrupt("block index overflow".into()))?;
-            let Some(bm) = d.block(s, bi, true)? else {
+            let Some(bm) = d.block(s, sp, bi, true)? else {
                 return Err(Error::Corrupt(format!("block {b} could not be allocated")));
             };
-            d.clear_partial_sectors(s, bi, bm, within, n as u64)?;
+            d.clear_partial_sectors(s, sp, bi, bm, within, n as u64)?;
             write(s, &buf[done..done + n], bm + d.bitmap_size + within)?;
             let first = within / 512;
             let last = (within + n as u64).div_ceil(512);
-            d.mark(s, bi, bm, first, last - first)?;
+            d.mark(s, sp, bi, bm, first, last - first)?;
             done += n;
         }
-        if d.pending_bitmaps.len() > MAX_PENDING {
-            d.flush(s)?;
+        // Reads check blocks against the end of the file, which may have moved.
+        self.r.file_len = d.footer_offset + FOOTER_SIZE as u64;
+        if sp.pending_count() > MAX_PENDING {
+            d.flush(s, sp)?;
         }
         Ok(())
     }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
-        let s = self.storage.as_ref();
-        let Some(d) = self.dynamic.as_mut() else {
+        let s = self.r.storage.clone();
+        let s = s.as_ref();
+        let (Some(d), Some(sp)) = (self.dynamic.as_mut(), self.r.sparse.as_mut()) else {
             return s
                 .write_zeroes(offset, len)
                 .map_err(io(format!("zeroing {len} bytes at offset {offset:#x}")));
@@ -381,7 +396,7 @@ impl ImageUpdater for VhdUpdater {
             let within = pos % d.block_size;
             let n = (d.block_size - within).min(end - pos);
             let bi = u32::try_from(b).map_err(|_| Error::Corrupt("block index overflow".into()))?;
-            if let Some(bm) = d.block(s, bi, false)? {
+            if let Some(bm) = d.block(s, sp, bi, false)? {
                 let at = bm + d.bitmap_size + within;
                 s.write_zeroes(at, n)
                     .map_err(io(format!("zeroing {n} bytes at offset {at:#x}")))?;
@@ -391,11 +406,33 @@ impl ImageUpdater for VhdUpdater {
         Ok(())
     }
     fn flush(&mut self) -> Result<()> {
-        let s = self.storage.as_ref();
-        match self.dynamic.as_mut() {
-            Some(d) => d.flush(s),
-            None => s.sync().map_err(io("syncing the VHD".into())),
+        let s = self.r.storage.clone();
+        match (self.dynamic.as_mut(), self.r.sparse.as_mut()) {
+            (Some(d), Some(sp)) => d.flush(s.as_ref(), sp),
+            _ => s.sync().map_err(io("syncing the VHD".into())),
         }
+    }
+}
+
+impl ImageReader for VhdUpdater {
+    fn format(&self) -> Format {
+        Format::Vhd
+    }
+
+    fn virtual_size(&self) -> u64 {
+        self.r.size
+    }
+
+    fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
+        self.r.map(offset, max_len)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.r.read_at(buf, offset)
+    }
+
+    fn info(&self) -> ImageInfo {
+        self.r.info()
     }
 }
 
@@ -405,6 +442,7 @@ mod tests {
     use crate::convert::ConvertOptions;
     use crate::formats::raw::RawReader;
     use crate::formats::vhd::VhdSubformat;
+    use crate::formats::vhd::dynamic::VhdDynamicHeader;
     use crate::formats::vhd::footer::VhdFooter;
     use crate::output::{OutputOptions, convert_file};
     use crate::storage::MemStorage;
@@ -422,12 +460,12 @@ mod tests {
         p
     }
 
+    /// The image's content, read by a reader of its own (not the updater's).
     fn read_all(p: &Path) -> Vec<u8> {
-        let opts = OpenOptions {
-            format: Some(Format::Vhd),
-            ..OpenOptions::default()
-        };
-        let r = crate::open(p, &opts).unwrap();
+        let opts = crate::open::OpenOptions::default().format(Format::Vhd);
+        let st = Arc::new(FileStorage::open_read_only(p).unwrap());
+        let ctx = crate::reference::OpenContext::detached(&opts);
+        let r = VhdReader::open(st, None, &ctx).unwrap();
         let mut v = vec![0u8; r.info().virtual_size as usize];
         r.read_at(&mut v, 0).unwrap();
         v
@@ -533,6 +571,37 @@ mod tests {
                 if (100..110).contains(&i) { 0x77 } else { 0 },
                 "byte {i}"
             );
+        }
+    }
+
+    /// The shared contract check ([`crate::testing::random_operations`]) over memory, for
+    /// both subformats; a new reader of the storage then reads what the model holds.
+    #[test]
+    fn keeps_the_updater_contract_in_memory() {
+        use crate::testing::{RandomOps, random_operations};
+        for sub in [VhdSubformat::Dynamic, VhdSubformat::Fixed] {
+            let d = tempfile::tempdir().unwrap();
+            let c = content(6 * MIB as usize);
+            let p = make(d.path(), &c, sub);
+            let mem = Arc::new(MemStorage::from_vec(std::fs::read(&p).unwrap()));
+            let mut up = open_storage(mem.clone()).unwrap();
+            let mut initial = c.clone();
+            initial.resize(up.virtual_size() as usize, 0);
+            let model = MemStorage::from_vec(initial);
+            let o = RandomOps {
+                block: 2 * MIB,
+                flush_one_in: 10,
+                zero_window_once: true,
+                ..RandomOps::new(7, 250, 300_000)
+            };
+            random_operations(&mut up, &model, &o).unwrap();
+            up.flush().unwrap();
+            drop(up);
+            let opts = OpenOptions::default().format(Format::Vhd);
+            let r = VhdReader::open(mem, None, &OpenContext::detached(&opts)).unwrap();
+            let mut got = vec![0u8; r.virtual_size() as usize];
+            r.read_at(&mut got, 0).unwrap();
+            assert!(got == model.to_vec(), "{sub:?}: the stored image differs");
         }
     }
 

@@ -140,14 +140,22 @@ pub fn choose(
     first: Result<VhdxHeader, FormatError>,
     second: Result<VhdxHeader, FormatError>,
 ) -> Result<VhdxHeader, FormatError> {
+    choose_slot(first, second).map(|(h, _)| h)
+}
+
+/// [`choose`], also saying which slot (0 or 1) the header in use came from.
+pub fn choose_slot(
+    first: Result<VhdxHeader, FormatError>,
+    second: Result<VhdxHeader, FormatError>,
+) -> Result<(VhdxHeader, usize), FormatError> {
     match (first, second) {
         (Ok(a), Ok(b)) => Ok(if b.sequence_number > a.sequence_number {
-            b
+            (b, 1)
         } else {
-            a
+            (a, 0)
         }),
-        (Ok(a), Err(_)) => Ok(a),
-        (Err(_), Ok(b)) => Ok(b),
+        (Ok(a), Err(_)) => Ok((a, 0)),
+        (Err(_), Ok(b)) => Ok((b, 1)),
         (Err(a), Err(_)) => Err(a),
     }
 }

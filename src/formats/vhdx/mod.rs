@@ -18,6 +18,26 @@ pub mod writer;
 pub use reader::VhdxReader;
 pub use writer::{VhdxSubformat, VhdxWriteOptions};
 
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::image::ImageUpdater;
+use crate::reference::OpenContext;
+use crate::storage::Storage;
+
+/// Opens the VHDX held in `storage` (writable) for in-place updates: the reader parses and
+/// validates it, and becomes the updater over the same storage (the registry's entry point).
+/// `path` and `ctx` are where it was found and the reference policy; a differencing VHDX is
+/// refused, so neither is used.
+pub fn open_updater(
+    storage: Arc<dyn Storage>,
+    _path: Option<&Path>,
+    _ctx: &OpenContext<'_>,
+) -> Result<Box<dyn ImageUpdater>> {
+    Ok(Box::new(update::open_storage(storage)?))
+}
+
 use crate::formats::error::FormatError;
 /// 1 MiB: region, log and payload alignment.
 pub const MIB: u64 = 1 << 20;
@@ -71,13 +91,6 @@ pub(crate) fn need(bytes: &[u8], need: usize, what: &str, offset: u64) -> Result
 pub fn probe(head: &[u8], _len: u64) -> bool {
     head.starts_with(header::FILE_SIGNATURE)
 }
-
-/// An opener of VHDX images only, for code of this folder that opens a whole VHDX (and the
-/// parents it names, always of this format) without the format registry above it.
-pub(crate) static OPENER: crate::reference::SingleFormat =
-    crate::reference::SingleFormat::new(crate::formats::Format::Vhdx, |s, p, c| {
-        Ok(Box::new(VhdxReader::open(s, p, c)?))
-    });
 
 #[cfg(test)]
 mod tests {

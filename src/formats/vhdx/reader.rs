@@ -23,9 +23,10 @@ const MAX_BAT_BYTES: u64 = 1 << 29;
 /// The file as Hyper-V would see it after replaying the log: the stored bytes with the
 /// replayed sectors laid over them; bytes past the end of the stored file read as zeros.
 #[derive(Debug)]
-struct ReplayedFile {
-    inner: Arc<dyn Storage>,
-    len: u64,
+pub(super) struct ReplayedFile {
+    pub(super) inner: Arc<dyn Storage>,
+    /// Length of the stored file (an updater that appends blocks moves it).
+    pub(super) len: u64,
     overlay: LogOverlay,
 }
 
@@ -77,12 +78,15 @@ impl ReplayedFile {
 
 /// A VHDX image opened for reading.
 pub struct VhdxReader {
-    file: ReplayedFile,
+    pub(super) file: ReplayedFile,
     path: Option<PathBuf>,
     header: VhdxHeader,
-    regions: VhdxRegions,
+    /// The header slot (0 or 1) `header` was read from.
+    header_slot: usize,
+    pub(super) regions: VhdxRegions,
     meta: VhdxMetadata,
-    bat: Vec<BatEntry>,
+    /// The BAT as reads see it (an updater changes it in place).
+    pub(super) bat: Vec<BatEntry>,
     chunk_ratio: u64,
     parent: Option<SharedReader>,
     parent_name: Option<String>,
@@ -106,8 +110,8 @@ fn locator_value<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str
         .map(|(_, v)| v.as_str())
 }
 
-/// Reads and chooses the current header of a VHDX file.
-fn read_header(storage: &dyn Storage, len: u64) -> Result<VhdxHeader> {
+/// Reads and chooses the current header of a VHDX file, and the slot it came from.
+fn read_header(storage: &dyn Storage, len: u64) -> Result<(VhdxHeader, usize)> {
     if len < (REGION_OFFSETS[1] + REGION_TABLE_SIZE as u64) {
         return Err(invalid(
             "file",
@@ -122,7 +126,185 @@ fn read_header(storage: &dyn Storage, len: u64) -> Result<VhdxHeader> {
         .map_err(|e| Error::io("reading the VHDX headers", e))?;
     header::check_file_signature(&first)?;
     let h = |o: u64| VhdxHeader::parse(&first[o as usize..o as usize + HEADER_SIZE], o);
-    Ok(header::choose(h(HEADER_OFFSETS[0]), h(HEADER_OFFSETS[1]))?)
+    Ok(header::choose_slot(
+        h(HEADER_OFFSETS[0]),
+        h(HEADER_OFFSETS[1]),
+    )?)
+}
+
+/// The log replayed in memory when its GUID is set (an empty overlay otherwise).
+fn replay_log(storage: &dyn Storage, len: u64, header: &VhdxHeader) -> Result<LogOverlay> {
+    if header.log_guid.is_nil() {
+        return Ok(LogOverlay::default());
+    }
+    let log_end = header.log_offset + u64::from(header.log_length);
+    if header.log_length > log::MAX_LOG {
+        return Err(unsupported(format!(
+            "a log of {:#x} bytes (at most {:#x} are replayed)",
+            header.log_length,
+            log::MAX_LOG
+        ))
+        .into());
+    }
+    if log_end > len {
+        return Err(corrupt(
+            "log",
+            header.log_offset,
+            format!(
+                "{:#x} bytes, past the end of the file ({len:#x})",
+                header.log_length
+            ),
+        )
+        .into());
+    }
+    let mut bytes = vec![0u8; header.log_length as usize];
+    storage
+        .read_exact_at(&mut bytes, header.log_offset)
+        .map_err(|e| Error::io("reading the VHDX log", e))?;
+    Ok(log::replay(&bytes, header.log_offset, &header.log_guid)?)
+}
+
+/// The region tables (the first valid copy), read as the log left them.
+fn read_regions(file: &ReplayedFile) -> Result<VhdxRegions> {
+    let mut first = vec![0u8; 0x50000];
+    file.read(&mut first, 0, "region tables")?;
+    let rt = |o: u64| region::parse(&first[o as usize..o as usize + REGION_TABLE_SIZE], o);
+    Ok(match rt(REGION_OFFSETS[0]) {
+        Ok(r) => r,
+        Err(e @ crate::formats::error::FormatError::Unsupported { .. }) => return Err(e.into()),
+        Err(e) => rt(REGION_OFFSETS[1]).map_err(|_| e)?,
+    })
+}
+
+/// A named stretch of the file holding metadata: (name, offset, length).
+type Area = (&'static str, u64, u64);
+
+/// The log, the metadata region and the BAT region, checked not to overlap each other and
+/// (but for the BAT region) to fit in a file of `size` bytes.
+fn check_areas(header: &VhdxHeader, regions: &VhdxRegions, size: u64) -> Result<[Area; 3]> {
+    let areas = [
+        ("log", header.log_offset, u64::from(header.log_length)),
+        (
+            "metadata region",
+            regions.metadata.offset,
+            u64::from(regions.metadata.length),
+        ),
+        (
+            "BAT region",
+            regions.bat.offset,
+            u64::from(regions.bat.length),
+        ),
+    ];
+    for (i, a) in areas.iter().enumerate() {
+        if a.2 > 0 && a.1 + a.2 > size && a.0 != "BAT region" {
+            return Err(corrupt(
+                a.0,
+                a.1,
+                format!("{:#x} bytes, past the end of the file ({size:#x})", a.2),
+            )
+            .into());
+        }
+        for b in &areas[i + 1..] {
+            if a.2 > 0 && b.2 > 0 && a.1 < b.1 + b.2 && b.1 < a.1 + a.2 {
+                return Err(
+                    corrupt(b.0, b.1, format!("overlaps the {} at {:#x}", a.0, a.1)).into(),
+                );
+            }
+        }
+    }
+    Ok(areas)
+}
+
+/// Validates every allocated block of `bat_table`: inside the file, after the metadata
+/// structures (`areas`), no two blocks overlapping.
+fn check_bat(
+    bat_table: &[BatEntry],
+    meta: &VhdxMetadata,
+    regions: &VhdxRegions,
+    areas: &[Area],
+    file_size: u64,
+) -> Result<()> {
+    let chunk_ratio = meta.chunk_ratio();
+    let mut used: Vec<(u64, u64, usize)> = Vec::new();
+    for (i, e) in bat_table.iter().enumerate() {
+        let is_bitmap = (i as u64 + 1) % (chunk_ratio + 1) == 0;
+        let state = e.state();
+        let present = if is_bitmap {
+            match state {
+                0 => false,
+                6 => meta.has_parent,
+                s => {
+                    return Err(corrupt(
+                        "BAT",
+                        regions.bat.offset + 8 * i as u64,
+                        format!("sector bitmap entry {i}: state {s}, 0 or 6 expected"),
+                    )
+                    .into());
+                }
+            }
+        } else {
+            match state {
+                0..=3 => false,
+                6 => true,
+                7 if meta.has_parent => true,
+                s => {
+                    return Err(corrupt(
+                        "BAT",
+                        regions.bat.offset + 8 * i as u64,
+                        format!("entry {i}: payload state {s} is not valid here"),
+                    )
+                    .into());
+                }
+            }
+        };
+        if !present {
+            continue;
+        }
+        let block = i as u64 - i as u64 / (chunk_ratio + 1);
+        let blen = if is_bitmap {
+            MIB
+        } else {
+            u64::from(meta.block_size).min(meta.virtual_size - block * u64::from(meta.block_size))
+        };
+        let off = e.offset();
+        if off < MIB || off.checked_add(blen).is_none_or(|end| end > file_size) {
+            return Err(corrupt(
+                "BAT",
+                regions.bat.offset + 8 * i as u64,
+                format!(
+                    "entry {i} points at {off:#x} (+{blen:#x}), outside the file (1 MiB..{:#x})",
+                    file_size
+                ),
+            )
+            .into());
+        }
+        for a in areas {
+            if a.2 > 0 && off < a.1 + a.2 && a.1 < off + blen {
+                return Err(corrupt(
+                    "BAT",
+                    regions.bat.offset + 8 * i as u64,
+                    format!("entry {i} at {off:#x} overlaps the {} at {:#x}", a.0, a.1),
+                )
+                .into());
+            }
+        }
+        used.push((off, blen, i));
+    }
+    used.sort_unstable();
+    for w in used.windows(2) {
+        if w[0].0 + w[0].1 > w[1].0 {
+            return Err(corrupt(
+                "BAT",
+                regions.bat.offset + 8 * w[1].2 as u64,
+                format!(
+                    "entry {} at {:#x} overlaps entry {} at {:#x}",
+                    w[1].2, w[1].0, w[0].2, w[0].0
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 impl VhdxReader {
@@ -132,90 +314,29 @@ impl VhdxReader {
         path: Option<&Path>,
         ctx: &OpenContext<'_>,
     ) -> Result<Self> {
+        let mut r = Self::open_layout(storage, path)?;
+        if r.meta.has_parent {
+            r.open_parent(ctx)?;
+        }
+        Ok(r)
+    }
+
+    /// Opens the image in `storage` without looking for its parent: the headers, the log
+    /// (replayed in memory), the regions, the metadata and the BAT, each validated.
+    pub(super) fn open_layout(storage: Arc<dyn Storage>, path: Option<&Path>) -> Result<Self> {
         let len = storage
             .len()
             .map_err(|e| Error::io("getting the file size", e))?;
-        let header = read_header(storage.as_ref(), len)?;
-        // The log: replay in memory when its guid is set.
-        let mut overlay = LogOverlay::default();
-        let log_end = header.log_offset + u64::from(header.log_length);
-        if !header.log_guid.is_nil() {
-            if header.log_length > log::MAX_LOG {
-                return Err(unsupported(format!(
-                    "a log of {:#x} bytes (at most {:#x} are replayed)",
-                    header.log_length,
-                    log::MAX_LOG
-                ))
-                .into());
-            }
-            if log_end > len {
-                return Err(corrupt(
-                    "log",
-                    header.log_offset,
-                    format!(
-                        "{:#x} bytes, past the end of the file ({len:#x})",
-                        header.log_length
-                    ),
-                )
-                .into());
-            }
-            let mut bytes = vec![0u8; header.log_length as usize];
-            storage
-                .read_exact_at(&mut bytes, header.log_offset)
-                .map_err(|e| Error::io("reading the VHDX log", e))?;
-            overlay = log::replay(&bytes, header.log_offset, &header.log_guid)?;
-        }
+        let (header, header_slot) = read_header(storage.as_ref(), len)?;
+        let overlay = replay_log(storage.as_ref(), len, &header)?;
         let file = ReplayedFile {
             inner: storage,
             len,
             overlay,
         };
-
-        // Region tables, read as the log left them.
-        let mut first = vec![0u8; 0x50000];
-        file.read(&mut first, 0, "region tables")?;
-        let rt = |o: u64| region::parse(&first[o as usize..o as usize + REGION_TABLE_SIZE], o);
-        let regions = match rt(REGION_OFFSETS[0]) {
-            Ok(r) => r,
-            Err(e @ crate::formats::error::FormatError::Unsupported { .. }) => return Err(e.into()),
-            Err(e) => rt(REGION_OFFSETS[1]).map_err(|_| e)?,
-        };
-
+        let regions = read_regions(&file)?;
         // Regions must not overlap each other, the log or the first MiB, and must fit the file.
-        let areas = [
-            ("log", header.log_offset, u64::from(header.log_length)),
-            (
-                "metadata region",
-                regions.metadata.offset,
-                u64::from(regions.metadata.length),
-            ),
-            (
-                "BAT region",
-                regions.bat.offset,
-                u64::from(regions.bat.length),
-            ),
-        ];
-        for (i, a) in areas.iter().enumerate() {
-            if a.2 > 0 && a.1 + a.2 > file.size() && a.0 != "BAT region" {
-                return Err(corrupt(
-                    a.0,
-                    a.1,
-                    format!(
-                        "{:#x} bytes, past the end of the file ({:#x})",
-                        a.2,
-                        file.size()
-                    ),
-                )
-                .into());
-            }
-            for b in &areas[i + 1..] {
-                if a.2 > 0 && b.2 > 0 && a.1 < b.1 + b.2 && b.1 < a.1 + a.2 {
-                    return Err(
-                        corrupt(b.0, b.1, format!("overlaps the {} at {:#x}", a.0, a.1)).into(),
-                    );
-                }
-            }
-        }
+        let areas = check_areas(&header, &regions, file.size())?;
 
         let mut md = vec![0u8; regions.metadata.length as usize];
         file.read(&mut md, regions.metadata.offset, "metadata region")?;
@@ -241,98 +362,20 @@ impl VhdxReader {
         let mut raw = vec![0u8; bat_bytes as usize];
         file.read(&mut raw, regions.bat.offset, "BAT")?;
         let bat_table = bat::decode(&raw, entries as usize);
+        check_bat(&bat_table, &meta, &regions, &areas, file.size())?;
 
-        // Validate every allocated block: inside the file, after the metadata structures,
-        // no two blocks overlapping.
-        let mut used: Vec<(u64, u64, usize)> = Vec::new();
-        for (i, e) in bat_table.iter().enumerate() {
-            let is_bitmap = (i as u64 + 1) % (chunk_ratio + 1) == 0;
-            let state = e.state();
-            let present = if is_bitmap {
-                match state {
-                    0 => false,
-                    6 => meta.has_parent,
-                    s => {
-                        return Err(corrupt(
-                            "BAT",
-                            regions.bat.offset + 8 * i as u64,
-                            format!("sector bitmap entry {i}: state {s}, 0 or 6 expected"),
-                        )
-                        .into());
-                    }
-                }
-            } else {
-                match state {
-                    0..=3 => false,
-                    6 => true,
-                    7 if meta.has_parent => true,
-                    s => {
-                        return Err(corrupt(
-                            "BAT",
-                            regions.bat.offset + 8 * i as u64,
-                            format!("entry {i}: payload state {s} is not valid here"),
-                        )
-                        .into());
-                    }
-                }
-            };
-            if !present {
-                continue;
-            }
-            let block = i as u64 - i as u64 / (chunk_ratio + 1);
-            let blen = if is_bitmap {
-                MIB
-            } else {
-                u64::from(meta.block_size)
-                    .min(meta.virtual_size - block * u64::from(meta.block_size))
-            };
-            let off = e.offset();
-            if off < MIB || off.checked_add(blen).is_none_or(|end| end > file.size()) {
-                return Err(corrupt("BAT", regions.bat.offset + 8 * i as u64, format!(
-                    "entry {i} points at {off:#x} (+{blen:#x}), outside the file (1 MiB..{:#x})", file.size())).into());
-            }
-            for a in &areas {
-                if a.2 > 0 && off < a.1 + a.2 && a.1 < off + blen {
-                    return Err(corrupt(
-                        "BAT",
-                        regions.bat.offset + 8 * i as u64,
-                        format!("entry {i} at {off:#x} overlaps the {} at {:#x}", a.0, a.1),
-                    )
-                    .into());
-                }
-            }
-            used.push((off, blen, i));
-        }
-        used.sort_unstable();
-        for w in used.windows(2) {
-            if w[0].0 + w[0].1 > w[1].0 {
-                return Err(corrupt(
-                    "BAT",
-                    regions.bat.offset + 8 * w[1].2 as u64,
-                    format!(
-                        "entry {} at {:#x} overlaps entry {} at {:#x}",
-                        w[1].2, w[1].0, w[0].2, w[0].0
-                    ),
-                )
-                .into());
-            }
-        }
-
-        let mut r = VhdxReader {
+        Ok(VhdxReader {
             file,
             path: path.map(Path::to_path_buf),
             header,
+            header_slot,
             regions,
             meta,
             bat: bat_table,
             chunk_ratio,
             parent: None,
             parent_name: None,
-        };
-        if r.meta.has_parent {
-            r.open_parent(ctx)?;
-        }
-        Ok(r)
+        })
     }
 
     /// Resolves and opens the parent named by the parent locator, checking its linkage.
@@ -374,7 +417,7 @@ impl VhdxReader {
             let plen = ps
                 .len()
                 .map_err(|e| Error::io("getting the parent's size", e))?;
-            let ph = read_header(&ps, plen)?;
+            let (ph, _) = read_header(&ps, plen)?;
             if ph.data_write_guid != linkage {
                 return Err(Error::Corrupt(format!(
                     "parent '{name}' has DataWriteGuid {}, but the child's parent_linkage is {} (the parent changed after the child was made)",
@@ -405,6 +448,11 @@ impl VhdxReader {
     /// The metadata.
     pub fn metadata(&self) -> &VhdxMetadata {
         &self.meta
+    }
+
+    /// The header slot (0 or 1) the header in use was read from.
+    pub fn header_slot(&self) -> usize {
+        self.header_slot
     }
 
     /// Log entries replayed in memory at open.

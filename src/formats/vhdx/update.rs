@@ -18,21 +18,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::image::{Format, ImageUpdater};
-use crate::reference::{OpenOptions, open_top};
+use crate::image::{Extent, Format, ImageInfo, ImageReader, ImageUpdater};
 use crate::storage::{FileStorage, Storage};
 
 use super::bat::{self, BatEntry, PAYLOAD_FULLY_PRESENT, PAYLOAD_ZERO};
-use super::header::{self, HEADER_OFFSETS, HEADER_SIZE, VhdxHeader};
-use super::region::{self, REGION_OFFSETS, REGION_TABLE_SIZE};
-use super::{Guid, MIB, log, metadata};
+use super::header::{HEADER_OFFSETS, VhdxHeader};
+use super::reader::VhdxReader;
+use super::{Guid, MIB};
 
-/// Largest metadata region read (the writers of this format use 1 MiB).
-const MAX_METADATA: u64 = 64 << 20;
-/// Largest BAT kept in memory (as the reader).
-const MAX_BAT_BYTES: u64 = 1 << 29;
 /// BAT entries kept before an automatic flush writes them.
 const MAX_PENDING: usize = 65536;
 
@@ -40,30 +36,25 @@ fn io(op: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(op, e)
 }
 
-fn read(s: &FileStorage, buf: &mut [u8], offset: u64) -> Result<()> {
-    s.read_exact_at(buf, offset).map_err(io(format!(
-        "reading {} bytes at offset {offset:#x}",
-        buf.len()
-    )))
-}
-
-fn write(s: &FileStorage, buf: &[u8], offset: u64) -> Result<()> {
+fn write(s: &dyn Storage, buf: &[u8], offset: u64) -> Result<()> {
     s.write_all_at(buf, offset).map_err(io(format!(
         "writing {} bytes at offset {offset:#x}",
         buf.len()
     )))
 }
 
-/// Writes into an existing image in place; see [`ImageUpdater`].
+/// Writes into an existing image in place; see [`ImageUpdater`]. Built from a [`VhdxReader`]
+/// ([`VhdxReader::into_updater`]), whose BAT it keeps current, so reads through the updater
+/// see every write.
 #[derive(Debug)]
 pub struct VhdxUpdater {
-    storage: FileStorage,
+    r: VhdxReader,
+    storage: Arc<dyn Storage>,
     virtual_size: u64,
     block_size: u64,
     chunk_ratio: u64,
     leave_allocated: bool,
     bat_offset: u64,
-    bat: Vec<BatEntry>,
     /// BAT entries changed since the last flush (index -> entry).
     pending: BTreeMap<u64, BatEntry>,
     /// Blocks zeroed whole in this session: their old offset may be reused (block -> offset).
@@ -77,96 +68,26 @@ pub struct VhdxUpdater {
     next_block: u64,
 }
 
-impl VhdxUpdater {
-    /// Opens the image at `path` read-write for in-place updates. Refuses images it cannot
-    /// update safely (saying why).
-    pub fn open(path: &Path) -> Result<VhdxUpdater> {
-        Self::open_inner(path).map_err(|e| e.in_file(path))
-    }
+/// Opens the VHDX held in `storage` (writable) for in-place updates; see [`VhdxUpdater`].
+/// A differencing VHDX is refused before the reader looks for its parent.
+pub fn open_storage(storage: Arc<dyn Storage>) -> Result<VhdxUpdater> {
+    VhdxReader::open_layout(storage, None)?.into_updater()
+}
 
-    fn open_inner(path: &Path) -> Result<VhdxUpdater> {
-        let ro = FileStorage::open_read_only(path).map_err(io("opening the VHDX".into()))?;
-        let len = ro
-            .len()
-            .map_err(io("reading the length of the file".into()))?;
-        let first_len = REGION_OFFSETS[1] + REGION_TABLE_SIZE as u64;
-        if len < first_len {
-            return Err(Error::Corrupt(format!(
-                "truncated VHDX: {len:#x} bytes, at least {first_len:#x} expected"
+impl VhdxReader {
+    /// Turns this reader (of a VHDX without a parent, opened from writable storage) into an
+    /// updater of the same image, keeping its parsed header, regions, metadata and BAT.
+    /// Refuses images it cannot update safely (saying why): a log with entries to replay, a
+    /// parent.
+    pub fn into_updater(self) -> Result<VhdxUpdater> {
+        if self.replayed_log_entries() > 0 {
+            return Err(Error::Unsupported(format!(
+                "the VHDX log holds {} entries not yet applied; replay it first (open the \
+                 image read-write once in Hyper-V or qemu, or convert it)",
+                self.replayed_log_entries()
             )));
         }
-        let mut first = vec![0u8; first_len as usize];
-        read(&ro, &mut first, 0)?;
-        header::check_file_signature(&first)?;
-        let slot = |i: usize| {
-            let o = HEADER_OFFSETS[i];
-            first
-                .get(o as usize..o as usize + HEADER_SIZE)
-                .ok_or_else(|| Error::Corrupt("header out of range".into()))
-                .and_then(|b| VhdxHeader::parse(b, o).map_err(Error::from))
-        };
-        let (h0, h1) = (slot(0), slot(1));
-        let header_slot = match (&h0, &h1) {
-            (Ok(a), Ok(b)) if b.sequence_number > a.sequence_number => 1,
-            (Ok(_), _) => 0,
-            (Err(_), Ok(_)) => 1,
-            (Err(_), Err(_)) => {
-                return Err(h0
-                    .err()
-                    .unwrap_or_else(|| Error::Corrupt("no valid header".into())));
-            }
-        };
-        let header = if header_slot == 0 { h0? } else { h1? };
-        if !header.log_guid.is_nil() {
-            let log_end = header
-                .log_offset
-                .checked_add(u64::from(header.log_length))
-                .filter(|&e| e <= len && header.log_length <= log::MAX_LOG);
-            if log_end.is_none() {
-                return Err(Error::Unsupported(format!(
-                    "the VHDX log ({:#x} bytes at {:#x}) cannot be read; replay it first",
-                    header.log_length, header.log_offset
-                )));
-            }
-            let mut bytes = vec![0u8; header.log_length as usize];
-            read(&ro, &mut bytes, header.log_offset)?;
-            let overlay = log::replay(&bytes, header.log_offset, &header.log_guid)?;
-            if overlay.entries > 0 {
-                return Err(Error::Unsupported(format!(
-                    "the VHDX log holds {} entries not yet applied; replay it first (open the \
-                     image read-write once in Hyper-V or qemu, or convert it)",
-                    overlay.entries
-                )));
-            }
-        }
-        let regions = region::parse(
-            first
-                .get(REGION_OFFSETS[0] as usize..)
-                .ok_or_else(|| Error::Corrupt("region table out of range".into()))?,
-            REGION_OFFSETS[0],
-        )
-        .or_else(|e| {
-            first
-                .get(REGION_OFFSETS[1] as usize..)
-                .ok_or_else(|| Error::Corrupt("region table out of range".into()))
-                .and_then(|b| region::parse(b, REGION_OFFSETS[1]).map_err(|_| Error::from(e)))
-        })?;
-        let mlen = u64::from(regions.metadata.length);
-        if mlen > MAX_METADATA
-            || regions
-                .metadata
-                .offset
-                .checked_add(mlen)
-                .is_none_or(|e| e > len)
-        {
-            return Err(Error::Corrupt(format!(
-                "metadata region of {mlen:#x} bytes at {:#x} does not fit the file ({len:#x} bytes)",
-                regions.metadata.offset
-            )));
-        }
-        let mut md = vec![0u8; mlen as usize];
-        read(&ro, &mut md, regions.metadata.offset)?;
-        let meta = metadata::parse(&md, regions.metadata.offset)?;
+        let meta = self.metadata();
         if meta.has_parent {
             return Err(Error::Unsupported(
                 "a differencing VHDX (with a parent) cannot be updated in place; convert it \
@@ -174,48 +95,42 @@ impl VhdxUpdater {
                     .into(),
             ));
         }
-        // The reader validates the rest (BAT entries inside the file, no overlaps).
-        let opts = OpenOptions {
-            format: Some(Format::Vhdx),
-            ..OpenOptions::default()
-        };
-        drop(open_top(path, &opts, &super::OPENER)?);
-        drop(ro);
-
-        let chunk_ratio = meta.chunk_ratio();
-        let block_size = u64::from(meta.block_size);
-        let data_blocks = meta.virtual_size.div_ceil(block_size);
-        let entries = bat::entry_count(data_blocks, chunk_ratio, false);
-        let bat_bytes = entries * 8;
-        if bat_bytes > MAX_BAT_BYTES || bat_bytes > u64::from(regions.bat.length) {
-            return Err(Error::Corrupt(format!(
-                "a BAT of {entries} entries does not fit its region ({:#x} bytes) or memory",
-                regions.bat.length
-            )));
-        }
-        let storage =
-            FileStorage::open_read_write(path).map_err(io("opening the VHDX read-write".into()))?;
-        let mut raw = vec![0u8; bat_bytes as usize];
-        read(&storage, &mut raw, regions.bat.offset)?;
-        let bat_table = bat::decode(&raw, entries as usize);
-        let len = storage
+        let len = self
+            .file
+            .inner
             .len()
             .map_err(io("reading the length of the file".into()))?;
         Ok(VhdxUpdater {
-            storage,
+            storage: self.file.inner.clone(),
             virtual_size: meta.virtual_size,
-            block_size,
-            chunk_ratio,
+            block_size: u64::from(meta.block_size),
+            chunk_ratio: meta.chunk_ratio(),
             leave_allocated: meta.leave_blocks_allocated,
-            bat_offset: regions.bat.offset,
-            bat: bat_table,
+            bat_offset: self.regions.bat.offset,
             pending: BTreeMap::new(),
             zeroed: HashMap::new(),
-            header,
-            header_slot,
+            header: self.header().clone(),
+            header_slot: self.header_slot(),
             headers_updated: false,
             next_block: len.next_multiple_of(MIB),
+            r: self,
         })
+    }
+}
+
+impl VhdxUpdater {
+    /// Opens the image at `path` read-write for in-place updates. Refuses images it cannot
+    /// update safely (saying why).
+    pub fn open(path: &Path) -> Result<VhdxUpdater> {
+        FileStorage::open_read_write(path)
+            .map_err(io("opening the VHDX read-write".into()))
+            .and_then(|s| open_storage(Arc::new(s)))
+            .map_err(|e| e.in_file(path))
+    }
+
+    /// The reader underneath, showing the image as updated so far.
+    pub fn reader(&self) -> &VhdxReader {
+        &self.r
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
@@ -246,7 +161,7 @@ impl VhdxUpdater {
             h.sequence_number = h.sequence_number.checked_add(1).ok_or_else(|| {
                 Error::Unsupported("the VHDX header sequence number is exhausted".into())
             })?;
-            write(&self.storage, &h.to_bytes(), HEADER_OFFSETS[slot])?;
+            write(self.storage.as_ref(), &h.to_bytes(), HEADER_OFFSETS[slot])?;
             self.storage
                 .sync()
                 .map_err(io("syncing the VHDX header".into()))?;
@@ -264,12 +179,12 @@ impl VhdxUpdater {
 
     fn entry(&self, block: u64) -> BatEntry {
         let i = self.index(block);
-        self.bat.get(i).copied().unwrap_or_default()
+        self.r.bat.get(i).copied().unwrap_or_default()
     }
 
     fn set_entry(&mut self, block: u64, e: BatEntry) {
         let i = self.index(block);
-        if let Some(slot) = self.bat.get_mut(i) {
+        if let Some(slot) = self.r.bat.get_mut(i) {
             *slot = e;
             self.pending.insert(i as u64, e);
         }
@@ -300,6 +215,8 @@ impl VhdxUpdater {
                     .set_len(end)
                     .map_err(io(format!("extending the file to {end:#x}")))?;
                 self.next_block = end;
+                // Reads check blocks against the end of the file.
+                self.r.file.len = end;
                 off
             }
         };
@@ -315,7 +232,11 @@ impl VhdxUpdater {
             .sync()
             .map_err(io("syncing the VHDX data".into()))?;
         for (&i, e) in &self.pending {
-            write(&self.storage, &e.0.to_le_bytes(), self.bat_offset + i * 8)?;
+            write(
+                self.storage.as_ref(),
+                &e.0.to_le_bytes(),
+                self.bat_offset + i * 8,
+            )?;
         }
         self.storage
             .sync()
@@ -326,12 +247,6 @@ impl VhdxUpdater {
 }
 
 impl ImageUpdater for VhdxUpdater {
-    fn format(&self) -> Format {
-        Format::Vhdx
-    }
-    fn virtual_size(&self) -> u64 {
-        self.virtual_size
-    }
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
         if buf.is_empty() {
@@ -345,7 +260,7 @@ impl ImageUpdater for VhdxUpdater {
             let within = pos % self.block_size;
             let n = ((self.block_size - within) as usize).min(buf.len() - done);
             let off = self.allocate(block)?;
-            write(&self.storage, &buf[done..done + n], off + within)?;
+            write(self.storage.as_ref(), &buf[done..done + n], off + within)?;
             done += n;
         }
         if self.pending.len() > MAX_PENDING {
@@ -395,12 +310,37 @@ impl ImageUpdater for VhdxUpdater {
     }
 }
 
+impl ImageReader for VhdxUpdater {
+    fn format(&self) -> Format {
+        Format::Vhdx
+    }
+
+    fn virtual_size(&self) -> u64 {
+        self.virtual_size
+    }
+
+    fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
+        self.r.map(offset, max_len)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.r.read_at(buf, offset)
+    }
+
+    fn info(&self) -> ImageInfo {
+        self.r.info()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::convert::ConvertOptions;
     use crate::formats::raw::RawReader;
     use crate::formats::vhdx::VhdxSubformat;
+    use crate::formats::vhdx::header::HEADER_SIZE;
+    use crate::formats::vhdx::region::{self, REGION_OFFSETS};
+    use crate::formats::vhdx::{log, metadata};
     use crate::output::{OutputOptions, convert_file};
     use crate::storage::MemStorage;
     use std::path::PathBuf;
@@ -418,12 +358,12 @@ mod tests {
         p
     }
 
+    /// The image's content, read by a reader of its own (not the updater's).
     fn read_all(p: &Path) -> Vec<u8> {
-        let opts = OpenOptions {
-            format: Some(Format::Vhdx),
-            ..OpenOptions::default()
-        };
-        let r = crate::open(p, &opts).unwrap();
+        let opts = crate::open::OpenOptions::default().format(Format::Vhdx);
+        let st = Arc::new(FileStorage::open_read_only(p).unwrap());
+        let ctx = crate::reference::OpenContext::detached(&opts);
+        let r = VhdxReader::open(st, None, &ctx).unwrap();
         let mut v = vec![0u8; r.info().virtual_size as usize];
         r.read_at(&mut v, 0).unwrap();
         v

@@ -28,13 +28,16 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::VmdkError;
 use super::descriptor::{VmdkDescriptor, VmdkExtentType};
 use super::sparse::{FLAG_REDUNDANT_GT, GD_AT_END, HEADER_SIZE, SPARSE_MAGIC, SparseHeader};
 use crate::bytes::get_le32;
 use crate::error::{Error, Result};
-use crate::image::{Format, ImageUpdater, check_read_range};
+use crate::image::{
+    Extent, ExtentKind, Format, ImageInfo, ImageReader, ImageUpdater, check_read_range,
+};
 use crate::storage::{FileStorage, Storage};
 
 const SECTOR: u64 = 512;
@@ -67,8 +70,9 @@ enum Kind {
 /// The monolithicSparse updater.
 #[derive(Debug)]
 struct SparseUpdater {
-    path: PathBuf,
-    storage: FileStorage,
+    /// Where the extent was opened from (errors name it), when it was opened by path.
+    path: Option<PathBuf>,
+    storage: Arc<dyn Storage>,
     header: SparseHeader,
     virtual_size: u64,
     /// Primary grain directory (GT offsets in sectors).
@@ -104,6 +108,37 @@ impl VmdkUpdater {
         };
         Ok(VmdkUpdater { virtual_size, kind })
     }
+
+    /// Opens the monolithicSparse VMDK held in `storage` (writable) for in-place updates,
+    /// over that storage; `path` (where it was found) only names it in errors. A descriptor
+    /// file, whose extents are other files, is updated only by its path ([`VmdkUpdater::open`]).
+    pub fn open_storage(storage: Arc<dyn Storage>, path: Option<&Path>) -> Result<VmdkUpdater> {
+        let name = |e: Error| match path {
+            Some(p) => e.in_file(p),
+            None => e,
+        };
+        let file_len = storage
+            .len()
+            .map_err(|e| name(Error::io("getting the VMDK's length", e)))?;
+        let mut hb = [0u8; HEADER_SIZE];
+        let got = storage
+            .read_at(&mut hb, 0)
+            .map_err(|e| name(Error::io("reading the sparse header at 0x0", e)))?;
+        if got < 4 || hb[0..4] != SPARSE_MAGIC {
+            return Err(name(refuse(
+                "it is a descriptor file; one is updated in place only by its path (its \
+                 extents lie beside it)"
+                    .into(),
+            )));
+        }
+        let mut sp =
+            SparseUpdater::open_sparse(None, storage, file_len, &hb[..got], false).map_err(name)?;
+        sp.path = path.map(Path::to_path_buf);
+        Ok(VmdkUpdater {
+            virtual_size: sp.virtual_size,
+            kind: Kind::Sparse(Box::new(sp)),
+        })
+    }
 }
 
 impl SparseUpdater {
@@ -123,8 +158,8 @@ impl SparseUpdater {
             return Ok(Kind::Flat(FlatUpdater::open(path, &ro, file_len)?));
         }
         Ok(Kind::Sparse(Box::new(Self::open_sparse(
-            path,
-            ro,
+            Some(path),
+            Arc::new(ro),
             file_len,
             &hb[..got],
             false,
@@ -133,10 +168,12 @@ impl SparseUpdater {
 
     /// Opens a hosted sparse extent: a monolithicSparse file (`sub` false: its embedded
     /// descriptor must name the file itself as its only extent) or one extent of a descriptor
-    /// file (`sub` true: the descriptor file has been checked already).
+    /// file (`sub` true: the descriptor file has been checked already). With a `path`, `ro`
+    /// was opened read-only from it, and the file is opened for writing only once accepted;
+    /// without, `ro` is the (writable) storage written.
     fn open_sparse(
-        path: &Path,
-        ro: FileStorage,
+        path: Option<&Path>,
+        ro: Arc<dyn Storage>,
         file_len: u64,
         hb: &[u8],
         sub: bool,
@@ -205,8 +242,8 @@ impl SparseUpdater {
     }
 
     fn finish_open(
-        path: &Path,
-        ro: FileStorage,
+        path: Option<&Path>,
+        ro: Arc<dyn Storage>,
         h: SparseHeader,
         file_len: u64,
         min_host: u64,
@@ -214,7 +251,7 @@ impl SparseUpdater {
     ) -> Result<SparseUpdater> {
         let n = h.gd_entries();
         let gd = Self::read_dir(
-            &ro,
+            ro.as_ref(),
             &h,
             h.gd_offset,
             n,
@@ -224,7 +261,7 @@ impl SparseUpdater {
         )?;
         let rgd = if h.flags & FLAG_REDUNDANT_GT != 0 && h.rgd_offset != 0 {
             Some(Self::read_dir(
-                &ro,
+                ro.as_ref(),
                 &h,
                 h.rgd_offset,
                 n,
@@ -235,11 +272,18 @@ impl SparseUpdater {
         } else {
             None
         };
-        drop(ro);
-        let storage = FileStorage::open_read_write(path)
-            .map_err(|e| Error::io("opening the VMDK read-write", e))?;
+        let storage: Arc<dyn Storage> = match path {
+            Some(path) => {
+                drop(ro);
+                Arc::new(
+                    FileStorage::open_read_write(path)
+                        .map_err(|e| Error::io("opening the VMDK read-write", e))?,
+                )
+            }
+            None => ro,
+        };
         Ok(SparseUpdater {
-            path: path.to_path_buf(),
+            path: path.map(Path::to_path_buf),
             storage,
             virtual_size: h.capacity * SECTOR,
             header: h,
@@ -256,7 +300,7 @@ impl SparseUpdater {
 
     /// Reads and checks one grain directory (`n` entries at sector `at`).
     fn read_dir(
-        st: &FileStorage,
+        st: &dyn Storage,
         h: &SparseHeader,
         at: u64,
         n: u64,
@@ -307,6 +351,14 @@ impl SparseUpdater {
             }
         }
         Ok(dir)
+    }
+
+    /// `e`, naming the extent's file when it was opened by path.
+    fn named(&self, e: Error) -> Error {
+        match &self.path {
+            Some(p) => e.in_file(p),
+            None => e,
+        }
     }
 
     fn io(&self, op: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -411,6 +463,28 @@ impl SparseUpdater {
             .and_then(|t| t.entries.get(idx))
             .copied()
             .unwrap_or(0);
+        self.entry_host(g, gte)
+    }
+
+    /// [`SparseUpdater::grain_host`] without loading or allocating anything (for reads): the
+    /// grain table in memory, else the one in the file, else none (unallocated).
+    fn peek_grain_host(&self, g: u64) -> Result<Option<u64>> {
+        let per = self.header.num_gtes_per_gt as u64;
+        let (gdi, idx) = (g / per, (g % per) as usize);
+        let gte = match self.gts.get(&gdi) {
+            Some(t) => t.entries.get(idx).copied().unwrap_or(0),
+            None => match self.gd.get(gdi as usize).copied() {
+                None | Some(0) => 0,
+                Some(gde) => self.read_gt(gde)?.get(idx).copied().unwrap_or(0),
+            },
+        };
+        self.entry_host(g, gte)
+    }
+
+    /// The host offset grain table entry `gte` of grain `g` names, checked.
+    fn entry_host(&self, g: u64, gte: u32) -> Result<Option<u64>> {
+        let per = self.header.num_gtes_per_gt as u64;
+        let (gdi, idx) = (g / per, (g % per) as usize);
         // GTE 1 is a zeroed grain with the flag, and in version 2 and later (sector 1 always
         // holds metadata there), as the reader reads it.
         if gte == 0 || (gte == 1 && (self.header.zeroed_grain() || self.header.version >= 2)) {
@@ -582,6 +656,44 @@ impl SparseUpdater {
         Ok(())
     }
 
+    /// Reads `buf.len()` bytes of this extent at `offset`, as updated so far.
+    fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_read_range(offset, buf.len(), self.virtual_size)?;
+        let gb = self.header.grain_bytes();
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            let at = offset + pos as u64;
+            let g = at / gb;
+            let within = at % gb;
+            let n = ((gb - within) as usize).min(buf.len() - pos);
+            let part = &mut buf[pos..pos + n];
+            match self.peek_grain_host(g)? {
+                Some(host) => {
+                    let o = host + within;
+                    self.storage
+                        .read_exact_at(part, o)
+                        .map_err(self.io(format!("reading grain {g} at {o:#x}")))?;
+                }
+                None => part.fill(0),
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// The extent at `offset` (inside the disk): one grain at most, data or zeros.
+    fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
+        let gb = self.header.grain_bytes();
+        let len = (gb - offset % gb).min(max_len);
+        Ok(match self.peek_grain_host(offset / gb)? {
+            Some(host) => Extent {
+                host_offset: Some(host + offset % gb),
+                ..Extent::new(offset, len, ExtentKind::Data)
+            },
+            None => Extent::new(offset, len, ExtentKind::Zero),
+        })
+    }
+
     fn zero_inner(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
         let gb = self.header.grain_bytes();
@@ -605,37 +717,54 @@ impl SparseUpdater {
     }
 }
 
-impl ImageUpdater for VmdkUpdater {
+impl ImageReader for VmdkUpdater {
     fn format(&self) -> Format {
         Format::Vmdk
     }
+
     fn virtual_size(&self) -> u64 {
         self.virtual_size
     }
+
+    fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
+        if offset >= self.virtual_size || max_len == 0 {
+            return Ok(Extent::new(offset, 0, ExtentKind::Data));
+        }
+        let max_len = max_len.min(self.virtual_size - offset);
+        match &self.kind {
+            Kind::Sparse(s) => s.map(offset, max_len).map_err(|e| s.named(e)),
+            Kind::Flat(f) => f.map(offset, max_len),
+        }
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        match &self.kind {
+            Kind::Sparse(s) => s.read(buf, offset).map_err(|e| s.named(e)),
+            Kind::Flat(f) => f.read_at(buf, offset),
+        }
+    }
+
+    fn info(&self) -> ImageInfo {
+        ImageInfo::new(Format::Vmdk, self.virtual_size)
+    }
+}
+
+impl ImageUpdater for VmdkUpdater {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         match &mut self.kind {
-            Kind::Sparse(s) => {
-                let path = s.path.clone();
-                s.write_inner(buf, offset).map_err(|e| e.in_file(path))
-            }
+            Kind::Sparse(s) => s.write_inner(buf, offset).map_err(|e| s.named(e)),
             Kind::Flat(f) => f.write_at(buf, offset),
         }
     }
     fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
         match &mut self.kind {
-            Kind::Sparse(s) => {
-                let path = s.path.clone();
-                s.zero_inner(offset, len).map_err(|e| e.in_file(path))
-            }
+            Kind::Sparse(s) => s.zero_inner(offset, len).map_err(|e| s.named(e)),
             Kind::Flat(f) => f.write_zeroes(offset, len),
         }
     }
     fn flush(&mut self) -> Result<()> {
         match &mut self.kind {
-            Kind::Sparse(s) => {
-                let path = s.path.clone();
-                s.write_back().map_err(|e| e.in_file(path))
-            }
+            Kind::Sparse(s) => s.write_back().map_err(|e| s.named(e)),
             Kind::Flat(f) => f.flush(),
         }
     }
@@ -754,8 +883,9 @@ impl FlatUpdater {
                 let got = st
                     .read_at(&mut hb, 0)
                     .map_err(|err| Error::io("reading the sparse header", err).in_file(&epath))?;
-                let sp = SparseUpdater::open_sparse(&epath, st, flen, &hb[..got], true)
-                    .map_err(|err| err.in_file(&epath))?;
+                let sp =
+                    SparseUpdater::open_sparse(Some(&epath), Arc::new(st), flen, &hb[..got], true)
+                        .map_err(|err| err.in_file(&epath))?;
                 if sp.virtual_size < len {
                     return Err(VmdkError::corrupt(
                         format!("descriptor line {line}"),
@@ -843,6 +973,50 @@ impl FlatUpdater {
             }
         }
         Ok(())
+    }
+
+    /// Reads `buf.len()` bytes of the disk at `offset` from the extents, as updated so far.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_read_range(offset, buf.len(), self.virtual_size)?;
+        let end = offset + buf.len() as u64;
+        for x in &self.extents {
+            let (a, b) = (offset.max(x.start), end.min(x.start + x.len));
+            if a >= b {
+                continue;
+            }
+            let at = x.file_offset + (a - x.start);
+            let part = &mut buf[(a - offset) as usize..(b - offset) as usize];
+            match &x.backing {
+                Backing::Flat(st) => st.read_exact_at(part, at).map_err(|e| {
+                    Error::io(format!("reading {} bytes at {at:#x}", b - a), e).in_file(&x.path)
+                })?,
+                Backing::Sparse(sp) => sp.read(part, at).map_err(|e| e.in_file(&x.path))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The extent at `offset` (inside the disk), within one extent of the descriptor.
+    fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
+        let Some(x) = self
+            .extents
+            .iter()
+            .find(|x| offset >= x.start && offset - x.start < x.len)
+        else {
+            return Ok(Extent::new(offset, max_len, ExtentKind::Zero));
+        };
+        let len = max_len.min(x.start + x.len - offset);
+        let at = x.file_offset + (offset - x.start);
+        match &x.backing {
+            Backing::Flat(_) => Ok(Extent {
+                host_offset: Some(at),
+                ..Extent::new(offset, len, ExtentKind::Data)
+            }),
+            Backing::Sparse(sp) => {
+                let e = sp.map(at, len).map_err(|e| e.in_file(&x.path))?;
+                Ok(Extent { offset, ..e })
+            }
+        }
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
@@ -972,6 +1146,38 @@ mod tests {
         let mut got = vec![0u8; 4 << 20];
         r.read_at(&mut got, 0).unwrap();
         assert!(got == model);
+    }
+
+    /// The shared contract check ([`crate::testing::random_operations`]) on a
+    /// monolithicSparse VMDK held in memory; the bytes then read, through the reader, as
+    /// the model.
+    #[test]
+    fn keeps_the_updater_contract_in_memory() {
+        use crate::storage::MemStorage;
+        use crate::testing::{RandomOps, random_operations};
+        let dir = tempfile::tempdir().unwrap();
+        let p = make(dir.path(), 6 << 20);
+        let mem = Arc::new(MemStorage::from_vec(std::fs::read(&p).unwrap()));
+        let mut u = VmdkUpdater::open_storage(mem.clone(), None).unwrap();
+        let model = MemStorage::from_vec(vec![0u8; 6 << 20]);
+        let o = RandomOps {
+            block: 64 << 10,
+            flush_one_in: 10,
+            zero_window_once: true,
+            ..RandomOps::new(31, 250, 300_000)
+        };
+        random_operations(&mut u, &model, &o).unwrap();
+        u.flush().unwrap();
+        drop(u);
+        std::fs::write(&p, mem.to_vec()).unwrap();
+        let r = crate::open(&p, &crate::OpenOptions::default()).unwrap();
+        let mut got = vec![0u8; 6 << 20];
+        r.read_at(&mut got, 0).unwrap();
+        assert!(got == model.to_vec());
+        // A descriptor file has extents elsewhere: refused without a path.
+        let desc = MemStorage::from_vec(b"# Disk DescriptorFile\nversion=1\n".to_vec());
+        let e = VmdkUpdater::open_storage(Arc::new(desc), None).unwrap_err();
+        assert!(e.chain().contains("descriptor file"), "{}", e.chain());
     }
 
     #[test]
