@@ -26,7 +26,7 @@ mod lock;
 mod temp;
 
 pub use journal::{RollbackOutcome, UndoJournal, journal_path, rollback};
-pub use lock::ImageLock;
+pub use lock::{ImageLock, LockHolder, unix_time_iso8601};
 pub use temp::{OutputFiles, TempFile, remove_stale_temporaries, temp_of};
 
 use std::fs::{self, File};

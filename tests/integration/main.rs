@@ -19,6 +19,7 @@ mod hive_core;
 mod hive_log;
 mod hive_reg;
 mod hive_windows;
+mod image_lock;
 mod inject_windows;
 mod inspect_cli;
 mod msrv;

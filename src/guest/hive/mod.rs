@@ -1077,7 +1077,8 @@ impl Hive {
     /// base block (sequence numbers advanced, checksum recomputed), in the order that leaves a
     /// crash recognisable as a dirty hive: base block with the primary sequence number advanced,
     /// the pages, then the base block with the secondary equal to the primary; each step
-    /// flushed to disk.
+    /// flushed to disk. The file's [`ImageLock`](crate::files::ImageLock) is held while it is
+    /// written: a file another process holds the lock of is refused ([`Error::Busy`]) unchanged.
     pub fn save(&mut self) -> Result<SaveStats> {
         use std::io::{Seek, SeekFrom, Write};
         self.check_writable()?;
@@ -1097,6 +1098,9 @@ impl Hive {
                 ..SaveStats::default()
             });
         }
+        // Another diskconv process editing the same file in place is refused (kind Busy),
+        // naming it, before anything is written.
+        let _lock = crate::files::ImageLock::acquire(&path)?;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
