@@ -199,9 +199,13 @@ impl TempFile {
         &self.stale_removed
     }
 
-    /// Renames the temporary file over the final name (the folder is not synced: see
-    /// [`sync_dir`]).
+    /// Commits the file: its data is synced to disk, the temporary is renamed over the final
+    /// name, then the folder is synced (so the new name is durable). A crash at any moment
+    /// leaves either the old file (or none) or the whole new one under the final name.
     pub fn commit(mut self) -> Result<()> {
+        self._lock
+            .sync_all()
+            .map_err(|e| FileError::io(&self.temp, "syncing the new file to disk", e))?;
         fs::rename(&self.temp, &self.target).map_err(|e| {
             FileError::io(
                 &self.target,
@@ -210,8 +214,31 @@ impl TempFile {
             )
         })?;
         self.committed = true;
-        Ok(())
+        sync_dir(&self.target)
     }
+
+    /// Abandons the file: the temporary is removed and the final name left as it was (what
+    /// dropping it does; this says so at the call site).
+    pub fn abandon(self) {
+        drop(self)
+    }
+}
+
+/// Writes `bytes` as the new content of the file `target` (symbolic links already resolved)
+/// through a [`TempFile`]: written under a temporary name beside it, synced, renamed over
+/// `target`, the folder synced. On an error the temporary is removed and `target` untouched.
+/// `what` names the content in error messages.
+pub fn write_atomically(target: &Path, bytes: &[u8], what: &str) -> crate::error::Result<()> {
+    let (temp, storage) = TempFile::create(target)?;
+    storage.write_all_at(bytes, 0).map_err(|e| {
+        Error::io(
+            format!("writing the new {what} to {}", temp.temp_path().display()),
+            e,
+        )
+        .in_file(target)
+    })?;
+    drop(storage);
+    Ok(temp.commit()?)
 }
 
 impl Drop for TempFile {
@@ -327,8 +354,9 @@ impl OutputFiles {
         folder_of(&self.target)
     }
 
-    /// Renames the final files into place (beside-files first, the target last), removes
-    /// the scratch files and syncs the folder.
+    /// Commits the final files (each synced, renamed into place and its folder synced: see
+    /// [`TempFile::commit`]; beside-files first, the target last) and removes the scratch
+    /// files.
     pub fn commit(self) -> crate::error::Result<()> {
         let OutputFiles {
             target,
@@ -343,7 +371,8 @@ impl OutputFiles {
             m.commit()?;
         }
         drop(scratch);
-        Ok(sync_dir(&target)?)
+        let _ = target;
+        Ok(())
     }
 }
 
