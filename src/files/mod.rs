@@ -329,6 +329,24 @@ pub fn replace_file(path: &Path, bytes: &[u8], what: &str) -> crate::error::Resu
     write_atomically(&resolved, bytes, what).map_err(|e| e.in_image(path))
 }
 
+/// Writes `bytes` to the output `path` a command was given (`-o FILE` of `ntfs cat`, `hive
+/// export`): a regular file, new or existing (symbolic links followed), is replaced whole through
+/// [`replace_file`], so a failed or killed run leaves no half-written file under its name; any
+/// other file (`/dev/stdout`, a FIFO) is written directly. `what` names the content in error
+/// messages.
+pub fn write_output(path: &Path, bytes: &[u8], what: &str) -> crate::error::Result<()> {
+    let regular_or_new = match fs::metadata(path) {
+        Ok(m) => m.is_file(),
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    };
+    if regular_or_new {
+        replace_file(path, bytes, what)
+    } else {
+        fs::write(path, bytes)
+            .map_err(|e| Error::io(format!("writing the {what}"), e).in_file(path))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +407,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn write_output_replaces_files_whole_and_writes_devices_directly() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("out.reg");
+        write_output(&p, b"one", "test").unwrap();
+        write_output(&p, b"two", "test").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+        write_output(Path::new("/dev/null"), b"x", "test").unwrap();
+        let e = write_output(&d.path().join("none/x"), b"x", "test")
+            .unwrap_err()
+            .chain();
+        assert!(e.contains("none"), "{e}");
     }
 
     #[test]

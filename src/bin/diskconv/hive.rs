@@ -580,9 +580,7 @@ fn export(
         text.into_bytes()
     };
     match output {
-        Some(out) => std::fs::write(out, &bytes)
-            .map_err(|e| Error::io("writing the .reg file", e))
-            .in_file(out)?,
+        Some(out) => diskconv::files::write_output(out, &bytes, ".reg file")?,
         None => std::io::stdout()
             .lock()
             .write_all(&bytes)
