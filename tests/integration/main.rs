@@ -36,6 +36,7 @@ mod ova;
 mod qcow2_check;
 mod qcow2_read;
 mod qcow2_write;
+mod sink;
 mod sync_engine;
 mod sync_update_raw_qcow2;
 mod sync_update_vhd;
