@@ -180,3 +180,59 @@ fn library_writers_of_a_locked_image_are_busy() {
     diskconv::sync::sync_pass(&src, &target, &opts).unwrap();
     assert_eq!(sha256_file(&target), sha256_file(&src));
 }
+
+#[test]
+fn a_hive_opened_for_edit_holds_its_lock_from_read_to_save() {
+    use diskconv::guest::hive::{Hive, HiveOpenOptions, RegData};
+    let dir = tmpdir();
+    let path = dir.path().join("SOFTWARE");
+    let mut h = Hive::new("ROOT").unwrap();
+    h.save_as(&path).unwrap();
+    drop(h);
+    let opts = HiveOpenOptions::default();
+    let mut first = Hive::open_for_edit(&path, &opts).unwrap();
+    // A second editor is refused before it reads, naming this process.
+    let e = Hive::open_for_edit(&path, &opts).unwrap_err();
+    assert_eq!(e.kind(), diskconv::ErrorKind::Busy, "{}", e.chain());
+    assert!(
+        e.chain().contains(&format!("pid {},", std::process::id())),
+        "{}",
+        e.chain()
+    );
+    // The holder saves (it does not lock itself out), and keeps the lock until dropped.
+    let root = first.root();
+    first.set_data(root, "First", &RegData::Dword(1)).unwrap();
+    first.save().unwrap();
+    let before = sha256_file(&path);
+    let out = diskconv()
+        .args(["hive", "set", &s(&path), "", "Second", "dword", "2"])
+        .output()
+        .unwrap();
+    refused_by_us("hive set while a hive is open for edit", &out);
+    assert_eq!(sha256_file(&path), before);
+    drop(first);
+    let mut second = Hive::open_for_edit(&path, &opts).unwrap();
+    assert_eq!(
+        second
+            .value(second.root(), "First")
+            .unwrap()
+            .map(|v| v.data),
+        Some(1u32.to_le_bytes().to_vec())
+    );
+    second
+        .set_data(second.root(), "Second", &RegData::Dword(2))
+        .unwrap();
+    second.save().unwrap();
+    drop(second);
+    if util::require("hivexget") {
+        for (name, want) in [("First", "1"), ("Second", "2")] {
+            let o = std::process::Command::new("hivexget")
+                .arg(&path)
+                .arg("\\")
+                .arg(name)
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), want, "{name}");
+        }
+    }
+}

@@ -155,6 +155,8 @@ pub struct Hive {
     read_only_dirty: bool,
     /// Something changed since opening or the last save.
     modified: bool,
+    /// The lock of the file at `path`, when it was opened with [`Hive::open_for_edit`].
+    lock: Option<crate::files::ImageLock>,
 }
 
 /// The deepest key path accepted (Windows' own limit is 512 levels).
@@ -190,6 +192,23 @@ impl Hive {
                 opts.logs.clone()
             };
         }
+        Ok(hive)
+    }
+
+    /// [`Hive::open`] for an edit in place: the file's [`ImageLock`](crate::files::ImageLock) is
+    /// taken before it is read and held until the hive is dropped (or saved elsewhere with
+    /// [`Hive::save_as`]), so another process editing it meanwhile is refused ([`Error::Busy`],
+    /// naming the holder) and no edit is lost between the read and [`Hive::save`].
+    pub fn open_for_edit(path: &Path, opts: &HiveOpenOptions) -> Result<Hive> {
+        let lock = match crate::files::ImageLock::acquire(path) {
+            Ok(l) => l,
+            Err(e) if e.kind() == crate::error::ErrorKind::Busy => return Err(e),
+            // A file that cannot be opened: reading it says why, in the words of `open`
+            // (should it read, `save` takes the lock).
+            Err(_) => return Hive::open(path, opts),
+        };
+        let mut hive = Hive::open(path, opts)?;
+        hive.lock = Some(lock);
         Ok(hive)
     }
 
@@ -275,6 +294,7 @@ impl Hive {
             recovery: RecoveryReport::default(),
             read_only_dirty: false,
             modified: false,
+            lock: None,
         };
         KeyNode::read(&hive.cells, hive.base.root_cell()).map_err(|e| match e {
             HiveError::Structure(crate::error::StructureError { detail, .. }) => {
@@ -391,6 +411,7 @@ impl Hive {
             recovery: RecoveryReport::default(),
             read_only_dirty: false,
             modified: true,
+            lock: None,
         })
     }
 
@@ -1099,8 +1120,11 @@ impl Hive {
             });
         }
         // Another diskconv process editing the same file in place is refused (kind Busy),
-        // naming it, before anything is written.
-        let _lock = crate::files::ImageLock::acquire(&path)?;
+        // naming it, before anything is written. A hive opened for edit holds the lock already.
+        let _lock = match self.lock {
+            Some(_) => None,
+            None => Some(crate::files::ImageLock::acquire(&path)?),
+        };
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
@@ -1165,6 +1189,9 @@ impl Hive {
         self.cells.dirty.clear();
         self.cells.saved_len = self.cells.bytes.len();
         self.modified = false;
+        if self.path.as_deref() != Some(path) {
+            self.lock = None;
+        }
         self.path = Some(path.to_path_buf());
         Ok(SaveStats {
             bytes_written: bytes.len() as u64,
