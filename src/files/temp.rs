@@ -359,7 +359,7 @@ impl OutputFiles {
     /// files.
     pub fn commit(self) -> crate::error::Result<()> {
         let OutputFiles {
-            target,
+            target: _,
             main,
             siblings,
             scratch,
@@ -371,7 +371,6 @@ impl OutputFiles {
             m.commit()?;
         }
         drop(scratch);
-        let _ = target;
         Ok(())
     }
 }

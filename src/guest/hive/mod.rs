@@ -196,8 +196,8 @@ impl Hive {
     }
 
     /// [`Hive::open`] for an edit in place: the file's [`ImageLock`](crate::files::ImageLock) is
-    /// taken before it is read and held until the hive is dropped (or saved elsewhere with
-    /// [`Hive::save_as`]), so another process editing it meanwhile is refused ([`Error::Busy`],
+    /// taken before it is read and held until the hive is dropped (or saved whole with
+    /// [`Hive::save_as`], which replaces the file), so another process editing it meanwhile is refused ([`Error::Busy`],
     /// naming the holder) and no edit is lost between the read and [`Hive::save`].
     pub fn open_for_edit(path: &Path, opts: &HiveOpenOptions) -> Result<Hive> {
         let lock = match crate::files::ImageLock::acquire(path) {
@@ -1189,9 +1189,9 @@ impl Hive {
         self.cells.dirty.clear();
         self.cells.saved_len = self.cells.bytes.len();
         self.modified = false;
-        if self.path.as_deref() != Some(path) {
-            self.lock = None;
-        }
+        // The lock was on the file that the new one replaced (or on another file): later saves
+        // lock the file now at `path` while they write.
+        self.lock = None;
         self.path = Some(path.to_path_buf());
         Ok(SaveStats {
             bytes_written: bytes.len() as u64,
