@@ -259,9 +259,16 @@ impl Drop for TempFile {
 /// read-only folder is an error.
 ///
 /// [`commit`]: OutputFiles::commit
+///
+/// A target that exists already is an image another diskconv process may be changing in place
+/// (a `sync` target): its [`ImageLock`](super::ImageLock) is taken when the main output is
+/// created and held until the set is committed or dropped, so that process's writes are not
+/// lost to the rename (and it cannot start meanwhile).
 #[derive(Debug)]
 pub struct OutputFiles {
     target: PathBuf,
+    /// The lock of the existing file the target replaces.
+    replaced: Option<super::ImageLock>,
     main: Option<TempFile>,
     siblings: Vec<TempFile>,
     scratch: Vec<TempFile>,
@@ -273,6 +280,7 @@ impl OutputFiles {
     pub fn new(target: &Path) -> Self {
         OutputFiles {
             target: follow_links(target).unwrap_or_else(|_| target.to_path_buf()),
+            replaced: None,
             main: None,
             siblings: Vec::new(),
             scratch: Vec::new(),
@@ -303,6 +311,9 @@ impl OutputFiles {
             ));
         }
         let path = resolve_output_file(&self.target)?;
+        if fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            self.replaced = Some(super::ImageLock::acquire(&path)?);
+        }
         let (t, s) = TempFile::create(&path)?;
         self.main = Some(t);
         Ok(Arc::new(s))
@@ -360,6 +371,7 @@ impl OutputFiles {
     pub fn commit(self) -> crate::error::Result<()> {
         let OutputFiles {
             target: _,
+            replaced,
             main,
             siblings,
             scratch,
@@ -371,6 +383,7 @@ impl OutputFiles {
             m.commit()?;
         }
         drop(scratch);
+        drop(replaced);
         Ok(())
     }
 }

@@ -79,6 +79,16 @@ fn writers_of_a_locked_image_are_refused_naming_the_holder() {
     let runs = vec![
         ("sync", spawn(vec!["sync".into(), s(&src), s(&target)])),
         (
+            "convert over the target",
+            spawn(vec![
+                "convert".into(),
+                "-O".into(),
+                "qcow2".into(),
+                s(&src),
+                s(&target),
+            ]),
+        ),
+        (
             "inject",
             spawn(vec![
                 "inject".into(),
@@ -125,6 +135,12 @@ fn writers_of_a_locked_image_are_refused_naming_the_holder() {
     let after: Vec<String> = files.iter().map(|p| sha256_file(p)).collect();
     assert_eq!(before, after, "a refused writer changed a file");
     assert!(!diskconv::files::journal_path(&disk).exists());
+    let leftovers: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".diskconv"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 
     // Released: the same sync and hive edit go through.
     drop(locks);
