@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::files::OutputFiles;
+use crate::files::{OutputFiles, Sink};
 use crate::image::{
     Chunk, Compressor, ExtentKind, GranuleState, ImageReader, ImageWriter, NamedWriter,
     WriteReport, read_skipping_holes,
@@ -121,13 +121,7 @@ pub fn convert(
             "the output is {out_size} bytes but the source is {size} bytes"
         )));
     }
-    let granule = dst.granularity().max(512);
-    if !granule.is_power_of_two() {
-        return Err(Error::InvalidArgument(format!(
-            "writer granularity {granule} is not a power of two"
-        )));
-    }
-    let chunk_size = opts.chunk_size.max(granule).div_ceil(granule) * granule;
+    let (granule, chunk_size) = chunk_geometry(dst.as_ref(), opts)?;
     let compressor = dst.compressor();
     let max_in_flight = opts.max_in_flight.max(1);
     let cancelled = || {
@@ -167,43 +161,7 @@ pub fn convert(
             let tx = tx.clone();
             let (job_rx, stop, pool, compressor) = (&job_rx, &stop, &pool, compressor.clone());
             scope.spawn(move || {
-                loop {
-                    // The lock is held only while waiting for the next job.
-                    let job = match job_rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(Job { index, offset, len }) = job else {
-                        return; // channel closed: no more work
-                    };
-                    let r = if stop.load(Ordering::Relaxed) {
-                        Err(Error::Cancelled)
-                    } else {
-                        // A panic in a codec must not leave the writer loop waiting for a
-                        // result that never comes: turn it into an error.
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            let buf = pool.lock().ok().and_then(|mut p| p.pop());
-                            prepare_chunk(
-                                src,
-                                offset,
-                                len,
-                                granule,
-                                compressor.as_deref(),
-                                buf.unwrap_or_default(),
-                            )
-                        }))
-                        .unwrap_or_else(|p| {
-                            Err(Error::Internal(format!(
-                                "internal error: a conversion worker panicked at offset \
-                                 {offset:#x}: {}",
-                                panic_message(&p)
-                            )))
-                        })
-                    };
-                    if tx.send((index, r.map(Item::Chunk))).is_err() {
-                        return;
-                    }
-                }
+                run_worker(src, granule, compressor.as_deref(), job_rx, stop, pool, tx)
             });
         }
         // Workers exit when this sender is dropped, whichever way the loop below ends.
@@ -217,34 +175,16 @@ pub fn convert(
 
         loop {
             // Plan and launch while there is room.
-            while failure.is_none() && running + ready.len() < max_in_flight {
-                if cancelled() {
-                    failure = Some(Error::Cancelled);
-                    break;
-                }
-                match planner.next() {
-                    Ok(None) => break,
-                    Ok(Some(Planned::Zeroes { offset, len })) => {
-                        ready.insert(next_index, Item::Zeroes { offset, len });
-                        next_index += 1;
-                    }
-                    Ok(Some(Planned::Data { offset, len })) => {
-                        let job = Job {
-                            index: next_index,
-                            offset,
-                            len,
-                        };
-                        next_index += 1;
-                        running += 1;
-                        // Never blocks: fewer than `max_in_flight` jobs are outstanding.
-                        if job_tx.send(job).is_err() {
-                            failure = Some(Error::Internal(
-                                "internal error: the conversion workers stopped".into(),
-                            ));
-                        }
-                    }
-                    Err(e) => failure = Some(e),
-                }
+            if let Err(e) = plan_more(
+                &mut planner,
+                &mut ready,
+                &mut next_index,
+                &mut running,
+                &job_tx,
+                max_in_flight,
+                &cancelled,
+            ) {
+                failure = Some(e);
             }
             // Hand everything that is ready, in order, to the writer.
             while failure.is_none() {
@@ -252,30 +192,12 @@ pub fn convert(
                     break;
                 };
                 next_write += 1;
-                let r = match &item {
-                    Item::Zeroes { offset, len } => {
-                        stats.zero_bytes += len;
-                        done += len;
-                        dst.write_zeroes(*offset, *len)
+                match write_item(dst.as_mut(), item, &mut stats, &pool, max_in_flight) {
+                    Ok(n) => done += n,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
                     }
-                    Item::Chunk(c) => {
-                        account(&mut stats, c);
-                        done += c.data.len() as u64;
-                        dst.write_chunk(c)
-                    }
-                };
-                if let Item::Chunk(c) = item {
-                    // Recycle the buffer: fresh multi-megabyte allocations cost a page fault
-                    // per 4 KiB and a kernel-side clear on every chunk.
-                    if let Ok(mut p) = pool.lock() {
-                        if p.len() < max_in_flight {
-                            p.push(c.data);
-                        }
-                    }
-                }
-                if let Err(e) = r {
-                    failure = Some(e);
-                    break;
                 }
                 if let Some(p) = progress.as_mut() {
                     p(Progress { done, total: size });
@@ -320,6 +242,145 @@ pub fn convert(
     stats.output = dst.finish()?;
     stats.elapsed = start.elapsed();
     Ok(stats)
+}
+
+/// Plans items and launches their jobs while fewer than `max_in_flight` items are running or
+/// ready: a zero run goes straight to `ready`, a data chunk to a worker. Stops at the end of the
+/// disk, on a cancellation or on an error (returned).
+#[allow(clippy::too_many_arguments)]
+fn plan_more(
+    planner: &mut Planner<'_>,
+    ready: &mut BTreeMap<u64, Item>,
+    next_index: &mut u64,
+    running: &mut usize,
+    job_tx: &mpsc::SyncSender<Job>,
+    max_in_flight: usize,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<()> {
+    while *running + ready.len() < max_in_flight {
+        if cancelled() {
+            return Err(Error::Cancelled);
+        }
+        match planner.next()? {
+            None => break,
+            Some(Planned::Zeroes { offset, len }) => {
+                ready.insert(*next_index, Item::Zeroes { offset, len });
+                *next_index += 1;
+            }
+            Some(Planned::Data { offset, len }) => {
+                let job = Job {
+                    index: *next_index,
+                    offset,
+                    len,
+                };
+                *next_index += 1;
+                *running += 1;
+                // Never blocks: fewer than `max_in_flight` jobs are outstanding.
+                if job_tx.send(job).is_err() {
+                    return Err(Error::Internal(
+                        "internal error: the conversion workers stopped".into(),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The writer's granule (at least 512 bytes, a power of two) and the chunk size: the requested
+/// one rounded up to a whole number of granules.
+fn chunk_geometry(dst: &dyn ImageWriter, opts: &ConvertOptions) -> Result<(u64, u64)> {
+    let granule = dst.granularity().max(512);
+    if !granule.is_power_of_two() {
+        return Err(Error::InvalidArgument(format!(
+            "writer granularity {granule} is not a power of two"
+        )));
+    }
+    Ok((
+        granule,
+        opts.chunk_size.max(granule).div_ceil(granule) * granule,
+    ))
+}
+
+/// A worker thread: takes jobs until the job channel closes (or the results' receiver is
+/// gone), reads, zero-detects and compresses each chunk ([`prepare_chunk`]) and sends the result
+/// with its index. Once `stop` is set, jobs are answered with [`Error::Cancelled`] unread.
+fn run_worker(
+    src: &dyn ImageReader,
+    granule: u64,
+    compressor: Option<&dyn Compressor>,
+    job_rx: &Mutex<mpsc::Receiver<Job>>,
+    stop: &AtomicBool,
+    pool: &Mutex<Vec<Vec<u8>>>,
+    tx: mpsc::Sender<(u64, Result<Item>)>,
+) {
+    loop {
+        // The lock is held only while waiting for the next job.
+        let job = match job_rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(Job { index, offset, len }) = job else {
+            return; // channel closed: no more work
+        };
+        let r = if stop.load(Ordering::Relaxed) {
+            Err(Error::Cancelled)
+        } else {
+            // A panic in a codec must not leave the writer loop waiting for a result that
+            // never comes: turn it into an error.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let buf = pool.lock().ok().and_then(|mut p| p.pop());
+                prepare_chunk(
+                    src,
+                    offset,
+                    len,
+                    granule,
+                    compressor,
+                    buf.unwrap_or_default(),
+                )
+            }))
+            .unwrap_or_else(|p| {
+                Err(Error::Internal(format!(
+                    "internal error: a conversion worker panicked at offset {offset:#x}: {}",
+                    panic_message(&p)
+                )))
+            })
+        };
+        if tx.send((index, r.map(Item::Chunk))).is_err() {
+            return;
+        }
+    }
+}
+
+/// Hands one item to the writer and counts it in `stats`; a chunk's buffer goes back to `pool`
+/// (up to `max_in_flight` buffers are kept). Returns the bytes of virtual disk it covered.
+fn write_item(
+    dst: &mut dyn ImageWriter,
+    item: Item,
+    stats: &mut ConvertStats,
+    pool: &Mutex<Vec<Vec<u8>>>,
+    max_in_flight: usize,
+) -> Result<u64> {
+    match item {
+        Item::Zeroes { offset, len } => {
+            stats.zero_bytes += len;
+            dst.write_zeroes(offset, len)?;
+            Ok(len)
+        }
+        Item::Chunk(c) => {
+            account(stats, &c);
+            let n = c.data.len() as u64;
+            let r = dst.write_chunk(&c);
+            // Recycle the buffer: fresh multi-megabyte allocations cost a page fault per 4 KiB
+            // and a kernel-side clear on every chunk.
+            if let Ok(mut p) = pool.lock() {
+                if p.len() < max_in_flight {
+                    p.push(c.data);
+                }
+            }
+            r.map(|()| n)
+        }
+    }
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -465,13 +526,34 @@ pub fn convert_to_path(
 pub fn convert_to_files(
     src: &dyn ImageReader,
     target: &Path,
-    create: impl FnOnce(&mut OutputFiles) -> Result<Box<dyn ImageWriter>>,
+    create: impl FnOnce(&mut dyn Sink) -> Result<Box<dyn ImageWriter>>,
     opts: &ConvertOptions,
     progress: Option<&mut ProgressFn<'_>>,
 ) -> Result<ConvertStats> {
-    let mut files = OutputFiles::new(target);
-    let writer = create(&mut files).map_err(|e| e.in_file(target))?;
-    let writer = Box::new(NamedWriter::new(writer, target));
+    convert_to_sink(
+        src,
+        Box::new(OutputFiles::new(target)),
+        create,
+        opts,
+        progress,
+    )
+}
+
+/// Converts `src` into a new output in `sink` (see [`Sink`]): `create` builds the writer over
+/// the sink, the conversion runs, and the sink is committed only when the writer finished and
+/// the conversion was not cancelled; on any error it is abandoned. Errors name the sink's
+/// target.
+pub fn convert_to_sink(
+    src: &dyn ImageReader,
+    mut sink: Box<dyn Sink>,
+    create: impl FnOnce(&mut dyn Sink) -> Result<Box<dyn ImageWriter>>,
+    opts: &ConvertOptions,
+    progress: Option<&mut ProgressFn<'_>>,
+) -> Result<ConvertStats> {
+    let target = sink.target().to_path_buf();
+    // On an error the sink is dropped, which abandons it.
+    let writer = create(sink.as_mut()).map_err(|e| e.in_file(&target))?;
+    let writer = Box::new(NamedWriter::new(writer, &target));
     let mut stats = convert(src, writer, opts, progress)?;
     // A cancellation that came while the writer finished still leaves the old target as it was.
     if opts
@@ -479,10 +561,11 @@ pub fn convert_to_files(
         .as_ref()
         .is_some_and(|c| c.load(Ordering::Relaxed))
     {
+        sink.abandon();
         return Err(Error::Cancelled);
     }
-    stats.stale_temporaries_removed = files.stale_removed();
-    files.commit()?;
+    stats.stale_temporaries_removed = sink.stale_removed();
+    sink.commit()?;
     Ok(stats)
 }
 

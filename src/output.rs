@@ -8,7 +8,9 @@ use crate::convert::{
     ConvertOptions, ConvertStats, Progress, ProgressFn, convert, convert_to_files,
 };
 use crate::error::{Error, Result};
-use crate::files::{OutputFiles, OutputTarget, folder_of, resolve_output, resolve_output_file};
+use crate::files::{
+    OutputFiles, OutputTarget, Sink, folder_of, resolve_output, resolve_output_file,
+};
 use crate::formats::raw::{Preallocation, RawWriter};
 use crate::formats::registry;
 use crate::image::{ImageReader, ImageWriter, NamedWriter};
@@ -20,7 +22,7 @@ pub use crate::formats::registry::sibling_names;
 
 /// Creates the writer for `opts` over the output files of one conversion.
 pub fn create_writer(
-    files: &mut OutputFiles,
+    files: &mut dyn Sink,
     size: u64,
     opts: &OutputOptions,
 ) -> Result<Box<dyn ImageWriter>> {
@@ -89,6 +91,8 @@ pub fn convert_to_device(
     progress: Option<&mut ProgressFn<'_>>,
 ) -> Result<ConvertStats> {
     let size = src.virtual_size();
+    // Written in place: another diskconv process writing the device is refused (Busy).
+    let _lock = crate::files::ImageLock::acquire(device)?;
     let storage = FileStorage::open_block_device_for_writing(device)
         .map_err(|e| Error::io("opening the block device for writing", e).in_file(device))?;
     let dev_size = storage

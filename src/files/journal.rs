@@ -5,12 +5,12 @@
 //! bytes, then the SHA-256 of everything before it. A journal whose checksum does not match
 //! was still being written when the edit stopped, before the image was touched.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::{ImageLock, sync_dir};
+use super::{ImageLock, sync_dir, write_atomically};
 use crate::bytes::get_le64;
 use crate::error::{Error, Result};
 use crate::image::ImageUpdater;
@@ -138,22 +138,16 @@ impl UndoJournal {
     pub fn create(image: &Path, virtual_size: u64, ranges: &[(u64, Vec<u8>)]) -> Result<Self> {
         let journal = encode_journal(virtual_size, ranges);
         let path = journal_path(image);
-        let jerr = |op: &str, e| Error::io(op.to_string(), e).in_file(&path);
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| jerr("creating the undo journal", e))
-            .and_then(|mut f| {
-                f.write_all(&journal)
-                    .and_then(|()| f.sync_all())
-                    .map_err(|e| jerr("writing the undo journal", e))
-            });
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            return Err(Error::io(
+                "creating the undo journal",
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            )
+            .in_file(&path));
         }
-        sync_dir(&path)?;
+        // Written whole under a temporary name and renamed: a journal under its final name is
+        // complete (the checksum still guards journals of older versions).
+        write_atomically(&path, &journal, "undo journal")?;
         Ok(UndoJournal { path })
     }
 

@@ -7,11 +7,17 @@
 //!   existing) or a block device. A directory, a character device, a FIFO or a socket is refused
 //!   naming the path and what it is, and so is a file whose folder does not exist or cannot be
 //!   written. It is called before a single block of the source is read.
-//! - [`TempFile`] is a new file `.<name>.diskconv-<pid>-<n>.tmp` in the folder of the final
-//!   file. It holds an exclusive `flock` for as long as it exists (from its creation until it is
-//!   renamed over the final name or removed), so a lock nobody holds proves a temporary stale.
+//! - [`TempFile`] is the one file transaction every new or replaced file goes through: a new
+//!   file `.<name>.diskconv-<pid>-<n>.tmp` in the folder of the final file, written, then
+//!   [`commit`](TempFile::commit)ted (data synced, renamed over the final name, folder synced)
+//!   or [`abandon`](TempFile::abandon)ed (removed; also what dropping it does). It holds an
+//!   exclusive `flock` for as long as it exists, so a lock nobody holds proves a temporary
+//!   stale. [`write_atomically`] is the whole transaction for bytes in memory.
 //!   [`OutputFiles`] is the set of temporaries of one output (the target, files beside it,
-//!   scratch files), committed together.
+//!   scratch files), committed together: the local-file [`Sink`].
+//!   Its users: converted outputs and new sync targets ([`OutputFiles`]), the state of a sync,
+//!   `hive save_as` and whole-file writes ([`replace_file`]), the undo journal, the manifest of
+//!   `verify`.
 //! - Stale temporaries: a run killed with SIGKILL (or a power cut) leaves its temporary behind.
 //!   Creating a temporary for a final name first removes the temporaries of that same final
 //!   name (and of its scratch files, `<name>.scratch<k>`) that match the naming scheme exactly,
@@ -23,11 +29,13 @@
 
 mod journal;
 mod lock;
+mod sink;
 mod temp;
 
 pub use journal::{RollbackOutcome, UndoJournal, journal_path, rollback};
-pub use lock::ImageLock;
-pub use temp::{OutputFiles, TempFile, remove_stale_temporaries, temp_of};
+pub use lock::{ImageLock, LockHolder, unix_time_iso8601};
+pub use sink::{Sink, SinkCapabilities};
+pub use temp::{OutputFiles, TempFile, remove_stale_temporaries, temp_of, write_atomically};
 
 use std::fs::{self, File};
 use std::io;
@@ -305,39 +313,38 @@ pub fn sync_dir(path: &Path) -> Result<()> {
 }
 
 /// Replaces the file at `path` with `bytes` so that a crash at any moment leaves either the old
-/// or the new content: a temporary file beside it (`.<name>.diskconv.tmp`, reused after a crash),
-/// written and fsynced, renamed over `path`, then the folder fsynced. A symbolic link is written
-/// through (the file it leads to is replaced, the link stays). On an error the temporary file is
-/// removed and `path` is untouched. `what` names the content in error messages.
-pub fn replace_file(path: &std::path::Path, bytes: &[u8], what: &str) -> crate::error::Result<()> {
-    use std::io::Write;
-    let given = path;
+/// or the new content: [`write_atomically`] (a temporary file beside it, written and synced,
+/// renamed over `path`, the folder synced). A symbolic link is written through (the file it
+/// leads to is replaced, the link stays). On an error the temporary file is removed and `path`
+/// is untouched. `what` names the content in error messages.
+pub fn replace_file(path: &Path, bytes: &[u8], what: &str) -> crate::error::Result<()> {
     let resolved =
-        follow_links(path).map_err(|e| Error::io("following symbolic links", e).in_file(given))?;
-    let path = resolved.as_path();
-    let err = |op: String, e| Error::io(op, e).in_file(given);
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidArgument(format!("'{}' is not a file name", path.display())))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = path.with_file_name(format!(".{name}.diskconv.tmp"));
-    let written = std::fs::File::create(&tmp).and_then(|mut f| {
-        f.write_all(bytes)?;
-        f.sync_all()
-    });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(
-            format!("writing the new {what} to {}", tmp.display()),
-            e,
-        ));
+        follow_links(path).map_err(|e| Error::io("following symbolic links", e).in_file(path))?;
+    if resolved.file_name().is_none() {
+        return Err(Error::InvalidArgument(format!(
+            "'{}' is not a file name",
+            resolved.display()
+        )));
     }
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(format!("renaming the new {what} into place"), e));
+    write_atomically(&resolved, bytes, what).map_err(|e| e.in_image(path))
+}
+
+/// Writes `bytes` to the output `path` a command was given (`-o FILE` of `ntfs cat`, `hive
+/// export`): a regular file, new or existing (symbolic links followed), is replaced whole through
+/// [`replace_file`], so a failed or killed run leaves no half-written file under its name; any
+/// other file (`/dev/stdout`, a FIFO) is written directly. `what` names the content in error
+/// messages.
+pub fn write_output(path: &Path, bytes: &[u8], what: &str) -> crate::error::Result<()> {
+    let regular_or_new = match fs::metadata(path) {
+        Ok(m) => m.is_file(),
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    };
+    if regular_or_new {
+        replace_file(path, bytes, what)
+    } else {
+        fs::write(path, bytes)
+            .map_err(|e| Error::io(format!("writing the {what}"), e).in_file(path))
     }
-    Ok(sync_dir(path)?)
 }
 
 #[cfg(test)]
@@ -400,6 +407,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn write_output_replaces_files_whole_and_writes_devices_directly() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("out.reg");
+        write_output(&p, b"one", "test").unwrap();
+        write_output(&p, b"two", "test").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+        write_output(Path::new("/dev/null"), b"x", "test").unwrap();
+        let e = write_output(&d.path().join("none/x"), b"x", "test")
+            .unwrap_err()
+            .chain();
+        assert!(e.contains("none"), "{e}");
     }
 
     #[test]

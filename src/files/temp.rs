@@ -199,9 +199,13 @@ impl TempFile {
         &self.stale_removed
     }
 
-    /// Renames the temporary file over the final name (the folder is not synced: see
-    /// [`sync_dir`]).
+    /// Commits the file: its data is synced to disk, the temporary is renamed over the final
+    /// name, then the folder is synced (so the new name is durable). A crash at any moment
+    /// leaves either the old file (or none) or the whole new one under the final name.
     pub fn commit(mut self) -> Result<()> {
+        self._lock
+            .sync_all()
+            .map_err(|e| FileError::io(&self.temp, "syncing the new file to disk", e))?;
         fs::rename(&self.temp, &self.target).map_err(|e| {
             FileError::io(
                 &self.target,
@@ -210,8 +214,31 @@ impl TempFile {
             )
         })?;
         self.committed = true;
-        Ok(())
+        sync_dir(&self.target)
     }
+
+    /// Abandons the file: the temporary is removed and the final name left as it was (what
+    /// dropping it does; this says so at the call site).
+    pub fn abandon(self) {
+        drop(self)
+    }
+}
+
+/// Writes `bytes` as the new content of the file `target` (symbolic links already resolved)
+/// through a [`TempFile`]: written under a temporary name beside it, synced, renamed over
+/// `target`, the folder synced. On an error the temporary is removed and `target` untouched.
+/// `what` names the content in error messages.
+pub fn write_atomically(target: &Path, bytes: &[u8], what: &str) -> crate::error::Result<()> {
+    let (temp, storage) = TempFile::create(target)?;
+    storage.write_all_at(bytes, 0).map_err(|e| {
+        Error::io(
+            format!("writing the new {what} to {}", temp.temp_path().display()),
+            e,
+        )
+        .in_file(target)
+    })?;
+    drop(storage);
+    Ok(temp.commit()?)
 }
 
 impl Drop for TempFile {
@@ -232,9 +259,16 @@ impl Drop for TempFile {
 /// read-only folder is an error.
 ///
 /// [`commit`]: OutputFiles::commit
+///
+/// A target that exists already is an image another diskconv process may be changing in place
+/// (a `sync` target): its [`ImageLock`](super::ImageLock) is taken when the main output is
+/// created and held until the set is committed or dropped, so that process's writes are not
+/// lost to the rename (and it cannot start meanwhile).
 #[derive(Debug)]
 pub struct OutputFiles {
     target: PathBuf,
+    /// The lock of the existing file the target replaces.
+    replaced: Option<super::ImageLock>,
     main: Option<TempFile>,
     siblings: Vec<TempFile>,
     scratch: Vec<TempFile>,
@@ -246,6 +280,7 @@ impl OutputFiles {
     pub fn new(target: &Path) -> Self {
         OutputFiles {
             target: follow_links(target).unwrap_or_else(|_| target.to_path_buf()),
+            replaced: None,
             main: None,
             siblings: Vec::new(),
             scratch: Vec::new(),
@@ -276,6 +311,9 @@ impl OutputFiles {
             ));
         }
         let path = resolve_output_file(&self.target)?;
+        if fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            self.replaced = Some(super::ImageLock::acquire(&path)?);
+        }
         let (t, s) = TempFile::create(&path)?;
         self.main = Some(t);
         Ok(Arc::new(s))
@@ -327,11 +365,13 @@ impl OutputFiles {
         folder_of(&self.target)
     }
 
-    /// Renames the final files into place (beside-files first, the target last), removes
-    /// the scratch files and syncs the folder.
+    /// Commits the final files (each synced, renamed into place and its folder synced: see
+    /// [`TempFile::commit`]; beside-files first, the target last) and removes the scratch
+    /// files.
     pub fn commit(self) -> crate::error::Result<()> {
         let OutputFiles {
-            target,
+            target: _,
+            replaced,
             main,
             siblings,
             scratch,
@@ -343,7 +383,8 @@ impl OutputFiles {
             m.commit()?;
         }
         drop(scratch);
-        Ok(sync_dir(&target)?)
+        drop(replaced);
+        Ok(())
     }
 }
 

@@ -17,7 +17,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::files::OutputFiles;
+use crate::files::Sink;
 use crate::formats::check::CheckReport;
 use crate::formats::options::OutputOptions;
 use crate::formats::{Format, ova, qcow2, raw, vdi, vhd, vhdx, vmdk};
@@ -39,7 +39,7 @@ pub type OpenDisksFn =
     fn(Arc<dyn Storage>, Option<&Path>, &OpenContext<'_>) -> Result<Vec<Box<dyn ImageReader>>>;
 
 /// Creates a writer of a `u64`-byte disk over the output files of one conversion.
-pub type CreateWriterFn = fn(&mut OutputFiles, u64, &OutputOptions) -> Result<Box<dyn ImageWriter>>;
+pub type CreateWriterFn = fn(&mut dyn Sink, u64, &OutputOptions) -> Result<Box<dyn ImageWriter>>;
 
 /// The files an output writes beside its main file (named from the main file's name).
 pub type SiblingNamesFn = fn(&str, &OutputOptions) -> Vec<String>;
@@ -512,7 +512,7 @@ pub fn check_writable(format: Format) -> Result<()> {
 /// Creates the writer for `opts` over the output files of one conversion (the options are
 /// not validated here: see [`OutputOptions::validate`]).
 pub fn create_writer(
-    files: &mut OutputFiles,
+    files: &mut dyn Sink,
     size: u64,
     opts: &OutputOptions,
 ) -> Result<Box<dyn ImageWriter>> {

@@ -138,7 +138,7 @@ impl<D: DiskIo> DiskIo for Window<D> {
     }
 }
 
-/// What [`TxDisk::commit`] wrote.
+/// What [`ImageTx::commit`] wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommitStats {
     /// Bytes written to the image.
@@ -157,8 +157,8 @@ const COMMIT_CHUNK: usize = 1 << 20;
 const COMPARE_CHUNK: u64 = 4 << 20;
 
 /// A write transaction over an image: reads see the image with the transaction's writes applied;
-/// writes stay in memory (in 4096-byte pages) until [`commit`](TxDisk::commit). Dropping it
-/// without committing leaves the image untouched.
+/// writes stay in memory (in 4096-byte pages) until the [`ImageTx`] holding it commits them.
+/// Dropping it without committing leaves the image untouched.
 pub struct TxDisk {
     reader: Box<dyn ImageReader>,
     /// Page index -> the page's bytes as written (the last page may be shorter than [`PAGE`]).
@@ -246,16 +246,6 @@ impl TxDisk {
             .into_iter()
             .map(|(r, _)| r)
             .collect())
-    }
-
-    /// Writes every changed range through `updater` (the same image opened for update) and
-    /// flushes it.
-    pub fn commit(self, updater: &mut dyn ImageUpdater) -> Result<CommitStats> {
-        let changed = self.changed_pages()?;
-        let runs = merge_pages(&changed);
-        let stats = write_runs(&runs, self.len(), updater, None)?;
-        updater.flush()?;
-        Ok(stats)
     }
 }
 

@@ -37,7 +37,7 @@ use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::error::{Error, Result};
-use crate::files::OutputFiles;
+use crate::files::{ImageLock, OutputFiles};
 use crate::formats::RAW;
 use crate::image::{Format, ImageReader, ImageUpdater, NamedReader, read_skipping_holes};
 use crate::open::{OpenOptions, PackageOptions, ReferencePolicy, open, open_qcow2};
@@ -441,6 +441,12 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
             "give either a bitmap or changed ranges, not both".into(),
         ));
     }
+    // An existing target is locked before its state is read; a new one once it is created.
+    let lock = if exists(dst) {
+        Some(ImageLock::acquire(dst)?)
+    } else {
+        None
+    };
 
     // The source.
     let (src, dirty) = open_source(src_path, opts)?;
@@ -515,6 +521,10 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
         )?,
     };
 
+    let _lock = match lock {
+        Some(l) => l,
+        None => ImageLock::acquire(dst)?,
+    };
     let tgt_format: Format = st.tgt_format.parse()?;
     let mut up = open_updater(dst, Some(tgt_format))?;
     if st.tgt_size == 0 {

@@ -242,6 +242,19 @@ fn open(path: &Path, logs: &LogArgs, accept_data_loss: bool) -> Result<Hive> {
     Hive::open(path, &opts)
 }
 
+/// Opens a hive to edit: in place (no `-o`) with the file's lock held from before it is read
+/// until it is saved.
+fn open_to_edit(path: &Path, edit: &EditArgs) -> Result<Hive> {
+    if edit.output.is_some() {
+        return open(path, &edit.logs, edit.accept_data_loss);
+    }
+    let opts = HiveOpenOptions {
+        logs: edit.logs.logs.clone(),
+        accept_data_loss: edit.accept_data_loss,
+    };
+    Hive::open_for_edit(path, &opts)
+}
+
 /// Opens a hive to read it, warning on stderr when it is dirty and its logs were not replayed.
 fn open_to_read(path: &Path, logs: &LogArgs) -> Result<Hive> {
     let hive = open(path, logs, false)?;
@@ -475,7 +488,7 @@ fn set(
     let kind = RegType::parse(kind)?;
     let data = RegData::from_args(kind, data)?;
     let name = value_name(name);
-    let mut hive = open(path, &edit.logs, edit.accept_data_loss)?;
+    let mut hive = open_to_edit(path, edit)?;
     let existed = hive.open_key(key)?.is_some();
     let k = hive.create_key(key)?;
     hive.set_data(k, name, &data)?;
@@ -490,7 +503,7 @@ fn set(
 }
 
 fn delete(path: &Path, key: &str, value: Option<&str>, edit: &EditArgs) -> Result<ExitCode> {
-    let mut hive = open(path, &edit.logs, edit.accept_data_loss)?;
+    let mut hive = open_to_edit(path, edit)?;
     let k = find_key(&hive, path, key)?;
     let what = match value {
         Some(v) => {
@@ -548,7 +561,7 @@ fn import(
             Err(e) => return Err(e.in_file(file)),
         }
     };
-    let mut hive = open(path, &edit.logs, edit.accept_data_loss)?;
+    let mut hive = open_to_edit(path, edit)?;
     let s = reg::import(&mut hive, &ops, prefix).in_file(file)?;
     let what = format!(
         "imported {}: {} keys created, {} keys deleted, {} values set, {} values deleted",
@@ -580,9 +593,7 @@ fn export(
         text.into_bytes()
     };
     match output {
-        Some(out) => std::fs::write(out, &bytes)
-            .map_err(|e| Error::io("writing the .reg file", e))
-            .in_file(out)?,
+        Some(out) => diskconv::files::write_output(out, &bytes, ".reg file")?,
         None => std::io::stdout()
             .lock()
             .write_all(&bytes)

@@ -319,9 +319,7 @@ fn ls(t: &Target, policy: ReferencePolicy, path: &str, json: bool) -> Result<Exi
 fn cat(t: &Target, policy: ReferencePolicy, path: &str, output: Option<&Path>) -> Result<ExitCode> {
     let data = with_volume_ro(t, policy, |_, ntfs| ntfs.read_file(path, MAX_FILE))?;
     match output {
-        Some(o) => {
-            std::fs::write(o, &data).map_err(|e| Error::io("writing the file", e).in_file(o))?
-        }
+        Some(o) => diskconv::files::write_output(o, &data, "file")?,
         None => std::io::stdout()
             .lock()
             .write_all(&data)

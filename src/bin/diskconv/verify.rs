@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args;
-use diskconv::files::{TempFile, resolve_output_file, sync_dir};
+use diskconv::files::{TempFile, resolve_output_file};
 use diskconv::verify::{DEFAULT_BLOCK_SIZE, Manifest, VerifyReport, verify_cancellable};
 use diskconv::{Error, ErrorKind, ImageReader, ReferencePolicy, Result};
 
@@ -76,16 +76,14 @@ fn write_manifest(
         }),
         Some(cancel),
     )?;
-    let f = w
-        .into_inner()
-        .map_err(|e| Error::io("writing the manifest", e.into_error()).in_file(temp.temp_path()))?;
-    f.sync_all()
-        .map_err(|e| Error::io("syncing the manifest", e).in_file(temp.temp_path()))?;
+    drop(w.into_inner().map_err(|e| {
+        Error::io("writing the manifest", e.into_error()).in_file(temp.temp_path())
+    })?);
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Cancelled);
     }
+    // Synced, renamed into place, the folder synced.
     temp.commit()?;
-    sync_dir(&target)?;
     Ok(r)
 }
 

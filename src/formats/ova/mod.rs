@@ -209,7 +209,7 @@ impl Default for OvaOptions {
 
 /// Creates the OVA writer over the output files (see [`writer`]).
 pub fn create_writer(
-    files: &mut crate::files::OutputFiles,
+    files: &mut dyn crate::files::Sink,
     size: u64,
     vmdk: &crate::formats::vmdk::VmdkWriteOptions,
     ova: &OvaOptions,

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::{Firmware, OvaOptions};
 use crate::bytes::hex;
 use crate::error::{Error, Result};
-use crate::files::OutputFiles;
+use crate::files::Sink;
 use crate::formats::vmdk::writer::{AdapterType, StreamSummary, StreamWriter, VmdkWriteOptions};
 use crate::image::{Chunk, Compressor, Format, ImageWriter, WriteReport};
 use crate::storage::Storage;
@@ -211,7 +211,7 @@ fn tar_header(name: &str, size: u64, mtime: u64) -> Result<[u8; 512]> {
 impl OvaWriter {
     /// An OVA at the output's target; the disk goes to a scratch file until `finish`.
     pub fn create(
-        files: &mut OutputFiles,
+        files: &mut dyn Sink,
         size: u64,
         vmdk: &VmdkWriteOptions,
         ova: &OvaOptions,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::files::OutputFiles;
+use crate::files::Sink;
 use crate::image::{Format, ImageWriter, WriteReport};
 use crate::storage::Storage;
 
@@ -115,7 +115,7 @@ fn wio(op: String) -> impl FnOnce(std::io::Error) -> Error {
 /// Creates the writer for `opts` over the output files. The virtual size is `size` rounded up
 /// (see [`rounded_size`]); the convert engine writes the extra tail as zeros.
 pub fn create(
-    files: &mut OutputFiles,
+    files: &mut dyn Sink,
     size: u64,
     opts: &VhdWriteOptions,
 ) -> Result<Box<dyn ImageWriter>> {

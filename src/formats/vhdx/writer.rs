@@ -36,7 +36,7 @@ use super::metadata::{self, MAX_VIRTUAL_SIZE, VhdxMetadata};
 use super::region::{self, BAT_GUID, METADATA_GUID, REGION_OFFSETS, Region};
 use super::{Guid, MIB};
 use crate::error::{Error, Result};
-use crate::files::OutputFiles;
+use crate::files::Sink;
 use crate::image::{Format, ImageWriter, WriteReport};
 use crate::storage::Storage;
 
@@ -87,7 +87,7 @@ pub const BAT_OFFSET: u64 = 3 * MIB;
 
 /// Creates the writer for `opts` over the output files.
 pub fn create(
-    files: &mut OutputFiles,
+    files: &mut dyn Sink,
     size: u64,
     opts: &VhdxWriteOptions,
 ) -> Result<Box<dyn ImageWriter>> {

@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 
 use super::VmdkError;
 use crate::error::{Error, Result};
-use crate::files::OutputFiles;
+use crate::files::Sink;
 use crate::formats::raw::{Preallocation, RawWriter};
 use crate::image::{Chunk, Compressor, Format, GranuleState, ImageWriter, WriteReport};
 use crate::storage::Storage;
@@ -1172,7 +1172,7 @@ impl ImageWriter for FlatWriter {
 }
 
 /// The file name of the target (the name a descriptor gives its own extent).
-fn target_file_name(files: &OutputFiles) -> Result<String> {
+fn target_file_name(files: &dyn Sink) -> Result<String> {
     files
         .target()
         .file_name()
@@ -1208,7 +1208,7 @@ pub fn sibling_names(target_name: &str, opts: &VmdkWriteOptions) -> Vec<String> 
 
 /// Creates the writer for `opts.subformat` over the output files.
 pub fn create(
-    files: &mut OutputFiles,
+    files: &mut dyn Sink,
     size: u64,
     opts: &VmdkWriteOptions,
 ) -> Result<Box<dyn ImageWriter>> {

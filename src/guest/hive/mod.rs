@@ -155,6 +155,8 @@ pub struct Hive {
     read_only_dirty: bool,
     /// Something changed since opening or the last save.
     modified: bool,
+    /// The lock of the file at `path`, when it was opened with [`Hive::open_for_edit`].
+    lock: Option<crate::files::ImageLock>,
 }
 
 /// The deepest key path accepted (Windows' own limit is 512 levels).
@@ -190,6 +192,23 @@ impl Hive {
                 opts.logs.clone()
             };
         }
+        Ok(hive)
+    }
+
+    /// [`Hive::open`] for an edit in place: the file's [`ImageLock`](crate::files::ImageLock) is
+    /// taken before it is read and held until the hive is dropped (or saved whole with
+    /// [`Hive::save_as`], which replaces the file), so another process editing it meanwhile is refused ([`Error::Busy`],
+    /// naming the holder) and no edit is lost between the read and [`Hive::save`].
+    pub fn open_for_edit(path: &Path, opts: &HiveOpenOptions) -> Result<Hive> {
+        let lock = match crate::files::ImageLock::acquire(path) {
+            Ok(l) => l,
+            Err(e) if e.kind() == crate::error::ErrorKind::Busy => return Err(e),
+            // A file that cannot be opened: reading it says why, in the words of `open`
+            // (should it read, `save` takes the lock).
+            Err(_) => return Hive::open(path, opts),
+        };
+        let mut hive = Hive::open(path, opts)?;
+        hive.lock = Some(lock);
         Ok(hive)
     }
 
@@ -275,6 +294,7 @@ impl Hive {
             recovery: RecoveryReport::default(),
             read_only_dirty: false,
             modified: false,
+            lock: None,
         };
         KeyNode::read(&hive.cells, hive.base.root_cell()).map_err(|e| match e {
             HiveError::Structure(crate::error::StructureError { detail, .. }) => {
@@ -391,6 +411,7 @@ impl Hive {
             recovery: RecoveryReport::default(),
             read_only_dirty: false,
             modified: true,
+            lock: None,
         })
     }
 
@@ -1077,7 +1098,8 @@ impl Hive {
     /// base block (sequence numbers advanced, checksum recomputed), in the order that leaves a
     /// crash recognisable as a dirty hive: base block with the primary sequence number advanced,
     /// the pages, then the base block with the secondary equal to the primary; each step
-    /// flushed to disk.
+    /// flushed to disk. The file's [`ImageLock`](crate::files::ImageLock) is held while it is
+    /// written: a file another process holds the lock of is refused ([`Error::Busy`]) unchanged.
     pub fn save(&mut self) -> Result<SaveStats> {
         use std::io::{Seek, SeekFrom, Write};
         self.check_writable()?;
@@ -1097,6 +1119,12 @@ impl Hive {
                 ..SaveStats::default()
             });
         }
+        // Another diskconv process editing the same file in place is refused (kind Busy),
+        // naming it, before anything is written. A hive opened for edit holds the lock already.
+        let _lock = match self.lock {
+            Some(_) => None,
+            None => Some(crate::files::ImageLock::acquire(&path)?),
+        };
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
@@ -1161,6 +1189,9 @@ impl Hive {
         self.cells.dirty.clear();
         self.cells.saved_len = self.cells.bytes.len();
         self.modified = false;
+        // The lock was on the file that the new one replaced (or on another file): later saves
+        // lock the file now at `path` while they write.
+        self.lock = None;
         self.path = Some(path.to_path_buf());
         Ok(SaveStats {
             bytes_written: bytes.len() as u64,
