@@ -56,6 +56,37 @@ impl<D: DiskIo + ?Sized> DiskIo for &mut D {
     }
 }
 
+impl<D: DiskRead + ?Sized> DiskRead for Box<D> {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        (**self).read_at(buf, offset)
+    }
+}
+
+impl<D: DiskRead + ?Sized> DiskRead for std::sync::Arc<D> {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        (**self).read_at(buf, offset)
+    }
+}
+
+/// An opened image read as a guest disk: its virtual disk, read-only. Holes (unallocated
+/// ranges) read as zeros without being read. Wrap it in a [`TxDisk`] to write.
+impl DiskRead for dyn ImageReader + '_ {
+    fn len(&self) -> u64 {
+        self.virtual_size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range("reading the image", offset, buf.len(), self.virtual_size())?;
+        read_skipping_holes(self, buf, offset)?;
+        Ok(())
+    }
+}
+
 fn check_range(what: &str, offset: u64, len: usize, size: u64) -> Result<()> {
     match offset.checked_add(len as u64) {
         Some(end) if end <= size => Ok(()),

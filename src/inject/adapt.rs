@@ -5,10 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::guest::disk::{ImageTx, TxDisk, Window};
+use crate::guest::disk::{ImageTx, TxDisk};
 use crate::guest::hive::{Hive, RegData};
-use crate::guest::ntfs::{NtfsError, NtfsOpenOptions, NtfsVolume};
+use crate::guest::ntfs::{NtfsError, NtfsOpenOptions};
 use crate::guest::partition::{FsKind, Volume, find_volumes};
+use crate::guest::volume::open_ntfs;
 use crate::inject::drivers::{DriverSet, DriverSource};
 use crate::inject::windows::{
     BootStorageDriver, EditPlan, FirstBoot, InboxDriver, STAGING_DIR_ENV, apply_plan,
@@ -256,7 +257,7 @@ struct FileOp {
 }
 
 /// Looks for the Windows volume: the first NTFS volume with `Windows\System32\config\SYSTEM`.
-fn locate_windows(disk: &mut TxDisk, volumes: &[Volume]) -> Result<(Volume, String)> {
+fn locate_windows(disk: &TxDisk, volumes: &[Volume]) -> Result<(Volume, String)> {
     let mut looked = Vec::new();
     let mut locked = Vec::new();
     for v in volumes {
@@ -274,8 +275,7 @@ fn locate_windows(disk: &mut TxDisk, volumes: &[Volume]) -> Result<(Volume, Stri
             }
         }
         let res = (|| -> Result<Option<String>> {
-            let win = Window::new(&mut *disk, v.start, v.len)?;
-            let vol = NtfsVolume::open(win, &NtfsOpenOptions { read_only: true })?;
+            let vol = open_ntfs(&*disk, v, &NtfsOpenOptions { read_only: true })?;
             windows_root(&vol)
         })();
         match res {
@@ -403,7 +403,7 @@ pub fn inject_windows(image: &Path, opts: &InjectOptions) -> Result<InjectReport
     };
     let mut tx = ImageTx::open(image, &opts.open)?;
     let volumes = find_volumes(&tx.disk).map_err(|e| e.in_file(image))?;
-    let (volume, root) = locate_windows(&mut tx.disk, &volumes)?;
+    let (volume, root) = locate_windows(&tx.disk, &volumes)?;
     let report = edit_volume(&mut tx.disk, &volume, &root, source.as_ref(), opts)
         .map_err(|e| e.in_file(image))?;
     if opts.dry_run {
@@ -423,9 +423,8 @@ fn edit_volume(
     source: Option<&DriverSource>,
     opts: &InjectOptions,
 ) -> Result<InjectReport> {
-    let win = Window::new(disk, volume.start, volume.len)?;
     // Opened for writing even for a dry run, so the plan meets the same refusals.
-    let mut vol = NtfsVolume::open(win, &NtfsOpenOptions { read_only: false })?;
+    let mut vol = open_ntfs(disk, volume, &NtfsOpenOptions { read_only: false })?;
     let system = read_hive(&vol, root, "SYSTEM")?;
     let software = read_hive(&vol, root, "SOFTWARE")?;
     let info = windows_info(&system.hive, &software.hive, root)?;

@@ -1,5 +1,7 @@
-//! Reading and writing files on an NTFS volume offline, through any [`DiskIo`] (a partition of
-//! an image inside a [`TxDisk`](crate::guest::disk::TxDisk), a file, memory).
+//! Reading and writing files on an NTFS volume offline. Reading needs only a [`DiskRead`] (an
+//! image opened read-only, a partition [`Window`](crate::guest::disk::Window) of one, memory);
+//! writing needs a [`DiskIo`] (a partition of an image inside a
+//! [`TxDisk`](crate::guest::disk::TxDisk), memory).
 //!
 //! What it writes: overwrite a file's data in place, grow or shrink a file, create a file in an
 //! existing folder, create a folder; MFT records and clusters come from the `$MFT` and `$Bitmap`
@@ -28,7 +30,7 @@ use std::sync::Arc;
 
 use crate::bytes::le16;
 use crate::error::Result;
-use crate::guest::disk::DiskIo;
+use crate::guest::disk::{DiskIo, DiskRead};
 use bitmap::Bitmap;
 use boot::Boot;
 use upcase::UpCase;
@@ -113,7 +115,7 @@ pub struct DirEntry {
 /// and an error never leaves a half-edited structure behind in a cache; [`flush`](Self::flush)
 /// only checks that `$MFTMirr` still matches. Atomicity of a whole operation comes from the
 /// caller's [`TxDisk`](crate::guest::disk::TxDisk).
-pub struct NtfsVolume<D: DiskIo> {
+pub struct NtfsVolume<D: DiskRead> {
     disk: D,
     read_only: bool,
     boot: Boot,
@@ -140,7 +142,7 @@ const ROOT: u64 = 5;
 /// Largest metadata file read whole at open (`$LogFile`, `$UpCase`, `$Bitmap`, attribute lists).
 const MAX_META: u64 = 512 << 20;
 
-impl<D: DiskIo> NtfsVolume<D> {
+impl<D: DiskRead> NtfsVolume<D> {
     /// Opens the volume on `disk` (its boot sector at offset 0). Checks the boot sector, `$MFT`,
     /// `$MFTMirr`, `$Volume`, `$LogFile`, `$UpCase` and `hiberfil.sys`; unless
     /// `opts.read_only`, refuses a volume that must not be written ([`NtfsError::NotWritable`]).
@@ -369,7 +371,10 @@ impl<D: DiskIo> NtfsVolume<D> {
         self.read_loc(&loc, 0, &mut buf)?;
         Ok(buf)
     }
+}
 
+/// Writing: needs a disk that can be written ([`DiskIo`]) and a volume opened for writing.
+impl<D: DiskIo> NtfsVolume<D> {
     /// Creates the file at `path` (its folder must exist) or replaces its whole content,
     /// growing or shrinking it. Returns `true` if the file was created.
     pub fn write_file(&mut self, path: &str, data: &[u8]) -> Result<bool> {
