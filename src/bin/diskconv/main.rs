@@ -433,55 +433,9 @@ fn info(a: args::ImageArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One line of `diskconv map --json`.
-#[derive(serde::Serialize)]
-struct MapEntry {
-    start: u64,
-    length: u64,
-    kind: ExtentKind,
-    depth: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    offset: Option<u64>,
-    compressed: bool,
-}
-
 fn map(a: args::ImageArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     let img = open_input(&a.image, &a.input, policy)?;
-    let size = img.virtual_size();
-    let mut entries: Vec<MapEntry> = Vec::new();
-    let mut pos = 0;
-    while pos < size {
-        let e = img.map(pos, size - pos)?;
-        if e.len == 0 {
-            return Err(Error::Corrupt(format!("no extent at offset {pos:#x}")).in_file(&a.image));
-        }
-        // Merge with the previous entry when nothing distinguishes them.
-        if let Some(last) = entries.last_mut() {
-            let contiguous = match (last.offset, e.host_offset) {
-                (Some(h), Some(n)) => h + last.length == n,
-                (None, None) => true,
-                _ => false,
-            };
-            if last.kind == e.kind
-                && last.depth == e.depth
-                && last.compressed == e.compressed
-                && contiguous
-            {
-                last.length += e.len;
-                pos += e.len;
-                continue;
-            }
-        }
-        entries.push(MapEntry {
-            start: e.offset,
-            length: e.len,
-            kind: e.kind,
-            depth: e.depth,
-            offset: e.host_offset,
-            compressed: e.compressed,
-        });
-        pos += e.len;
-    }
+    let entries = diskconv::map::extent_map(img.as_ref()).map_err(|e| e.in_file(&a.image))?;
     let mut stdout = std::io::stdout().lock();
     let r = if a.json {
         serde_json::to_writer_pretty(&mut stdout, &entries)
