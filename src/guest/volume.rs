@@ -2,7 +2,7 @@
 //! opening the file system on it ([`open_ntfs`]). `inspect`, `inject` and the `ntfs` command
 //! all open NTFS volumes through here.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Hint, Result};
 use crate::guest::disk::{DiskRead, Window};
 use crate::guest::ntfs::{NtfsOpenOptions, NtfsVolume};
 use crate::guest::partition::{FsKind, Volume};
@@ -35,7 +35,7 @@ pub fn partition_number(v: &Volume) -> u32 {
 /// [`find_volumes`](crate::guest::partition::find_volumes)): the one on partition `partition`
 /// (0: the whole disk), or else the only NTFS volume. No such partition, no NTFS volume, more
 /// than one, or a chosen volume that is not NTFS (BitLocker-encrypted, another file system)
-/// are errors listing what the disk has.
+/// are errors listing what the disk has; more than one carries [`Hint::ChoosePartition`].
 pub fn select_ntfs(volumes: &[Volume], partition: Option<u32>) -> Result<Volume> {
     let all = || volumes.iter().map(summary).collect::<Vec<_>>().join(", ");
     let v = match partition {
@@ -63,13 +63,14 @@ pub fn select_ntfs(volumes: &[Volume], partition: Option<u32>) -> Result<Volume>
                 }
                 many => {
                     return Err(Error::InvalidArgument(format!(
-                        "{} NTFS volumes on the disk ({}); choose one with --partition N",
+                        "{} NTFS volumes on the disk ({})",
                         many.len(),
                         many.iter()
                             .map(|v| summary(v))
                             .collect::<Vec<_>>()
                             .join(", ")
-                    )));
+                    ))
+                    .with_hint(Hint::ChoosePartition));
                 }
             }
         }

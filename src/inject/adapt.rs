@@ -392,8 +392,8 @@ fn parent(path: &str) -> &str {
 pub fn inject_windows(image: &Path, opts: &InjectOptions) -> Result<InjectReport> {
     if opts.drivers.is_none() && opts.target.is_none() {
         return Err(Error::InvalidArgument(
-            "nothing to inject: give a virtio-win folder or ISO (--drivers) and/or a cloud \
-             target whose inbox drivers to enable (--target aws-nitro|gcp|azure)"
+            "nothing to inject: give a virtio-win folder or ISO (drivers) and/or a cloud \
+             target whose inbox drivers to enable (target)"
                 .into(),
         ));
     }

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            errln!("diskconv: {}", e.chain());
+            errln!("diskconv: {}", term::message(&e));
             return ExitCode::from(exit::USAGE);
         }
     }
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
         // Standard output is a closed pipe (`diskconv ... | head -1`): end quietly.
         Err(_) if term::stdout_closed() => ExitCode::from(term::EXIT_CLOSED_PIPE),
         Err(e) => {
-            errln!("diskconv: {}", e.chain());
+            errln!("diskconv: {}", term::message(&e));
             ExitCode::from(error_code)
         }
     }
