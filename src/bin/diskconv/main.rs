@@ -28,6 +28,7 @@ use diskconv::error::ResultExt;
 use diskconv::files::OutputTarget;
 use diskconv::image::{ExtentKind, ImageInfo};
 use diskconv::util::human_bytes;
+use diskconv::util::same_file;
 use diskconv::{
     ConvertOptions, Error, ErrorKind, Format, ImageReader, OpenOptions, OutputOptions, Progress,
     ReferencePolicy, Result,
@@ -123,19 +124,6 @@ fn open_input(path: &Path, input: &Input, policy: ReferencePolicy) -> Result<Box
     let img = diskconv::open(path, &opts)?;
     package::print_warnings(img.as_ref(), &opts);
     Ok(img)
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => {
-            (x.dev() == y.dev() && x.ino() == y.ino())
-                || (x.file_type().is_block_device()
-                    && y.file_type().is_block_device()
-                    && x.rdev() == y.rdev())
-        }
-        _ => false,
-    }
 }
 
 /// What `convert` writes: `-O`, else the format DST's extension names, else raw; with the
