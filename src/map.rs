@@ -107,7 +107,7 @@ mod tests {
                         offset,
                         len: (e.len - skip).min(max_len),
                         host_offset: e.host_offset.map(|h| h + skip),
-                        ..e.clone()
+                        ..*e
                     }
                 })
                 .unwrap_or(Extent::new(offset, 0, ExtentKind::Unallocated)))
