@@ -4,6 +4,14 @@
 //! the image only at the end (so a failed operation leaves the image exactly as it was).
 //! [`ImageTx`] is that transaction over an image file: locked, and committed crash-safely
 //! through the undo journal of [`crate::files`].
+//!
+//! Why a second byte-access family beside [`Storage`]: a guest disk is the *virtual* disk of an
+//! image, of a fixed size, read through an [`ImageReader`] (holes, backing chains) and written
+//! only through a transaction, so [`DiskRead`] is the smallest thing the partition and NTFS
+//! code need (a size and exact reads, with crate errors) and [`DiskIo`] adds exact writes that
+//! take `&mut self` (an overlay needs no lock). Everything else adapts to it: any opened image
+//! (`dyn ImageReader`) is a `DiskRead`, [`TxDisk`] is a `DiskIo` over one, and the one
+//! in-memory store, [`MemStorage`], is both (fixed-size here, growable as a `Storage`).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
