@@ -89,6 +89,10 @@ pub enum Error {
     /// gets it back.
     #[error(transparent)]
     Typed(TypedError),
+    /// An error with a [`Hint`] at what the caller can change to get past it. Prints as the
+    /// error does; [`Error::hint`] gets the hint back.
+    #[error(transparent)]
+    Hinted(HintedError),
     /// The content of a file matched no format, or the wrong one.
     #[error("{0}")]
     InvalidFormat(String),
@@ -154,6 +158,56 @@ impl std::error::Error for TypedError {
     /// The typed error's own cause: the wrapper is transparent.
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.error.source()
+    }
+}
+
+/// What the caller can change to get past an error. The library's message says what is wrong;
+/// a front end names its own way of making the change (the CLI appends the flag that does it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Hint {
+    /// Discard the sync state and compare every block with the target (a rescan).
+    Rescan,
+    /// Adopt a target that exists without a sync state by comparing every block with the
+    /// source (a rescan).
+    AdoptTarget,
+    /// Use the block size the sync state recorded (give none).
+    StateBlockSize,
+    /// Name which of several volumes to work on (its partition number).
+    ChoosePartition,
+    /// Edit a dirty hive whose logs cannot be used, accepting that the logged data is lost.
+    AcceptDataLoss,
+}
+
+/// An error with its [`Hint`] (see [`Error::Hinted`]).
+#[derive(Debug)]
+pub struct HintedError {
+    hint: Hint,
+    error: Box<Error>,
+}
+
+impl HintedError {
+    /// The hint.
+    pub fn hint(&self) -> Hint {
+        self.hint
+    }
+
+    /// The error.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+}
+
+impl fmt::Display for HintedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl std::error::Error for HintedError {
+    /// The error's own cause: the wrapper is transparent.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(self.error.as_ref())
     }
 }
 
@@ -225,6 +279,7 @@ impl Error {
                 }
             }
             Error::File { source, .. } => source.kind(),
+            Error::Hinted(h) => h.error.kind(),
             Error::Typed(t) => t.kind,
             Error::InvalidFormat(_) => ErrorKind::InvalidFormat,
             Error::Corrupt(_) => ErrorKind::Corrupt,
@@ -251,7 +306,25 @@ impl Error {
     pub fn downcast_ref<T: std::error::Error + 'static>(&self) -> Option<&T> {
         match self {
             Error::File { source, .. } => source.downcast_ref(),
+            Error::Hinted(h) => h.error.downcast_ref(),
             Error::Typed(t) => t.error.downcast_ref(),
+            _ => None,
+        }
+    }
+
+    /// Attaches `hint` (what the caller can change to get past this error).
+    pub fn with_hint(self, hint: Hint) -> Self {
+        Error::Hinted(HintedError {
+            hint,
+            error: Box::new(self),
+        })
+    }
+
+    /// The hint attached to this error (looking through [`Error::File`] wrappers), if any.
+    pub fn hint(&self) -> Option<Hint> {
+        match self {
+            Error::File { source, .. } => source.hint(),
+            Error::Hinted(h) => Some(h.hint),
             _ => None,
         }
     }
@@ -420,6 +493,27 @@ mod tests {
             Error::Internal("internal error: x".into()).kind(),
             ErrorKind::Internal
         );
+    }
+
+    #[test]
+    fn a_hint_is_kept_through_files_and_prints_nothing() {
+        let e = Error::InvalidArgument("two volumes".into())
+            .with_hint(Hint::ChoosePartition)
+            .in_file("a.img");
+        assert_eq!(e.chain(), "a.img: two volumes");
+        assert_eq!(e.hint(), Some(Hint::ChoosePartition));
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert_eq!(Error::Cancelled.hint(), None);
+        let t = Error::typed(
+            ErrorKind::Corrupt,
+            ThingError {
+                cause: io::Error::other("disk said no"),
+            },
+        )
+        .with_hint(Hint::Rescan);
+        assert_eq!(t.chain(), "thing at 0x10: broken: disk said no");
+        assert!(t.downcast_ref::<ThingError>().is_some());
+        assert_eq!(t.kind(), ErrorKind::Corrupt);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! [`formats`] implements [`ImageReader`] and/or [`ImageWriter`]; the [`convert`](mod@convert)
 //! engine copies any reader into any writer in parallel, skipping zero and unallocated blocks,
 //! and [`compare`](mod@compare) / [`verify`](mod@verify) walk two images block by block;
+//! [`map`](mod@map) lists what each stretch of an image holds;
 //! [`open`](fn@open) detects formats and applies the policy for files named inside an image;
 //! [`guest`] reads and edits what is inside a disk (partitions, hives, NTFS), for [`inspect`]
 //! and [`inject`].
@@ -37,6 +38,7 @@ pub mod guest;
 pub mod image;
 pub mod inject;
 pub mod inspect;
+pub mod map;
 pub mod open;
 pub mod output;
 pub mod reference;

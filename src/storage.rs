@@ -492,6 +492,21 @@ impl MemStorage {
     pub fn to_vec(&self) -> Vec<u8> {
         self.data.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// Runs `f` on the contents (no copy).
+    pub fn with_bytes<T>(&self, f: impl FnOnce(&[u8]) -> T) -> T {
+        f(&self.data.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The contents, to change in place (no copy).
+    pub fn bytes_mut(&mut self) -> &mut Vec<u8> {
+        self.data.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The contents, taken out.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.data.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Storage for MemStorage {

@@ -1,5 +1,5 @@
 //! Small helpers shared by the formats and the engine: zero detection, alignment, sizes, random
-//! values. Endian fields and GUIDs are in [`crate::bytes`].
+//! values, whether two paths are one file. Endian fields and GUIDs are in [`crate::bytes`].
 
 /// Whether every byte of `buf` is zero. Compares 16-byte words, not bytes.
 pub fn is_zero(buf: &[u8]) -> bool {
@@ -52,6 +52,22 @@ pub fn random_bytes16() -> [u8; 16] {
     b
 }
 
+/// Whether two paths name the same file: the same device and inode (hard links and symbolic
+/// links included), or block devices with the same device number. `false` when either cannot
+/// be looked at (a missing output, for one).
+pub fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => {
+            (x.dev() == y.dev() && x.ino() == y.ino())
+                || (x.file_type().is_block_device()
+                    && y.file_type().is_block_device()
+                    && x.rdev() == y.rdev())
+        }
+        _ => false,
+    }
+}
+
 /// Human-readable byte count, binary units ("1.5 GiB").
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
@@ -95,6 +111,25 @@ pub fn parse_size(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_file_sees_links_not_names() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        std::fs::write(&a, b"x").unwrap();
+        let hard = d.path().join("hard");
+        std::fs::hard_link(&a, &hard).unwrap();
+        let sym = d.path().join("sym");
+        std::os::unix::fs::symlink(&a, &sym).unwrap();
+        let other = d.path().join("other");
+        std::fs::write(&other, b"x").unwrap();
+        assert!(same_file(&a, &a));
+        assert!(same_file(&a, &d.path().join(".").join("a")));
+        assert!(same_file(&a, &hard));
+        assert!(same_file(&sym, &a));
+        assert!(!same_file(&a, &other));
+        assert!(!same_file(&a, &d.path().join("missing")));
+    }
 
     #[test]
     fn zero_detection_finds_any_nonzero_byte() {

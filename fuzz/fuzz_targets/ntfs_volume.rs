@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::sync::OnceLock;
 
-use diskconv::guest::disk::MemDisk;
+use diskconv::storage::MemStorage;
 use diskconv::guest::ntfs::{NtfsOpenOptions, NtfsVolume};
 use libfuzzer_sys::fuzz_target;
 
@@ -61,10 +61,10 @@ fuzz_target!(|data: &[u8]| {
         let off = (u32::from_le_bytes([rec[0], rec[1], rec[2], 0]) as usize) % bytes.len();
         bytes[off] = rec[3];
     }
-    if let Ok(v) = NtfsVolume::open(MemDisk(bytes.clone()), &NtfsOpenOptions { read_only: true }) {
+    if let Ok(v) = NtfsVolume::open(MemStorage::from_vec(bytes.clone()), &NtfsOpenOptions { read_only: true }) {
         walk(&v, "", 0);
     }
-    if let Ok(mut v) = NtfsVolume::open(MemDisk(bytes), &NtfsOpenOptions::default()) {
+    if let Ok(mut v) = NtfsVolume::open(MemStorage::from_vec(bytes), &NtfsOpenOptions::default()) {
         let _ = v.create_dir("Fz");
         let _ = v.write_file("Fz\\a.bin", &[0xa5; 3000]);
         let _ = v.write_file("b.txt", b"small");

@@ -3,12 +3,12 @@
 //! inside the disk.
 #![no_main]
 
-use diskconv::guest::disk::MemDisk;
+use diskconv::storage::MemStorage;
 use diskconv::guest::partition::{find_volumes, read_partition_table};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let disk = MemDisk(data.to_vec());
+    let disk = MemStorage::from_vec(data.to_vec());
     if let Ok(t) = read_partition_table(&disk) {
         for p in &t.partitions {
             assert!(p.start + p.len <= data.len() as u64, "{p:?}");

@@ -1,9 +1,17 @@
 //! Byte access for offline edits of a guest: the [`DiskRead`] / [`DiskIo`] traits the NTFS
-//! writer and the partition code work on, a [`Window`] onto one partition, an in-memory disk for
-//! tests, and [`TxDisk`], a transaction that collects every write in memory and commits them to
+//! writer and the partition code work on, a [`Window`] onto one partition, the in-memory disk
+//! ([`MemStorage`]), and [`TxDisk`], a transaction that collects every write in memory and commits them to
 //! the image only at the end (so a failed operation leaves the image exactly as it was).
 //! [`ImageTx`] is that transaction over an image file: locked, and committed crash-safely
 //! through the undo journal of [`crate::files`].
+//!
+//! Why a second byte-access family beside [`Storage`]: a guest disk is the *virtual* disk of an
+//! image, of a fixed size, read through an [`ImageReader`] (holes, backing chains) and written
+//! only through a transaction, so [`DiskRead`] is the smallest thing the partition and NTFS
+//! code need (a size and exact reads, with crate errors) and [`DiskIo`] adds exact writes that
+//! take `&mut self` (an overlay needs no lock). Everything else adapts to it: any opened image
+//! (`dyn ImageReader`) is a `DiskRead`, [`TxDisk`] is a `DiskIo` over one, and the one
+//! in-memory store, [`MemStorage`], is both (fixed-size here, growable as a `Storage`).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -13,6 +21,9 @@ use crate::error::{Error, Result};
 use crate::files::{ImageLock, RollbackOutcome, UndoJournal, journal_path};
 use crate::image::{Format, ImageReader, ImageUpdater, read_skipping_holes};
 use crate::open::OpenOptions;
+use crate::storage::MemStorage;
+#[cfg(doc)]
+use crate::storage::Storage;
 
 /// Positional reads of a disk or volume.
 pub trait DiskRead {
@@ -56,6 +67,37 @@ impl<D: DiskIo + ?Sized> DiskIo for &mut D {
     }
 }
 
+impl<D: DiskRead + ?Sized> DiskRead for Box<D> {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        (**self).read_at(buf, offset)
+    }
+}
+
+impl<D: DiskRead + ?Sized> DiskRead for std::sync::Arc<D> {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        (**self).read_at(buf, offset)
+    }
+}
+
+/// An opened image read as a guest disk: its virtual disk, read-only. Holes (unallocated
+/// ranges) read as zeros without being read. Wrap it in a [`TxDisk`] to write.
+impl DiskRead for dyn ImageReader + '_ {
+    fn len(&self) -> u64 {
+        self.virtual_size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range("reading the image", offset, buf.len(), self.virtual_size())?;
+        read_skipping_holes(self, buf, offset)?;
+        Ok(())
+    }
+}
+
 fn check_range(what: &str, offset: u64, len: usize, size: u64) -> Result<()> {
     match offset.checked_add(len as u64) {
         Some(end) if end <= size => Ok(()),
@@ -65,27 +107,38 @@ fn check_range(what: &str, offset: u64, len: usize, size: u64) -> Result<()> {
     }
 }
 
-/// A disk held in memory (tests, small volumes).
-#[derive(Debug, Clone, Default)]
-pub struct MemDisk(pub Vec<u8>);
-
-impl DiskRead for MemDisk {
+/// The in-memory disk is the crate's one in-memory byte store, [`MemStorage`]: a fixed-size
+/// disk here (reads and writes past its end are errors, where the [`Storage`] view grows it).
+impl DiskRead for MemStorage {
     fn len(&self) -> u64 {
-        self.0.len() as u64
+        self.with_bytes(|d| d.len() as u64)
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range("reading the in-memory disk", offset, buf.len(), self.len())?;
-        let o = offset as usize; // fits: checked against the Vec's length above
-        buf.copy_from_slice(&self.0[o..o + buf.len()]);
-        Ok(())
+        self.with_bytes(|d| {
+            check_range(
+                "reading the in-memory disk",
+                offset,
+                buf.len(),
+                d.len() as u64,
+            )?;
+            let o = offset as usize; // fits: checked against the Vec's length above
+            buf.copy_from_slice(&d[o..o + buf.len()]);
+            Ok(())
+        })
     }
 }
 
-impl DiskIo for MemDisk {
+impl DiskIo for MemStorage {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        check_range("writing the in-memory disk", offset, buf.len(), self.len())?;
+        let d = self.bytes_mut();
+        check_range(
+            "writing the in-memory disk",
+            offset,
+            buf.len(),
+            d.len() as u64,
+        )?;
         let o = offset as usize; // fits: checked against the Vec's length above
-        self.0[o..o + buf.len()].copy_from_slice(buf);
+        d[o..o + buf.len()].copy_from_slice(buf);
         Ok(())
     }
 }
@@ -553,6 +606,45 @@ impl ImageTx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_disk_is_fixed_size() {
+        let mut m = MemStorage::from_vec(vec![1, 2, 3, 4]);
+        let mut b = [0u8; 2];
+        m.read_at(&mut b, 2).unwrap();
+        assert_eq!(b, [3, 4]);
+        let e = DiskRead::read_at(&m, &mut b, 3).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "reading the in-memory disk: 2 bytes at offset 0x3 reach past the end (0x4 bytes)"
+        );
+        m.write_at(&[9, 9], 0).unwrap();
+        let e = m.write_at(&[9, 9], 3).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument);
+        assert_eq!(m.into_vec(), vec![9, 9, 3, 4]);
+    }
+
+    #[test]
+    fn an_image_reads_as_a_disk_and_a_window_of_it() {
+        use std::sync::Arc;
+        let bytes: Vec<u8> = (0..8192u32).map(|i| i as u8).collect();
+        let storage = Arc::new(MemStorage::from_vec(bytes.clone()));
+        let reader: Box<dyn ImageReader> =
+            Box::new(crate::formats::raw::RawReader::new(storage, None).unwrap());
+        let disk: &dyn ImageReader = reader.as_ref();
+        assert_eq!(DiskRead::len(&disk), 8192);
+        let w = Window::new(disk, 4096, 4096).unwrap();
+        let mut b = [0u8; 4];
+        DiskRead::read_at(&w, &mut b, 10).unwrap();
+        assert_eq!(b[..], bytes[4106..4110]);
+        let e = DiskRead::read_at(&disk, &mut b, 8190).unwrap_err();
+        assert!(e.to_string().starts_with("reading the image: "), "{e}");
+        // The same bytes as through a transaction over it.
+        let tx = TxDisk::new(reader);
+        let mut c = [0u8; 4];
+        tx.read_at(&mut c, 4106).unwrap();
+        assert_eq!(b, c);
+    }
 
     #[test]
     fn merge_joins_adjacent_pages_only() {

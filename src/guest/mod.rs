@@ -2,13 +2,14 @@
 //! [`inject`](crate::inject), which both build on it.
 //!
 //! - [`disk`]: byte access to a disk or volume ([`DiskRead`](disk::DiskRead) /
-//!   [`DiskIo`](disk::DiskIo)), a [`Window`](disk::Window) onto one partition, an in-memory
-//!   disk, and [`TxDisk`](disk::TxDisk) / [`ImageTx`](disk::ImageTx), the transaction that
+//!   [`DiskIo`](disk::DiskIo); an opened image is a `DiskRead`), a [`Window`](disk::Window)
+//!   onto one partition, an in-memory disk, and [`TxDisk`](disk::TxDisk) / [`ImageTx`](disk::ImageTx), the transaction that
 //!   keeps every write in memory until it is committed to the image.
 //! - [`partition`]: MBR and GPT partition tables and what each volume holds.
 //! - [`hive`]: the Windows registry hive library (regf): read, edit, create, transaction logs,
 //!   `.reg` files, structural check.
 //! - [`ntfs`]: the NTFS reader and writer.
+//! - [`volume`]: which volume of a disk holds the NTFS file system to work on, and opening it.
 //! - [`iso9660`]: ISO 9660 / Joliet images (driver ISOs).
 
 pub mod disk;
@@ -16,3 +17,4 @@ pub mod hive;
 pub mod iso9660;
 pub mod ntfs;
 pub mod partition;
+pub mod volume;

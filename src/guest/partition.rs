@@ -567,9 +567,9 @@ pub fn find_volumes(disk: &dyn DiskRead) -> Result<Vec<Volume>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest::disk::MemDisk;
+    use crate::storage::MemStorage;
 
-    fn mbr_disk(slots: &[(u8, u8, u32, u32)], size: usize) -> MemDisk {
+    fn mbr_disk(slots: &[(u8, u8, u32, u32)], size: usize) -> MemStorage {
         let mut d = vec![0u8; size];
         for (i, &(boot, kind, start, count)) in slots.iter().enumerate() {
             let at = 446 + 16 * i;
@@ -580,7 +580,7 @@ mod tests {
         }
         d[510] = 0x55;
         d[511] = 0xAA;
-        MemDisk(d)
+        MemStorage::from_vec(d)
     }
 
     #[test]
@@ -606,7 +606,7 @@ mod tests {
         let mut d = mbr_disk(&[(0, 0x05, 2048, 4096)], 4 << 20);
         // EBR at 2048: a logical partition, and a link back to itself.
         let at = 2048 * 512;
-        let e = &mut d.0[at..at + 512];
+        let e = &mut d.bytes_mut()[at..at + 512];
         e[446 + 4] = 0x83;
         e[446 + 8..446 + 12].copy_from_slice(&63u32.to_le_bytes());
         e[446 + 12..446 + 16].copy_from_slice(&100u32.to_le_bytes());
@@ -618,10 +618,10 @@ mod tests {
         let err = read_partition_table(&d).unwrap_err().to_string();
         assert!(err.contains("outside the extended"), "{err}");
         // A link to a later EBR that links back to the first.
-        let e = &mut d.0[at..at + 512];
+        let e = &mut d.bytes_mut()[at..at + 512];
         e[462 + 8..462 + 12].copy_from_slice(&1000u32.to_le_bytes());
         let at2 = (2048 + 1000) * 512;
-        let e2 = &mut d.0[at2..at2 + 512];
+        let e2 = &mut d.bytes_mut()[at2..at2 + 512];
         e2[462 + 4] = 0x05;
         e2[462 + 8..462 + 12].copy_from_slice(&1u32.to_le_bytes());
         e2[462 + 12..462 + 16].copy_from_slice(&10u32.to_le_bytes());
@@ -629,7 +629,7 @@ mod tests {
         e2[511] = 0xAA;
         // EBR at 2049 links to 2048+1000 again: a loop.
         let at3 = 2049 * 512;
-        let e3 = &mut d.0[at3..at3 + 512];
+        let e3 = &mut d.bytes_mut()[at3..at3 + 512];
         e3[462 + 4] = 0x05;
         e3[462 + 8..462 + 12].copy_from_slice(&1000u32.to_le_bytes());
         e3[462 + 12..462 + 16].copy_from_slice(&10u32.to_le_bytes());
@@ -645,18 +645,27 @@ mod tests {
         d[3..11].copy_from_slice(b"NTFS    ");
         d[510] = 0x55;
         d[511] = 0xAA;
-        let v = find_volumes(&MemDisk(d.clone())).unwrap();
+        let v = find_volumes(&MemStorage::from_vec(d.clone())).unwrap();
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].fs, FsKind::Ntfs);
         d[3..11].copy_from_slice(b"-FVE-FS-");
-        assert_eq!(find_volumes(&MemDisk(d)).unwrap()[0].fs, FsKind::BitLocker);
+        assert_eq!(
+            find_volumes(&MemStorage::from_vec(d)).unwrap()[0].fs,
+            FsKind::BitLocker
+        );
         let mut x = vec![0u8; 65536];
         x[..4].copy_from_slice(b"XFSB");
-        assert_eq!(find_volumes(&MemDisk(x)).unwrap()[0].fs, FsKind::Xfs);
+        assert_eq!(
+            find_volumes(&MemStorage::from_vec(x)).unwrap()[0].fs,
+            FsKind::Xfs
+        );
         let mut s = vec![0u8; 65536];
         s[4086..4096].copy_from_slice(b"SWAPSPACE2");
-        assert_eq!(find_volumes(&MemDisk(s)).unwrap()[0].fs, FsKind::Swap);
-        let empty = find_volumes(&MemDisk(vec![0u8; 100])).unwrap();
+        assert_eq!(
+            find_volumes(&MemStorage::from_vec(s)).unwrap()[0].fs,
+            FsKind::Swap
+        );
+        let empty = find_volumes(&MemStorage::from_vec(vec![0u8; 100])).unwrap();
         assert_eq!(empty[0].fs, FsKind::Unknown);
     }
 

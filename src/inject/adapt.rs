@@ -5,10 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::guest::disk::{ImageTx, TxDisk, Window};
+use crate::guest::disk::{DiskIo, ImageTx, TxDisk};
 use crate::guest::hive::{Hive, RegData};
 use crate::guest::ntfs::{NtfsError, NtfsOpenOptions, NtfsVolume};
 use crate::guest::partition::{FsKind, Volume, find_volumes};
+use crate::guest::volume::open_ntfs;
 use crate::inject::drivers::{DriverSet, DriverSource};
 use crate::inject::windows::{
     BootStorageDriver, EditPlan, FirstBoot, InboxDriver, STAGING_DIR_ENV, apply_plan,
@@ -256,7 +257,7 @@ struct FileOp {
 }
 
 /// Looks for the Windows volume: the first NTFS volume with `Windows\System32\config\SYSTEM`.
-fn locate_windows(disk: &mut TxDisk, volumes: &[Volume]) -> Result<(Volume, String)> {
+fn locate_windows(disk: &TxDisk, volumes: &[Volume]) -> Result<(Volume, String)> {
     let mut looked = Vec::new();
     let mut locked = Vec::new();
     for v in volumes {
@@ -274,8 +275,7 @@ fn locate_windows(disk: &mut TxDisk, volumes: &[Volume]) -> Result<(Volume, Stri
             }
         }
         let res = (|| -> Result<Option<String>> {
-            let win = Window::new(&mut *disk, v.start, v.len)?;
-            let vol = NtfsVolume::open(win, &NtfsOpenOptions { read_only: true })?;
+            let vol = open_ntfs(&*disk, v, &NtfsOpenOptions { read_only: true })?;
             windows_root(&vol)
         })();
         match res {
@@ -392,8 +392,8 @@ fn parent(path: &str) -> &str {
 pub fn inject_windows(image: &Path, opts: &InjectOptions) -> Result<InjectReport> {
     if opts.drivers.is_none() && opts.target.is_none() {
         return Err(Error::InvalidArgument(
-            "nothing to inject: give a virtio-win folder or ISO (--drivers) and/or a cloud \
-             target whose inbox drivers to enable (--target aws-nitro|gcp|azure)"
+            "nothing to inject: give a virtio-win folder or ISO (drivers) and/or a cloud \
+             target whose inbox drivers to enable (target)"
                 .into(),
         ));
     }
@@ -403,7 +403,7 @@ pub fn inject_windows(image: &Path, opts: &InjectOptions) -> Result<InjectReport
     };
     let mut tx = ImageTx::open(image, &opts.open)?;
     let volumes = find_volumes(&tx.disk).map_err(|e| e.in_file(image))?;
-    let (volume, root) = locate_windows(&mut tx.disk, &volumes)?;
+    let (volume, root) = locate_windows(&tx.disk, &volumes)?;
     let report = edit_volume(&mut tx.disk, &volume, &root, source.as_ref(), opts)
         .map_err(|e| e.in_file(image))?;
     if opts.dry_run {
@@ -416,6 +416,97 @@ pub fn inject_windows(image: &Path, opts: &InjectOptions) -> Result<InjectReport
     })
 }
 
+/// Writes the planned files: folders first, then content (files that already hold the
+/// planned content are left alone).
+fn write_files<D: DiskIo>(vol: &mut NtfsVolume<D>, files: &[FileOp]) -> Result<()> {
+    for f in files {
+        let dir = parent(&f.path);
+        if !dir.is_empty() {
+            vol.create_dir_all(dir).map_err(|e| e.in_file(dir))?;
+        }
+        if let Some(e) = vol.stat(&f.path)? {
+            if e.is_dir {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is a folder on the Windows volume; a file is to be written there",
+                    f.path
+                )));
+            }
+            if e.size == f.data.len() as u64 && vol.read_file(&f.path, e.size)? == f.data.as_slice()
+            {
+                continue;
+            }
+        }
+        vol.write_file(&f.path, &f.data)
+            .map_err(|e| e.in_file(&f.path))?;
+    }
+    Ok(())
+}
+
+/// Plans the driver packages of `src` for this Windows: their files (the boot driver and the
+/// staging folder), the boot driver's service and binding, `DevicePath` and the first-boot
+/// installer; returns what the report says about the first-boot installer.
+#[allow(clippy::too_many_arguments)]
+fn plan_driver_source(
+    src: &DriverSource,
+    root: &str,
+    info: &WindowsInfo,
+    block_driver: BlockDriver,
+    system_hive: &Hive,
+    software_hive: &Hive,
+    files: &mut Vec<FileOp>,
+    plans: &mut Vec<(&'static str, EditPlan)>,
+) -> Result<String> {
+    let dirs = info.virtio_os_dirs();
+    if dirs.is_empty() {
+        return Err(Error::Unsupported(format!(
+            "no driver for {}: virtio-win has drivers for Windows 7 / Server 2008 R2 \
+             (version 6.1) and later only",
+            info.describe()
+        )));
+    }
+    let set = src.select(&dirs, info.arch).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "no driver for {} (virtio-win folders {}, {}): {}",
+            info.describe(),
+            dirs.join(" or "),
+            info.arch.virtio_dir(),
+            e.chain()
+        ))
+    })?;
+    let (driver_files, infs) = driver_files(root, &set, block_driver, info)?;
+    files.extend(driver_files);
+    let boot = block_driver.boot_driver(info.arch);
+    plans.push(("SYSTEM", plan_boot_storage_driver(system_hive, &boot)?));
+    plans.push((
+        "SOFTWARE",
+        plan_device_path(software_hive, STAGING_DIR_ENV)?,
+    ));
+    let script = format!("{STAGING_DIR_ENV}\\{FIRST_BOOT_SCRIPT}");
+    Ok(match plan_first_boot(system_hive, &script)? {
+        FirstBoot::Scheduled(plan) => {
+            plans.push(("SYSTEM", plan));
+            files.push(FileOp {
+                path: format!("{root}\\{STAGING_DIR}\\{FIRST_BOOT_SCRIPT}"),
+                data: first_boot_script(STAGING_DIR_ENV, &infs).into_bytes(),
+                source: "generated".into(),
+            });
+            first_boot_scheduled(&script)
+        }
+        FirstBoot::EarlierRun { setup_type } => {
+            files.push(FileOp {
+                path: format!("{root}\\{STAGING_DIR}\\{FIRST_BOOT_SCRIPT}"),
+                data: first_boot_script(STAGING_DIR_ENV, &infs).into_bytes(),
+                source: "generated".into(),
+            });
+            first_boot_earlier_run(&script, setup_type)
+        }
+        FirstBoot::SetupPending {
+            setup_type,
+            cmd_line,
+        } => first_boot_pending(setup_type, &cmd_line),
+    })
+}
+
 fn edit_volume(
     disk: &mut TxDisk,
     volume: &Volume,
@@ -423,9 +514,8 @@ fn edit_volume(
     source: Option<&DriverSource>,
     opts: &InjectOptions,
 ) -> Result<InjectReport> {
-    let win = Window::new(disk, volume.start, volume.len)?;
     // Opened for writing even for a dry run, so the plan meets the same refusals.
-    let mut vol = NtfsVolume::open(win, &NtfsOpenOptions { read_only: false })?;
+    let mut vol = open_ntfs(disk, volume, &NtfsOpenOptions { read_only: false })?;
     let system = read_hive(&vol, root, "SYSTEM")?;
     let software = read_hive(&vol, root, "SOFTWARE")?;
     let info = windows_info(&system.hive, &software.hive, root)?;
@@ -445,55 +535,16 @@ fn edit_volume(
                           drivers Windows already has)"
         .to_string();
     if let Some(src) = source {
-        let dirs = info.virtio_os_dirs();
-        if dirs.is_empty() {
-            return Err(Error::Unsupported(format!(
-                "no driver for {}: virtio-win has drivers for Windows 7 / Server 2008 R2 \
-                 (version 6.1) and later only",
-                info.describe()
-            )));
-        }
-        let set = src.select(&dirs, info.arch).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "no driver for {} (virtio-win folders {}, {}): {}",
-                info.describe(),
-                dirs.join(" or "),
-                info.arch.virtio_dir(),
-                e.chain()
-            ))
-        })?;
-        let (driver_files, infs) = driver_files(root, &set, opts.block_driver, &info)?;
-        files.extend(driver_files);
-        let boot = opts.block_driver.boot_driver(info.arch);
-        plans.push(("SYSTEM", plan_boot_storage_driver(&system_hive, &boot)?));
-        plans.push((
-            "SOFTWARE",
-            plan_device_path(&software_hive, STAGING_DIR_ENV)?,
-        ));
-        let script = format!("{STAGING_DIR_ENV}\\{FIRST_BOOT_SCRIPT}");
-        match plan_first_boot(&system_hive, &script)? {
-            FirstBoot::Scheduled(plan) => {
-                plans.push(("SYSTEM", plan));
-                files.push(FileOp {
-                    path: format!("{root}\\{STAGING_DIR}\\{FIRST_BOOT_SCRIPT}"),
-                    data: first_boot_script(STAGING_DIR_ENV, &infs).into_bytes(),
-                    source: "generated".into(),
-                });
-                first_boot = first_boot_scheduled(&script);
-            }
-            FirstBoot::EarlierRun { setup_type } => {
-                files.push(FileOp {
-                    path: format!("{root}\\{STAGING_DIR}\\{FIRST_BOOT_SCRIPT}"),
-                    data: first_boot_script(STAGING_DIR_ENV, &infs).into_bytes(),
-                    source: "generated".into(),
-                });
-                first_boot = first_boot_earlier_run(&script, setup_type);
-            }
-            FirstBoot::SetupPending {
-                setup_type,
-                cmd_line,
-            } => first_boot = first_boot_pending(setup_type, &cmd_line),
-        }
+        first_boot = plan_driver_source(
+            src,
+            root,
+            &info,
+            opts.block_driver,
+            &system_hive,
+            &software_hive,
+            &mut files,
+            &mut plans,
+        )?;
     }
     if let Some(t) = opts.target {
         for d in cloud_inbox_drivers(t) {
@@ -537,27 +588,7 @@ fn edit_volume(
         return Ok(report);
     }
 
-    // Files: folders first, then content (unchanged files are left alone).
-    for f in &files {
-        let dir = parent(&f.path);
-        if !dir.is_empty() {
-            vol.create_dir_all(dir).map_err(|e| e.in_file(dir))?;
-        }
-        if let Some(e) = vol.stat(&f.path)? {
-            if e.is_dir {
-                return Err(Error::InvalidArgument(format!(
-                    "{} is a folder on the Windows volume; a file is to be written there",
-                    f.path
-                )));
-            }
-            if e.size == f.data.len() as u64 && vol.read_file(&f.path, e.size)? == f.data.as_slice()
-            {
-                continue;
-            }
-        }
-        vol.write_file(&f.path, &f.data)
-            .map_err(|e| e.in_file(&f.path))?;
-    }
+    write_files(&mut vol, &files)?;
     // Hives: apply every plan, write back the ones that changed (or were replayed: the file
     // must hold the recovered state before the edit makes sense to Windows).
     let mut system_changed = replayed_system;

@@ -11,11 +11,12 @@ pub mod windows;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::guest::disk::{DiskIo, TxDisk, Window};
+use crate::guest::disk::DiskRead;
 use crate::guest::hive::Hive;
 use crate::guest::ntfs::{NtfsOpenOptions, NtfsVolume, VolumeState};
 use crate::guest::partition::{self, FsKind, PartitionTable, Volume};
-use crate::image::Format;
+use crate::guest::volume::open_ntfs;
+use crate::image::{Format, ImageReader};
 use crate::open::OpenOptions;
 use windows::WindowsInfo;
 
@@ -39,7 +40,7 @@ pub struct LoadedHive {
 /// Reads the hive `name` (`SYSTEM`, `SOFTWARE`) from `<root>\System32\config` on `vol`, with
 /// its `.LOG`, `.LOG1` and `.LOG2` from the same folder; a dirty hive is replayed from them in
 /// memory. A dirty hive whose logs cannot be used is an error saying why (the recovery notes).
-pub fn read_hive<D: DiskIo>(vol: &NtfsVolume<D>, root: &str, name: &str) -> Result<LoadedHive> {
+pub fn read_hive<D: DiskRead>(vol: &NtfsVolume<D>, root: &str, name: &str) -> Result<LoadedHive> {
     let path = format!("{root}\\System32\\config\\{name}");
     let bytes = vol
         .read_file(&path, MAX_HIVE_SIZE)
@@ -82,7 +83,7 @@ pub fn read_hive<D: DiskIo>(vol: &NtfsVolume<D>, root: &str, name: &str) -> Resu
 
 /// The name of the Windows folder on `vol` as stored (`Windows`, `WINDOWS`), when it holds a
 /// SYSTEM hive.
-pub fn windows_root<D: DiskIo>(vol: &NtfsVolume<D>) -> Result<Option<String>> {
+pub fn windows_root<D: DiskRead>(vol: &NtfsVolume<D>) -> Result<Option<String>> {
     match vol.stat(SYSTEM_HIVE)? {
         Some(e) if !e.is_dir => {}
         _ => return Ok(None),
@@ -169,7 +170,7 @@ pub fn describe_volume(v: &Volume) -> String {
     )
 }
 
-fn inspect_volume(disk: &mut TxDisk, v: &Volume) -> VolumeReport {
+fn inspect_volume(disk: &dyn ImageReader, v: &Volume) -> VolumeReport {
     let mut r = VolumeReport {
         volume: v.clone(),
         ntfs: None,
@@ -181,8 +182,7 @@ fn inspect_volume(disk: &mut TxDisk, v: &Volume) -> VolumeReport {
         return r;
     }
     let res = (|| -> Result<()> {
-        let win = Window::new(&mut *disk, v.start, v.len)?;
-        let vol = NtfsVolume::open(win, &NtfsOpenOptions { read_only: true })?;
+        let vol = open_ntfs(disk, v, &NtfsOpenOptions { read_only: true })?;
         r.ntfs = Some(vol.state().clone());
         r.not_writable = vol.state().not_writable_reason();
         let Some(root) = windows_root(&vol)? else {
@@ -220,12 +220,11 @@ pub fn inspect_image(path: &Path, opts: &OpenOptions) -> Result<InspectReport> {
         ))
         .in_file(path));
     }
-    // A transaction that is never committed: NtfsVolume wants a DiskIo, and nothing here
-    // writes (volumes are opened read-only).
-    let mut disk = TxDisk::new(reader);
+    // Read-only all the way: the image is read as a DiskRead, its volumes opened read-only.
+    let disk: &dyn ImageReader = reader.as_ref();
     let partition_table = partition::read_partition_table(&disk).map_err(|e| e.in_file(path))?;
     let found = partition::find_volumes(&disk).map_err(|e| e.in_file(path))?;
-    let volumes = found.iter().map(|v| inspect_volume(&mut disk, v)).collect();
+    let volumes = found.iter().map(|v| inspect_volume(disk, v)).collect();
     Ok(InspectReport {
         path: path.to_path_buf(),
         format,

@@ -36,7 +36,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Hint, Result};
 use crate::files::{ImageLock, OutputFiles};
 use crate::formats::RAW;
 use crate::image::{Format, ImageReader, ImageUpdater, NamedReader, read_skipping_holes};
@@ -328,11 +328,11 @@ fn new_sync(
     // old content is unknown); no --rescan needed to write over it.
     if target_exists && !device && !(rescan || opts.rescan_on_bad_state) {
         return Err(Error::InvalidArgument(format!(
-            "{} exists but has no sync state ({}); remove it, or pass --rescan to adopt it \
-             (every block is compared with the source)",
+            "{} exists but has no sync state ({})",
             dst.display(),
             state_path.display()
-        )));
+        ))
+        .with_hint(Hint::AdoptTarget));
     }
     let sync_id = random_bytes16();
     let zero_fp = zero_fingerprint(bs);
@@ -467,10 +467,7 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
             None
         }
         Err(e) => {
-            return Err(Error::InvalidArgument(format!(
-                "{}; pass --rescan to discard it and compare every block with the target",
-                e.chain()
-            )));
+            return Err(Error::InvalidArgument(e.chain()).with_hint(Hint::Rescan));
         }
     };
     let mut st_fp: Option<(SyncState, FpFile)> = None;
@@ -578,10 +575,7 @@ fn check_state(
         is_bad_state: false,
     };
     let soft = |why: String| StateError {
-        err: bad_state(
-            state_path,
-            format!("{why}; pass --rescan to discard it and compare every block with the target"),
-        ),
+        err: bad_state(state_path, why).with_hint(Hint::Rescan),
         is_bad_state: true,
     };
     if st.src_path != src_abs {
@@ -603,10 +597,12 @@ fn check_state(
         )));
     }
     if let Some(bs) = opts.block_size.filter(|&bs| bs != st.block_size) {
-        return Err(hard(format!(
-            "block size {bs} differs from the state's {} (omit --block-size to use it)",
+        let mut e = hard(format!(
+            "block size {bs} differs from the state's {}",
             st.block_size
-        )));
+        ));
+        e.err = e.err.with_hint(Hint::StateBlockSize);
+        return Err(e);
     }
     if let Some(f) = opts
         .output_format

@@ -231,3 +231,35 @@ fn raw_reader_meets_the_contract_on_a_sparse_file() {
     let e = img.map(65536, u64::MAX).unwrap();
     assert_eq!(e.offset, 65536);
 }
+
+/// `convert` refuses an output that is the source itself under another name (a hard link, a
+/// symbolic link), before writing anything (`util::same_file`).
+#[test]
+fn convert_refuses_the_source_as_output_under_another_name() {
+    let dir = tmpdir();
+    let src = dir.path().join("src.raw");
+    make_raw(&src, 1 << 20, 7);
+    let before = std::fs::read(&src).unwrap();
+    let hard = dir.path().join("hard.raw");
+    std::fs::hard_link(&src, &hard).unwrap();
+    let sym = dir.path().join("sym.raw");
+    std::os::unix::fs::symlink(&src, &sym).unwrap();
+    for out in [&hard, &sym] {
+        let o = diskconv()
+            .args(["convert", "-O", "raw"])
+            .arg(&src)
+            .arg(out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert_eq!(
+            err,
+            format!(
+                "diskconv: the output {} is the source itself; choose another name\n",
+                out.display()
+            )
+        );
+    }
+    assert_eq!(std::fs::read(&src).unwrap(), before);
+}

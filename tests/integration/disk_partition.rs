@@ -396,10 +396,11 @@ fn disk_tx_refuses_images_that_cannot_be_updated_before_any_work() {
 // ---------------------------------------------------------------------------------------------
 // Partition tables.
 
-use diskconv::guest::disk::{MemDisk, TxDisk, Window};
+use diskconv::guest::disk::{TxDisk, Window};
 use diskconv::guest::partition::{
     FsKind, PartitionType, Scheme, find_volumes, read_partition_table,
 };
+use diskconv::storage::MemStorage;
 
 /// The virtual disk of an image, read through diskconv.
 fn disk_of(path: &Path) -> TxDisk {
@@ -756,7 +757,7 @@ fn disk_partition_gpt_matches_sgdisk_and_survives_a_damaged_primary() {
     // Both damaged: an error naming the CRCs.
     let last = bytes.len() - 512;
     bytes[last + 40] ^= 0xFF;
-    let e = read_partition_table(&MemDisk(bytes))
+    let e = read_partition_table(&MemStorage::from_vec(bytes))
         .unwrap_err()
         .to_string();
     assert!(
@@ -773,7 +774,9 @@ fn disk_partition_gpt_matches_sgdisk_and_survives_a_damaged_primary() {
         // Make the backup unusable so the hostile primary is what is read.
         let last = d.len() - 512;
         d[last..last + 8].fill(0);
-        let e = read_partition_table(&MemDisk(d)).unwrap_err().to_string();
+        let e = read_partition_table(&MemStorage::from_vec(d))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(expect), "{what}: {e}");
     };
     hostile(
@@ -929,11 +932,11 @@ fn disk_partition_damaged_tables_never_panic() {
             (2048 + 2048) * 512..(2048 + 2048 + 4096) * 512,
         ];
         let len = base.len() as u64;
-        let mut disk = MemDisk(base);
+        let mut disk = MemStorage::from_vec(base);
         for i in 0..2000 {
             // Damage in place, remembering what to put back.
             let mut undo: Vec<(usize, u8)> = Vec::new();
-            let d = &mut disk.0;
+            let d = disk.bytes_mut();
             let flips = 1 + rng.below(4);
             for _ in 0..flips {
                 let r = &hot[rng.below(hot.len() as u64) as usize];
@@ -958,7 +961,7 @@ fn disk_partition_damaged_tables_never_panic() {
             }
             let _ = find_volumes(&disk);
             for (at, b) in undo.into_iter().rev() {
-                disk.0[at] = b;
+                disk.bytes_mut()[at] = b;
             }
         }
     }

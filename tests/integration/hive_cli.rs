@@ -866,6 +866,16 @@ fn dirty_hive_without_logs_is_not_edited_unless_asked() {
     // Reading works.
     ok(&dcp(&hive, &["ls"]));
     fails(&dcp(&hive, &["set", "Policy", "X", "dword", "1"]), "dirty");
+    // The library says what is wrong, the CLI adds the flag that gets past it.
+    let out = dcp(&hive, &["set", "Policy", "X", "dword", "1"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).ends_with(
+            "; replay its transaction logs first (diskconv hive replay), name them, or accept \
+             losing the logged data (--accept-data-loss)\n"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(sha(&hive), sum);
     let out_path = dir.path().join("out");
     ok(&dcp(

@@ -315,7 +315,17 @@ fn ntfs_cli_failures_leave_the_image_unchanged() {
     let before = sha256_file(&img);
     let l = local.to_str().unwrap();
     // Two NTFS volumes: --partition needed; a wrong partition number; a non-NTFS partition.
-    fails(cli(&["put", l, "x.txt"], &img), "ambiguous", "--partition");
+    fails(
+        cli(&["put", l, "x.txt"], &img),
+        "ambiguous",
+        "NTFS volumes on the disk (partition 2 (NTFS, ",
+    );
+    // The library says what is wrong, the CLI adds the flag that chooses.
+    fails(
+        cli(&["put", l, "x.txt"], &img),
+        "ambiguous",
+        "); choose one with --partition N\n",
+    );
     fails(
         cli(&["info", "--partition", "9"], &img),
         "no partition 9",

@@ -611,11 +611,11 @@ fn ntfs_index_logfile_of_real_volumes() {
 
 /// Creates `names` in folder `folder` through `NtfsVolume` on a volume held in memory.
 fn create_through_volume(img: &Path, folders: &[(String, Vec<String>)]) {
-    use diskconv::guest::disk::MemDisk;
     use diskconv::guest::ntfs::{NtfsOpenOptions, NtfsVolume};
+    use diskconv::storage::MemStorage;
     let bytes = std::fs::read(img).unwrap();
     let mut vol = ok(
-        NtfsVolume::open(MemDisk(bytes), &NtfsOpenOptions::default()),
+        NtfsVolume::open(MemStorage::from_vec(bytes), &NtfsOpenOptions::default()),
         "open",
     );
     for (folder, names) in folders {
@@ -627,7 +627,7 @@ fn create_through_volume(img: &Path, folders: &[(String, Vec<String>)]) {
         }
     }
     ok(vol.flush(), "flush");
-    std::fs::write(img, vol.into_inner().0).unwrap();
+    std::fs::write(img, vol.into_inner().into_vec()).unwrap();
 }
 
 /// Names distinct ignoring case (the volume refuses twins: Windows semantics).

@@ -16,6 +16,9 @@ use crate::util::{
 
 const BS: u64 = 65536;
 
+/// How `diskconv sync` ends the message of a state it will not use.
+const RESCAN_HINT: &str = "; pass --rescan to discard it and compare every block with the target\n";
+
 fn sync(args: &[&str]) -> Output {
     diskconv()
         .arg("sync")
@@ -387,6 +390,8 @@ fn damaged_state_is_refused_then_rescan_repairs() {
         e.contains("dst.img.dcsync") && e.contains("--rescan"),
         "{e}"
     );
+    // The library says what is wrong, the CLI adds the flag that gets past it.
+    assert!(e.ends_with(RESCAN_HINT), "{e}");
     assert_eq!(sha256_file(&dst), before);
     // One flipped bit.
     let mut bad = good.clone();
@@ -475,8 +480,15 @@ fn mismatched_state_is_refused_before_writing() {
         e.contains("belongs to the source") && e.contains("src.img"),
         "{e}"
     );
+    assert!(e.ends_with(RESCAN_HINT), "{e}");
     let e = sync_err(&[p(&src), p(&dst), "--block-size", "128k"]);
     assert!(e.contains("block size 131072 differs"), "{e}");
+    assert!(
+        e.ends_with(&format!(
+            "block size 131072 differs from the state's {BS} (omit --block-size to use it)\n"
+        )),
+        "{e}"
+    );
     let e = sync_err(&[p(&src), p(&dst), "--block-size", "3k"]);
     assert!(e.contains("power of two"), "{e}");
     std::fs::OpenOptions::new()
@@ -509,6 +521,12 @@ fn mismatched_state_is_refused_before_writing() {
     std::fs::copy(&other, &lone).unwrap();
     let e = sync_err(&[p(&src), p(&lone)]);
     assert!(e.contains("has no sync state"), "{e}");
+    assert!(
+        e.ends_with(
+            "; remove it, or pass --rescan to adopt it (every block is compared with the source)\n"
+        ),
+        "{e}"
+    );
     assert_eq!(sha256_file(&lone), sha256_file(&other));
     std::fs::remove_file(&dst).unwrap();
     let e = sync_err(&[p(&src), p(&dst)]);

@@ -28,6 +28,7 @@ use diskconv::error::ResultExt;
 use diskconv::files::OutputTarget;
 use diskconv::image::{ExtentKind, ImageInfo};
 use diskconv::util::human_bytes;
+use diskconv::util::same_file;
 use diskconv::{
     ConvertOptions, Error, ErrorKind, Format, ImageReader, OpenOptions, OutputOptions, Progress,
     ReferencePolicy, Result,
@@ -52,7 +53,7 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            errln!("diskconv: {}", e.chain());
+            errln!("diskconv: {}", term::message(&e));
             return ExitCode::from(exit::USAGE);
         }
     }
@@ -75,7 +76,7 @@ fn main() -> ExitCode {
         // Standard output is a closed pipe (`diskconv ... | head -1`): end quietly.
         Err(_) if term::stdout_closed() => ExitCode::from(term::EXIT_CLOSED_PIPE),
         Err(e) => {
-            errln!("diskconv: {}", e.chain());
+            errln!("diskconv: {}", term::message(&e));
             ExitCode::from(error_code)
         }
     }
@@ -123,19 +124,6 @@ fn open_input(path: &Path, input: &Input, policy: ReferencePolicy) -> Result<Box
     let img = diskconv::open(path, &opts)?;
     package::print_warnings(img.as_ref(), &opts);
     Ok(img)
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => {
-            (x.dev() == y.dev() && x.ino() == y.ino())
-                || (x.file_type().is_block_device()
-                    && y.file_type().is_block_device()
-                    && x.rdev() == y.rdev())
-        }
-        _ => false,
-    }
 }
 
 /// What `convert` writes: `-O`, else the format DST's extension names, else raw; with the
@@ -433,55 +421,9 @@ fn info(a: args::ImageArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One line of `diskconv map --json`.
-#[derive(serde::Serialize)]
-struct MapEntry {
-    start: u64,
-    length: u64,
-    kind: ExtentKind,
-    depth: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    offset: Option<u64>,
-    compressed: bool,
-}
-
 fn map(a: args::ImageArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     let img = open_input(&a.image, &a.input, policy)?;
-    let size = img.virtual_size();
-    let mut entries: Vec<MapEntry> = Vec::new();
-    let mut pos = 0;
-    while pos < size {
-        let e = img.map(pos, size - pos)?;
-        if e.len == 0 {
-            return Err(Error::Corrupt(format!("no extent at offset {pos:#x}")).in_file(&a.image));
-        }
-        // Merge with the previous entry when nothing distinguishes them.
-        if let Some(last) = entries.last_mut() {
-            let contiguous = match (last.offset, e.host_offset) {
-                (Some(h), Some(n)) => h + last.length == n,
-                (None, None) => true,
-                _ => false,
-            };
-            if last.kind == e.kind
-                && last.depth == e.depth
-                && last.compressed == e.compressed
-                && contiguous
-            {
-                last.length += e.len;
-                pos += e.len;
-                continue;
-            }
-        }
-        entries.push(MapEntry {
-            start: e.offset,
-            length: e.len,
-            kind: e.kind,
-            depth: e.depth,
-            offset: e.host_offset,
-            compressed: e.compressed,
-        });
-        pos += e.len;
-    }
+    let entries = diskconv::map::extent_map(img.as_ref()).map_err(|e| e.in_file(&a.image))?;
     let mut stdout = std::io::stdout().lock();
     let r = if a.json {
         serde_json::to_writer_pretty(&mut stdout, &entries)

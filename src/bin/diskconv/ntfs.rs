@@ -12,9 +12,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use diskconv::files::RollbackOutcome;
-use diskconv::guest::disk::{CommitStats, ImageTx, TxDisk, Window, rollback};
+use diskconv::guest::disk::{CommitStats, DiskRead, ImageTx, TxDisk, Window, rollback};
 use diskconv::guest::ntfs::{NtfsOpenOptions, NtfsVolume};
-use diskconv::guest::partition::{FsKind, Volume, find_volumes};
+use diskconv::guest::partition::{Volume, find_volumes};
+use diskconv::guest::volume::{open_ntfs, select_ntfs, summary};
+use diskconv::image::ImageReader;
 use diskconv::util::human_bytes;
 use diskconv::{Error, Format, OpenOptions, ReferencePolicy, Result};
 
@@ -143,87 +145,21 @@ pub fn open_options(t: &Target, policy: ReferencePolicy) -> Result<OpenOptions> 
     })
 }
 
-fn describe(v: &Volume) -> String {
-    let fs = match v.fs {
-        FsKind::Ntfs => "NTFS",
-        FsKind::BitLocker => "BitLocker",
-        FsKind::Fat => "FAT",
-        FsKind::Ext => "ext",
-        FsKind::Xfs => "XFS",
-        FsKind::Swap => "swap",
-        FsKind::Unknown => "unknown",
-    };
-    match &v.partition {
-        Some(p) => format!("partition {} ({fs}, {})", p.number, human_bytes(v.len)),
-        None => format!("whole disk ({fs}, {})", human_bytes(v.len)),
-    }
-}
-
 /// The NTFS volume to work on.
-fn choose_volume(disk: &TxDisk, partition: Option<u32>) -> Result<Volume> {
-    let vols = find_volumes(disk)?;
-    let number = |v: &Volume| v.partition.as_ref().map(|p| p.number).unwrap_or(0);
-    let all = || vols.iter().map(describe).collect::<Vec<_>>().join(", ");
-    let v = match partition {
-        Some(n) => vols
-            .iter()
-            .find(|v| number(v) == n)
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!("the disk has no partition {n}; it has: {}", all()))
-            })?
-            .clone(),
-        None => {
-            let ntfs: Vec<&Volume> = vols.iter().filter(|v| v.fs == FsKind::Ntfs).collect();
-            match ntfs.as_slice() {
-                [one] => (*one).clone(),
-                [] => {
-                    let hint = if vols.iter().any(|v| v.fs == FsKind::BitLocker) {
-                        " (a BitLocker-encrypted volume cannot be read offline)"
-                    } else {
-                        ""
-                    };
-                    return Err(Error::InvalidArgument(format!(
-                        "no NTFS volume on the disk{hint}; it has: {}",
-                        all()
-                    )));
-                }
-                many => {
-                    return Err(Error::InvalidArgument(format!(
-                        "{} NTFS volumes on the disk ({}); choose one with --partition N",
-                        many.len(),
-                        many.iter()
-                            .map(|v| describe(v))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-            }
-        }
-    };
-    match v.fs {
-        FsKind::Ntfs => Ok(v),
-        FsKind::BitLocker => Err(Error::Unsupported(format!(
-            "{} is BitLocker-encrypted; it cannot be read or written offline",
-            describe(&v)
-        ))),
-        _ => Err(Error::InvalidArgument(format!(
-            "{} does not hold an NTFS volume",
-            describe(&v)
-        ))),
-    }
+fn choose_volume(disk: &dyn DiskRead, partition: Option<u32>) -> Result<Volume> {
+    select_ntfs(&find_volumes(disk)?, partition)
 }
 
 /// Opens the image read-only and runs `f` on its NTFS volume.
 fn with_volume_ro<T>(
     t: &Target,
     policy: ReferencePolicy,
-    f: impl FnOnce(&Volume, &NtfsVolume<Window<&mut TxDisk>>) -> Result<T>,
+    f: impl FnOnce(&Volume, &NtfsVolume<Window<&dyn ImageReader>>) -> Result<T>,
 ) -> Result<T> {
     let reader = diskconv::open(&t.image, &open_options(t, policy)?)?;
-    let mut disk = TxDisk::new(reader);
+    let disk: &dyn ImageReader = reader.as_ref();
     let vol = choose_volume(&disk, t.partition).map_err(|e| e.in_file(&t.image))?;
-    let window = Window::new(&mut disk, vol.start, vol.len)?;
-    let ntfs = NtfsVolume::open(window, &NtfsOpenOptions { read_only: true })
+    let ntfs = open_ntfs(disk, &vol, &NtfsOpenOptions { read_only: true })
         .map_err(|e| e.in_file(&t.image))?;
     f(&vol, &ntfs)
 }
@@ -237,8 +173,7 @@ fn with_volume_rw<T>(
     let mut tx = ImageTx::open(&t.image, &open_options(t, policy)?)?;
     let vol = choose_volume(&tx.disk, t.partition).map_err(|e| e.in_file(&t.image))?;
     let out = {
-        let window = Window::new(&mut tx.disk, vol.start, vol.len)?;
-        let mut ntfs = NtfsVolume::open(window, &NtfsOpenOptions { read_only: false })
+        let mut ntfs = open_ntfs(&mut tx.disk, &vol, &NtfsOpenOptions { read_only: false })
             .map_err(|e| e.in_file(&t.image))?;
         let out = f(&mut ntfs)?;
         ntfs.flush()?;
@@ -270,7 +205,7 @@ fn info(t: &Target, policy: ReferencePolicy, json: bool) -> Result<ExitCode> {
             outln!("{}", to_json(&v)?)?;
         } else {
             let yes = |b: bool| if b { "yes" } else { "no" };
-            outln!("volume:         {} at byte {:#x}", describe(vol), vol.start)?;
+            outln!("volume:         {} at byte {:#x}", summary(vol), vol.start)?;
             outln!("NTFS version:   {}.{}", st.version.0, st.version.1)?;
             outln!("label:          {}", st.label)?;
             outln!("cluster size:   {}", st.cluster_size)?;

@@ -25,6 +25,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use diskconv::error::Hint;
 use diskconv::{Error, Result};
 
 /// Exit code when standard output is a closed pipe: 128 + SIGPIPE, as a shell reports it.
@@ -39,6 +40,30 @@ pub fn stdout_error(e: io::Error) -> Error {
         STDOUT_CLOSED.store(true, Ordering::SeqCst);
     }
     Error::io("writing to standard output", e)
+}
+
+/// An error as `diskconv: ...` prints it: the whole cause chain, then, when the library
+/// attached a [`Hint`], the flag that gets past it.
+pub fn message(e: &Error) -> String {
+    let mut s = e.chain();
+    if let Some(h) = e.hint() {
+        s.push_str(flag_hint(h));
+    }
+    s
+}
+
+/// What the command line says for a library [`Hint`].
+fn flag_hint(h: Hint) -> &'static str {
+    match h {
+        Hint::Rescan => "; pass --rescan to discard it and compare every block with the target",
+        Hint::AdoptTarget => {
+            "; remove it, or pass --rescan to adopt it (every block is compared with the source)"
+        }
+        Hint::StateBlockSize => " (omit --block-size to use it)",
+        Hint::ChoosePartition => "; choose one with --partition N",
+        Hint::AcceptDataLoss => " (--accept-data-loss)",
+        _ => "",
+    }
 }
 
 /// Whether a write to standard output found it closed.

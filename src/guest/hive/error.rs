@@ -1,6 +1,6 @@
 //! The error type of the registry hive module.
 
-use crate::error::{Error, ErrorKind, StructureError};
+use crate::error::{Error, ErrorKind, Hint, StructureError};
 
 /// An invalid, corrupt or unsupported structure of a registry hive or transaction log, or an
 /// edit that cannot be made.
@@ -17,9 +17,10 @@ pub enum HiveError {
     Structure(StructureError),
     /// The hive is dirty (its transaction logs hold data not yet in the file) and the logs are
     /// missing or unusable; editing it would lose that data.
+    /// Converted into an [`Error`] with [`Hint::AcceptDataLoss`].
     #[error(
         "{detail}; {hint}",
-        hint = "replay its transaction logs first (diskconv hive replay), name them, or accept losing the logged data (--accept-data-loss)"
+        hint = "replay its transaction logs first (diskconv hive replay), name them, or accept losing the logged data"
     )]
     Dirty {
         /// Why it is dirty and what was looked for ("the hive is dirty: ...").
@@ -60,6 +61,12 @@ impl HiveError {
 
 impl From<HiveError> for Error {
     fn from(e: HiveError) -> Self {
-        Error::typed(e.kind(), e)
+        let dirty = matches!(e, HiveError::Dirty { .. });
+        let e = Error::typed(e.kind(), e);
+        if dirty {
+            e.with_hint(Hint::AcceptDataLoss)
+        } else {
+            e
+        }
     }
 }

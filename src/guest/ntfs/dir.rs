@@ -9,7 +9,7 @@ use super::volume::{Loc, Stream};
 use super::{NtfsError, NtfsVolume};
 use crate::bytes::{le32, le64};
 use crate::error::Result;
-use crate::guest::disk::DiskIo;
+use crate::guest::disk::{DiskIo, DiskRead};
 
 /// The name of a folder's file-name index: "$I30".
 pub const I30: [u16; 4] = [b'$' as u16, b'I' as u16, b'3' as u16, b'0' as u16];
@@ -37,7 +37,7 @@ pub struct Dir<V> {
     geo: Geometry,
 }
 
-impl<D: DiskIo> NtfsVolume<D> {
+impl<D: DiskRead> NtfsVolume<D> {
     fn dir_record(&self, rec: u64) -> Result<(Record, record::Attr)> {
         let r = self.read_record(rec)?;
         if !r.is_dir() {
@@ -172,7 +172,7 @@ impl<D: DiskIo> NtfsVolume<D> {
     }
 }
 
-impl<'a, D: DiskIo> Dir<&'a NtfsVolume<D>> {
+impl<'a, D: DiskRead> Dir<&'a NtfsVolume<D>> {
     /// The index of folder record `rec`, for reading.
     pub fn open(vol: &'a NtfsVolume<D>, rec: u64) -> Result<Self> {
         let geo = vol.dir_geometry(rec)?;
@@ -192,7 +192,7 @@ fn read_only() -> crate::error::Error {
     NtfsError::InvalidArgument("internal: index opened for reading was written".into()).into()
 }
 
-impl<D: DiskIo> IndexStore for Dir<&NtfsVolume<D>> {
+impl<D: DiskRead> IndexStore for Dir<&NtfsVolume<D>> {
     fn block_size(&self) -> u32 {
         self.geo.block_size
     }

@@ -1,5 +1,7 @@
-//! Reading and writing files on an NTFS volume offline, through any [`DiskIo`] (a partition of
-//! an image inside a [`TxDisk`](crate::guest::disk::TxDisk), a file, memory).
+//! Reading and writing files on an NTFS volume offline. Reading needs only a [`DiskRead`] (an
+//! image opened read-only, a partition [`Window`](crate::guest::disk::Window) of one, memory);
+//! writing needs a [`DiskIo`] (a partition of an image inside a
+//! [`TxDisk`](crate::guest::disk::TxDisk), memory).
 //!
 //! What it writes: overwrite a file's data in place, grow or shrink a file, create a file in an
 //! existing folder, create a folder; MFT records and clusters come from the `$MFT` and `$Bitmap`
@@ -28,7 +30,7 @@ use std::sync::Arc;
 
 use crate::bytes::le16;
 use crate::error::Result;
-use crate::guest::disk::DiskIo;
+use crate::guest::disk::{DiskIo, DiskRead};
 use bitmap::Bitmap;
 use boot::Boot;
 use upcase::UpCase;
@@ -113,7 +115,7 @@ pub struct DirEntry {
 /// and an error never leaves a half-edited structure behind in a cache; [`flush`](Self::flush)
 /// only checks that `$MFTMirr` still matches. Atomicity of a whole operation comes from the
 /// caller's [`TxDisk`](crate::guest::disk::TxDisk).
-pub struct NtfsVolume<D: DiskIo> {
+pub struct NtfsVolume<D: DiskRead> {
     disk: D,
     read_only: bool,
     boot: Boot,
@@ -140,7 +142,7 @@ const ROOT: u64 = 5;
 /// Largest metadata file read whole at open (`$LogFile`, `$UpCase`, `$Bitmap`, attribute lists).
 const MAX_META: u64 = 512 << 20;
 
-impl<D: DiskIo> NtfsVolume<D> {
+impl<D: DiskRead> NtfsVolume<D> {
     /// Opens the volume on `disk` (its boot sector at offset 0). Checks the boot sector, `$MFT`,
     /// `$MFTMirr`, `$Volume`, `$LogFile`, `$UpCase` and `hiberfil.sys`; unless
     /// `opts.read_only`, refuses a volume that must not be written ([`NtfsError::NotWritable`]).
@@ -180,33 +182,46 @@ impl<D: DiskIo> NtfsVolume<D> {
             },
             boot,
         };
+        vol.load_mft()?;
+        vol.read_volume_information()?;
+        vol.load_upcase_and_bitmap()?;
+        vol.read_log_and_hibernation()?;
+        if !opts.read_only {
+            vol.check_may_write()?;
+        }
+        Ok(vol)
+    }
+
+    /// Reads `$MFT` (bootstrapped from the boot sector), its `$BITMAP` and `$MFTMirr`, and checks
+    /// the system records and the mirror.
+    fn load_mft(&mut self) -> Result<()> {
         // Bootstrap: the first record of $MFT sits at the boot sector's LCN; enough clusters
         // to hold it are mapped until its own run list is read.
-        let rs = u64::from(vol.boot.record_size);
-        let first = rs.div_ceil(vol.boot.cluster_size).max(1);
-        vol.mft = Stream::contiguous(vol.boot.mft_lcn, first, vol.boot.cluster_size);
-        let rec0 = vol.read_record(0)?;
-        vol.mft = vol.load_stream(&rec0, record::AT_DATA, &[], "$MFT")?;
-        vol.mft_has_list = rec0.find(record::AT_ATTRIBUTE_LIST, &[])?.is_some();
-        if vol.mft.size < 16 * rs || vol.mft.size % rs != 0 {
+        let rs = u64::from(self.boot.record_size);
+        let first = rs.div_ceil(self.boot.cluster_size).max(1);
+        self.mft = Stream::contiguous(self.boot.mft_lcn, first, self.boot.cluster_size);
+        let rec0 = self.read_record(0)?;
+        self.mft = self.load_stream(&rec0, record::AT_DATA, &[], "$MFT")?;
+        self.mft_has_list = rec0.find(record::AT_ATTRIBUTE_LIST, &[])?.is_some();
+        if self.mft.size < 16 * rs || self.mft.size % rs != 0 {
             return Err(NtfsError::corrupt(
                 "MFT record 0 ($MFT)",
                 rec0.offset,
                 format!(
                     "$MFT is {} bytes: expected a multiple of the {rs}-byte record size holding at least 16 records",
-                    vol.mft.size
+                    self.mft.size
                 ),
             )
             .into());
         }
-        vol.check_system_records()?;
+        self.check_system_records()?;
         // $MFT's $BITMAP.
         if let Some(a) = rec0.find(record::AT_BITMAP, &[])? {
             if a.non_resident {
-                let s = vol.load_stream(&rec0, record::AT_BITMAP, &[], "$MFT:$BITMAP")?;
-                let bytes = vol.read_stream(&s, "$MFT:$BITMAP", MAX_META)?;
-                let bits = (bytes.len() as u64 * 8).min(vol.mft.size / rs);
-                vol.mft_bitmap = Some((s, Bitmap { bytes, bits }));
+                let s = self.load_stream(&rec0, record::AT_BITMAP, &[], "$MFT:$BITMAP")?;
+                let bytes = self.read_stream(&s, "$MFT:$BITMAP", MAX_META)?;
+                let bits = (bytes.len() as u64 * 8).min(self.mft.size / rs);
+                self.mft_bitmap = Some((s, Bitmap { bytes, bits }));
             }
         } else {
             return Err(NtfsError::corrupt(
@@ -217,19 +232,24 @@ impl<D: DiskIo> NtfsVolume<D> {
             .into());
         }
         // $MFTMirr.
-        let rec1 = vol.read_record(1)?;
-        vol.mirr = vol.load_stream(&rec1, record::AT_DATA, &[], "$MFTMirr")?;
-        vol.mirr_records = (vol.mirr.size / rs).min(vol.mft.size / rs);
-        vol.check_mirror()?;
+        let rec1 = self.read_record(1)?;
+        self.mirr = self.load_stream(&rec1, record::AT_DATA, &[], "$MFTMirr")?;
+        self.mirr_records = (self.mirr.size / rs).min(self.mft.size / rs);
+        self.check_mirror()?;
+        Ok(())
+    }
+
+    /// Reads `$Volume`: the label, the NTFS version and the dirty flag.
+    fn read_volume_information(&mut self) -> Result<()> {
         // $Volume.
-        let rec3 = vol.read_record(3)?;
+        let rec3 = self.read_record(3)?;
         if let Some(a) = rec3.find(record::AT_VOLUME_NAME, &[])? {
             let v = rec3.value(&a)?;
             let units: Vec<u16> = v
                 .chunks_exact(2)
                 .map(|c| u16::from_le_bytes([c[0], c[1]]))
                 .collect();
-            vol.state.label = String::from_utf16_lossy(&units);
+            self.state.label = String::from_utf16_lossy(&units);
         }
         let Some(a) = rec3.find(record::AT_VOLUME_INFORMATION, &[])? else {
             return Err(NtfsError::corrupt(
@@ -248,64 +268,78 @@ impl<D: DiskIo> NtfsVolume<D> {
             )
             .into());
         }
-        vol.state.version = (v[8], v[9]);
-        vol.state.dirty = le16(v, 10) & VOLUME_IS_DIRTY != 0;
+        self.state.version = (v[8], v[9]);
+        self.state.dirty = le16(v, 10) & VOLUME_IS_DIRTY != 0;
+        Ok(())
+    }
+
+    /// Reads `$UpCase` and the cluster bitmap `$Bitmap`.
+    fn load_upcase_and_bitmap(&mut self) -> Result<()> {
         // $UpCase.
-        let rec10 = vol.read_record(10)?;
-        let s = vol.load_stream(&rec10, record::AT_DATA, &[], "$UpCase")?;
-        let table = vol.read_stream(&s, "$UpCase", MAX_META)?;
-        vol.upcase = Arc::new(UpCase::from_bytes(&table)?);
+        let rec10 = self.read_record(10)?;
+        let s = self.load_stream(&rec10, record::AT_DATA, &[], "$UpCase")?;
+        let table = self.read_stream(&s, "$UpCase", MAX_META)?;
+        self.upcase = Arc::new(UpCase::from_bytes(&table)?);
         // $Bitmap.
-        let rec6 = vol.read_record(6)?;
-        vol.cluster_stream = vol.load_stream(&rec6, record::AT_DATA, &[], "$Bitmap")?;
-        let need = vol.boot.total_clusters.div_ceil(8);
-        if vol.cluster_stream.size < need {
+        let rec6 = self.read_record(6)?;
+        self.cluster_stream = self.load_stream(&rec6, record::AT_DATA, &[], "$Bitmap")?;
+        let need = self.boot.total_clusters.div_ceil(8);
+        if self.cluster_stream.size < need {
             return Err(NtfsError::corrupt(
                 "MFT record 6 ($Bitmap)",
                 rec6.offset,
                 format!(
                     "$Bitmap is {} bytes, {need} needed for {} clusters",
-                    vol.cluster_stream.size, vol.boot.total_clusters
+                    self.cluster_stream.size, self.boot.total_clusters
                 ),
             )
             .into());
         }
-        let bytes = vol.read_stream(&vol.cluster_stream.clone(), "$Bitmap", MAX_META)?;
-        vol.clusters = Bitmap {
+        let bytes = self.read_stream(&self.cluster_stream.clone(), "$Bitmap", MAX_META)?;
+        self.clusters = Bitmap {
             bytes,
-            bits: vol.boot.total_clusters,
+            bits: self.boot.total_clusters,
         };
-        vol.state.free_clusters = vol.clusters.count_free();
+        self.state.free_clusters = self.clusters.count_free();
+        Ok(())
+    }
+
+    /// Reads whether `$LogFile` is clean and whether `hiberfil.sys` holds a hibernation
+    /// image.
+    fn read_log_and_hibernation(&mut self) -> Result<()> {
         // $LogFile.
-        let rec2 = vol.read_record(2)?;
-        let s = vol.load_stream(&rec2, record::AT_DATA, &[], "$LogFile")?;
-        let log = vol.read_stream(&s, "$LogFile", MAX_META)?;
-        vol.state.log_clean = logfile::log_is_clean(&log)?;
+        let rec2 = self.read_record(2)?;
+        let s = self.load_stream(&rec2, record::AT_DATA, &[], "$LogFile")?;
+        let log = self.read_stream(&s, "$LogFile", MAX_META)?;
+        self.state.log_clean = logfile::log_is_clean(&log)?;
         // hiberfil.sys in the root.
         let name: Vec<u16> = "hiberfil.sys".encode_utf16().collect();
-        if let Some(e) = vol.lookup_child(ROOT, &name)? {
-            let rec = vol.read_record(e.file_ref & REF_MASK)?;
-            if let Some(loc) = vol.load(&rec, record::AT_DATA, &[], "hiberfil.sys")? {
+        if let Some(e) = self.lookup_child(ROOT, &name)? {
+            let rec = self.read_record(e.file_ref & REF_MASK)?;
+            if let Some(loc) = self.load(&rec, record::AT_DATA, &[], "hiberfil.sys")? {
                 let mut head = vec![0u8; loc.size().min(4096) as usize];
-                vol.read_loc(&loc, 0, &mut head)?;
-                vol.state.hibernated = logfile::hiberfil_in_use(&head);
+                self.read_loc(&loc, 0, &mut head)?;
+                self.state.hibernated = logfile::hiberfil_in_use(&head);
             }
         }
-        if !opts.read_only {
-            if let Some(reason) = vol.state.not_writable_reason() {
-                return Err(NtfsError::NotWritable { reason }.into());
-            }
-            if vol.state.version.0 < 3 {
-                return Err(NtfsError::NotWritable {
-                    reason: format!(
-                        "NTFS version {}.{} is older than 3.0 (Windows 2000); only 3.x volumes are written",
-                        vol.state.version.0, vol.state.version.1
-                    ),
-                }
-                .into());
-            }
+        Ok(())
+    }
+
+    /// Refuses a volume that must not be written ([`NtfsError::NotWritable`]).
+    fn check_may_write(&self) -> Result<()> {
+        if let Some(reason) = self.state.not_writable_reason() {
+            return Err(NtfsError::NotWritable { reason }.into());
         }
-        Ok(vol)
+        if self.state.version.0 < 3 {
+            return Err(NtfsError::NotWritable {
+                reason: format!(
+                    "NTFS version {}.{} is older than 3.0 (Windows 2000); only 3.x volumes are written",
+                    self.state.version.0, self.state.version.1
+                ),
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// The state read at open.
@@ -369,7 +403,10 @@ impl<D: DiskIo> NtfsVolume<D> {
         self.read_loc(&loc, 0, &mut buf)?;
         Ok(buf)
     }
+}
 
+/// Writing: needs a disk that can be written ([`DiskIo`]) and a volume opened for writing.
+impl<D: DiskIo> NtfsVolume<D> {
     /// Creates the file at `path` (its folder must exist) or replaces its whole content,
     /// growing or shrinking it. Returns `true` if the file was created.
     pub fn write_file(&mut self, path: &str, data: &[u8]) -> Result<bool> {

@@ -10,7 +10,7 @@ use super::runlist::{self, Run};
 use super::{DirEntry, FIRST_USER_RECORD, NtfsError, NtfsVolume, REF_MASK, ROOT};
 use crate::bytes::{le16, le32, le64};
 use crate::error::Result;
-use crate::guest::disk::DiskIo;
+use crate::guest::disk::{DiskIo, DiskRead};
 
 /// A non-resident attribute's clusters and sizes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -144,7 +144,7 @@ pub struct Node {
     pub entry: IndexEntry,
 }
 
-impl<D: DiskIo> NtfsVolume<D> {
+impl<D: DiskRead> NtfsVolume<D> {
     pub(super) fn cs(&self) -> u64 {
         self.boot.cluster_size
     }
@@ -215,29 +215,6 @@ impl<D: DiskIo> NtfsVolume<D> {
             match disk {
                 Some(d) => self.disk.read_at(&mut buf[b..b + n], d)?,
                 None => buf[b..b + n].fill(0),
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes through a run list (a sparse run is refused before anything is written).
-    pub(super) fn write_runs(
-        &mut self,
-        runs: &[Run],
-        off: u64,
-        buf: &[u8],
-        what: &str,
-    ) -> Result<()> {
-        let pieces = self.pieces(runs, off, buf.len(), what)?;
-        if pieces.iter().any(|p| p.0.is_none()) {
-            return Err(NtfsError::Unsupported(format!(
-                "writing into a sparse region of {what} (allocating clusters inside a sparse file)"
-            ))
-            .into());
-        }
-        for (disk, b, n) in pieces {
-            if let Some(d) = disk {
-                self.disk.write_at(&buf[b..b + n], d)?;
             }
         }
         Ok(())
@@ -348,20 +325,6 @@ impl<D: DiskIo> NtfsVolume<D> {
             .into());
         }
         Ok(rec)
-    }
-
-    /// Writes a record (fixups applied) and its `$MFTMirr` copy.
-    pub(super) fn write_record(&mut self, rec: &Record) -> Result<()> {
-        let raw = rec.to_disk()?;
-        let pos = self.record_pos(rec.number)?;
-        let what = format!("MFT record {}", rec.number);
-        let runs = self.mft.runs.clone();
-        self.write_runs(&runs, pos, &raw, &what)?;
-        if rec.number < self.mirr_records {
-            let runs = self.mirr.runs.clone();
-            self.write_runs(&runs, pos, &raw, "$MFTMirr")?;
-        }
-        Ok(())
     }
 
     /// Records 0..16 must be in-use base records.
@@ -696,6 +659,55 @@ impl<D: DiskIo> NtfsVolume<D> {
         })
     }
 
+    /// The security id to give a new file in `parent`: the parent's own (so `$Secure` needs
+    /// no new descriptor).
+    pub(super) fn security_id_for(&self, parent: &Record) -> Result<Option<u32>> {
+        let Some(a) = parent.find(record::AT_STANDARD_INFORMATION, &[])? else {
+            return Ok(None);
+        };
+        Ok(attribute::si_security_id(parent.value(&a)?))
+    }
+}
+
+/// The writing half: every method here changes the disk.
+impl<D: DiskIo> NtfsVolume<D> {
+    /// Writes through a run list (a sparse run is refused before anything is written).
+    pub(super) fn write_runs(
+        &mut self,
+        runs: &[Run],
+        off: u64,
+        buf: &[u8],
+        what: &str,
+    ) -> Result<()> {
+        let pieces = self.pieces(runs, off, buf.len(), what)?;
+        if pieces.iter().any(|p| p.0.is_none()) {
+            return Err(NtfsError::Unsupported(format!(
+                "writing into a sparse region of {what} (allocating clusters inside a sparse file)"
+            ))
+            .into());
+        }
+        for (disk, b, n) in pieces {
+            if let Some(d) = disk {
+                self.disk.write_at(&buf[b..b + n], d)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a record (fixups applied) and its `$MFTMirr` copy.
+    pub(super) fn write_record(&mut self, rec: &Record) -> Result<()> {
+        let raw = rec.to_disk()?;
+        let pos = self.record_pos(rec.number)?;
+        let what = format!("MFT record {}", rec.number);
+        let runs = self.mft.runs.clone();
+        self.write_runs(&runs, pos, &raw, &what)?;
+        if rec.number < self.mirr_records {
+            let runs = self.mirr.runs.clone();
+            self.write_runs(&runs, pos, &raw, "$MFTMirr")?;
+        }
+        Ok(())
+    }
+
     /// Writes the bytes `range` of the cluster bitmap.
     fn persist_clusters(&mut self, range: std::ops::Range<usize>) -> Result<()> {
         if range.is_empty() {
@@ -923,14 +935,5 @@ impl<D: DiskIo> NtfsVolume<D> {
     /// Frees record `n` (after a failed creation).
     pub(super) fn unused_record(&mut self, n: u64) -> Result<()> {
         self.mark_record(n, false)
-    }
-
-    /// The security id to give a new file in `parent`: the parent's own (so `$Secure` needs
-    /// no new descriptor).
-    pub(super) fn security_id_for(&self, parent: &Record) -> Result<Option<u32>> {
-        let Some(a) = parent.find(record::AT_STANDARD_INFORMATION, &[])? else {
-            return Ok(None);
-        };
-        Ok(attribute::si_security_id(parent.value(&a)?))
     }
 }
