@@ -84,6 +84,7 @@ pub fn extent_map(img: &dyn ImageReader) -> Result<Vec<MapEntry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::RAW;
     use crate::image::{Format, ImageInfo};
 
     /// A reader that maps the extents it was given (reads are not used).
@@ -91,7 +92,7 @@ mod tests {
 
     impl ImageReader for Mapped {
         fn format(&self) -> Format {
-            Format::Raw
+            RAW
         }
         fn virtual_size(&self) -> u64 {
             self.1
@@ -116,7 +117,7 @@ mod tests {
             Ok(())
         }
         fn info(&self) -> ImageInfo {
-            ImageInfo::new(Format::Raw, self.1)
+            ImageInfo::new(RAW, self.1)
         }
     }
 
