@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use diskconv::guest::hive::log::{
-    HVLE_SEED, LogFormat, Prepared, find_logs, inspect_log, marvin32, prepare,
+    HVLE_SEED, LogLayout, Prepared, find_logs, inspect_log, marvin32, prepare,
 };
 
 use crate::util;
@@ -133,7 +133,7 @@ fn old_format_replay_equals_the_windows7_recovery() {
     };
     let expected = util::corpus("hives/yarp/OldDirtyHive/RecoveredHive_Windows7").unwrap();
     let info = inspect_log(&logs[0].1).unwrap();
-    assert_eq!(info.format, LogFormat::Old);
+    assert_eq!(info.format, LogLayout::Old);
     let p = prepare(hive, &logs, false).unwrap();
     eprintln!("{:#?}", p.report);
     assert!(!p.read_only && p.report.was_dirty);
@@ -204,7 +204,7 @@ fn marvin32_verifies_every_entry_of_the_system_b_logs() {
     // HvLE signatures (4 and 20), so every entry verifies.
     for (log, n, seq) in [(&l1, 4, 2107), (&l2, 20, 2111)] {
         let info = inspect_log(log).unwrap();
-        assert_eq!(info.format, LogFormat::New);
+        assert_eq!(info.format, LogLayout::New);
         assert_eq!(info.sequence, seq);
         assert_eq!(info.entries.len(), n, "{info:?}");
         assert_eq!(info.stop, None, "no bad entry");

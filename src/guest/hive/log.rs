@@ -124,9 +124,9 @@ pub fn find_logs(hive: &Path) -> Vec<PathBuf> {
     found.into_iter().map(|(_, _, p)| p).collect()
 }
 
-/// The format of a transaction log, from the file type of its base block.
+/// The layout of a transaction log, from the file type of its base block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
+pub enum LogLayout {
     /// File type 1 or 2: a `DIRT` dirty vector and 512-byte dirty pages.
     Old,
     /// File type 6: `HvLE` log entries.
@@ -137,7 +137,7 @@ pub enum LogFormat {
 struct LogHeader {
     /// The base-block copy (its first 512 bytes; the rest zero).
     base: BaseBlock,
-    format: LogFormat,
+    format: LogLayout,
 }
 
 /// Validates the base-block copy in the first sector of a log: signature, version, checksum,
@@ -167,8 +167,8 @@ fn log_header(bytes: &[u8]) -> std::result::Result<LogHeader, String> {
         ));
     }
     let format = match base.file_type() {
-        FILE_TYPE_LOG_OLD | FILE_TYPE_LOG_OLD2 => LogFormat::Old,
-        FILE_TYPE_LOG_NEW => LogFormat::New,
+        FILE_TYPE_LOG_OLD | FILE_TYPE_LOG_OLD2 => LogLayout::Old,
+        FILE_TYPE_LOG_NEW => LogLayout::New,
         t => {
             return Err(format!(
                 "base block at 0x1c: file type {t}, expected 1, 2 (old log) or 6 (new log)"
@@ -216,7 +216,7 @@ pub struct EntryInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogInfo {
     /// The format.
-    pub format: LogFormat,
+    pub format: LogLayout,
     /// The sequence number of its base-block copy.
     pub sequence: u32,
     /// The last-written timestamp of its base-block copy.
@@ -246,7 +246,7 @@ pub fn inspect_log(bytes: &[u8]) -> Result<LogInfo> {
         stop: None,
     };
     match header.format {
-        LogFormat::New => {
+        LogLayout::New => {
             let (entries, stop) = parse_entries(bytes, u64::MAX);
             info.entries = entries
                 .iter()
@@ -260,7 +260,7 @@ pub fn inspect_log(bytes: &[u8]) -> Result<LogInfo> {
                 .collect();
             info.stop = stop;
         }
-        LogFormat::Old => match dirty_vector(bytes, &header.base, u64::MAX) {
+        LogLayout::Old => match dirty_vector(bytes, &header.base, u64::MAX) {
             Ok(v) => info.dirty_pages = v.pages.len(),
             Err(e) => info.stop = Some(e),
         },
@@ -549,17 +549,17 @@ pub fn prepare(
                 .push(format!("{}: not used: {why}", name.display())),
         }
     }
-    let recovered = if headers.iter().any(|(_, _, h)| h.format == LogFormat::New) {
+    let recovered = if headers.iter().any(|(_, _, h)| h.format == LogLayout::New) {
         let new: Vec<_> = headers
             .into_iter()
             .filter(|(n, _, h)| {
-                if h.format == LogFormat::Old {
+                if h.format == LogLayout::Old {
                     report.notes.push(format!(
                         "{}: old-format log ignored, the other logs are new-format",
                         n.display()
                     ));
                 }
-                h.format == LogFormat::New
+                h.format == LogLayout::New
             })
             .collect();
         replay_new(&primary, &pbase, &new, max_bins, &mut report)?
