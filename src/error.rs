@@ -103,10 +103,8 @@ pub enum Error {
     #[error("unsupported: {0}")]
     Unsupported(String),
     /// A referenced file was not opened because of the reference policy.
-    #[error(
-        "{what} '{name}' is {reason}; {hint}",
-        hint = "pass --references=anywhere (library: ReferencePolicy::Anywhere) to allow it"
-    )]
+    /// Its [`Error::hint`] is [`Hint::AllowReferences`].
+    #[error("{what} '{name}' is {reason}")]
     ReferenceDenied {
         /// What kind of reference ("backing file", "external data file", ...).
         what: &'static str,
@@ -177,6 +175,8 @@ pub enum Hint {
     ChoosePartition,
     /// Edit a dirty hive whose logs cannot be used, accepting that the logged data is lost.
     AcceptDataLoss,
+    /// Open the files an image names wherever they are (the reference policy `Anywhere`).
+    AllowReferences,
 }
 
 /// An error with its [`Hint`] (see [`Error::Hinted`]).
@@ -320,12 +320,23 @@ impl Error {
         })
     }
 
-    /// The hint attached to this error (looking through [`Error::File`] wrappers), if any.
+    /// The hint attached to this error or to one of its causes, if any: a refused reference
+    /// always has [`Hint::AllowReferences`].
     pub fn hint(&self) -> Option<Hint> {
         match self {
             Error::File { source, .. } => source.hint(),
             Error::Hinted(h) => Some(h.hint),
-            _ => None,
+            Error::ReferenceDenied { .. } => Some(Hint::AllowReferences),
+            _ => {
+                let mut cur = std::error::Error::source(self);
+                while let Some(e) = cur {
+                    if let Some(inner) = e.downcast_ref::<Error>() {
+                        return inner.hint();
+                    }
+                    cur = e.source();
+                }
+                None
+            }
         }
     }
 

@@ -49,7 +49,7 @@ pub mod util;
 pub mod verify;
 
 pub use convert::{ConvertOptions, ConvertStats, Progress, convert, convert_to_path};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Hint, Result};
 pub use image::{
     Extent, ExtentKind, Format, ImageInfo, ImageReader, ImageUpdater, ImageWriter, WriteReport,
 };

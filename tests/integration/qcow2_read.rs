@@ -1061,10 +1061,22 @@ fn backing_file_outside_the_folder() {
     write(&top, &["write -P 0x12 0 4096"]);
     let err = open_err(&top, &OpenOptions::new());
     assert_eq!(err.kind(), ErrorKind::ReferenceDenied);
-    assert!(
-        err.chain().contains("--references=anywhere"),
+    assert_eq!(
+        err.hint(),
+        Some(diskconv::Hint::AllowReferences),
         "{}",
         err.chain()
+    );
+    // The CLI says which flag allows it.
+    let out = util::diskconv().arg("info").arg(&top).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("outside")
+            && stderr
+                .trim_end()
+                .ends_with("; pass --references=anywhere to allow it"),
+        "{stderr}"
     );
     check(
         &top,

@@ -62,6 +62,7 @@ fn flag_hint(h: Hint) -> &'static str {
         Hint::StateBlockSize => " (omit --block-size to use it)",
         Hint::ChoosePartition => "; choose one with --partition N",
         Hint::AcceptDataLoss => " (--accept-data-loss)",
+        Hint::AllowReferences => "; pass --references=anywhere to allow it",
         _ => "",
     }
 }
