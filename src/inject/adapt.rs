@@ -531,8 +531,8 @@ fn edit_volume(
 
     let mut files: Vec<FileOp> = Vec::new();
     let mut plans: Vec<(&'static str, EditPlan)> = Vec::new();
-    let mut first_boot = "not needed: no driver package is staged (--target alone enables \
-                          drivers Windows already has)"
+    let mut first_boot = "not needed: no driver package is staged (a target platform alone \
+                          enables drivers Windows already has)"
         .to_string();
     if let Some(src) = source {
         first_boot = plan_driver_source(
@@ -550,7 +550,7 @@ fn edit_volume(
         for d in cloud_inbox_drivers(t) {
             let plan = plan_inbox_driver(&system_hive, &d).map_err(|e| {
                 Error::InvalidArgument(format!(
-                    "--target {}: {} ({})",
+                    "target platform {}: {} ({})",
                     t.name(),
                     e.chain(),
                     info.describe()

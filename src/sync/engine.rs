@@ -664,7 +664,6 @@ fn run_pass(
     let max_cand = (opts.window_bytes / bs).max(1);
     let chunk_blocks = (CHUNK_BYTES / bs).max(1);
     let piece_blocks = (PIECE_BYTES / bs).max(1);
-    let zero_fp = zero_fingerprint(bs);
     let mut r = PassReport {
         pass: 0,
         source: ChangeSource::Scan,
@@ -702,14 +701,7 @@ fn run_pass(
         }
         // A window holds at most `max_cand` candidates (what a crash may force us to rewrite)
         // and spans at most MAX_SPAN blocks.
-        let mut wend = pos;
-        let mut ncand = 0;
-        while wend < blocks && wend - pos < MAX_SPAN && ncand < max_cand {
-            if cand.get(wend) {
-                ncand += 1;
-            }
-            wend += 1;
-        }
+        let (wend, ncand) = window_end(cand, pos, blocks, max_cand);
         if ncand == 0 {
             pos = wend;
             if last_checkpoint.elapsed() >= opts.checkpoint_interval {
@@ -747,70 +739,36 @@ fn run_pass(
             let off = i * bs;
             let len = (j * bs).min(size) - off;
             let b = &mut buf[..nb * bs as usize];
-            // Read and hash in parallel pieces.
-            let results: Vec<Result<(u64, Vec<u128>)>> = b
-                .par_chunks_mut((piece_blocks * bs) as usize)
-                .enumerate()
-                .map(|(pi, piece)| {
-                    let poff = off + pi as u64 * piece_blocks * bs;
-                    let plen = (len.saturating_sub(pi as u64 * piece_blocks * bs))
-                        .min(piece.len() as u64) as usize;
-                    let n = read_skipping_holes(src, &mut piece[..plen], poff)?;
-                    piece[plen..].fill(0);
-                    let fps = piece.chunks(bs as usize).map(xxh3_128).collect();
-                    Ok((n, fps))
-                })
-                .collect();
-            let mut fps = Vec::with_capacity(nb);
-            for x in results {
-                let (n, f) = x?;
-                r.bytes_read += n;
-                fps.extend(f);
-            }
+            let (n, fps) = read_and_hash(src, b, off, len, bs, piece_blocks)?;
+            r.bytes_read += n;
             if rescan {
                 // The target as it is now, read through the updater that writes it (its
                 // earlier writes included, flushed or not).
-                let tb = &mut tbuf[..b.len()];
-                read_skipping_holes(&*up, &mut tb[..len as usize], off)?;
-                tb[len as usize..].fill(0);
-                for (k, o) in old[..nb].iter_mut().enumerate() {
-                    let at = k * bs as usize;
-                    *o = xxh3_128(&tb[at..at + bs as usize]);
-                }
+                hash_blocks(&*up, &mut tbuf[..b.len()], off, len, bs, &mut old[..nb])?;
             } else {
                 fp.read(i, &mut old[..nb])?;
             }
-            let mut wrote = false;
-            for (k, (&f, &before)) in fps.iter().zip(&old[..nb]).enumerate() {
-                let blk_no = i + k as u64;
-                r.blocks_scanned += 1;
-                let differs = f != before;
-                if differs {
-                    r.blocks_changed += 1;
-                }
-                if differs || forced.contains(&blk_no) {
-                    if !pending_saved {
-                        if let Some(run) = st.running.as_mut() {
-                            run.position = pos;
-                            run.pending = (pos, wend);
-                        }
-                        st.save(state_path)?;
-                        pending_saved = true;
-                    }
-                    let at = k * bs as usize;
-                    let blk = &b[at..at + bs as usize];
-                    let boff = blk_no * bs;
-                    let blen = (boff + bs).min(size) - boff;
-                    if f == zero_fp && is_zero(blk) {
-                        up.write_zeroes(boff, blen)?;
-                    } else {
-                        up.write_at(&blk[..blen as usize], boff)?;
-                    }
-                    r.blocks_written += 1;
-                    r.bytes_written += blen;
-                    wrote = true;
-                }
-            }
+            let run = Run {
+                first: i,
+                data: b,
+                fps: &fps,
+                old: &old[..nb],
+            };
+            let win = WindowState {
+                pos,
+                wend,
+                forced: &forced,
+            };
+            let wrote = write_changed(
+                up,
+                st,
+                state_path,
+                &mut r,
+                &run,
+                &win,
+                &mut pending_saved,
+                size,
+            )?;
             if wrote || rescan {
                 updates.push((i, fps));
             }
@@ -832,6 +790,139 @@ fn run_pass(
         }
     }
     Ok(r)
+}
+
+/// Blocks of one run of candidates: the source's bytes, their fingerprints and the ones recorded
+/// (or, in a rescan, the target's).
+struct Run<'a> {
+    first: u64,
+    data: &'a [u8],
+    fps: &'a [u128],
+    old: &'a [u128],
+}
+
+/// The window a run belongs to, and the blocks of an interrupted window that must be rewritten.
+struct WindowState<'a> {
+    pos: u64,
+    wend: u64,
+    forced: &'a Range<u64>,
+}
+
+/// Writes the blocks of `run` that changed (or are forced) through `up`; before the first write
+/// of a window, records the window as pending in the state. Returns whether anything was written.
+#[allow(clippy::too_many_arguments)]
+fn write_changed(
+    up: &mut dyn ImageUpdater,
+    st: &mut SyncState,
+    state_path: &Path,
+    r: &mut PassReport,
+    run: &Run<'_>,
+    win: &WindowState<'_>,
+    pending_saved: &mut bool,
+    size: u64,
+) -> Result<bool> {
+    let bs = st.block_size;
+    let zero_fp = zero_fingerprint(bs);
+    let mut wrote = false;
+    for (k, (&f, &before)) in run.fps.iter().zip(run.old).enumerate() {
+        let blk_no = run.first + k as u64;
+        r.blocks_scanned += 1;
+        let differs = f != before;
+        if differs {
+            r.blocks_changed += 1;
+        }
+        if differs || win.forced.contains(&blk_no) {
+            if !*pending_saved {
+                if let Some(rp) = st.running.as_mut() {
+                    rp.position = win.pos;
+                    rp.pending = (win.pos, win.wend);
+                }
+                st.save(state_path)?;
+                *pending_saved = true;
+            }
+            let at = k * bs as usize;
+            let blk = &run.data[at..at + bs as usize];
+            let boff = blk_no * bs;
+            let blen = (boff + bs).min(size) - boff;
+            if f == zero_fp && is_zero(blk) {
+                up.write_zeroes(boff, blen)?;
+            } else {
+                up.write_at(&blk[..blen as usize], boff)?;
+            }
+            r.blocks_written += 1;
+            r.bytes_written += blen;
+            wrote = true;
+        }
+    }
+    Ok(wrote)
+}
+
+/// Where the window starting at block `pos` ends: at most `max_cand` candidates (what a crash
+/// may force the next run to rewrite) and at most [`MAX_SPAN`] blocks. Returns the end and the
+/// number of candidates in the window.
+fn window_end(cand: &BlockBitmap, pos: u64, blocks: u64, max_cand: u64) -> (u64, u64) {
+    let mut wend = pos;
+    let mut ncand = 0;
+    while wend < blocks && wend - pos < MAX_SPAN && ncand < max_cand {
+        if cand.get(wend) {
+            ncand += 1;
+        }
+        wend += 1;
+    }
+    (wend, ncand)
+}
+
+/// Reads `len` bytes of the source at `off` into `buf` (zero-filled past `len`) and hashes each
+/// `bs`-byte block, in parallel pieces of `piece_blocks` blocks. Returns the bytes read (holes
+/// are not read) and the fingerprints.
+fn read_and_hash(
+    src: &dyn ImageReader,
+    buf: &mut [u8],
+    off: u64,
+    len: u64,
+    bs: u64,
+    piece_blocks: u64,
+) -> Result<(u64, Vec<u128>)> {
+    let results: Vec<Result<(u64, Vec<u128>)>> = buf
+        .par_chunks_mut((piece_blocks * bs) as usize)
+        .enumerate()
+        .map(|(pi, piece)| {
+            let poff = off + pi as u64 * piece_blocks * bs;
+            let plen = (len.saturating_sub(pi as u64 * piece_blocks * bs)).min(piece.len() as u64)
+                as usize;
+            let n = read_skipping_holes(src, &mut piece[..plen], poff)?;
+            piece[plen..].fill(0);
+            let fps = piece.chunks(bs as usize).map(xxh3_128).collect();
+            Ok((n, fps))
+        })
+        .collect();
+    let mut read = 0;
+    let mut fps = Vec::with_capacity(buf.len() / bs as usize);
+    for x in results {
+        let (n, f) = x?;
+        read += n;
+        fps.extend(f);
+    }
+    Ok((read, fps))
+}
+
+/// Reads `len` bytes of `img` at `off` into `buf` (zero-filled past `len`) and stores the
+/// fingerprint of each `bs`-byte block in `out`.
+fn hash_blocks<R: ImageReader + ?Sized>(
+    img: &R,
+    buf: &mut [u8],
+    off: u64,
+    len: u64,
+    bs: u64,
+    out: &mut [u128],
+) -> Result<()> {
+    read_skipping_holes(img, &mut buf[..len as usize], off)?;
+    buf[len as usize..].fill(0);
+    for (k, o) in out.iter_mut().enumerate() {
+        let at = k * bs as usize;
+        *o = xxh3_128(&buf[at..at + bs as usize]);
+    }
+    Ok(())
 }
 
 fn set_position(st: &mut SyncState, pos: u64) {
