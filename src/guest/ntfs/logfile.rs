@@ -184,27 +184,7 @@ fn check_restart_page(data: &[u8], pos: usize) -> Result<Restart, NtfsError> {
     // The free and in-use client lists: every index within the array, the first with no
     // previous client, no more steps than there are clients (so a cycle is an error).
     if !is_chkd && in_use != NO_CLIENT {
-        let ca = ra_ofs + ca_ofs;
-        for (name, first) in [("free", free_list), ("in-use", in_use)] {
-            let mut idx = first;
-            let mut steps = 0usize;
-            while idx != NO_CLIENT {
-                let i = usize::from(idx);
-                if i >= clients || steps >= clients {
-                    return Err(abad(format!(
-                        "{name} client list reaches client {idx} after {steps} steps ({clients} clients)"
-                    )));
-                }
-                let rec = ca + i * CLIENT_RECORD_LEN;
-                if steps == 0 && get_le16(&page, rec + 0x10).unwrap_or(0) != NO_CLIENT {
-                    return Err(abad(format!(
-                        "first {name} client {idx} has a previous client"
-                    )));
-                }
-                idx = get_le16(&page, rec + 0x12).unwrap_or(0);
-                steps += 1;
-            }
-        }
+        check_client_lists(&page, ra_ofs + ca_ofs, clients, [free_list, in_use]).map_err(abad)?;
     }
     let clean = in_use == NO_CLIENT || flags & RESTART_VOLUME_IS_CLEAN != 0;
     let lsn = if is_chkd {
@@ -213,6 +193,36 @@ fn check_restart_page(data: &[u8], pos: usize) -> Result<Restart, NtfsError> {
         get_le64(ra, 0).unwrap_or(0)
     };
     Ok(Restart { lsn, clean })
+}
+
+/// Walks the free and in-use client lists of a restart area whose client array starts at `ca`
+/// in `page`: every index within the array, the first with no previous client, no more steps
+/// than there are clients (so a cycle is an error). The error says which list went wrong.
+fn check_client_lists(
+    page: &[u8],
+    ca: usize,
+    clients: usize,
+    [free_list, in_use]: [u16; 2],
+) -> Result<(), String> {
+    for (name, first) in [("free", free_list), ("in-use", in_use)] {
+        let mut idx = first;
+        let mut steps = 0usize;
+        while idx != NO_CLIENT {
+            let i = usize::from(idx);
+            if i >= clients || steps >= clients {
+                return Err(format!(
+                    "{name} client list reaches client {idx} after {steps} steps ({clients} clients)"
+                ));
+            }
+            let rec = ca + i * CLIENT_RECORD_LEN;
+            if steps == 0 && get_le16(page, rec + 0x10).unwrap_or(0) != NO_CLIENT {
+                return Err(format!("first {name} client {idx} has a previous client"));
+            }
+            idx = get_le16(page, rec + 0x12).unwrap_or(0);
+            steps += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `$LogFile`'s content (its whole unnamed `$DATA`) holds no transactions that would
