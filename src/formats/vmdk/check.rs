@@ -1588,35 +1588,7 @@ impl Checker<'_> {
         }
         let mut space: SpaceMap<Owner> = SpaceMap::new(MAX_RANGES);
         space.add(0, 512, Owner::OtherHeader);
-        let vo = h.volatile_header_offset.saturating_mul(512);
-        match self
-            .read(s, vo, 512, "seSparse volatile header")
-            .filter(|_| vo + 512 <= len)
-        {
-            Some(v) if le64(&v, 0) == SESPARSE_VOLATILE_MAGIC => {
-                space.add(vo, 512, Owner::OtherHeader);
-                if le64(&v, 24) != 0 {
-                    self.warn(
-                        "seSparse volatile header",
-                        vo,
-                        "the journal needs replaying (the snapshot was not closed cleanly); diskconv does not read such extents".into(),
-                    );
-                }
-            }
-            Some(v) => self.add_values(
-                ProblemKind::Corruption,
-                "seSparse volatile header",
-                vo,
-                "the seSparse volatile header has a wrong magic".into(),
-                format!("{SESPARSE_VOLATILE_MAGIC:#x}"),
-                format!("{:#x}", le64(&v, 0)),
-            ),
-            None => self.corrupt(
-                "seSparse volatile header",
-                vo,
-                format!("the seSparse volatile header at {vo:#x} lies outside the file"),
-            ),
-        }
+        self.sesparse_volatile(s, len, &h, &mut space);
         let per_gt = h.gtes_per_gt();
         let n = h.capacity.div_ceil(per_gt * h.grain_size);
         let gd_at = h.grain_dir_offset.saturating_mul(512);
@@ -1671,46 +1643,100 @@ impl Checker<'_> {
                 continue;
             };
             space.add(gt_at, gt_bytes, Owner::Gt(i as u32));
-            for (k, e) in t.chunks_exact(8).map(|c| le64(c, 0)).enumerate() {
-                let at = gt_at + 8 * k as u64;
-                let grain = i as u64 * per_gt + k as u64;
-                match e >> 60 {
-                    0 if e == 0 => {}
-                    1 | 2 => {}
-                    3 => {
-                        let cluster = ((e & 0x0fff_0000_0000_0000) >> 48)
-                            | ((e & 0x0000_ffff_ffff_ffff) << 12);
-                        let host = cluster
-                            .checked_mul(h.grain_size)
-                            .and_then(|x| x.checked_add(h.grains_offset))
-                            .and_then(|x| x.checked_mul(512))
-                            .filter(|&o| o.saturating_add(gb) <= len);
-                        match host {
-                            Some(host) => {
-                                space.add(host, gb, Owner::Grains { first: grain, count: 1, gt: i as u32, entry: k as u32 });
-                                self.report.allocated_clusters += 1;
-                            }
-                            None => self.corrupt(
-                                "grain table",
-                                at,
-                                format!("seSparse grain table {i} (at {gt_at:#x}) entry {k}: grain {grain} lies past the end of the file ({len:#x} bytes)"),
-                            ),
-                        }
-                    }
-                    t => self.add_values(
-                        ProblemKind::Corruption,
-                        "grain table",
-                        at,
-                        format!(
-                            "seSparse grain table {i} (at {gt_at:#x}) entry {k} has an invalid type"
-                        ),
-                        "0 (unallocated, all bits clear), 1, 2 or 3",
-                        format!("{t} ({e:#018x})"),
-                    ),
-                }
-            }
+            self.sesparse_table(&h, len, i, gt_at, &t, &mut space);
         }
         self.finish_space(space, len, len, u64::MAX);
+    }
+
+    /// Checks the seSparse volatile header (magic, journal state) and records its space.
+    fn sesparse_volatile(
+        &mut self,
+        s: &dyn Storage,
+        len: u64,
+        h: &SeSparseHeader,
+        space: &mut SpaceMap<Owner>,
+    ) {
+        let vo = h.volatile_header_offset.saturating_mul(512);
+        match self
+            .read(s, vo, 512, "seSparse volatile header")
+            .filter(|_| vo + 512 <= len)
+        {
+            Some(v) if le64(&v, 0) == SESPARSE_VOLATILE_MAGIC => {
+                space.add(vo, 512, Owner::OtherHeader);
+                if le64(&v, 24) != 0 {
+                    self.warn(
+                        "seSparse volatile header",
+                        vo,
+                        "the journal needs replaying (the snapshot was not closed cleanly); diskconv does not read such extents".into(),
+                    );
+                }
+            }
+            Some(v) => self.add_values(
+                ProblemKind::Corruption,
+                "seSparse volatile header",
+                vo,
+                "the seSparse volatile header has a wrong magic".into(),
+                format!("{SESPARSE_VOLATILE_MAGIC:#x}"),
+                format!("{:#x}", le64(&v, 0)),
+            ),
+            None => self.corrupt(
+                "seSparse volatile header",
+                vo,
+                format!("the seSparse volatile header at {vo:#x} lies outside the file"),
+            ),
+        }
+    }
+
+    /// Checks the entries of seSparse grain table `i` (at `gt_at`, bytes `t`): their types, and
+    /// that allocated grains lie in the file.
+    fn sesparse_table(
+        &mut self,
+        h: &SeSparseHeader,
+        len: u64,
+        i: usize,
+        gt_at: u64,
+        t: &[u8],
+        space: &mut SpaceMap<Owner>,
+    ) {
+        let gb = h.grain_bytes();
+        for (k, e) in t.chunks_exact(8).map(|c| le64(c, 0)).enumerate() {
+            let at = gt_at + 8 * k as u64;
+            let grain = i as u64 * h.gtes_per_gt() + k as u64;
+            match e >> 60 {
+                0 if e == 0 => {}
+                1 | 2 => {}
+                3 => {
+                    let cluster =
+                        ((e & 0x0fff_0000_0000_0000) >> 48) | ((e & 0x0000_ffff_ffff_ffff) << 12);
+                    let host = cluster
+                        .checked_mul(h.grain_size)
+                        .and_then(|x| x.checked_add(h.grains_offset))
+                        .and_then(|x| x.checked_mul(512))
+                        .filter(|&o| o.saturating_add(gb) <= len);
+                    match host {
+                    Some(host) => {
+                        space.add(host, gb, Owner::Grains { first: grain, count: 1, gt: i as u32, entry: k as u32 });
+                        self.report.allocated_clusters += 1;
+                    }
+                    None => self.corrupt(
+                        "grain table",
+                        at,
+                        format!("seSparse grain table {i} (at {gt_at:#x}) entry {k}: grain {grain} lies past the end of the file ({len:#x} bytes)"),
+                    ),
+                }
+                }
+                t => self.add_values(
+                    ProblemKind::Corruption,
+                    "grain table",
+                    at,
+                    format!(
+                        "seSparse grain table {i} (at {gt_at:#x}) entry {k} has an invalid type"
+                    ),
+                    "0 (unallocated, all bits clear), 1, 2 or 3",
+                    format!("{t} ({e:#018x})"),
+                ),
+            }
+        }
     }
 }
 
