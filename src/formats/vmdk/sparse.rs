@@ -319,9 +319,22 @@ impl SparseExtent {
                 .into());
             }
         }
+        Ok(Self::with_directory(storage, file_len, header, gd))
+    }
+
+    /// An extent whose grain directory `gd` its caller has read and checked already (the
+    /// updater, which checks it more strictly and reads the redundant one too); grain tables
+    /// are then read and cached here as for [`open`](Self::open).
+    pub(crate) fn with_directory(
+        storage: Arc<dyn Storage>,
+        file_len: u64,
+        header: SparseHeader,
+        gd: Vec<u32>,
+    ) -> Self {
+        let gt_bytes = header.num_gtes_per_gt as usize * 4;
         // Bounded in bytes and in count (tiny tables would otherwise mean millions of entries).
-        let max = (GT_CACHE_BYTES / gt_bytes as usize).clamp(4, 8192);
-        Ok(SparseExtent {
+        let max = (GT_CACHE_BYTES / gt_bytes).clamp(4, 8192);
+        SparseExtent {
             storage,
             file_len,
             header,
@@ -330,10 +343,30 @@ impl SparseExtent {
                 max,
                 inner: Mutex::new((HashMap::new(), VecDeque::new())),
             },
-        })
+        }
     }
 
-    fn table(&self, gt_off: u64) -> Result<Arc<[u32]>> {
+    /// The grain directory: grain table offsets in sectors.
+    pub(crate) fn directory(&self) -> &[u32] {
+        &self.gd
+    }
+
+    /// Points grain directory entry `i` at the grain table at sector `sector` (the updater,
+    /// which writes the entry to the file itself).
+    pub(crate) fn set_directory_entry(&mut self, i: usize, sector: u32) {
+        if let Some(e) = self.gd.get_mut(i) {
+            *e = sector;
+        }
+    }
+
+    /// Replaces the cached grain table at byte offset `gt_off` with `t`, as just written to
+    /// the file (the updater), so that lookups see it.
+    pub(crate) fn cache_table(&self, gt_off: u64, t: Arc<[u32]>) {
+        self.cache.insert(gt_off, t);
+    }
+
+    /// The grain table at byte offset `gt_off` (read once, then cached).
+    pub(crate) fn table(&self, gt_off: u64) -> Result<Arc<[u32]>> {
         if let Some(t) = self.cache.get(gt_off) {
             return Ok(t);
         }

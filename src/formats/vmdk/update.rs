@@ -32,7 +32,9 @@ use std::sync::Arc;
 
 use super::VmdkError;
 use super::descriptor::{VmdkDescriptor, VmdkExtentType};
-use super::sparse::{FLAG_REDUNDANT_GT, GD_AT_END, HEADER_SIZE, SPARSE_MAGIC, SparseHeader};
+use super::sparse::{
+    FLAG_REDUNDANT_GT, GD_AT_END, HEADER_SIZE, SPARSE_MAGIC, SparseExtent, SparseHeader,
+};
 use crate::bytes::get_le32;
 use crate::error::{Error, Result};
 use crate::image::{
@@ -72,16 +74,17 @@ enum Kind {
 struct SparseUpdater {
     /// Where the extent was opened from (errors name it), when it was opened by path.
     path: Option<PathBuf>,
-    storage: Arc<dyn Storage>,
-    header: SparseHeader,
+    /// The extent as the reader sees it, over the storage written: header, primary grain
+    /// directory (kept current here), and the grain tables, read and cached there (a table
+    /// written back replaces its cached copy).
+    ext: SparseExtent,
     virtual_size: u64,
-    /// Primary grain directory (GT offsets in sectors).
-    gd: Vec<u32>,
     /// Redundant grain directory, when the extent has one.
     rgd: Option<Vec<u32>>,
     /// Grain directory entries changed since the last flush.
     dirty_gd: BTreeSet<u64>,
-    /// Grain tables by directory index: primary copy (the redundant one is kept equal).
+    /// Grain tables being changed, by directory index: primary copy (the redundant one is
+    /// kept equal).
     gts: HashMap<u64, Gt>,
     /// Where the next grain or table goes (bytes, sector aligned).
     end: u64,
@@ -284,10 +287,8 @@ impl SparseUpdater {
         };
         Ok(SparseUpdater {
             path: path.map(Path::to_path_buf),
-            storage,
             virtual_size: h.capacity * SECTOR,
-            header: h,
-            gd,
+            ext: SparseExtent::with_directory(storage, file_len, h, gd),
             rgd,
             dirty_gd: BTreeSet::new(),
             gts: HashMap::new(),
@@ -366,7 +367,7 @@ impl SparseUpdater {
     }
 
     fn gt_bytes(&self) -> u64 {
-        self.header.num_gtes_per_gt as u64 * 4
+        self.ext.header.num_gtes_per_gt as u64 * 4
     }
 
     /// Reserves `len` bytes at the end of the file, aligned to `align`, and returns the offset.
@@ -382,17 +383,6 @@ impl SparseUpdater {
         Ok(at)
     }
 
-    fn read_gt(&self, sector: u32) -> Result<Vec<u32>> {
-        let off = sector as u64 * SECTOR;
-        let mut raw = vec![0u8; self.gt_bytes() as usize];
-        self.storage
-            .read_exact_at(&mut raw, off)
-            .map_err(self.io(format!("reading the grain table at {off:#x}")))?;
-        Ok((0..self.header.num_gtes_per_gt as usize)
-            .map(|i| get_le32(&raw, i * 4).unwrap_or(0))
-            .collect())
-    }
-
     /// Makes sure grain table `gdi` is in memory (allocating it when its directory entry is 0).
     fn load_gt(&mut self, gdi: u64) -> Result<()> {
         if self.gts.contains_key(&gdi) {
@@ -403,21 +393,21 @@ impl SparseUpdater {
             self.gts.clear();
         }
         let i = gdi as usize;
-        let gde = self.gd.get(i).copied().ok_or_else(|| {
+        let gde = self.ext.directory().get(i).copied().ok_or_else(|| {
             Error::InvalidArgument(format!("grain table {gdi} is past the grain directory"))
         })?;
         let gt_alloc = self.gt_bytes().div_ceil(SECTOR) * SECTOR;
         let gt = if gde == 0 {
             let at = self.allocate(gt_alloc, SECTOR)?;
-            self.gd[i] = (at / SECTOR) as u32;
+            self.ext.set_directory_entry(i, (at / SECTOR) as u32);
             self.dirty_gd.insert(gdi);
             Gt {
-                entries: vec![0; self.header.num_gtes_per_gt as usize],
+                entries: vec![0; self.ext.header.num_gtes_per_gt as usize],
                 dirty: true,
             }
         } else {
             Gt {
-                entries: self.read_gt(gde)?,
+                entries: self.ext.table(gde as u64 * SECTOR)?.to_vec(),
                 dirty: false,
             }
         };
@@ -441,20 +431,23 @@ impl SparseUpdater {
 
     fn extend_file(&mut self) -> Result<()> {
         let len = self
+            .ext
             .storage
             .len()
             .map_err(self.io("getting the VMDK's length".into()))?;
         if len < self.end {
-            self.storage
+            self.ext
+                .storage
                 .set_len(self.end)
                 .map_err(self.io(format!("extending the VMDK to {:#x} bytes", self.end)))?;
         }
+        self.ext.file_len = self.ext.file_len.max(self.end);
         Ok(())
     }
 
     /// The host offset of grain `g` if allocated (checked against the file and the header).
     fn grain_host(&mut self, g: u64) -> Result<Option<u64>> {
-        let per = self.header.num_gtes_per_gt as u64;
+        let per = self.ext.header.num_gtes_per_gt as u64;
         let (gdi, idx) = (g / per, (g % per) as usize);
         self.load_gt(gdi)?;
         let gte = self
@@ -469,13 +462,16 @@ impl SparseUpdater {
     /// [`SparseUpdater::grain_host`] without loading or allocating anything (for reads): the
     /// grain table in memory, else the one in the file, else none (unallocated).
     fn peek_grain_host(&self, g: u64) -> Result<Option<u64>> {
-        let per = self.header.num_gtes_per_gt as u64;
+        let per = self.ext.header.num_gtes_per_gt as u64;
         let (gdi, idx) = (g / per, (g % per) as usize);
         let gte = match self.gts.get(&gdi) {
             Some(t) => t.entries.get(idx).copied().unwrap_or(0),
-            None => match self.gd.get(gdi as usize).copied() {
+            None => match self.ext.directory().get(gdi as usize).copied() {
                 None | Some(0) => 0,
-                Some(gde) => self.read_gt(gde)?.get(idx).copied().unwrap_or(0),
+                Some(gde) => {
+                    let t = self.ext.table(gde as u64 * SECTOR)?;
+                    t.get(idx).copied().unwrap_or(0)
+                }
             },
         };
         self.entry_host(g, gte)
@@ -483,18 +479,20 @@ impl SparseUpdater {
 
     /// The host offset grain table entry `gte` of grain `g` names, checked.
     fn entry_host(&self, g: u64, gte: u32) -> Result<Option<u64>> {
-        let per = self.header.num_gtes_per_gt as u64;
+        let per = self.ext.header.num_gtes_per_gt as u64;
         let (gdi, idx) = (g / per, (g % per) as usize);
         // GTE 1 is a zeroed grain with the flag, and in version 2 and later (sector 1 always
         // holds metadata there), as the reader reads it.
-        if gte == 0 || (gte == 1 && (self.header.zeroed_grain() || self.header.version >= 2)) {
+        if gte == 0
+            || (gte == 1 && (self.ext.header.zeroed_grain() || self.ext.header.version >= 2))
+        {
             return Ok(None);
         }
         let host = gte as u64 * SECTOR;
         if host < self.min_host {
             return Err(VmdkError::corrupt(
                 "grain table",
-                self.gd.get(gdi as usize).copied().unwrap_or(0) as u64 * SECTOR,
+                self.ext.directory().get(gdi as usize).copied().unwrap_or(0) as u64 * SECTOR,
                 format!(
                     "entry {idx} (grain {g}) points at sector {gte:#x}, over the header and \
                      descriptor"
@@ -505,7 +503,7 @@ impl SparseUpdater {
         if host >= self.end {
             return Err(VmdkError::corrupt(
                 "grain table",
-                self.gd.get(gdi as usize).copied().unwrap_or(0) as u64 * SECTOR,
+                self.ext.directory().get(gdi as usize).copied().unwrap_or(0) as u64 * SECTOR,
                 format!(
                     "entry {idx} (grain {g}) points at sector {gte:#x}, past the end of the file \
                      ({:#x} bytes)",
@@ -518,7 +516,7 @@ impl SparseUpdater {
     }
 
     fn set_gte(&mut self, g: u64, sector: u32) {
-        let per = self.header.num_gtes_per_gt as u64;
+        let per = self.ext.header.num_gtes_per_gt as u64;
         if let Some(t) = self.gts.get_mut(&(g / per)) {
             if let Some(e) = t.entries.get_mut((g % per) as usize) {
                 *e = sector;
@@ -540,7 +538,8 @@ impl SparseUpdater {
     }
 
     fn sync(&mut self) -> Result<()> {
-        self.storage
+        self.ext
+            .storage
             .sync()
             .map_err(self.io("syncing the VMDK".into()))?;
         self.unsynced = false;
@@ -571,29 +570,40 @@ impl SparseUpdater {
         for gdi in &dirty {
             let Some(t) = self.gts.get(gdi) else { continue };
             let raw: Vec<u8> = t.entries.iter().flat_map(|e| e.to_le_bytes()).collect();
+            let written: Arc<[u32]> = t.entries.as_slice().into();
             let i = *gdi as usize;
-            let mut places = vec![self.gd.get(i).copied().unwrap_or(0)];
+            let primary = self.ext.directory().get(i).copied().unwrap_or(0);
+            let mut places = vec![primary];
             if let Some(r) = &self.rgd {
                 places.push(r.get(i).copied().unwrap_or(0));
             }
             for s in places.into_iter().filter(|&s| s != 0) {
                 let off = s as u64 * SECTOR;
-                self.storage
+                self.ext
+                    .storage
                     .write_all_at(&raw, off)
                     .map_err(self.io(format!("writing the grain table at {off:#x}")))?;
+            }
+            // Lookups through the extent (after this table leaves `gts`) see what was written.
+            if primary != 0 {
+                self.ext.cache_table(primary as u64 * SECTOR, written);
             }
         }
         self.sync()?;
         for gdi in std::mem::take(&mut self.dirty_gd) {
             let i = gdi as usize;
-            let mut writes = vec![(self.header.gd_offset, self.gd.get(i).copied())];
+            let mut writes = vec![(
+                self.ext.header.gd_offset,
+                self.ext.directory().get(i).copied(),
+            )];
             if let Some(r) = &self.rgd {
-                writes.push((self.header.rgd_offset, r.get(i).copied()));
+                writes.push((self.ext.header.rgd_offset, r.get(i).copied()));
             }
             for (dir, v) in writes {
                 let Some(v) = v else { continue };
                 let off = dir * SECTOR + gdi * 4;
-                self.storage
+                self.ext
+                    .storage
                     .write_all_at(&v.to_le_bytes(), off)
                     .map_err(self.io(format!("writing grain directory entry {gdi} at {off:#x}")))?;
             }
@@ -618,14 +628,15 @@ impl SparseUpdater {
         let Some(new) = renewed_cid(&bytes) else {
             return Ok(());
         };
-        self.storage
+        self.ext
+            .storage
             .write_all_at(&new, off)
             .map_err(self.io(format!("writing the embedded descriptor at {off:#x}")))
     }
 
     fn write_inner(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
-        let gb = self.header.grain_bytes();
+        let gb = self.ext.header.grain_bytes();
         let mut pos = 0usize;
         while pos < buf.len() {
             let at = offset + pos as u64;
@@ -636,7 +647,8 @@ impl SparseUpdater {
             match self.grain_host(g)? {
                 Some(host) => {
                     let o = host + within;
-                    self.storage
+                    self.ext
+                        .storage
                         .write_all_at(part, o)
                         .map_err(self.io(format!("writing grain {g} at {o:#x}")))?;
                 }
@@ -644,7 +656,8 @@ impl SparseUpdater {
                     let mut grain = vec![0u8; gb as usize];
                     grain[within as usize..within as usize + n].copy_from_slice(part);
                     let host = self.allocate(gb, gb)?;
-                    self.storage
+                    self.ext
+                        .storage
                         .write_all_at(&grain, host)
                         .map_err(self.io(format!("writing new grain {g} at {host:#x}")))?;
                     self.set_gte(g, (host / SECTOR) as u32);
@@ -659,7 +672,7 @@ impl SparseUpdater {
     /// Reads `buf.len()` bytes of this extent at `offset`, as updated so far.
     fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_read_range(offset, buf.len(), self.virtual_size)?;
-        let gb = self.header.grain_bytes();
+        let gb = self.ext.header.grain_bytes();
         let mut pos = 0usize;
         while pos < buf.len() {
             let at = offset + pos as u64;
@@ -670,7 +683,8 @@ impl SparseUpdater {
             match self.peek_grain_host(g)? {
                 Some(host) => {
                     let o = host + within;
-                    self.storage
+                    self.ext
+                        .storage
                         .read_exact_at(part, o)
                         .map_err(self.io(format!("reading grain {g} at {o:#x}")))?;
                 }
@@ -683,7 +697,7 @@ impl SparseUpdater {
 
     /// The extent at `offset` (inside the disk): one grain at most, data or zeros.
     fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
-        let gb = self.header.grain_bytes();
+        let gb = self.ext.header.grain_bytes();
         let len = (gb - offset % gb).min(max_len);
         Ok(match self.peek_grain_host(offset / gb)? {
             Some(host) => Extent {
@@ -696,7 +710,7 @@ impl SparseUpdater {
 
     fn zero_inner(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
-        let gb = self.header.grain_bytes();
+        let gb = self.ext.header.grain_bytes();
         let end = offset + len;
         let mut at = offset;
         while at < end {
@@ -706,7 +720,8 @@ impl SparseUpdater {
             // Unallocated and zeroed grains read as zeros already (no parent).
             if let Some(host) = self.grain_host(g)? {
                 let o = host + within;
-                self.storage
+                self.ext
+                    .storage
                     .write_zeroes(o, n)
                     .map_err(self.io(format!("zeroing {n} bytes of grain {g} at {o:#x}")))?;
                 self.unsynced = true;
