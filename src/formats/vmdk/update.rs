@@ -134,8 +134,8 @@ impl VmdkUpdater {
                     .into(),
             )));
         }
-        let mut sp =
-            SparseUpdater::open_sparse(None, storage, file_len, &hb[..got], false).map_err(name)?;
+        let mut sp = SparseUpdater::open_sparse(None, (storage, None), file_len, &hb[..got], false)
+            .map_err(name)?;
         sp.path = path.map(Path::to_path_buf);
         Ok(VmdkUpdater {
             virtual_size: sp.virtual_size,
@@ -144,25 +144,58 @@ impl VmdkUpdater {
     }
 }
 
+/// A file opened once for an update: read-write when it can be, else read-only so that it is
+/// still checked (a refusal says why whether or not the file is writable), with the reason it
+/// cannot be written, given only once everything else has been accepted. Nothing is written
+/// before then, so a refused file is never changed.
+#[derive(Debug)]
+struct Opened {
+    file: FileStorage,
+    not_writable: Option<std::io::Error>,
+}
+
+impl Opened {
+    fn open(path: &Path) -> std::io::Result<Opened> {
+        match FileStorage::open_read_write(path) {
+            Ok(file) => Ok(Opened {
+                file,
+                not_writable: None,
+            }),
+            Err(e) => Ok(Opened {
+                file: FileStorage::open_read_only(path)?,
+                not_writable: Some(e),
+            }),
+        }
+    }
+
+    /// The file, if it was opened for writing.
+    fn writable(self) -> std::io::Result<FileStorage> {
+        match self.not_writable {
+            None => Ok(self.file),
+            Some(e) => Err(e),
+        }
+    }
+}
+
 impl SparseUpdater {
     fn open_inner(path: &Path) -> Result<Kind> {
-        // Everything is checked through a read-only handle first: a refused file is never
-        // opened for writing.
-        let ro = FileStorage::open_read_only(path)
-            .map_err(|e| Error::io("opening the VMDK to update", e))?;
-        let file_len = ro
+        let f = Opened::open(path).map_err(|e| Error::io("opening the VMDK to update", e))?;
+        let file_len = f
+            .file
             .len()
             .map_err(|e| Error::io("getting the VMDK's length", e))?;
         let mut hb = [0u8; HEADER_SIZE];
-        let got = ro
+        let got = f
+            .file
             .read_at(&mut hb, 0)
             .map_err(|e| Error::io("reading the sparse header at 0x0", e))?;
         if got < 4 || hb[0..4] != SPARSE_MAGIC {
-            return Ok(Kind::Flat(FlatUpdater::open(path, &ro, file_len)?));
+            return Ok(Kind::Flat(FlatUpdater::open(path, f, file_len)?));
         }
+        let Opened { file, not_writable } = f;
         Ok(Kind::Sparse(Box::new(Self::open_sparse(
             Some(path),
-            Arc::new(ro),
+            (Arc::new(file), not_writable),
             file_len,
             &hb[..got],
             false,
@@ -171,12 +204,12 @@ impl SparseUpdater {
 
     /// Opens a hosted sparse extent: a monolithicSparse file (`sub` false: its embedded
     /// descriptor must name the file itself as its only extent) or one extent of a descriptor
-    /// file (`sub` true: the descriptor file has been checked already). With a `path`, `ro`
-    /// was opened read-only from it, and the file is opened for writing only once accepted;
-    /// without, `ro` is the (writable) storage written.
+    /// file (`sub` true: the descriptor file has been checked already). `st` is the storage
+    /// written, and why it cannot be written when it was opened read-only ([`Opened`]): that
+    /// is reported only once the extent has been accepted.
     fn open_sparse(
         path: Option<&Path>,
-        ro: Arc<dyn Storage>,
+        st: (Arc<dyn Storage>, Option<std::io::Error>),
         file_len: u64,
         hb: &[u8],
         sub: bool,
@@ -220,11 +253,11 @@ impl SparseUpdater {
             .into());
         }
         let mut db = vec![0u8; dlen as usize];
-        ro.read_exact_at(&mut db, doff)
+        st.0.read_exact_at(&mut db, doff)
             .map_err(|e| Error::io(format!("reading the embedded descriptor at {doff:#x}"), e))?;
         let min_host = (doff + dlen).max(SECTOR);
         if sub {
-            return Self::finish_open(path, ro, h, file_len, min_host, None);
+            return Self::finish_open(path, st, h, file_len, min_host, None);
         }
         let d = VmdkDescriptor::parse(&db, doff)?;
         if d.has_parent() {
@@ -241,12 +274,12 @@ impl SparseUpdater {
                 d.extents.len()
             )));
         }
-        Self::finish_open(path, ro, h, file_len, min_host, Some((doff, db)))
+        Self::finish_open(path, st, h, file_len, min_host, Some((doff, db)))
     }
 
     fn finish_open(
         path: Option<&Path>,
-        ro: Arc<dyn Storage>,
+        (storage, not_writable): (Arc<dyn Storage>, Option<std::io::Error>),
         h: SparseHeader,
         file_len: u64,
         min_host: u64,
@@ -254,7 +287,7 @@ impl SparseUpdater {
     ) -> Result<SparseUpdater> {
         let n = h.gd_entries();
         let gd = Self::read_dir(
-            ro.as_ref(),
+            storage.as_ref(),
             &h,
             h.gd_offset,
             n,
@@ -264,7 +297,7 @@ impl SparseUpdater {
         )?;
         let rgd = if h.flags & FLAG_REDUNDANT_GT != 0 && h.rgd_offset != 0 {
             Some(Self::read_dir(
-                ro.as_ref(),
+                storage.as_ref(),
                 &h,
                 h.rgd_offset,
                 n,
@@ -275,16 +308,9 @@ impl SparseUpdater {
         } else {
             None
         };
-        let storage: Arc<dyn Storage> = match path {
-            Some(path) => {
-                drop(ro);
-                Arc::new(
-                    FileStorage::open_read_write(path)
-                        .map_err(|e| Error::io("opening the VMDK read-write", e))?,
-                )
-            }
-            None => ro,
-        };
+        if let Some(e) = not_writable {
+            return Err(Error::io("opening the VMDK read-write", e));
+        }
         Ok(SparseUpdater {
             path: path.map(Path::to_path_buf),
             virtual_size: h.capacity * SECTOR,
@@ -811,15 +837,16 @@ struct FlatUpdater {
     path: PathBuf,
     virtual_size: u64,
     extents: Vec<FlatExtent>,
-    /// The descriptor file's bytes, until its CID has been renewed.
-    descriptor: Option<Vec<u8>>,
+    /// The descriptor file (opened once, with the extents) and its bytes, until its CID has
+    /// been renewed.
+    descriptor: Option<(Opened, Vec<u8>)>,
     dirty: bool,
 }
 
 impl FlatUpdater {
     /// Extent files must be plain names in the descriptor's folder: a descriptor cannot make
     /// us write anywhere else.
-    fn open(path: &Path, ro: &FileStorage, file_len: u64) -> Result<FlatUpdater> {
+    fn open(path: &Path, file: Opened, file_len: u64) -> Result<FlatUpdater> {
         if file_len > super::descriptor::MAX_DESCRIPTOR_BYTES as u64 {
             return Err(refuse(format!(
                 "it is neither a sparse extent nor a descriptor file of at most {} bytes",
@@ -827,7 +854,8 @@ impl FlatUpdater {
             )));
         }
         let mut b = vec![0u8; file_len as usize];
-        ro.read_exact_at(&mut b, 0)
+        file.file
+            .read_exact_at(&mut b, 0)
             .map_err(|e| Error::io("reading the VMDK descriptor", e))?;
         let d = VmdkDescriptor::parse(&b, 0)?;
         if d.has_parent() {
@@ -882,25 +910,32 @@ impl FlatUpdater {
                 ))
             })?;
             let epath = dir.join(&e.file);
-            let st = FileStorage::open_read_only(&epath)
+            let st = Opened::open(&epath)
                 .map_err(|err| Error::io("opening the flat extent", err).in_file(&epath))?;
-            if st.kind() != crate::storage::FileKind::Regular {
+            if st.file.kind() != crate::storage::FileKind::Regular {
                 return Err(refuse(format!(
                     "descriptor line {line}: extent {:?} is not a regular file",
                     e.file
                 )));
             }
             let flen = st
+                .file
                 .len()
                 .map_err(|err| Error::io("getting the extent's length", err).in_file(&epath))?;
             if e.kind == VmdkExtentType::Sparse {
                 let mut hb = [0u8; HEADER_SIZE];
                 let got = st
+                    .file
                     .read_at(&mut hb, 0)
                     .map_err(|err| Error::io("reading the sparse header", err).in_file(&epath))?;
-                let sp =
-                    SparseUpdater::open_sparse(Some(&epath), Arc::new(st), flen, &hb[..got], true)
-                        .map_err(|err| err.in_file(&epath))?;
+                let sp = SparseUpdater::open_sparse(
+                    Some(&epath),
+                    (Arc::new(st.file), st.not_writable),
+                    flen,
+                    &hb[..got],
+                    true,
+                )
+                .map_err(|err| err.in_file(&epath))?;
                 if sp.virtual_size < len {
                     return Err(VmdkError::corrupt(
                         format!("descriptor line {line}"),
@@ -912,7 +947,7 @@ impl FlatUpdater {
                     )
                     .into());
                 }
-                extents.push((start, len, 0, epath, Some(Box::new(sp))));
+                extents.push((start, len, 0, epath, Ok(Box::new(sp))));
                 start = start.checked_add(len).ok_or_else(|| {
                     Error::InvalidArgument("the extents add up to more than 2^64 bytes".into())
                 })?;
@@ -930,7 +965,7 @@ impl FlatUpdater {
                 )
                 .into());
             }
-            extents.push((start, len, file_offset, epath, None));
+            extents.push((start, len, file_offset, epath, Err(st)));
             start = start.checked_add(len).ok_or_else(|| {
                 Error::InvalidArgument("the extents add up to more than 2^64 bytes".into())
             })?;
@@ -938,9 +973,10 @@ impl FlatUpdater {
         // Everything checked: now open for writing.
         let mut opened = Vec::with_capacity(extents.len());
         for (start, len, file_offset, epath, sparse) in extents {
+            // A sparse extent is ready; a flat one was opened for writing if it could be.
             let backing = match sparse {
-                Some(sp) => Backing::Sparse(sp),
-                None => Backing::Flat(FileStorage::open_read_write(&epath).map_err(|err| {
+                Ok(sp) => Backing::Sparse(sp),
+                Err(st) => Backing::Flat(st.writable().map_err(|err| {
                     Error::io("opening the flat extent read-write", err).in_file(&epath)
                 })?),
             };
@@ -956,7 +992,7 @@ impl FlatUpdater {
             path: path.to_path_buf(),
             virtual_size: start,
             extents: opened,
-            descriptor: Some(b),
+            descriptor: Some((file, b)),
             dirty: false,
         })
     }
@@ -1065,8 +1101,12 @@ impl FlatUpdater {
             }
         }
         if self.dirty {
-            if let Some(new) = self.descriptor.take().as_deref().and_then(renewed_cid) {
-                let f = FileStorage::open_read_write(&self.path)
+            let Some((file, bytes)) = self.descriptor.take() else {
+                return Ok(());
+            };
+            if let Some(new) = renewed_cid(&bytes) {
+                let f = file
+                    .writable()
                     .map_err(|e| Error::io("opening the descriptor", e).in_file(&self.path))?;
                 f.write_all_at(&new, 0)
                     .and_then(|()| f.sync())
