@@ -86,6 +86,8 @@ struct SparseUpdater {
     /// Grain tables being changed, by directory index: primary copy (the redundant one is
     /// kept equal).
     gts: HashMap<u64, Gt>,
+    /// Grain tables held in `gts` before a write-back ([`MAX_CACHED_GTS`]; less in tests).
+    max_gts: usize,
     /// Where the next grain or table goes (bytes, sector aligned).
     end: u64,
     /// Nothing below this byte offset may be a grain (header and embedded descriptor).
@@ -318,6 +320,7 @@ impl SparseUpdater {
             rgd,
             dirty_gd: BTreeSet::new(),
             gts: HashMap::new(),
+            max_gts: MAX_CACHED_GTS,
             end: file_len.div_ceil(SECTOR) * SECTOR,
             min_host,
             unsynced: false,
@@ -414,7 +417,7 @@ impl SparseUpdater {
         if self.gts.contains_key(&gdi) {
             return Ok(());
         }
-        if self.gts.len() >= MAX_CACHED_GTS {
+        if self.gts.len() >= self.max_gts {
             self.write_back()?;
             self.gts.clear();
         }
@@ -1233,6 +1236,38 @@ mod tests {
         let desc = MemStorage::from_vec(b"# Disk DescriptorFile\nversion=1\n".to_vec());
         let e = VmdkUpdater::open_storage(Arc::new(desc), None).unwrap_err();
         assert!(e.chain().contains("descriptor file"), "{}", e.chain());
+    }
+
+    /// Grain tables leave the updater's own map after a write-back (here after every table):
+    /// later reads and writes then go through the extent's grain-table cache, which must hold
+    /// what was written, not what was read before.
+    #[test]
+    fn tables_written_back_are_read_through_the_extent_cache() {
+        use crate::storage::MemStorage;
+        use crate::testing::{RandomOps, random_operations};
+        let dir = tempfile::tempdir().unwrap();
+        let size = 4 * (32 << 20); // four grain tables of 512 grains of 64 KiB
+        let p = make(dir.path(), size);
+        let mem = Arc::new(MemStorage::from_vec(std::fs::read(&p).unwrap()));
+        let mut u = VmdkUpdater::open_storage(mem.clone(), None).unwrap();
+        match &mut u.kind {
+            Kind::Sparse(s) => s.max_gts = 1,
+            Kind::Flat(_) => panic!("not a sparse updater"),
+        }
+        let model = MemStorage::from_vec(vec![0u8; size as usize]);
+        let o = RandomOps {
+            block: 64 << 10,
+            flush_one_in: 7,
+            ..RandomOps::new(5, 300, 200_000)
+        };
+        random_operations(&mut u, &model, &o).unwrap();
+        u.flush().unwrap();
+        drop(u);
+        std::fs::write(&p, mem.to_vec()).unwrap();
+        let r = crate::open(&p, &crate::OpenOptions::default()).unwrap();
+        let mut got = vec![0u8; size as usize];
+        r.read_at(&mut got, 0).unwrap();
+        assert!(got == model.to_vec());
     }
 
     #[test]
