@@ -34,8 +34,8 @@ use super::VmdkError;
 use super::descriptor::{VmdkDescriptor, VmdkExtentType};
 use super::sparse::{
     FLAG_REDUNDANT_GT, GD_AT_END, HEADER_SIZE, SPARSE_MAGIC, SparseExtent, SparseHeader,
+    read_entries,
 };
-use crate::bytes::get_le32;
 use crate::error::{Error, Result};
 use crate::image::{
     Extent, ExtentKind, Format, ImageInfo, ImageReader, ImageUpdater, check_read_range,
@@ -359,13 +359,8 @@ impl SparseUpdater {
             .into());
         };
         // bytes <= file_len: the allocation is bounded by the file.
-        let mut raw = vec![0u8; bytes as usize];
-        st.read_exact_at(&mut raw, start)
-            .map_err(|e| Error::io(format!("reading the {what} at {start:#x}"), e))?;
+        let dir = read_entries(st, start, n, what)?;
         let gt_bytes = h.num_gtes_per_gt as u64 * 4;
-        let dir: Vec<u32> = (0..n as usize)
-            .map(|i| get_le32(&raw, i * 4).unwrap_or(0))
-            .collect();
         for (i, &e) in dir.iter().enumerate() {
             let off = e as u64 * SECTOR;
             if e != 0 && (off < min_host || off + gt_bytes > file_len) {
