@@ -20,6 +20,15 @@
 //! (each sparse one as above), which must be plain file names beside the descriptor (a
 //! descriptor cannot direct writes anywhere else).
 //!
+//! Built on the reader's pieces: a sparse extent is a [`SparseExtent`] over the storage
+//! written (its header, primary grain directory, and the reading and caching of grain tables);
+//! the updater keeps the tables it changes and, when it writes one back, the extent's cached
+//! copy. Its own checks of the directories are stricter than the reader's (nothing may point
+//! into the header or the embedded descriptor) and it also reads the redundant directory.
+//! Every file (a sparse file, a descriptor and its extents) is opened once, read-write when it
+//! can be; when it cannot, it is still checked through a read-only handle, so that a refusal
+//! says why, and the reason it cannot be written is given only once it has been accepted.
+//!
 //! Refused, with the reason and nothing written: streamOptimized (compressed grains, markers,
 //! directory at the end), a disk with a parent, an extent not closed cleanly (its two grain
 //! tables may disagree), descriptor files with other extents (vmfsSparse, seSparse, raw
