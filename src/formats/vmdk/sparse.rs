@@ -260,6 +260,16 @@ fn io_err(op: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(op, e)
 }
 
+/// Reads `n` little-endian 32-bit entries at byte offset `at` (a grain directory or table,
+/// named `what` in errors); the caller has bounded `n` by the file.
+pub(crate) fn read_entries(storage: &dyn Storage, at: u64, n: u64, what: &str) -> Result<Vec<u32>> {
+    let mut raw = vec![0u8; n as usize * 4];
+    storage
+        .read_exact_at(&mut raw, at)
+        .map_err(io_err(format!("reading the {what} at {at:#x}")))?;
+    Ok(raw.chunks_exact(4).map(|c| le32(c, 0)).collect())
+}
+
 impl SparseExtent {
     /// Opens a sparse extent whose (first) header is `header`. For streamOptimized extents with
     /// the grain directory at the end, the footer is read to find it.
@@ -299,13 +309,7 @@ impl SparseExtent {
             .into());
         };
         // gd_bytes <= file_len, so the allocation is bounded by the file.
-        let mut raw = vec![0u8; gd_bytes as usize];
-        storage
-            .read_exact_at(&mut raw, gd_start)
-            .map_err(io_err(format!(
-                "reading the grain directory at {gd_start:#x}"
-            )))?;
-        let gd: Vec<u32> = raw.chunks_exact(4).map(|c| le32(c, 0)).collect();
+        let gd = read_entries(storage.as_ref(), gd_start, n, "grain directory")?;
         let gt_bytes = header.num_gtes_per_gt as u64 * 4;
         for (i, &e) in gd.iter().enumerate() {
             if e != 0 && (e as u64 * 512).saturating_add(gt_bytes) > file_len {
@@ -319,9 +323,22 @@ impl SparseExtent {
                 .into());
             }
         }
+        Ok(Self::with_directory(storage, file_len, header, gd))
+    }
+
+    /// An extent whose grain directory `gd` its caller has read and checked already (the
+    /// updater, which checks it more strictly and reads the redundant one too); grain tables
+    /// are then read and cached here as for [`open`](Self::open).
+    pub(crate) fn with_directory(
+        storage: Arc<dyn Storage>,
+        file_len: u64,
+        header: SparseHeader,
+        gd: Vec<u32>,
+    ) -> Self {
+        let gt_bytes = header.num_gtes_per_gt as usize * 4;
         // Bounded in bytes and in count (tiny tables would otherwise mean millions of entries).
-        let max = (GT_CACHE_BYTES / gt_bytes as usize).clamp(4, 8192);
-        Ok(SparseExtent {
+        let max = (GT_CACHE_BYTES / gt_bytes).clamp(4, 8192);
+        SparseExtent {
             storage,
             file_len,
             header,
@@ -330,18 +347,35 @@ impl SparseExtent {
                 max,
                 inner: Mutex::new((HashMap::new(), VecDeque::new())),
             },
-        })
+        }
     }
 
-    fn table(&self, gt_off: u64) -> Result<Arc<[u32]>> {
+    /// The grain directory: grain table offsets in sectors.
+    pub(crate) fn directory(&self) -> &[u32] {
+        &self.gd
+    }
+
+    /// Points grain directory entry `i` at the grain table at sector `sector` (the updater,
+    /// which writes the entry to the file itself).
+    pub(crate) fn set_directory_entry(&mut self, i: usize, sector: u32) {
+        if let Some(e) = self.gd.get_mut(i) {
+            *e = sector;
+        }
+    }
+
+    /// Replaces the cached grain table at byte offset `gt_off` with `t`, as just written to
+    /// the file (the updater), so that lookups see it.
+    pub(crate) fn cache_table(&self, gt_off: u64, t: Arc<[u32]>) {
+        self.cache.insert(gt_off, t);
+    }
+
+    /// The grain table at byte offset `gt_off` (read once, then cached).
+    pub(crate) fn table(&self, gt_off: u64) -> Result<Arc<[u32]>> {
         if let Some(t) = self.cache.get(gt_off) {
             return Ok(t);
         }
-        let mut raw = vec![0u8; self.header.num_gtes_per_gt as usize * 4];
-        self.storage
-            .read_exact_at(&mut raw, gt_off)
-            .map_err(io_err(format!("reading the grain table at {gt_off:#x}")))?;
-        let t: Arc<[u32]> = raw.chunks_exact(4).map(|c| le32(c, 0)).collect();
+        let n = self.header.num_gtes_per_gt as u64;
+        let t: Arc<[u32]> = read_entries(self.storage.as_ref(), gt_off, n, "grain table")?.into();
         self.cache.insert(gt_off, t.clone());
         Ok(t)
     }

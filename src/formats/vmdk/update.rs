@@ -20,6 +20,15 @@
 //! (each sparse one as above), which must be plain file names beside the descriptor (a
 //! descriptor cannot direct writes anywhere else).
 //!
+//! Built on the reader's pieces: a sparse extent is a [`SparseExtent`] over the storage
+//! written (its header, primary grain directory, and the reading and caching of grain tables);
+//! the updater keeps the tables it changes and, when it writes one back, the extent's cached
+//! copy. Its own checks of the directories are stricter than the reader's (nothing may point
+//! into the header or the embedded descriptor) and it also reads the redundant directory.
+//! Every file (a sparse file, a descriptor and its extents) is opened once, read-write when it
+//! can be; when it cannot, it is still checked through a read-only handle, so that a refusal
+//! says why, and the reason it cannot be written is given only once it has been accepted.
+//!
 //! Refused, with the reason and nothing written: streamOptimized (compressed grains, markers,
 //! directory at the end), a disk with a parent, an extent not closed cleanly (its two grain
 //! tables may disagree), descriptor files with other extents (vmfsSparse, seSparse, raw
@@ -32,8 +41,10 @@ use std::sync::Arc;
 
 use super::VmdkError;
 use super::descriptor::{VmdkDescriptor, VmdkExtentType};
-use super::sparse::{FLAG_REDUNDANT_GT, GD_AT_END, HEADER_SIZE, SPARSE_MAGIC, SparseHeader};
-use crate::bytes::get_le32;
+use super::sparse::{
+    FLAG_REDUNDANT_GT, GD_AT_END, HEADER_SIZE, SPARSE_MAGIC, SparseExtent, SparseHeader,
+    read_entries,
+};
 use crate::error::{Error, Result};
 use crate::image::{
     Extent, ExtentKind, Format, ImageInfo, ImageReader, ImageUpdater, check_read_range,
@@ -72,17 +83,20 @@ enum Kind {
 struct SparseUpdater {
     /// Where the extent was opened from (errors name it), when it was opened by path.
     path: Option<PathBuf>,
-    storage: Arc<dyn Storage>,
-    header: SparseHeader,
+    /// The extent as the reader sees it, over the storage written: header, primary grain
+    /// directory (kept current here), and the grain tables, read and cached there (a table
+    /// written back replaces its cached copy).
+    ext: SparseExtent,
     virtual_size: u64,
-    /// Primary grain directory (GT offsets in sectors).
-    gd: Vec<u32>,
     /// Redundant grain directory, when the extent has one.
     rgd: Option<Vec<u32>>,
     /// Grain directory entries changed since the last flush.
     dirty_gd: BTreeSet<u64>,
-    /// Grain tables by directory index: primary copy (the redundant one is kept equal).
+    /// Grain tables being changed, by directory index: primary copy (the redundant one is
+    /// kept equal).
     gts: HashMap<u64, Gt>,
+    /// Grain tables held in `gts` before a write-back ([`MAX_CACHED_GTS`]; less in tests).
+    max_gts: usize,
     /// Where the next grain or table goes (bytes, sector aligned).
     end: u64,
     /// Nothing below this byte offset may be a grain (header and embedded descriptor).
@@ -131,8 +145,8 @@ impl VmdkUpdater {
                     .into(),
             )));
         }
-        let mut sp =
-            SparseUpdater::open_sparse(None, storage, file_len, &hb[..got], false).map_err(name)?;
+        let mut sp = SparseUpdater::open_sparse(None, (storage, None), file_len, &hb[..got], false)
+            .map_err(name)?;
         sp.path = path.map(Path::to_path_buf);
         Ok(VmdkUpdater {
             virtual_size: sp.virtual_size,
@@ -141,25 +155,58 @@ impl VmdkUpdater {
     }
 }
 
+/// A file opened once for an update: read-write when it can be, else read-only so that it is
+/// still checked (a refusal says why whether or not the file is writable), with the reason it
+/// cannot be written, given only once everything else has been accepted. Nothing is written
+/// before then, so a refused file is never changed.
+#[derive(Debug)]
+struct Opened {
+    file: FileStorage,
+    not_writable: Option<std::io::Error>,
+}
+
+impl Opened {
+    fn open(path: &Path) -> std::io::Result<Opened> {
+        match FileStorage::open_read_write(path) {
+            Ok(file) => Ok(Opened {
+                file,
+                not_writable: None,
+            }),
+            Err(e) => Ok(Opened {
+                file: FileStorage::open_read_only(path)?,
+                not_writable: Some(e),
+            }),
+        }
+    }
+
+    /// The file, if it was opened for writing.
+    fn writable(self) -> std::io::Result<FileStorage> {
+        match self.not_writable {
+            None => Ok(self.file),
+            Some(e) => Err(e),
+        }
+    }
+}
+
 impl SparseUpdater {
     fn open_inner(path: &Path) -> Result<Kind> {
-        // Everything is checked through a read-only handle first: a refused file is never
-        // opened for writing.
-        let ro = FileStorage::open_read_only(path)
-            .map_err(|e| Error::io("opening the VMDK to update", e))?;
-        let file_len = ro
+        let f = Opened::open(path).map_err(|e| Error::io("opening the VMDK to update", e))?;
+        let file_len = f
+            .file
             .len()
             .map_err(|e| Error::io("getting the VMDK's length", e))?;
         let mut hb = [0u8; HEADER_SIZE];
-        let got = ro
+        let got = f
+            .file
             .read_at(&mut hb, 0)
             .map_err(|e| Error::io("reading the sparse header at 0x0", e))?;
         if got < 4 || hb[0..4] != SPARSE_MAGIC {
-            return Ok(Kind::Flat(FlatUpdater::open(path, &ro, file_len)?));
+            return Ok(Kind::Flat(FlatUpdater::open(path, f, file_len)?));
         }
+        let Opened { file, not_writable } = f;
         Ok(Kind::Sparse(Box::new(Self::open_sparse(
             Some(path),
-            Arc::new(ro),
+            (Arc::new(file), not_writable),
             file_len,
             &hb[..got],
             false,
@@ -168,12 +215,12 @@ impl SparseUpdater {
 
     /// Opens a hosted sparse extent: a monolithicSparse file (`sub` false: its embedded
     /// descriptor must name the file itself as its only extent) or one extent of a descriptor
-    /// file (`sub` true: the descriptor file has been checked already). With a `path`, `ro`
-    /// was opened read-only from it, and the file is opened for writing only once accepted;
-    /// without, `ro` is the (writable) storage written.
+    /// file (`sub` true: the descriptor file has been checked already). `st` is the storage
+    /// written, and why it cannot be written when it was opened read-only ([`Opened`]): that
+    /// is reported only once the extent has been accepted.
     fn open_sparse(
         path: Option<&Path>,
-        ro: Arc<dyn Storage>,
+        st: (Arc<dyn Storage>, Option<std::io::Error>),
         file_len: u64,
         hb: &[u8],
         sub: bool,
@@ -217,11 +264,11 @@ impl SparseUpdater {
             .into());
         }
         let mut db = vec![0u8; dlen as usize];
-        ro.read_exact_at(&mut db, doff)
+        st.0.read_exact_at(&mut db, doff)
             .map_err(|e| Error::io(format!("reading the embedded descriptor at {doff:#x}"), e))?;
         let min_host = (doff + dlen).max(SECTOR);
         if sub {
-            return Self::finish_open(path, ro, h, file_len, min_host, None);
+            return Self::finish_open(path, st, h, file_len, min_host, None);
         }
         let d = VmdkDescriptor::parse(&db, doff)?;
         if d.has_parent() {
@@ -238,12 +285,12 @@ impl SparseUpdater {
                 d.extents.len()
             )));
         }
-        Self::finish_open(path, ro, h, file_len, min_host, Some((doff, db)))
+        Self::finish_open(path, st, h, file_len, min_host, Some((doff, db)))
     }
 
     fn finish_open(
         path: Option<&Path>,
-        ro: Arc<dyn Storage>,
+        (storage, not_writable): (Arc<dyn Storage>, Option<std::io::Error>),
         h: SparseHeader,
         file_len: u64,
         min_host: u64,
@@ -251,7 +298,7 @@ impl SparseUpdater {
     ) -> Result<SparseUpdater> {
         let n = h.gd_entries();
         let gd = Self::read_dir(
-            ro.as_ref(),
+            storage.as_ref(),
             &h,
             h.gd_offset,
             n,
@@ -261,7 +308,7 @@ impl SparseUpdater {
         )?;
         let rgd = if h.flags & FLAG_REDUNDANT_GT != 0 && h.rgd_offset != 0 {
             Some(Self::read_dir(
-                ro.as_ref(),
+                storage.as_ref(),
                 &h,
                 h.rgd_offset,
                 n,
@@ -272,25 +319,17 @@ impl SparseUpdater {
         } else {
             None
         };
-        let storage: Arc<dyn Storage> = match path {
-            Some(path) => {
-                drop(ro);
-                Arc::new(
-                    FileStorage::open_read_write(path)
-                        .map_err(|e| Error::io("opening the VMDK read-write", e))?,
-                )
-            }
-            None => ro,
-        };
+        if let Some(e) = not_writable {
+            return Err(Error::io("opening the VMDK read-write", e));
+        }
         Ok(SparseUpdater {
             path: path.map(Path::to_path_buf),
-            storage,
             virtual_size: h.capacity * SECTOR,
-            header: h,
-            gd,
+            ext: SparseExtent::with_directory(storage, file_len, h, gd),
             rgd,
             dirty_gd: BTreeSet::new(),
             gts: HashMap::new(),
+            max_gts: MAX_CACHED_GTS,
             end: file_len.div_ceil(SECTOR) * SECTOR,
             min_host,
             unsynced: false,
@@ -329,13 +368,8 @@ impl SparseUpdater {
             .into());
         };
         // bytes <= file_len: the allocation is bounded by the file.
-        let mut raw = vec![0u8; bytes as usize];
-        st.read_exact_at(&mut raw, start)
-            .map_err(|e| Error::io(format!("reading the {what} at {start:#x}"), e))?;
+        let dir = read_entries(st, start, n, what)?;
         let gt_bytes = h.num_gtes_per_gt as u64 * 4;
-        let dir: Vec<u32> = (0..n as usize)
-            .map(|i| get_le32(&raw, i * 4).unwrap_or(0))
-            .collect();
         for (i, &e) in dir.iter().enumerate() {
             let off = e as u64 * SECTOR;
             if e != 0 && (off < min_host || off + gt_bytes > file_len) {
@@ -366,7 +400,7 @@ impl SparseUpdater {
     }
 
     fn gt_bytes(&self) -> u64 {
-        self.header.num_gtes_per_gt as u64 * 4
+        self.ext.header.num_gtes_per_gt as u64 * 4
     }
 
     /// Reserves `len` bytes at the end of the file, aligned to `align`, and returns the offset.
@@ -382,42 +416,31 @@ impl SparseUpdater {
         Ok(at)
     }
 
-    fn read_gt(&self, sector: u32) -> Result<Vec<u32>> {
-        let off = sector as u64 * SECTOR;
-        let mut raw = vec![0u8; self.gt_bytes() as usize];
-        self.storage
-            .read_exact_at(&mut raw, off)
-            .map_err(self.io(format!("reading the grain table at {off:#x}")))?;
-        Ok((0..self.header.num_gtes_per_gt as usize)
-            .map(|i| get_le32(&raw, i * 4).unwrap_or(0))
-            .collect())
-    }
-
     /// Makes sure grain table `gdi` is in memory (allocating it when its directory entry is 0).
     fn load_gt(&mut self, gdi: u64) -> Result<()> {
         if self.gts.contains_key(&gdi) {
             return Ok(());
         }
-        if self.gts.len() >= MAX_CACHED_GTS {
+        if self.gts.len() >= self.max_gts {
             self.write_back()?;
             self.gts.clear();
         }
         let i = gdi as usize;
-        let gde = self.gd.get(i).copied().ok_or_else(|| {
+        let gde = self.ext.directory().get(i).copied().ok_or_else(|| {
             Error::InvalidArgument(format!("grain table {gdi} is past the grain directory"))
         })?;
         let gt_alloc = self.gt_bytes().div_ceil(SECTOR) * SECTOR;
         let gt = if gde == 0 {
             let at = self.allocate(gt_alloc, SECTOR)?;
-            self.gd[i] = (at / SECTOR) as u32;
+            self.ext.set_directory_entry(i, (at / SECTOR) as u32);
             self.dirty_gd.insert(gdi);
             Gt {
-                entries: vec![0; self.header.num_gtes_per_gt as usize],
+                entries: vec![0; self.ext.header.num_gtes_per_gt as usize],
                 dirty: true,
             }
         } else {
             Gt {
-                entries: self.read_gt(gde)?,
+                entries: self.ext.table(gde as u64 * SECTOR)?.to_vec(),
                 dirty: false,
             }
         };
@@ -441,20 +464,23 @@ impl SparseUpdater {
 
     fn extend_file(&mut self) -> Result<()> {
         let len = self
+            .ext
             .storage
             .len()
             .map_err(self.io("getting the VMDK's length".into()))?;
         if len < self.end {
-            self.storage
+            self.ext
+                .storage
                 .set_len(self.end)
                 .map_err(self.io(format!("extending the VMDK to {:#x} bytes", self.end)))?;
         }
+        self.ext.file_len = self.ext.file_len.max(self.end);
         Ok(())
     }
 
     /// The host offset of grain `g` if allocated (checked against the file and the header).
     fn grain_host(&mut self, g: u64) -> Result<Option<u64>> {
-        let per = self.header.num_gtes_per_gt as u64;
+        let per = self.ext.header.num_gtes_per_gt as u64;
         let (gdi, idx) = (g / per, (g % per) as usize);
         self.load_gt(gdi)?;
         let gte = self
@@ -469,13 +495,16 @@ impl SparseUpdater {
     /// [`SparseUpdater::grain_host`] without loading or allocating anything (for reads): the
     /// grain table in memory, else the one in the file, else none (unallocated).
     fn peek_grain_host(&self, g: u64) -> Result<Option<u64>> {
-        let per = self.header.num_gtes_per_gt as u64;
+        let per = self.ext.header.num_gtes_per_gt as u64;
         let (gdi, idx) = (g / per, (g % per) as usize);
         let gte = match self.gts.get(&gdi) {
             Some(t) => t.entries.get(idx).copied().unwrap_or(0),
-            None => match self.gd.get(gdi as usize).copied() {
+            None => match self.ext.directory().get(gdi as usize).copied() {
                 None | Some(0) => 0,
-                Some(gde) => self.read_gt(gde)?.get(idx).copied().unwrap_or(0),
+                Some(gde) => {
+                    let t = self.ext.table(gde as u64 * SECTOR)?;
+                    t.get(idx).copied().unwrap_or(0)
+                }
             },
         };
         self.entry_host(g, gte)
@@ -483,18 +512,20 @@ impl SparseUpdater {
 
     /// The host offset grain table entry `gte` of grain `g` names, checked.
     fn entry_host(&self, g: u64, gte: u32) -> Result<Option<u64>> {
-        let per = self.header.num_gtes_per_gt as u64;
+        let per = self.ext.header.num_gtes_per_gt as u64;
         let (gdi, idx) = (g / per, (g % per) as usize);
         // GTE 1 is a zeroed grain with the flag, and in version 2 and later (sector 1 always
         // holds metadata there), as the reader reads it.
-        if gte == 0 || (gte == 1 && (self.header.zeroed_grain() || self.header.version >= 2)) {
+        if gte == 0
+            || (gte == 1 && (self.ext.header.zeroed_grain() || self.ext.header.version >= 2))
+        {
             return Ok(None);
         }
         let host = gte as u64 * SECTOR;
         if host < self.min_host {
             return Err(VmdkError::corrupt(
                 "grain table",
-                self.gd.get(gdi as usize).copied().unwrap_or(0) as u64 * SECTOR,
+                self.ext.directory().get(gdi as usize).copied().unwrap_or(0) as u64 * SECTOR,
                 format!(
                     "entry {idx} (grain {g}) points at sector {gte:#x}, over the header and \
                      descriptor"
@@ -505,7 +536,7 @@ impl SparseUpdater {
         if host >= self.end {
             return Err(VmdkError::corrupt(
                 "grain table",
-                self.gd.get(gdi as usize).copied().unwrap_or(0) as u64 * SECTOR,
+                self.ext.directory().get(gdi as usize).copied().unwrap_or(0) as u64 * SECTOR,
                 format!(
                     "entry {idx} (grain {g}) points at sector {gte:#x}, past the end of the file \
                      ({:#x} bytes)",
@@ -518,7 +549,7 @@ impl SparseUpdater {
     }
 
     fn set_gte(&mut self, g: u64, sector: u32) {
-        let per = self.header.num_gtes_per_gt as u64;
+        let per = self.ext.header.num_gtes_per_gt as u64;
         if let Some(t) = self.gts.get_mut(&(g / per)) {
             if let Some(e) = t.entries.get_mut((g % per) as usize) {
                 *e = sector;
@@ -540,7 +571,8 @@ impl SparseUpdater {
     }
 
     fn sync(&mut self) -> Result<()> {
-        self.storage
+        self.ext
+            .storage
             .sync()
             .map_err(self.io("syncing the VMDK".into()))?;
         self.unsynced = false;
@@ -571,29 +603,40 @@ impl SparseUpdater {
         for gdi in &dirty {
             let Some(t) = self.gts.get(gdi) else { continue };
             let raw: Vec<u8> = t.entries.iter().flat_map(|e| e.to_le_bytes()).collect();
+            let written: Arc<[u32]> = t.entries.as_slice().into();
             let i = *gdi as usize;
-            let mut places = vec![self.gd.get(i).copied().unwrap_or(0)];
+            let primary = self.ext.directory().get(i).copied().unwrap_or(0);
+            let mut places = vec![primary];
             if let Some(r) = &self.rgd {
                 places.push(r.get(i).copied().unwrap_or(0));
             }
             for s in places.into_iter().filter(|&s| s != 0) {
                 let off = s as u64 * SECTOR;
-                self.storage
+                self.ext
+                    .storage
                     .write_all_at(&raw, off)
                     .map_err(self.io(format!("writing the grain table at {off:#x}")))?;
+            }
+            // Lookups through the extent (after this table leaves `gts`) see what was written.
+            if primary != 0 {
+                self.ext.cache_table(primary as u64 * SECTOR, written);
             }
         }
         self.sync()?;
         for gdi in std::mem::take(&mut self.dirty_gd) {
             let i = gdi as usize;
-            let mut writes = vec![(self.header.gd_offset, self.gd.get(i).copied())];
+            let mut writes = vec![(
+                self.ext.header.gd_offset,
+                self.ext.directory().get(i).copied(),
+            )];
             if let Some(r) = &self.rgd {
-                writes.push((self.header.rgd_offset, r.get(i).copied()));
+                writes.push((self.ext.header.rgd_offset, r.get(i).copied()));
             }
             for (dir, v) in writes {
                 let Some(v) = v else { continue };
                 let off = dir * SECTOR + gdi * 4;
-                self.storage
+                self.ext
+                    .storage
                     .write_all_at(&v.to_le_bytes(), off)
                     .map_err(self.io(format!("writing grain directory entry {gdi} at {off:#x}")))?;
             }
@@ -618,14 +661,15 @@ impl SparseUpdater {
         let Some(new) = renewed_cid(&bytes) else {
             return Ok(());
         };
-        self.storage
+        self.ext
+            .storage
             .write_all_at(&new, off)
             .map_err(self.io(format!("writing the embedded descriptor at {off:#x}")))
     }
 
     fn write_inner(&mut self, buf: &[u8], offset: u64) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
-        let gb = self.header.grain_bytes();
+        let gb = self.ext.header.grain_bytes();
         let mut pos = 0usize;
         while pos < buf.len() {
             let at = offset + pos as u64;
@@ -636,7 +680,8 @@ impl SparseUpdater {
             match self.grain_host(g)? {
                 Some(host) => {
                     let o = host + within;
-                    self.storage
+                    self.ext
+                        .storage
                         .write_all_at(part, o)
                         .map_err(self.io(format!("writing grain {g} at {o:#x}")))?;
                 }
@@ -644,7 +689,8 @@ impl SparseUpdater {
                     let mut grain = vec![0u8; gb as usize];
                     grain[within as usize..within as usize + n].copy_from_slice(part);
                     let host = self.allocate(gb, gb)?;
-                    self.storage
+                    self.ext
+                        .storage
                         .write_all_at(&grain, host)
                         .map_err(self.io(format!("writing new grain {g} at {host:#x}")))?;
                     self.set_gte(g, (host / SECTOR) as u32);
@@ -659,7 +705,7 @@ impl SparseUpdater {
     /// Reads `buf.len()` bytes of this extent at `offset`, as updated so far.
     fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_read_range(offset, buf.len(), self.virtual_size)?;
-        let gb = self.header.grain_bytes();
+        let gb = self.ext.header.grain_bytes();
         let mut pos = 0usize;
         while pos < buf.len() {
             let at = offset + pos as u64;
@@ -670,7 +716,8 @@ impl SparseUpdater {
             match self.peek_grain_host(g)? {
                 Some(host) => {
                     let o = host + within;
-                    self.storage
+                    self.ext
+                        .storage
                         .read_exact_at(part, o)
                         .map_err(self.io(format!("reading grain {g} at {o:#x}")))?;
                 }
@@ -683,7 +730,7 @@ impl SparseUpdater {
 
     /// The extent at `offset` (inside the disk): one grain at most, data or zeros.
     fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
-        let gb = self.header.grain_bytes();
+        let gb = self.ext.header.grain_bytes();
         let len = (gb - offset % gb).min(max_len);
         Ok(match self.peek_grain_host(offset / gb)? {
             Some(host) => Extent {
@@ -696,7 +743,7 @@ impl SparseUpdater {
 
     fn zero_inner(&mut self, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
-        let gb = self.header.grain_bytes();
+        let gb = self.ext.header.grain_bytes();
         let end = offset + len;
         let mut at = offset;
         while at < end {
@@ -706,7 +753,8 @@ impl SparseUpdater {
             // Unallocated and zeroed grains read as zeros already (no parent).
             if let Some(host) = self.grain_host(g)? {
                 let o = host + within;
-                self.storage
+                self.ext
+                    .storage
                     .write_zeroes(o, n)
                     .map_err(self.io(format!("zeroing {n} bytes of grain {g} at {o:#x}")))?;
                 self.unsynced = true;
@@ -796,15 +844,16 @@ struct FlatUpdater {
     path: PathBuf,
     virtual_size: u64,
     extents: Vec<FlatExtent>,
-    /// The descriptor file's bytes, until its CID has been renewed.
-    descriptor: Option<Vec<u8>>,
+    /// The descriptor file (opened once, with the extents) and its bytes, until its CID has
+    /// been renewed.
+    descriptor: Option<(Opened, Vec<u8>)>,
     dirty: bool,
 }
 
 impl FlatUpdater {
     /// Extent files must be plain names in the descriptor's folder: a descriptor cannot make
     /// us write anywhere else.
-    fn open(path: &Path, ro: &FileStorage, file_len: u64) -> Result<FlatUpdater> {
+    fn open(path: &Path, file: Opened, file_len: u64) -> Result<FlatUpdater> {
         if file_len > super::descriptor::MAX_DESCRIPTOR_BYTES as u64 {
             return Err(refuse(format!(
                 "it is neither a sparse extent nor a descriptor file of at most {} bytes",
@@ -812,7 +861,8 @@ impl FlatUpdater {
             )));
         }
         let mut b = vec![0u8; file_len as usize];
-        ro.read_exact_at(&mut b, 0)
+        file.file
+            .read_exact_at(&mut b, 0)
             .map_err(|e| Error::io("reading the VMDK descriptor", e))?;
         let d = VmdkDescriptor::parse(&b, 0)?;
         if d.has_parent() {
@@ -867,25 +917,32 @@ impl FlatUpdater {
                 ))
             })?;
             let epath = dir.join(&e.file);
-            let st = FileStorage::open_read_only(&epath)
+            let st = Opened::open(&epath)
                 .map_err(|err| Error::io("opening the flat extent", err).in_file(&epath))?;
-            if st.kind() != crate::storage::FileKind::Regular {
+            if st.file.kind() != crate::storage::FileKind::Regular {
                 return Err(refuse(format!(
                     "descriptor line {line}: extent {:?} is not a regular file",
                     e.file
                 )));
             }
             let flen = st
+                .file
                 .len()
                 .map_err(|err| Error::io("getting the extent's length", err).in_file(&epath))?;
             if e.kind == VmdkExtentType::Sparse {
                 let mut hb = [0u8; HEADER_SIZE];
                 let got = st
+                    .file
                     .read_at(&mut hb, 0)
                     .map_err(|err| Error::io("reading the sparse header", err).in_file(&epath))?;
-                let sp =
-                    SparseUpdater::open_sparse(Some(&epath), Arc::new(st), flen, &hb[..got], true)
-                        .map_err(|err| err.in_file(&epath))?;
+                let sp = SparseUpdater::open_sparse(
+                    Some(&epath),
+                    (Arc::new(st.file), st.not_writable),
+                    flen,
+                    &hb[..got],
+                    true,
+                )
+                .map_err(|err| err.in_file(&epath))?;
                 if sp.virtual_size < len {
                     return Err(VmdkError::corrupt(
                         format!("descriptor line {line}"),
@@ -897,7 +954,7 @@ impl FlatUpdater {
                     )
                     .into());
                 }
-                extents.push((start, len, 0, epath, Some(Box::new(sp))));
+                extents.push((start, len, 0, epath, Ok(Box::new(sp))));
                 start = start.checked_add(len).ok_or_else(|| {
                     Error::InvalidArgument("the extents add up to more than 2^64 bytes".into())
                 })?;
@@ -915,7 +972,7 @@ impl FlatUpdater {
                 )
                 .into());
             }
-            extents.push((start, len, file_offset, epath, None));
+            extents.push((start, len, file_offset, epath, Err(st)));
             start = start.checked_add(len).ok_or_else(|| {
                 Error::InvalidArgument("the extents add up to more than 2^64 bytes".into())
             })?;
@@ -923,9 +980,10 @@ impl FlatUpdater {
         // Everything checked: now open for writing.
         let mut opened = Vec::with_capacity(extents.len());
         for (start, len, file_offset, epath, sparse) in extents {
+            // A sparse extent is ready; a flat one was opened for writing if it could be.
             let backing = match sparse {
-                Some(sp) => Backing::Sparse(sp),
-                None => Backing::Flat(FileStorage::open_read_write(&epath).map_err(|err| {
+                Ok(sp) => Backing::Sparse(sp),
+                Err(st) => Backing::Flat(st.writable().map_err(|err| {
                     Error::io("opening the flat extent read-write", err).in_file(&epath)
                 })?),
             };
@@ -941,7 +999,7 @@ impl FlatUpdater {
             path: path.to_path_buf(),
             virtual_size: start,
             extents: opened,
-            descriptor: Some(b),
+            descriptor: Some((file, b)),
             dirty: false,
         })
     }
@@ -1050,8 +1108,12 @@ impl FlatUpdater {
             }
         }
         if self.dirty {
-            if let Some(new) = self.descriptor.take().as_deref().and_then(renewed_cid) {
-                let f = FileStorage::open_read_write(&self.path)
+            let Some((file, bytes)) = self.descriptor.take() else {
+                return Ok(());
+            };
+            if let Some(new) = renewed_cid(&bytes) {
+                let f = file
+                    .writable()
                     .map_err(|e| Error::io("opening the descriptor", e).in_file(&self.path))?;
                 f.write_all_at(&new, 0)
                     .and_then(|()| f.sync())
@@ -1178,6 +1240,38 @@ mod tests {
         let desc = MemStorage::from_vec(b"# Disk DescriptorFile\nversion=1\n".to_vec());
         let e = VmdkUpdater::open_storage(Arc::new(desc), None).unwrap_err();
         assert!(e.chain().contains("descriptor file"), "{}", e.chain());
+    }
+
+    /// Grain tables leave the updater's own map after a write-back (here after every table):
+    /// later reads and writes then go through the extent's grain-table cache, which must hold
+    /// what was written, not what was read before.
+    #[test]
+    fn tables_written_back_are_read_through_the_extent_cache() {
+        use crate::storage::MemStorage;
+        use crate::testing::{RandomOps, random_operations};
+        let dir = tempfile::tempdir().unwrap();
+        let size = 4 * (32 << 20); // four grain tables of 512 grains of 64 KiB
+        let p = make(dir.path(), size);
+        let mem = Arc::new(MemStorage::from_vec(std::fs::read(&p).unwrap()));
+        let mut u = VmdkUpdater::open_storage(mem.clone(), None).unwrap();
+        match &mut u.kind {
+            Kind::Sparse(s) => s.max_gts = 1,
+            Kind::Flat(_) => panic!("not a sparse updater"),
+        }
+        let model = MemStorage::from_vec(vec![0u8; size as usize]);
+        let o = RandomOps {
+            block: 64 << 10,
+            flush_one_in: 7,
+            ..RandomOps::new(5, 300, 200_000)
+        };
+        random_operations(&mut u, &model, &o).unwrap();
+        u.flush().unwrap();
+        drop(u);
+        std::fs::write(&p, mem.to_vec()).unwrap();
+        let r = crate::open(&p, &crate::OpenOptions::default()).unwrap();
+        let mut got = vec![0u8; size as usize];
+        r.read_at(&mut got, 0).unwrap();
+        assert!(got == model.to_vec());
     }
 
     #[test]
