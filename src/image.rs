@@ -758,6 +758,39 @@ impl ImageUpdater for NamedUpdater {
 /// A reader shared between threads and between images of a chain.
 pub type SharedReader = Arc<dyn ImageReader>;
 
+/// Implements [`ImageReader`] for an updater that holds the reader it was built from in the
+/// field `$field`: every read goes through that reader (which sees the updater's writes).
+macro_rules! reader_through {
+    ($ty:ty, $field:ident) => {
+        impl $crate::image::ImageReader for $ty {
+            fn format(&self) -> $crate::image::Format {
+                self.$field.format()
+            }
+
+            fn virtual_size(&self) -> u64 {
+                self.$field.virtual_size()
+            }
+
+            fn map(
+                &self,
+                offset: u64,
+                max_len: u64,
+            ) -> $crate::error::Result<$crate::image::Extent> {
+                self.$field.map(offset, max_len)
+            }
+
+            fn read_at(&self, buf: &mut [u8], offset: u64) -> $crate::error::Result<()> {
+                self.$field.read_at(buf, offset)
+            }
+
+            fn info(&self) -> $crate::image::ImageInfo {
+                self.$field.info()
+            }
+        }
+    };
+}
+pub(crate) use reader_through;
+
 /// In-place write access to an existing image (the target of an incremental sync).
 ///
 /// Unlike an [`ImageWriter`], which creates a new file and is complete only after `finish`, an

@@ -442,27 +442,7 @@ impl crate::image::ImageUpdater for RawUpdater {
     }
 }
 
-impl ImageReader for RawUpdater {
-    fn format(&self) -> Format {
-        Format::Raw
-    }
-
-    fn virtual_size(&self) -> u64 {
-        self.r.size
-    }
-
-    fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
-        self.r.map(offset, max_len)
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.r.read_at(buf, offset)
-    }
-
-    fn info(&self) -> ImageInfo {
-        self.r.info()
-    }
-}
+crate::image::reader_through!(RawUpdater, r);
 
 #[cfg(test)]
 mod updater_tests {

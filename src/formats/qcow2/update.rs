@@ -37,7 +37,7 @@ use super::reader::Qcow2Reader;
 use super::refcount;
 use crate::bytes::be64_table;
 use crate::error::{Error, Result};
-use crate::image::{Extent, Format, ImageInfo, ImageReader, ImageUpdater};
+use crate::image::{ImageReader, ImageUpdater};
 use crate::storage::{FileKind, FileStorage, Storage};
 
 /// Bytes of L2 tables (and, separately, of refcount blocks) kept in memory before a flush is
@@ -893,27 +893,7 @@ impl ImageUpdater for Qcow2Updater {
     }
 }
 
-impl ImageReader for Qcow2Updater {
-    fn format(&self) -> Format {
-        Format::Qcow2
-    }
-
-    fn virtual_size(&self) -> u64 {
-        self.r.size
-    }
-
-    fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
-        self.r.map(offset, max_len)
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.r.read_at(buf, offset)
-    }
-
-    fn info(&self) -> ImageInfo {
-        self.r.info()
-    }
-}
+crate::image::reader_through!(Qcow2Updater, r);
 
 #[cfg(test)]
 mod tests {

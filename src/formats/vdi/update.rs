@@ -38,9 +38,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result, ResultExt};
-use crate::image::{
-    Extent, Format, ImageInfo, ImageReader, ImageUpdater, read_through_parent, reads_as_zero,
-};
+use crate::image::{Format, ImageUpdater, read_through_parent, reads_as_zero};
 use crate::reference::{OpenContext, OpenOptions};
 use crate::storage::{FileStorage, Storage};
 
@@ -478,32 +476,13 @@ impl ImageUpdater for VdiUpdater {
     }
 }
 
-impl ImageReader for VdiUpdater {
-    fn format(&self) -> Format {
-        Format::Vdi
-    }
-
-    fn virtual_size(&self) -> u64 {
-        self.r.size
-    }
-
-    fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
-        self.r.map(offset, max_len)
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.r.read_at(buf, offset)
-    }
-
-    fn info(&self) -> ImageInfo {
-        self.r.info()
-    }
-}
+crate::image::reader_through!(VdiUpdater, r);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::formats::vdi::reader::tests::image;
+    use crate::image::ImageReader;
     use crate::open::open_storage;
     use crate::storage::MemStorage;
 

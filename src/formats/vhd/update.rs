@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::image::{Extent, Format, ImageInfo, ImageReader, ImageUpdater};
+use crate::image::{Format, ImageUpdater};
 use crate::reference::{OpenContext, OpenOptions};
 use crate::storage::{FileStorage, Storage};
 
@@ -414,27 +414,7 @@ impl ImageUpdater for VhdUpdater {
     }
 }
 
-impl ImageReader for VhdUpdater {
-    fn format(&self) -> Format {
-        Format::Vhd
-    }
-
-    fn virtual_size(&self) -> u64 {
-        self.r.size
-    }
-
-    fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
-        self.r.map(offset, max_len)
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.r.read_at(buf, offset)
-    }
-
-    fn info(&self) -> ImageInfo {
-        self.r.info()
-    }
-}
+crate::image::reader_through!(VhdUpdater, r);
 
 #[cfg(test)]
 mod tests {
@@ -444,6 +424,7 @@ mod tests {
     use crate::formats::vhd::VhdSubformat;
     use crate::formats::vhd::dynamic::VhdDynamicHeader;
     use crate::formats::vhd::footer::VhdFooter;
+    use crate::image::ImageReader;
     use crate::output::{OutputOptions, convert_file};
     use crate::storage::MemStorage;
     use std::path::PathBuf;

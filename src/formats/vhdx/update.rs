@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::image::{Extent, Format, ImageInfo, ImageReader, ImageUpdater};
+use crate::image::ImageUpdater;
 use crate::storage::{FileStorage, Storage};
 
 use super::bat::{self, BatEntry, PAYLOAD_FULLY_PRESENT, PAYLOAD_ZERO};
@@ -310,27 +310,7 @@ impl ImageUpdater for VhdxUpdater {
     }
 }
 
-impl ImageReader for VhdxUpdater {
-    fn format(&self) -> Format {
-        Format::Vhdx
-    }
-
-    fn virtual_size(&self) -> u64 {
-        self.virtual_size
-    }
-
-    fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
-        self.r.map(offset, max_len)
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.r.read_at(buf, offset)
-    }
-
-    fn info(&self) -> ImageInfo {
-        self.r.info()
-    }
-}
+crate::image::reader_through!(VhdxUpdater, r);
 
 #[cfg(test)]
 mod tests {
@@ -341,6 +321,7 @@ mod tests {
     use crate::formats::vhdx::header::HEADER_SIZE;
     use crate::formats::vhdx::region::{self, REGION_OFFSETS};
     use crate::formats::vhdx::{log, metadata};
+    use crate::image::{Format, ImageReader};
     use crate::output::{OutputOptions, convert_file};
     use crate::storage::MemStorage;
     use std::path::PathBuf;
