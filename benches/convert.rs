@@ -661,6 +661,27 @@ fn print_table(results: &[ToolResult]) {
     );
 }
 
+/// diskconv / `other` per case (wall, CPU, peak RSS, allocated output), for the JSON report.
+fn ratios_over(results: &[ToolResult], other: Tool) -> Vec<serde_json::Value> {
+    results
+        .iter()
+        .filter(|r| r.tool == Tool::Diskconv)
+        .filter_map(|d| {
+            let q = results
+                .iter()
+                .find(|q| q.case == d.case && q.tool == other)?;
+            let (db, qb) = (d.best()?, q.best()?);
+            Some(json!({
+                "case": d.case,
+                "wall": db.total_s() / qb.total_s().max(1e-9),
+                "cpu": db.m.cpu_s() / qb.m.cpu_s().max(1e-9),
+                "rss": db.m.max_rss as f64 / qb.m.max_rss.max(1) as f64,
+                "out_alloc": db.out_alloc as f64 / qb.out_alloc.max(1) as f64,
+            }))
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
@@ -772,39 +793,8 @@ fn run(args: &Args) -> io::Result<ExitCode> {
     )
     .map(|s| s.trim().to_owned())
     .unwrap_or_default();
-    let ratios: Vec<serde_json::Value> = results
-        .iter()
-        .filter(|r| r.tool == Tool::Diskconv)
-        .filter_map(|d| {
-            let q = results
-                .iter()
-                .find(|q| q.case == d.case && q.tool == Tool::QemuImg)?;
-            let (db, qb) = (d.best()?, q.best()?);
-            Some(json!({
-                "case": d.case,
-                "wall": db.total_s() / qb.total_s().max(1e-9),
-                "cpu": db.m.cpu_s() / qb.m.cpu_s().max(1e-9),
-                "rss": db.m.max_rss as f64 / qb.m.max_rss.max(1) as f64,
-                "out_alloc": db.out_alloc as f64 / qb.out_alloc.max(1) as f64,
-            }))
-        })
-        .collect();
-    let base_ratios: Vec<serde_json::Value> = results
-        .iter()
-        .filter(|r| r.tool == Tool::Diskconv)
-        .filter_map(|d| {
-            let q = results
-                .iter()
-                .find(|q| q.case == d.case && q.tool == Tool::Baseline)?;
-            let (db, qb) = (d.best()?, q.best()?);
-            Some(json!({
-                "case": d.case,
-                "wall": db.total_s() / qb.total_s().max(1e-9),
-                "cpu": db.m.cpu_s() / qb.m.cpu_s().max(1e-9),
-                "rss": db.m.max_rss as f64 / qb.m.max_rss.max(1) as f64,
-            }))
-        })
-        .collect();
+    let ratios = ratios_over(&results, Tool::QemuImg);
+    let base_ratios = ratios_over(&results, Tool::Baseline);
     let cases: Vec<serde_json::Value> = results
         .iter()
         .map(|r| {
