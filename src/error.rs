@@ -177,6 +177,14 @@ pub enum Hint {
     AcceptDataLoss,
     /// Open the files an image names wherever they are (the reference policy `Anywhere`).
     AllowReferences,
+    /// Read an OVA without checking its manifest.
+    SkipManifestCheck,
+    /// Read an OVA disk whose size differs from the capacity its OVF declares.
+    AllowCapacityMismatch,
+    /// Write one disk of a package (its number) instead of all of them.
+    ChooseDisk,
+    /// Keep the sync state of a block device in a folder of your choice.
+    StatePath,
 }
 
 /// An error with its [`Hint`] (see [`Error::Hinted`]).

@@ -192,10 +192,9 @@ pub fn convert_files(
             OutputTarget::File { path, .. } => path,
             OutputTarget::BlockDevice { .. } => {
                 return Err(Error::InvalidArgument(
-                    "is a block device; several disks are written to files (convert one disk \
-                     to the device with --disk N)"
-                        .into(),
+                    "is a block device; several disks are written to files".into(),
                 )
+                .with_hint(crate::error::Hint::ChooseDisk)
                 .in_file(*target));
             }
         };

@@ -166,11 +166,11 @@ pub fn state_path_for(dst: &Path, explicit: Option<&Path>) -> Result<StatePlace>
     if device_dirs.contains(&state_dir) || state_dir.starts_with("/dev") {
         return Err(Error::InvalidArgument(format!(
             "the sync state of the block device {} would be written to {}, a folder of device \
-             nodes; pass --state with a path in another folder (state files are never written \
-             into /dev)",
+             nodes",
             dst.display(),
             state_dir.display()
-        )));
+        ))
+        .with_hint(crate::error::Hint::StatePath));
     }
     Ok(StatePlace {
         path,

@@ -63,6 +63,12 @@ fn flag_hint(h: Hint) -> &'static str {
         Hint::ChoosePartition => "; choose one with --partition N",
         Hint::AcceptDataLoss => " (--accept-data-loss)",
         Hint::AllowReferences => "; pass --references=anywhere to allow it",
+        Hint::SkipManifestCheck => " (--no-verify-manifest skips the check)",
+        Hint::AllowCapacityMismatch => " (--allow-capacity-mismatch reads it as it is)",
+        Hint::ChooseDisk => " (convert one disk to the device with --disk N)",
+        Hint::StatePath => {
+            "; pass --state with a path in another folder (state files are never written into /dev)"
+        }
         _ => "",
     }
 }

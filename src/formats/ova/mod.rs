@@ -11,7 +11,7 @@ pub mod writer;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Hint, Result};
 use crate::reference::OpenContext;
 use crate::storage::Storage;
 
@@ -51,8 +51,7 @@ pub enum OvaError {
     /// A member's digest differs from the one its manifest records.
     #[error(
         "OVA member '{member}' does not match the manifest {manifest} (line {line}): {algorithm} \
-         recorded {expected}, computed {found}; the package was altered or damaged \
-         (--no-verify-manifest skips the check)"
+         recorded {expected}, computed {found}; the package was altered or damaged"
     )]
     ManifestMismatch {
         /// The member.
@@ -71,7 +70,7 @@ pub enum OvaError {
     /// The manifest lists a file the archive does not hold.
     #[error(
         "the manifest {manifest} (line {line}) lists '{name}', which the OVA does not contain: \
-         the package is incomplete (--no-verify-manifest skips the check)"
+         the package is incomplete"
     )]
     ManifestMissingMember {
         /// The manifest's member name.
@@ -102,8 +101,7 @@ pub enum OvaError {
     /// A disk's virtual size differs from the capacity the OVF declares for it.
     #[error(
         "OVA disk {index} ('{member}'): the OVF declares a capacity of {declared} bytes \
-         ({declared_text}) but the disk holds {actual} bytes (--allow-capacity-mismatch reads \
-         it as it is)"
+         ({declared_text}) but the disk holds {actual} bytes"
     )]
     CapacityMismatch {
         /// The disk's 1-based number in the OVF's order.
@@ -166,7 +164,18 @@ impl OvaError {
 
 impl From<OvaError> for Error {
     fn from(e: OvaError) -> Self {
-        Error::typed(e.kind(), e)
+        let hint = match &e {
+            OvaError::ManifestMismatch { .. } | OvaError::ManifestMissingMember { .. } => {
+                Some(Hint::SkipManifestCheck)
+            }
+            OvaError::CapacityMismatch { .. } => Some(Hint::AllowCapacityMismatch),
+            _ => None,
+        };
+        let err = Error::typed(e.kind(), e);
+        match hint {
+            Some(h) => err.with_hint(h),
+            None => err,
+        }
     }
 }
 

@@ -1104,6 +1104,11 @@ mod tests {
             e.contains("declares a capacity of 4 bytes") && e.contains("1048576"),
             "{e}"
         );
+        // The library says what is wrong; the hint is what the CLI turns into its flag.
+        let err: crate::Error = p.capacity_mismatch(2, 1 << 20).unwrap().into();
+        assert!(!err.to_string().contains("--"), "{err}");
+        assert_eq!(err.hint(), Some(crate::Hint::AllowCapacityMismatch));
+        assert_eq!(err.kind(), crate::ErrorKind::Corrupt);
     }
 
     #[test]
