@@ -356,16 +356,6 @@ pub fn open_storage(storage: Arc<dyn Storage>) -> Result<RawUpdater> {
     Ok(RawReader::new(storage, None)?.into_updater())
 }
 
-/// Opens the raw image held in `storage` (writable) for in-place updates (the registry's
-/// entry point): a [`RawReader`] over it becomes the updater. `path` names it in errors.
-pub fn open_updater(
-    storage: Arc<dyn Storage>,
-    path: Option<&Path>,
-    _ctx: &crate::open::OpenContext<'_>,
-) -> Result<Box<dyn crate::image::ImageUpdater>> {
-    Ok(Box::new(RawReader::new(storage, path)?.into_updater()))
-}
-
 impl RawUpdater {
     /// Opens the raw file or block device at `path` read-write.
     /// A block device is opened exclusively (`O_EXCL`): one that is mounted or in use is

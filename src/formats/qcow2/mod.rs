@@ -30,26 +30,6 @@ pub use header::Qcow2Header;
 pub use reader::Qcow2Reader;
 pub use writer::{Qcow2WriteOptions, Qcow2Writer};
 
-use std::path::Path;
-use std::sync::Arc;
-
-use crate::error::Result;
-use crate::image::ImageUpdater;
-use crate::reference::OpenContext;
-use crate::storage::Storage;
-
-/// Opens the qcow2 image held in `storage` (writable) for in-place updates: the reader parses and
-/// validates it, and becomes the updater over the same storage (the registry's entry point).
-/// `path` and `ctx` are where it was found and the reference policy; an image naming other files
-/// (backing file, data file) is refused, so neither is used.
-pub fn open_updater(
-    storage: Arc<dyn Storage>,
-    _path: Option<&Path>,
-    _ctx: &OpenContext<'_>,
-) -> Result<Box<dyn ImageUpdater>> {
-    Ok(Box::new(update::open_storage(storage)?))
-}
-
 use crate::error::{Error, ErrorKind, StructureError};
 
 /// An invalid, corrupt or unsupported qcow2 structure.

@@ -58,28 +58,6 @@ pub use reader::{VdiReader, open_with_parent};
 pub use update::VdiUpdater;
 pub use writer::{VdiSubformat, VdiWriteOptions};
 
-use std::path::Path;
-use std::sync::Arc;
-
-use crate::error::Result;
-use crate::image::ImageUpdater;
-use crate::reference::OpenContext;
-use crate::storage::Storage;
-
-/// Opens the VDI held in `storage` (writable) for in-place updates: the reader parses and
-/// validates it, and becomes the updater over the same storage (the registry's entry point).
-/// `path` and `ctx` are where it was found and the reference policy; the parent of a
-/// differencing image is found through them.
-pub fn open_updater(
-    storage: Arc<dyn Storage>,
-    path: Option<&Path>,
-    ctx: &OpenContext<'_>,
-) -> Result<Box<dyn ImageUpdater>> {
-    Ok(Box::new(
-        VdiReader::open(storage, path, ctx)?.into_updater()?,
-    ))
-}
-
 use crate::formats::error::FormatError;
 
 /// The format name in messages.

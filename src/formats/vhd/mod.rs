@@ -20,23 +20,3 @@ pub fn probe(head: &[u8], _len: u64) -> bool {
 pub fn probe_tail(tail: &[u8; 512]) -> bool {
     tail.starts_with(&footer::COOKIE) || tail[1..].starts_with(&footer::COOKIE)
 }
-
-use std::path::Path;
-use std::sync::Arc;
-
-use crate::error::Result;
-use crate::image::ImageUpdater;
-use crate::reference::OpenContext;
-use crate::storage::Storage;
-
-/// Opens the VHD held in `storage` (writable) for in-place updates: the reader parses and
-/// validates it, and becomes the updater over the same storage (the registry's entry point).
-/// `path` and `ctx` are where it was found and the reference policy; a differencing disk is
-/// refused, so neither is used.
-pub fn open_updater(
-    storage: Arc<dyn Storage>,
-    _path: Option<&Path>,
-    _ctx: &OpenContext<'_>,
-) -> Result<Box<dyn ImageUpdater>> {
-    Ok(Box::new(update::open_storage(storage)?))
-}

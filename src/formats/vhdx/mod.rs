@@ -18,25 +18,7 @@ pub mod writer;
 pub use reader::VhdxReader;
 pub use writer::{VhdxSubformat, VhdxWriteOptions};
 
-use std::path::Path;
-use std::sync::Arc;
-
 use crate::error::Result;
-use crate::image::ImageUpdater;
-use crate::reference::OpenContext;
-use crate::storage::Storage;
-
-/// Opens the VHDX held in `storage` (writable) for in-place updates: the reader parses and
-/// validates it, and becomes the updater over the same storage (the registry's entry point).
-/// `path` and `ctx` are where it was found and the reference policy; a differencing VHDX is
-/// refused, so neither is used.
-pub fn open_updater(
-    storage: Arc<dyn Storage>,
-    _path: Option<&Path>,
-    _ctx: &OpenContext<'_>,
-) -> Result<Box<dyn ImageUpdater>> {
-    Ok(Box::new(update::open_storage(storage)?))
-}
 
 use crate::formats::error::FormatError;
 /// 1 MiB: region, log and payload alignment.

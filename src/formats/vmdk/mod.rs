@@ -28,32 +28,6 @@ pub mod writer;
 pub use reader::VmdkReader;
 pub use writer::{AdapterType, VmdkSubformat, VmdkWriteOptions};
 
-use std::path::Path;
-use std::sync::Arc;
-
-use crate::error::Result;
-use crate::image::ImageUpdater;
-use crate::reference::OpenContext;
-use crate::storage::Storage;
-
-/// Opens the VMDK held in `storage` (writable) for in-place updates (the registry's entry
-/// point): a monolithicSparse VMDK is updated over `storage` (`path` names it in errors); a
-/// descriptor file, whose extents lie beside it, only through its `path`, from which the
-/// updater opens the extent files itself.
-pub fn open_updater(
-    storage: Arc<dyn Storage>,
-    path: Option<&Path>,
-    _ctx: &OpenContext<'_>,
-) -> Result<Box<dyn ImageUpdater>> {
-    let mut magic = [0u8; 4];
-    let sparse =
-        storage.read_at(&mut magic, 0).is_ok_and(|n| n == 4) && magic == sparse::SPARSE_MAGIC;
-    match path {
-        Some(path) if !sparse => Ok(Box::new(update::VmdkUpdater::open(path)?)),
-        _ => Ok(Box::new(update::VmdkUpdater::open_storage(storage, path)?)),
-    }
-}
-
 use crate::error::{Error, ErrorKind, StructureError};
 
 /// An invalid, corrupt or unsupported VMDK structure.
