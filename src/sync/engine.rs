@@ -657,6 +657,7 @@ fn run_pass(
         return Err(Error::InvalidArgument("no pass to run".into()));
     };
     let rescan = rp.kind == PassKind::Rescan;
+    let zero_fp = zero_fingerprint(bs);
     // Blocks of an interrupted window: rewritten whatever the fingerprints say. Only candidate
     // blocks are ever written, so the candidates inside the pending range are a superset of
     // what the interrupted run may have half-written.
@@ -758,6 +759,7 @@ fn run_pass(
                 pos,
                 wend,
                 forced: &forced,
+                zero_fp,
             };
             let wrote = write_changed(
                 up,
@@ -801,11 +803,13 @@ struct Run<'a> {
     old: &'a [u128],
 }
 
-/// The window a run belongs to, and the blocks of an interrupted window that must be rewritten.
+/// The window a run belongs to, the blocks of an interrupted window that must be rewritten, and
+/// the fingerprint of a zero block (computed once per pass).
 struct WindowState<'a> {
     pos: u64,
     wend: u64,
     forced: &'a Range<u64>,
+    zero_fp: u128,
 }
 
 /// Writes the blocks of `run` that changed (or are forced) through `up`; before the first write
@@ -822,7 +826,6 @@ fn write_changed(
     size: u64,
 ) -> Result<bool> {
     let bs = st.block_size;
-    let zero_fp = zero_fingerprint(bs);
     let mut wrote = false;
     for (k, (&f, &before)) in run.fps.iter().zip(run.old).enumerate() {
         let blk_no = run.first + k as u64;
@@ -844,7 +847,7 @@ fn write_changed(
             let blk = &run.data[at..at + bs as usize];
             let boff = blk_no * bs;
             let blen = (boff + bs).min(size) - boff;
-            if f == zero_fp && is_zero(blk) {
+            if f == win.zero_fp && is_zero(blk) {
                 up.write_zeroes(boff, blen)?;
             } else {
                 up.write_at(&blk[..blen as usize], boff)?;
