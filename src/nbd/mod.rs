@@ -1,0 +1,4 @@
+//! The Network Block Device protocol: the wire format shared by the server (`diskconv serve`)
+//! and the client (`nbd://`, `nbds://` and `nbd+unix://` URIs wherever an image is named).
+
+pub mod proto;
