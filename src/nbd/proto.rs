@@ -413,7 +413,7 @@ pub fn decode_greeting(b: &[u8; GREETING_LEN]) -> WireResult<u16> {
         )));
     }
     let second = u64::from_be_bytes(b[8..16].try_into().unwrap_or([0; 8]));
-    if second == 0x0042_0281_8612_53 {
+    if second == 0x0000_4202_8186_1253 {
         return Err(wire(
             "the server speaks the old-style NBD handshake, which is not supported",
         ));
@@ -1152,7 +1152,7 @@ mod tests {
                 .contains("not an NBD server")
         );
         let mut old = g;
-        old[8..16].copy_from_slice(&0x0042_0281_8612_53u64.to_be_bytes());
+        old[8..16].copy_from_slice(&0x0000_4202_8186_1253u64.to_be_bytes());
         assert!(decode_greeting(&old).unwrap_err().0.contains("old-style"));
     }
 
