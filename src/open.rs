@@ -8,7 +8,8 @@ use std::sync::Arc;
 use crate::error::{Error, Result, ResultExt};
 use crate::formats::qcow2::Qcow2Reader;
 use crate::formats::registry::{REGISTRY, detect};
-use crate::image::ImageReader;
+use crate::image::{ImageReader, NamedReader};
+use crate::nbd::{NbdOptions, NbdStorage, NbdUri, is_nbd_path};
 use crate::storage::{FileStorage, Storage};
 
 pub use crate::reference::{
@@ -29,8 +30,38 @@ pub use crate::reference::{
 /// println!("{} bytes of {}", img.virtual_size(), img.format());
 /// # Ok::<(), diskconv::Error>(())
 /// ```
+///
+/// `path` may be an NBD URI (`nbd://host[:port]/export`, `nbd+unix:///export?socket=PATH`,
+/// `nbds://...`): the export is opened as a raw image over an [`NbdStorage`], or as the
+/// container format `opts.format` names (any file that image names is then refused, as for
+/// [`open_storage`]).
 pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Box<dyn ImageReader>> {
-    crate::reference::open_top(path.as_ref(), opts, &REGISTRY)
+    let path = path.as_ref();
+    if is_nbd_path(path) {
+        return open_nbd(path, opts, &NbdOptions::default());
+    }
+    crate::reference::open_top(path, opts, &REGISTRY)
+}
+
+/// Connects to the NBD export `uri` names (a URI as [`NbdUri::parse`] takes it); errors name
+/// the URI.
+pub fn connect_nbd(uri: &Path, nbd: &NbdOptions) -> Result<Arc<NbdStorage>> {
+    let text = uri.to_string_lossy();
+    let parsed = NbdUri::parse(&text).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let storage = NbdStorage::connect(&parsed, nbd)
+        .map_err(|e| Error::io("connecting to the NBD server", e))
+        .in_file(uri)?;
+    Ok(Arc::new(storage))
+}
+
+/// Opens the NBD export `uri` names as an image (see [`open`]), with the client settings
+/// `nbd` (a dirty bitmap to select, the retry budget).
+pub fn open_nbd(uri: &Path, opts: &OpenOptions, nbd: &NbdOptions) -> Result<Box<dyn ImageReader>> {
+    let storage = connect_nbd(uri, nbd)?;
+    let mut o = opts.clone();
+    o.format = Some(opts.format.unwrap_or(crate::image::Format::Raw));
+    let reader = open_storage(storage, &o).in_image(uri)?;
+    Ok(Box::new(NamedReader::new(reader, uri)))
 }
 
 /// Opens every disk of the image at `path`: each disk of a package (an OVA, in the order its
@@ -39,6 +70,9 @@ pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Box<dyn ImageR
 /// hashed at the same time, on separate threads) before any disk is opened.
 pub fn open_disks(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Vec<Box<dyn ImageReader>>> {
     let path = path.as_ref();
+    if is_nbd_path(path) {
+        return Ok(vec![open_nbd(path, opts, &NbdOptions::default())?]);
+    }
     let (ctx, canonical) = OpenContext::for_top(path, opts)?;
     let ctx = ctx.with_opener(&REGISTRY);
     let storage = FileStorage::open_read_only(&canonical)

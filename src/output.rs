@@ -14,6 +14,7 @@ use crate::files::{
 use crate::formats::raw::{Preallocation, RawWriter};
 use crate::formats::registry;
 use crate::image::{ImageReader, ImageWriter, NamedWriter};
+use crate::nbd::{NbdOptions, NbdSink, is_nbd_path};
 use crate::storage::{FileStorage, Storage};
 use crate::util::human_bytes;
 
@@ -39,6 +40,25 @@ pub fn create_writer(
 pub fn check_output(target: &Path, opts: &OutputOptions) -> Result<OutputTarget> {
     registry::check_writable(opts.format)?;
     opts.validate()?;
+    if is_nbd_path(target) {
+        if !opts.format.is_raw() {
+            return Err(Error::InvalidArgument(format!(
+                "is an NBD export: only raw output (-O raw) can be written to an export, not \
+                 {}; write the {} image to a file instead",
+                opts.format, opts.format
+            ))
+            .in_file(target));
+        }
+        if opts.raw.preallocation != Preallocation::Off {
+            return Err(Error::InvalidArgument(
+                "is an NBD export: preallocation does not apply to it".into(),
+            )
+            .in_file(target));
+        }
+        return Ok(OutputTarget::Nbd {
+            uri: target.to_path_buf(),
+        });
+    }
     let t = resolve_output(target)?;
     match &t {
         OutputTarget::File { path, .. } => {
@@ -76,8 +96,42 @@ pub fn check_output(target: &Path, opts: &OutputOptions) -> Result<OutputTarget>
                 .in_file(path));
             }
         }
+        OutputTarget::Nbd { .. } => {}
     }
     Ok(t)
+}
+
+/// Converts `src` into raw bytes written in place at the start of the NBD export `uri` names,
+/// which must be at least as large as the source and writable: data is written, zero and
+/// unallocated ranges are made to read as zeros (`NBD_CMD_WRITE_ZEROES`), and the export is
+/// flushed at the end. An export cannot be rolled back: an interrupted conversion leaves it
+/// partly written. The bytes past the image are left as they were
+/// ([`ConvertStats::untouched_tail`]).
+pub fn convert_to_nbd(
+    src: &dyn ImageReader,
+    uri: &Path,
+    convert_opts: &ConvertOptions,
+    progress: Option<&mut ProgressFn<'_>>,
+) -> Result<ConvertStats> {
+    let size = src.virtual_size();
+    let mut sink = NbdSink::connect(uri, &NbdOptions::default())?;
+    let len = sink.len();
+    if len < size {
+        return Err(Error::InvalidArgument(format!(
+            "the NBD export holds {len} bytes ({}), less than the {size} bytes ({}) of the source",
+            human_bytes(len),
+            human_bytes(size)
+        ))
+        .in_file(uri));
+    }
+    let w = RawWriter::in_place(sink.main()?, size).map_err(|e| e.in_file(uri))?;
+    let mut stats = convert(src, Box::new(w), convert_opts, progress).map_err(|e| match e {
+        Error::Cancelled => e,
+        e => e.in_file(uri),
+    })?;
+    Box::new(sink).commit()?;
+    stats.untouched_tail = len - size;
+    Ok(stats)
 }
 
 /// Converts `src` into raw bytes written in place at the start of the block device `device`,
@@ -144,6 +198,7 @@ pub fn convert_file(
             }
             convert_to_device(src, &path, convert_opts, progress)
         }
+        OutputTarget::Nbd { uri } => convert_to_nbd(src, &uri, convert_opts, progress),
         OutputTarget::File { path, .. } => convert_to_files(
             src,
             &path,
@@ -190,9 +245,9 @@ pub fn convert_files(
     for (_, target) in jobs {
         let path = match check_output(target, opts)? {
             OutputTarget::File { path, .. } => path,
-            OutputTarget::BlockDevice { .. } => {
+            OutputTarget::BlockDevice { .. } | OutputTarget::Nbd { .. } => {
                 return Err(Error::InvalidArgument(
-                    "is a block device; several disks are written to files".into(),
+                    "is a block device or an NBD export; several disks are written to files".into(),
                 )
                 .with_hint(crate::error::Hint::ChooseDisk)
                 .in_file(*target));

@@ -124,6 +124,11 @@ pub enum OutputTarget {
         /// Its size in bytes, from the kernel.
         size: u64,
     },
+    /// An NBD export (an `nbd://`, `nbds://` or `nbd+unix://` URI), written in place as raw.
+    Nbd {
+        /// The URI as given.
+        uri: PathBuf,
+    },
 }
 
 impl OutputTarget {
@@ -131,6 +136,7 @@ impl OutputTarget {
     pub fn path(&self) -> &Path {
         match self {
             OutputTarget::File { path, .. } | OutputTarget::BlockDevice { path, .. } => path,
+            OutputTarget::Nbd { uri } => uri,
         }
     }
 }
@@ -300,6 +306,12 @@ pub fn resolve_output_file(path: &Path) -> Result<PathBuf> {
             path,
             &dev,
             "is a block device; this output must be a regular file".into(),
+        )),
+        // resolve_output never returns it (URIs are recognised by the caller).
+        OutputTarget::Nbd { uri } => Err(output_error(
+            path,
+            &uri,
+            "is an NBD export; this output must be a regular file".into(),
         )),
     }
 }

@@ -355,7 +355,9 @@ impl Demux {
         let cname = proto::command_name(req.command);
         if h.chunk_type == chunk::OFFSET_DATA {
             if req.command != cmd::READ {
-                return Err(Failure::Protocol(format!("a data chunk in reply to {cname}")));
+                return Err(Failure::Protocol(format!(
+                    "a data chunk in reply to {cname}"
+                )));
             }
             let mut o = [0u8; 8];
             if h.length >= 8 {
@@ -836,7 +838,8 @@ impl Conn {
         drop(w);
         if let Err(e) = r {
             // The reader sees the socket die and fails every request in flight, this one too.
-            self.demux.close(Failure::Lost(format!("sending a request: {e}")));
+            self.demux
+                .close(Failure::Lost(format!("sending a request: {e}")));
             self.control.shutdown();
         }
         Ok(ticket)
@@ -853,7 +856,8 @@ impl Drop for Conn {
             length: 0,
         };
         let _ = lock(&self.writer).write_all(&disc.encode());
-        self.demux.close(Failure::Lost("the client disconnected".into()));
+        self.demux
+            .close(Failure::Lost("the client disconnected".into()));
         self.control.shutdown();
     }
 }
@@ -915,10 +919,7 @@ impl NbdClient {
     }
 
     fn current(&self) -> Arc<Conn> {
-        self.conn
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Replaces the connection `generation` (which was lost) by a new one, retrying with
@@ -938,9 +939,17 @@ impl NbdClient {
                     Err(io::Error::other(format!(
                         "after reconnecting, the export is {} bytes{} where it was {} bytes{}",
                         c.info.size,
-                        if c.info.read_only() { ", read-only" } else { "" },
+                        if c.info.read_only() {
+                            ", read-only"
+                        } else {
+                            ""
+                        },
                         self.info.size,
-                        if self.info.read_only() { ", read-only" } else { "" },
+                        if self.info.read_only() {
+                            ", read-only"
+                        } else {
+                            ""
+                        },
                     )))
                 } else {
                     Ok(c)
@@ -991,8 +1000,9 @@ impl NbdClient {
             match r {
                 Ok(d) => return Ok(d),
                 Err(f @ Failure::Lost(_)) => {
-                    self.reconnect(c.generation, &f)
-                        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", describe(&req))))?;
+                    self.reconnect(c.generation, &f).map_err(|e| {
+                        io::Error::new(e.kind(), format!("{}: {e}", describe(&req)))
+                    })?;
                 }
                 Err(f) => return Err(Self::error(&req, &f)),
             }
@@ -1077,12 +1087,16 @@ mod tests {
 
     #[test]
     fn demux_hostile_replies_are_protocol_errors() {
-        let cases: Vec<(Box<dyn Fn(u64) -> Vec<u8>>, &str)> = vec![
+        type Make = Box<dyn Fn(u64) -> Vec<u8>>;
+        let cases: Vec<(Make, &str)> = vec![
             (
                 Box::new(|c| chunk_data(c, true, 8, b"0123456789")),
                 "outside the request",
             ),
-            (Box::new(|c| chunk_data(c + 1, true, 0, b"01")), "no request"),
+            (
+                Box::new(|c| chunk_data(c + 1, true, 0, b"01")),
+                "no request",
+            ),
             (
                 Box::new(|c| {
                     ChunkHeader {
@@ -1150,7 +1164,10 @@ mod tests {
             },
         );
         let f = d.run(&mut &s[..]);
-        assert!(matches!(&f, Failure::Protocol(m) if m.contains("past the end")), "{f:?}");
+        assert!(
+            matches!(&f, Failure::Protocol(m) if m.contains("past the end")),
+            "{f:?}"
+        );
         assert!(t.wait().is_err());
 
         let d = Demux::new(1 << 20, true, vec![], 16);

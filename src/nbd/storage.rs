@@ -268,10 +268,7 @@ impl Storage for NbdStorage {
             .iter()
             .map(|&(o, n)| {
                 let a = (o - offset) as usize;
-                (
-                    req(cmd::WRITE, 0, o, n),
-                    Some(&buf[a..a + n as usize]),
-                )
+                (req(cmd::WRITE, 0, o, n), Some(&buf[a..a + n as usize]))
             })
             .collect();
         self.client.execute_many(&reqs)?;
@@ -297,10 +294,9 @@ impl Storage for NbdStorage {
             return Ok(s);
         }
         self.fetch_status(offset)?;
-        Ok(self.cached_segment(offset).unwrap_or(Segment {
-            data: true,
-            len: 1,
-        }))
+        Ok(self
+            .cached_segment(offset)
+            .unwrap_or(Segment { data: true, len: 1 }))
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {

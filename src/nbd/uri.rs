@@ -163,11 +163,28 @@ fn login_name() -> String {
     uid.to_string()
 }
 
+/// `s` with any password in its authority (`user:password@`) replaced by `***`.
+fn redact(s: &str) -> String {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return s.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    match authority.rsplit_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or("");
+            format!("{scheme}://{name}:***@{host}{}", &rest[end..])
+        }
+        _ => s.to_string(),
+    }
+}
+
 impl NbdUri {
     /// Parses an NBD URI.
     pub fn parse(s: &str) -> Result<NbdUri, UriError> {
+        let shown = redact(s);
         let err = |reason: String| UriError {
-            uri: s.to_string(),
+            uri: shown.clone(),
             reason,
         };
         let (scheme, rest) = s
@@ -207,7 +224,7 @@ impl NbdUri {
         if let Some(u) = userinfo {
             if u.contains(':') {
                 return Err(err(
-                    "a password in the URI is not accepted (use tls-psk-file=)".into()
+                    "a password in the URI is not accepted (use tls-psk-file=)".into(),
                 ));
             }
             username = Some(percent_decode(u, "user name").map_err(err)?);
@@ -282,8 +299,7 @@ impl NbdUri {
                     "{scheme}:// takes no host ({hostport:?}); write {scheme}:///export?socket=PATH"
                 )));
             }
-            let socket =
-                socket.ok_or_else(|| err(format!("{scheme}:// needs ?socket=PATH")))?;
+            let socket = socket.ok_or_else(|| err(format!("{scheme}:// needs ?socket=PATH")))?;
             if socket.as_os_str().is_empty() {
                 return Err(err("socket= is empty".into()));
             }
@@ -298,13 +314,13 @@ impl NbdUri {
                 let (h, after) = h
                     .split_once(']')
                     .ok_or_else(|| err("an IPv6 address without its closing ]".into()))?;
-                let port = match after {
-                    "" => None,
-                    p => Some(
-                        p.strip_prefix(':')
-                            .ok_or_else(|| err(format!("unexpected {p:?} after the IPv6 address")))?,
-                    ),
-                };
+                let port =
+                    match after {
+                        "" => None,
+                        p => Some(p.strip_prefix(':').ok_or_else(|| {
+                            err(format!("unexpected {p:?} after the IPv6 address"))
+                        })?),
+                    };
                 (h.to_string(), port)
             } else {
                 match hostport.rsplit_once(':') {
@@ -316,14 +332,13 @@ impl NbdUri {
             if host.is_empty() {
                 return Err(err("no host (nbd://HOST[:PORT]/EXPORT)".into()));
             }
-            let port = match port {
-                None | Some("") => DEFAULT_PORT,
-                Some(p) => p
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|&p| p != 0)
-                    .ok_or_else(|| err(format!("port {p:?} is not a number from 1 to 65535")))?,
-            };
+            let port =
+                match port {
+                    None | Some("") => DEFAULT_PORT,
+                    Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| {
+                        err(format!("port {p:?} is not a number from 1 to 65535"))
+                    })?,
+                };
             NbdAddress::Tcp { host, port }
         };
 
@@ -440,7 +455,9 @@ mod tests {
             let e = NbdUri::parse(s).unwrap_err().to_string();
             assert!(e.contains(what), "{s}: {e}");
         }
-        // The password is not echoed back in full by anything but the text the user gave.
+        // A password is never echoed back.
+        let e = NbdUri::parse("nbd://u:secret@h/x").unwrap_err().to_string();
+        assert!(!e.contains("secret") && e.contains("u:***@h/x"), "{e}");
         assert!(is_nbd_uri("NBD://h/"));
         assert!(is_nbd_uri("nbds+unix:///x?socket=/s"));
         assert!(!is_nbd_uri("disk.qcow2"));

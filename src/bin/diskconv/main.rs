@@ -220,6 +220,11 @@ fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
                      run the conversion again",
                     path.display()
                 ),
+                OutputTarget::Nbd { uri } => format!(
+                    "convert to the NBD export {} stopped; the export holds a partial copy: \
+                     run the conversion again",
+                    uri.display()
+                ),
                 OutputTarget::File { path, exists } => format!(
                     "convert to {} stopped; its temporary files were removed{}",
                     a.dst.display(),
@@ -242,7 +247,7 @@ fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     }
     if stats.untouched_tail > 0 {
         errln!(
-            "diskconv: note: the block device is {} bytes larger than the image; its last {} \
+            "diskconv: note: the target is {} bytes larger than the image; its last {} \
              bytes ({}) were left as they were",
             stats.untouched_tail,
             stats.untouched_tail,
