@@ -540,6 +540,27 @@ fn nbdkit_killed_and_restarted_mid_convert_is_resumed() {
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(qemu_compare(&raw, "raw", &out, "qcow2"));
+
+    // Deterministically: a client whose server went away and came back reconnects and
+    // reads; one whose server stays away fails, naming the request and the attempts.
+    let want = std::fs::read(&raw).unwrap();
+    let opts = NbdOptions {
+        retry_for: Duration::from_secs(1),
+        ..NbdOptions::default()
+    };
+    let st = NbdStorage::connect(&NbdUri::parse(&uri).unwrap(), &opts).unwrap();
+    let mut b = vec![0u8; 1 << 20];
+    st.read_exact_at(&mut b, 0).unwrap();
+    drop(_srv);
+    let _ = std::fs::remove_file(&sock);
+    let _srv = nbdkit_unix(&sock, &args);
+    st.read_exact_at(&mut b, 5 << 20).unwrap();
+    assert!(b == want[5 << 20..6 << 20]);
+    drop(_srv);
+    let _ = std::fs::remove_file(&sock);
+    let e = st.read_exact_at(&mut b, 0).unwrap_err().to_string();
+    assert!(e.contains("NBD_CMD_READ of"), "{e}");
+    assert!(e.contains("reconnecting failed"), "{e}");
 }
 
 #[test]
