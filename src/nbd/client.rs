@@ -867,7 +867,10 @@ pub struct NbdClient {
     uri: NbdUri,
     opts: NbdOptions,
     conn: RwLock<Arc<Conn>>,
-    reconnecting: Mutex<()>,
+    /// Held while reconnecting; holds the error of the last reconnection that failed (the
+    /// generation it tried to replace and why), so that the callers waiting behind it fail at
+    /// once instead of each retrying for the whole budget.
+    reconnecting: Mutex<Option<(u64, String)>>,
     info: ExportInfo,
 }
 
@@ -903,7 +906,7 @@ impl NbdClient {
             uri: uri.clone(),
             opts: opts.clone(),
             conn: RwLock::new(Arc::new(conn)),
-            reconnecting: Mutex::new(()),
+            reconnecting: Mutex::new(None),
             info,
         })
     }
@@ -925,9 +928,17 @@ impl NbdClient {
     /// Replaces the connection `generation` (which was lost) by a new one, retrying with
     /// backoff for `retry_for`. Another caller may have done it already.
     fn reconnect(&self, generation: u64, why: &Failure) -> io::Result<()> {
-        let _g = lock(&self.reconnecting);
+        let mut failed = lock(&self.reconnecting);
         if self.current().generation != generation {
             return Ok(());
+        }
+        if let Some((g, why)) = &*failed {
+            if *g == generation {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    why.clone(),
+                ));
+            }
         }
         let start = Instant::now();
         let mut delay = Duration::from_millis(100);
@@ -962,13 +973,12 @@ impl NbdClient {
                 }
                 Err(e) => {
                     if start.elapsed() + delay > self.opts.retry_for {
-                        return Err(io::Error::new(
-                            io::ErrorKind::ConnectionAborted,
-                            format!(
-                                "{why}; reconnecting failed {attempts} times over {:.0} s: {e}",
-                                start.elapsed().as_secs_f64()
-                            ),
-                        ));
+                        let msg = format!(
+                            "{why}; reconnecting failed {attempts} times over {:.0} s: {e}",
+                            start.elapsed().as_secs_f64()
+                        );
+                        *failed = Some((generation, msg.clone()));
+                        return Err(io::Error::new(io::ErrorKind::ConnectionAborted, msg));
                     }
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(5));
