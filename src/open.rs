@@ -8,8 +8,8 @@ use std::sync::Arc;
 use crate::error::{Error, Result, ResultExt};
 use crate::formats::qcow2::Qcow2Reader;
 use crate::formats::registry::{REGISTRY, detect};
-use crate::image::{ImageReader, NamedReader};
-use crate::nbd::{NbdOptions, NbdStorage, NbdUri, is_nbd_path};
+use crate::image::ImageReader;
+use crate::nbd::{NbdOptions, NbdReader, NbdStorage, NbdUri, is_nbd_path};
 use crate::storage::{FileStorage, Storage};
 
 pub use crate::reference::{
@@ -60,8 +60,8 @@ pub fn open_nbd(uri: &Path, opts: &OpenOptions, nbd: &NbdOptions) -> Result<Box<
     let storage = connect_nbd(uri, nbd)?;
     let mut o = opts.clone();
     o.format = Some(opts.format.unwrap_or(crate::image::Format::Raw));
-    let reader = open_storage(storage, &o).in_image(uri)?;
-    Ok(Box::new(NamedReader::new(reader, uri)))
+    let reader = open_storage(storage.clone(), &o).in_image(uri)?;
+    Ok(Box::new(NbdReader::new(reader, storage, uri)))
 }
 
 /// Opens every disk of the image at `path`: each disk of a package (an OVA, in the order its

@@ -8,11 +8,13 @@
 
 pub mod client;
 pub mod proto;
+mod reader;
 mod sink;
 mod storage;
 pub mod uri;
 
 pub use client::{ExportInfo, NbdClient, NbdOptions};
+pub use reader::NbdReader;
 pub use sink::NbdSink;
 pub use storage::NbdStorage;
 pub use uri::{NbdAddress, NbdUri, is_nbd_path, is_nbd_uri};
