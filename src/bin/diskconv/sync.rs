@@ -225,7 +225,8 @@ fn print_pass(r: &PassReport, json: bool) -> Result<()> {
     } else {
         format!(
             "pass {} ({}): {} blocks scanned, {} changed, {} written; {} bytes read, {} bytes \
-             written; {:.2} s, {:.1} MB/s",
+             written ({} as data, {} as zeroes), {} bytes of the target checked; {:.2} s, \
+             {:.1} MB/s",
             r.pass,
             r.source,
             r.blocks_scanned,
@@ -233,6 +234,9 @@ fn print_pass(r: &PassReport, json: bool) -> Result<()> {
             r.blocks_written,
             r.bytes_read,
             r.bytes_written,
+            r.bytes_written_data,
+            r.bytes_written_zeroes,
+            r.target_bytes_checked,
             r.seconds,
             r.mb_per_s
         )
