@@ -199,7 +199,9 @@ mod tests {
         let mut b = [0u8; 3];
         up.read_at(&mut b, 10).unwrap();
         assert_eq!(b, [1, 2, 3]);
-        let e = open_target(&t, Some(Format::Qcow2)).unwrap_err();
+        let Err(e) = open_target(&t, Some(Format::Qcow2)) else {
+            panic!("a storage target opened as qcow2");
+        };
         assert!(e.to_string().contains("raw disk"), "{e}");
         // Errors name the target.
         let e = up.write_at(&[0; 8], 4090).unwrap_err();
