@@ -22,7 +22,17 @@
 //! target replaced by another file (a copy, a re-conversion, a restore) gets a new inode, which
 //! is refused before anything is written. A header fingerprint would not work for raw targets
 //! (their first bytes are guest data, changed by every pass), and a random id stored inside the
-//! target is impossible for raw; the inode is cheap and covers every format alike.
+//! target is impossible for raw; the inode is cheap and covers every format alike. The state
+//! also records the target's identity: a local target's canonical path, or the id the caller
+//! gives a [`SyncTarget::Storage`] (a remote disk has no inode); a state of another target is
+//! refused.
+//!
+//! # Targets changed behind the sync's back
+//!
+//! Before a pass that trusts the stored fingerprints (every pass after the first, and a
+//! resumed one) writes anything, a sample of target blocks (the first, the last, about 14
+//! pseudo-randomly chosen ones) is read and hashed as the pass hashes the source: a block that
+//! no longer holds what the last pass wrote refuses the pass (a rescan repairs the target).
 
 use std::fs;
 use std::ops::Range;
