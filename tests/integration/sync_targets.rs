@@ -342,3 +342,50 @@ fn bitmap_through_the_reader_interface() {
     assert!(e.contains("raw images have no dirty bitmaps"), "{e}");
     assert!(!dst.exists(), "nothing created");
 }
+
+/// A state written by the previous version (no target id) is still used: checked by device and
+/// inode, the pass is incremental, and the state is rewritten with the target's id.
+#[test]
+fn a_version_1_state_is_read_and_upgraded() {
+    use diskconv::sync::state::SyncState;
+    if !require("qemu-img") {
+        return;
+    }
+    let d = tmpdir();
+    let size: u64 = 2 << 20;
+    let src = d.path().join("src.img");
+    make_raw(&src, size, 41);
+    let dst = d.path().join("dst.img");
+    let state = d.path().join("dst.img.dcsync");
+    json_of(&sync_cli(&[p(&src), p(&dst), "--json"]));
+    // Rewrite the state as version 1 wrote it: no id, magic version 1, new checksum.
+    let st = SyncState::load(&state).unwrap().unwrap();
+    let id = std::fs::canonicalize(&dst).unwrap();
+    assert_eq!(st.tgt_id, id.to_str().unwrap());
+    let b = std::fs::read(&state).unwrap();
+    let mut field = (st.tgt_id.len() as u32).to_le_bytes().to_vec();
+    field.extend_from_slice(st.tgt_id.as_bytes());
+    field.extend_from_slice(&st.blocks.to_le_bytes());
+    let at = b
+        .windows(field.len())
+        .rposition(|w| w == field.as_slice())
+        .expect("the id field");
+    let mut v1 = b[..at].to_vec();
+    v1.extend_from_slice(&b[at + 4 + st.tgt_id.len()..b.len() - 8]);
+    v1[7] = 1;
+    let sum = xxhash_rust::xxh3::xxh3_64(&v1);
+    v1.extend_from_slice(&sum.to_le_bytes());
+    std::fs::write(&state, &v1).unwrap();
+    let old = SyncState::load(&state).unwrap().unwrap();
+    assert_eq!(old.tgt_id, "");
+    assert_eq!((old.tgt_dev, old.tgt_ino), (st.tgt_dev, st.tgt_ino));
+
+    poke(&src, 5 * BS, &[3u8; 8]);
+    let r = json_of(&sync_cli(&[p(&src), p(&dst), "--json"]));
+    assert_eq!(r["source"], "scan", "{r}");
+    assert_eq!(r["blocks_written"], 1, "{r}");
+    assert!(qemu_compare(&src, "raw", &dst, "raw"));
+    let b = std::fs::read(&state).unwrap();
+    assert_eq!(&b[..8], b"DCSYNC\0\x02");
+    assert_eq!(SyncState::load(&state).unwrap().unwrap().tgt_id, st.tgt_id);
+}
