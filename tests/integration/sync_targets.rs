@@ -221,6 +221,24 @@ fn state_of_another_target_is_refused_then_rescan_adopts_it() {
     assert!(qemu_compare(&src, "raw", &out, "raw"));
     let r = sync_pass_to(&src_of(&src), &tb, &opts).unwrap();
     assert_eq!(r.blocks_changed, 0);
+    // The remote disk changed behind the sync's back (its last block): refused, nothing
+    // written, and a rescan repairs it.
+    b.write_all_at(&[0x99; 10], size - 20).unwrap();
+    let e = sync_pass_to(&src_of(&src), &tb, &opts).unwrap_err();
+    assert!(
+        e.to_string().contains(&format!(
+            "target nbd://b/web02 was changed since the last pass: block {} (offset {:#x})",
+            size / BS - 1,
+            size - BS
+        )),
+        "{e}"
+    );
+    assert_eq!(e.hint(), Some(Hint::Rescan));
+    assert_eq!(b.to_vec()[(size - 20) as usize], 0x99, "nothing written");
+    let r = sync_pass_to(&src_of(&src), &tb, &rescan).unwrap();
+    assert_eq!((r.source, r.blocks_written), (ChangeSource::Rescan, 1));
+    std::fs::write(&out, b.to_vec()).unwrap();
+    assert!(qemu_compare(&src, "raw", &out, "raw"));
     // And the old target is now the other one.
     let e = sync_pass_to(&src_of(&src), &ta, &opts).unwrap_err();
     assert!(
