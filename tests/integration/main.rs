@@ -39,6 +39,7 @@ mod qcow2_read;
 mod qcow2_write;
 mod sink;
 mod sync_engine;
+mod sync_targets;
 mod sync_update_raw_qcow2;
 mod sync_update_vhd;
 mod sync_update_vmdk;
