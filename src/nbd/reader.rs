@@ -68,6 +68,10 @@ impl ImageReader for NbdReader {
             .map_err(|e| e.in_image(&self.uri))
     }
 
+    fn dirty_ranges(&self, name: &str) -> Result<Vec<std::ops::Range<u64>>> {
+        export_dirty_ranges(self, name)
+    }
+
     fn info(&self) -> ImageInfo {
         let mut i = self.inner.info();
         if i.filename.is_none() {
@@ -79,10 +83,7 @@ impl ImageReader for NbdReader {
 
 /// The dirty ranges `name` marks, through `qemu:dirty-bitmap:NAME` over the whole export (a
 /// second connection selects the context when the first did not).
-pub(crate) fn export_dirty_ranges(
-    r: &NbdReader,
-    name: &str,
-) -> Result<Vec<std::ops::Range<u64>>> {
+fn export_dirty_ranges(r: &NbdReader, name: &str) -> Result<Vec<std::ops::Range<u64>>> {
     if !r.inner.format().is_raw() {
         return Err(Error::Unsupported(format!(
             "the export holds a {} image: a server's dirty bitmap describes the export's bytes, \

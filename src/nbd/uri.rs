@@ -356,6 +356,23 @@ impl NbdUri {
         })
     }
 
+    /// The URI at `path` when it is a well-formed NBD URI.
+    pub fn parse_path(path: &Path) -> Option<NbdUri> {
+        if !is_nbd_path(path) {
+            return None;
+        }
+        NbdUri::parse(&path.to_string_lossy()).ok()
+    }
+
+    /// A stable identity of the export, free of credentials and TLS settings (for sync
+    /// states): `nbd://host:port/export`, or `nbd+unix:///export?socket=PATH`.
+    pub fn id(&self) -> String {
+        match &self.address {
+            NbdAddress::Unix(p) => format!("{}?socket={}", self.short(), p.display()),
+            NbdAddress::Tcp { .. } => self.short(),
+        }
+    }
+
     /// A name for the export without the query (no socket path, no key file), for state files
     /// and logs: `nbd://host:port/export` or `nbd+unix:///export`.
     pub fn short(&self) -> String {
@@ -410,6 +427,9 @@ mod tests {
         let u = NbdUri::parse("nbd://[fe80::1]/a/b").unwrap();
         assert_eq!(u.export, "a/b");
         assert_eq!(u.short(), "nbd://[fe80::1]:10809/a/b");
+        assert_eq!(u.id(), "nbd://[fe80::1]:10809/a/b");
+        let u = NbdUri::parse("nbds+unix:///e?socket=/s&tls-psk-file=/k.psk").unwrap();
+        assert_eq!(u.id(), "nbds+unix:///e?socket=/s");
     }
 
     #[test]

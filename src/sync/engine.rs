@@ -262,10 +262,14 @@ fn open_source<'a>(
                 oo = oo.format(f);
             }
             let r = open(src_path, &oo)?;
-            let abs = fs::canonicalize(src_path)
-                .map_err(|e| Error::io("resolving the source path", e).in_file(src_path))?
-                .to_string_lossy()
-                .into_owned();
+            // An NBD source is identified by its URI without TLS settings.
+            let abs = match crate::nbd::NbdUri::parse_path(src_path) {
+                Some(uri) => uri.id(),
+                None => fs::canonicalize(src_path)
+                    .map_err(|e| Error::io("resolving the source path", e).in_file(src_path))?
+                    .to_string_lossy()
+                    .into_owned(),
+            };
             (Source::Owned(r), abs)
         }
         SyncSource::Reader { reader, id } => (Source::Borrowed(reader.as_ref()), id.clone()),

@@ -42,6 +42,29 @@ impl fmt::Debug for SyncTarget {
 }
 
 impl SyncTarget {
+    /// The target `path` names: an NBD URI (`nbd://`, `nbds://`, `nbd+unix://`) is connected
+    /// to and becomes [`SyncTarget::Storage`] with the URI's credential-free identity (a
+    /// read-only export is refused here); anything else is [`SyncTarget::Path`].
+    pub fn for_path(path: &Path) -> Result<SyncTarget> {
+        if !crate::nbd::is_nbd_path(path) {
+            return Ok(SyncTarget::Path(path.to_path_buf()));
+        }
+        let uri = crate::nbd::NbdUri::parse(&path.to_string_lossy())
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let storage = crate::nbd::NbdStorage::connect(&uri, &crate::nbd::NbdOptions::default())
+            .map_err(|e| Error::io("connecting to the NBD server", e).in_file(path))?;
+        if storage.info().read_only() {
+            return Err(Error::InvalidArgument(
+                "the NBD export is read-only: a sync target must be writable".into(),
+            )
+            .in_file(path));
+        }
+        Ok(SyncTarget::Storage {
+            storage: Arc::new(storage),
+            id: uri.id(),
+        })
+    }
+
     /// The target's name in messages: its path, or its id.
     pub fn name(&self) -> String {
         match self {

@@ -798,3 +798,115 @@ fn bad_uris_are_refused_by_name() {
         "{err}"
     );
 }
+
+/// `qemu-nbd` serving `img` writable (no `-r`).
+fn qemu_nbd_writable(img: &Path, sock: &Path) -> Server {
+    let s = spawn(
+        Command::new("qemu-nbd")
+            .args(["-f", "raw", "-t", "-e", "4", "-k"])
+            .arg(sock)
+            .arg(img),
+    );
+    wait_unix(sock);
+    s
+}
+
+fn sync_json(args: &[&str]) -> serde_json::Value {
+    let out = ok(args);
+    serde_json::from_str(out.lines().last().unwrap()).unwrap()
+}
+
+#[test]
+fn sync_pushes_to_an_nbd_export() {
+    if !require("qemu-nbd") {
+        return;
+    }
+    let d = tmpdir();
+    let src = make_source(d.path());
+    let s = src.to_str().unwrap();
+    let dst = d.path().join("dst.raw");
+    make_raw(&dst, 48 << 20, 77);
+    let sock = d.path().join("w.sock");
+    let srv = qemu_nbd_writable(&dst, &sock);
+    let uri = unix_uri(&sock);
+    let state = d.path().join("push.dcsync");
+    let st = state.to_str().unwrap();
+    let r = sync_json(&["sync", "--json", "--state", st, s, &uri]);
+    assert_eq!(r["source"], "full");
+    qemu_io(&["-f", "qcow2", "-c", "write -P 0x3c 20M 64k", s]);
+    let r = sync_json(&["sync", "--json", "--state", st, s, &uri]);
+    assert_eq!(r["blocks_changed"], 1, "{r}");
+    assert_eq!(r["bytes_written"], 65536, "{r}");
+    drop(srv);
+    assert!(qemu_compare(&src, "qcow2", &dst, "raw"));
+
+    // The state belongs to that export: another one is refused, naming both.
+    let other = d.path().join("other.raw");
+    make_raw(&other, 48 << 20, 78);
+    let sock2 = d.path().join("other.sock");
+    let _srv2 = qemu_nbd_writable(&other, &sock2);
+    let o = dc(&["sync", "--state", st, s, &unix_uri(&sock2)]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("w.sock"), "{err}");
+    // A read-only export is refused before anything is written.
+    let sock3 = d.path().join("ro.sock");
+    let _srv3 = qemu_nbd(&other, "raw", &sock3, &[]);
+    let o = dc(&["sync", "--state", st, s, &unix_uri(&sock3)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("read-only"), "{err}");
+}
+
+#[test]
+fn sync_pulls_from_an_nbd_source_through_its_dirty_bitmap() {
+    if !require("qemu-nbd") {
+        return;
+    }
+    let d = tmpdir();
+    let src = make_source(d.path());
+    let s = src.to_str().unwrap();
+    qemu_img(&["bitmap", "--add", s, "b0"]);
+    let dst = d.path().join("dst.qcow2");
+    let state = d.path().join("pull.dcsync");
+    let st = state.to_str().unwrap();
+    let sock = d.path().join("b.sock");
+    let uri = unix_uri(&sock);
+    {
+        let _srv = qemu_nbd(&src, "qcow2", &sock, &["-B", "b0"]);
+        let r = sync_json(&["sync", "--json", "--state", st, &uri, dst.to_str().unwrap()]);
+        assert_eq!(r["source"], "full");
+    }
+    // The "live VM" writes; the bitmap records it.
+    qemu_io(&["-f", "qcow2", "-c", "write -P 0x61 6M 128k", s]);
+    let _srv = qemu_nbd(&src, "qcow2", &sock, &["-B", "b0"]);
+    let r = sync_json(&[
+        "sync",
+        "--json",
+        "--state",
+        st,
+        "--bitmap",
+        "b0",
+        &uri,
+        dst.to_str().unwrap(),
+    ]);
+    // Only the dirty blocks are read (the bitmap's granularity may round up to 64 KiB).
+    let read = r["bytes_read"].as_u64().unwrap();
+    assert!(read <= 256 << 10, "{r}");
+    assert!(r["blocks_changed"].as_u64().unwrap() >= 2, "{r}");
+    assert!(qemu_compare(&src, "qcow2", &dst, "qcow2"));
+    // A bitmap the server does not export is refused by name.
+    let o = dc(&[
+        "sync",
+        "--state",
+        st,
+        "--bitmap",
+        "nope",
+        &uri,
+        dst.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("qemu:dirty-bitmap:nope"),
+        "{err}"
+    );
+}

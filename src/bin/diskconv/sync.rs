@@ -15,7 +15,8 @@ use diskconv::files::OutputTarget;
 use diskconv::output::check_output;
 use diskconv::sync::state::{StatePlace, SyncState, fp_path};
 use diskconv::sync::{
-    PassReport, SyncOptions, SyncTarget, state_place, sync_pass, sync_until_converged,
+    PassReport, SyncOptions, SyncSource, SyncTarget, state_place, sync_pass_to,
+    sync_until_converged_to,
 };
 use diskconv::util::parse_size;
 use diskconv::{
@@ -333,7 +334,8 @@ pub fn run(args: SyncArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     let window_bytes = window(&args)?;
     check_interval(&args)?;
     let export_to = export_options(&args, true)?;
-    let target = SyncTarget::Path(args.dst.clone());
+    let target = SyncTarget::for_path(&args.dst)?;
+    let source = SyncSource::Path(args.src.clone());
     let place = state_place(&target, args.state.as_deref())?;
     if place.in_current_folder {
         errln!("{}", state_note(&target, &place));
@@ -366,7 +368,7 @@ pub fn run(args: SyncArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     };
     let state = place.path;
     if !args.until_converged {
-        let r = match sync_pass(&args.src, &args.dst, &opts) {
+        let r = match sync_pass_to(&source, &target, &opts) {
             Err(e) if e.kind() == ErrorKind::Cancelled => {
                 return Ok(interrupted_pass(&state, &args.dst));
             }
@@ -381,9 +383,9 @@ pub fn run(args: SyncArgs, policy: ReferencePolicy) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut print_err = None;
-    let c = match sync_until_converged(
-        &args.src,
-        &args.dst,
+    let c = match sync_until_converged_to(
+        &source,
+        &target,
         &opts,
         args.max_changed,
         Duration::from_secs_f64(args.interval),
