@@ -39,6 +39,7 @@ pub mod image;
 pub mod inject;
 pub mod inspect;
 pub mod map;
+pub mod nbd;
 pub mod open;
 pub mod output;
 pub mod reference;
