@@ -1179,3 +1179,56 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "00112233445566778899aabbccddeeff";
+
+    #[test]
+    fn psk_file_reads_psktool_lines_and_hides_keys() {
+        let text = format!("alice:{KEY}\r\n\nbob:{}\n", KEY.to_uppercase());
+        let f = PskFile::parse(text.as_bytes(), Path::new("keys.psk")).unwrap();
+        assert_eq!(f.identities().collect::<Vec<_>>(), ["alice", "bob"]);
+        assert_eq!(f.key("alice").unwrap()[..2], [0x00, 0x11]);
+        assert_eq!(f.key("bob"), f.key("alice"));
+        assert!(f.key("carol").is_none());
+        let c = f.client_config(None).unwrap();
+        for shown in [format!("{f:?}"), format!("{c:?}")] {
+            assert!(
+                !shown.contains("2233") && !shown.contains("34, 51"),
+                "{shown}"
+            );
+        }
+        let e = f.client_config(Some("carol")).unwrap_err();
+        assert!(e.to_string().contains("no identity 'carol'"), "{e}");
+    }
+
+    #[test]
+    fn psk_file_errors_name_the_line_never_the_key() {
+        for (text, line, what) in [
+            (format!("alice:{KEY}\nbob{KEY}\n"), 2, "no ':'"),
+            (format!("alice:{}\n", &KEY[1..]), 1, "odd number"),
+            (
+                format!("alice:{}zz\n", &KEY[2..])[..].to_string(),
+                1,
+                "not hexadecimal",
+            ),
+            (format!(":{KEY}\n"), 1, "identity is empty"),
+            ("alice:\n".to_string(), 1, "key of 'alice' is empty"),
+            (format!("a:{KEY}\n\na:{KEY}\n"), 3, "listed twice"),
+        ] {
+            let e = PskFile::parse(text.as_bytes(), Path::new("k.psk")).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("k.psk line {line}")) && msg.contains(what),
+                "{msg}"
+            );
+            assert!(!msg.contains(&KEY[2..10]), "{msg}");
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        }
+        let e = PskFile::parse(b"\n\n", Path::new("k.psk")).unwrap_err();
+        assert!(e.to_string().contains("no identity"), "{e}");
+    }
+}
