@@ -445,6 +445,17 @@ impl TlsServerConfig {
     }
 }
 
+/// The socket under a TLS session, as the transport hands it over (this module does not name
+/// the transport's types, so the two do not import each other).
+pub(crate) trait RawSocket: std::io::Read + std::io::Write + Send + fmt::Debug {
+    /// A second handle on the same socket.
+    fn try_clone_box(&self) -> std::io::Result<Box<dyn RawSocket>>;
+    /// Shuts the socket down for writing (every handle).
+    fn shutdown_write(&self) -> std::io::Result<()>;
+    /// The peer, for messages.
+    fn peer_description(&self) -> String;
+}
+
 #[cfg(feature = "tls")]
 pub use imp::{TlsReadHalf, TlsStream, TlsWriteHalf};
 #[cfg(feature = "tls")]
@@ -461,9 +472,10 @@ pub(crate) use none::{client_handshake, server_handshake};
 mod none {
     use std::io::{self, Read, Write};
 
+    use super::RawSocket;
     use super::{TlsClientConfig, TlsError, TlsServerConfig};
     use crate::error::Result;
-    use crate::nbd::transport::Socket;
+    type Socket = Box<dyn RawSocket>;
 
     /// A TLS connection (none can exist in a build without TLS).
     #[derive(Debug)]
@@ -535,12 +547,13 @@ mod imp {
     use std::collections::VecDeque;
     use std::fmt;
     use std::io::{self, Read, Write};
-    use std::net::{IpAddr, Shutdown};
+    use std::net::IpAddr;
     use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
+    use super::RawSocket;
     use super::{ClientKind, ServerKind, TlsClientConfig, TlsError, TlsServerConfig};
     use crate::error::Result;
-    use crate::nbd::transport::Socket;
+    type Socket = Box<dyn RawSocket>;
     use openssl::dh::Dh;
     use openssl::error::ErrorStack;
     use openssl::ssl::{
@@ -888,7 +901,7 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
                 std::mem::take(&mut ssl.get_mut().outgoing)
             };
             let sent = sock.write_all(&out);
-            let shut = sock.shutdown(Shutdown::Write);
+            let shut = sock.shutdown_write();
             sent.and(shut)
         }
     }
@@ -943,7 +956,7 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
             }
         }
         let wsock = sock
-            .try_clone()
+            .try_clone_box()
             .map_err(|e| fail(format!("cloning the socket: {e}")))?;
         let shared = Arc::new(Shared {
             ssl: Mutex::new(stream),

@@ -194,6 +194,18 @@ impl Socket {
     }
 }
 
+impl tls::RawSocket for Socket {
+    fn try_clone_box(&self) -> io::Result<Box<dyn tls::RawSocket>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+    fn peer_description(&self) -> String {
+        self.peer.clone()
+    }
+}
+
 impl Read for Socket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &mut self.stream {
@@ -424,7 +436,7 @@ impl Transport {
     /// connection is gone (the error says why the handshake failed, never a key).
     pub fn start_tls_client(self, config: &TlsClientConfig) -> Result<Transport> {
         match self {
-            Transport::Plain(s) => tls::client_handshake(s, config).map(Transport::Tls),
+            Transport::Plain(s) => tls::client_handshake(Box::new(s), config).map(Transport::Tls),
             Transport::Tls(t) => Err(tls::already_tls(&t.peer_description())),
         }
     }
@@ -433,7 +445,7 @@ impl Transport {
     /// [`Transport::start_tls_client`] does for the client.
     pub fn start_tls_server(self, config: &TlsServerConfig) -> Result<Transport> {
         match self {
-            Transport::Plain(s) => tls::server_handshake(s, config).map(Transport::Tls),
+            Transport::Plain(s) => tls::server_handshake(Box::new(s), config).map(Transport::Tls),
             Transport::Tls(t) => Err(tls::already_tls(&t.peer_description())),
         }
     }
