@@ -447,6 +447,7 @@ impl TlsServerConfig {
 
 /// The socket under a TLS session, as the transport hands it over (this module does not name
 /// the transport's types, so the two do not import each other).
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 pub(crate) trait RawSocket: std::io::Read + std::io::Write + Send + fmt::Debug {
     /// A second handle on the same socket.
     fn try_clone_box(&self) -> std::io::Result<Box<dyn RawSocket>>;
