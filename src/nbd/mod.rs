@@ -1,5 +1,6 @@
 //! The Network Block Device protocol: the wire format shared by the server (`diskconv serve`)
-//! and the client (`nbd://`, `nbds://` and `nbd+unix://` URIs wherever an image is named).
+//! and the client (`nbd://`, `nbds://` and `nbd+unix://` URIs wherever an image is named), and
+//! the transport under it: sockets (TCP, Unix) and TLS.
 //!
 //! The client side: [`NbdUri`] parses the URIs, [`client::NbdClient`] negotiates and keeps
 //! many requests in flight on one connection (reconnecting when it drops), and
@@ -11,6 +12,8 @@ pub mod proto;
 mod reader;
 mod sink;
 mod storage;
+pub mod tls;
+pub mod transport;
 pub mod uri;
 
 pub use client::{ExportInfo, NbdClient, NbdOptions};

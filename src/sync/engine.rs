@@ -31,7 +31,8 @@
 //!
 //! Before a pass that trusts the stored fingerprints (every pass after the first, and a
 //! resumed one) writes anything, a sample of target blocks (the first, the last, about 14
-//! pseudo-randomly chosen ones) is read and hashed as the pass hashes the source: a block that
+//! pseudo-randomly chosen ones; for a remote target 128 KiB of them, so that the check does not
+//! cost more network traffic than a small pass) is read and hashed as the pass hashes the source: a block that
 //! no longer holds what the last pass wrote refuses the pass (a rescan repairs the target).
 
 use std::fs;
@@ -589,7 +590,8 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
 /// incremental pass (or the resumption of an interrupted one).
 ///
 /// Before an incremental or resumed pass writes anything, a sample of target blocks (the
-/// first, the last and about 14 others) is read and compared with the fingerprints the last
+/// first, the last and about 14 others; 128 KiB of others for a [`SyncTarget::Storage`]) is
+/// read and compared with the fingerprints the last
 /// pass stored: a target changed behind the sync's back is refused ([`Hint::Rescan`]).
 pub fn sync_pass_to(src: &SyncSource, dst: &SyncTarget, opts: &SyncOptions) -> Result<PassReport> {
     let start = Instant::now();
@@ -768,10 +770,15 @@ fn hard(err: Error) -> StateError {
 }
 
 /// Blocks sampled by [`check_target_sample`] besides the first and the last.
-const SAMPLE_BLOCKS: usize = 14;
+const SAMPLE_BLOCKS: u64 = 14;
+/// Bytes the sample of a target reached through a [`Storage`](crate::storage::Storage) (a
+/// remote disk) reads at most besides its first and last block: every byte crosses the
+/// network, and an incremental pass of a few changed blocks should not pay more for the
+/// check than for the changes (four 64 KiB blocks in all at the default block size).
+const REMOTE_SAMPLE_BYTES: u64 = 128 << 10;
 
 /// Reads the first, the last and about [`SAMPLE_BLOCKS`] pseudo-randomly chosen blocks of the
-/// target and compares their fingerprints with the ones the last pass stored. Blocks of the
+/// target (fewer for a remote target: [`REMOTE_SAMPLE_BYTES`]) and compares their fingerprints with the ones the last pass stored. Blocks of the
 /// running pass's pending window and blocks whose content is unknown are skipped. Returns the
 /// bytes read; a mismatch is a bad state (the target was changed behind the sync's back).
 fn check_target_sample(
@@ -790,11 +797,15 @@ fn check_target_sample(
         .as_ref()
         .map_or(0..0, |r| r.pending.0..r.pending.1);
     let mut sample = vec![0, blocks - 1];
+    let extra = match t.target {
+        SyncTarget::Storage { .. } => (REMOTE_SAMPLE_BYTES / bs).min(SAMPLE_BLOCKS),
+        SyncTarget::Path(_) => SAMPLE_BLOCKS,
+    };
     let seed = random_bytes16();
     let mut x = u64::from_le_bytes([
         seed[0], seed[1], seed[2], seed[3], seed[4], seed[5], seed[6], seed[7],
     ]);
-    for _ in 0..SAMPLE_BLOCKS {
+    for _ in 0..extra {
         // splitmix64
         x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = x;

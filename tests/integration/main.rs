@@ -24,6 +24,7 @@ mod inject_windows;
 mod inspect_cli;
 mod msrv;
 mod nbd_client;
+mod nbd_tls;
 mod ntfs_cli;
 mod ntfs_damage;
 mod ntfs_fixture;
