@@ -17,14 +17,15 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::os::unix::net::UnixStream;
+use std::net::Shutdown;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::proto::{self, ChunkPayload, ReplyHeader, Request, WireError, chunk, cmd, opt, rep};
-use super::uri::{NbdAddress, NbdUri};
+use super::tls::{PskFile, TlsClientConfig, X509ClientConfig};
+use super::transport::{Address, Socket, Transport, WriteHalf};
+use super::uri::{NbdAddress, NbdTls, NbdUri};
 use crate::util::human_bytes;
 
 /// Settings of a client connection.
@@ -478,80 +479,6 @@ impl Demux {
     }
 }
 
-/// A byte stream a connection runs over (a TCP or Unix socket).
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Stream {
-    fn try_clone(&self) -> io::Result<Stream> {
-        Ok(match self {
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
-        })
-    }
-
-    fn shutdown(&self) {
-        let _ = match self {
-            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
-            Stream::Unix(s) => s.shutdown(Shutdown::Both),
-        };
-    }
-
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_read_timeout(t),
-            Stream::Unix(s) => s.set_read_timeout(t),
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.flush(),
-            Stream::Unix(s) => s.flush(),
-        }
-    }
-}
-
-fn connect_stream(addr: &NbdAddress, timeout: Duration) -> io::Result<Stream> {
-    match addr {
-        NbdAddress::Unix(p) => Ok(Stream::Unix(UnixStream::connect(p)?)),
-        NbdAddress::Tcp { host, port } => {
-            let mut last = None;
-            for a in (host.as_str(), *port).to_socket_addrs()? {
-                match TcpStream::connect_timeout(&a, timeout) {
-                    Ok(s) => {
-                        let _ = s.set_nodelay(true);
-                        return Ok(Stream::Tcp(s));
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(last.unwrap_or_else(|| {
-                io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"))
-            }))
-        }
-    }
-}
-
 fn neg_err(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
@@ -785,26 +712,62 @@ struct Conn {
     generation: u64,
     info: ExportInfo,
     demux: Arc<Demux>,
-    writer: Mutex<Stream>,
-    control: Stream,
+    writer: Mutex<WriteHalf>,
+    /// The socket under the transport: shut down to wake the reader thread.
+    control: Socket,
+}
+
+/// The TLS settings of an `nbds` URI: a PSK file (the identity the URI names), else X.509
+/// with the CA the URI names (or the system's).
+fn tls_config(uri: &NbdUri, tls: &NbdTls) -> io::Result<TlsClientConfig> {
+    let cfg = match &tls.psk_file {
+        Some(file) => PskFile::load(file).and_then(|f| f.client_config(Some(&tls.username))),
+        None => {
+            let host = match &uri.address {
+                NbdAddress::Tcp { host, .. } => host.clone(),
+                NbdAddress::Unix(_) => "localhost".to_string(),
+            };
+            let mut x = X509ClientConfig::new(host);
+            x.ca_file = tls.ca_file.clone();
+            x.verify = tls.verify_peer;
+            Ok(TlsClientConfig::x509(x))
+        }
+    };
+    cfg.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.chain()))
 }
 
 impl Conn {
     fn open(uri: &NbdUri, opts: &NbdOptions, generation: u64) -> io::Result<Conn> {
-        if uri.tls.is_some() {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "nbds:// (TLS) is not available in this build yet",
-            ));
-        }
-        let mut s = connect_stream(&uri.address, opts.connect_timeout)
-            .map_err(|e| io::Error::new(e.kind(), format!("connecting to {}: {e}", uri.address)))?;
-        s.set_read_timeout(Some(opts.connect_timeout.max(Duration::from_secs(1)) * 3))?;
-        let flags = handshake_start(&mut s)?;
-        let info = handshake_finish(&mut s, flags, &uri.export, opts.dirty_bitmap.as_deref())?;
-        s.set_read_timeout(None)?;
-        let mut reader = s.try_clone()?;
-        let control = s.try_clone()?;
+        let address = match &uri.address {
+            NbdAddress::Tcp { host, port } => Address::Tcp {
+                host: host.clone(),
+                port: *port,
+            },
+            NbdAddress::Unix(p) => Address::Unix(p.clone()),
+        };
+        let tls = match &uri.tls {
+            Some(t) => Some(tls_config(uri, t)?),
+            None => None,
+        };
+        let mut sock = Socket::connect(&address, opts.connect_timeout)?;
+        sock.set_read_timeout(Some(opts.connect_timeout.max(Duration::from_secs(1)) * 3))?;
+        let control = sock.try_clone()?;
+        let flags = handshake_start(&mut sock)?;
+        let mut t = match &tls {
+            None => Transport::Plain(sock),
+            Some(cfg) => {
+                request_starttls(&mut sock)?;
+                Transport::Plain(sock).start_tls_client(cfg).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("the TLS handshake failed: {}", e.chain()),
+                    )
+                })?
+            }
+        };
+        let info = handshake_finish(&mut t, flags, &uri.export, opts.dirty_bitmap.as_deref())?;
+        control.set_read_timeout(None)?;
+        let (mut reader, writer) = t.split()?;
         let demux = Arc::new(Demux::new(
             info.size,
             info.structured,
@@ -812,18 +775,19 @@ impl Conn {
             opts.max_in_flight,
         ));
         let d = demux.clone();
+        let ctl = control.try_clone()?;
         std::thread::Builder::new()
             .name("nbd-reader".into())
             .spawn(move || {
                 let f = d.run(&mut reader);
-                reader.shutdown();
+                let _ = ctl.shutdown(Shutdown::Both);
                 f
             })?;
         Ok(Conn {
             generation,
             info,
             demux,
-            writer: Mutex::new(s),
+            writer: Mutex::new(writer),
             control,
         })
     }
@@ -831,16 +795,19 @@ impl Conn {
     fn start(&self, req: Request, payload: Option<&[u8]>) -> Result<Ticket, Failure> {
         let (req, ticket) = self.demux.register(req)?;
         let mut w = lock(&self.writer);
-        let r = w.write_all(&req.encode()).and_then(|_| match payload {
-            Some(p) => w.write_all(p),
-            None => Ok(()),
-        });
+        let r = w
+            .write_all(&req.encode())
+            .and_then(|_| match payload {
+                Some(p) => w.write_all(p),
+                None => Ok(()),
+            })
+            .and_then(|_| w.flush());
         drop(w);
         if let Err(e) = r {
             // The reader sees the socket die and fails every request in flight, this one too.
             self.demux
                 .close(Failure::Lost(format!("sending a request: {e}")));
-            self.control.shutdown();
+            let _ = self.control.shutdown(Shutdown::Both);
         }
         Ok(ticket)
     }
@@ -855,10 +822,14 @@ impl Drop for Conn {
             offset: 0,
             length: 0,
         };
-        let _ = lock(&self.writer).write_all(&disc.encode());
+        {
+            let mut w = lock(&self.writer);
+            let _ = w.write_all(&disc.encode()).and_then(|_| w.flush());
+            let _ = w.shutdown();
+        }
         self.demux
             .close(Failure::Lost("the client disconnected".into()));
-        self.control.shutdown();
+        let _ = self.control.shutdown(Shutdown::Both);
     }
 }
 

@@ -794,7 +794,7 @@ fn bad_uris_are_refused_by_name() {
     let o = dc(&["info", &format!("nbd://127.0.0.1:{port}/")]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains(&format!("connecting to 127.0.0.1:{port}")),
+        err.contains(&format!("cannot connect to 127.0.0.1:{port}")),
         "{err}"
     );
 }
@@ -909,4 +909,62 @@ fn sync_pulls_from_an_nbd_source_through_its_dirty_bitmap() {
         !o.status.success() && err.contains("qemu:dirty-bitmap:nope"),
         "{err}"
     );
+}
+
+#[test]
+fn nbdkit_tls_psk() {
+    if !require("nbdkit") {
+        return;
+    }
+    let d = tmpdir();
+    let raw = d.path().join("t.raw");
+    make_raw(&raw, 8 << 20, 21);
+    let key = "0f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff";
+    let psk = d.path().join("keys.psk");
+    std::fs::write(&psk, format!("alice:{key}\n")).unwrap();
+    let sock = d.path().join("t.sock");
+    let psk_arg = format!("--tls-psk={}", psk.display());
+    let _srv = nbdkit_unix(
+        &sock,
+        &["--tls=require", &psk_arg, "file", raw.to_str().unwrap()],
+    );
+    let uri = format!(
+        "nbds+unix:///?socket={}&tls-psk-file={}&tls-username=alice",
+        sock.display(),
+        psk.display()
+    );
+    let out = d.path().join("t.qcow2");
+    ok(&["convert", &uri, out.to_str().unwrap()]);
+    assert!(qemu_compare(&raw, "raw", &out, "qcow2"));
+    assert!(ok(&["compare", &uri, raw.to_str().unwrap()]).contains("identical"));
+
+    // Without TLS the server refuses, and says TLS is needed.
+    let o = dc(&["info", &unix_uri(&sock)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("nbds://"), "{err}");
+
+    // A wrong key fails clearly, without printing either key.
+    let wrong = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+    let bad = d.path().join("bad.psk");
+    std::fs::write(&bad, format!("alice:{wrong}\n")).unwrap();
+    let uri = format!(
+        "nbds+unix:///?socket={}&tls-psk-file={}&tls-username=alice",
+        sock.display(),
+        bad.display()
+    );
+    let o = dc(&["info", &uri]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && o.status.code() != Some(101), "{err}");
+    assert!(err.contains("TLS") || err.contains("tls"), "{err}");
+    assert!(!err.contains(wrong) && !err.contains(key), "{err}");
+    // An identity the key file lacks is named.
+    let uri = format!(
+        "nbds+unix:///?socket={}&tls-psk-file={}&tls-username=bob",
+        sock.display(),
+        psk.display()
+    );
+    let o = dc(&["info", &uri]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("bob"), "{err}");
+    assert!(!err.contains(key), "{err}");
 }
