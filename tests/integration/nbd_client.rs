@@ -968,3 +968,41 @@ fn nbdkit_tls_psk() {
     assert!(!o.status.success() && err.contains("bob"), "{err}");
     assert!(!err.contains(key), "{err}");
 }
+
+#[test]
+fn nbdkit_restarted_mid_write_is_resumed() {
+    if !require("nbdkit") {
+        return;
+    }
+    let d = tmpdir();
+    let raw = d.path().join("src.raw");
+    make_raw(&raw, 16 << 20, 31);
+    let dst = d.path().join("dst.raw");
+    make_raw(&dst, 16 << 20, 32);
+    let sock = d.path().join("w.sock");
+    let args = [
+        "--filter=delay",
+        "--filter=blocksize",
+        "file",
+        dst.to_str().unwrap(),
+        "delay-write=30ms",
+        "maxlen=256k",
+    ];
+    let srv = nbdkit_unix(&sock, &args);
+    let uri = unix_uri(&sock);
+    let child = diskconv()
+        .args(["convert", "-O", "raw", raw.to_str().unwrap(), &uri])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(250));
+    drop(srv);
+    let _ = std::fs::remove_file(&sock);
+    std::thread::sleep(Duration::from_millis(300));
+    let _srv = nbdkit_unix(&sock, &args);
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Writes in flight when the server died were sent again on the new connection.
+    assert!(qemu_compare(&raw, "raw", &dst, "raw"));
+}
