@@ -191,6 +191,15 @@ pub fn rollback(
     open_updater: impl FnOnce(&Path) -> Result<Box<dyn ImageUpdater>>,
 ) -> Result<RollbackOutcome> {
     let _lock = ImageLock::acquire(image)?;
+    rollback_unlocked(image, open_updater)
+}
+
+/// [`rollback`] without taking the image lock: for an image that is not a local file (a
+/// remote disk, whose journal is kept locally under the name `image`).
+pub fn rollback_unlocked(
+    image: &Path,
+    open_updater: impl FnOnce(&Path) -> Result<Box<dyn ImageUpdater>>,
+) -> Result<RollbackOutcome> {
     let jpath = journal_path(image);
     let err = |op: String, e| Error::io(op, e).in_file(&jpath);
     let mut f = match std::fs::File::open(&jpath) {

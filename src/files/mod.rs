@@ -32,7 +32,7 @@ mod lock;
 mod sink;
 mod temp;
 
-pub use journal::{RollbackOutcome, UndoJournal, journal_path, rollback};
+pub use journal::{RollbackOutcome, UndoJournal, journal_path, rollback, rollback_unlocked};
 pub use lock::{ImageLock, LockHolder, unix_time_iso8601};
 pub use sink::{Sink, SinkCapabilities};
 pub use temp::{OutputFiles, TempFile, remove_stale_temporaries, temp_of, write_atomically};

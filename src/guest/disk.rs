@@ -426,8 +426,48 @@ impl DiskIo for TxDisk {
 /// Restores an image whose commit was interrupted, from the undo journal beside it
 /// (`<image>.diskconv-undo`), then removes the journal (see [`crate::files::rollback`], which
 /// this calls with the image's in-place updater). An image without a journal is an error.
+///
+/// For a remote disk (an NBD URI) the journal is the local one [`ImageTx::commit`] wrote in
+/// the current folder, and no lock is taken.
 pub fn rollback(image: &Path) -> Result<RollbackOutcome> {
+    if crate::nbd::is_nbd_path(image) {
+        return crate::files::rollback_unlocked(&journal_base(image), |_| nbd_updater(image));
+    }
     crate::files::rollback(image, |p| crate::sync::target::open_updater(p, None))
+}
+
+/// The local path the undo journal of `image` is named after: the image itself, or for an
+/// NBD URI a file in the current folder named after the URI's identity
+/// (`.nbd+unix___export_socket=_run_x.sock` gives `...diskconv-undo`).
+fn journal_base(image: &Path) -> PathBuf {
+    match crate::nbd::NbdUri::parse_path(image) {
+        Some(u) => {
+            let name: String = u
+                .id()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "+-=.".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            PathBuf::from(format!(".{name}"))
+        }
+        None => image.to_path_buf(),
+    }
+}
+
+/// A writable NBD export as the updater of a raw disk.
+fn nbd_updater(uri: &Path) -> Result<Box<dyn ImageUpdater>> {
+    let sink = crate::nbd::NbdSink::connect(uri, &crate::nbd::NbdOptions::default())?;
+    let storage: std::sync::Arc<dyn crate::storage::Storage> = sink.storage().clone();
+    let r = crate::formats::raw::RawReader::new(storage, None).map_err(|e| e.in_file(uri))?;
+    Ok(Box::new(crate::image::NamedUpdater::new(
+        Box::new(r.into_updater()),
+        uri,
+    )))
 }
 
 /// Where [`ImageTx::commit_interrupted`] stops, simulating a crash.
@@ -451,8 +491,11 @@ pub struct ImageTx {
     path: PathBuf,
     format: Format,
     updater: Box<dyn ImageUpdater>,
-    /// The image file, locked for as long as the edit lasts.
-    _lock: ImageLock,
+    /// The image file, locked for as long as the edit lasts (a remote disk is not locked).
+    _lock: Option<ImageLock>,
+    /// The path the undo journal is named after (the image, or a local name for a remote
+    /// disk).
+    journal_base: PathBuf,
     /// The transaction; edit through it (or a [`Window`] on it).
     pub disk: TxDisk,
 }
@@ -471,9 +514,19 @@ impl ImageTx {
     /// Opens `path` (any readable format; `opts` as for [`crate::open()`]) for an edit.
     /// Formats that cannot be updated in place are refused here, before any work is done, and
     /// so is an image with an undo journal beside it (an interrupted commit: see [`rollback`]).
+    ///
+    /// `path` may be an NBD URI: the export is edited in place as a raw disk, its undo journal
+    /// is kept in the current folder (see [`rollback`]), and nothing locks it against other
+    /// writers (the server's business).
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<ImageTx> {
-        let lock = ImageLock::acquire(path)?;
-        let jpath = journal_path(path);
+        let remote = crate::nbd::is_nbd_path(path);
+        let lock = if remote {
+            None
+        } else {
+            Some(ImageLock::acquire(path)?)
+        };
+        let journal_base = journal_base(path);
+        let jpath = journal_path(&journal_base);
         if jpath.exists() {
             return Err(Error::InvalidArgument(format!(
                 "an earlier edit of this image was interrupted while committing (undo journal {} \
@@ -491,7 +544,18 @@ impl ImageTx {
         }
         let reader = crate::open(path, opts)?;
         let format = reader.format();
-        let updater = crate::sync::target::open_updater(path, Some(format))?;
+        let updater = if remote {
+            if !format.is_raw() {
+                return Err(Error::Unsupported(format!(
+                    "an NBD export is edited in place as a raw disk, not as the {format} image \
+                     it holds"
+                ))
+                .in_file(path));
+            }
+            nbd_updater(path)?
+        } else {
+            crate::sync::target::open_updater(path, Some(format))?
+        };
         if updater.virtual_size() != reader.virtual_size() {
             return Err(Error::InvalidArgument(format!(
                 "the image reads as {} bytes but opens for update as {} bytes",
@@ -505,6 +569,7 @@ impl ImageTx {
             format,
             updater,
             _lock: lock,
+            journal_base,
             disk: TxDisk::new(reader),
         })
     }
@@ -546,7 +611,7 @@ impl ImageTx {
             read_skipping_holes(self.disk.reader.as_ref(), &mut orig, r.start)?;
             originals.push((r.start, orig));
         }
-        let journal = UndoJournal::create(&path, self.disk.len(), &originals)?;
+        let journal = UndoJournal::create(&self.journal_base, self.disk.len(), &originals)?;
         if crash == Some(CrashPoint::AfterJournal) {
             return Ok(CommitStats::default());
         }

@@ -1006,3 +1006,51 @@ fn nbdkit_restarted_mid_write_is_resumed() {
     // Writes in flight when the server died were sent again on the new connection.
     assert!(qemu_compare(&raw, "raw", &dst, "raw"));
 }
+
+#[test]
+fn ntfs_put_edits_a_remote_disk_in_place() {
+    if !require("qemu-nbd") || !require("mkntfs") || !require("ntfscat") {
+        return;
+    }
+    let d = tmpdir();
+    let vol = d.path().join("vol.ntfs");
+    std::fs::File::create(&vol)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    run(Command::new("mkntfs")
+        .args([
+            "-F", "-q", "-Q", "-s", "512", "-H", "0", "-S", "0", "-L", "NBD",
+        ])
+        .arg(&vol));
+    let local = d.path().join("hello.txt");
+    std::fs::write(&local, b"written over NBD\n").unwrap();
+    let sock = d.path().join("n.sock");
+    let srv = qemu_nbd_writable(&vol, &sock);
+    let uri = unix_uri(&sock);
+    // The undo journal is kept in the current folder while the commit runs.
+    let o = diskconv()
+        .current_dir(d.path())
+        .args(["ntfs", "put", &uri, local.to_str().unwrap(), "/hello.txt"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(srv);
+    let o = run(Command::new("ntfscat").arg(&vol).arg("/hello.txt"));
+    assert_eq!(o.stdout, b"written over NBD\n");
+    let left: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("diskconv-undo"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // A read-only export is refused before anything is written.
+    let _ro = qemu_nbd(&vol, "raw", &sock, &[]);
+    let o = diskconv()
+        .current_dir(d.path())
+        .args(["ntfs", "put", &uri, local.to_str().unwrap(), "/again.txt"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("read-only"), "{err}");
+}
