@@ -1054,3 +1054,74 @@ fn ntfs_put_edits_a_remote_disk_in_place() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("read-only"), "{err}");
 }
+
+/// A self-signed certificate (also its own CA) for localhost and 127.0.0.1, made by certtool
+/// into `dir` as nbdkit's `--tls-certificates` folder wants it: `ca-cert.pem`,
+/// `server-cert.pem`, `server-key.pem`.
+fn certtool_pki(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let key = dir.join("server-key.pem");
+    let cert = dir.join("server-cert.pem");
+    let tmpl = dir.join("server.tmpl");
+    std::fs::write(
+        &tmpl,
+        "cn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\nexpiration_days = 2\n\
+         ca\ncert_signing_key\nsigning_key\nencryption_key\ntls_www_server\n",
+    )
+    .unwrap();
+    run(Command::new("certtool")
+        .args([
+            "--generate-privkey",
+            "--key-type",
+            "rsa",
+            "--sec-param",
+            "medium",
+        ])
+        .arg("--outfile")
+        .arg(&key));
+    run(Command::new("certtool")
+        .arg("--generate-self-signed")
+        .arg("--load-privkey")
+        .arg(&key)
+        .arg("--template")
+        .arg(&tmpl)
+        .arg("--outfile")
+        .arg(&cert));
+    std::fs::copy(&cert, dir.join("ca-cert.pem")).unwrap();
+}
+
+#[test]
+fn nbdkit_tls_x509_certificates() {
+    if !require("nbdkit") || !require("certtool") {
+        return;
+    }
+    let d = tmpdir();
+    let raw = d.path().join("x.raw");
+    make_raw(&raw, 4 << 20, 41);
+    let pki = d.path().join("pki");
+    certtool_pki(&pki);
+    let other = d.path().join("other");
+    certtool_pki(&other);
+    let port = free_port();
+    let certs = format!("--tls-certificates={}", pki.display());
+    let _srv = nbdkit_tcp(
+        port,
+        &["--tls=require", &certs, "file", raw.to_str().unwrap()],
+    );
+    let uri = format!(
+        "nbds://localhost:{port}/?tls-certificates={}",
+        pki.display()
+    );
+    assert!(ok(&["compare", &uri, raw.to_str().unwrap()]).contains("identical"));
+    // A CA that did not sign the server's certificate: refused, saying why.
+    let uri = format!(
+        "nbds://localhost:{port}/?tls-certificates={}",
+        other.display()
+    );
+    let o = dc(&["info", &uri]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("TLS handshake failed"),
+        "{err}"
+    );
+}
