@@ -1042,6 +1042,108 @@ mod tests {
         b
     }
 
+    /// Server bytes to read; what the client writes is kept.
+    struct Script {
+        input: std::io::Cursor<Vec<u8>>,
+        written: Vec<u8>,
+    }
+
+    impl Read for Script {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            self.input.read(b)
+        }
+    }
+
+    impl Write for Script {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.written.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn rep(option: u32, reply_type: u32, payload: &[u8]) -> Vec<u8> {
+        let mut b = proto::OptionReplyHeader {
+            option,
+            reply_type,
+            length: payload.len() as u32,
+        }
+        .encode()
+        .to_vec();
+        b.extend_from_slice(payload);
+        b
+    }
+
+    #[test]
+    fn negotiation_falls_back_to_export_name_without_go() {
+        // An old server: no structured replies, no NBD_OPT_GO, zeroes after the export info.
+        let mut input = proto::encode_greeting(proto::FLAG_FIXED_NEWSTYLE).to_vec();
+        input.extend(rep(opt::STRUCTURED_REPLY, rep::ERR_UNSUP, b""));
+        input.extend(rep(opt::GO, rep::ERR_UNSUP, b""));
+        input.extend_from_slice(&(5u64 << 20).to_be_bytes());
+        input.extend_from_slice(&(proto::tflag::HAS_FLAGS | proto::tflag::READ_ONLY).to_be_bytes());
+        input.extend_from_slice(&[0u8; 124]);
+        let mut s = Script {
+            input: std::io::Cursor::new(input),
+            written: Vec::new(),
+        };
+        let flags = handshake_start(&mut s).unwrap();
+        let info = handshake_finish(&mut s, flags, "disk", None).unwrap();
+        assert_eq!(info.size, 5 << 20);
+        assert!(info.read_only() && !info.structured && info.contexts.is_empty());
+        assert_eq!(info.max_request, proto::MAX_PAYLOAD);
+        // The client sent NBD_OPT_EXPORT_NAME "disk" last.
+        assert!(s.written.ends_with(b"disk"));
+
+        // A server with GO: block sizes are respected, an unknown export is named.
+        let mut input = proto::encode_greeting(3).to_vec();
+        input.extend(rep(opt::STRUCTURED_REPLY, rep::ACK, b""));
+        input.extend(rep(
+            opt::SET_META_CONTEXT,
+            rep::META_CONTEXT,
+            &proto::encode_meta_context_reply(9, proto::BASE_ALLOCATION),
+        ));
+        input.extend(rep(opt::SET_META_CONTEXT, rep::ACK, b""));
+        let bs = proto::Info::BlockSize {
+            min: 512,
+            preferred: 4096,
+            max: 1 << 20,
+        };
+        input.extend(rep(opt::GO, rep::INFO, &bs.encode()));
+        let ex = proto::Info::Export {
+            size: 1 << 30,
+            flags: proto::tflag::HAS_FLAGS,
+        };
+        input.extend(rep(opt::GO, rep::INFO, &ex.encode()));
+        input.extend(rep(opt::GO, rep::ACK, b""));
+        let mut s = Script {
+            input: std::io::Cursor::new(input),
+            written: Vec::new(),
+        };
+        let flags = handshake_start(&mut s).unwrap();
+        let info = handshake_finish(&mut s, flags, "", None).unwrap();
+        assert_eq!((info.min_block, info.max_request), (512, 1 << 20));
+        assert_eq!(info.context_id(proto::BASE_ALLOCATION), Some(9));
+
+        let mut input = proto::encode_greeting(3).to_vec();
+        input.extend(rep(opt::STRUCTURED_REPLY, rep::ACK, b""));
+        input.extend(rep(opt::SET_META_CONTEXT, rep::ACK, b""));
+        input.extend(rep(opt::GO, rep::ERR_UNKNOWN, b"no such export"));
+        let mut s = Script {
+            input: std::io::Cursor::new(input),
+            written: Vec::new(),
+        };
+        let flags = handshake_start(&mut s).unwrap();
+        let e = handshake_finish(&mut s, flags, "x", None).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            e.to_string(),
+            "the server refused NBD_OPT_GO: NBD_REP_ERR_UNKNOWN (no such export)"
+        );
+    }
+
     #[test]
     fn demux_structured_read_with_hole_and_out_of_order_replies() {
         let d = Demux::new(1 << 20, true, vec![1], 16);
