@@ -293,10 +293,24 @@ impl Storage for NbdStorage {
         if let Some(s) = self.cached_segment(offset) {
             return Ok(s);
         }
-        self.fetch_status(offset)?;
-        Ok(self
-            .cached_segment(offset)
-            .unwrap_or(Segment { data: true, len: 1 }))
+        let whole = Segment {
+            data: true,
+            len: (size - offset).min(STATUS_SPAN),
+        };
+        match self.fetch_status(offset) {
+            Ok(()) => Ok(self.cached_segment(offset).unwrap_or(whole)),
+            // A lost connection (after the retries) or a server that broke the protocol is an
+            // error; a server that refuses block status for this range is read as data.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::InvalidData
+                ) =>
+            {
+                Err(e)
+            }
+            Err(_) => Ok(whole),
+        }
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
