@@ -967,6 +967,22 @@ fn nbdkit_tls_psk() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("bob"), "{err}");
     assert!(!err.contains(key), "{err}");
+
+    // `--tls-psk FILE` instead of the query keys (the file's only identity is used), on a
+    // source and on a sync target alike.
+    let bare = format!("nbds+unix:///?socket={}", sock.display());
+    let psk_s = psk.to_str().unwrap();
+    assert!(
+        ok(&["compare", "--tls-psk", psk_s, &bare, raw.to_str().unwrap()]).contains("identical")
+    );
+    // Refused before connecting: the flag without an nbds URI, or with the URI's own key file.
+    for args in [
+        vec!["info", "--tls-psk", psk_s, raw.to_str().unwrap()],
+        vec!["info", "--tls-psk", psk_s, &uri],
+    ] {
+        let o = dc(&args);
+        assert_eq!(o.status.code(), Some(64), "{args:?}");
+    }
 }
 
 #[test]

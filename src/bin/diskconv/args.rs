@@ -35,6 +35,20 @@ fn parse_policy(s: &str) -> Result<ReferencePolicy, String> {
     s.parse().map_err(|e: diskconv::Error| e.to_string())
 }
 
+/// `--tls-psk` / `--tls-username`: TLS-PSK for the `nbds://` URIs a command names, as flags
+/// (the same as the URI's `tls-psk-file=` and `tls-username=` query keys).
+#[derive(Debug, Args, Clone, Default)]
+pub struct NbdTlsArgs {
+    /// TLS-PSK key file (psktool's `identity:hexkey` lines) for the nbds:// and nbds+unix://
+    /// URIs the command names: the same as their `tls-psk-file=` query key.
+    #[arg(long = "tls-psk", value_name = "FILE")]
+    pub tls_psk: Option<PathBuf>,
+    /// The PSK identity to use with --tls-psk (default: the file's identity when it holds only
+    /// one, else as for the URI: the user name before `@`, else the login name).
+    #[arg(long = "tls-username", value_name = "NAME", requires = "tls_psk")]
+    pub tls_username: Option<String>,
+}
+
 /// `-m/--threads`: the worker pool (on the commands that read, hash or compress in parallel).
 #[derive(Debug, Args, Clone, Copy)]
 pub struct ThreadArgs {
@@ -53,9 +67,27 @@ pub struct ThreadArgs {
 /// still accepted before the command name: they are moved behind it, where the commands that
 /// take them find them (and the others refuse them).
 pub fn parse() -> Result<Cli, clap::Error> {
-    let cmd = crate::exit::with_exit_codes(Cli::command());
-    let matches = cmd.try_get_matches_from(move_leading_options(std::env::args_os().collect()))?;
-    Cli::from_arg_matches(&matches)
+    let mut cmd = crate::exit::with_exit_codes(Cli::command());
+    let matches =
+        cmd.try_get_matches_from_mut(move_leading_options(std::env::args_os().collect()))?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    if let Err(why) = cli.command.apply_nbd_tls() {
+        return Err(cmd.error(clap::error::ErrorKind::ArgumentConflict, why));
+    }
+    Ok(cli)
+}
+
+/// Percent-encodes a URI query value (everything but unreserved characters and `/`).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `diskconv --references anywhere info x` -> `diskconv info --references anywhere x` (and the
@@ -211,6 +243,8 @@ pub struct ConvertArgs {
     #[command(flatten)]
     pub refs: RefArgs,
     #[command(flatten)]
+    pub nbd_tls: NbdTlsArgs,
+    #[command(flatten)]
     pub threads: ThreadArgs,
     /// OVA source: write every disk, to DST with `-diskN` before its extension
     /// (`web01.qcow2` -> `web01-disk1.qcow2`, `web01-disk2.qcow2`); none appears unless all
@@ -233,6 +267,8 @@ pub struct ImageArgs {
     pub json: bool,
     #[command(flatten)]
     pub refs: RefArgs,
+    #[command(flatten)]
+    pub nbd_tls: NbdTlsArgs,
     /// OVA, `info`: check the manifest's digests of the OVF and the selected disk (`info`
     /// does not by default; `map` and the other commands do unless --no-verify-manifest).
     #[arg(long = "verify-manifest", conflicts_with = "no_verify_manifest")]
@@ -255,6 +291,8 @@ pub struct CompareArgs {
     pub strict: bool,
     #[command(flatten)]
     pub refs: RefArgs,
+    #[command(flatten)]
+    pub nbd_tls: NbdTlsArgs,
     #[command(flatten)]
     pub threads: ThreadArgs,
     /// Disk selection and checks for whichever of A and B is an OVA.
@@ -309,6 +347,96 @@ impl Command {
             Command::Hive(_) => return ReferencePolicy::default(),
         };
         r.references
+    }
+
+    /// The `--tls-psk`/`--tls-username` flags of the command and the image names they apply to.
+    fn nbd_tls_mut(&mut self) -> Option<(&NbdTlsArgs, Vec<&mut PathBuf>)> {
+        use crate::inject::InjectCommand;
+        use crate::ntfs::NtfsCommand;
+        Some(match self {
+            Command::Convert(a) => (&a.nbd_tls, vec![&mut a.src, &mut a.dst]),
+            Command::Info(a) | Command::Map(a) => (&a.nbd_tls, vec![&mut a.image]),
+            Command::Compare(a) => (&a.nbd_tls, vec![&mut a.a, &mut a.b]),
+            Command::Sync(a) => (&a.nbd_tls, vec![&mut a.src, &mut a.dst]),
+            Command::Verify(a) => (&a.nbd_tls, vec![&mut a.src, &mut a.dst]),
+            Command::Inspect(a) => (&a.nbd_tls, vec![&mut a.image]),
+            Command::Inject(a) => match &mut a.command {
+                InjectCommand::Windows(w) => (&w.nbd_tls, vec![&mut w.image]),
+            },
+            Command::Ntfs(a) => match &mut a.command {
+                NtfsCommand::Info { target, .. }
+                | NtfsCommand::Ls { target, .. }
+                | NtfsCommand::Cat { target, .. }
+                | NtfsCommand::Put { target, .. }
+                | NtfsCommand::Mkdir { target, .. } => (&target.nbd_tls, vec![&mut target.image]),
+                NtfsCommand::Rollback { .. } => return None,
+            },
+            _ => return None,
+        })
+    }
+
+    /// Puts `--tls-psk FILE` (and `--tls-username`) into the query of every `nbds://` URI the
+    /// command names, as `tls-psk-file=` and `tls-username=`. Refused: the flag without such a
+    /// URI, or with a URI that names its own key file.
+    fn apply_nbd_tls(&mut self) -> Result<(), String> {
+        let Some((tls, paths)) = self.nbd_tls_mut() else {
+            return Ok(());
+        };
+        let Some(file) = tls.tls_psk.clone() else {
+            return Ok(());
+        };
+        let username = tls.tls_username.clone().or_else(|| {
+            // The file's identity when it holds only one (what `diskconv serve --tls-psk` of
+            // the same file accepts); otherwise the URI's rule applies.
+            let f = diskconv::nbd::tls::PskFile::load(&file).ok()?;
+            let mut ids = f.identities();
+            let first = ids.next()?.to_string();
+            ids.next().is_none().then_some(first)
+        });
+        let mut applied = 0;
+        for p in paths {
+            let Some(s) = p.to_str() else { continue };
+            if !(s.starts_with("nbds://") || s.starts_with("nbds+unix://")) {
+                continue;
+            }
+            let query = s.split_once('?').map_or("", |(_, q)| q);
+            if query.split('&').any(|kv| kv.starts_with("tls-psk-file=")) {
+                return Err(format!(
+                    "--tls-psk and the URI's tls-psk-file= both name a key file for {}: keep one",
+                    s.split_once('?').map_or(s, |(u, _)| u)
+                ));
+            }
+            let authority = s.split_once("://").map_or("", |(_, r)| r);
+            let has_user = authority.split('/').next().is_some_and(|a| a.contains('@'));
+            let mut out = s.to_string();
+            out.push(if s.contains('?') { '&' } else { '?' });
+            out.push_str("tls-psk-file=");
+            out.push_str(&percent_encode(&file.to_string_lossy()));
+            if let Some(u) = &username {
+                let explicit = tls.tls_username.is_some();
+                if explicit
+                    && (has_user || query.split('&').any(|kv| kv.starts_with("tls-username=")))
+                {
+                    return Err(format!(
+                        "--tls-username and the URI both name the PSK identity for {}: keep one",
+                        s.split_once('?').map_or(s, |(u, _)| u)
+                    ));
+                }
+                if explicit || !(has_user || query.contains("tls-username=")) {
+                    out.push_str("&tls-username=");
+                    out.push_str(&percent_encode(u));
+                }
+            }
+            *p = PathBuf::from(out);
+            applied += 1;
+        }
+        if applied == 0 {
+            return Err(
+                "--tls-psk applies to nbds:// and nbds+unix:// URIs, and the command names none"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// The `-m/--threads` of the command, if given.

@@ -50,6 +50,8 @@ pub struct WindowsArgs {
     pub format: Option<String>,
     #[command(flatten)]
     pub refs: crate::args::RefArgs,
+    #[command(flatten)]
+    pub nbd_tls: crate::args::NbdTlsArgs,
 }
 
 /// Runs the command.

@@ -21,6 +21,8 @@ pub struct InspectArgs {
     pub json: bool,
     #[command(flatten)]
     pub refs: crate::args::RefArgs,
+    #[command(flatten)]
+    pub nbd_tls: crate::args::NbdTlsArgs,
 }
 
 /// Runs the command.

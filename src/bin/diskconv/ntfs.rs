@@ -45,6 +45,8 @@ pub struct Target {
     pub format: Option<String>,
     #[command(flatten)]
     pub refs: crate::args::RefArgs,
+    #[command(flatten)]
+    pub nbd_tls: crate::args::NbdTlsArgs,
 }
 
 /// The NTFS subcommands.

@@ -95,6 +95,8 @@ pub struct SyncArgs {
     #[command(flatten)]
     pub refs: crate::args::RefArgs,
     #[command(flatten)]
+    pub nbd_tls: crate::args::NbdTlsArgs,
+    #[command(flatten)]
     pub threads: crate::args::ThreadArgs,
     /// Disk selection and checks of an OVA source.
     #[command(flatten)]

@@ -35,6 +35,8 @@ pub struct VerifyArgs {
     #[command(flatten)]
     pub refs: crate::args::RefArgs,
     #[command(flatten)]
+    pub nbd_tls: crate::args::NbdTlsArgs,
+    #[command(flatten)]
     pub threads: crate::args::ThreadArgs,
     /// The source image.
     pub src: PathBuf,
