@@ -2,3 +2,4 @@
 //! and the client (`nbd://`, `nbds://` and `nbd+unix://` URIs wherever an image is named).
 
 pub mod proto;
+pub mod server;

@@ -23,6 +23,7 @@ mod image_lock;
 mod inject_windows;
 mod inspect_cli;
 mod msrv;
+mod nbd_server;
 mod ntfs_cli;
 mod ntfs_damage;
 mod ntfs_fixture;
