@@ -1543,3 +1543,665 @@ impl ServerStream for ScriptedStream {
         Ok((Box::new(self.input), Box::new(SharedOutput(self.output))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{Extent, ImageInfo};
+    use crate::nbd::proto::{ChunkHeader, ReplyHeader, chunk};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A disk in memory whose map follows its content: 4 KiB blocks of zeros are zero
+    /// (even blocks) or unallocated (odd blocks), the others data. Counts its flushes.
+    struct TestDisk {
+        data: Vec<u8>,
+        format: Format,
+        flushes: Arc<AtomicUsize>,
+    }
+
+    const B: u64 = 4096;
+
+    impl TestDisk {
+        fn new(data: Vec<u8>, format: Format) -> (TestDisk, Arc<AtomicUsize>) {
+            let f = Arc::new(AtomicUsize::new(0));
+            (
+                TestDisk {
+                    data,
+                    format,
+                    flushes: f.clone(),
+                },
+                f,
+            )
+        }
+        fn kind(&self, block: u64) -> ExtentKind {
+            let s = (block * B) as usize;
+            let e = (s + B as usize).min(self.data.len());
+            if self.data[s..e].iter().any(|&b| b != 0) {
+                ExtentKind::Data
+            } else if block % 2 == 0 {
+                ExtentKind::Zero
+            } else {
+                ExtentKind::Unallocated
+            }
+        }
+    }
+
+    impl ImageReader for TestDisk {
+        fn format(&self) -> Format {
+            self.format
+        }
+        fn virtual_size(&self) -> u64 {
+            self.data.len() as u64
+        }
+        fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
+            let size = self.data.len() as u64;
+            let end = (offset + max_len).min(size);
+            if offset >= end {
+                return Ok(Extent::new(offset, 0, ExtentKind::Data));
+            }
+            let k = self.kind(offset / B);
+            let mut pos = (offset / B + 1) * B;
+            while pos < end && self.kind(pos / B) == k {
+                pos += B;
+            }
+            Ok(Extent::new(offset, pos.min(end) - offset, k))
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+            crate::image::check_read_range(offset, buf.len(), self.data.len() as u64)?;
+            buf.copy_from_slice(&self.data[offset as usize..offset as usize + buf.len()]);
+            Ok(())
+        }
+        fn info(&self) -> ImageInfo {
+            ImageInfo::new(self.format, self.data.len() as u64)
+        }
+    }
+
+    impl ImageUpdater for TestDisk {
+        fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+            self.data[offset as usize..offset as usize + buf.len()].copy_from_slice(buf);
+            Ok(())
+        }
+        fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+            self.data[offset as usize..(offset + len) as usize].fill(0);
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<()> {
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        let mut d = vec![0u8; len];
+        for (i, b) in d.iter_mut().enumerate() {
+            let block = i as u64 / B;
+            // Blocks 1, 2, 3 and 6 are zeros; the rest data.
+            if ![1, 2, 3, 6].contains(&block) {
+                *b = (i % 251) as u8 | 1;
+            }
+        }
+        d
+    }
+
+    /// What a client sends.
+    #[derive(Default)]
+    struct Script(Vec<u8>);
+
+    impl Script {
+        fn new() -> Script {
+            let mut s = Script::default();
+            s.0.extend_from_slice(
+                &(proto::CLIENT_FIXED_NEWSTYLE | proto::CLIENT_NO_ZEROES).to_be_bytes(),
+            );
+            s
+        }
+        fn option(mut self, option: u32, payload: &[u8]) -> Script {
+            let h = OptionHeader {
+                option,
+                length: payload.len() as u32,
+            };
+            self.0.extend_from_slice(&h.encode());
+            self.0.extend_from_slice(payload);
+            self
+        }
+        fn go(self, name: &str, structured: bool, contexts: &[&str]) -> Script {
+            let mut s = self;
+            if structured {
+                s = s.option(opt::STRUCTURED_REPLY, &[]);
+            }
+            if !contexts.is_empty() {
+                let m = MetaContextRequest {
+                    export: name.into(),
+                    queries: contexts.iter().map(|c| c.to_string()).collect(),
+                };
+                s = s.option(opt::SET_META_CONTEXT, &m.encode());
+            }
+            let g = GoRequest {
+                name: name.into(),
+                infos: vec![proto::info::NAME],
+            };
+            s.option(opt::GO, &g.encode())
+        }
+        fn req(mut self, command: u16, flags: u16, cookie: u64, offset: u64, len: u32) -> Script {
+            let r = Request {
+                flags,
+                command,
+                cookie,
+                offset,
+                length: len,
+            };
+            self.0.extend_from_slice(&r.encode());
+            self
+        }
+        fn data(mut self, d: &[u8]) -> Script {
+            self.0.extend_from_slice(d);
+            self
+        }
+    }
+
+    /// What the server answered: option replies (option, type), then transmission replies.
+    struct Answer {
+        options: Vec<(u32, u32, Vec<u8>)>,
+        replies: Vec<Reply>,
+        report: ConnectionReport,
+    }
+
+    #[derive(Debug)]
+    enum Reply {
+        Simple(u64, u32, Vec<u8>),
+        Chunk(ChunkHeader, Vec<u8>),
+    }
+
+    /// Serves `script` and parses the answer; `reads` gives the data length of each simple
+    /// read reply in order (by cookie).
+    fn serve(server: &Server, script: Script, read_len: impl Fn(u64) -> usize) -> Answer {
+        let st = ScriptedStream::new(script.0);
+        let out = st.output();
+        let report = server.handle(Box::new(st), "test");
+        let out = out.lock().unwrap().clone();
+        let mut p = Payload::new(&out, "answer");
+        let g = p.bytes(proto::GREETING_LEN, "greeting").unwrap();
+        assert_eq!(
+            proto::decode_greeting(g.try_into().unwrap()).unwrap(),
+            proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES
+        );
+        let mut options = Vec::new();
+        let mut in_transmission = false;
+        while p.remaining() > 0 && !in_transmission {
+            let h = p.bytes(proto::OPTION_REPLY_HEADER_LEN, "h").unwrap();
+            let h = OptionReplyHeader::decode(h.try_into().unwrap()).unwrap();
+            let pl = p.bytes(h.length as usize, "payload").unwrap().to_vec();
+            if h.option == opt::GO && h.reply_type == rep::ACK {
+                in_transmission = true;
+            }
+            options.push((h.option, h.reply_type, pl));
+        }
+        let mut replies = Vec::new();
+        while p.remaining() > 0 {
+            let m = p.bytes(4, "magic").unwrap();
+            let rest = proto::reply_header_rest(m.try_into().unwrap()).unwrap();
+            let mut h = m.to_vec();
+            h.extend_from_slice(p.bytes(rest, "header").unwrap());
+            match proto::decode_reply_header(&h).unwrap() {
+                ReplyHeader::Simple(s) => {
+                    let n = if s.error == 0 { read_len(s.cookie) } else { 0 };
+                    let d = p.bytes(n, "data").unwrap().to_vec();
+                    replies.push(Reply::Simple(s.cookie, s.error, d));
+                }
+                ReplyHeader::Chunk(c) => {
+                    let d = p.bytes(c.length as usize, "chunk").unwrap().to_vec();
+                    replies.push(Reply::Chunk(c, d));
+                }
+            }
+        }
+        Answer {
+            options,
+            replies,
+            report,
+        }
+    }
+
+    use crate::nbd::proto::Payload;
+
+    fn one_worker() -> ServerOptions {
+        ServerOptions {
+            workers: 1,
+            max_in_flight: 4,
+            ..ServerOptions::default()
+        }
+    }
+
+    #[test]
+    fn structured_reads_send_holes_and_data_that_rebuild_the_disk() {
+        let data = pattern(10 * B as usize);
+        let (disk, _) = TestDisk::new(data.clone(), Format::Raw);
+        let ex = Export::read_only("d", Arc::new(disk));
+        let server = Server::new(vec![ex], one_worker()).unwrap();
+        let script = Script::new()
+            .go("d", true, &[])
+            .req(cmd::READ, 0, 1, 0, 10 * B as u32)
+            .req(cmd::READ, cflag::DF, 2, 100, 9000)
+            .req(cmd::CACHE, 0, 3, 0, 4096)
+            .req(cmd::DISC, 0, 0, 0, 0);
+        let a = serve(&server, script, |_| 0);
+        assert!(a.report.error.is_none(), "{:?}", a.report.error);
+        assert_eq!(a.report.export.as_deref(), Some("d"));
+        assert_eq!(a.report.requests, 4);
+        assert_eq!(a.report.bytes_read, 10 * B + 9000);
+        // NBD_INFO_NAME was asked for and sent.
+        assert!(a.options.iter().any(|(o, t, p)| *o == opt::GO
+            && *t == rep::INFO
+            && Info::decode(p).unwrap() == Info::Name("d".into())));
+        let mut rebuilt = vec![0xffu8; data.len()];
+        let mut holes = 0;
+        let mut df = None;
+        for r in &a.replies {
+            let Reply::Chunk(h, p) = r else {
+                if let Reply::Simple(3, 0, _) = r {
+                    continue;
+                }
+                panic!("{r:?}")
+            };
+            match h.chunk_type {
+                chunk::OFFSET_DATA if h.cookie == 1 => {
+                    let off = u64::from_be_bytes(p[..8].try_into().unwrap()) as usize;
+                    rebuilt[off..off + p.len() - 8].copy_from_slice(&p[8..]);
+                }
+                chunk::OFFSET_DATA => {
+                    assert!(h.done());
+                    df = Some(p.clone());
+                }
+                _ => match proto::decode_chunk(h, p).unwrap() {
+                    ChunkPayload::Hole { offset, length } => {
+                        holes += 1;
+                        rebuilt[offset as usize..(offset + length as u64) as usize].fill(0);
+                    }
+                    c => panic!("{c:?}"),
+                },
+            }
+        }
+        assert_eq!(rebuilt, data);
+        assert_eq!(holes, 2, "blocks 1-3 and 6 are sent as holes");
+        let df = df.unwrap();
+        assert_eq!(u64::from_be_bytes(df[..8].try_into().unwrap()), 100);
+        assert_eq!(&df[8..], &data[100..9100]);
+    }
+
+    #[test]
+    fn simple_reads_and_block_status_of_allocation_and_dirty_bitmap() {
+        let data = pattern(10 * B as usize);
+        let (disk, _) = TestDisk::new(data.clone(), Format::Qcow2);
+        let ex = Export::read_only("", Arc::new(disk))
+            .with_dirty_bitmap("b0", vec![8192..12288, 0..100, 30000..50000])
+            .unwrap();
+        assert!(
+            Export::read_only("", Arc::new(TestDisk::new(vec![0; 10], Format::Raw).0))
+                .with_dirty_bitmap("", vec![])
+                .is_err()
+        );
+        let server = Server::new(vec![ex], one_worker()).unwrap();
+        // Simple replies.
+        let a = serve(
+            &server,
+            Script::new()
+                .go("", false, &[])
+                .req(cmd::READ, 0, 7, 4000, 200),
+            |_| 200,
+        );
+        match &a.replies[..] {
+            [Reply::Simple(7, 0, d)] => assert_eq!(&d[..], &data[4000..4200]),
+            r => panic!("{r:?}"),
+        }
+        // Block status over both contexts, then REQ_ONE.
+        let a = serve(
+            &server,
+            Script::new()
+                .go(
+                    "",
+                    true,
+                    &[proto::BASE_ALLOCATION, "qemu:dirty-bitmap:b0", "x:y"],
+                )
+                .req(cmd::BLOCK_STATUS, 0, 1, 0, 10 * B as u32)
+                .req(cmd::BLOCK_STATUS, cflag::REQ_ONE, 2, 5000, 20000),
+            |_| 0,
+        );
+        let metas: Vec<(u32, String)> = a
+            .options
+            .iter()
+            .filter(|o| o.1 == rep::META_CONTEXT)
+            .map(|o| proto::decode_meta_context_reply(&o.2).unwrap())
+            .collect();
+        assert_eq!(
+            metas,
+            [
+                (1, "base:allocation".to_string()),
+                (2, "qemu:dirty-bitmap:b0".to_string())
+            ]
+        );
+        let mut got = Vec::new();
+        for r in &a.replies {
+            let Reply::Chunk(h, p) = r else {
+                panic!("{r:?}")
+            };
+            got.push((h.cookie, h.done(), proto::decode_chunk(h, p).unwrap()));
+        }
+        let bs = |context, extents: &[(u32, u32)]| ChunkPayload::BlockStatus {
+            context,
+            extents: extents.to_vec(),
+        };
+        let b = B as u32;
+        assert_eq!(
+            got,
+            [
+                (
+                    1,
+                    false,
+                    bs(
+                        1,
+                        &[
+                            (b, 0),
+                            (b, alloc::HOLE | alloc::ZERO),
+                            (b, alloc::ZERO),
+                            (b, alloc::HOLE | alloc::ZERO),
+                            (2 * b, 0),
+                            (b, alloc::ZERO),
+                            (3 * b, 0)
+                        ]
+                    )
+                ),
+                (
+                    1,
+                    true,
+                    bs(2, &[(100, 1), (8092, 0), (4096, 1), (17712, 0), (10960, 1)])
+                ),
+                (2, false, bs(1, &[(3192, alloc::HOLE | alloc::ZERO)])),
+                (2, true, bs(2, &[(3192, 0)])),
+            ]
+        );
+    }
+
+    #[test]
+    fn dirty_extents_clip_merge_and_stop_at_the_limit() {
+        let r = vec![0..10, 20..30, 40..50];
+        assert_eq!(
+            dirty_extents(&r, 0, 60, 100),
+            [(10, 1), (10, 0), (10, 1), (10, 0), (10, 1), (10, 0)]
+        );
+        assert_eq!(dirty_extents(&r, 5, 25, 100), [(5, 1), (10, 0), (5, 1)]);
+        assert_eq!(dirty_extents(&r, 12, 18, 100), [(6, 0)]);
+        assert_eq!(dirty_extents(&r, 0, 60, 2), [(10, 1), (10, 0)]);
+        assert_eq!(dirty_extents(&[], 0, 60, 1), [(60, 0)]);
+    }
+
+    #[test]
+    fn writable_export_writes_zeroes_trims_and_flushes() {
+        let (disk, flushes) = TestDisk::new(vec![0x11; 64 << 10], Format::Vdi);
+        let ex = Export::writable("w", Box::new(disk));
+        assert!(ex.flags() & tflag::READ_ONLY == 0);
+        assert!(ex.flags() & tflag::CAN_MULTI_CONN != 0);
+        assert!(
+            Export::writable("w", Box::new(TestDisk::new(vec![0; 10], Format::Raw).0))
+                .with_dirty_bitmap("b", vec![])
+                .is_err()
+        );
+        let server = Arc::new(Server::new(vec![ex], one_worker()).unwrap());
+        let a = serve(
+            &server,
+            Script::new()
+                .go("w", false, &[])
+                .req(cmd::WRITE, 0, 1, 10, 5)
+                .data(b"hello")
+                .req(cmd::WRITE, cflag::FUA, 2, 1000, 3)
+                .data(b"abc")
+                .req(cmd::WRITE_ZEROES, 0, 3, 4096, 100)
+                .req(cmd::WRITE_ZEROES, cflag::NO_HOLE, 4, 8192, 10)
+                .req(cmd::WRITE_ZEROES, cflag::FAST_ZERO, 5, 0, 10)
+                .req(cmd::TRIM, 0, 6, 20000, 50)
+                .req(cmd::FLUSH, 0, 7, 0, 0)
+                .req(cmd::WRITE, 0, 8, (64 << 10) - 2, 4)
+                .data(b"over")
+                .req(cmd::TRIM, 0, 9, 1 << 20, 1)
+                .req(cmd::WRITE, 0, 10, 30000, 2)
+                .data(b"ok"),
+            |_| 0,
+        );
+        let errs: Vec<(u64, u32)> = a
+            .replies
+            .iter()
+            .map(|r| match r {
+                Reply::Simple(c, e, _) => (*c, *e),
+                r => panic!("{r:?}"),
+            })
+            .collect();
+        assert_eq!(
+            errs,
+            [
+                (1, 0),
+                (2, 0),
+                (3, 0),
+                (4, 0),
+                (5, errno::ENOTSUP),
+                (6, 0),
+                (7, 0),
+                (8, errno::ENOSPC),
+                (9, errno::EINVAL),
+                (10, 0)
+            ]
+        );
+        assert_eq!(a.report.bytes_written, 10);
+        // FUA, FLUSH, and the flush at disconnect.
+        assert_eq!(flushes.load(Ordering::SeqCst), 3);
+        let mut want = vec![0x11u8; 64 << 10];
+        want[10..15].copy_from_slice(b"hello");
+        want[1000..1003].copy_from_slice(b"abc");
+        want[4096..4196].fill(0);
+        want[8192..8202].fill(0);
+        want[20000..20050].fill(0);
+        want[30000..30002].copy_from_slice(b"ok");
+        let mut got = vec![0u8; want.len()];
+        server.exports()[0]
+            .with_reader(|r| r.read_at(&mut got, 0))
+            .unwrap();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn many_workers_answer_every_request_once() {
+        let data = pattern(64 << 10);
+        let (disk, _) = TestDisk::new(data.clone(), Format::Raw);
+        let server = Server::new(
+            vec![Export::read_only("", Arc::new(disk))],
+            ServerOptions {
+                workers: 4,
+                max_in_flight: 8,
+                ..ServerOptions::default()
+            },
+        )
+        .unwrap();
+        let mut s = Script::new().go("", false, &[]);
+        for i in 0..200u64 {
+            s = s.req(cmd::READ, 0, i, i * 300, 100 + i as u32);
+        }
+        let a = serve(&server, s, |c| 100 + c as usize);
+        assert_eq!(a.replies.len(), 200);
+        let mut seen = vec![false; 200];
+        for r in &a.replies {
+            let Reply::Simple(c, 0, d) = r else {
+                panic!("{r:?}")
+            };
+            let c = *c as usize;
+            assert!(!seen[c]);
+            seen[c] = true;
+            assert_eq!(&d[..], &data[c * 300..c * 300 + 100 + c]);
+        }
+    }
+
+    /// A "TLS" that only marks the stream encrypted: the negotiation rules around STARTTLS
+    /// without a real handshake.
+    struct MarkTls;
+    struct Marked(Box<dyn ServerStream>);
+    impl Read for Marked {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            self.0.read(b)
+        }
+    }
+    impl Write for Marked {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.write(b)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.0.flush()
+        }
+    }
+    impl ServerStream for Marked {
+        fn split(self: Box<Self>) -> io::Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
+            self.0.split()
+        }
+        fn is_tls(&self) -> bool {
+            true
+        }
+    }
+    impl TlsUpgrade for MarkTls {
+        fn upgrade(&self, s: Box<dyn ServerStream>) -> io::Result<Box<dyn ServerStream>> {
+            Ok(Box::new(Marked(s)))
+        }
+    }
+
+    #[test]
+    fn with_tls_every_option_before_starttls_is_refused() {
+        let (disk, _) = TestDisk::new(vec![1; 8192], Format::Raw);
+        let server = Server::new(
+            vec![Export::read_only("t", Arc::new(disk))],
+            ServerOptions {
+                tls: Some(Arc::new(MarkTls)),
+                ..one_worker()
+            },
+        )
+        .unwrap();
+        let g = GoRequest {
+            name: "t".into(),
+            infos: vec![],
+        }
+        .encode();
+        let a = serve(
+            &server,
+            Script::new()
+                .option(opt::LIST, &[])
+                .option(opt::STRUCTURED_REPLY, &[])
+                .option(opt::GO, &g)
+                .option(opt::INFO, &g)
+                .option(opt::STARTTLS, b"x")
+                .option(opt::STARTTLS, &[])
+                .option(opt::STARTTLS, &[])
+                .go("t", false, &[])
+                .req(cmd::READ, 0, 1, 0, 8),
+            |_| 8,
+        );
+        let types: Vec<(u32, u32)> = a.options.iter().map(|o| (o.0, o.1)).collect();
+        assert_eq!(
+            &types[..7],
+            [
+                (opt::LIST, rep::ERR_TLS_REQD),
+                (opt::STRUCTURED_REPLY, rep::ERR_TLS_REQD),
+                (opt::GO, rep::ERR_TLS_REQD),
+                (opt::INFO, rep::ERR_TLS_REQD),
+                (opt::STARTTLS, rep::ERR_INVALID),
+                (opt::STARTTLS, rep::ACK),
+                (opt::STARTTLS, rep::ERR_INVALID),
+            ]
+        );
+        assert!(a.report.tls);
+        assert_eq!(a.report.export.as_deref(), Some("t"));
+        assert!(matches!(&a.replies[..], [Reply::Simple(1, 0, d)] if d == &[1; 8]));
+        // EXPORT_NAME before TLS closes the connection without an answer.
+        let a = serve(&server, Script::new().option(opt::EXPORT_NAME, b"t"), |_| 0);
+        assert!(a.options.is_empty() && a.replies.is_empty());
+        assert!(a.report.error.unwrap().contains("before TLS"));
+    }
+
+    #[test]
+    fn export_name_lists_and_meta_context_listing() {
+        let (d1, _) = TestDisk::new(vec![0; 4096], Format::Raw);
+        let (d2, _) = TestDisk::new(vec![0; 8192], Format::Qcow2);
+        let e2 = Export::read_only("two", Arc::new(d2))
+            .with_description("second")
+            .with_dirty_bitmap("a", vec![])
+            .unwrap()
+            .with_dirty_bitmap("b", vec![])
+            .unwrap();
+        assert!(Server::new(vec![], ServerOptions::default()).is_err());
+        let server = Server::new(
+            vec![Export::read_only("one", Arc::new(d1)), e2],
+            ServerOptions::default(),
+        )
+        .unwrap();
+        let list = |q: &[&str]| {
+            MetaContextRequest {
+                export: "two".into(),
+                queries: q.iter().map(|s| s.to_string()).collect(),
+            }
+            .encode()
+        };
+        let mut s = Script::new()
+            .option(opt::LIST, &[])
+            .option(opt::STRUCTURED_REPLY, &[])
+            .option(opt::STRUCTURED_REPLY, &[])
+            .option(opt::LIST_META_CONTEXT, &list(&[]))
+            .option(opt::LIST_META_CONTEXT, &list(&["qemu:dirty-bitmap:"]))
+            .option(opt::SET_META_CONTEXT, &list(&[]))
+            .option(opt::EXPORT_NAME, b"two");
+        s = s.req(cmd::BLOCK_STATUS, 0, 1, 0, 100);
+        let st = ScriptedStream::new(s.0);
+        let out = st.output();
+        let r = server.handle(Box::new(st), "p");
+        assert_eq!(r.export.as_deref(), Some("two"));
+        let out = out.lock().unwrap().clone();
+        let mut p = Payload::new(&out[proto::GREETING_LEN..], "answer");
+        let mut names = Vec::new();
+        let mut kinds = Vec::new();
+        for _ in 0..13 {
+            let h =
+                OptionReplyHeader::decode(p.bytes(20, "h").unwrap().try_into().unwrap()).unwrap();
+            let pl = p.bytes(h.length as usize, "p").unwrap();
+            kinds.push(h.reply_type);
+            match h.reply_type {
+                rep::SERVER => names.push(proto::decode_server_reply(pl).unwrap().0),
+                rep::META_CONTEXT => names.push(proto::decode_meta_context_reply(pl).unwrap().1),
+                _ => {}
+            }
+        }
+        assert_eq!(
+            names,
+            [
+                "one",
+                "two",
+                "base:allocation",
+                "qemu:dirty-bitmap:a",
+                "qemu:dirty-bitmap:b",
+                "qemu:dirty-bitmap:a",
+                "qemu:dirty-bitmap:b"
+            ]
+        );
+        assert_eq!(kinds[3..5], [rep::ACK, rep::ERR_INVALID]);
+        // EXPORT_NAME reply: size and flags, no zeroes (the client asked for none).
+        let size = p.u64("size").unwrap();
+        let flags = p.u16("flags").unwrap();
+        assert_eq!((size, flags & tflag::READ_ONLY), (8192, tflag::READ_ONLY));
+        // SET with no query selected nothing: block status is refused.
+        let h = p.bytes(20, "chunk").unwrap();
+        let ReplyHeader::Chunk(c) = proto::decode_reply_header(h).unwrap() else {
+            panic!()
+        };
+        let e = proto::decode_chunk(&c, p.bytes(c.length as usize, "c").unwrap()).unwrap();
+        assert!(
+            matches!(
+                e,
+                ChunkPayload::Error {
+                    error: errno::EINVAL,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+}
