@@ -2024,7 +2024,7 @@ mod tests {
         }
         let a = serve(&server, s, |c| 100 + c as usize);
         assert_eq!(a.replies.len(), 200);
-        let mut seen = vec![false; 200];
+        let mut seen = [false; 200];
         for r in &a.replies {
             let Reply::Simple(c, 0, d) = r else {
                 panic!("{r:?}")
