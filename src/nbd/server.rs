@@ -420,7 +420,8 @@ fn read_full(
                         | io::ErrorKind::TimedOut
                 ) =>
             {
-                if cancel.load(Ordering::Relaxed) && pos == 0 {
+                // Stopping: a message the client has not finished sending is dropped.
+                if cancel.load(Ordering::Relaxed) {
                     return Ok(ReadEnd::Cancelled);
                 }
             }
@@ -1014,9 +1015,13 @@ impl Server {
                     inflight.acquire(weight);
                     if req.command == cmd::WRITE {
                         payload = vec![0u8; req.length as usize];
-                        match read_full(&mut r, &mut payload, &AtomicBool::new(false)) {
+                        match read_full(&mut r, &mut payload, &self.cancel) {
                             Ok(ReadEnd::Full) => {}
-                            Ok(_) => {
+                            Ok(ReadEnd::Cancelled) => {
+                                inflight.release(weight);
+                                return Ok(());
+                            }
+                            Ok(ReadEnd::Eof) => {
                                 inflight.release(weight);
                                 return Err(
                                     "the client closed the connection before the data of a write"

@@ -27,6 +27,9 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
 const MAX_CONNECTIONS: usize = 64;
 /// How often a blocked read or accept checks whether the server is stopping.
 const POLL: Duration = Duration::from_millis(200);
+/// A client that takes no reply bytes for this long is dropped (its worker would otherwise
+/// wait on it for ever, and so would the server when it stops).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `diskconv serve`.
 #[derive(Debug, Args)]
@@ -241,12 +244,14 @@ impl AnyListener {
                 s.set_nonblocking(false)?;
                 s.set_nodelay(true)?;
                 s.set_read_timeout(Some(POLL))?;
+                s.set_write_timeout(Some(WRITE_TIMEOUT))?;
                 Ok((Box::new(s), peer.to_string()))
             }
             AnyListener::Unix(l, path) => {
                 let (s, _) = l.accept()?;
                 s.set_nonblocking(false)?;
                 s.set_read_timeout(Some(POLL))?;
+                s.set_write_timeout(Some(WRITE_TIMEOUT))?;
                 Ok((Box::new(s), format!("unix:{}", path.display())))
             }
         }
