@@ -47,7 +47,7 @@ impl ImageLock {
 
     fn lock(path: &Path, op: rustix::fs::FlockOperation) -> Result<ImageLock> {
         let f = File::open(path)
-            .map_err(|e| Error::io("opening the image for an edit", e).in_file(path))?;
+            .map_err(|e| Error::io("opening the image to lock it", e).in_file(path))?;
         let mut attempt = 0;
         loop {
             attempt += 1;

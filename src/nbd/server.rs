@@ -43,6 +43,9 @@ pub const MAX_OPTIONS: u32 = 4096;
 /// Most extents in one `NBD_CMD_BLOCK_STATUS` reply per context (the reply then covers less
 /// than the request, which the protocol allows).
 pub const MAX_STATUS_EXTENTS: usize = 1 << 16;
+/// A worker's reply buffer is kept for the next request up to this capacity (larger ones,
+/// for reads of up to [`MAX_PAYLOAD`], are freed after their reply).
+const REUSED_BUFFER: usize = 8 << 20;
 /// Id of the `base:allocation` context; dirty bitmap `i` of an export has id `2 + i`.
 const ALLOCATION_ID: u32 = 1;
 
@@ -959,16 +962,22 @@ impl Server {
         std::thread::scope(|scope| {
             for _ in 0..self.options.workers {
                 scope.spawn(|| {
+                    // The reply buffer, reused from request to request: no allocation (and no
+                    // fresh pages to fault in) per read.
+                    let mut out = Vec::new();
                     loop {
                         let job = {
                             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
                             rx.recv()
                         };
                         let Ok(job) = job else { break };
-                        let reply = self.execute(session, &job.req, &job.payload, counters);
+                        self.execute(session, &job.req, &job.payload, counters, &mut out);
                         drop(job.payload);
-                        write_reply(&reply);
+                        write_reply(&out);
                         inflight.release(job.weight);
+                        if out.capacity() > REUSED_BUFFER {
+                            out = Vec::new();
+                        }
                     }
                 });
             }
@@ -1071,11 +1080,16 @@ impl Server {
         }
     }
 
-    /// Executes one request and returns its whole reply.
-    fn execute(&self, s: &Session, req: &Request, payload: &[u8], c: &Counters) -> Vec<u8> {
-        match self.run(s, req, payload, c) {
-            Ok(reply) => reply,
-            Err(e) => self.error_reply(s, req, e),
+    /// Executes one request and puts its whole reply in `out`.
+    fn execute(&self, s: &Session, req: &Request, payload: &[u8], c: &Counters, out: &mut Vec<u8>) {
+        out.clear();
+        match self.run(s, req, payload, c, out) {
+            Ok(None) => {}
+            Ok(Some(reply)) => *out = reply,
+            Err(e) => {
+                out.clear();
+                out.extend_from_slice(&self.error_reply(s, req, e));
+            }
         }
     }
 
@@ -1085,7 +1099,8 @@ impl Server {
         req: &Request,
         payload: &[u8],
         c: &Counters,
-    ) -> std::result::Result<Vec<u8>, CmdError> {
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<Option<Vec<u8>>, CmdError> {
         let ex = &s.export;
         let name = proto::command_name(req.command);
         let allowed = match req.command {
@@ -1151,14 +1166,14 @@ impl Server {
         let fua = req.flags & cflag::FUA != 0;
         match req.command {
             cmd::READ => {
-                let r = self.read(s, req)?;
+                self.read(s, req, out)?;
                 c.read.fetch_add(req.length as u64, Ordering::Relaxed);
-                Ok(r)
+                Ok(None)
             }
             cmd::WRITE => {
                 self.write(ex, |u| u.write_at(payload, req.offset), fua, "writing")?;
                 c.written.fetch_add(payload.len() as u64, Ordering::Relaxed);
-                Ok(self.simple(req.cookie, 0))
+                Ok(Some(self.simple(req.cookie, 0)))
             }
             cmd::TRIM => {
                 self.write(
@@ -1167,7 +1182,7 @@ impl Server {
                     fua,
                     "trimming",
                 )?;
-                Ok(self.simple(req.cookie, 0))
+                Ok(Some(self.simple(req.cookie, 0)))
             }
             cmd::WRITE_ZEROES => {
                 let no_hole = req.flags & cflag::NO_HOLE != 0;
@@ -1200,15 +1215,15 @@ impl Server {
                     fua,
                     "writing zeros",
                 )?;
-                Ok(self.simple(req.cookie, 0))
+                Ok(Some(self.simple(req.cookie, 0)))
             }
             cmd::FLUSH => {
                 ex.flush()
                     .map_err(|e| CmdError::from_error("flushing", &e))?;
-                Ok(self.simple(req.cookie, 0))
+                Ok(Some(self.simple(req.cookie, 0)))
             }
-            cmd::CACHE => Ok(self.simple(req.cookie, 0)),
-            cmd::BLOCK_STATUS => self.block_status(s, req),
+            cmd::CACHE => Ok(Some(self.simple(req.cookie, 0))),
+            cmd::BLOCK_STATUS => self.block_status(s, req).map(Some),
             _ => Err(CmdError::new(
                 errno::EINVAL,
                 format!("{name} is not supported"),
@@ -1235,13 +1250,18 @@ impl Server {
         Ok(())
     }
 
-    fn read(&self, s: &Session, req: &Request) -> std::result::Result<Vec<u8>, CmdError> {
+    /// Puts the whole reply of a read in `out` (empty on entry).
+    fn read(
+        &self,
+        s: &Session,
+        req: &Request,
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<(), CmdError> {
         let (off, len) = (req.offset, req.length as u64);
         let what =
             |e: &Error| CmdError::from_error(&format!("reading {len} bytes at offset {off}"), e);
         s.export.with_reader(|img| {
             if !s.structured {
-                let mut out = Vec::with_capacity(proto::SIMPLE_REPLY_LEN + len as usize);
                 out.extend_from_slice(
                     &SimpleReply {
                         error: 0,
@@ -1252,14 +1272,14 @@ impl Server {
                 out.resize(proto::SIMPLE_REPLY_LEN + len as usize, 0);
                 img.read_at(&mut out[proto::SIMPLE_REPLY_LEN..], off)
                     .map_err(|e| what(&e))?;
-                return Ok(out);
+                return Ok(());
             }
             if req.flags & cflag::DF != 0 {
-                let mut out = proto::encode_data_chunk(req.cookie, true, off, len as u32);
+                out.extend_from_slice(&proto::encode_data_chunk(req.cookie, true, off, len as u32));
                 let h = out.len();
                 out.resize(h + len as usize, 0);
                 img.read_at(&mut out[h..], off).map_err(|e| what(&e))?;
-                return Ok(out);
+                return Ok(());
             }
             // Runs of data and of zeros, from the image's map.
             let mut runs: Vec<(bool, u64, u64)> = Vec::new();
@@ -1281,7 +1301,7 @@ impl Server {
                 }
                 pos += n;
             }
-            let mut out = Vec::with_capacity(
+            out.reserve(
                 runs.iter()
                     .map(|r| 32 + if r.0 { r.2 as usize } else { 0 })
                     .sum(),
@@ -1309,7 +1329,7 @@ impl Server {
                     ));
                 }
             }
-            Ok(out)
+            Ok(())
         })
     }
 
