@@ -160,6 +160,14 @@ pub fn check_usage(a: &ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The file name of an image, for export descriptions (clients see it: not the server's
+/// folders).
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
 /// Opens one export and takes the image's lock: exclusive for a writable export (other
 /// diskconv writers are refused), shared for a read-only one (it may be read by others, but
 /// no diskconv process changes it while it is served).
@@ -175,7 +183,7 @@ fn open_export(
         let up = diskconv::sync::target::open_updater(path, format)?;
         let desc = format!(
             "{} ({}, {}, writable)",
-            path.display(),
+            file_name(path),
             up.format(),
             human_bytes(up.virtual_size())
         );
@@ -187,7 +195,7 @@ fn open_export(
     crate::package::print_warnings(img.as_ref(), &opts);
     let desc = format!(
         "{} ({}, {})",
-        path.display(),
+        file_name(path),
         img.format(),
         human_bytes(img.virtual_size())
     );
