@@ -272,6 +272,17 @@ pub trait ImageReader: Send + Sync {
 
     /// A description for `diskconv info`.
     fn info(&self) -> ImageInfo;
+
+    /// The byte ranges the dirty bitmap `name` marks changed (a qcow2 persistent bitmap, or a
+    /// server's `qemu:dirty-bitmap:NAME` context). Formats without dirty bitmaps refuse.
+    fn dirty_ranges(&self, name: &str) -> Result<Vec<std::ops::Range<u64>>> {
+        let _ = name;
+        Err(Error::Unsupported(format!(
+            "{} images have no dirty bitmaps; --bitmap needs a qcow2 image with persistent \
+             bitmaps or an NBD server exporting qemu:dirty-bitmap:NAME",
+            self.format()
+        )))
+    }
 }
 
 /// A reader whose every error names the file it was opened from ([`Error::in_image`]):
@@ -328,6 +339,12 @@ impl ImageReader for NamedReader {
 
     fn info(&self) -> ImageInfo {
         self.inner.info()
+    }
+
+    fn dirty_ranges(&self, name: &str) -> Result<Vec<std::ops::Range<u64>>> {
+        self.inner
+            .dirty_ranges(name)
+            .map_err(|e| e.in_image(&self.path))
     }
 }
 
@@ -735,6 +752,12 @@ impl ImageReader for NamedUpdater {
     fn info(&self) -> ImageInfo {
         self.inner.info()
     }
+
+    fn dirty_ranges(&self, name: &str) -> Result<Vec<std::ops::Range<u64>>> {
+        self.inner
+            .dirty_ranges(name)
+            .map_err(|e| e.in_file(&self.path))
+    }
 }
 
 impl ImageUpdater for NamedUpdater {
@@ -785,6 +808,10 @@ macro_rules! reader_through {
 
             fn info(&self) -> $crate::image::ImageInfo {
                 self.$field.info()
+            }
+
+            fn dirty_ranges(&self, name: &str) -> $crate::error::Result<Vec<std::ops::Range<u64>>> {
+                self.$field.dirty_ranges(name)
             }
         }
     };

@@ -22,7 +22,18 @@
 //! target replaced by another file (a copy, a re-conversion, a restore) gets a new inode, which
 //! is refused before anything is written. A header fingerprint would not work for raw targets
 //! (their first bytes are guest data, changed by every pass), and a random id stored inside the
-//! target is impossible for raw; the inode is cheap and covers every format alike.
+//! target is impossible for raw; the inode is cheap and covers every format alike. The state
+//! also records the target's identity: a local target's canonical path, or the id the caller
+//! gives a [`SyncTarget::Storage`] (a remote disk has no inode); a state of another target is
+//! refused.
+//!
+//! # Targets changed behind the sync's back
+//!
+//! Before a pass that trusts the stored fingerprints (every pass after the first, and a
+//! resumed one) writes anything, a sample of target blocks (the first, the last, about 14
+//! pseudo-randomly chosen ones; for a remote target 128 KiB of them, so that the check does not
+//! cost more network traffic than a small pass) is read and hashed as the pass hashes the source: a block that
+//! no longer holds what the last pass wrote refuses the pass (a rescan repairs the target).
 
 use std::fs;
 use std::ops::Range;
@@ -39,14 +50,12 @@ use xxhash_rust::xxh3::xxh3_128;
 use crate::error::{Error, Hint, Result};
 use crate::files::{ImageLock, OutputFiles};
 use crate::formats::RAW;
-use crate::image::{Format, ImageReader, ImageUpdater, NamedReader, read_skipping_holes};
-use crate::open::{OpenOptions, PackageOptions, ReferencePolicy, open, open_qcow2};
+use crate::image::{Format, ImageReader, ImageUpdater, read_skipping_holes};
+use crate::open::{OpenOptions, PackageOptions, ReferencePolicy, open};
 use crate::output::{OutputOptions, create_writer};
 use crate::sync::bitmap::BlockBitmap;
-use crate::sync::state::{
-    FpFile, PassKind, RunningPass, SyncState, fp_path, is_block_device, state_path_for,
-};
-use crate::sync::target::open_updater;
+use crate::sync::state::{FpFile, PassKind, RunningPass, SyncState, fp_path, is_block_device};
+use crate::sync::target::{SyncSource, SyncTarget, open_target, state_place};
 use crate::util::{human_bytes, is_zero, random_bytes16};
 use crate::verify::{BlockSizes, check_block_size};
 
@@ -176,8 +185,16 @@ pub struct PassReport {
     pub blocks_written: u64,
     /// Bytes read from the source (holes are not read).
     pub bytes_read: u64,
-    /// Bytes written to the target (zero blocks included, as write_zeroes).
+    /// Bytes written to the target (zero blocks included, as write_zeroes):
+    /// `bytes_written_data + bytes_written_zeroes`.
     pub bytes_written: u64,
+    /// Bytes sent to the target as data writes.
+    pub bytes_written_data: u64,
+    /// Bytes sent to the target as zero writes (write_zeroes: no data crosses).
+    pub bytes_written_zeroes: u64,
+    /// Bytes of the target read to check that it still holds what the last pass wrote (a
+    /// sample of blocks, before an incremental or resumed pass).
+    pub target_bytes_checked: u64,
     /// Wall time of the pass, seconds.
     pub seconds: f64,
     /// Bytes read per second, in MB/s (10^6).
@@ -231,27 +248,148 @@ fn exists(p: &Path) -> bool {
     fs::metadata(p).is_ok()
 }
 
-/// Opens the source of a pass, and with a bitmap pass the ranges its bitmap marks changed.
+/// Opens the source of a pass (a path is opened; a reader is borrowed), with its identity,
+/// and with a bitmap pass the ranges its bitmap marks changed.
 #[allow(clippy::type_complexity)]
-fn open_source(
-    src_path: &Path,
+fn open_source<'a>(
+    src: &'a SyncSource,
     opts: &SyncOptions,
-) -> Result<(Box<dyn ImageReader>, Option<Vec<Range<u64>>>)> {
-    let mut oo = OpenOptions::new().references(opts.references);
-    oo.package = opts.source_package.clone();
-    if let Some(f) = opts.source_format {
-        oo = oo.format(f);
-    }
-    let mut dirty: Option<Vec<Range<u64>>> = None;
-    let src: Box<dyn ImageReader> = match &opts.bitmap {
-        Some(name) => {
-            let q = open_qcow2(src_path, &oo)?;
-            dirty = Some(q.dirty_ranges(name).map_err(|e| e.in_image(src_path))?);
-            Box::new(NamedReader::new(Box::new(q), src_path))
+) -> Result<(Source<'a>, String, Option<Vec<Range<u64>>>)> {
+    let (reader, id) = match src {
+        SyncSource::Path(src_path) => {
+            let mut oo = OpenOptions::new().references(opts.references);
+            oo.package = opts.source_package.clone();
+            if let Some(f) = opts.source_format {
+                oo = oo.format(f);
+            }
+            let r = open(src_path, &oo)?;
+            let abs = fs::canonicalize(src_path)
+                .map_err(|e| Error::io("resolving the source path", e).in_file(src_path))?
+                .to_string_lossy()
+                .into_owned();
+            (Source::Owned(r), abs)
         }
-        None => open(src_path, &oo)?,
+        SyncSource::Reader { reader, id } => (Source::Borrowed(reader.as_ref()), id.clone()),
     };
-    Ok((src, dirty))
+    let dirty = match &opts.bitmap {
+        Some(name) => Some(reader.get().dirty_ranges(name)?),
+        None => None,
+    };
+    Ok((reader, id, dirty))
+}
+
+/// The source of a pass: opened by it, or the caller's.
+enum Source<'a> {
+    Owned(Box<dyn ImageReader>),
+    Borrowed(&'a dyn ImageReader),
+}
+
+impl Source<'_> {
+    fn get(&self) -> &dyn ImageReader {
+        match self {
+            Source::Owned(b) => b.as_ref(),
+            Source::Borrowed(r) => *r,
+        }
+    }
+}
+
+/// What kind of place a target is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TgtKind {
+    /// A local image file.
+    File,
+    /// A local block device.
+    Device,
+    /// A raw disk handed in as storage.
+    Remote,
+}
+
+/// A target with what a pass needs to know of it.
+struct Tgt<'a> {
+    target: &'a SyncTarget,
+    kind: TgtKind,
+    /// Its name in messages.
+    name: String,
+    /// Its identity as recorded in the state (a local target's canonical path).
+    id: String,
+}
+
+impl<'a> Tgt<'a> {
+    fn new(target: &'a SyncTarget) -> Tgt<'a> {
+        let (kind, id) = match target {
+            SyncTarget::Path(p) => {
+                let kind = if is_block_device(p) {
+                    TgtKind::Device
+                } else {
+                    TgtKind::File
+                };
+                (kind, local_id(p))
+            }
+            SyncTarget::Storage { id, .. } => (TgtKind::Remote, id.clone()),
+        };
+        Tgt {
+            target,
+            kind,
+            name: target.name(),
+            id,
+        }
+    }
+
+    /// The local path, if the target has one.
+    fn path(&self) -> Option<&'a Path> {
+        match self.target {
+            SyncTarget::Path(p) => Some(p),
+            SyncTarget::Storage { .. } => None,
+        }
+    }
+
+    /// A raw disk of fixed size whose old content is unknown.
+    fn fixed(&self) -> bool {
+        self.kind != TgtKind::File
+    }
+
+    fn exists(&self) -> bool {
+        self.path().is_none_or(exists)
+    }
+
+    /// The error `e`, naming the target.
+    fn named(&self, e: Error) -> Error {
+        match self.path() {
+            Some(p) => e.in_file(p),
+            None => e.in_file(&self.name),
+        }
+    }
+}
+
+/// The identity recorded for a local target: its canonical path (for one not created yet, the
+/// canonical path of its folder joined with its name).
+fn local_id(p: &Path) -> String {
+    let canon = fs::canonicalize(p).ok().or_else(|| {
+        let name = p.file_name()?;
+        fs::canonicalize(crate::files::folder_of(p))
+            .ok()
+            .map(|d| d.join(name))
+    });
+    canon
+        .or_else(|| std::path::absolute(p).ok())
+        .unwrap_or_else(|| p.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The refusal of a state recorded for another target.
+fn other_target(state_path: &Path, recorded: &str, t: &Tgt<'_>) -> Error {
+    let recorded = if recorded.is_empty() {
+        "another file".to_string()
+    } else {
+        recorded.to_string()
+    };
+    Error::InvalidArgument(format!(
+        "sync state {} belongs to target {recorded}, not {}",
+        state_path.display(),
+        t.id
+    ))
+    .with_hint(Hint::Rescan)
 }
 
 /// What the next pass of an existing sync compares: the interrupted pass's candidates when
@@ -306,30 +444,29 @@ fn next_pass(
 }
 
 /// Starts a sync without a usable state: a new target is created, an existing one adopted
-/// (a rescan compares every block with it), a block device written whole. The state is saved
-/// before the target is created.
+/// (a rescan compares every block with it), a block device or a storage target written whole.
+/// The state is saved before the target is created.
 #[allow(clippy::too_many_arguments)]
 fn new_sync(
-    dst: &Path,
-    device: bool,
+    t: &Tgt<'_>,
     rescan: bool,
     state_path: &Path,
     fpp: &Path,
     src_format: &str,
     src_size: u64,
-    src_abs: &str,
+    src_id: &str,
     opts: &SyncOptions,
 ) -> Result<(SyncState, FpFile, ChangeSource)> {
     // A new sync, or an adopted target (rescan).
     let bs = opts.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
     let blocks = src_size.div_ceil(bs);
-    let target_exists = exists(dst);
-    // A block device without a state gets a full pass that writes every block (its
-    // old content is unknown); no --rescan needed to write over it.
-    if target_exists && !device && !(rescan || opts.rescan_on_bad_state) {
+    let target_exists = t.exists();
+    // A block device (or storage) without a state gets a full pass that writes every block
+    // (its old content is unknown); no --rescan needed to write over it.
+    if target_exists && !t.fixed() && !(rescan || opts.rescan_on_bad_state) {
         return Err(Error::InvalidArgument(format!(
             "{} exists but has no sync state ({})",
-            dst.display(),
+            t.name,
             state_path.display()
         ))
         .with_hint(Hint::AdoptTarget));
@@ -339,35 +476,41 @@ fn new_sync(
     let mut cand = BlockBitmap::new(src_size, bs)?;
     cand.set_all();
     let mut initial_fp = zero_fp;
-    let (tgt_format, tgt_size, kind, source) = if device && !rescan {
-        let up = open_updater(dst, Some(RAW))?;
+    let (tgt_format, tgt_size, kind, source) = if t.fixed() && !rescan {
+        let up = open_target(t.target, Some(RAW))?;
         if up.virtual_size() < src_size {
-            return Err(Error::InvalidArgument(format!(
-                "the block device holds {} bytes ({}), less than the {src_size} bytes \
-                 ({}) of the source",
+            let what = match t.kind {
+                TgtKind::Remote => format!("the sync target {}", t.name),
+                _ => "the block device".to_string(),
+            };
+            let e = Error::InvalidArgument(format!(
+                "{what} holds {} bytes ({}), less than the {src_size} bytes ({}) of the source",
                 up.virtual_size(),
                 human_bytes(up.virtual_size()),
                 human_bytes(src_size)
-            ))
-            .in_file(dst));
+            ));
+            return Err(match t.path() {
+                Some(p) => e.in_file(p),
+                None => e,
+            });
         }
         // No block's fingerprint is this value (in practice: 2^-128), so the full pass
         // writes every block, zero blocks as zeros.
         initial_fp = UNKNOWN_FINGERPRINT;
         (RAW, up.virtual_size(), PassKind::Full, ChangeSource::Full)
     } else if target_exists {
-        let up = open_updater(dst, device.then_some(RAW))?;
+        let up = open_target(t.target, t.fixed().then_some(RAW))?;
         if let Some(f) = opts.output_format.filter(|f| *f != up.format()) {
             return Err(Error::InvalidArgument(format!(
                 "{} is a {} image; an output format ({f}) applies only to a new target",
-                dst.display(),
+                t.name,
                 up.format()
             )));
         }
         if up.virtual_size() < src_size {
             return Err(Error::InvalidArgument(format!(
                 "{} holds {} bytes, less than the {src_size}-byte source",
-                dst.display(),
+                t.name,
                 up.virtual_size()
             )));
         }
@@ -378,6 +521,9 @@ fn new_sync(
             ChangeSource::Rescan,
         )
     } else {
+        let dst = t.path().ok_or_else(|| {
+            Error::InvalidArgument(format!("the sync target {} does not exist", t.name))
+        })?;
         let f = target_format(dst, opts.output_format);
         check_updatable(f)?;
         (f, 0, PassKind::Full, ChangeSource::Full)
@@ -389,12 +535,13 @@ fn new_sync(
         passes: 0,
         src_format: src_format.to_string(),
         src_size,
-        src_path: src_abs.to_string(),
+        src_path: src_id.to_string(),
         src_head: 0,
         tgt_format: tgt_format.name().to_string(),
         tgt_size,
         tgt_dev: 0,
         tgt_ino: 0,
+        tgt_id: t.id.clone(),
         blocks,
         running: Some(RunningPass {
             kind,
@@ -403,35 +550,59 @@ fn new_sync(
             pending: (0, 0),
         }),
     };
-    if target_exists {
-        let (d, i) = dev_ino(dst)?;
-        st.tgt_dev = d;
-        st.tgt_ino = i;
-        st.save(state_path)?;
-    } else {
-        st.save(state_path)?;
-        create_target(dst, src_size, tgt_format)?;
-        let (d, i) = dev_ino(dst)?;
-        st.tgt_dev = d;
-        st.tgt_ino = i;
-        st.save(state_path)?;
+    match t.path() {
+        None => st.save(state_path)?,
+        Some(dst) if target_exists => {
+            let (d, i) = dev_ino(dst)?;
+            st.tgt_dev = d;
+            st.tgt_ino = i;
+            st.save(state_path)?;
+        }
+        Some(dst) => {
+            st.save(state_path)?;
+            create_target(dst, src_size, tgt_format)?;
+            let (d, i) = dev_ino(dst)?;
+            st.tgt_dev = d;
+            st.tgt_ino = i;
+            st.tgt_id = local_id(dst);
+            st.save(state_path)?;
+        }
     }
     Ok((st, fp, source))
 }
 
 /// Runs one sync pass from the image at `src_path` to `dst`: a full copy when there is no
-/// state, otherwise an incremental pass (or the resumption of an interrupted one).
+/// state, otherwise an incremental pass (or the resumption of an interrupted one). See
+/// [`sync_pass_to`].
 pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<PassReport> {
+    sync_pass_to(
+        &SyncSource::Path(src_path.to_path_buf()),
+        &SyncTarget::Path(dst.to_path_buf()),
+        opts,
+    )
+}
+
+/// Runs one sync pass from `src` to `dst`: a full copy when there is no state, otherwise an
+/// incremental pass (or the resumption of an interrupted one).
+///
+/// Before an incremental or resumed pass writes anything, a sample of target blocks (the
+/// first, the last and about 14 others; 128 KiB of others for a [`SyncTarget::Storage`]) is
+/// read and compared with the fingerprints the last
+/// pass stored: a target changed behind the sync's back is refused ([`Hint::Rescan`]).
+pub fn sync_pass_to(src: &SyncSource, dst: &SyncTarget, opts: &SyncOptions) -> Result<PassReport> {
     let start = Instant::now();
-    let device = is_block_device(dst);
-    let state_path = state_path_for(dst, opts.state_path.as_deref())?.path;
+    let t = Tgt::new(dst);
+    let state_path = state_place(dst, opts.state_path.as_deref())?.path;
     let fpp = fp_path(&state_path);
-    if device && opts.output_format.is_some_and(|f| !f.is_raw()) {
-        return Err(Error::InvalidArgument(format!(
-            "is a block device: a sync to a block device writes raw, not {}",
+    if t.fixed() && opts.output_format.is_some_and(|f| !f.is_raw()) {
+        let what = match t.kind {
+            TgtKind::Remote => "is a raw disk: a sync to it",
+            _ => "is a block device: a sync to a block device",
+        };
+        return Err(t.named(Error::InvalidArgument(format!(
+            "{what} writes raw, not {}",
             opts.output_format.map_or("?", |f| f.name())
-        ))
-        .in_file(dst));
+        ))));
     }
     if let Some(bs) = opts.block_size {
         check_block_size(bs, BlockSizes::PowersOfTwo)?;
@@ -441,19 +612,16 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
             "give either a bitmap or changed ranges, not both".into(),
         ));
     }
-    // An existing target is locked before its state is read; a new one once it is created.
-    let lock = if exists(dst) {
-        Some(ImageLock::acquire(dst)?)
-    } else {
-        None
+    // An existing local target is locked before its state is read; a new one once it is
+    // created.
+    let lock = match t.path() {
+        Some(p) if exists(p) => Some(ImageLock::acquire(p)?),
+        _ => None,
     };
 
     // The source.
-    let (src, dirty) = open_source(src_path, opts)?;
-    let src_abs = fs::canonicalize(src_path)
-        .map_err(|e| Error::io("resolving the source path", e).in_file(src_path))?
-        .to_string_lossy()
-        .into_owned();
+    let (src, src_id, dirty) = open_source(src, opts)?;
+    let src = src.get();
     let src_size = src.virtual_size();
     let src_format = src.format().name().to_string();
 
@@ -471,31 +639,57 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
         }
     };
     let mut st_fp: Option<(SyncState, FpFile)> = None;
+    let mut checked_up: Option<Box<dyn ImageUpdater>> = None;
+    let mut target_bytes_checked = 0;
     if let Some(mut st) = loaded {
-        match check_state(
+        let checked = check_state(
             &st,
             &state_path,
             &fpp,
             &src_format,
             src_size,
-            &src_abs,
-            dst,
+            &src_id,
+            &t,
             opts,
-        ) {
-            Ok(fp) => {
+        )
+        .and_then(|fp| {
+            if let Some(dst) = t.path().filter(|_| t.kind == TgtKind::File) {
                 if st.tgt_ino == 0 {
                     // Killed while the target was being created.
                     if !exists(dst) {
-                        create_target(dst, src_size, st.tgt_format.parse()?)?;
+                        create_target(dst, src_size, st.tgt_format.parse().map_err(hard)?)
+                            .map_err(hard)?;
                     }
-                    let (d, i) = dev_ino(dst)?;
+                    let (d, i) = dev_ino(dst).map_err(hard)?;
                     st.tgt_dev = d;
                     st.tgt_ino = i;
-                    st.save(&state_path)?;
+                    st.tgt_id = local_id(dst);
+                    st.save(&state_path).map_err(hard)?;
                 }
-                st_fp = Some((st, fp));
             }
-            Err(e) if opts.rescan_on_bad_state && e.is_bad_state => rescan = true,
+            if st.tgt_id != t.id {
+                // A version 1 state (checked by device and inode), or a local target moved
+                // (the same inode): it records the id now.
+                st.tgt_id = t.id.clone();
+                st.save(&state_path).map_err(hard)?;
+            }
+            // A target changed behind the sync's back is refused before anything is written
+            // (a rescan compares every block anyway).
+            let kind = st.running.as_ref().map(|r| r.kind);
+            if kind != Some(PassKind::Rescan) {
+                let up = open_target(t.target, Some(st.tgt_format.parse().map_err(hard)?))
+                    .map_err(hard)?;
+                target_bytes_checked = check_target_sample(up.as_ref(), &fp, &st, &t)?;
+                checked_up = Some(up);
+            }
+            Ok(fp)
+        });
+        match checked {
+            Ok(fp) => st_fp = Some((st, fp)),
+            Err(e) if opts.rescan_on_bad_state && e.is_bad_state => {
+                checked_up = None;
+                rescan = true;
+            }
             Err(e) => return Err(e.err),
         }
     }
@@ -506,24 +700,27 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
             (st, fp, source)
         }
         None => new_sync(
-            dst,
-            device,
+            &t,
             rescan,
             &state_path,
             &fpp,
             &src_format,
             src_size,
-            &src_abs,
+            &src_id,
             opts,
         )?,
     };
 
-    let _lock = match lock {
-        Some(l) => l,
-        None => ImageLock::acquire(dst)?,
+    let _lock = match (lock, t.path()) {
+        (Some(l), _) => Some(l),
+        (None, Some(p)) => Some(ImageLock::acquire(p)?),
+        (None, None) => None,
     };
     let tgt_format: Format = st.tgt_format.parse()?;
-    let mut up = open_updater(dst, Some(tgt_format))?;
+    let mut up = match checked_up {
+        Some(up) => up,
+        None => open_target(dst, Some(tgt_format))?,
+    };
     if st.tgt_size == 0 {
         st.tgt_size = up.virtual_size();
     }
@@ -532,19 +729,20 @@ pub fn sync_pass(src_path: &Path, dst: &Path, opts: &SyncOptions) -> Result<Pass
             &state_path,
             format!(
                 "the target {} now holds {} bytes; the state recorded {}",
-                dst.display(),
+                t.name,
                 up.virtual_size(),
                 st.tgt_size
             ),
         ));
     }
-    let mut report = run_pass(src.as_ref(), up.as_mut(), &fp, &mut st, &state_path, opts)?;
+    let mut report = run_pass(src, up.as_mut(), &fp, &mut st, &state_path, opts)?;
     st.passes += 1;
     st.running = None;
-    st.src_head = head_hash(src.as_ref())?;
+    st.src_head = head_hash(src)?;
     st.save(&state_path)?;
     report.pass = st.passes;
     report.source = source;
+    report.target_bytes_checked = target_bytes_checked;
     report.seconds = start.elapsed().as_secs_f64();
     report.mb_per_s = if report.seconds > 0.0 {
         report.bytes_read as f64 / 1e6 / report.seconds
@@ -559,6 +757,91 @@ struct StateError {
     is_bad_state: bool,
 }
 
+/// An error that is not about the state (an I/O failure, say): never answered by a rescan.
+fn hard(err: Error) -> StateError {
+    StateError {
+        err,
+        is_bad_state: false,
+    }
+}
+
+/// Blocks sampled by [`check_target_sample`] besides the first and the last.
+const SAMPLE_BLOCKS: u64 = 14;
+/// Bytes the sample of a target reached through a [`Storage`](crate::storage::Storage) (a
+/// remote disk) reads at most besides its first and last block: every byte crosses the
+/// network, and an incremental pass of a few changed blocks should not pay more for the
+/// check than for the changes (four 64 KiB blocks in all at the default block size).
+const REMOTE_SAMPLE_BYTES: u64 = 128 << 10;
+
+/// Reads the first, the last and about [`SAMPLE_BLOCKS`] pseudo-randomly chosen blocks of the
+/// target (fewer for a remote target: [`REMOTE_SAMPLE_BYTES`]) and compares their fingerprints with the ones the last pass stored. Blocks of the
+/// running pass's pending window and blocks whose content is unknown are skipped. Returns the
+/// bytes read; a mismatch is a bad state (the target was changed behind the sync's back).
+fn check_target_sample(
+    up: &dyn ImageUpdater,
+    fp: &FpFile,
+    st: &SyncState,
+    t: &Tgt<'_>,
+) -> std::result::Result<u64, StateError> {
+    let bs = st.block_size;
+    let blocks = st.blocks;
+    if blocks == 0 {
+        return Ok(0);
+    }
+    let pending = st
+        .running
+        .as_ref()
+        .map_or(0..0, |r| r.pending.0..r.pending.1);
+    let mut sample = vec![0, blocks - 1];
+    let extra = match t.target {
+        SyncTarget::Storage { .. } => (REMOTE_SAMPLE_BYTES / bs).min(SAMPLE_BLOCKS),
+        SyncTarget::Path(_) => SAMPLE_BLOCKS,
+    };
+    let seed = random_bytes16();
+    let mut x = u64::from_le_bytes([
+        seed[0], seed[1], seed[2], seed[3], seed[4], seed[5], seed[6], seed[7],
+    ]);
+    for _ in 0..extra {
+        // splitmix64
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        sample.push((z ^ (z >> 31)) % blocks);
+    }
+    sample.sort_unstable();
+    sample.dedup();
+    let mut buf = vec![0u8; bs as usize];
+    let mut read = 0;
+    for b in sample {
+        if pending.contains(&b) {
+            continue;
+        }
+        let mut stored = [0u128; 1];
+        fp.read(b, &mut stored).map_err(hard)?;
+        if stored[0] == UNKNOWN_FINGERPRINT {
+            continue;
+        }
+        let off = b * bs;
+        let len = (off + bs).min(st.src_size) - off;
+        let mut now = [0u128; 1];
+        hash_blocks(up, &mut buf, off, len, bs, &mut now).map_err(hard)?;
+        read += len;
+        if now[0] != stored[0] {
+            return Err(StateError {
+                err: Error::InvalidArgument(format!(
+                    "target {} was changed since the last pass: block {b} (offset {off:#x}) \
+                     does not hold what the last pass wrote",
+                    t.name
+                ))
+                .with_hint(Hint::Rescan),
+                is_bad_state: true,
+            });
+        }
+    }
+    Ok(read)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn check_state(
     st: &SyncState,
@@ -567,7 +850,7 @@ fn check_state(
     src_format: &str,
     src_size: u64,
     src_abs: &str,
-    dst: &Path,
+    t: &Tgt<'_>,
     opts: &SyncOptions,
 ) -> std::result::Result<FpFile, StateError> {
     let hard = |why: String| StateError {
@@ -576,6 +859,10 @@ fn check_state(
     };
     let soft = |why: String| StateError {
         err: bad_state(state_path, why).with_hint(Hint::Rescan),
+        is_bad_state: true,
+    };
+    let other = |recorded: &str| StateError {
+        err: other_target(state_path, recorded, t),
         is_bad_state: true,
     };
     if st.src_path != src_abs {
@@ -613,25 +900,42 @@ fn check_state(
             st.tgt_format
         )));
     }
-    if !exists(dst) {
-        if st.tgt_ino == 0 {
-            // The target was being created: recreated by the caller.
-        } else {
-            return Err(soft(format!(
-                "the target {} is missing (remove the state file to start over)",
-                dst.display()
-            )));
+    match t.path() {
+        None => {
+            // A storage target is known by its id alone.
+            if st.tgt_id != t.id {
+                return Err(other(&st.tgt_id));
+            }
         }
-    } else if st.tgt_ino != 0 {
-        let (d, i) = dev_ino(dst).map_err(|e| StateError {
-            err: e,
-            is_bad_state: false,
-        })?;
-        if (d, i) != (st.tgt_dev, st.tgt_ino) {
-            return Err(soft(format!(
-                "{} is not the target it recorded (the file was replaced)",
-                dst.display()
-            )));
+        Some(dst) => {
+            // A state recorded for a storage target (its id is not a local path).
+            if !st.tgt_id.is_empty() && !st.tgt_id.starts_with('/') {
+                return Err(other(&st.tgt_id));
+            }
+            if !exists(dst) {
+                if st.tgt_ino == 0 {
+                    // The target was being created: recreated by the caller.
+                } else {
+                    return Err(soft(format!(
+                        "the target {} is missing (remove the state file to start over)",
+                        dst.display()
+                    )));
+                }
+            } else if st.tgt_ino != 0 {
+                let (d, i) = dev_ino(dst).map_err(|e| StateError {
+                    err: e,
+                    is_bad_state: false,
+                })?;
+                if (d, i) != (st.tgt_dev, st.tgt_ino) {
+                    if !st.tgt_id.is_empty() && st.tgt_id != t.id {
+                        return Err(other(&st.tgt_id));
+                    }
+                    return Err(soft(format!(
+                        "{} is not the target it recorded (the file was replaced)",
+                        dst.display()
+                    )));
+                }
+            }
         }
     }
     FpFile::open(fpp, &st.sync_id, st.blocks).map_err(|e| soft(e.chain()))
@@ -675,6 +979,9 @@ fn run_pass(
         blocks_written: 0,
         bytes_read: 0,
         bytes_written: 0,
+        bytes_written_data: 0,
+        bytes_written_zeroes: 0,
+        target_bytes_checked: 0,
         seconds: 0.0,
         mb_per_s: 0.0,
     };
@@ -849,8 +1156,10 @@ fn write_changed(
             let blen = (boff + bs).min(size) - boff;
             if f == win.zero_fp && is_zero(blk) {
                 up.write_zeroes(boff, blen)?;
+                r.bytes_written_zeroes += blen;
             } else {
                 up.write_at(&blk[..blen as usize], boff)?;
+                r.bytes_written_data += blen;
             }
             r.blocks_written += 1;
             r.bytes_written += blen;
@@ -950,10 +1259,35 @@ pub struct ConvergeReport {
 
 /// Repeats passes until one changes fewer than `max_changed` blocks (a first, full pass or a
 /// resumed pass never counts as converged), sleeping `interval` between passes, at most
-/// `max_passes` passes. `on_pass` sees each report as it completes.
+/// `max_passes` passes. `on_pass` sees each report as it completes. See
+/// [`sync_until_converged_to`].
 pub fn sync_until_converged(
     src: &Path,
     dst: &Path,
+    opts: &SyncOptions,
+    max_changed: u64,
+    interval: Duration,
+    max_passes: u64,
+    on_pass: impl FnMut(&PassReport),
+) -> Result<ConvergeReport> {
+    sync_until_converged_to(
+        &SyncSource::Path(src.to_path_buf()),
+        &SyncTarget::Path(dst.to_path_buf()),
+        opts,
+        max_changed,
+        interval,
+        max_passes,
+        on_pass,
+    )
+}
+
+/// Repeats passes from `src` to `dst` ([`sync_pass_to`]) until one changes fewer than
+/// `max_changed` blocks (a first, full pass or a resumed pass never counts as converged),
+/// sleeping `interval` between passes, at most `max_passes` passes. `on_pass` sees each
+/// report as it completes.
+pub fn sync_until_converged_to(
+    src: &SyncSource,
+    dst: &SyncTarget,
     opts: &SyncOptions,
     max_changed: u64,
     interval: Duration,
@@ -985,7 +1319,7 @@ pub fn sync_until_converged(
                 );
             }
         }
-        let r = sync_pass(src, dst, opts)?;
+        let r = sync_pass_to(src, dst, opts)?;
         on_pass(&r);
         let incremental = !matches!(
             r.source,
@@ -1059,6 +1393,9 @@ mod tests {
             blocks_written: 10,
             bytes_read: 0,
             bytes_written: 0,
+            bytes_written_data: 0,
+            bytes_written_zeroes: 0,
+            target_bytes_checked: 0,
             seconds: 2.0,
             mb_per_s: 0.0,
         };

@@ -15,5 +15,7 @@ pub mod target;
 
 pub use bitmap::BlockBitmap;
 pub use engine::{
-    ChangeSource, ConvergeReport, PassReport, SyncOptions, sync_pass, sync_until_converged,
+    ChangeSource, ConvergeReport, PassReport, SyncOptions, sync_pass, sync_pass_to,
+    sync_until_converged, sync_until_converged_to,
 };
+pub use target::{SyncSource, SyncTarget, state_place};

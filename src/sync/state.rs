@@ -2,9 +2,9 @@
 //! (`<dst>.dcsync`) plus a flat fingerprint file (`<dst>.dcsync.fp`, 16 bytes per block,
 //! updated positionally one window at a time so memory stays flat whatever the disk size).
 //!
-//! State file layout (little-endian): magic `DCSYNC\0\x01`, then the fields of [`SyncState`]
+//! State file layout (little-endian): magic `DCSYNC\0\x02`, then the fields of [`SyncState`]
 //! in order (strings and byte strings as u32 length + bytes), then an xxh3-64 of everything
-//! before it. Any damage (truncation, a flipped bit) fails the checksum and is reported with
+//! before it. Version 1 (magic `DCSYNC\0\x01`, still read) has no `tgt_id`. Any damage (truncation, a flipped bit) fails the checksum and is reported with
 //! the file name.
 //!
 //! Fingerprint file layout: magic `DCSYNCFP`, the 16-byte sync id of the state it belongs to,
@@ -18,7 +18,9 @@ use crate::error::{Error, Result};
 use crate::files::sync_dir;
 use crate::sync::bitmap::BlockBitmap;
 
-const MAGIC: &[u8; 8] = b"DCSYNC\0\x01";
+const MAGIC: &[u8; 8] = b"DCSYNC\0\x02";
+/// Version 1: no target identity.
+const MAGIC_V1: &[u8; 8] = b"DCSYNC\0\x01";
 const FP_MAGIC: &[u8; 8] = b"DCSYNCFP";
 /// Bytes before the first fingerprint in the fingerprint file.
 pub const FP_HEADER: u64 = 32;
@@ -104,6 +106,10 @@ pub struct SyncState {
     pub tgt_dev: u64,
     /// See `tgt_dev`.
     pub tgt_ino: u64,
+    /// The target's identity: the canonical path of a local target, the caller's id (say
+    /// `nbd://host:10809/web01`) of a [`SyncTarget::Storage`](crate::sync::target::SyncTarget)
+    /// one; empty in a state written by version 1 (checked by device and inode alone).
+    pub tgt_id: String,
     /// Number of blocks (source size / block size, rounded up).
     pub blocks: u64,
     /// The running pass, if any.
@@ -204,9 +210,11 @@ impl SyncState {
         put_str(&mut v, self.src_path.as_bytes());
         v.extend_from_slice(&self.src_head.to_le_bytes());
         put_str(&mut v, self.tgt_format.as_bytes());
-        for x in [self.tgt_size, self.tgt_dev, self.tgt_ino, self.blocks] {
+        for x in [self.tgt_size, self.tgt_dev, self.tgt_ino] {
             v.extend_from_slice(&x.to_le_bytes());
         }
+        put_str(&mut v, self.tgt_id.as_bytes());
+        v.extend_from_slice(&self.blocks.to_le_bytes());
         match &self.running {
             None => v.push(0),
             Some(r) => {
@@ -228,7 +236,8 @@ impl SyncState {
         if b.len() < MAGIC.len() + 8 {
             return Err(bad(format!("truncated ({} bytes)", b.len())));
         }
-        if &b[..8] != MAGIC {
+        let v1 = &b[..8] == MAGIC_V1;
+        if &b[..8] != MAGIC && !v1 {
             return Err(bad(
                 "not a diskconv sync state file (bad magic or unknown version)".into(),
             ));
@@ -255,6 +264,11 @@ impl SyncState {
         let tgt_size = c.u64().ok_or_else(trunc)?;
         let tgt_dev = c.u64().ok_or_else(trunc)?;
         let tgt_ino = c.u64().ok_or_else(trunc)?;
+        let tgt_id = if v1 {
+            String::new()
+        } else {
+            c.string().ok_or_else(trunc)?
+        };
         let blocks = c.u64().ok_or_else(trunc)?;
         if !block_size.is_power_of_two() || block_size < 4096 {
             return Err(bad(format!("invalid block size {block_size}")));
@@ -307,6 +321,7 @@ impl SyncState {
             tgt_size,
             tgt_dev,
             tgt_ino,
+            tgt_id,
             blocks,
             running,
         })
@@ -522,6 +537,7 @@ mod tests {
             tgt_size: 10 << 20,
             tgt_dev: 5,
             tgt_ino: 99,
+            tgt_id: "nbd://host:10809/web01".into(),
             blocks: 160,
             running: Some(RunningPass {
                 kind: PassKind::Scan,
@@ -546,6 +562,56 @@ mod tests {
             let e = SyncState::from_bytes(&d, "t").unwrap_err();
             assert!(e.to_string().contains("sync state t"), "{e}");
         }
+    }
+
+    /// The version 1 form of `s` (no target identity), as version 1 wrote it.
+    fn v1_bytes(s: &SyncState) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(MAGIC_V1);
+        v.extend_from_slice(&s.sync_id);
+        for x in [s.block_size, s.passes] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        put_str(&mut v, s.src_format.as_bytes());
+        v.extend_from_slice(&s.src_size.to_le_bytes());
+        put_str(&mut v, s.src_path.as_bytes());
+        v.extend_from_slice(&s.src_head.to_le_bytes());
+        put_str(&mut v, s.tgt_format.as_bytes());
+        for x in [s.tgt_size, s.tgt_dev, s.tgt_ino, s.blocks] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        v.push(0);
+        let sum = xxhash_rust::xxh3::xxh3_64(&v);
+        v.extend_from_slice(&sum.to_le_bytes());
+        v
+    }
+
+    #[test]
+    fn reads_version_1_and_writes_version_2_with_the_target_id() {
+        let mut s = sample();
+        s.running = None;
+        let old = v1_bytes(&s);
+        let got = SyncState::from_bytes(&old, "t").unwrap();
+        let mut want = s.clone();
+        want.tgt_id = String::new();
+        assert_eq!(got, want);
+        // Written back, it is version 2 and keeps the (empty) id.
+        let b = got.to_bytes();
+        assert_eq!(&b[..8], MAGIC);
+        assert_eq!(SyncState::from_bytes(&b, "t").unwrap(), want);
+        // Version 2 keeps the id; a version 2 body under the version 1 magic is refused.
+        let b = s.to_bytes();
+        assert_eq!(SyncState::from_bytes(&b, "t").unwrap().tgt_id, s.tgt_id);
+        let mut relabelled = b[..b.len() - 8].to_vec();
+        relabelled[..8].copy_from_slice(MAGIC_V1);
+        let sum = xxhash_rust::xxh3::xxh3_64(&relabelled);
+        relabelled.extend_from_slice(&sum.to_le_bytes());
+        assert!(SyncState::from_bytes(&relabelled, "t").is_err());
+        // An unknown version is named as such.
+        let mut v3 = b.clone();
+        v3[7] = 3;
+        let e = SyncState::from_bytes(&v3, "t").unwrap_err();
+        assert!(e.to_string().contains("unknown version"), "{e}");
     }
 
     #[test]

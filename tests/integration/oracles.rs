@@ -26,6 +26,9 @@ pub enum Kind {
     Command,
     /// A module python3 imports, from a pip package.
     Python,
+    /// A C library the build links, found by `pkg-config --exists NAME`, from a Debian package
+    /// (with pkg-config). The build needs it, so no test requires it.
+    Library,
     /// Not installable (root and loop devices, the corpus): checked here.
     Condition,
 }
@@ -49,6 +52,7 @@ impl Oracle {
         match (self.kind, self.name) {
             (Kind::Command, _) => format!("Debian package {}", self.package),
             (Kind::Python, _) => format!("pip package {}", self.package),
+            (Kind::Library, _) => format!("Debian packages {} and pkg-config", self.package),
             (_, "loop-device") => "run the tests as root where loop devices exist".into(),
             (_, "corpus") => format!(
                 "put the corpus at {} or set DISKCONV_TEST_CORPUS",
@@ -85,6 +89,7 @@ fn parse(text: &'static str) -> Vec<Oracle> {
         let kind = match kind {
             "command" => Kind::Command,
             "python" => Kind::Python,
+            "library" => Kind::Library,
             "condition" => Kind::Condition,
             k => panic!("tests/oracles/tools.txt line {}: unknown kind {k:?}", n + 1),
         };
@@ -138,6 +143,15 @@ pub fn check(o: &Oracle) -> Result<(), String> {
                 .then_some(())
                 .ok_or_else(|| "python3 cannot import it".into())
         }
+        (Kind::Library, name) => {
+            let out = Command::new("pkg-config")
+                .args(["--exists", name])
+                .status()
+                .map_err(|e| format!("pkg-config did not run: {e}"))?;
+            out.success()
+                .then_some(())
+                .ok_or_else(|| "is not found by pkg-config".into())
+        }
         (Kind::Condition, "loop-device") => {
             // SAFETY: geteuid has no preconditions and cannot fail.
             if unsafe { libc::geteuid() } != 0 {
@@ -190,6 +204,8 @@ fn markers(o: &Oracle) -> Vec<String> {
             format!("import {n}"),
             format!("from {n}"),
         ],
+        // The build needs it; no test names it.
+        (Kind::Library, _) => Vec::new(),
         (Kind::Condition, "loop-device") => vec!["\"losetup\"".into(), "\"loop-device\"".into()],
         (Kind::Condition, "corpus") => vec!["corpus_root(".into()],
         (Kind::Condition, _) => unreachable!("condition {n} has no markers"),
@@ -602,11 +618,15 @@ pub fn summary_text(missing: &[(&Oracle, String)]) -> String {
         s.into_iter().collect()
     };
     let mut install = Vec::new();
-    if !set(Kind::Command).is_empty() {
-        install.push(format!(
-            "apt-get install -y {}",
-            set(Kind::Command).join(" ")
-        ));
+    let mut apt = set(Kind::Command);
+    if !set(Kind::Library).is_empty() {
+        apt.extend(set(Kind::Library));
+        apt.push("pkg-config");
+    }
+    if !apt.is_empty() {
+        apt.sort();
+        apt.dedup();
+        install.push(format!("apt-get install -y {}", apt.join(" ")));
     }
     if !set(Kind::Python).is_empty() {
         install.push(format!(
@@ -669,7 +689,12 @@ fn readme_and_ci_follow_the_list() {
         ("apt-get install", Kind::Command),
         ("pip install", Kind::Python),
     ] {
-        let want = packages(kind);
+        let mut want = packages(kind);
+        // C libraries come from Debian packages too, found with pkg-config.
+        if kind == Kind::Command && !packages(Kind::Library).is_empty() {
+            want.extend(packages(Kind::Library));
+            want.insert("pkg-config");
+        }
         let want_line: Vec<&str> = want.iter().copied().collect();
         assert_eq!(
             installed(what),
@@ -728,6 +753,7 @@ fn the_list_is_what_the_tests_use() {
     );
     let unused: Vec<&str> = all()
         .iter()
+        .filter(|o| o.kind != Kind::Library)
         .filter(|o| {
             let ms = markers(o);
             !fns.iter()

@@ -13,8 +13,10 @@ use std::sync::atomic::AtomicBool;
 use diskconv::error::ResultExt;
 use diskconv::files::OutputTarget;
 use diskconv::output::check_output;
-use diskconv::sync::state::{SyncState, fp_path, state_path_for};
-use diskconv::sync::{PassReport, SyncOptions, sync_pass, sync_until_converged};
+use diskconv::sync::state::{StatePlace, SyncState, fp_path};
+use diskconv::sync::{
+    PassReport, SyncOptions, SyncTarget, state_place, sync_pass, sync_until_converged,
+};
 use diskconv::util::parse_size;
 use diskconv::{
     ConvertOptions, Error, ErrorKind, Format, OpenOptions, OutputOptions, ReferencePolicy, Result,
@@ -225,7 +227,8 @@ fn print_pass(r: &PassReport, json: bool) -> Result<()> {
     } else {
         format!(
             "pass {} ({}): {} blocks scanned, {} changed, {} written; {} bytes read, {} bytes \
-             written; {:.2} s, {:.1} MB/s",
+             written ({} as data, {} as zeroes), {} bytes of the target checked; {:.2} s, \
+             {:.1} MB/s",
             r.pass,
             r.source,
             r.blocks_scanned,
@@ -233,6 +236,9 @@ fn print_pass(r: &PassReport, json: bool) -> Result<()> {
             r.blocks_written,
             r.bytes_read,
             r.bytes_written,
+            r.bytes_written_data,
+            r.bytes_written_zeroes,
+            r.target_bytes_checked,
             r.seconds,
             r.mb_per_s
         )
@@ -305,21 +311,32 @@ pub fn check_usage(args: &SyncArgs) -> Result<Option<Format>> {
     Ok(explicit)
 }
 
+/// What the user is told when the state of a sync to `target` goes to the current folder (a
+/// block device or a remote disk, without `--state`).
+fn state_note(target: &SyncTarget, place: &StatePlace) -> String {
+    let what = match target {
+        SyncTarget::Path(_) => "a block device",
+        SyncTarget::Storage { .. } => "a remote disk",
+    };
+    format!(
+        "diskconv: {} is {what}: the sync state is kept in the current folder as {} (and {}); \
+         run later passes from this folder, or choose a place with --state",
+        target.name(),
+        place.path.display(),
+        fp_path(&place.path).display()
+    )
+}
+
 /// Runs `diskconv sync`.
 pub fn run(args: SyncArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     let block_size = block_size(&args)?;
     let window_bytes = window(&args)?;
     check_interval(&args)?;
     let export_to = export_options(&args, true)?;
-    let place = state_path_for(&args.dst, args.state.as_deref())?;
+    let target = SyncTarget::Path(args.dst.clone());
+    let place = state_place(&target, args.state.as_deref())?;
     if place.in_current_folder {
-        errln!(
-            "diskconv: {} is a block device: the sync state is kept in the current folder as {} \
-             (and {}); run later passes from this folder, or choose a place with --state",
-            args.dst.display(),
-            place.path.display(),
-            fp_path(&place.path).display()
-        );
+        errln!("{}", state_note(&target, &place));
     }
     let cancel = crate::term::cancel_on_signals()?;
     let opts = SyncOptions {

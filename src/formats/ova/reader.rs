@@ -805,6 +805,10 @@ impl ImageReader for OvaReader {
         self.disk.read_at(buf, offset)
     }
 
+    fn dirty_ranges(&self, name: &str) -> Result<Vec<std::ops::Range<u64>>> {
+        self.disk.dirty_ranges(name)
+    }
+
     fn info(&self) -> ImageInfo {
         let mut i = self.disk.info();
         i.subformat = Some(image_format(&i));

@@ -1004,6 +1004,10 @@ impl ImageReader for Qcow2Reader {
         Ok(())
     }
 
+    fn dirty_ranges(&self, name: &str) -> Result<Vec<Range<u64>>> {
+        Qcow2Reader::dirty_ranges(self, name)
+    }
+
     fn info(&self) -> ImageInfo {
         let h = &self.header;
         let mut info = ImageInfo::new(Format::Qcow2, self.size);
