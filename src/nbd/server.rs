@@ -20,6 +20,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -30,6 +31,8 @@ use crate::nbd::proto::{
     MetaContextRequest, OptionHeader, OptionReplyHeader, Request, SimpleReply, alloc, cflag, cmd,
     errno, opt, rep, tflag,
 };
+use crate::nbd::tls::TlsServerConfig;
+use crate::nbd::transport::Transport;
 
 /// Default number of requests in flight per connection (as qemu-nbd).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
@@ -64,6 +67,27 @@ pub trait ServerStream: Read + Write + Send {
     fn is_tls(&self) -> bool {
         false
     }
+
+    /// The stream as a socket [`Transport`], for the TLS upgrade of [`ServerTls`]; `None` for
+    /// streams that are not one.
+    fn into_transport(self: Box<Self>) -> Option<Transport> {
+        None
+    }
+}
+
+impl ServerStream for Transport {
+    fn split(self: Box<Self>) -> io::Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
+        let (r, w) = Transport::split(*self)?;
+        Ok((Box::new(r), Box::new(w)))
+    }
+
+    fn is_tls(&self) -> bool {
+        Transport::is_tls(self)
+    }
+
+    fn into_transport(self: Box<Self>) -> Option<Transport> {
+        Some(*self)
+    }
 }
 
 impl ServerStream for std::net::TcpStream {
@@ -85,6 +109,60 @@ impl ServerStream for std::os::unix::net::UnixStream {
 pub trait TlsUpgrade: Send + Sync {
     /// Runs the TLS handshake over `stream` and returns the encrypted stream.
     fn upgrade(&self, stream: Box<dyn ServerStream>) -> io::Result<Box<dyn ServerStream>>;
+}
+
+/// Longest wait for the client's part of the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// TLS through the socket transport ([`Transport::start_tls_server`]): the server's
+/// certificate or pre-shared keys.
+pub struct ServerTls {
+    config: TlsServerConfig,
+    read_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl ServerTls {
+    /// Upgrades with `config`. The socket's read timeout is [`TLS_HANDSHAKE_TIMEOUT`] during
+    /// the handshake and `read_timeout` afterwards (the polling interval of the caller, see
+    /// [`ServerStream`]).
+    pub fn new(config: TlsServerConfig, read_timeout: Option<Duration>) -> ServerTls {
+        ServerTls {
+            config,
+            read_timeout,
+        }
+    }
+}
+
+impl TlsUpgrade for ServerTls {
+    fn upgrade(&self, stream: Box<dyn ServerStream>) -> io::Result<Box<dyn ServerStream>> {
+        let t = stream.into_transport().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::Unsupported, "TLS needs a socket connection")
+        })?;
+        // A second handle on the socket sets its timeouts (they belong to the socket, shared
+        // by every handle): the handshake may take longer than a polling interval.
+        let handle = match &t {
+            Transport::Plain(sock) => Some(sock.try_clone()?),
+            Transport::Tls(_) => None,
+        };
+        if let Some(h) = &handle {
+            h.set_read_timeout(Some(TLS_HANDSHAKE_TIMEOUT))?;
+        }
+        let t = t
+            .start_tls_server(&self.config)
+            .map_err(|e| io::Error::other(e.chain()))?;
+        if let Some(h) = &handle {
+            h.set_read_timeout(self.read_timeout)?;
+        }
+        Ok(Box::new(t))
+    }
 }
 
 /// One persistent dirty bitmap offered as the `qemu:dirty-bitmap:NAME` context.

@@ -758,3 +758,87 @@ fn once_exits_after_the_client_and_a_tcp_port_is_printed() {
     assert_eq!(v["tls"], false);
     assert!(v["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
 }
+
+// ---- TLS ----
+
+const PSK_HEX: &str = "8a3b0c9e5f1d2a4b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d";
+
+#[test]
+fn tls_psk_serves_nbds_clients_and_refuses_plain_ones_and_downgrades() {
+    if !require("nbdinfo") || !require("qemu-img") {
+        return;
+    }
+    let dir = tmpdir();
+    let d = dir.path();
+    let img = d.join("t.qcow2");
+    let raw = d.join("t.raw");
+    make_raw(&raw, 2 << 20, 4);
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", &s(&raw), &s(&img)]);
+    let psk = d.join("keys.psk");
+    std::fs::write(&psk, format!("alice:{PSK_HEX}\n")).unwrap();
+    let srv = Serve::start(d, "tls", &["--tls-psk", &s(&psk), &s(&img)]);
+    let tls_uri = format!(
+        "nbds+unix://alice@/?socket={}&tls-psk-file={}",
+        srv.socket.display(),
+        psk.display()
+    );
+    let v = ok_json("nbdinfo", &["--json", &tls_uri]);
+    assert_eq!(v["TLS"].as_bool(), Some(true), "{v}");
+    assert_eq!(v["exports"][0]["export-size"].as_u64(), Some(2 << 20));
+    // The data over TLS equals the image.
+    if require("nbdcopy") {
+        let out = d.join("copy.raw");
+        std::fs::File::create(&out)
+            .unwrap()
+            .set_len(2 << 20)
+            .unwrap();
+        let o = tool("nbdcopy", &[&tls_uri, &s(&out)]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(qemu_compare(&out, "raw", &img, "qcow2"));
+    }
+    // A plain client is refused.
+    let o = tool("nbdinfo", &["--json", &srv.uri("")]);
+    assert!(
+        !o.status.success(),
+        "plain nbdinfo was served over a TLS-only server"
+    );
+    // Downgrade attempts by hand: every option but STARTTLS/ABORT before TLS is refused.
+    let mut c = Raw::connect(&srv.socket);
+    let g = GoRequest {
+        name: String::new(),
+        infos: vec![],
+    };
+    assert_eq!(c.last_reply(opt::GO, &g.encode()), rep::ERR_TLS_REQD);
+    assert_eq!(c.last_reply(opt::INFO, &g.encode()), rep::ERR_TLS_REQD);
+    assert_eq!(c.last_reply(opt::LIST, &[]), rep::ERR_TLS_REQD);
+    assert_eq!(c.last_reply(opt::STRUCTURED_REPLY, &[]), rep::ERR_TLS_REQD);
+    assert_eq!(c.last_reply(opt::STARTTLS, b"junk"), rep::ERR_INVALID);
+    // EXPORT_NAME before TLS: the connection is closed.
+    c.option(opt::EXPORT_NAME, b"");
+    assert!(c.closed());
+    // A TLS client is still served afterwards.
+    let v = ok_json("nbdinfo", &["--json", &tls_uri]);
+    assert_eq!(v["TLS"].as_bool(), Some(true), "{v}");
+    let (_, out, _) = srv.stop();
+    assert!(out.contains(", TLS, "), "{out}");
+    assert!(out.contains("before TLS"), "{out}");
+    // A wrong key fails the handshake (and does not stop the server: tested above by the
+    // clients that followed the refused ones).
+    let bad = d.join("bad.psk");
+    std::fs::write(&bad, "alice:00112233445566778899aabbccddeeff\n").unwrap();
+    let srv = Serve::start(d, "tls2", &["--tls-psk", &s(&psk), &s(&img)]);
+    let o = tool(
+        "nbdinfo",
+        &[&format!(
+            "nbds+unix://alice@/?socket={}&tls-psk-file={}",
+            srv.socket.display(),
+            bad.display()
+        )],
+    );
+    assert!(!o.status.success());
+    let v = ok_json(
+        "nbdinfo",
+        &["--json", &tls_uri.replace("tls.sock", "tls2.sock")],
+    );
+    assert_eq!(v["TLS"].as_bool(), Some(true), "{v}");
+}

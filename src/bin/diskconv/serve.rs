@@ -15,7 +15,11 @@ use serde::Serialize;
 
 use diskconv::error::ResultExt;
 use diskconv::files::ImageLock;
-use diskconv::nbd::server::{ConnectionReport, Export, Server, ServerOptions, ServerStream};
+use diskconv::nbd::server::{
+    ConnectionReport, Export, Server, ServerOptions, ServerStream, ServerTls, TlsUpgrade,
+};
+use diskconv::nbd::tls::{PskFile, TlsServerConfig};
+use diskconv::nbd::transport::{Socket, Transport};
 use diskconv::util::human_bytes;
 use diskconv::{Error, ImageReader, ReferencePolicy, Result};
 
@@ -50,9 +54,19 @@ pub struct ServeArgs {
     /// and at exit.
     #[arg(long)]
     pub writable: bool,
+    /// Require TLS with the pre-shared keys of FILE (psktool's format, `identity:hexkey` lines;
+    /// clients: `nbds://...?tls-psk-file=...&tls-username=...`).
+    #[arg(long = "tls-psk", value_name = "FILE", conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub tls_psk: Option<PathBuf>,
+    /// Require TLS with this certificate (PEM, with its chain); needs --tls-key.
+    #[arg(long = "tls-cert", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long = "tls-key", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Listen on an address other than loopback without TLS: anyone who can reach it reads
     /// (and with --writable changes) the image.
-    #[arg(long = "no-tls")]
+    #[arg(long = "no-tls", conflicts_with_all = ["tls_psk", "tls_cert", "tls_key"])]
     pub no_tls: bool,
     /// Offer the persistent dirty bitmap NAME of a qcow2 export as the metadata context
     /// `qemu:dirty-bitmap:NAME` (repeatable; read-only exports only).
@@ -149,7 +163,7 @@ pub fn check_usage(a: &ServeArgs) -> Result<()> {
         ));
     }
     if let Where::Tcp(addr) = listen_address(a)? {
-        if !addr.ip().is_loopback() && !a.no_tls {
+        if !addr.ip().is_loopback() && !a.no_tls && !tls_configured(a) {
             return Err(Error::InvalidArgument(format!(
                 "--listen {addr} is not a loopback address and the server has no TLS: anyone \
                  who reaches it could read the image; listen on loopback or a Unix socket, or \
@@ -158,6 +172,26 @@ pub fn check_usage(a: &ServeArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn tls_configured(a: &ServeArgs) -> bool {
+    a.tls_psk.is_some() || a.tls_cert.is_some()
+}
+
+/// The TLS upgrade the flags ask for, if any (the PSK file is read now, so a bad one is an
+/// error before the server starts).
+fn tls(a: &ServeArgs) -> Result<Option<Arc<dyn TlsUpgrade>>> {
+    let config = if let Some(p) = &a.tls_psk {
+        TlsServerConfig::psk(PskFile::load(p)?)
+    } else if let (Some(c), Some(k)) = (&a.tls_cert, &a.tls_key) {
+        for f in [c, k] {
+            std::fs::metadata(f).map_err(|e| Error::io("reading a TLS file", e).in_file(f))?;
+        }
+        TlsServerConfig::x509(c, k, None)
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(Arc::new(ServerTls::new(config, Some(POLL)))))
 }
 
 /// The file name of an image, for export descriptions (clients see it: not the server's
@@ -249,18 +283,17 @@ impl AnyListener {
         match self {
             AnyListener::Tcp(l) => {
                 let (s, peer) = l.accept()?;
-                s.set_nonblocking(false)?;
-                s.set_nodelay(true)?;
                 s.set_read_timeout(Some(POLL))?;
                 s.set_write_timeout(Some(WRITE_TIMEOUT))?;
-                Ok((Box::new(s), peer.to_string()))
+                let t = Transport::Plain(Socket::from_tcp(s)?);
+                Ok((Box::new(t), peer.to_string()))
             }
             AnyListener::Unix(l, path) => {
                 let (s, _) = l.accept()?;
-                s.set_nonblocking(false)?;
                 s.set_read_timeout(Some(POLL))?;
                 s.set_write_timeout(Some(WRITE_TIMEOUT))?;
-                Ok((Box::new(s), format!("unix:{}", path.display())))
+                let t = Transport::Plain(Socket::from_unix(s)?);
+                Ok((Box::new(t), format!("unix:{}", path.display())))
             }
         }
     }
@@ -350,7 +383,11 @@ pub fn run(a: ServeArgs, policy: ReferencePolicy) -> Result<ExitCode> {
         exs.push(e);
         locks.push(l);
     }
-    let server = Arc::new(Server::new(exs, ServerOptions::default())?.with_cancel(cancel.clone()));
+    let options = ServerOptions {
+        tls: tls(&a)?,
+        ..ServerOptions::default()
+    };
+    let server = Arc::new(Server::new(exs, options)?.with_cancel(cancel.clone()));
     let listener = bind(&place)?;
     let (address, uri) = match (&listener, &place) {
         (AnyListener::Tcp(l), _) => {
