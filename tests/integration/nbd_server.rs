@@ -842,3 +842,76 @@ fn tls_psk_serves_nbds_clients_and_refuses_plain_ones_and_downgrades() {
     );
     assert_eq!(v["TLS"].as_bool(), Some(true), "{v}");
 }
+
+#[test]
+fn tls_x509_certificate_serves_nbdinfo_over_tcp() {
+    if !require("nbdinfo") || !require("certtool") {
+        return;
+    }
+    let dir = tmpdir();
+    let d = dir.path();
+    let img = d.join("x.raw");
+    make_raw(&img, 1 << 20, 6);
+    // A self-signed certificate for localhost (its own CA), made by certtool.
+    let key = d.join("server-key.pem");
+    let certs = d.join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let cert = certs.join("ca-cert.pem");
+    let tmpl = d.join("server.tmpl");
+    std::fs::write(
+        &tmpl,
+        "cn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\nexpiration_days = 2\n\
+         ca\ncert_signing_key\nsigning_key\nencryption_key\ntls_www_server\n",
+    )
+    .unwrap();
+    crate::util::run(
+        Command::new("certtool")
+            .args([
+                "--generate-privkey",
+                "--key-type",
+                "rsa",
+                "--sec-param",
+                "medium",
+            ])
+            .arg("--outfile")
+            .arg(&key),
+    );
+    crate::util::run(
+        Command::new("certtool")
+            .arg("--generate-self-signed")
+            .arg("--load-privkey")
+            .arg(&key)
+            .arg("--template")
+            .arg(&tmpl)
+            .arg("--outfile")
+            .arg(&cert),
+    );
+    let mut child = diskconv()
+        .args(["serve", "--json", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .arg(&img)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let addr = v["address"].as_str().unwrap().to_string();
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    let uri = format!(
+        "nbds://localhost:{port}/?tls-certificates={}",
+        certs.display()
+    );
+    let o = tool("nbdinfo", &["--json", &uri]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["TLS"].as_bool(), Some(true), "{v}");
+    assert_eq!(v["exports"][0]["export-size"].as_u64(), Some(1 << 20));
+}
