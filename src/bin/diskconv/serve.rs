@@ -389,16 +389,17 @@ pub fn run(a: ServeArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     };
     let server = Arc::new(Server::new(exs, options)?.with_cancel(cancel.clone()));
     let listener = bind(&place)?;
+    let scheme = if tls_configured(&a) { "nbds" } else { "nbd" };
     let (address, uri) = match (&listener, &place) {
         (AnyListener::Tcp(l), _) => {
             let a = l
                 .local_addr()
                 .map_err(|e| Error::io("reading the listening address", e))?;
-            (a.to_string(), format!("nbd://{a}/"))
+            (a.to_string(), format!("{scheme}://{a}/"))
         }
         (AnyListener::Unix(_, p), _) => (
             format!("unix:{}", p.display()),
-            format!("nbd+unix:///?socket={}", p.display()),
+            format!("{scheme}+unix:///?socket={}", p.display()),
         ),
     };
     if a.json {
