@@ -34,12 +34,24 @@ impl ImageLock {
     /// then refused with [`Error::Busy`], naming the image and the process holding the lock
     /// (see [`LockHolder`]).
     pub fn acquire(path: &Path) -> Result<ImageLock> {
+        Self::lock(path, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+    }
+
+    /// Takes a shared lock of the image at `path`, for a long-lived reader (`diskconv serve`
+    /// of a read-only export): any number of shared holders may read at once, but none while
+    /// another diskconv process changes the image in place, and no in-place change starts
+    /// while one is held. Refused like [`ImageLock::acquire`].
+    pub fn acquire_shared(path: &Path) -> Result<ImageLock> {
+        Self::lock(path, rustix::fs::FlockOperation::NonBlockingLockShared)
+    }
+
+    fn lock(path: &Path, op: rustix::fs::FlockOperation) -> Result<ImageLock> {
         let f = File::open(path)
-            .map_err(|e| Error::io("opening the image for an edit", e).in_file(path))?;
+            .map_err(|e| Error::io("opening the image to lock it", e).in_file(path))?;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            match rustix::fs::flock(&f, op) {
                 Ok(()) => return Ok(ImageLock { _file: f }),
                 Err(e) if e == rustix::io::Errno::WOULDBLOCK && attempt <= ATTEMPTS => {
                     std::thread::sleep(std::time::Duration::from_millis(RETRY_MS));
@@ -201,6 +213,26 @@ mod tests {
         // A missing image: an I/O error naming it.
         let e = ImageLock::acquire(&d.path().join("none.img")).unwrap_err();
         assert!(e.chain().contains("none.img"), "{}", e.chain());
+    }
+
+    #[test]
+    fn shared_locks_coexist_and_exclude_a_writer() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("disk.img");
+        std::fs::write(&p, b"x").unwrap();
+        let a = ImageLock::acquire_shared(&p).unwrap();
+        let b = ImageLock::acquire_shared(&p).unwrap();
+        assert_eq!(
+            ImageLock::acquire(&p).unwrap_err().kind(),
+            crate::ErrorKind::Busy
+        );
+        drop((a, b));
+        let w = ImageLock::acquire(&p).unwrap();
+        assert_eq!(
+            ImageLock::acquire_shared(&p).unwrap_err().kind(),
+            crate::ErrorKind::Busy
+        );
+        drop(w);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod client;
 pub mod proto;
 mod reader;
+pub mod server;
 mod sink;
 mod storage;
 pub mod tls;

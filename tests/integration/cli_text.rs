@@ -340,7 +340,7 @@ fn help_lists_exit_codes_and_current_formats() {
     }
     let commands = [
         "convert", "info", "map", "compare", "check", "hive", "sync", "verify", "inspect",
-        "inject", "ntfs",
+        "inject", "ntfs", "serve",
     ];
     let nested: &[(&str, &[&str])] = &[
         (

@@ -24,6 +24,8 @@ mod inject_windows;
 mod inspect_cli;
 mod msrv;
 mod nbd_client;
+mod nbd_push;
+mod nbd_server;
 mod nbd_tls;
 mod ntfs_cli;
 mod ntfs_damage;

@@ -162,6 +162,9 @@ pub enum Command {
     /// List, read and write files on an NTFS volume inside an image (info, ls, cat, put, mkdir,
     /// rollback).
     Ntfs(crate::ntfs::NtfsArgs),
+    /// Export images over NBD (the Network Block Device protocol) to nbdinfo, nbdcopy,
+    /// qemu-img, qemu and diskconv clients; read-only unless --writable.
+    Serve(crate::serve::ServeArgs),
 }
 
 /// The input format and snapshot.
@@ -333,6 +336,7 @@ impl Command {
             Command::Verify(a) => a.refs,
             Command::Inspect(a) => a.refs,
             Command::Check(a) => a.refs,
+            Command::Serve(a) => a.refs,
             Command::Inject(a) => match &a.command {
                 InjectCommand::Windows(w) => w.refs,
             },

@@ -2,7 +2,7 @@
 //!
 //! Every failure prints one line, `diskconv: <cause chain>`, and exits non-zero; a panic is a bug.
 //! Exit codes: see [`exit`]. A closed standard output ends a command quietly with exit code 141;
-//! a signal stops convert, sync and verify cleanly with 128 + its number (see `term`).
+//! a signal stops convert, sync, verify and serve cleanly with 128 + its number (see `term`).
 
 #[macro_use]
 mod term;
@@ -14,6 +14,7 @@ mod inject;
 mod inspect;
 mod ntfs;
 mod package;
+mod serve;
 mod sync;
 mod usage;
 mod verify;
@@ -96,6 +97,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inspect(a) => inspect::run(a, policy),
         Command::Inject(a) => inject::run(a, policy),
         Command::Ntfs(a) => ntfs::run(a, policy),
+        Command::Serve(a) => serve::run(a, policy),
     }
 }
 

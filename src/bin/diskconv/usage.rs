@@ -28,6 +28,7 @@ pub fn check(cmd: &Command) -> Result<Vec<String>> {
             format(a.format_b.as_deref(), "-F")?;
         }
         Command::Check(_) => {}
+        Command::Serve(a) => crate::serve::check_usage(a)?,
         Command::Hive(a) => crate::hive::check_usage(a)?,
         Command::Sync(a) => {
             if let Some(f) = crate::sync::check_usage(a)? {
