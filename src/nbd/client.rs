@@ -11,8 +11,11 @@
 //!
 //! A dropped connection is retried with backoff: the client reconnects (same export, same
 //! size required) and the requests that were in flight are sent again (reads, writes,
-//! zeroes, flushes and block-status queries are idempotent). Errors the server reports
-//! (`EIO`...) are final.
+//! zeroes, flushes and block-status queries are idempotent). Writes the server acknowledged
+//! on a connection that was then lost, before a flush covered them, may be lost with it (a
+//! server that died keeps nothing it had not made durable): the next flush then fails, saying
+//! so, so that the caller writes them again (a sync pass rewrites its pending window). Errors
+//! the server reports (`EIO`...) are final.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -842,6 +845,9 @@ pub struct NbdClient {
     /// generation it tried to replace and why), so that the callers waiting behind it fail at
     /// once instead of each retrying for the whole budget.
     reconnecting: Mutex<Option<(u64, String)>>,
+    /// The oldest connection generation on which a write (`WRITE`, `WRITE_ZEROES`, `TRIM`
+    /// without FUA) was acknowledged since the last flush that succeeded.
+    unflushed: Mutex<Option<u64>>,
     info: ExportInfo,
 }
 
@@ -878,6 +884,7 @@ impl NbdClient {
             opts: opts.clone(),
             conn: RwLock::new(Arc::new(conn)),
             reconnecting: Mutex::new(None),
+            unflushed: Mutex::new(None),
             info,
         })
     }
@@ -972,6 +979,34 @@ impl NbdClient {
         io::Error::new(kind, format!("{}: {f}", describe(req)))
     }
 
+    /// Records a completed request: a write not yet durable, or a flush that made the writes
+    /// of its connection durable. A flush on a newer connection than a write it should cover
+    /// is an error: that write went to a connection that was lost and may be lost too.
+    fn completed(&self, req: &Request, generation: u64) -> io::Result<()> {
+        let mut u = lock(&self.unflushed);
+        match req.command {
+            cmd::WRITE | cmd::WRITE_ZEROES | cmd::TRIM if req.flags & proto::cflag::FUA == 0 => {
+                *u = Some(u.map_or(generation, |g| g.min(generation)));
+            }
+            cmd::FLUSH => {
+                if let Some(g) = u.take() {
+                    if g < generation {
+                        return Err(io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            format!(
+                                "{}: the connection to {} was lost after the server had                                  acknowledged writes it had not yet made durable; they may be                                  lost (the server may have restarted) and must be written again",
+                                describe(req),
+                                self.uri
+                            ),
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Sends `req` (with `payload` for a write), waits for the reply, and retries on a new
     /// connection when the connection is lost.
     pub fn execute(&self, req: Request, payload: Option<&[u8]>) -> io::Result<Done> {
@@ -979,7 +1014,10 @@ impl NbdClient {
             let c = self.current();
             let r = c.start(req, payload).and_then(Ticket::wait);
             match r {
-                Ok(d) => return Ok(d),
+                Ok(d) => {
+                    self.completed(&req, c.generation)?;
+                    return Ok(d);
+                }
                 Err(f @ Failure::Lost(_)) => {
                     self.reconnect(c.generation, &f).map_err(|e| {
                         io::Error::new(e.kind(), format!("{}: {e}", describe(&req)))
@@ -1002,7 +1040,12 @@ impl NbdClient {
         let mut first_err = None;
         for (t, (req, payload)) in tickets.into_iter().zip(reqs) {
             match t.and_then(Ticket::wait) {
-                Ok(d) => out.push(d),
+                Ok(d) => match self.completed(req, c.generation) {
+                    Ok(()) => out.push(d),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                },
                 Err(Failure::Lost(_)) => match self.execute(*req, *payload) {
                     Ok(d) => out.push(d),
                     Err(e) => {
