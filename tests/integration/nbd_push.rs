@@ -281,7 +281,7 @@ fn push_sync_resumes_after_kills_and_cuts() {
     let mut server = Some(serve_writable(&ssock, &dst));
     let proxy = Proxy::start(&psock, &ssock);
     let target = uri(&psock);
-    let mut rng = Rng::new(0x5eed_15);
+    let mut rng = Rng::new(0x005e_ed15);
     let rounds = 30;
     for round in 0..rounds {
         if round > 0 {
