@@ -994,7 +994,10 @@ impl NbdClient {
                         return Err(io::Error::new(
                             io::ErrorKind::ConnectionAborted,
                             format!(
-                                "{}: the connection to {} was lost after the server had                                  acknowledged writes it had not yet made durable; they may be                                  lost (the server may have restarted) and must be written again",
+                                "{}: the connection to {} was lost after the server had \
+                                 acknowledged writes it had not yet made durable; they may \
+                                 be lost (the server may have restarted) and must be written \
+                                 again",
                                 describe(req),
                                 self.uri
                             ),

@@ -1018,7 +1018,17 @@ fn nbdkit_restarted_mid_write_is_resumed() {
     std::thread::sleep(Duration::from_millis(300));
     let _srv = nbdkit_unix(&sock, &args);
     let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    if !o.status.success() {
+        // Writes the dead server had acknowledged but not flushed may be lost: the client
+        // says so at the flush instead of reporting success, and a rerun writes them again.
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("must be written again"), "{err}");
+        let o = diskconv()
+            .args(["convert", "-O", "raw", raw.to_str().unwrap(), &uri])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
     // Writes in flight when the server died were sent again on the new connection.
     assert!(qemu_compare(&raw, "raw", &dst, "raw"));
 }
