@@ -228,7 +228,7 @@ fn open_export(
     let img: Box<dyn ImageReader> = diskconv::open(path, &opts)?;
     crate::package::print_warnings(img.as_ref(), &opts);
     let desc = format!(
-        "{} ({}, {})",
+        "{} ({}, {}, read-only)",
         file_name(path),
         img.format(),
         human_bytes(img.virtual_size())
@@ -425,16 +425,12 @@ pub fn run(a: ServeArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     } else {
         outln!("listening on {address} ({uri})")?;
         for e in server.exports() {
+            // The description says the file, format, size and whether it is writable.
             outln!(
-                "export '{}': {} ({} bytes), {}",
+                "export '{}': {}, {} bytes",
                 e.name(),
                 e.description(),
-                e.size(),
-                if e.is_writable() {
-                    "writable"
-                } else {
-                    "read-only"
-                }
+                e.size()
             )?;
         }
     }
