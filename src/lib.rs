@@ -12,9 +12,9 @@
 //! [`open`](fn@open) detects formats and applies the policy for files named inside an image;
 //! [`guest`] reads and edits what is inside a disk (partitions, hives, NTFS), for [`inspect`]
 //! and [`inject`].
-//! [`nbd`] speaks the Network Block Device protocol: an `nbd://`, `nbds://` or `nbd+unix://`
+//! [`net`] speaks the Network Block Device protocol: an `nbd://`, `nbds://` or `nbd+unix://`
 //! URI is accepted wherever an image is named (a client with many requests in flight over
-//! [`nbd::NbdStorage`]).
+//! [`net::NbdStorage`]), and `diskconv serve` exports any image ([`net::server`]).
 //!
 //! ```no_run
 //! use diskconv::{open, OpenOptions, OutputOptions, ConvertOptions};
@@ -42,7 +42,7 @@ pub mod image;
 pub mod inject;
 pub mod inspect;
 pub mod map;
-pub mod nbd;
+pub mod net;
 pub mod open;
 pub mod output;
 pub mod reference;

@@ -9,7 +9,7 @@ use crate::error::{Error, Result, ResultExt};
 use crate::formats::qcow2::Qcow2Reader;
 use crate::formats::registry::{REGISTRY, detect};
 use crate::image::ImageReader;
-use crate::nbd::{NbdOptions, NbdReader, NbdStorage, NbdUri, is_nbd_path};
+use crate::net::{NbdOptions, NbdReader, NbdStorage, NbdUri, is_nbd_path};
 use crate::storage::{FileStorage, Storage};
 
 pub use crate::reference::{

@@ -14,7 +14,7 @@ use crate::files::{
 use crate::formats::raw::{Preallocation, RawWriter};
 use crate::formats::registry;
 use crate::image::{ImageReader, ImageWriter, NamedWriter};
-use crate::nbd::{NbdOptions, NbdSink, is_nbd_path};
+use crate::net::{NbdOptions, NbdSink, is_nbd_path};
 use crate::storage::{FileStorage, Storage};
 use crate::util::human_bytes;
 

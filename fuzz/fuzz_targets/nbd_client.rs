@@ -7,8 +7,8 @@
 
 use std::io::{self, Read, Write};
 
-use diskconv::nbd::client::{Demux, handshake_finish, handshake_start};
-use diskconv::nbd::proto::{Request, cmd};
+use diskconv::net::client::{Demux, handshake_finish, handshake_start};
+use diskconv::net::proto::{Request, cmd};
 use libfuzzer_sys::fuzz_target;
 
 /// Reads the input, swallows what the client writes.

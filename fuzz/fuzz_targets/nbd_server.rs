@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use diskconv::formats::raw;
-use diskconv::nbd::server::{
+use diskconv::net::server::{
     Export, ScriptedStream, Server, ServerOptions, ServerStream, TlsUpgrade,
 };
 use diskconv::storage::{MemStorage, Storage};

@@ -430,7 +430,7 @@ impl DiskIo for TxDisk {
 /// For a remote disk (an NBD URI) the journal is the local one [`ImageTx::commit`] wrote in
 /// the current folder, and no lock is taken.
 pub fn rollback(image: &Path) -> Result<RollbackOutcome> {
-    if crate::nbd::is_nbd_path(image) {
+    if crate::net::is_nbd_path(image) {
         return crate::files::rollback_unlocked(&journal_base(image), |_| nbd_updater(image));
     }
     crate::files::rollback(image, |p| crate::sync::target::open_updater(p, None))
@@ -440,7 +440,7 @@ pub fn rollback(image: &Path) -> Result<RollbackOutcome> {
 /// NBD URI a file in the current folder named after the URI's identity
 /// (`.nbd+unix___export_socket=_run_x.sock` gives `...diskconv-undo`).
 fn journal_base(image: &Path) -> PathBuf {
-    match crate::nbd::NbdUri::parse_path(image) {
+    match crate::net::NbdUri::parse_path(image) {
         Some(u) => {
             let name: String = u
                 .id()
@@ -461,7 +461,7 @@ fn journal_base(image: &Path) -> PathBuf {
 
 /// A writable NBD export as the updater of a raw disk.
 fn nbd_updater(uri: &Path) -> Result<Box<dyn ImageUpdater>> {
-    let sink = crate::nbd::NbdSink::connect(uri, &crate::nbd::NbdOptions::default())?;
+    let sink = crate::net::NbdSink::connect(uri, &crate::net::NbdOptions::default())?;
     let storage: std::sync::Arc<dyn crate::storage::Storage> = sink.storage().clone();
     let r = crate::formats::raw::RawReader::new(storage, None).map_err(|e| e.in_file(uri))?;
     Ok(Box::new(crate::image::NamedUpdater::new(
@@ -519,7 +519,7 @@ impl ImageTx {
     /// is kept in the current folder (see [`rollback`]), and nothing locks it against other
     /// writers (the server's business).
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<ImageTx> {
-        let remote = crate::nbd::is_nbd_path(path);
+        let remote = crate::net::is_nbd_path(path);
         let lock = if remote {
             None
         } else {

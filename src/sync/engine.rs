@@ -264,7 +264,7 @@ fn open_source<'a>(
             }
             let r = open(src_path, &oo)?;
             // An NBD source is identified by its URI without TLS settings.
-            let abs = match crate::nbd::NbdUri::parse_path(src_path) {
+            let abs = match crate::net::NbdUri::parse_path(src_path) {
                 Some(uri) => uri.id(),
                 None => fs::canonicalize(src_path)
                     .map_err(|e| Error::io("resolving the source path", e).in_file(src_path))?

@@ -46,12 +46,12 @@ impl SyncTarget {
     /// to and becomes [`SyncTarget::Storage`] with the URI's credential-free identity (a
     /// read-only export is refused here); anything else is [`SyncTarget::Path`].
     pub fn for_path(path: &Path) -> Result<SyncTarget> {
-        if !crate::nbd::is_nbd_path(path) {
+        if !crate::net::is_nbd_path(path) {
             return Ok(SyncTarget::Path(path.to_path_buf()));
         }
-        let uri = crate::nbd::NbdUri::parse(&path.to_string_lossy())
+        let uri = crate::net::NbdUri::parse(&path.to_string_lossy())
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let storage = crate::nbd::NbdStorage::connect(&uri, &crate::nbd::NbdOptions::default())
+        let storage = crate::net::NbdStorage::connect(&uri, &crate::net::NbdOptions::default())
             .map_err(|e| Error::io("connecting to the NBD server", e).in_file(path))?;
         if storage.info().read_only() {
             return Err(Error::InvalidArgument(

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use diskconv::nbd::proto::{self, ChunkPayload, Request};
-use diskconv::nbd::{NbdOptions, NbdStorage, NbdUri};
+use diskconv::net::proto::{self, ChunkPayload, Request};
+use diskconv::net::{NbdOptions, NbdStorage, NbdUri};
 use diskconv::storage::Storage;
 
 use crate::util::*;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use diskconv::nbd::proto::{
+use diskconv::net::proto::{
     self, GoRequest, MetaContextRequest, OptionHeader, OptionReplyHeader, Request, cflag, cmd,
     errno, opt, rep,
 };

@@ -1,4 +1,4 @@
-//! The NBD transport (src/nbd/transport.rs, src/nbd/tls.rs): our TLS client and server with each
+//! The NBD transport (src/net/transport.rs, src/net/tls.rs): our TLS client and server with each
 //! other (PSK and X.509, TCP and Unix sockets, many threads on split halves), and with GnuTLS,
 //! the TLS library of qemu-nbd, nbdkit and libnbd: gnutls-serv, gnutls-cli and nbdkit itself.
 
@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use diskconv::nbd::tls::{PskFile, TlsClientConfig, TlsServerConfig, X509ClientConfig};
-use diskconv::nbd::transport::{Address, Listener, Socket, Transport};
+use diskconv::net::tls::{PskFile, TlsClientConfig, TlsServerConfig, X509ClientConfig};
+use diskconv::net::transport::{Address, Listener, Socket, Transport};
 
 use crate::util::{self, require};
 

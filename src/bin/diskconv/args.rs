@@ -392,7 +392,7 @@ impl Command {
         let username = tls.tls_username.clone().or_else(|| {
             // The file's identity when it holds only one (what `diskconv serve --tls-psk` of
             // the same file accepts); otherwise the URI's rule applies.
-            let f = diskconv::nbd::tls::PskFile::load(&file).ok()?;
+            let f = diskconv::net::tls::PskFile::load(&file).ok()?;
             let mut ids = f.identities();
             let first = ids.next()?.to_string();
             ids.next().is_none().then_some(first)

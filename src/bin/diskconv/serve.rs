@@ -1,4 +1,4 @@
-//! `diskconv serve`: exports images over NBD (see `diskconv::nbd::server`).
+//! `diskconv serve`: exports images over NBD (see `diskconv::net::server`).
 
 use std::io::{self, ErrorKind as IoKind};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -15,11 +15,11 @@ use serde::Serialize;
 
 use diskconv::error::ResultExt;
 use diskconv::files::ImageLock;
-use diskconv::nbd::server::{
+use diskconv::net::server::{
     ConnectionReport, Export, Server, ServerOptions, ServerStream, ServerTls, TlsUpgrade,
 };
-use diskconv::nbd::tls::{PskFile, TlsServerConfig};
-use diskconv::nbd::transport::{Socket, Transport};
+use diskconv::net::tls::{PskFile, TlsServerConfig};
+use diskconv::net::transport::{Socket, Transport};
 use diskconv::util::human_bytes;
 use diskconv::{Error, ImageReader, ReferencePolicy, Result};
 
@@ -110,7 +110,7 @@ fn exports(a: &ServeArgs) -> Result<Vec<(String, PathBuf)>> {
                 "--export {e}: no image after '='"
             )));
         }
-        if name.len() > diskconv::nbd::proto::MAX_STRING {
+        if name.len() > diskconv::net::proto::MAX_STRING {
             return Err(Error::InvalidArgument(format!(
                 "--export: the name '{name}' is longer than 4096 bytes"
             )));

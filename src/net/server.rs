@@ -26,13 +26,13 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::image::{ExtentKind, Format, ImageReader, ImageUpdater};
-use crate::nbd::proto::{
+use crate::net::proto::{
     self, ChunkPayload, GoRequest, Info, MAX_OPTION_PAYLOAD, MAX_PAYLOAD, MAX_STRING,
     MetaContextRequest, OptionHeader, OptionReplyHeader, Request, SimpleReply, alloc, cflag, cmd,
     errno, opt, rep, tflag,
 };
-use crate::nbd::tls::TlsServerConfig;
-use crate::nbd::transport::Transport;
+use crate::net::tls::TlsServerConfig;
+use crate::net::transport::Transport;
 
 /// Default number of requests in flight per connection (as qemu-nbd).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
@@ -1651,7 +1651,7 @@ impl ServerStream for ScriptedStream {
 mod tests {
     use super::*;
     use crate::image::{Extent, ImageInfo};
-    use crate::nbd::proto::{ChunkHeader, ReplyHeader, chunk};
+    use crate::net::proto::{ChunkHeader, ReplyHeader, chunk};
     use std::sync::atomic::AtomicUsize;
 
     /// A disk in memory whose map follows its content: 4 KiB blocks of zeros are zero
@@ -1864,7 +1864,7 @@ mod tests {
         }
     }
 
-    use crate::nbd::proto::Payload;
+    use crate::net::proto::Payload;
 
     fn one_worker() -> ServerOptions {
         ServerOptions {

@@ -7,7 +7,7 @@
 //! use at the same time: one blocks reading replies (or requests) while others send, which is
 //! how many requests stay in flight on one connection. Over TLS the halves share one OpenSSL
 //! session that is run over memory buffers, so that a reader waiting for bytes never holds the
-//! lock a writer needs (see [`crate::nbd::tls`]).
+//! lock a writer needs (see [`crate::net::tls`]).
 //!
 //! Nothing here speaks the NBD protocol.
 
@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::nbd::tls::{
+use crate::net::tls::{
     self, TlsClientConfig, TlsReadHalf, TlsServerConfig, TlsStream, TlsWriteHalf,
 };
 
