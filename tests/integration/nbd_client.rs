@@ -1151,3 +1151,33 @@ fn nbdkit_tls_x509_certificates() {
         "{err}"
     );
 }
+
+/// nbdkit's `retry` filter over its `error` filter: reads that fail inside the server are
+/// retried there (reopening the plugin), so the client sees slow replies but no error, and
+/// the copy is exact.
+#[test]
+fn nbdkit_retry_filter_over_injected_errors() {
+    if !require("nbdkit") {
+        return;
+    }
+    let d = tmpdir();
+    let raw = d.path().join("r.raw");
+    make_raw(&raw, 4 << 20, 41);
+    let sock = d.path().join("r.sock");
+    let _srv = nbdkit_unix(
+        &sock,
+        &[
+            "--filter=retry",
+            "--filter=error",
+            "file",
+            raw.to_str().unwrap(),
+            "error-pread-rate=20%",
+            "retries=20",
+            "retry-delay=1",
+            "retry-exponential=no",
+        ],
+    );
+    let out = d.path().join("r.qcow2");
+    ok(&["convert", &unix_uri(&sock), out.to_str().unwrap()]);
+    assert!(qemu_compare(&raw, "raw", &out, "qcow2"));
+}

@@ -363,7 +363,9 @@ fn qemu_img_and_nbdcopy_read_qcow2_vmdk_vhdx_exports() {
 
 /// Runs the same qemu-io commands through a writable export and directly on a copy; the two
 /// images end equal.
-fn writes_through_export(fmt: &str) {
+/// qemu-io writes through a writable export (over TLS-PSK when `tls`), the same commands
+/// applied directly to a copy, then the two images compared.
+fn writes_through_export(fmt: &str, tls: bool) {
     let dir = tmpdir();
     let d = dir.path();
     let img = d.join(format!("w.{fmt}"));
@@ -389,16 +391,53 @@ fn writes_through_export(fmt: &str) {
         args.push("-c".into());
         args.push(c.into());
     }
-    let srv = Serve::start(d, "w", &["--writable", &s(&img)]);
-    let v = ok_json("nbdinfo", &["--json", &srv.uri("")]);
+    // qemu's tls-creds-psk object reads DIR/keys.psk.
+    let keys = d.join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let psk = keys.join("keys.psk");
+    std::fs::write(&psk, format!("alice:{PSK_HEX}\n")).unwrap();
+    let mut serve_args = vec!["--writable".to_string(), s(&img)];
+    if tls {
+        serve_args.splice(0..0, ["--tls-psk".to_string(), s(&psk)]);
+    }
+    let sa: Vec<&str> = serve_args.iter().map(String::as_str).collect();
+    let srv = Serve::start(d, "w", &sa);
+    let info_uri = if tls {
+        format!(
+            "nbds+unix://alice@/?socket={}&tls-psk-file={}",
+            srv.socket.display(),
+            psk.display()
+        )
+    } else {
+        srv.uri("")
+    };
+    let v = ok_json("nbdinfo", &["--json", &info_uri]);
     let e = &v["exports"][0];
     assert_eq!(e["is_read_only"].as_bool(), Some(false), "{v}");
     assert_eq!(e["can_multi_conn"].as_bool(), Some(true), "{v}");
     assert_eq!(e["can_flush"].as_bool(), Some(true), "{v}");
     assert_eq!(e["can_zero"].as_bool(), Some(true), "{v}");
-    let mut nbd_args = vec!["-f".to_string(), "raw".to_string()];
+    let mut nbd_args = if tls {
+        vec![
+            "--object".to_string(),
+            format!(
+                "tls-creds-psk,id=tls0,endpoint=client,dir={},username=alice",
+                keys.display()
+            ),
+            "--image-opts".to_string(),
+        ]
+    } else {
+        vec!["-f".to_string(), "raw".to_string()]
+    };
     nbd_args.extend(args.iter().cloned());
-    nbd_args.push(srv.uri(""));
+    nbd_args.push(if tls {
+        format!(
+            "driver=raw,file.driver=nbd,file.path={},file.tls-creds=tls0",
+            srv.socket.display()
+        )
+    } else {
+        srv.uri("")
+    });
     let a: Vec<&str> = nbd_args.iter().map(String::as_str).collect();
     qemu_io(&a);
     // While served, another diskconv writer is refused by the lock.
@@ -431,7 +470,7 @@ fn writable_raw_export_takes_qemu_io_writes() {
     if !require("qemu-io") || !require("qemu-img") || !require("nbdinfo") {
         return;
     }
-    writes_through_export("raw");
+    writes_through_export("raw", false);
 }
 
 #[test]
@@ -439,7 +478,16 @@ fn writable_qcow2_export_takes_qemu_io_writes() {
     if !require("qemu-io") || !require("qemu-img") || !require("nbdinfo") {
         return;
     }
-    writes_through_export("qcow2");
+    writes_through_export("qcow2", false);
+}
+
+/// The same through a TLS-PSK export: qemu-io (GnuTLS) with a `tls-creds-psk` object.
+#[test]
+fn writable_qcow2_export_takes_qemu_io_writes_over_tls_psk() {
+    if !require("qemu-io") || !require("qemu-img") || !require("nbdinfo") {
+        return;
+    }
+    writes_through_export("qcow2", true);
 }
 
 // ---- A hand-written client for hostile requests ----
