@@ -363,6 +363,15 @@ fn push_sync_into_qemu_nbd_resumes() {
         sent <= 8 * 65536 + 64 * 1024,
         "an incremental pass with at most 8 changed blocks sent {sent} bytes"
     );
+    // --until-converged over the network: passes until one changes fewer than 4 blocks.
+    mutate(&src, &mut rng, 20);
+    let o = sync_cmd(&src, &target, &state)
+        .args(["--until-converged", "--max-changed", "4", "--interval", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    compare_through(&src, &ssock);
     drop(proxy);
     drop(server);
     compare_files(&src, &dst);
