@@ -17,6 +17,7 @@ use std::process::{Command, ExitCode};
 
 use common::measure::{self, Measured};
 use common::source::{self, SourceImage};
+use common::target_dir;
 use diskconv::util::human_bytes;
 use serde::Serialize;
 use serde_json::json;
@@ -165,12 +166,6 @@ struct Args {
 const USAGE: &str = "usage: cargo bench --bench convert -- [--size 2G] [--runs N] [--workdir DIR] \
 [--keep] [--json FILE] [--only CASE[,CASE...]] [--no-warmup] [--baseline DISKCONV]
 cases: raw-qcow2 raw-qcow2-zlib raw-qcow2-zstd qcow2-raw raw-raw";
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
 
 fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::measure::{self, Measured};
 use common::source;
+use common::{io_err, target_dir};
 use diskconv::util::{human_bytes, parse_size};
 use serde_json::json;
 
@@ -29,12 +30,6 @@ struct Args {
     workdir: PathBuf,
     json: PathBuf,
     runs: u32,
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -71,10 +66,6 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(a)
-}
-
-fn io_err(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::other(e.to_string())
 }
 
 /// A server child process on a Unix socket.

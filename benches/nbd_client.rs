@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::measure::{self, Measured};
 use common::source;
+use common::target_dir;
 use diskconv::util::{human_bytes, parse_size};
 use serde_json::json;
 
@@ -27,12 +28,6 @@ struct Args {
     workdir: PathBuf,
     json: PathBuf,
     keep: bool,
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
 fn parse_args() -> Result<Args, String> {

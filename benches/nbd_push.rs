@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use common::measure::{self, Measured};
 use common::source;
+use common::{io_err, target_dir};
 use diskconv::util::{human_bytes, parse_size};
 use serde_json::json;
 
@@ -36,12 +37,6 @@ struct Args {
     workdir: PathBuf,
     json: PathBuf,
     change_pct: f64,
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -82,10 +77,6 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(a)
-}
-
-fn io_err(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::other(e.to_string())
 }
 
 /// A server process, killed on drop.

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use common::measure::{self, Measured};
 use common::source;
+use common::{io_err, target_dir};
 use diskconv::util::{human_bytes, parse_size};
 use serde_json::json;
 
@@ -34,12 +35,6 @@ struct Args {
     change_pct: f64,
     baseline: Option<PathBuf>,
     runs: u32,
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -87,10 +82,6 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(a)
-}
-
-fn io_err(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::other(e.to_string())
 }
 
 /// Rewrites `pct` % of the blocks of the qcow2 image with qemu-io, distinct random blocks.
