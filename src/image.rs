@@ -386,6 +386,17 @@ pub fn read_skipping_holes<R: ImageReader + ?Sized>(
     buf: &mut [u8],
     offset: u64,
 ) -> Result<u64> {
+    read_noting_data(img, buf, offset, |_, _| {})
+}
+
+/// [`read_skipping_holes`] that also calls `on_data(start, len)` for each stretch of the
+/// buffer it read from a data extent (virtual offsets): the rest reads as zeros.
+pub fn read_noting_data<R: ImageReader + ?Sized>(
+    img: &R,
+    buf: &mut [u8],
+    offset: u64,
+    mut on_data: impl FnMut(u64, u64),
+) -> Result<u64> {
     check_read_range(offset, buf.len(), img.virtual_size())?;
     let end = offset + buf.len() as u64;
     let mut pos = offset;
@@ -402,6 +413,7 @@ pub fn read_skipping_holes<R: ImageReader + ?Sized>(
         let dst = &mut buf[at..at + n as usize];
         if e.kind == ExtentKind::Data {
             img.read_at(dst, pos)?;
+            on_data(pos, n);
             read += n;
         } else {
             dst.fill(0);

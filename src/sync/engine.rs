@@ -50,7 +50,7 @@ use xxhash_rust::xxh3::xxh3_128;
 use crate::error::{Error, Hint, Result};
 use crate::files::{ImageLock, OutputFiles};
 use crate::formats::RAW;
-use crate::image::{Format, ImageReader, ImageUpdater, read_skipping_holes};
+use crate::image::{Format, ImageReader, ImageUpdater, read_noting_data, read_skipping_holes};
 use crate::open::{OpenOptions, PackageOptions, ReferencePolicy, open};
 use crate::output::{OutputOptions, create_writer};
 use crate::sync::bitmap::BlockBitmap;
@@ -1051,7 +1051,7 @@ fn run_pass(
             let off = i * bs;
             let len = (j * bs).min(size) - off;
             let b = &mut buf[..nb * bs as usize];
-            let (n, fps) = read_and_hash(src, b, off, len, bs, piece_blocks)?;
+            let (n, fps) = read_and_hash(src, b, off, len, bs, piece_blocks, zero_fp)?;
             r.bytes_read += n;
             if rescan {
                 // The target as it is now, read through the updater that writes it (its
@@ -1191,6 +1191,7 @@ fn window_end(cand: &BlockBitmap, pos: u64, blocks: u64, max_cand: u64) -> (u64,
 /// Reads `len` bytes of the source at `off` into `buf` (zero-filled past `len`) and hashes each
 /// `bs`-byte block, in parallel pieces of `piece_blocks` blocks. Returns the bytes read (holes
 /// are not read) and the fingerprints.
+#[allow(clippy::too_many_arguments)]
 fn read_and_hash(
     src: &dyn ImageReader,
     buf: &mut [u8],
@@ -1198,6 +1199,7 @@ fn read_and_hash(
     len: u64,
     bs: u64,
     piece_blocks: u64,
+    zero_fp: u128,
 ) -> Result<(u64, Vec<u128>)> {
     let results: Vec<Result<(u64, Vec<u128>)>> = buf
         .par_chunks_mut((piece_blocks * bs) as usize)
@@ -1206,9 +1208,17 @@ fn read_and_hash(
             let poff = off + pi as u64 * piece_blocks * bs;
             let plen = (len.saturating_sub(pi as u64 * piece_blocks * bs)).min(piece.len() as u64)
                 as usize;
-            let n = read_skipping_holes(src, &mut piece[..plen], poff)?;
+            let (n, mut data) = read_marking_data(src, &mut piece[..plen], poff, bs)?;
             piece[plen..].fill(0);
-            let fps = piece.chunks(bs as usize).map(xxh3_128).collect();
+            // Blocks past the end of the disk are zeros.
+            data.resize(piece.len() / bs as usize, false);
+            // A block with no data extent in it reads as zeros: its fingerprint is known
+            // without hashing it (holes and zero clusters are often a third of a disk).
+            let fps = piece
+                .chunks(bs as usize)
+                .zip(data)
+                .map(|(b, has_data)| if has_data { xxh3_128(b) } else { zero_fp })
+                .collect();
             Ok((n, fps))
         })
         .collect();
@@ -1220,6 +1230,23 @@ fn read_and_hash(
         fps.extend(f);
     }
     Ok((read, fps))
+}
+
+/// Reads `buf.len()` bytes of `src` at `off` ([`read_noting_data`]: zero and unallocated
+/// extents are filled with zeros, not read) and says, for each `bs`-byte block of `buf` (`off`
+/// is block-aligned), whether a data extent overlaps it. Returns the bytes read.
+fn read_marking_data(
+    src: &dyn ImageReader,
+    buf: &mut [u8],
+    off: u64,
+    bs: u64,
+) -> Result<(u64, Vec<bool>)> {
+    let mut data = vec![false; buf.len().div_ceil(bs as usize)];
+    let read = read_noting_data(src, buf, off, |pos, n| {
+        let (first, last) = ((pos - off) / bs, (pos + n - 1 - off) / bs);
+        data[first as usize..=last as usize].fill(true);
+    })?;
+    Ok((read, data))
 }
 
 /// Reads `len` bytes of `img` at `off` into `buf` (zero-filled past `len`) and stores the
