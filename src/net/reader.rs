@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use super::storage::NbdStorage;
 use crate::error::{Error, Result};
-use crate::image::{Extent, Format, ImageInfo, ImageReader};
+use crate::image::{Extent, Format, ImageInfo, ImageReader, NamedReader};
 
 /// The image in an NBD export.
 pub struct NbdReader {
-    inner: Box<dyn ImageReader>,
+    /// The reader of the export's contents; its errors name the URI.
+    inner: NamedReader,
     storage: Arc<NbdStorage>,
     uri: PathBuf,
 }
@@ -30,7 +31,7 @@ impl NbdReader {
     /// for messages: URIs hold no key material).
     pub fn new(inner: Box<dyn ImageReader>, storage: Arc<NbdStorage>, uri: &Path) -> Self {
         NbdReader {
-            inner,
+            inner: NamedReader::new(inner, uri),
             storage,
             uri: uri.to_path_buf(),
         }
@@ -57,15 +58,11 @@ impl ImageReader for NbdReader {
     }
 
     fn map(&self, offset: u64, max_len: u64) -> Result<Extent> {
-        self.inner
-            .map(offset, max_len)
-            .map_err(|e| e.in_image(&self.uri))
+        self.inner.map(offset, max_len)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.inner
-            .read_at(buf, offset)
-            .map_err(|e| e.in_image(&self.uri))
+        self.inner.read_at(buf, offset)
     }
 
     fn dirty_ranges(&self, name: &str) -> Result<Vec<std::ops::Range<u64>>> {
