@@ -17,7 +17,7 @@
 //! so, so that the caller writes them again (a sync pass rewrites its pending window). Errors
 //! the server reports (`EIO`...) are final.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -848,7 +848,34 @@ pub struct NbdClient {
     /// The oldest connection generation on which a write (`WRITE`, `WRITE_ZEROES`, `TRIM`
     /// without FUA) was acknowledged since the last flush that succeeded.
     unflushed: Mutex<Option<u64>>,
+    /// Writes sent by [`NbdClient::write_behind`] whose replies were not yet collected, oldest
+    /// first.
+    behind: Mutex<VecDeque<Behind>>,
     info: ExportInfo,
+}
+
+/// A write sent without waiting for its reply: what is needed to collect the reply, or to send
+/// it again if its connection is lost.
+struct Behind {
+    req: Request,
+    payload: Vec<u8>,
+    generation: u64,
+    ticket: Result<Ticket, Failure>,
+}
+
+/// Most writes [`NbdClient::write_behind`] leaves unanswered; the next one first collects the
+/// reply of the oldest.
+const MAX_BEHIND: usize = 32;
+
+impl Drop for NbdClient {
+    fn drop(&mut self) {
+        // Writes still in flight are waited for (not retried): their errors have no one left
+        // to report to, but the connection is not closed under them.
+        let q = std::mem::take(&mut *lock(&self.behind));
+        for b in q {
+            let _ = b.ticket.and_then(Ticket::wait);
+        }
+    }
 }
 
 impl fmt::Debug for NbdClient {
@@ -885,6 +912,7 @@ impl NbdClient {
             conn: RwLock::new(Arc::new(conn)),
             reconnecting: Mutex::new(None),
             unflushed: Mutex::new(None),
+            behind: Mutex::new(VecDeque::new()),
             info,
         })
     }
@@ -1028,6 +1056,72 @@ impl NbdClient {
                 }
                 Err(f) => return Err(Self::error(&req, &f)),
             }
+        }
+    }
+
+    /// Sends a write (or write-zeroes, or trim) without waiting for its reply, so that the
+    /// caller goes on while it is in flight; at most [`MAX_BEHIND`] are left unanswered (the
+    /// oldest is collected first). A write overlapping one still unanswered first collects
+    /// every reply: the protocol does not order requests in flight. Errors of these writes
+    /// are reported by a later `write_behind` or by [`NbdClient::settle`], which whoever
+    /// reads, flushes or needs the writes done must call first.
+    pub fn write_behind(&self, req: Request, payload: Vec<u8>) -> io::Result<()> {
+        let mut q = lock(&self.behind);
+        let (s, e) = (req.offset, req.offset + req.length as u64);
+        if q.iter()
+            .any(|b| b.req.offset < e && s < b.req.offset + b.req.length as u64)
+        {
+            self.settle_queue(&mut q)?;
+        }
+        while q.len() >= MAX_BEHIND {
+            if let Some(b) = q.pop_front() {
+                if let Err(e) = self.collect(b) {
+                    // The others are still in flight: collect them too before failing.
+                    let _ = self.settle_queue(&mut q);
+                    return Err(e);
+                }
+            }
+        }
+        let c = self.current();
+        let p = (!payload.is_empty()).then_some(&payload[..]);
+        let ticket = c.start(req, p);
+        q.push_back(Behind {
+            req,
+            payload,
+            generation: c.generation,
+            ticket,
+        });
+        Ok(())
+    }
+
+    /// Collects the replies of every write [`NbdClient::write_behind`] sent, sending again the
+    /// ones whose connection was lost; returns the first error.
+    pub fn settle(&self) -> io::Result<()> {
+        let mut q = lock(&self.behind);
+        if q.is_empty() {
+            return Ok(());
+        }
+        self.settle_queue(&mut q)
+    }
+
+    fn settle_queue(&self, q: &mut VecDeque<Behind>) -> io::Result<()> {
+        let mut first = None;
+        while let Some(b) = q.pop_front() {
+            if let Err(e) = self.collect(b) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    fn collect(&self, b: Behind) -> io::Result<()> {
+        match b.ticket.and_then(Ticket::wait) {
+            Ok(_) => self.completed(&b.req, b.generation),
+            Err(Failure::Lost(_)) => {
+                let p = (!b.payload.is_empty()).then_some(&b.payload[..]);
+                self.execute(b.req, p).map(drop)
+            }
+            Err(f) => Err(Self::error(&b.req, &f)),
         }
     }
 

@@ -122,6 +122,7 @@ impl NbdStorage {
 
     /// Reads `buf.len()` bytes at an offset aligned to the minimum block size.
     fn read_aligned(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.client.settle()?;
         let pieces = self.pieces(offset..offset + buf.len() as u64);
         let reqs: Vec<(Request, Option<&[u8]>)> = pieces
             .iter()
@@ -137,6 +138,7 @@ impl NbdStorage {
 
     /// Asks for the `base:allocation` status from `offset` and caches it.
     fn fetch_status(&self, offset: u64) -> io::Result<()> {
+        self.client.settle()?;
         let min = self.info().min_block as u64;
         let start = offset / min * min;
         let len = (self.size() - start).min(STATUS_SPAN);
@@ -194,6 +196,7 @@ impl NbdStorage {
                 format!("the context {cname} was not selected on this connection"),
             )
         })?;
+        self.client.settle()?;
         let end = range.end.min(self.size());
         let mut out: Vec<Range<u64>> = Vec::new();
         let mut o = range.start;
@@ -263,15 +266,14 @@ impl Storage for NbdStorage {
         self.check_writable()?;
         self.check_range(offset, buf.len() as u64, "a write")?;
         self.check_aligned(offset, buf.len() as u64, "a write")?;
-        let pieces = self.pieces(offset..offset + buf.len() as u64);
-        let reqs: Vec<(Request, Option<&[u8]>)> = pieces
-            .iter()
-            .map(|&(o, n)| {
-                let a = (o - offset) as usize;
-                (req(cmd::WRITE, 0, o, n), Some(&buf[a..a + n as usize]))
-            })
-            .collect();
-        self.client.execute_many(&reqs)?;
+        // Sent without waiting for the replies: the caller goes on (a sync pass scans on)
+        // while they are in flight. Reads, zeroes, block status and flushes collect them
+        // first, so errors surface there at the latest, and always before a flush succeeds.
+        for (o, n) in self.pieces(offset..offset + buf.len() as u64) {
+            let a = (o - offset) as usize;
+            self.client
+                .write_behind(req(cmd::WRITE, 0, o, n), buf[a..a + n as usize].to_vec())?;
+        }
         self.status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -317,6 +319,7 @@ impl Storage for NbdStorage {
         self.check_writable()?;
         self.check_range(offset, len, "writing zeroes")?;
         self.check_aligned(offset, len, "writing zeroes")?;
+        self.client.settle()?;
         if self.info().has(tflag::SEND_WRITE_ZEROES) {
             let pieces = self.pieces(offset..offset + len);
             let reqs: Vec<(Request, Option<&[u8]>)> = pieces
@@ -357,6 +360,7 @@ impl Storage for NbdStorage {
     }
 
     fn sync(&self) -> io::Result<()> {
+        self.client.settle()?;
         if self.info().read_only() || !self.info().has(tflag::SEND_FLUSH) {
             return Ok(());
         }
