@@ -7,6 +7,7 @@
 //! only; it knows no format.
 
 use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -386,21 +387,25 @@ pub fn read_skipping_holes<R: ImageReader + ?Sized>(
     buf: &mut [u8],
     offset: u64,
 ) -> Result<u64> {
-    read_noting_data(img, buf, offset, |_, _| {})
+    let data = data_ranges(img, offset, buf.len() as u64)?;
+    read_ranges(img, buf, offset, &data)
 }
 
-/// [`read_skipping_holes`] that also calls `on_data(start, len)` for each stretch of the
-/// buffer it read from a data extent (virtual offsets): the rest reads as zeros.
-pub fn read_noting_data<R: ImageReader + ?Sized>(
+/// The stretches of `[offset, offset + len)` that data extents cover (zero and unallocated
+/// extents are left out), in order, adjacent ones merged.
+pub fn data_ranges<R: ImageReader + ?Sized>(
     img: &R,
-    buf: &mut [u8],
     offset: u64,
-    mut on_data: impl FnMut(u64, u64),
-) -> Result<u64> {
-    check_read_range(offset, buf.len(), img.virtual_size())?;
-    let end = offset + buf.len() as u64;
+    len: u64,
+) -> Result<Vec<Range<u64>>> {
+    check_read_range(
+        offset,
+        usize::try_from(len).unwrap_or(usize::MAX),
+        img.virtual_size(),
+    )?;
+    let end = offset + len;
     let mut pos = offset;
-    let mut read = 0;
+    let mut out: Vec<Range<u64>> = Vec::new();
     while pos < end {
         let e = img.map(pos, end - pos)?;
         if e.len == 0 {
@@ -409,17 +414,38 @@ pub fn read_noting_data<R: ImageReader + ?Sized>(
             )));
         }
         let n = e.len.min(end - pos);
-        let at = (pos - offset) as usize;
-        let dst = &mut buf[at..at + n as usize];
         if e.kind == ExtentKind::Data {
-            img.read_at(dst, pos)?;
-            on_data(pos, n);
-            read += n;
-        } else {
-            dst.fill(0);
+            match out.last_mut() {
+                Some(last) if last.end == pos => last.end = pos + n,
+                _ => out.push(pos..pos + n),
+            }
         }
         pos += n;
     }
+    Ok(out)
+}
+
+/// Fills `buf` with the disk's bytes at `offset`, given `data`, sorted stretches from
+/// [`data_ranges`] that cover every data extent of the range (they may extend past it): the
+/// parts of `data` inside the buffer are read, the rest is zeros. Returns the bytes read.
+pub fn read_ranges<R: ImageReader + ?Sized>(
+    img: &R,
+    buf: &mut [u8],
+    offset: u64,
+    data: &[Range<u64>],
+) -> Result<u64> {
+    let end = offset + buf.len() as u64;
+    let first = data.partition_point(|r| r.end <= offset);
+    let mut pos = offset;
+    let mut read = 0;
+    for r in data[first..].iter().take_while(|r| r.start < end) {
+        let (s, e) = (r.start.max(offset), r.end.min(end));
+        buf[(pos - offset) as usize..(s - offset) as usize].fill(0);
+        img.read_at(&mut buf[(s - offset) as usize..(e - offset) as usize], s)?;
+        read += e - s;
+        pos = e;
+    }
+    buf[(pos - offset) as usize..].fill(0);
     Ok(read)
 }
 
