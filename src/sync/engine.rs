@@ -39,8 +39,8 @@ use std::fs;
 use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -50,7 +50,9 @@ use xxhash_rust::xxh3::xxh3_128;
 use crate::error::{Error, Hint, Result};
 use crate::files::{ImageLock, OutputFiles};
 use crate::formats::RAW;
-use crate::image::{Format, ImageReader, ImageUpdater, read_noting_data, read_skipping_holes};
+use crate::image::{
+    Format, ImageReader, ImageUpdater, data_ranges, read_ranges, read_skipping_holes,
+};
 use crate::open::{OpenOptions, PackageOptions, ReferencePolicy, open};
 use crate::output::{OutputOptions, create_writer};
 use crate::sync::bitmap::BlockBitmap;
@@ -72,10 +74,14 @@ pub const MAX_BLOCK_SIZE: u64 = crate::verify::MAX_BLOCK_SIZE;
 pub const DEFAULT_WINDOW_BYTES: u64 = 256 << 20;
 /// Blocks a window spans at most (sparse candidates: a bitmap pass).
 const MAX_SPAN: u64 = 1 << 20;
-/// Bytes read and hashed by one worker at once.
-const PIECE_BYTES: u64 = 1 << 20;
-/// Bytes read from the source at once.
-const CHUNK_BYTES: u64 = 4 << 20;
+/// Bytes read and hashed by one worker at once: small enough that a piece is hashed while it is
+/// still in the core's cache.
+const PIECE_BYTES: u64 = 256 << 10;
+/// Bytes of the source scanned in one parallel batch before its changed blocks are written:
+/// enough pieces that the workers stay busy whatever mix of holes and data they get (smaller
+/// batches left a core idle at each join: 15 % slower scans), and the bound on the memory
+/// holding blocks waiting to be written.
+const BATCH_BYTES: u64 = 32 << 20;
 
 /// Progress callback: blocks done, blocks in the disk.
 pub type SyncProgress = Arc<dyn Fn(u64, u64) + Send + Sync>;
@@ -970,139 +976,468 @@ fn run_pass(
     // blocks are ever written, so the candidates inside the pending range are a superset of
     // what the interrupted run may have half-written.
     let forced = rp.pending.0..rp.pending.1;
-    let max_cand = (opts.window_bytes / bs).max(1);
-    let chunk_blocks = (CHUNK_BYTES / bs).max(1);
-    let piece_blocks = (PIECE_BYTES / bs).max(1);
-    let mut r = PassReport {
-        pass: 0,
-        source: ChangeSource::Scan,
-        block_size: bs,
-        blocks_total: blocks,
-        blocks_scanned: 0,
-        blocks_changed: 0,
-        blocks_written: 0,
-        bytes_read: 0,
-        bytes_written: 0,
-        bytes_written_data: 0,
-        bytes_written_zeroes: 0,
-        target_bytes_checked: 0,
-        seconds: 0.0,
-        mb_per_s: 0.0,
+    let plan = Plan {
+        cand: &rp.candidates,
+        start: rp.position,
+        blocks,
+        max_cand: (opts.window_bytes / bs).max(1),
+        batch_blocks: (BATCH_BYTES / bs).max(1),
+        piece_blocks: (PIECE_BYTES / bs).max(1),
+        cancel: opts.cancel.as_deref(),
     };
-    let mut buf = vec![0u8; (chunk_blocks * bs) as usize];
-    let mut tbuf = if rescan {
-        vec![0u8; buf.len()]
+    let pool = BufferPool::new((plan.piece_blocks * bs) as usize);
+    let base = Scan {
+        src,
+        target: None,
+        fp,
+        bs,
+        size,
+        zero_fp,
+        forced: &forced,
+        pool: &pool,
+    };
+    let mut w = Writer {
+        up,
+        st,
+        state_path,
+        fp,
+        pool: &pool,
+        forced: &forced,
+        zero_fp,
+        size,
+        rescan,
+        opts,
+        r: PassReport {
+            pass: 0,
+            source: ChangeSource::Scan,
+            block_size: bs,
+            blocks_total: blocks,
+            blocks_scanned: 0,
+            blocks_changed: 0,
+            blocks_written: 0,
+            bytes_read: 0,
+            bytes_written: 0,
+            bytes_written_data: 0,
+            bytes_written_zeroes: 0,
+            target_bytes_checked: 0,
+            seconds: 0.0,
+            mb_per_s: 0.0,
+        },
+        pos: rp.position,
+        updates: Vec::new(),
+        pending_saved: false,
+        last_checkpoint: Instant::now(),
+    };
+    let finished = if rescan {
+        // The target's blocks are hashed through the updater that writes them: one thread
+        // scans and writes in turn.
+        let cell = std::cell::RefCell::new(&mut w);
+        plan.run(
+            |pieces| {
+                let w = cell.borrow();
+                Scan {
+                    target: Some(&*w.up),
+                    ..base
+                }
+                .batch(pieces)
+            },
+            |step| cell.borrow_mut().step(step),
+        )?
     } else {
-        Vec::new()
+        // The source is scanned on the worker pool while one thread writes the changed blocks
+        // of the batch before and commits the windows (target flushes and fsyncs), so neither
+        // waits for the other. One batch is handed over at a time: memory stays bounded.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Step>(0);
+        std::thread::scope(|sc| {
+            let writer = sc.spawn(|| -> Result<()> {
+                for step in rx {
+                    w.step(step)?;
+                }
+                Ok(())
+            });
+            let scanned = plan.run(
+                |pieces| base.batch(pieces),
+                // A closed channel means the writer failed: its error is the one reported.
+                |step| tx.send(step).map_err(|_| Error::Cancelled),
+            );
+            drop(tx);
+            let written = writer.join().unwrap_or_else(|_| {
+                Err(Error::InvalidArgument(
+                    "the thread writing a sync pass panicked".into(),
+                ))
+            });
+            written.and(scanned)
+        })?
     };
-    let mut old = vec![0u128; chunk_blocks as usize];
-    let mut last_checkpoint = Instant::now();
-    let mut pos = rp.position;
-    let cand = &rp.candidates;
-    let cancelled = || {
-        opts.cancel
-            .as_ref()
-            .is_some_and(|c| c.load(Ordering::Relaxed))
-    };
-    while pos < blocks {
-        if cancelled() {
-            // Everything before `pos` is written and fingerprinted: the next run resumes here.
-            set_position(st, pos);
-            st.save(state_path)?;
-            return Err(Error::Cancelled);
-        }
-        // A window holds at most `max_cand` candidates (what a crash may force us to rewrite)
-        // and spans at most MAX_SPAN blocks.
-        let (wend, ncand) = window_end(cand, pos, blocks, max_cand);
-        if ncand == 0 {
-            pos = wend;
-            if last_checkpoint.elapsed() >= opts.checkpoint_interval {
-                set_position(st, pos);
-                st.save(state_path)?;
-                last_checkpoint = Instant::now();
+    if !finished {
+        w.cancel()?;
+        return Err(Error::Cancelled);
+    }
+    Ok(w.r)
+}
+
+/// The windows and batches a pass goes through.
+struct Plan<'a> {
+    cand: &'a BlockBitmap,
+    /// First block to scan (where an interrupted pass stopped).
+    start: u64,
+    blocks: u64,
+    max_cand: u64,
+    batch_blocks: u64,
+    piece_blocks: u64,
+    cancel: Option<&'a AtomicBool>,
+}
+
+/// What the scanning side hands the writing side.
+enum Step {
+    /// A batch of the window `pos..wend`, the window's last when `last`.
+    Batch {
+        pos: u64,
+        wend: u64,
+        scanned: Vec<Result<Scanned>>,
+        last: bool,
+    },
+    /// The window up to block `to` holds no candidate.
+    Skip { to: u64 },
+}
+
+impl Plan<'_> {
+    /// Scans the candidates window by window, batch by batch (`scan`), and hands each batch
+    /// to `step`. Returns false when cancelled.
+    fn run(
+        &self,
+        mut scan: impl FnMut(&[(u64, u64)]) -> Vec<Result<Scanned>>,
+        mut step: impl FnMut(Step) -> Result<()>,
+    ) -> Result<bool> {
+        let cancelled = || self.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
+        let mut pos = self.start;
+        while pos < self.blocks {
+            if cancelled() {
+                return Ok(false);
             }
-            continue;
-        }
-        // New fingerprints of the window's runs, stored after the target is flushed.
-        let mut updates: Vec<(u64, Vec<u128>)> = Vec::new();
-        let mut pending_saved = false;
-        let mut i = pos;
-        while i < wend {
-            if !cand.get(i) {
-                i += 1;
+            // A window holds at most `max_cand` candidates (what a crash may force us to
+            // rewrite) and spans at most MAX_SPAN blocks.
+            let (wend, ncand) = window_end(self.cand, pos, self.blocks, self.max_cand);
+            if ncand == 0 {
+                step(Step::Skip { to: wend })?;
+                pos = wend;
                 continue;
             }
-            if cancelled() {
-                if pending_saved {
-                    // Part of the window is written: the state names it as pending, so the
-                    // next run rewrites its candidates. Leave the target's metadata whole.
-                    up.flush()?;
-                } else {
-                    set_position(st, pos);
-                    st.save(state_path)?;
+            let mut i = pos;
+            while i < wend {
+                if cancelled() {
+                    return Ok(false);
                 }
-                return Err(Error::Cancelled);
+                let (pieces, next) =
+                    batch_pieces(self.cand, i, wend, self.batch_blocks, self.piece_blocks);
+                let scanned = scan(&pieces);
+                step(Step::Batch {
+                    pos,
+                    wend,
+                    scanned,
+                    last: next >= wend,
+                })?;
+                i = next;
             }
-            let mut j = i + 1;
-            while j < wend && j - i < chunk_blocks && cand.get(j) {
-                j += 1;
+            pos = wend;
+        }
+        Ok(true)
+    }
+}
+
+/// The writing side of a pass: writes the changed blocks through the updater, records a
+/// window as pending before its first write, and commits it at its end.
+struct Writer<'a> {
+    up: &'a mut dyn ImageUpdater,
+    st: &'a mut SyncState,
+    state_path: &'a Path,
+    fp: &'a FpFile,
+    pool: &'a BufferPool,
+    forced: &'a Range<u64>,
+    zero_fp: u128,
+    size: u64,
+    rescan: bool,
+    opts: &'a SyncOptions,
+    r: PassReport,
+    /// Start of the current window: everything before it is written and committed.
+    pos: u64,
+    /// New fingerprints of the window's pieces, stored after the target is flushed.
+    updates: Vec<(u64, Vec<u128>)>,
+    /// The state names the current window as pending.
+    pending_saved: bool,
+    last_checkpoint: Instant,
+}
+
+impl Writer<'_> {
+    fn step(&mut self, step: Step) -> Result<()> {
+        match step {
+            Step::Skip { to } => {
+                self.pos = to;
+                if self.last_checkpoint.elapsed() >= self.opts.checkpoint_interval {
+                    set_position(self.st, to);
+                    self.st.save(self.state_path)?;
+                    self.last_checkpoint = Instant::now();
+                }
+                Ok(())
             }
-            let nb = (j - i) as usize;
-            let off = i * bs;
-            let len = (j * bs).min(size) - off;
-            let b = &mut buf[..nb * bs as usize];
-            let (n, fps) = read_and_hash(src, b, off, len, bs, piece_blocks, zero_fp)?;
-            r.bytes_read += n;
-            if rescan {
-                // The target as it is now, read through the updater that writes it (its
-                // earlier writes included, flushed or not).
-                hash_blocks(&*up, &mut tbuf[..b.len()], off, len, bs, &mut old[..nb])?;
-            } else {
-                fp.read(i, &mut old[..nb])?;
-            }
-            let run = Run {
-                first: i,
-                data: b,
-                fps: &fps,
-                old: &old[..nb],
-            };
-            let win = WindowState {
+            Step::Batch {
                 pos,
                 wend,
-                forced: &forced,
-                zero_fp,
-            };
-            let wrote = write_changed(
-                up,
-                st,
-                state_path,
-                &mut r,
-                &run,
-                &win,
-                &mut pending_saved,
-                size,
-            )?;
-            if wrote || rescan {
-                updates.push((i, fps));
+                scanned,
+                last,
+            } => {
+                let win = WindowState {
+                    pos,
+                    wend,
+                    forced: self.forced,
+                    zero_fp: self.zero_fp,
+                };
+                for p in scanned {
+                    let p = p?;
+                    let r = &mut self.r;
+                    r.bytes_read += p.bytes_read;
+                    r.blocks_scanned += p.fps.len() as u64;
+                    r.blocks_changed +=
+                        p.fps.iter().zip(&p.old).filter(|(a, b)| a != b).count() as u64;
+                    let mut wrote = false;
+                    if let Some(data) = p.data {
+                        let run = Run {
+                            first: p.first,
+                            data: &data,
+                            fps: &p.fps,
+                            old: &p.old,
+                        };
+                        let w = write_changed(
+                            &mut *self.up,
+                            self.st,
+                            self.state_path,
+                            r,
+                            &run,
+                            &win,
+                            &mut self.pending_saved,
+                            self.size,
+                        );
+                        self.pool.put(data);
+                        wrote = w?;
+                    }
+                    if wrote || self.rescan {
+                        self.updates.push((p.first, p.fps));
+                    }
+                }
+                if last {
+                    if self.pending_saved || self.rescan {
+                        commit(
+                            &mut *self.up,
+                            self.fp,
+                            &self.updates,
+                            self.st,
+                            self.state_path,
+                            wend,
+                        )?;
+                        self.last_checkpoint = Instant::now();
+                    }
+                    self.updates.clear();
+                    self.pending_saved = false;
+                    self.pos = wend;
+                    if let Some(p) = &self.opts.progress {
+                        p(wend, self.st.blocks);
+                    }
+                }
+                Ok(())
             }
-            i = j;
-        }
-        if pending_saved || rescan {
-            up.flush()?;
-            for (first, fps) in &updates {
-                fp.write(*first, fps)?;
-            }
-            fp.sync()?;
-            set_position(st, wend);
-            st.save(state_path)?;
-            last_checkpoint = Instant::now();
-        }
-        pos = wend;
-        if let Some(p) = &opts.progress {
-            p(pos, blocks);
         }
     }
-    Ok(r)
+
+    /// Leaves the state resumable after the scan stopped early.
+    fn cancel(&mut self) -> Result<()> {
+        if self.pending_saved {
+            // Part of the window is written: the state names it as pending, so the next run
+            // rewrites its candidates. Leave the target's metadata whole.
+            self.up.flush()
+        } else {
+            // Everything before `pos` is written and fingerprinted: the next run resumes here.
+            set_position(self.st, self.pos);
+            self.st.save(self.state_path)
+        }
+    }
+}
+
+/// Makes a window's writes durable and records them: flushes the target, stores the new
+/// fingerprints, and moves the state's position to `wend`.
+fn commit(
+    up: &mut dyn ImageUpdater,
+    fp: &FpFile,
+    updates: &[(u64, Vec<u128>)],
+    st: &mut SyncState,
+    state_path: &Path,
+    wend: u64,
+) -> Result<()> {
+    up.flush()?;
+    for (first, fps) in updates {
+        fp.write(*first, fps)?;
+    }
+    fp.sync()?;
+    set_position(st, wend);
+    st.save(state_path)
+}
+
+/// The pieces (first block, blocks) of the next batch: runs of candidates from block `from`,
+/// cut at `piece_blocks` and at `end`, until `batch_blocks` candidates are covered. Returns
+/// them and the block where the next batch starts.
+fn batch_pieces(
+    cand: &BlockBitmap,
+    from: u64,
+    end: u64,
+    batch_blocks: u64,
+    piece_blocks: u64,
+) -> (Vec<(u64, u64)>, u64) {
+    let mut pieces = Vec::new();
+    let mut covered = 0;
+    let mut i = from;
+    while i < end && covered < batch_blocks {
+        if !cand.get(i) {
+            i += 1;
+            continue;
+        }
+        let mut j = i + 1;
+        while j < end && j - i < piece_blocks && cand.get(j) {
+            j += 1;
+        }
+        pieces.push((i, j - i));
+        covered += j - i;
+        i = j;
+    }
+    (pieces, i)
+}
+
+/// Buffers of one piece, reused from batch to batch.
+struct BufferPool {
+    len: usize,
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    fn new(len: usize) -> BufferPool {
+        BufferPool {
+            len,
+            free: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn get(&self) -> Vec<u8> {
+        let b = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        b.unwrap_or_else(|| vec![0u8; self.len])
+    }
+
+    fn put(&self, b: Vec<u8>) {
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).push(b);
+    }
+}
+
+/// What every piece of a pass is scanned with.
+struct Scan<'a> {
+    src: &'a dyn ImageReader,
+    /// In a rescan, the target (whose blocks are hashed instead of the recorded fingerprints).
+    target: Option<&'a dyn ImageUpdater>,
+    fp: &'a FpFile,
+    bs: u64,
+    size: u64,
+    zero_fp: u128,
+    forced: &'a Range<u64>,
+    pool: &'a BufferPool,
+}
+
+/// One piece scanned: its fingerprints, the ones recorded (or the target's), and its data when
+/// a block of it must be written.
+struct Scanned {
+    first: u64,
+    bytes_read: u64,
+    fps: Vec<u128>,
+    old: Vec<u128>,
+    data: Option<Vec<u8>>,
+}
+
+impl Scan<'_> {
+    /// Reads, hashes and compares `pieces` in parallel, keeping the data of the pieces with
+    /// blocks to write.
+    fn batch(&self, pieces: &[(u64, u64)]) -> Vec<Result<Scanned>> {
+        // The source's map of the batch, asked once per stretch of adjacent pieces rather than
+        // once per piece (for a raw file, a few seeks instead of a few per piece).
+        let mut data = Vec::new();
+        let mut k = 0;
+        while k < pieces.len() {
+            let start = pieces[k].0;
+            let mut end = start + pieces[k].1;
+            k += 1;
+            while k < pieces.len() && pieces[k].0 == end {
+                end += pieces[k].1;
+                k += 1;
+            }
+            let (off, e) = (start * self.bs, (end * self.bs).min(self.size));
+            match data_ranges(self.src, off, e - off) {
+                Ok(d) => data.extend(d),
+                Err(e) => return vec![Err(e)],
+            }
+        }
+        let tlen = if self.target.is_some() {
+            self.pool.len
+        } else {
+            0
+        };
+        pieces
+            .par_iter()
+            .map_init(
+                || vec![0u8; tlen],
+                |tbuf, &(first, nb)| self.piece(first, nb, &data, tbuf),
+            )
+            .collect()
+    }
+
+    /// Reads and hashes blocks `first..first + nb` of the source and compares them with the
+    /// recorded fingerprints (or, in a rescan, with the target's blocks, hashed in `tbuf`).
+    fn piece(&self, first: u64, nb: u64, data: &[Range<u64>], tbuf: &mut [u8]) -> Result<Scanned> {
+        let bs = self.bs;
+        let off = first * bs;
+        let len = ((first + nb) * bs).min(self.size) - off;
+        let mut buf = self.pool.get();
+        let b = &mut buf[..(nb * bs) as usize];
+        let (bytes_read, fps) = match read_and_hash(self.src, b, off, len, bs, data, self.zero_fp) {
+            Ok(x) => x,
+            Err(e) => {
+                self.pool.put(buf);
+                return Err(e);
+            }
+        };
+        let mut old = vec![0u128; nb as usize];
+        let got = match self.target {
+            // The target as it is now, read through the updater that writes it (its earlier
+            // writes included, flushed or not).
+            Some(t) => hash_blocks(t, &mut tbuf[..b.len()], off, len, bs, &mut old),
+            None => self.fp.read(first, &mut old),
+        };
+        if let Err(e) = got {
+            self.pool.put(buf);
+            return Err(e);
+        }
+        let write = fps
+            .iter()
+            .zip(&old)
+            .enumerate()
+            .any(|(k, (a, b))| a != b || self.forced.contains(&(first + k as u64)));
+        let data = if write {
+            Some(buf)
+        } else {
+            self.pool.put(buf);
+            None
+        };
+        Ok(Scanned {
+            first,
+            bytes_read,
+            fps,
+            old,
+            data,
+        })
+    }
 }
 
 /// Blocks of one run of candidates: the source's bytes, their fingerprints and the ones recorded
@@ -1137,38 +1472,45 @@ fn write_changed(
     size: u64,
 ) -> Result<bool> {
     let bs = st.block_size;
+    let n = run.fps.len();
+    let write = |k: usize| run.fps[k] != run.old[k] || win.forced.contains(&(run.first + k as u64));
+    let block = |k: usize| &run.data[k * bs as usize..(k + 1) * bs as usize];
+    let zero = |k: usize| run.fps[k] == win.zero_fp && is_zero(block(k));
     let mut wrote = false;
-    for (k, (&f, &before)) in run.fps.iter().zip(run.old).enumerate() {
-        let blk_no = run.first + k as u64;
-        r.blocks_scanned += 1;
-        let differs = f != before;
-        if differs {
-            r.blocks_changed += 1;
+    let mut k = 0;
+    while k < n {
+        if !write(k) {
+            k += 1;
+            continue;
         }
-        if differs || win.forced.contains(&blk_no) {
-            if !*pending_saved {
-                if let Some(rp) = st.running.as_mut() {
-                    rp.position = win.pos;
-                    rp.pending = (win.pos, win.wend);
-                }
-                st.save(state_path)?;
-                *pending_saved = true;
+        if !*pending_saved {
+            if let Some(rp) = st.running.as_mut() {
+                rp.position = win.pos;
+                rp.pending = (win.pos, win.wend);
             }
+            st.save(state_path)?;
+            *pending_saved = true;
+        }
+        // Adjacent blocks to write go in one request: zeroes with zeroes, data with data.
+        let z = zero(k);
+        let mut e = k + 1;
+        while e < n && write(e) && zero(e) == z {
+            e += 1;
+        }
+        let boff = (run.first + k as u64) * bs;
+        let blen = ((run.first + e as u64) * bs).min(size) - boff;
+        if z {
+            up.write_zeroes(boff, blen)?;
+            r.bytes_written_zeroes += blen;
+        } else {
             let at = k * bs as usize;
-            let blk = &run.data[at..at + bs as usize];
-            let boff = blk_no * bs;
-            let blen = (boff + bs).min(size) - boff;
-            if f == win.zero_fp && is_zero(blk) {
-                up.write_zeroes(boff, blen)?;
-                r.bytes_written_zeroes += blen;
-            } else {
-                up.write_at(&blk[..blen as usize], boff)?;
-                r.bytes_written_data += blen;
-            }
-            r.blocks_written += 1;
-            r.bytes_written += blen;
-            wrote = true;
+            up.write_at(&run.data[at..at + blen as usize], boff)?;
+            r.bytes_written_data += blen;
         }
+        r.blocks_written += (e - k) as u64;
+        r.bytes_written += blen;
+        wrote = true;
+        k = e;
     }
     Ok(wrote)
 }
@@ -1188,9 +1530,9 @@ fn window_end(cand: &BlockBitmap, pos: u64, blocks: u64, max_cand: u64) -> (u64,
     (wend, ncand)
 }
 
-/// Reads `len` bytes of the source at `off` into `buf` (zero-filled past `len`) and hashes each
-/// `bs`-byte block, in parallel pieces of `piece_blocks` blocks. Returns the bytes read (holes
-/// are not read) and the fingerprints.
+/// Reads `len` bytes of the source at `off` into `buf` (zero-filled past `len`), given the
+/// source's data stretches ([`data_ranges`]), and hashes each `bs`-byte block. Returns the
+/// bytes read (holes are not read) and the fingerprints.
 #[allow(clippy::too_many_arguments)]
 fn read_and_hash(
     src: &dyn ImageReader,
@@ -1198,55 +1540,26 @@ fn read_and_hash(
     off: u64,
     len: u64,
     bs: u64,
-    piece_blocks: u64,
+    data: &[Range<u64>],
     zero_fp: u128,
 ) -> Result<(u64, Vec<u128>)> {
-    let results: Vec<Result<(u64, Vec<u128>)>> = buf
-        .par_chunks_mut((piece_blocks * bs) as usize)
-        .enumerate()
-        .map(|(pi, piece)| {
-            let poff = off + pi as u64 * piece_blocks * bs;
-            let plen = (len.saturating_sub(pi as u64 * piece_blocks * bs)).min(piece.len() as u64)
-                as usize;
-            let (n, mut data) = read_marking_data(src, &mut piece[..plen], poff, bs)?;
-            piece[plen..].fill(0);
-            // Blocks past the end of the disk are zeros.
-            data.resize(piece.len() / bs as usize, false);
-            // A block with no data extent in it reads as zeros: its fingerprint is known
-            // without hashing it (holes and zero clusters are often a third of a disk).
-            let fps = piece
-                .chunks(bs as usize)
-                .zip(data)
-                .map(|(b, has_data)| if has_data { xxh3_128(b) } else { zero_fp })
-                .collect();
-            Ok((n, fps))
-        })
-        .collect();
-    let mut read = 0;
-    let mut fps = Vec::with_capacity(buf.len() / bs as usize);
-    for x in results {
-        let (n, f) = x?;
-        read += n;
-        fps.extend(f);
+    let n = read_ranges(src, &mut buf[..len as usize], off, data)?;
+    buf[len as usize..].fill(0);
+    // A block with no data stretch in it reads as zeros: its fingerprint is known without
+    // hashing it (holes and zero clusters are often a third of a disk). Blocks past the end of
+    // the disk are zeros too.
+    let mut has_data = vec![false; buf.len() / bs as usize];
+    let first = data.partition_point(|r| r.end <= off);
+    for r in data[first..].iter().take_while(|r| r.start < off + len) {
+        let (s, e) = (r.start.max(off), r.end.min(off + len));
+        has_data[((s - off) / bs) as usize..=((e - 1 - off) / bs) as usize].fill(true);
     }
-    Ok((read, fps))
-}
-
-/// Reads `buf.len()` bytes of `src` at `off` ([`read_noting_data`]: zero and unallocated
-/// extents are filled with zeros, not read) and says, for each `bs`-byte block of `buf` (`off`
-/// is block-aligned), whether a data extent overlaps it. Returns the bytes read.
-fn read_marking_data(
-    src: &dyn ImageReader,
-    buf: &mut [u8],
-    off: u64,
-    bs: u64,
-) -> Result<(u64, Vec<bool>)> {
-    let mut data = vec![false; buf.len().div_ceil(bs as usize)];
-    let read = read_noting_data(src, buf, off, |pos, n| {
-        let (first, last) = ((pos - off) / bs, (pos + n - 1 - off) / bs);
-        data[first as usize..=last as usize].fill(true);
-    })?;
-    Ok((read, data))
+    let fps = buf
+        .chunks(bs as usize)
+        .zip(has_data)
+        .map(|(b, d)| if d { xxh3_128(b) } else { zero_fp })
+        .collect();
+    Ok((n, fps))
 }
 
 /// Reads `len` bytes of `img` at `off` into `buf` (zero-filled past `len`) and stores the
