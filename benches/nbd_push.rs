@@ -1,4 +1,5 @@
-//! `cargo bench --bench nbd_push -- [--size 1G] [--workdir DIR] [--json FILE] [--change-pct P]`
+//! `cargo bench --bench nbd_push -- [--size 1G] [--workdir DIR] [--json FILE] [--change-pct P]
+//! [--link-mbit N]`
 //!
 //! Push sync over NBD, as a physical-to-cloud migration runs it: the benchmark image (see
 //! `common/source.rs`) as a raw source, pushed by `diskconv sync SRC nbd+unix:///...` into a
@@ -8,8 +9,14 @@
 //! serve --writable` and `qemu-nbd` (the peer). Prints seconds, MB/s, CPU, peak RSS of each
 //! `diskconv sync` child, bytes moved over the socket per pass (both directions, headers
 //! included), and the two aims of the issue: bytes moved in the incremental pass / changed
-//! bytes (aim <= 1.05) and incremental / full pass time (aim <= 5 %). The target is compared with the source (`qemu-img compare` through
-//! the server) after each pass.
+//! bytes (aim <= 1.05) and incremental / full pass time (aim <= 5 %). The target is compared
+//! with the source (`qemu-img compare` through the server) after each pass.
+//!
+//! Each sequence runs twice: over the bare Unix socket, and with the proxy holding each
+//! direction to 1000 Mbit/s, the link a migration usually has between datacenters (`--link-mbit
+//! N` runs one link only; 0 is the bare socket). On the bare socket the full pass is bound by
+//! the target's disk and the incremental pass by reading the source from the page cache, so
+//! their ratio measures this machine's memory against its disk rather than the protocol.
 
 mod common;
 
@@ -37,6 +44,8 @@ struct Args {
     workdir: PathBuf,
     json: PathBuf,
     change_pct: f64,
+    /// Link speeds to run, Mbit/s per direction (0: the bare socket).
+    links: Vec<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -45,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
         workdir: target_dir().join("bench-work"),
         json: target_dir().join("bench-nbd-push-results.json"),
         change_pct: 1.0,
+        links: vec![0, 1000],
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -67,11 +77,15 @@ fn parse_args() -> Result<Args, String> {
                     .filter(|p: &f64| *p > 0.0 && *p <= 50.0)
                     .ok_or(format!("bad --change-pct {v} (0 < P <= 50)"))?;
             }
+            "--link-mbit" => {
+                let v = value("--link-mbit")?;
+                a.links = vec![v.parse().map_err(|_| format!("bad --link-mbit {v}"))?];
+            }
             "--bench" => {}
             other => {
                 return Err(format!(
                     "unknown argument {other}\nusage: cargo bench --bench nbd_push -- \
-                     [--size 1G] [--workdir DIR] [--json FILE] [--change-pct P]"
+                     [--size 1G] [--workdir DIR] [--json FILE] [--change-pct P] [--link-mbit N]"
                 ));
             }
         }
@@ -138,8 +152,9 @@ fn start_server(kind: &str, sock: &Path, image: &Path) -> std::io::Result<Server
 /// Bytes a proxy forwarded: client -> server, server -> client.
 type Counters = Arc<(AtomicU64, AtomicU64)>;
 
-/// Forwards connections from `listen` to `upstream`, counting the bytes each way.
-fn proxy(listen: &Path, upstream: &Path) -> std::io::Result<Counters> {
+/// Forwards connections from `listen` to `upstream`, counting the bytes each way and, with a
+/// `link` speed (bytes/s), holding each direction to it.
+fn proxy(listen: &Path, upstream: &Path, link: Option<f64>) -> std::io::Result<Counters> {
     let _ = fs::remove_file(listen);
     let l = UnixListener::bind(listen)?;
     let sent: Counters = Arc::default();
@@ -152,13 +167,21 @@ fn proxy(listen: &Path, upstream: &Path) -> std::io::Result<Counters> {
             };
             let pump = |mut a: UnixStream, mut b: UnixStream, n: Counters, up: bool| {
                 std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 1 << 20];
+                    let mut buf = vec![0u8; 256 << 10];
+                    let mut free_at = Instant::now();
                     while let Ok(k) = a.read(&mut buf) {
                         if k == 0 || b.write_all(&buf[..k]).is_err() {
                             break;
                         }
                         let c = if up { &n.0 } else { &n.1 };
                         c.fetch_add(k as u64, Ordering::Relaxed);
+                        // The link carries these bytes once it is free, at its rate (idle
+                        // time is not saved up); the next read waits until they are through.
+                        if let Some(rate) = link {
+                            let now = Instant::now();
+                            free_at = free_at.max(now) + Duration::from_secs_f64(k as f64 / rate);
+                            std::thread::sleep(free_at - now);
+                        }
                     }
                     let _ = b.shutdown(std::net::Shutdown::Write);
                 });
@@ -212,7 +235,14 @@ struct Sequence {
     changed: u64,
 }
 
-fn sequence(kind: &str, raw: &Path, size: u64, pct: f64, out: &Path) -> std::io::Result<Sequence> {
+fn sequence(
+    kind: &str,
+    raw: &Path,
+    size: u64,
+    pct: f64,
+    link: Option<f64>,
+    out: &Path,
+) -> std::io::Result<Sequence> {
     let _ = fs::remove_dir_all(out);
     fs::create_dir_all(out)?;
     let src = out.join("src.raw");
@@ -229,7 +259,7 @@ fn sequence(kind: &str, raw: &Path, size: u64, pct: f64, out: &Path) -> std::io:
             .arg(size.to_string()),
     )?;
     let server = start_server(kind, &ssock, &dst)?;
-    let sent = proxy(&psock, &ssock)?;
+    let sent = proxy(&psock, &ssock, link)?;
     let uri = format!("nbd+unix:///?socket={}", psock.display());
     let moved = || sent.0.load(Ordering::Relaxed) + sent.1.load(Ordering::Relaxed);
     let run = |log: &str| -> std::io::Result<(Measured, u64)> {
@@ -292,16 +322,27 @@ fn real_main() -> std::io::Result<()> {
         args.change_pct
     );
     println!(
-        "{:<16} {:<12} {:>8} {:>9} {:>8} {:>10} {:>12} {:>10}",
-        "server", "pass", "wall s", "MB/s", "CPU s", "peak RSS", "moved", "moved/chg"
+        "{:<16} {:<10} {:<12} {:>8} {:>9} {:>8} {:>10} {:>12} {:>10}",
+        "server", "link", "pass", "wall s", "MB/s", "CPU s", "peak RSS", "moved", "moved/chg"
     );
     let mut results = Vec::new();
-    for kind in ["diskconv serve", "qemu-nbd"] {
+    let runs = args
+        .links
+        .iter()
+        .flat_map(|&l| ["diskconv serve", "qemu-nbd"].map(|k| (l, k)));
+    for (mbit, kind) in runs {
+        let link = (mbit > 0).then(|| mbit as f64 * 1e6 / 8.0);
+        let link_name = if mbit > 0 {
+            format!("{mbit} Mbit")
+        } else {
+            "socket".to_string()
+        };
         let s = sequence(
             kind,
             &img.path,
             size,
             args.change_pct,
+            link,
             &args.workdir.join("nbd-push"),
         )?;
         let changed_bytes = s.changed * BS;
@@ -317,8 +358,9 @@ fn real_main() -> std::io::Result<()> {
             ),
         ] {
             println!(
-                "{:<16} {:<12} {:>8.2} {:>9.0} {:>8.2} {:>10} {:>12} {:>10}",
+                "{:<16} {:<10} {:<12} {:>8.2} {:>9.0} {:>8.2} {:>10} {:>12} {:>10}",
                 kind,
+                link_name,
                 name,
                 m.wall_s,
                 mb(m.wall_s),
@@ -329,13 +371,14 @@ fn real_main() -> std::io::Result<()> {
             );
         }
         println!(
-            "{kind}: incremental moved {:.3}x the changed bytes over the socket, both ways (aim \
+            "{kind} ({link_name}): incremental moved {:.3}x the changed bytes over the socket, both ways (aim \
              <= 1.05x); incremental / full = {:.1} % (aim <= 5 %)",
             sent_ratio,
             time_ratio * 100.0
         );
         results.push(json!({
             "server": kind,
+            "link_mbit": mbit,
             "full": s.full,
             "incremental": s.incr,
             "full_moved_bytes": s.full_sent,
