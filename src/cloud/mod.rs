@@ -9,4 +9,6 @@ pub use preflight::{
     Check, FoundOs, OsKind, PlannedOutput, PreflightOptions, PreflightReport, Status, os_check,
     preflight as preflight_image, preflight_reader,
 };
-pub use profile::{BootMode, PaddedReader, Profile, Target, TargetOutput, target_output};
+pub use profile::{
+    BootMode, PaddedReader, Profile, Target, TargetOutput, convert_for_target, target_output,
+};

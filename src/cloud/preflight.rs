@@ -873,8 +873,8 @@ fn boot_check(p: &Profile, b: &BootLayout, format: &str, asked: Option<BootMode>
             "boot-mode",
             Status::Warn,
             format!(
-                "{layout}: it boots UEFI only; {} needs to be told: {}",
-                p.title, p.uefi_note
+                "{layout}: it boots UEFI only, which {} must be told at import",
+                p.title
             ),
         )
         .fix(p.uefi_note)

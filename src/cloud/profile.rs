@@ -734,6 +734,42 @@ pub fn target_output(
     })
 }
 
+impl TargetOutput {
+    /// The output the conversion of a source of `size` bytes writes, for
+    /// [`PreflightOptions::output`](crate::cloud::PreflightOptions::output).
+    pub fn planned(&self, size: u64) -> crate::cloud::PlannedOutput {
+        let o = &self.options;
+        crate::cloud::PlannedOutput {
+            format: o.format.name().to_string(),
+            virtual_size: self.output_size(size),
+            logical_sector_size: if o.format.name() == "vhdx" {
+                o.vhdx.logical_sector_size
+            } else {
+                512
+            },
+            conflicts: self.conflicts.clone(),
+        }
+    }
+}
+
+/// Converts `src` into a new file (or device) at `dst` as `to` says: the source padded with
+/// zeros to the target's size ([`TargetOutput::output_size`]: Azure's 20 MiB minimum, whole
+/// MiB or GiB), then written as [`convert_file`](crate::output::convert_file) writes it. The
+/// statistics' `virtual_size` is the source's, `output_size` the output's.
+pub fn convert_for_target(
+    src: &dyn ImageReader,
+    dst: &std::path::Path,
+    to: &TargetOutput,
+    convert_opts: &crate::convert::ConvertOptions,
+    progress: Option<&mut crate::convert::ProgressFn<'_>>,
+) -> Result<crate::convert::ConvertStats> {
+    let size = src.virtual_size();
+    let padded = PaddedReader::new(src, to.output_size(size));
+    let mut stats = crate::output::convert_file(&padded, dst, &to.options, convert_opts, progress)?;
+    stats.virtual_size = size;
+    Ok(stats)
+}
+
 fn option_pairs(list: &str) -> Vec<(&str, &str)> {
     list.split(',')
         .filter_map(|i| i.split_once('='))
