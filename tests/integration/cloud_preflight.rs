@@ -534,3 +534,48 @@ fn windows_hibernated_and_dirty() {
     assert!(text.contains("FAIL  ntfs"), "{text}");
     assert!(text.contains("fix: "), "{text}");
 }
+
+/// `sync --export --target azure`: the export is a fixed VHD of whole MiB; `--export` with
+/// neither a format nor a target is a usage error.
+#[test]
+fn sync_export_for_a_target() {
+    if !util::require("qemu-img") || !util::require("sfdisk") {
+        return;
+    }
+    let dir = util::tmpdir();
+    let src = dir.path().join("src.raw");
+    partitioned(&src, 24 * MIB + 512, MBR_BIOS);
+    let work = dir.path().join("work.qcow2");
+    let vhd = dir.path().join("final.vhd");
+    let out = diskconv()
+        .args([
+            "sync",
+            s(&src),
+            s(&work),
+            "--export",
+            s(&vhd),
+            "--target",
+            "azure",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(vhd_footer(&vhd), (2, 25 * MIB));
+    assert!(qemu_compare(&src, "raw", &vhd, "vpc"));
+    let out = diskconv()
+        .args([
+            "sync",
+            s(&src),
+            s(&work),
+            "--export",
+            s(&dir.path().join("x.vhd")),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--export-format FMT or --target"));
+}
