@@ -579,3 +579,71 @@ fn sync_export_for_a_target() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--export-format FMT or --target"));
 }
+
+/// Real images from the corpus: VMware's VMDK variants against AWS's rules (streamOptimized
+/// passes, monolithicSparse warns, descriptors naming extent files fail), Windows-made VHD and
+/// VHDX against Azure and Hyper-V, and an NTFS volume without a partition table.
+#[test]
+fn corpus_images() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        // (image, target, check, status)
+        (
+            "images/vmdk-rs/streamOptimized.vmdk",
+            "aws",
+            "format",
+            "pass",
+        ),
+        (
+            "images/vmdk-rs/streamOptimized.vmdk",
+            "aws",
+            "references",
+            "pass",
+        ),
+        (
+            "images/vmdk-rs/monolithicSparse.vmdk",
+            "aws",
+            "format",
+            "warn",
+        ),
+        (
+            "images/vmdk-rs/twoGbMaxExtentSparse.vmdk",
+            "aws",
+            "references",
+            "fail",
+        ),
+        (
+            "images/vmdk-rs/monolithicFlat.vmdk",
+            "vsphere",
+            "references",
+            "fail",
+        ),
+        ("images/dissect_fixed.vhd", "azure", "format", "pass"),
+        ("images/dissect_fixed.vhd", "azure", "size", "warn"),
+        (
+            "images/dissect_hyperv_dynamic.vhdx",
+            "hyperv",
+            "format",
+            "pass",
+        ),
+        (
+            "images/dissect_hyperv_dynamic.vhdx",
+            "hyperv",
+            "sector-size",
+            "pass",
+        ),
+        (
+            "images/dfvfs/windows_volume.qcow2",
+            "kvm",
+            "partition-table",
+            "warn",
+        ),
+        ("images/dfvfs/windows_volume.qcow2", "kvm", "os", "warn"),
+    ];
+    for (rel, target, id, want) in cases {
+        let Some(img) = util::corpus(rel) else {
+            return;
+        };
+        let (_, r) = preflight(&img, target, &[]);
+        assert_eq!(&status(&r, id), want, "{rel} {target} {id}: {r}");
+    }
+}
