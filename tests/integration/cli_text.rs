@@ -339,8 +339,19 @@ fn help_lists_exit_codes_and_current_formats() {
         assert!(top.contains(needle), "--help lacks {needle}:\n{top}");
     }
     let commands = [
-        "convert", "info", "map", "compare", "check", "hive", "sync", "verify", "inspect",
-        "inject", "ntfs", "serve",
+        "convert",
+        "info",
+        "map",
+        "compare",
+        "check",
+        "hive",
+        "sync",
+        "verify",
+        "inspect",
+        "inject",
+        "ntfs",
+        "serve",
+        "preflight",
     ];
     let nested: &[(&str, &[&str])] = &[
         (
@@ -382,6 +393,11 @@ fn help_lists_exit_codes_and_current_formats() {
         (vec!["verify", "--help"], "2    failure"),
         (vec!["check", "--help"], "3    leaks only"),
         (vec!["hive", "check", "--help"], "2    problems found"),
+        (vec!["preflight", "--help"], "3    a check failed"),
+        (
+            vec!["convert", "--help"],
+            "3    --target: the preflight failed",
+        ),
     ];
     for (args, needle) in special {
         let h = stdout(&dc(&args));

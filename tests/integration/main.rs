@@ -8,6 +8,7 @@
 mod check_formats;
 mod cli;
 mod cli_text;
+mod cloud_preflight;
 mod contract;
 mod convert;
 mod convert_stats;

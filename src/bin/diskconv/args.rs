@@ -129,7 +129,9 @@ fn move_leading_options(args: Vec<OsString>) -> Vec<OsString> {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Convert an image to another format (or the same one), skipping zero and unallocated blocks.
+    /// Convert an image to another format (or the same one), skipping zero and unallocated blocks;
+    /// `--target` writes what a cloud or hypervisor imports, after a preflight.
+    #[command(after_help = crate::exit::CONVERT)]
     Convert(ConvertArgs),
     /// Describe an image: format, sizes, clusters, backing chain, bitmaps, snapshots, flags.
     Info(ImageArgs),
@@ -162,6 +164,11 @@ pub enum Command {
     /// List, read and write files on an NTFS volume inside an image (info, ls, cat, put, mkdir,
     /// rollback).
     Ntfs(crate::ntfs::NtfsArgs),
+    /// Check whether an image will import into a cloud or hypervisor and boot there: pass /
+    /// warn / fail per check, with what fixes each failure. Exit 0: nothing fails, 3: a check
+    /// failed.
+    #[command(after_help = crate::exit::PREFLIGHT)]
+    Preflight(crate::preflight::PreflightArgs),
     /// Export images over NBD (the Network Block Device protocol) to nbdinfo, nbdcopy,
     /// qemu-img, qemu and diskconv clients; read-only unless --writable.
     Serve(crate::serve::ServeArgs),
@@ -254,6 +261,20 @@ pub struct ConvertArgs {
     /// succeed.
     #[arg(long = "all-disks", conflicts_with = "disk")]
     pub all_disks: bool,
+    /// Write what TARGET imports (aws, azure, gcp, alibaba, huawei, openstack, vsphere, hyperv,
+    /// kvm): its format and options (azure: a fixed VHD of whole MiB, at least 20 MiB; aws and
+    /// vsphere: streamOptimized VMDK; hyperv: VHDX; kvm, openstack: qcow2; ...), after a
+    /// preflight that stops on a failure. An explicit -O or -o still wins; where it departs
+    /// from the target's rules a warning says so.
+    #[arg(long, value_name = "TARGET", conflicts_with = "all_disks")]
+    pub target: Option<String>,
+    /// With --target: the boot mode the VM will use, bios or uefi (Azure, Hyper-V: generation
+    /// 1 or 2); the preflight fails when the disk cannot boot so. Default: any the target has.
+    #[arg(long = "boot-mode", value_name = "MODE", requires = "target")]
+    pub boot_mode: Option<String>,
+    /// With --target: convert even when the preflight fails (the report is printed either way).
+    #[arg(long = "no-preflight", requires = "target")]
+    pub no_preflight: bool,
     /// The source image or block device.
     pub src: PathBuf,
     /// The output file (written under a temporary name, renamed into place on success).
@@ -335,6 +356,7 @@ impl Command {
             Command::Sync(a) => a.refs,
             Command::Verify(a) => a.refs,
             Command::Inspect(a) => a.refs,
+            Command::Preflight(a) => a.refs,
             Command::Check(a) => a.refs,
             Command::Serve(a) => a.refs,
             Command::Inject(a) => match &a.command {
@@ -364,6 +386,7 @@ impl Command {
             Command::Sync(a) => (&a.nbd_tls, vec![&mut a.src, &mut a.dst]),
             Command::Verify(a) => (&a.nbd_tls, vec![&mut a.src, &mut a.dst]),
             Command::Inspect(a) => (&a.nbd_tls, vec![&mut a.image]),
+            Command::Preflight(a) => (&a.nbd_tls, vec![&mut a.image]),
             Command::Inject(a) => match &mut a.command {
                 InjectCommand::Windows(w) => (&w.nbd_tls, vec![&mut w.image]),
             },

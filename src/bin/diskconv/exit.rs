@@ -83,13 +83,36 @@ pub const HIVE: &str = concat!(
     common_tail!()
 );
 
+/// `diskconv preflight` and `convert --target`: a check failed.
+pub const PREFLIGHT_FAILED: u8 = 3;
+
+/// `diskconv preflight`.
+pub const PREFLIGHT: &str = concat!(
+    "Exit codes:
+  0    nothing fails (warnings allowed): the image can go to the target
+  1    failure: the preflight could not run (unreadable image)
+  3    a check failed (each failure says what fixes it)
+",
+    common_tail!()
+);
+
+/// `diskconv convert`.
+pub const CONVERT: &str = concat!(
+    "Exit codes:
+  0    success
+  1    failure (the message on stderr names the file and what is wrong)
+  3    --target: the preflight failed and nothing was written (--no-preflight converts anyway)
+",
+    common_tail!()
+);
+
 /// `diskconv --help`: every command.
 pub const ALL_COMMANDS: &str = concat!(
     "Exit codes:
   0    success; compare, verify: the images are the same; check, hive check: no problem
   1    failure; compare, verify: the images differ; check, hive check: the check could not run
   2    compare, verify: failure; check: corruptions; hive check: problems found
-  3    check: leaked clusters only
+  3    check: leaked clusters only; preflight, convert --target: a preflight check failed
 ",
     common_tail!(),
     "

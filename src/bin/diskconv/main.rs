@@ -14,6 +14,7 @@ mod inject;
 mod inspect;
 mod ntfs;
 mod package;
+mod preflight;
 mod serve;
 mod sync;
 mod usage;
@@ -24,6 +25,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use diskconv::cloud::{Target, TargetOutput};
 use diskconv::compare::{Comparison, compare};
 use diskconv::error::ResultExt;
 use diskconv::files::OutputTarget;
@@ -95,6 +97,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sync(a) => sync::run(a, policy),
         Command::Verify(a) => verify::run(a, policy),
         Command::Inspect(a) => inspect::run(a, policy),
+        Command::Preflight(a) => preflight::run(a, policy),
         Command::Inject(a) => inject::run(a, policy),
         Command::Ntfs(a) => ntfs::run(a, policy),
         Command::Serve(a) => serve::run(a, policy),
@@ -131,6 +134,9 @@ fn open_input(path: &Path, input: &Input, policy: ReferencePolicy) -> Result<Box
 /// What `convert` writes: `-O`, else the format DST's extension names, else raw; with the
 /// `-o` lists and `-c`, checked.
 pub(crate) fn output_options(a: &args::ConvertArgs) -> Result<OutputOptions> {
+    if let Some((_, to)) = target_choice(a)? {
+        return Ok(to.options);
+    }
     let explicit: Option<Format> = a.output_format.as_deref().map(str::parse).transpose()?;
     let format = Format::for_output(&a.dst, explicit);
     let mut out = OutputOptions::new(format).compressed(a.compress);
@@ -139,6 +145,16 @@ pub(crate) fn output_options(a: &args::ConvertArgs) -> Result<OutputOptions> {
     }
     out.validate()?;
     Ok(out)
+}
+
+/// `convert --target`: the target and what it writes (`-O`, `-o` and `-c` applied on top).
+pub(crate) fn target_choice(a: &args::ConvertArgs) -> Result<Option<(Target, TargetOutput)>> {
+    let Some(t) = &a.target else {
+        return Ok(None);
+    };
+    let t: Target = t.parse()?;
+    let to = diskconv::cloud::target_output(t, a.output_format.as_deref(), &a.options, a.compress)?;
+    Ok(Some((t, to)))
 }
 
 fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
@@ -157,6 +173,12 @@ fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     let target = diskconv::output::check_output(&a.dst, &out).in_file(&a.dst)?;
     let src = open_input(&a.src, &a.input, policy)?;
     let size = src.virtual_size();
+    let target_out = target_choice(&a)?;
+    if let Some((t, to)) = &target_out {
+        if let Some(code) = preflight::before_convert(&a, *t, to, src.as_ref(), policy)? {
+            return Ok(code);
+        }
+    }
     if let OutputTarget::BlockDevice { path, size: dev } = &target {
         if *dev < size {
             return Err(Error::InvalidArgument(format!(
@@ -210,7 +232,12 @@ fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     };
     // Errors name their file already: the source's reads name the source, the writer's the
     // output.
-    let result = diskconv::convert_file(src.as_ref(), &a.dst, &out, &opts, Some(&mut cb));
+    let result = match &target_out {
+        Some((_, to)) => {
+            diskconv::cloud::convert_for_target(src.as_ref(), &a.dst, to, &opts, Some(&mut cb))
+        }
+        None => diskconv::convert_file(src.as_ref(), &a.dst, &out, &opts, Some(&mut cb)),
+    };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

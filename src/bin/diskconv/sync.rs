@@ -81,8 +81,13 @@ pub struct SyncArgs {
     pub max_passes: u64,
     /// After the pass(es), write the synced target as FILE in a format that cannot be updated in
     /// place (streamOptimized VMDK, OVA, compressed qcow2, ...): the final step of a migration.
-    #[arg(long, value_name = "FILE", requires = "export_format")]
+    #[arg(long, value_name = "FILE")]
     pub export: Option<PathBuf>,
+    /// Write --export as TARGET imports it (aws, azure, gcp, alibaba, huawei, openstack,
+    /// vsphere, hyperv, kvm; as `convert --target`): its format and options, unless
+    /// --export-format / --export-options say otherwise.
+    #[arg(long, value_name = "TARGET", requires = "export")]
+    pub target: Option<String>,
     /// Format of --export (as `convert -O`).
     #[arg(long = "export-format", value_name = "FMT", requires = "export")]
     pub export_format: Option<String>,
@@ -106,16 +111,40 @@ pub struct SyncArgs {
 /// Checks the --export options before any pass runs.
 /// `check_paths`: also check the paths the export will write (the file system, not the command
 /// line: a failure there is not a usage error).
-fn export_options(args: &SyncArgs, check_paths: bool) -> Result<Option<(PathBuf, OutputOptions)>> {
-    let (Some(path), Some(fmt)) = (&args.export, &args.export_format) else {
+fn export_options(args: &SyncArgs, check_paths: bool) -> Result<Option<(PathBuf, Export)>> {
+    let Some(path) = &args.export else {
         return Ok(None);
     };
-    let mut o = OutputOptions::new(parse_format(fmt, "--export-format")?);
-    if let Some(list) = &args.export_options {
-        o = o.with_options(list)?;
-    }
-    o = o.compressed(args.export_compressed);
-    o.validate()?;
+    let (o, target) = match (&args.target, &args.export_format) {
+        (Some(t), fmt) => {
+            if let Some(f) = fmt {
+                parse_format(f, "--export-format")?;
+            }
+            let lists: Vec<String> = args.export_options.iter().cloned().collect();
+            let to = diskconv::cloud::target_output(
+                t.parse()?,
+                fmt.as_deref(),
+                &lists,
+                args.export_compressed,
+            )?;
+            (to.options.clone(), Some(to))
+        }
+        (None, Some(fmt)) => {
+            let mut o = OutputOptions::new(parse_format(fmt, "--export-format")?);
+            if let Some(list) = &args.export_options {
+                o = o.with_options(list)?;
+            }
+            o = o.compressed(args.export_compressed);
+            o.validate()?;
+            (o, None)
+        }
+        (None, None) => {
+            return Err(Error::InvalidArgument(
+                "--export needs --export-format FMT or --target TARGET to say what to write".into(),
+            ));
+        }
+    };
+    let o = Export { options: o, target };
     if path == &args.dst || path == &args.src || crate::same_file(path, &args.dst) {
         return Err(Error::InvalidArgument(format!(
             "--export {} must be a new file, not the sync source or target",
@@ -126,7 +155,7 @@ fn export_options(args: &SyncArgs, check_paths: bool) -> Result<Option<(PathBuf,
     if !check_paths {
         return Ok(Some((path.clone(), o)));
     }
-    if let OutputTarget::BlockDevice { .. } = check_output(path, &o).in_file(path)? {
+    if let OutputTarget::BlockDevice { .. } = check_output(path, &o.options).in_file(path)? {
         return Err(Error::InvalidArgument(
             "is a block device; --export writes a file (sync to the device instead)".into(),
         )
@@ -135,12 +164,18 @@ fn export_options(args: &SyncArgs, check_paths: bool) -> Result<Option<(PathBuf,
     Ok(Some((path.clone(), o)))
 }
 
+/// What `--export` writes: the format and options, and the target whose size rules apply.
+struct Export {
+    options: OutputOptions,
+    target: Option<diskconv::cloud::TargetOutput>,
+}
+
 /// The final step: the synced target converted into the export format (through a temporary
 /// name renamed into place). `Ok(false)`: interrupted (the temporaries are removed).
 fn export(
     dst: &Path,
     out: &Path,
-    o: &OutputOptions,
+    export: &Export,
     policy: ReferencePolicy,
     cancel: &Arc<AtomicBool>,
 ) -> Result<Option<ExitCode>> {
@@ -149,7 +184,12 @@ fn export(
         cancel: Some(cancel.clone()),
         ..ConvertOptions::default()
     };
-    let stats = match convert_file(img.as_ref(), out, o, &opts, None) {
+    let o = &export.options;
+    let result = match &export.target {
+        Some(to) => diskconv::cloud::convert_for_target(img.as_ref(), out, to, &opts, None),
+        None => convert_file(img.as_ref(), out, o, &opts, None),
+    };
+    let stats = match result {
         Err(e) if e.kind() == ErrorKind::Cancelled => {
             return Ok(Some(crate::term::interrupted(&format!(
                 "the export to {} stopped; its temporary files were removed (the synced target \

@@ -18,8 +18,14 @@ pub fn check(cmd: &Command) -> Result<Vec<String>> {
         Command::Convert(a) => {
             format(a.input.format.as_deref(), "-f")?;
             let out = crate::output_options(a)?;
-            if a.output_format.is_some() {
+            if a.output_format.is_some() || a.target.is_some() {
                 warnings.extend(mismatch(&a.dst, out.format, "-O"));
+            }
+            if let Some((t, to)) = crate::target_choice(a)? {
+                warnings.extend(to.conflicts.iter().map(|c| format!("--target {t}: {c}")));
+            }
+            if let Some(m) = &a.boot_mode {
+                m.parse::<diskconv::cloud::BootMode>()?;
             }
         }
         Command::Info(a) | Command::Map(a) => format(a.input.format.as_deref(), "-f")?,
@@ -41,6 +47,10 @@ pub fn check(cmd: &Command) -> Result<Vec<String>> {
             crate::verify::block_size(a)?;
         }
         Command::Inspect(a) => format(a.format.as_deref(), "-f")?,
+        Command::Preflight(a) => {
+            format(a.format.as_deref(), "-f")?;
+            crate::preflight::check_usage(a)?;
+        }
         Command::Inject(a) => match &a.command {
             InjectCommand::Windows(w) => crate::inject::check_usage(w)?,
         },

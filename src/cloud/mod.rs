@@ -1,0 +1,14 @@
+//! Cloud delivery: target profiles (what each cloud or hypervisor imports and the output a
+//! `--target` writes, [`profile`]) and the preflight report (will an image import and boot
+//! there, [`preflight`]).
+
+pub mod preflight;
+pub mod profile;
+
+pub use preflight::{
+    Check, FoundOs, OsKind, PlannedOutput, PreflightOptions, PreflightReport, Status, os_check,
+    preflight as preflight_image, preflight_reader,
+};
+pub use profile::{
+    BootMode, PaddedReader, Profile, Target, TargetOutput, convert_for_target, target_output,
+};
