@@ -254,9 +254,16 @@ pub struct ConvertArgs {
     /// succeed.
     #[arg(long = "all-disks", conflicts_with = "disk")]
     pub all_disks: bool,
+    /// Upload output: continue the interrupted upload to the same URL (recorded under
+    /// $DISKCONV_STATE_DIR, else $XDG_STATE_HOME/diskconv, else ~/.local/state/diskconv):
+    /// what the blob already holds is checked, not sent again.
+    #[arg(long)]
+    pub resume: bool,
     /// The source image or block device.
     pub src: PathBuf,
-    /// The output file (written under a temporary name, renamed into place on success).
+    /// The output file (written under a temporary name, renamed into place on success), or
+    /// an Azure page blob: https://ACCOUNT.blob.core.windows.net/CONTAINER/NAME.vhd?SAS (a
+    /// fixed VHD; the URL is shown without its query).
     pub dst: PathBuf,
 }
 

@@ -1,0 +1,3 @@
+//! Cloud delivery: uploads into cloud storage (DESIGN.md's "cloud" layer).
+
+pub mod azure;
