@@ -259,6 +259,13 @@ pub struct ConvertArgs {
     /// what the blob already holds is checked, not sent again.
     #[arg(long)]
     pub resume: bool,
+    /// Upload output: requests in flight at once, each on its own thread (default 8).
+    #[arg(
+        long = "upload-threads",
+        value_name = "N",
+        value_parser = clap::value_parser!(u16).range(1..=256)
+    )]
+    pub upload_threads: Option<u16>,
     /// The source image or block device.
     pub src: PathBuf,
     /// The output file (written under a temporary name, renamed into place on success), or

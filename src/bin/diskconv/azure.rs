@@ -47,6 +47,7 @@ pub fn convert(
     };
     let upload = PageBlobOptions {
         resume: a.resume,
+        threads: a.upload_threads.map_or(azure::DEFAULT_THREADS, usize::from),
         ..PageBlobOptions::default()
     };
     let start = Instant::now();

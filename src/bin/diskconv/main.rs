@@ -163,10 +163,10 @@ fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
             "{url}: this build has no cloud support (cargo feature `cloud`)"
         )));
     }
-    if a.resume {
+    if a.resume || a.upload_threads.is_some() {
         return Err(Error::InvalidArgument(
-            "--resume applies to uploads (an Azure page-blob URL); a local output is written \
-             under a temporary name and needs no resume"
+            "--resume and --upload-threads apply to uploads (an Azure page-blob URL); a local \
+             output is written under a temporary name and needs no resume"
                 .into(),
         ));
     }
