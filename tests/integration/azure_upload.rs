@@ -729,3 +729,75 @@ fn failures_leave_nothing_and_name_no_secret() {
     assert!(err.contains("sr=b"), "{err}");
     assert!(az.list("disks").is_empty());
 }
+
+#[test]
+fn library_upload_pads_to_20_mib_and_a_cancelled_one_leaves_nothing() {
+    use diskconv::cloud::azure::{
+        PageBlobOptions, PageBlobUrl, convert_to_page_blob, verify_page_blob,
+    };
+    use diskconv::formats::vhd::VhdSubformat;
+    let Some(az) = Azurite::start() else { return };
+    if !require("qemu-img") || !require("qemu-io") {
+        return;
+    }
+    let d = tmpdir();
+    az.create_container("lib");
+    // 10 MiB + 3 sectors: rounded up to Azure's 20 MiB minimum.
+    let src = d.path().join("small.raw");
+    std::fs::File::create(&src)
+        .unwrap()
+        .set_len((10 << 20) + 1536)
+        .unwrap();
+    qemu_io(&[
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0x77 4096 8192",
+        src.to_str().unwrap(),
+    ]);
+    let reader = diskconv::open(&src, &diskconv::OpenOptions::new()).unwrap();
+    let url = PageBlobUrl::parse(&az.blob_url(az.port, "lib", "small.vhd")).unwrap();
+    let mut out = diskconv::OutputOptions::new(diskconv::Format::Vhd);
+    out.vhd.subformat = VhdSubformat::Fixed;
+    let opts = PageBlobOptions {
+        state_dir: d.path().join("state"),
+        ..PageBlobOptions::default()
+    };
+    let stats = convert_to_page_blob(
+        reader.as_ref(),
+        &url,
+        &out,
+        &opts,
+        &diskconv::ConvertOptions::default(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(stats.upload.blob_length, (20 << 20) + 512);
+    assert_eq!(stats.upload.bytes_sent, 8192 + 512);
+    let down = d.path().join("small.vhd");
+    az.download("lib", "small.vhd", &down);
+    assert_eq!(std::fs::metadata(&down).unwrap().len(), (20 << 20) + 512);
+    assert!(qemu_compare(&src, "raw", &down, "vpc"));
+    assert_eq!(stats.upload.sha256, sha256_file(&down));
+    // verify reads it back; the 10 MiB of padding is more than verify's size tolerance.
+    let e = verify_page_blob(reader.as_ref(), &url, 1 << 20, None).unwrap_err();
+    assert!(e.to_string().contains("differ in size"), "{e}");
+
+    // Cancelled before the first byte: an error, and nothing is left.
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let url2 = PageBlobUrl::parse(&az.blob_url(az.port, "lib", "gone.vhd")).unwrap();
+    let e = convert_to_page_blob(
+        reader.as_ref(),
+        &url2,
+        &out,
+        &opts,
+        &diskconv::ConvertOptions {
+            cancel: Some(cancel),
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), diskconv::ErrorKind::Cancelled);
+    assert_eq!(az.list("lib"), ["small.vhd"]);
+}
