@@ -43,7 +43,7 @@ impl PageBlobStorage {
                 props.blob_type
             )));
         }
-        let ranges = client.page_ranges(name)?;
+        let ranges = client.page_ranges(name, props.len)?;
         Ok(PageBlobStorage {
             len: props.len,
             name: name.to_string(),

@@ -302,7 +302,7 @@ fn resume_check(
             )));
         }
     }
-    let ranges = client.page_ranges(&h.temp_blob)?;
+    let ranges = client.page_ranges(&h.temp_blob, h.blob_length)?;
     let seg = h.segment_size;
     let bytes_in = |a: u64, z: u64| -> u64 {
         ranges

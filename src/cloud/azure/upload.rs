@@ -640,7 +640,7 @@ impl PageBlobSink {
             )));
         }
         let pages: u64 = c
-            .page_ranges(&self.temp)?
+            .page_ranges(&self.temp, want)?
             .iter()
             .map(|r| r.end - r.start)
             .sum();
