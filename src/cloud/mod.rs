@@ -1,7 +1,8 @@
 //! Cloud delivery: target profiles (what each cloud or hypervisor imports and the output a
-//! `--target` writes, [`profile`]) and the preflight report (will an image import and boot
-//! there, [`preflight`]).
+//! `--target` writes, [`profile`]), the preflight report (will an image import and boot
+//! there, [`preflight`]) and uploads into cloud storage ([`azure`] page blobs).
 
+pub mod azure;
 pub mod preflight;
 pub mod profile;
 

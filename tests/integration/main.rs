@@ -5,6 +5,7 @@
 //! a test calls `util::require(NAME)` and returns early when it is missing (with `CI=true` it
 //! fails instead), and `zz_oracles::summary` reports whatever is missing.
 
+mod azure_upload;
 mod check_formats;
 mod cli;
 mod cli_text;

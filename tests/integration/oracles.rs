@@ -26,6 +26,8 @@ pub enum Kind {
     Command,
     /// A module python3 imports, from a pip package.
     Python,
+    /// An executable on PATH, from an npm package installed globally (`npm install -g`).
+    Npm,
     /// A C library the build links, found by `pkg-config --exists NAME`, from a Debian package
     /// (with pkg-config). The build needs it, so no test requires it.
     Library,
@@ -52,6 +54,7 @@ impl Oracle {
         match (self.kind, self.name) {
             (Kind::Command, _) => format!("Debian package {}", self.package),
             (Kind::Python, _) => format!("pip package {}", self.package),
+            (Kind::Npm, _) => format!("npm package {} (npm install -g)", self.package),
             (Kind::Library, _) => format!("Debian packages {} and pkg-config", self.package),
             (_, "loop-device") => "run the tests as root where loop devices exist".into(),
             (_, "corpus") => format!(
@@ -89,6 +92,7 @@ fn parse(text: &'static str) -> Vec<Oracle> {
         let kind = match kind {
             "command" => Kind::Command,
             "python" => Kind::Python,
+            "npm" => Kind::Npm,
             "library" => Kind::Library,
             "condition" => Kind::Condition,
             k => panic!("tests/oracles/tools.txt line {}: unknown kind {k:?}", n + 1),
@@ -127,7 +131,7 @@ pub fn get(name: &str) -> &'static Oracle {
 /// `Ok` when `o` is usable here, else why not.
 pub fn check(o: &Oracle) -> Result<(), String> {
     match (o.kind, o.name) {
-        (Kind::Command, name) => on_path(name)
+        (Kind::Command | Kind::Npm, name) => on_path(name)
             .then_some(())
             .ok_or_else(|| "is not on PATH".to_string()),
         (Kind::Python, name) => {
@@ -198,7 +202,9 @@ fn markers(o: &Oracle) -> Vec<String> {
     match (o.kind, n) {
         // A literal argument (`Command::new("tar")`, `require("tar")`), or the start or a stage
         // of a shell pipeline (`"dd if=... | sha256sum"`).
-        (Kind::Command, _) => vec![format!("\"{n}\""), format!("\"{n} "), format!("| {n}")],
+        (Kind::Command | Kind::Npm, _) => {
+            vec![format!("\"{n}\""), format!("\"{n} "), format!("| {n}")]
+        }
         (Kind::Python, _) => vec![
             format!("\"{n}\""),
             format!("import {n}"),
@@ -634,6 +640,9 @@ pub fn summary_text(missing: &[(&Oracle, String)]) -> String {
             set(Kind::Python).join(" ")
         ));
     }
+    if !set(Kind::Npm).is_empty() {
+        install.push(format!("npm install -g {}", set(Kind::Npm).join(" ")));
+    }
     let mut text = format!(
         "test oracles: {} of {} entries of tests/oracles/tools.txt missing, {} skip (see README.md \"Set-up\"):\n",
         missing.len(),
@@ -688,6 +697,7 @@ fn readme_and_ci_follow_the_list() {
     for (what, kind) in [
         ("apt-get install", Kind::Command),
         ("pip install", Kind::Python),
+        ("npm install -g", Kind::Npm),
     ] {
         let mut want = packages(kind);
         // C libraries come from Debian packages too, found with pkg-config.

@@ -275,9 +275,23 @@ pub struct ConvertArgs {
     /// With --target: convert even when the preflight fails (the report is printed either way).
     #[arg(long = "no-preflight", requires = "target")]
     pub no_preflight: bool,
+    /// Upload output: continue the interrupted upload to the same URL (recorded under
+    /// $DISKCONV_STATE_DIR, else $XDG_STATE_HOME/diskconv, else ~/.local/state/diskconv):
+    /// what the blob already holds is checked, not sent again.
+    #[arg(long)]
+    pub resume: bool,
+    /// Upload output: requests in flight at once, each on its own thread (default 8).
+    #[arg(
+        long = "upload-threads",
+        value_name = "N",
+        value_parser = clap::value_parser!(u16).range(1..=256)
+    )]
+    pub upload_threads: Option<u16>,
     /// The source image or block device.
     pub src: PathBuf,
-    /// The output file (written under a temporary name, renamed into place on success).
+    /// The output file (written under a temporary name, renamed into place on success), or
+    /// an Azure page blob: https://ACCOUNT.blob.core.windows.net/CONTAINER/NAME.vhd?SAS (a
+    /// fixed VHD; the URL is shown without its query).
     pub dst: PathBuf,
 }
 

@@ -8,6 +8,8 @@
 mod term;
 
 mod args;
+#[cfg(feature = "cloud")]
+mod azure;
 mod exit;
 mod hive;
 mod inject;
@@ -104,7 +106,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn open_options(
+pub(crate) fn open_options(
     format: Option<&str>,
     snapshot: Option<&str>,
     policy: ReferencePolicy,
@@ -124,7 +126,11 @@ fn open_options(
     Ok(o)
 }
 
-fn open_input(path: &Path, input: &Input, policy: ReferencePolicy) -> Result<Box<dyn ImageReader>> {
+pub(crate) fn open_input(
+    path: &Path,
+    input: &Input,
+    policy: ReferencePolicy,
+) -> Result<Box<dyn ImageReader>> {
     let opts = package::input_options(path, input, policy)?;
     let img = diskconv::open(path, &opts)?;
     package::print_warnings(img.as_ref(), &opts);
@@ -158,6 +164,28 @@ pub(crate) fn target_choice(a: &args::ConvertArgs) -> Result<Option<(Target, Tar
 }
 
 fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
+    if let Some(url) = diskconv::cloud::azure::PageBlobUrl::detect(&a.dst)? {
+        if a.all_disks {
+            return Err(Error::InvalidArgument(
+                "--all-disks writes several files; upload one disk at a time to a page blob \
+                 (--disk N)"
+                    .into(),
+            ));
+        }
+        #[cfg(feature = "cloud")]
+        return azure::convert(a, policy, url);
+        #[cfg(not(feature = "cloud"))]
+        return Err(Error::Unsupported(format!(
+            "{url}: this build has no cloud support (cargo feature `cloud`)"
+        )));
+    }
+    if a.resume || a.upload_threads.is_some() {
+        return Err(Error::InvalidArgument(
+            "--resume and --upload-threads apply to uploads (an Azure page-blob URL); a local \
+             output is written under a temporary name and needs no resume"
+                .into(),
+        ));
+    }
     if a.all_disks {
         return package::convert_all_disks(&a, policy);
     }

@@ -17,6 +17,13 @@ pub fn check(cmd: &Command) -> Result<Vec<String>> {
     match cmd {
         Command::Convert(a) => {
             format(a.input.format.as_deref(), "-f")?;
+            // An upload URL (with its SAS) is checked by the upload itself, never echoed.
+            if a.dst
+                .to_str()
+                .is_some_and(diskconv::cloud::azure::url::is_http_url)
+            {
+                return Ok(warnings);
+            }
             let out = crate::output_options(a)?;
             if a.output_format.is_some() || a.target.is_some() {
                 warnings.extend(mismatch(&a.dst, out.format, "-O"));

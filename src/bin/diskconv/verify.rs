@@ -103,6 +103,14 @@ pub fn block_size(args: &VerifyArgs) -> Result<u64> {
 /// Runs `diskconv verify`.
 pub fn run(args: VerifyArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     let block_size = block_size(&args)?;
+    if let Some(url) = diskconv::cloud::azure::PageBlobUrl::detect(&args.dst)? {
+        #[cfg(feature = "cloud")]
+        return crate::azure::verify(&args, policy, url, block_size);
+        #[cfg(not(feature = "cloud"))]
+        return Err(Error::Unsupported(format!(
+            "{url}: this build has no cloud support (cargo feature `cloud`)"
+        )));
+    }
     if let Some(m) = &args.manifest {
         // Before anything is read: a folder, a device, a missing folder is refused now.
         resolve_output_file(m)?;
