@@ -31,6 +31,7 @@
 
 pub mod bytes;
 pub mod check;
+pub mod cloud;
 pub mod compare;
 pub mod convert;
 pub mod detect;

@@ -254,10 +254,32 @@ pub struct ConvertArgs {
     /// succeed.
     #[arg(long = "all-disks", conflicts_with = "disk")]
     pub all_disks: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// S3 output: continue the multipart upload of an interrupted (killed) run to the same
+    /// object: the parts already in the bucket are checked and not sent again.
+    #[arg(long)]
+    pub resume: bool,
     /// The source image or block device.
     pub src: PathBuf,
-    /// The output file (written under a temporary name, renamed into place on success).
+    /// The output file (written under a temporary name, renamed into place on success), or an
+    /// object `s3://BUCKET/KEY` (uploaded while it is produced; see --endpoint).
     pub dst: PathBuf,
+}
+
+/// Where an `s3://` object is (credentials and region come from the AWS environment
+/// variables and profile files).
+#[derive(Debug, Args, Clone, Default)]
+pub struct S3Args {
+    /// S3 endpoint URL (`http(s)://HOST[:PORT]`) of an S3-compatible store (MinIO, Ceph, OSS,
+    /// OBS, GCS). Default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the profile's endpoint_url,
+    /// else AWS's regional endpoint. A custom endpoint is addressed path-style.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`ENDPOINT/BUCKET/KEY`) for AWS's endpoint too (default there:
+    /// virtual-hosted, `BUCKET.ENDPOINT/KEY`).
+    #[arg(long = "s3-path-style")]
+    pub s3_path_style: bool,
 }
 
 /// `diskconv info` and `diskconv map`: one image, text or JSON.

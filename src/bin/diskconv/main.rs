@@ -14,6 +14,7 @@ mod inject;
 mod inspect;
 mod ntfs;
 mod package;
+mod s3;
 mod serve;
 mod sync;
 mod usage;
@@ -142,6 +143,21 @@ pub(crate) fn output_options(a: &args::ConvertArgs) -> Result<OutputOptions> {
 }
 
 fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
+    if a.dst.to_str().is_some_and(|d| d.starts_with("s3://")) {
+        if a.all_disks {
+            return Err(Error::InvalidArgument(
+                "--all-disks writes several files; an s3:// output takes one disk (choose it \
+                 with --disk)"
+                    .into(),
+            ));
+        }
+        return s3::convert(&a, policy);
+    }
+    if a.resume {
+        return Err(Error::InvalidArgument(
+            "--resume applies to s3:// outputs only".into(),
+        ));
+    }
     if a.all_disks {
         return package::convert_all_disks(&a, policy);
     }
