@@ -168,8 +168,9 @@ impl S3Client {
         .to_string()
     }
 
-    /// Sends one signed request and reads the reply (the body of a 2xx reply only when
-    /// `read_body`), retrying network failures and 5xx replies.
+    /// Sends one signed request and reads the reply, retrying network failures and 5xx
+    /// replies.
+    #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
         op: &str,
@@ -343,7 +344,7 @@ impl S3Client {
             msg.push_str(&format!(" ({})", m.chars().take(300).collect::<String>()));
         }
         msg.push_str(&hint);
-        let kind = if code == "NoSuchBucket"
+        if code == "NoSuchBucket"
             || code == "InvalidAccessKeyId"
             || code == "SignatureDoesNotMatch"
             || code == "AccessDenied"
@@ -359,8 +360,7 @@ impl S3Client {
                 format!("S3 {op} of {} at {}", self.url_of(key), self.cfg.endpoint),
                 std::io::Error::other(msg),
             )
-        };
-        kind
+        }
     }
 
     fn ok(&self, op: &str, key: &str, r: Reply) -> Result<Reply> {

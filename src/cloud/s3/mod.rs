@@ -238,6 +238,43 @@ pub fn convert_to_s3(
     }
 }
 
+/// Uploads the local file `path` as it is into the object `url` (the `aws s3 cp` of this
+/// client): the same multipart upload, parts in parallel, SHA-256 metadata and resume record as
+/// [`convert_to_s3`], without a conversion.
+pub fn upload_file(
+    path: &Path,
+    url: &S3Url,
+    config: S3Config,
+    upload_opts: &S3UploadOptions,
+) -> Result<UploadReport> {
+    let f = crate::storage::FileStorage::open_read_only(path)
+        .map_err(|e| Error::io("opening the file to upload", e).in_file(path))?;
+    let len = crate::storage::Storage::len(&f)
+        .map_err(|e| Error::io("reading the file's length", e).in_file(path))?;
+    let client = Arc::new(S3Client::new(config, &url.bucket)?);
+    client.check_bucket()?;
+    let upload = upload::Upload::start(UploadParams {
+        client,
+        url: url.clone(),
+        artifact: format!("file {} of {len} bytes", path.display()),
+        estimate: len,
+        resume: upload_opts.resume,
+        workers: upload_opts.workers,
+    })?;
+    let out = upload.storage();
+    let mut buf = vec![0u8; 8 << 20];
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(buf.len() as u64) as usize;
+        crate::storage::Storage::read_exact_at(&f, &mut buf[..n], off)
+            .map_err(|e| Error::io("reading the file to upload", e).in_file(path))?;
+        out.write_all_at(&buf[..n], off)
+            .map_err(|e| Error::io(format!("uploading to {url}"), e))?;
+        off += n as u64;
+    }
+    upload.complete(upload_opts.copy_limit)
+}
+
 /// What [`verify_s3`] found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct S3VerifyReport {

@@ -510,7 +510,7 @@ impl Upload {
             }
         };
         let part_size = rec.part_size;
-        if part_size < MIN_PART || part_size > MAX_PART {
+        if !(MIN_PART..=MAX_PART).contains(&part_size) {
             return Err(Error::InvalidFormat(format!(
                 "the upload record gives a part size of {part_size} bytes, outside S3's limits"
             ))
