@@ -483,9 +483,8 @@ fn failed_or_interrupted_runs_leave_no_object_and_no_pending_upload() {
     while recorded_parts(d.path()) < 1 && start.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
+    // SAFETY: kill(2) on our own child's pid, which it has not reaped yet.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     if out.status.code() == Some(130) {
         assert!(!moto_has(&moto, "cancelled.raw"));
