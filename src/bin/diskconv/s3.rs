@@ -1,6 +1,7 @@
 //! `convert ... s3://BUCKET/KEY` and `verify IMG s3://BUCKET/KEY`: the CLI side of the S3
 //! upload (the library's `cloud::s3`).
 
+#[cfg(feature = "cloud")]
 use std::io::Write;
 use std::process::ExitCode;
 

@@ -4,7 +4,7 @@
 //!
 //! Memory stays bounded whatever the disk size: parts of up to [`MAX_MEMORY_PART`] bytes are
 //! held in memory, at most `workers + 2` of them at once (one filling, one queued per worker,
-//! one per worker being sent); larger parts (disks above roughly 160 GiB, where S3's 10 000-part
+//! one per worker being sent); larger parts (disks above about 140 GiB, where S3's 10 000-part
 //! limit makes parts larger) are spooled to unlinked temporary files in the system's temporary
 //! folder instead, as many as there are parts in flight.
 
