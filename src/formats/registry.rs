@@ -571,6 +571,19 @@ pub fn check(
         .map(|check| check(storage, path, ctx, deep))
 }
 
+/// Whether a writer of `opts` writes its main output strictly in order, every write at or past
+/// the current end (gaps read as zeros), so that it can go straight into an append-only sink
+/// (an object-store upload): raw, streamOptimized VMDK and OVA (whose disk goes through the
+/// sink's scratch storage first). The others fill in tables or rewrite headers after the data
+/// and are written into [`Sink::scratch`] storage first.
+pub fn writes_in_order(opts: &OutputOptions) -> bool {
+    match opts.format {
+        Format::Raw | Format::Ova => true,
+        Format::Vmdk => opts.vmdk.subformat == vmdk::writer::VmdkSubformat::StreamOptimized,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

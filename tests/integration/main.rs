@@ -42,6 +42,7 @@ mod ova;
 mod qcow2_check;
 mod qcow2_read;
 mod qcow2_write;
+mod s3_upload;
 mod sink;
 mod sync_engine;
 mod sync_targets;

@@ -28,6 +28,9 @@ pub enum Kind {
     Python,
     /// An executable on PATH, from an npm package installed globally (`npm install -g`).
     Npm,
+    /// An executable on PATH built from a crate with `cargo install` (package column:
+    /// `CRATE@VERSION/FEATURES`).
+    Cargo,
     /// A C library the build links, found by `pkg-config --exists NAME`, from a Debian package
     /// (with pkg-config). The build needs it, so no test requires it.
     Library,
@@ -55,6 +58,10 @@ impl Oracle {
             (Kind::Command, _) => format!("Debian package {}", self.package),
             (Kind::Python, _) => format!("pip package {}", self.package),
             (Kind::Npm, _) => format!("npm package {} (npm install -g)", self.package),
+            (Kind::Cargo, _) => {
+                let (krate, features) = self.package.split_once('/').unwrap_or((self.package, ""));
+                format!("cargo install --locked {krate} --features '{features}'")
+            }
             (Kind::Library, _) => format!("Debian packages {} and pkg-config", self.package),
             (_, "loop-device") => "run the tests as root where loop devices exist".into(),
             (_, "corpus") => format!(
@@ -93,6 +100,7 @@ fn parse(text: &'static str) -> Vec<Oracle> {
             "command" => Kind::Command,
             "python" => Kind::Python,
             "npm" => Kind::Npm,
+            "cargo" => Kind::Cargo,
             "library" => Kind::Library,
             "condition" => Kind::Condition,
             k => panic!("tests/oracles/tools.txt line {}: unknown kind {k:?}", n + 1),
@@ -131,7 +139,7 @@ pub fn get(name: &str) -> &'static Oracle {
 /// `Ok` when `o` is usable here, else why not.
 pub fn check(o: &Oracle) -> Result<(), String> {
     match (o.kind, o.name) {
-        (Kind::Command | Kind::Npm, name) => on_path(name)
+        (Kind::Command | Kind::Npm | Kind::Cargo, name) => on_path(name)
             .then_some(())
             .ok_or_else(|| "is not on PATH".to_string()),
         (Kind::Python, name) => {
@@ -202,7 +210,7 @@ fn markers(o: &Oracle) -> Vec<String> {
     match (o.kind, n) {
         // A literal argument (`Command::new("tar")`, `require("tar")`), or the start or a stage
         // of a shell pipeline (`"dd if=... | sha256sum"`).
-        (Kind::Command | Kind::Npm, _) => {
+        (Kind::Command | Kind::Npm | Kind::Cargo, _) => {
             vec![format!("\"{n}\""), format!("\"{n} "), format!("| {n}")]
         }
         (Kind::Python, _) => vec![
@@ -633,6 +641,12 @@ pub fn summary_text(missing: &[(&Oracle, String)]) -> String {
         apt.sort();
         apt.dedup();
         install.push(format!("apt-get install -y {}", apt.join(" ")));
+    }
+    for p in set(Kind::Cargo) {
+        let (krate, features) = p.split_once('/').unwrap_or((p, ""));
+        install.push(format!(
+            "cargo install --locked {krate} --features '{features}'"
+        ));
     }
     if !set(Kind::Python).is_empty() {
         install.push(format!(

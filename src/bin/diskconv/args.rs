@@ -275,9 +275,12 @@ pub struct ConvertArgs {
     /// With --target: convert even when the preflight fails (the report is printed either way).
     #[arg(long = "no-preflight", requires = "target")]
     pub no_preflight: bool,
-    /// Upload output: continue the interrupted upload to the same URL (recorded under
-    /// $DISKCONV_STATE_DIR, else $XDG_STATE_HOME/diskconv, else ~/.local/state/diskconv):
-    /// what the blob already holds is checked, not sent again.
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// Upload output (s3:// or an Azure page blob): continue the upload of an interrupted
+    /// (killed) run to the same object; what the bucket or blob already holds is checked, not
+    /// sent again (the record is under $DISKCONV_STATE_DIR, else $XDG_STATE_HOME/diskconv,
+    /// else ~/.local/state/diskconv).
     #[arg(long)]
     pub resume: bool,
     /// Upload output: requests in flight at once, each on its own thread (default 8).
@@ -289,10 +292,26 @@ pub struct ConvertArgs {
     pub upload_threads: Option<u16>,
     /// The source image or block device.
     pub src: PathBuf,
-    /// The output file (written under a temporary name, renamed into place on success), or
-    /// an Azure page blob: https://ACCOUNT.blob.core.windows.net/CONTAINER/NAME.vhd?SAS (a
-    /// fixed VHD; the URL is shown without its query).
+    /// The output file (written under a temporary name, renamed into place on success), an
+    /// object `s3://BUCKET/KEY` (uploaded while it is produced; see --endpoint), or an Azure
+    /// page blob: https://ACCOUNT.blob.core.windows.net/CONTAINER/NAME.vhd?SAS (a fixed VHD;
+    /// the URL is shown without its query).
     pub dst: PathBuf,
+}
+
+/// Where an `s3://` object is (credentials and region come from the AWS environment
+/// variables and profile files).
+#[derive(Debug, Args, Clone, Default)]
+pub struct S3Args {
+    /// S3 endpoint URL (`http(s)://HOST[:PORT]`) of an S3-compatible store (MinIO, Ceph, OSS,
+    /// OBS, GCS). Default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, the profile's endpoint_url,
+    /// else AWS's regional endpoint. A custom endpoint is addressed path-style.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`ENDPOINT/BUCKET/KEY`) for AWS's endpoint too (default there:
+    /// virtual-hosted, `BUCKET.ENDPOINT/KEY`).
+    #[arg(long = "s3-path-style")]
+    pub s3_path_style: bool,
 }
 
 /// `diskconv info` and `diskconv map`: one image, text or JSON.

@@ -17,6 +17,7 @@ mod inspect;
 mod ntfs;
 mod package;
 mod preflight;
+mod s3;
 mod serve;
 mod sync;
 mod usage;
@@ -164,6 +165,23 @@ pub(crate) fn target_choice(a: &args::ConvertArgs) -> Result<Option<(Target, Tar
 }
 
 fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
+    if a.dst.to_str().is_some_and(|d| d.starts_with("s3://")) {
+        if a.all_disks {
+            return Err(Error::InvalidArgument(
+                "--all-disks writes several files; an s3:// output takes one disk (choose it \
+                 with --disk)"
+                    .into(),
+            ));
+        }
+        if a.upload_threads.is_some() {
+            return Err(Error::InvalidArgument(
+                "--upload-threads applies to Azure page-blob uploads; an s3:// upload sends four \
+                 parts at once"
+                    .into(),
+            ));
+        }
+        return s3::convert(&a, policy);
+    }
     if let Some(url) = diskconv::cloud::azure::PageBlobUrl::detect(&a.dst)? {
         if a.all_disks {
             return Err(Error::InvalidArgument(
@@ -181,8 +199,8 @@ fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     }
     if a.resume || a.upload_threads.is_some() {
         return Err(Error::InvalidArgument(
-            "--resume and --upload-threads apply to uploads (an Azure page-blob URL); a local \
-             output is written under a temporary name and needs no resume"
+            "--resume and --upload-threads apply to uploads (s3:// or an Azure page-blob URL); \
+             a local output is written under a temporary name and needs no resume"
                 .into(),
         ));
     }

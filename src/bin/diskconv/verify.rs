@@ -38,9 +38,12 @@ pub struct VerifyArgs {
     pub nbd_tls: crate::args::NbdTlsArgs,
     #[command(flatten)]
     pub threads: crate::args::ThreadArgs,
+    #[command(flatten)]
+    pub s3: crate::args::S3Args,
     /// The source image.
     pub src: PathBuf,
-    /// The target image.
+    /// The target image, or an uploaded object `s3://BUCKET/KEY` (its SHA-256 metadata is
+    /// checked against its bytes, and its content against the source).
     pub dst: PathBuf,
 }
 
@@ -103,6 +106,9 @@ pub fn block_size(args: &VerifyArgs) -> Result<u64> {
 /// Runs `diskconv verify`.
 pub fn run(args: VerifyArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     let block_size = block_size(&args)?;
+    if args.dst.to_str().is_some_and(|d| d.starts_with("s3://")) {
+        return crate::s3::verify(&args, block_size, policy);
+    }
     if let Some(url) = diskconv::cloud::azure::PageBlobUrl::detect(&args.dst)? {
         #[cfg(feature = "cloud")]
         return crate::azure::verify(&args, policy, url, block_size);
