@@ -28,9 +28,10 @@
 //! Member data is the data regions' bytes one after the other. GNU tar pads each region to a
 //! whole block when it writes and reads whole blocks per region; Python's `tarfile` and Go's
 //! `archive/tar` read the regions back to back. Both agree because every region here starts
-//! and ends on a 512-byte boundary (the raw size is a whole GiB). A map whose last region ends
-//! before the end of the file ends with a zero-length entry at the real size, as GNU tar writes
-//! it (its extraction truncates the file to that offset).
+//! and ends on a 512-byte boundary (the raw size is a whole GiB). The map ends with a
+//! zero-length entry at the real size, as GNU tar 1.34 writes it when it finds the holes with
+//! SEEK_HOLE (its extraction truncates the file to that offset, so a file ending in a hole gets
+//! its full size).
 
 use std::ops::Range;
 
@@ -56,8 +57,8 @@ pub struct SparseEntry {
     pub len: u64,
 }
 
-/// The sparse map of `disk.raw`: sorted, disjoint, block-aligned data regions, plus the
-/// zero-length end marker when the file ends in a hole.
+/// The sparse map of `disk.raw`: sorted, disjoint, block-aligned data regions, then the
+/// zero-length end marker at the real size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SparseMap {
     entries: Vec<SparseEntry>,
@@ -105,12 +106,12 @@ impl SparseMap {
                 }),
             }
         }
-        if entries.last().is_none_or(|e| e.offset + e.len < real_size) {
-            entries.push(SparseEntry {
-                offset: real_size,
-                len: 0,
-            });
-        }
+        // The end marker, always: GNU tar 1.34 writes it whenever it finds the data with
+        // SEEK_DATA/SEEK_HOLE (its default), also after a last region that reaches the end.
+        entries.push(SparseEntry {
+            offset: real_size,
+            len: 0,
+        });
         Ok(SparseMap { entries, real_size })
     }
 
@@ -330,8 +331,14 @@ mod tests {
         let map = SparseMap::new(&[1..2, 600..700, 1030..1100, 4096..8192], 8192).unwrap();
         let regions: Vec<_> = map.regions().collect();
         assert_eq!(regions, [0..1536, 4096..8192]);
-        // The file ends with data: no end marker.
-        assert_eq!(map.entries().len(), 2);
+        // The file ends with data: the end marker all the same, as GNU tar writes it.
+        assert_eq!(
+            map.entries()[2],
+            SparseEntry {
+                offset: 8192,
+                len: 0
+            }
+        );
         // No data at all: only the end marker.
         let empty = SparseMap::new(&[], 1 << 30).unwrap();
         assert_eq!(

@@ -338,8 +338,9 @@ mod tests {
         w.write_at(b"boot", 0).unwrap();
         w.finish().unwrap();
         let tar = gunzip(&out.to_vec());
-        // One region of the whole GiB, no end marker.
+        // One region of the whole GiB, then the end marker.
         assert_eq!(&tar[386..410], b"00000000000\x0010000000000\0");
+        assert_eq!(&tar[410..434], b"10000000000\x0000000000000\0");
         assert_eq!(&tar[512..516], b"boot");
         assert_eq!(tar.len() as u64, end_of_archive(512 + GIB) + 512 + GIB);
     }
