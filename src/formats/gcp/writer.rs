@@ -330,6 +330,67 @@ mod tests {
         assert!(tar[512 + 4608..].iter().all(|&b| b == 0));
     }
 
+    /// Storage that takes only appends at its end and cannot be read back, like an upload.
+    #[derive(Debug, Default)]
+    struct AppendOnly(std::sync::Mutex<Vec<u8>>);
+
+    impl Storage for AppendOnly {
+        fn len(&self) -> std::io::Result<u64> {
+            Ok(self.0.lock().unwrap().len() as u64)
+        }
+        fn read_at(&self, _: &mut [u8], _: u64) -> std::io::Result<usize> {
+            Err(std::io::Error::other(
+                "an append-only stream cannot be read",
+            ))
+        }
+        fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            let mut v = self.0.lock().unwrap();
+            if offset != v.len() as u64 {
+                return Err(std::io::Error::other(format!(
+                    "write at {offset:#x}, the end is {:#x}",
+                    v.len()
+                )));
+            }
+            v.extend_from_slice(buf);
+            Ok(())
+        }
+        fn set_len(&self, _: u64) -> std::io::Result<()> {
+            Err(std::io::Error::other(
+                "an append-only stream cannot be resized",
+            ))
+        }
+    }
+
+    /// The convert engine into an append-only storage: the layout comes first, every write is
+    /// an append, the sparse map is the source's data.
+    #[test]
+    fn the_engine_streams_into_append_only_storage() {
+        use crate::convert::{ConvertOptions, convert};
+        use crate::formats::raw::RawReader;
+        // 3 MiB + 100 bytes: data, a zero stretch the source stores as data, data.
+        let mut disk = vec![0u8; (3 << 20) + 100];
+        disk[..65536].fill(1);
+        disk[(2 << 20)..].fill(2);
+        let src = RawReader::new(Arc::new(MemStorage::from_vec(disk.clone())), None).unwrap();
+        let out = Arc::new(AppendOnly::default());
+        let w =
+            GcpWriter::create(out.clone(), disk.len() as u64, &GcpWriteOptions::default()).unwrap();
+        let opts = ConvertOptions {
+            chunk_size: 1 << 20,
+            max_in_flight: 3,
+            ..Default::default()
+        };
+        let stats = convert(&src, Box::new(w), &opts, None).unwrap();
+        assert_eq!(stats.output_size, GIB);
+        let tar = gunzip(&out.0.lock().unwrap());
+        // Memory storage has no holes: the whole source is one data region (its zeros stay
+        // data), then the hole up to the GiB.
+        assert_eq!(&tar[386..398], b"00000000000\0");
+        assert_eq!(&tar[398..410], b"00014001000\0"); // 3 MiB + 100 widened to 3 MiB + 512
+        assert_eq!(&tar[512..512 + disk.len()], &disk[..]);
+        assert!(tar[512 + disk.len()..].iter().all(|&b| b == 0));
+    }
+
     #[test]
     fn without_a_layout_everything_is_data() {
         let out = Arc::new(MemStorage::new());
