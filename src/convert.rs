@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::files::{OutputFiles, Sink};
 use crate::image::{
     Chunk, Compressor, ExtentKind, GranuleState, ImageReader, ImageWriter, NamedWriter,
-    WriteReport, read_skipping_holes,
+    WriteReport, data_ranges, read_skipping_holes,
 };
 use crate::storage::Storage;
 use crate::util::{align_down, is_zero};
@@ -122,6 +122,16 @@ pub fn convert(
         )));
     }
     let (granule, chunk_size) = chunk_geometry(dst.as_ref(), opts)?;
+    if dst.wants_data_layout() {
+        // The writer describes the data's place before the data (a sparse map written first to
+        // an append-only destination): one walk over the source's extent map, no data read.
+        let data = if size == 0 {
+            Vec::new()
+        } else {
+            data_ranges(src, 0, size)?
+        };
+        dst.set_data_layout(data)?;
+    }
     let compressor = dst.compressor();
     let max_in_flight = opts.max_in_flight.max(1);
     let cancelled = || {

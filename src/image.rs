@@ -635,6 +635,22 @@ pub trait ImageWriter: Send {
         None
     }
 
+    /// Whether the writer must know, before the first write, which ranges of the disk hold
+    /// data ([`set_data_layout`](Self::set_data_layout)): a format whose header, written first
+    /// to an append-only destination, maps where the data lies (the GCP tarball's sparse map).
+    fn wants_data_layout(&self) -> bool {
+        false
+    }
+
+    /// Hands the writer, before the first write, the ranges of the disk that may hold data
+    /// (sorted, disjoint; the rest reads as zeros), as the source's extent map gives them.
+    /// Called by the convert engine only when [`wants_data_layout`](Self::wants_data_layout);
+    /// a writer that is never told must take the whole disk as data.
+    fn set_data_layout(&mut self, data: Vec<std::ops::Range<u64>>) -> Result<()> {
+        let _ = data;
+        Ok(())
+    }
+
     /// Writes `buf` at virtual offset `offset`.
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()>;
 
@@ -716,6 +732,16 @@ impl ImageWriter for NamedWriter {
 
     fn compressor(&self) -> Option<Arc<dyn Compressor>> {
         self.inner.compressor()
+    }
+
+    fn wants_data_layout(&self) -> bool {
+        self.inner.wants_data_layout()
+    }
+
+    fn set_data_layout(&mut self, data: Vec<std::ops::Range<u64>>) -> Result<()> {
+        self.inner
+            .set_data_layout(data)
+            .map_err(|e| e.in_file(&self.path))
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {

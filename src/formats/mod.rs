@@ -17,6 +17,7 @@ use serde::Serialize;
 
 pub mod check;
 pub mod error;
+pub mod gcp;
 pub mod options;
 pub mod ova;
 pub mod qcow2;
@@ -46,6 +47,8 @@ pub enum Format {
     Vdi,
     /// An OVA package (a tar holding an OVF descriptor, a manifest and VMDK disks).
     Ova,
+    /// A Google Compute Engine image: `disk.raw` in a gzip-compressed GNU tar (written only).
+    Gcp,
 }
 
 impl Format {
@@ -59,6 +62,7 @@ impl Format {
             Format::Vhdx => "vhdx",
             Format::Vdi => "vdi",
             Format::Ova => "ova",
+            Format::Gcp => "gcp",
         }
     }
 

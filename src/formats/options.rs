@@ -5,6 +5,7 @@
 //! [registry](crate::formats::registry), which knows which options type it uses.
 
 use crate::formats::Format;
+use crate::formats::gcp::GcpWriteOptions;
 use crate::formats::ova::OvaOptions;
 use crate::formats::qcow2::Qcow2WriteOptions;
 use crate::formats::raw::RawWriteOptions;
@@ -32,6 +33,8 @@ pub struct OutputOptions {
     pub vhdx: VhdxWriteOptions,
     /// VDI options.
     pub vdi: VdiWriteOptions,
+    /// GCP tarball options.
+    pub gcp: GcpWriteOptions,
     /// The keys given through [`OutputOptions::set`], so [`OutputOptions::validate`] can refuse
     /// one that means nothing with the others (`block_size` of a fixed VHD).
     pub(crate) given: Vec<String>,
@@ -49,6 +52,7 @@ impl OutputOptions {
             vhd: VhdWriteOptions::default(),
             vhdx: VhdxWriteOptions::default(),
             vdi: VdiWriteOptions::default(),
+            gcp: GcpWriteOptions::default(),
             given: Vec::new(),
         }
     }

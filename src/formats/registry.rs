@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::files::Sink;
 use crate::formats::check::CheckReport;
 use crate::formats::options::OutputOptions;
-use crate::formats::{Format, ova, qcow2, raw, vdi, vhd, vhdx, vmdk};
+use crate::formats::{Format, gcp, ova, qcow2, raw, vdi, vhd, vhdx, vmdk};
 use crate::image::{ImageReader, ImageUpdater, ImageWriter};
 use crate::reference::{ImageOpener, OpenContext};
 use crate::storage::Storage;
@@ -274,6 +274,33 @@ pub static ROWS: &[FormatRow] = &[
         validate_options: |_| Ok(()),
         compress: false,
     },
+    FormatRow {
+        format: Format::Gcp,
+        aliases: &[],
+        extensions: &["tar.gz"],
+        // A gzip stream is recognised so that it is refused by name, not read as a raw disk.
+        probe: Some(|head, _| gcp::probe(head)),
+        probe_tail: None,
+        snapshots: false,
+        open_reader: None,
+        open_disks: None,
+        create_writer: Some(|files, size, o| {
+            Ok(Box::new(gcp::GcpWriter::create(
+                files.main()?,
+                size,
+                &o.gcp,
+            )?))
+        }),
+        sibling_names: None,
+        open_updater: None,
+        sync_target_options: "",
+        check: None,
+        option_keys: gcp::GcpWriteOptions::KEYS,
+        set_option: |o, k, v| o.gcp.set(k, v),
+        own_option_errors: false,
+        validate_options: |_| Ok(()),
+        compress: false,
+    },
 ];
 
 /// The row of `format`.
@@ -312,15 +339,22 @@ impl Format {
 
     /// The format an output file's name asks for, by its extension (case ignored): `.qcow2`
     /// and `.qcow` qcow2, `.vmdk` vmdk, `.vhd` and `.vpc` vpc, `.vhdx` vhdx, `.ova` ova, `.vdi`
-    /// vdi, `.raw` raw. `None` for any other extension and for none: `.img` and `.bin` say
+    /// vdi, `.raw` raw, `.tar.gz` gcp. `None` for any other extension and for none: `.img` and `.bin` say
     /// nothing either, since cloud images named `.img` are as often qcow2 as raw.
     ///
     /// This is the one extension rule of every output (a converted file, a new sync target):
     /// see [`Format::for_output`]. Inputs are never detected by name.
     pub fn from_extension(path: &Path) -> Option<Format> {
-        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+        // An extension may have several parts (`tar.gz`); the name needs a stem before it.
         ROWS.iter()
-            .find(|r| r.extensions.contains(&ext.as_str()))
+            .find(|r| {
+                r.extensions.iter().any(|ext| {
+                    name.len() > ext.len() + 1
+                        && name.ends_with(ext)
+                        && name.as_bytes()[name.len() - ext.len() - 1] == b'.'
+                })
+            })
             .map(|r| r.format)
     }
 
@@ -357,7 +391,7 @@ impl FromStr for Format {
             .map(|r| r.format)
             .ok_or_else(|| {
                 Error::InvalidArgument(format!(
-                    "unknown format '{name}' (known: raw, qcow2, vmdk, vpc/vhd, vhdx, vdi, ova)"
+                    "unknown format '{name}' (known: raw, qcow2, vmdk, vpc/vhd, vhdx, vdi, ova, gcp)"
                 ))
             })
     }
@@ -503,7 +537,7 @@ impl OutputOptions {
 pub fn check_writable(format: Format) -> Result<()> {
     if !format.can_write() {
         return Err(Error::Unsupported(format!(
-            "writing {format} images is not implemented yet (this build writes raw, qcow2, VMDK, OVA, VHD, VHDX and VDI)"
+            "writing {format} images is not implemented yet (this build writes raw, qcow2, VMDK, OVA, VHD, VHDX, VDI and the GCP tarball)"
         )));
     }
     Ok(())
@@ -573,12 +607,12 @@ pub fn check(
 
 /// Whether a writer of `opts` writes its main output strictly in order, every write at or past
 /// the current end (gaps read as zeros), so that it can go straight into an append-only sink
-/// (an object-store upload): raw, streamOptimized VMDK and OVA (whose disk goes through the
+/// (an object-store upload): raw, gcp, streamOptimized VMDK and OVA (whose disk goes through the
 /// sink's scratch storage first). The others fill in tables or rewrite headers after the data
 /// and are written into [`Sink::scratch`] storage first.
 pub fn writes_in_order(opts: &OutputOptions) -> bool {
     match opts.format {
-        Format::Raw | Format::Ova => true,
+        Format::Raw | Format::Ova | Format::Gcp => true,
         Format::Vmdk => opts.vmdk.subformat == vmdk::writer::VmdkSubformat::StreamOptimized,
         _ => false,
     }
@@ -610,11 +644,12 @@ mod tests {
             Format::Vhdx,
             Format::Vdi,
             Format::Ova,
+            Format::Gcp,
         ] {
             assert_eq!(ROWS.iter().filter(|r| r.format == f).count(), 1, "{f}");
             assert_eq!(f.name().parse::<Format>().unwrap(), f);
         }
-        assert_eq!(ROWS.len(), 7);
+        assert_eq!(ROWS.len(), 8);
     }
 
     #[test]
@@ -652,16 +687,21 @@ mod tests {
         assert_eq!("VPC".parse::<Format>().unwrap(), Format::Vhd);
         let e = "qcow".parse::<Format>().unwrap_err().to_string();
         assert!(
-            e.contains("unknown format 'qcow' (known: raw, qcow2, vmdk, vpc/vhd, vhdx, vdi, ova)"),
+            e.contains(
+                "unknown format 'qcow' (known: raw, qcow2, vmdk, vpc/vhd, vhdx, vdi, ova, gcp)"
+            ),
             "{e}"
         );
     }
 
     #[test]
-    fn only_ova_cannot_be_updated_and_raw_and_ova_have_no_check() {
-        let no_update: Vec<_> = ROWS.iter().filter(|r| r.open_updater.is_none()).collect();
-        assert_eq!(no_update.len(), 1);
-        assert_eq!(no_update[0].format, Format::Ova);
+    fn only_ova_and_gcp_cannot_be_updated_and_raw_ova_gcp_have_no_check() {
+        let no_update: Vec<_> = ROWS
+            .iter()
+            .filter(|r| r.open_updater.is_none())
+            .map(|r| r.format)
+            .collect();
+        assert_eq!(no_update, [Format::Ova, Format::Gcp]);
         let e = check_updatable(Format::Ova).unwrap_err().to_string();
         assert!(e.contains("a ova target cannot be updated in place"), "{e}");
         let no_check: Vec<_> = ROWS
@@ -669,7 +709,9 @@ mod tests {
             .filter(|r| r.check.is_none())
             .map(|r| r.format)
             .collect();
-        assert_eq!(no_check, [Format::Raw, Format::Ova]);
+        assert_eq!(no_check, [Format::Raw, Format::Ova, Format::Gcp]);
+        // A GCP tarball is written, never read.
+        assert!(Format::Gcp.can_write() && !Format::Gcp.can_read());
     }
 
     #[test]
@@ -698,6 +740,9 @@ mod tests {
         assert_eq!(detect_bytes(ova.clone()), Format::Ova);
         ova[..9].copy_from_slice(b"vm/vm.txt");
         assert_eq!(detect_bytes(ova), Format::Raw);
+        let mut gz = vec![0u8; 1024];
+        gz[..10].copy_from_slice(&crate::formats::gcp::gzip::HEADER);
+        assert_eq!(detect_bytes(gz), Format::Gcp);
     }
 
     #[test]
@@ -733,7 +778,19 @@ mod tests {
         assert_eq!(f("web01.ova"), Some(Format::Ova));
         assert_eq!(f("a.vdi"), Some(Format::Vdi));
         assert_eq!(f("a.raw"), Some(Format::Raw));
-        for none in ["a.img", "a.bin", "a", "a.iso", ".qcow2", "dir.vmdk/a"] {
+        assert_eq!(f("web01.tar.gz"), Some(Format::Gcp));
+        assert_eq!(f("dir/Web01.TAR.GZ"), Some(Format::Gcp));
+        for none in [
+            "a.img",
+            "a",
+            "a.bin",
+            "a.iso",
+            ".qcow2",
+            "dir.vmdk/a",
+            "a.gz",
+            ".tar.gz",
+            "atar.gz",
+        ] {
             assert_eq!(f(none), None, "{none}");
         }
         let o = |name: &str, e| Format::for_output(std::path::Path::new(name), e);

@@ -210,9 +210,11 @@ pub struct PackageArgs {
 pub struct ConvertArgs {
     #[command(flatten)]
     pub input: Input,
-    /// Output format: raw, qcow2, vmdk, ova, vpc (VHD), vhdx or vdi. Default: the one DST's
-    /// extension names (.qcow2, .vmdk, .vhd/.vpc, .vhdx, .vdi, .ova, .raw), else raw. A format that
-    /// differs from the one DST's extension names is warned about.
+    /// Output format: raw, qcow2, vmdk, ova, vpc (VHD), vhdx, vdi or gcp (a Compute Engine image:
+    /// disk.raw in a sparse GNU tar, gzip-compressed, the size rounded up to a whole GiB).
+    /// Default: the one DST's extension names (.qcow2, .vmdk, .vhd/.vpc, .vhdx, .vdi, .ova,
+    /// .tar.gz, .raw), else raw. A format that differs from the one DST's extension names is
+    /// warned about.
     #[arg(short = 'O', long = "output-format", value_name = "FMT")]
     pub output_format: Option<String>,
     /// Output options, `key=value,...` (repeatable); options that mean nothing for the format
@@ -234,6 +236,8 @@ pub struct ConvertArgs {
     /// physical_sector_size=512|4096.
     ///
     /// vdi: subformat=dynamic|fixed (or static=on|off).
+    ///
+    /// gcp: level=1..9 (deflate level, default 6).
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     pub options: Vec<String>,
     /// Compress the output (qcow2 only; streamOptimized VMDK and OVA are always compressed).
