@@ -17,7 +17,7 @@ use crate::util::{self, diskconv, qemu_compare, qemu_img, run};
 const MIB: u64 = 1 << 20;
 
 /// A raw disk of `size` bytes partitioned by `sfdisk` from `script`.
-fn partitioned(path: &Path, size: u64, script: &str) {
+pub fn partitioned(path: &Path, size: u64, script: &str) {
     let f = std::fs::File::create(path).unwrap();
     f.set_len(size).unwrap();
     drop(f);
@@ -43,7 +43,7 @@ fn partitioned(path: &Path, size: u64, script: &str) {
     );
 }
 
-const GPT_UEFI: &str = "label: gpt\nstart=2048, size=8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\nstart=10240, size=20480, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\n";
+pub const GPT_UEFI: &str = "label: gpt\nstart=2048, size=8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\nstart=10240, size=20480, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\n";
 const MBR_BIOS: &str = "label: dos\nstart=2048, size=20480, type=7, bootable\n";
 
 /// Runs `diskconv preflight IMG --target T ARGS --json`: the exit code and the report.

@@ -607,3 +607,88 @@ fn large_objects_get_their_metadata_through_upload_part_copy() {
     assert!(v.ok(), "{v:?}");
     assert_eq!(moto_pending(&server), 0);
 }
+
+/// `convert --target T SRC s3://...`: the preflight runs first, the target's artifact streams
+/// into the bucket (the gcp tarball straight, sized to a whole GiB), and a failing preflight
+/// uploads nothing.
+#[test]
+fn target_artifacts_stream_into_the_bucket() {
+    if !require("s3s-fs") || !require("qemu-img") || !require("tar") {
+        return;
+    }
+    let d = tmpdir();
+    let server = s3s_fs(&d.path().join("store"));
+    let src = d.path().join("src.raw");
+    make_raw(&src, 10 << 20, 11);
+
+    // gcp: disk.raw in a gzip'd sparse tar, extracted by GNU tar equal to the source, 1 GiB.
+    let out = dc(&server, d.path(), "convert")
+        .args(["--target", "gcp", "--no-preflight"])
+        .arg(&src)
+        .arg("s3://bkt/images/web01.tar.gz")
+        .output()
+        .unwrap();
+    no_secret(&out);
+    ok(&out);
+    let obj = server.path.join("bkt/images/web01.tar.gz");
+    let x = d.path().join("x");
+    std::fs::create_dir_all(&x).unwrap();
+    let t = Command::new("tar")
+        .arg("-xzf")
+        .arg(&obj)
+        .arg("-C")
+        .arg(&x)
+        .output()
+        .unwrap();
+    assert!(t.status.success(), "{t:?}");
+    let raw = x.join("disk.raw");
+    assert_eq!(std::fs::metadata(&raw).unwrap().len(), 1 << 30);
+    assert!(
+        qemu_compare(&src, "raw", &raw, "raw"),
+        "gcp: content differs"
+    );
+
+    // aws: a streamOptimized VMDK.
+    let out = dc(&server, d.path(), "convert")
+        .args(["--target", "aws", "--no-preflight"])
+        .arg(&src)
+        .arg("s3://bkt/images/web01.vmdk")
+        .output()
+        .unwrap();
+    ok(&out);
+    let vmdk = server.path.join("bkt/images/web01.vmdk");
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&vmdk)
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout).to_string();
+    assert!(info.contains("streamOptimized"), "{info}");
+    assert!(qemu_compare(&src, "raw", &vmdk, "vmdk"));
+
+    // A failing preflight (a GPT/UEFI disk for Hyper-V generation 1, which boots BIOS only)
+    // exits 3 and uploads nothing.
+    if require("sfdisk") {
+        let gpt = d.path().join("uefi.raw");
+        crate::cloud_preflight::partitioned(&gpt, 32 << 20, crate::cloud_preflight::GPT_UEFI);
+        let out = dc(&server, d.path(), "convert")
+            .args(["--target", "hyperv", "-O", "vpc"])
+            .arg(&gpt)
+            .arg("s3://bkt/images/gen1.vhd")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("FAIL  boot-mode"));
+        assert!(!server.path.join("bkt/images/gen1.vhd").exists());
+        assert!(s3s_pending(&server).is_empty());
+    }
+    // An unknown target is a usage error, before anything is sent.
+    let out = dc(&server, d.path(), "convert")
+        .args(["--target", "mars"])
+        .arg(&src)
+        .arg("s3://bkt/images/x.raw")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(!server.path.join("bkt/images/x.raw").exists());
+}

@@ -40,6 +40,19 @@ pub fn convert(
     let shown = url.display();
     let out = output_options(&a).map_err(|e| e.in_file(&shown))?;
     let src = crate::open_input(&a.src, &a.input, policy)?;
+    // `--target`: a page blob is Azure's; its preflight runs first (the size rules are the
+    // upload's own: whole MiB, at least 20 MiB).
+    if let Some((t, to)) = crate::target_choice(&a)? {
+        if t != diskconv::cloud::Target::Azure {
+            return Err(Error::InvalidArgument(format!(
+                "--target {t}: a page-blob URL is an Azure destination; use --target azure \
+                 (or write the {t} artifact to a file or an s3:// object)"
+            )));
+        }
+        if let Some(code) = crate::preflight::before_convert(&a, t, &to, src.as_ref(), policy)? {
+            return Ok(code);
+        }
+    }
     let cancel = crate::term::cancel_on_signals()?;
     let opts = ConvertOptions {
         cancel: Some(cancel),

@@ -52,6 +52,20 @@ pub fn convert(
     let out = crate::output_options(a)?;
     let cfg = config(&a.s3)?;
     let src = crate::open_input(&a.src, &a.input, policy)?;
+    // `--target`: its preflight first, and the disk padded to the target's size rules.
+    let target_out = crate::target_choice(a)?;
+    if let Some((t, to)) = &target_out {
+        if let Some(code) = crate::preflight::before_convert(a, *t, to, src.as_ref(), policy)? {
+            return Ok(code);
+        }
+    }
+    let padded = target_out.as_ref().map(|(_, to)| {
+        diskconv::cloud::PaddedReader::new(src.as_ref(), to.output_size(src.virtual_size()))
+    });
+    let reader: &dyn diskconv::ImageReader = match &padded {
+        Some(p) => p,
+        None => src.as_ref(),
+    };
     let cancel = crate::term::cancel_on_signals()?;
     let opts = ConvertOptions {
         cancel: Some(cancel),
@@ -77,7 +91,7 @@ pub fn convert(
         resume: a.resume,
         ..S3UploadOptions::default()
     };
-    let r = convert_to_s3(src.as_ref(), &url, cfg, &out, &upload, &opts, Some(&mut cb));
+    let r = convert_to_s3(reader, &url, cfg, &out, &upload, &opts, Some(&mut cb));
     let (stats, report) = match r {
         Err(e) if e.kind() == ErrorKind::Cancelled => {
             return Ok(crate::term::interrupted(&format!(
