@@ -6,11 +6,37 @@
 //! when the volume is smaller), so hostile bytes can only make a probe answer "unknown".
 
 use crate::bytes::{get_be16, get_le16, get_le32};
-use crate::guest::partition::FsKind;
 
 /// How many bytes of a volume [`probe`] and [`linux_fs`] look at: up to the end of the btrfs
 /// superblock's first 4 KiB (the btrfs superblock sits at 64 KiB).
 pub const PROBE_LEN: usize = BTRFS_SB + 4096;
+
+/// The file system (or encryption) found at the start of a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsKind {
+    /// NTFS boot sector (`NTFS    ` OEM id).
+    Ntfs,
+    /// BitLocker-encrypted volume (`-FVE-FS-` OEM id).
+    BitLocker,
+    /// FAT12/16/32 (an EFI System Partition, usually).
+    Fat,
+    /// ext2/3/4.
+    Ext,
+    /// XFS.
+    Xfs,
+    /// Linux swap.
+    Swap,
+    /// btrfs.
+    Btrfs,
+    /// LUKS encryption (reported, not opened).
+    Luks,
+    /// An LVM2 physical volume.
+    #[serde(rename = "lvm2-pv")]
+    Lvm,
+    /// Anything else.
+    Unknown,
+}
 
 /// Boot signature at byte 510 of an MBR or FAT boot sector (`55 AA`).
 const BOOT_SIGNATURE: [u8; 2] = [0x55, 0xAA];
@@ -90,6 +116,20 @@ pub fn lvm_label_sector(head: &[u8]) -> Option<u64> {
         head.get(o..o + 8) == Some(&LVM_LABEL_ID[..])
             && head.get(o + 24..o + 32) == Some(&LVM_LABEL_TYPE[..])
     })
+}
+
+/// An LVM UUID (32 characters) in its usual text form, dashes after 6, 10, 14, 18, 22, 26
+/// characters (`xxxxxx-xxxx-xxxx-xxxx-xxxx-xxxx-xxxxxx`).
+pub fn format_lvm_uuid(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if matches!(i, 6 | 10 | 14 | 18 | 22 | 26) {
+            out.push('-');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A Linux file system (or container) kind, finer than [`FsKind`].
@@ -262,9 +302,7 @@ pub fn linux_fs(head: &[u8]) -> Option<LinuxFs> {
             let s = lvm_label_sector(head)? as usize * 512;
             let off = get_le32(head, s + 20)? as usize;
             let at = s.checked_add(off)?;
-            fs.uuid = head
-                .get(at..at.checked_add(32)?)
-                .map(crate::guest::lvm::format_lvm_uuid);
+            fs.uuid = head.get(at..at.checked_add(32)?).map(format_lvm_uuid);
         }
         _ => return None,
     }

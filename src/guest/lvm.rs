@@ -22,6 +22,7 @@
 use crate::bytes::{get_le32, get_le64};
 use crate::error::{Error, Result};
 use crate::guest::disk::DiskRead;
+pub use crate::guest::fsdetect::format_lvm_uuid;
 use crate::guest::fsdetect::lvm_label_sector;
 
 /// The largest metadata text read (LVM's default metadata area is 1 MiB).
@@ -48,20 +49,6 @@ pub fn lvm_crc(mut crc: u32, data: &[u8]) -> u32 {
         }
     }
     crc
-}
-
-/// An LVM UUID (32 characters) in its usual text form, dashes after 6, 10, 14, 18, 22, 26
-/// characters (`xxxxxx-xxxx-xxxx-xxxx-xxxx-xxxx-xxxxxx`).
-pub fn format_lvm_uuid(b: &[u8]) -> String {
-    let s = String::from_utf8_lossy(b);
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if matches!(i, 6 | 10 | 14 | 18 | 22 | 26) {
-            out.push('-');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn corrupt(what: String) -> Error {

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use crate::bytes::{Guid, get_le32, get_le64};
 use crate::error::{Error, Result};
 use crate::guest::disk::DiskRead;
+pub use crate::guest::fsdetect::FsKind;
 use crate::guest::fsdetect::{self, PROBE_LEN};
 
 /// The partitioning of a disk.
@@ -55,33 +56,6 @@ pub struct PartitionTable {
     pub sector_size: u32,
     /// The partitions in table order.
     pub partitions: Vec<Partition>,
-}
-
-/// The file system (or encryption) found at the start of a volume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FsKind {
-    /// NTFS boot sector (`NTFS    ` OEM id).
-    Ntfs,
-    /// BitLocker-encrypted volume (`-FVE-FS-` OEM id).
-    BitLocker,
-    /// FAT12/16/32 (an EFI System Partition, usually).
-    Fat,
-    /// ext2/3/4.
-    Ext,
-    /// XFS.
-    Xfs,
-    /// Linux swap.
-    Swap,
-    /// btrfs.
-    Btrfs,
-    /// LUKS encryption (reported, not opened).
-    Luks,
-    /// An LVM2 physical volume.
-    #[serde(rename = "lvm2-pv")]
-    Lvm,
-    /// Anything else.
-    Unknown,
 }
 
 /// A volume: a partition (or the whole disk) and what it holds.
