@@ -574,3 +574,108 @@ fn damaged_and_truncated_ext4_give_notes_not_panics() {
         let _ = diskconv::inspect::linux::find_linux(disk, &vols);
     }
 }
+
+/// `blkid -p -o export IMG` (libblkid's low-level probe, no cache): KEY=value pairs.
+fn blkid(img: &Path) -> Vec<(String, String)> {
+    let out = run(Command::new("blkid").args(["-p", "-o", "export"]).arg(img));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.replace("\\ ", " ")))
+        .collect()
+}
+
+#[test]
+fn every_kind_and_uuid_and_label_as_blkid_sees_them() {
+    if !(util::require("mke2fs")
+        && util::require("mkfs.xfs")
+        && util::require("mkfs.btrfs")
+        && util::require("cryptsetup")
+        && util::require("mkswap")
+        && util::require("blkid"))
+    {
+        return;
+    }
+    let dir = util::tmpdir();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let file = |name: &str, mib: u64| {
+        let p = dir.path().join(name);
+        std::fs::File::create(&p)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        p
+    };
+    let mut cases: Vec<(PathBuf, &str)> = Vec::new();
+    for kind in ["ext2", "ext3", "ext4"] {
+        let p = file(&format!("{kind}.img"), 8);
+        run(Command::new("mke2fs")
+            .args(["-q", "-F", "-t", kind, "-L", kind, "-d"])
+            .arg(&empty)
+            .arg(&p));
+        cases.push((p, kind));
+    }
+    let p = file("xfs.img", 300);
+    run(Command::new("mkfs.xfs")
+        .args(["-q", "-f", "-L", "x5"])
+        .arg(&p));
+    cases.push((p, "xfs-v5"));
+    let p = file("btrfs.img", 128);
+    run(Command::new("mkfs.btrfs").args(["-q", "-L", "bt"]).arg(&p));
+    cases.push((p, "btrfs"));
+    for (t, kind) in [("luks1", "luks1"), ("luks2", "luks2")] {
+        let p = file(&format!("{t}.img"), 20);
+        let key = dir.path().join("key");
+        std::fs::write(&key, b"not a secret").unwrap();
+        let mut c = Command::new("cryptsetup");
+        c.args(["luksFormat", "-q", "--type", t, "--key-file"])
+            .arg(&key)
+            .args(["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"]);
+        if t == "luks2" {
+            c.args(["--label", "lk"]);
+        }
+        run(c.arg(&p));
+        cases.push((p, kind));
+    }
+    let p = file("swap.img", 8);
+    run(Command::new("mkswap").args(["-L", "sw"]).arg(&p));
+    cases.push((p, "swap"));
+
+    for (img, kind) in &cases {
+        let b = blkid(img);
+        let get = |k: &str| b.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let j = inspect_json(img);
+        let vols = linux_volumes(&j);
+        assert_eq!(vols.len(), 1, "{kind}: {j:#}");
+        let fs = &vols[0]["fs"];
+        assert_eq!(fs["kind"], *kind, "{kind}: {j:#}");
+        // blkid's TYPE: ext2/3/4, xfs, btrfs, crypto_LUKS (with VERSION), swap.
+        let blkid_kind = match get("TYPE").as_deref() {
+            Some("crypto_LUKS") => format!("luks{}", get("VERSION").unwrap_or_default()),
+            Some("xfs") => "xfs-v5".to_string(),
+            Some(t) => t.to_string(),
+            None => String::new(),
+        };
+        assert_eq!(blkid_kind, *kind, "blkid: {b:?}");
+        assert_eq!(
+            fs["uuid"].as_str().map(str::to_string),
+            get("UUID"),
+            "{kind}"
+        );
+        assert_eq!(
+            fs["label"].as_str().map(str::to_string),
+            get("LABEL"),
+            "{kind}"
+        );
+        let note = vols[0]["note"].as_str().unwrap_or("");
+        match *kind {
+            "xfs-v5" | "btrfs" => {
+                assert!(note.starts_with("Linux file system found, not read yet"))
+            }
+            "luks1" | "luks2" => assert!(note.starts_with("encrypted (LUKS")),
+            "swap" => assert!(note.is_empty()),
+            _ => assert!(note.contains("not a Linux root"), "{note}"),
+        }
+    }
+}
