@@ -14,8 +14,8 @@
 //! use std::sync::Arc;
 //! use diskconv::guest::partition::find_volumes;
 //! use diskconv::image::ImageReader;
-//! let disk: Arc<dyn ImageReader> = Arc::from(diskconv::open("guest.qcow2".as_ref(), &Default::default())?);
-//! let volumes = find_volumes(&*disk)?;
+//! let disk: Arc<dyn ImageReader> = diskconv::open("guest.qcow2", &Default::default())?.into();
+//! let volumes = find_volumes(&disk)?;
 //! let linux = diskconv::inspect::linux::find_linux(disk.clone(), &volumes);
 //! for (v, root) in linux.roots() {
 //!     println!("{}: {}", v.location, root.describe());
