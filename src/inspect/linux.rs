@@ -129,6 +129,26 @@ impl LinuxReport {
             .filter_map(|v| v.root.as_ref().map(|r| (v, r)))
     }
 
+    /// One line for a report (a preflight check): the first root found (`Debian GNU/Linux 12
+    /// (bookworm), x86_64, kernels 6.1.0-18-amd64 on partition 2`), else the first Linux
+    /// volume that could not be read and why (`XFS (v5) on partition 3: Linux file system
+    /// found, not read yet (XFS (v5))`); `None` when there is no sign of Linux.
+    pub fn describe(&self) -> Option<String> {
+        if let Some((v, r)) = self.roots().next() {
+            return Some(format!("{} on {}", r.describe(), v.location));
+        }
+        self.volumes
+            .iter()
+            .find(|v| v.fs.as_ref().is_none_or(|f| f.kind != LinuxFsKind::Swap))
+            .map(|v| {
+                let kind = v.fs.as_ref().map(|f| f.kind.name()).unwrap_or("a volume");
+                match &v.note {
+                    Some(n) => format!("{kind} on {}: {n}", v.location),
+                    None => format!("{kind} on {}", v.location),
+                }
+            })
+    }
+
     /// Whether a Linux guest is probably there: a root was read, or a Linux file system,
     /// LUKS container or LVM volume group was found (swap alone does not count).
     pub fn probably_linux(&self) -> bool {
@@ -709,6 +729,55 @@ mod tests {
         // Empty and odd inputs: no panic.
         let _ = parse_redhat_release("", "x");
         let _ = parse_suse_release("=\n=");
+    }
+
+    #[test]
+    fn one_line_descriptions() {
+        let vol =
+            |fs: Option<LinuxFsKind>, root: Option<LinuxRoot>, note: Option<&str>| LinuxVolume {
+                location: "partition 2".into(),
+                partition: Some(2),
+                vg: None,
+                lv: None,
+                size: 1 << 20,
+                fs: fs.map(|kind| LinuxFs {
+                    kind,
+                    uuid: None,
+                    label: None,
+                    needs_recovery: false,
+                }),
+                root,
+                boot_kernels: Vec::new(),
+                note: note.map(str::to_string),
+            };
+        let swap_only = LinuxReport {
+            volumes: vec![vol(Some(LinuxFsKind::Swap), None, None)],
+        };
+        assert_eq!(swap_only.describe(), None);
+        assert!(!swap_only.probably_linux());
+        let xfs = LinuxReport {
+            volumes: vec![vol(Some(LinuxFsKind::XfsV5), None, Some("not read yet"))],
+        };
+        assert_eq!(
+            xfs.describe().as_deref(),
+            Some("XFS (v5) on partition 2: not read yet")
+        );
+        assert!(xfs.probably_linux());
+        let root = LinuxRoot {
+            distribution: parse_os_release("NAME=Debian\nVERSION_ID=12\n", "x").unwrap(),
+            arch: Some("x86_64".into()),
+            kernels: vec!["6.1".into()],
+        };
+        let r = LinuxReport {
+            volumes: vec![
+                vol(Some(LinuxFsKind::XfsV5), None, Some("not read yet")),
+                vol(Some(LinuxFsKind::Ext4), Some(root), None),
+            ],
+        };
+        assert_eq!(
+            r.describe().as_deref(),
+            Some("Debian 12, x86_64, kernels 6.1 on partition 2")
+        );
     }
 
     #[test]
