@@ -236,6 +236,8 @@ fn ext2_and_ext3_with_older_release_files() {
     )
     .unwrap();
     std::fs::copy("/bin/sh", t2.join("usr/bin/bash")).unwrap();
+    // A hostile /etc/os-release: a link to itself. The next file is read instead.
+    std::os::unix::fs::symlink("os-release", t2.join("etc/os-release")).unwrap();
     std::os::unix::fs::symlink("usr/bin", t2.join("bin")).unwrap();
     std::os::unix::fs::symlink("bash", t2.join("usr/bin/sh")).unwrap();
     let fs2 = dir.path().join("ext2.img");
