@@ -336,7 +336,7 @@ fn logical_volumes<D: DiskRead + Clone + 'static>(disk: D, pvs: &[FoundPv]) -> V
                         look_inside(lvd, kind, &mut v);
                     }
                 }
-                Ok(None) => continue, // no Linux file system on it
+                Ok(None) => v.note = Some("no Linux file system recognised on it".into()),
                 Err(e) => v.note = Some(e.chain()),
             }
             out.push(v);

@@ -521,8 +521,11 @@ fn lvm_linear_lv_is_read_striped_lv_is_reported() {
         note.starts_with("logical volume not read") && note.contains("2 stripe(s)"),
         "{note}"
     );
-    // `other` holds no file system: not listed.
-    assert!(!vols.iter().any(|v| v["lv"] == format!("{vg}/other")));
+    // `other` holds no file system: listed with its size.
+    let other = find(&format!("LV {vg}/other"));
+    assert_eq!(other["size"], 2u64 << 20);
+    assert!(other["fs"].is_null());
+    assert_eq!(other["note"], "no Linux file system recognised on it");
     let text = inspect_text(&disk);
     assert!(
         text.contains(&format!("linux:      LV {vg}/root (on partition 1): ext4")),
