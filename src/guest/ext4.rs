@@ -61,15 +61,21 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> std::result::Result<T, Ext4Error>)
     optional(what, f)?.ok_or_else(|| Error::InvalidArgument(format!("{what}: no such file")))
 }
 
-/// Like [`guarded`], with a path that does not exist (or leads through a non-directory) as
-/// `None`.
+/// Like [`guarded`], with a path that does not resolve as `None`: it does not exist, leads
+/// through a non-directory, or through a link loop or a path too long.
 fn optional<T>(
     what: &str,
     f: impl FnOnce() -> std::result::Result<T, Ext4Error>,
 ) -> Result<Option<T>> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(Some(v)),
-        Ok(Err(Ext4Error::NotFound | Ext4Error::NotADirectory)) => Ok(None),
+        Ok(Err(
+            Ext4Error::NotFound
+            | Ext4Error::NotADirectory
+            | Ext4Error::TooManySymlinks
+            | Ext4Error::PathTooLong
+            | Ext4Error::MalformedPath,
+        )) => Ok(None),
         Ok(Err(e)) => Err(convert(e, what)),
         Err(_) => Err(Error::Corrupt(format!(
             "{what}: the ext4 reader stopped on malformed data (a panic inside ext4-view)"
@@ -103,7 +109,8 @@ impl Ext4Volume {
         self.fs.label().to_str().unwrap_or("").to_string()
     }
 
-    /// What `path` (absolute) names, following symbolic links; `None` when it does not exist.
+    /// What `path` (absolute) names, following symbolic links; `None` when it does not exist
+    /// or does not resolve (a dangling link, a link loop).
     pub fn stat(&self, path: &str) -> Result<Option<Ext4Kind>> {
         Ok(optional(path, || self.fs.metadata(path))?.map(|m| kind_of(&m)))
     }

@@ -402,13 +402,11 @@ fn distribution(fs: &Ext4Volume) -> Result<Option<Distribution>> {
         return Ok(None);
     }
     let read = |p: &str| -> Result<Option<String>> {
-        // A path that cannot be resolved (a link loop, a link into a /usr that is another
-        // file system) is a file that is not there: the next one is tried.
-        match fs.stat(p) {
-            Ok(Some(Ext4Kind::File(_))) => {}
-            Ok(_) => return Ok(None),
-            Err(e) if e.kind() == crate::ErrorKind::InvalidArgument => return Ok(None),
-            Err(e) => return Err(e),
+        // A path that does not resolve (a dangling link into a /usr that is another file
+        // system, a link loop) is a file that is not there: the next one is tried.
+        match fs.stat(p)? {
+            Some(Ext4Kind::File(_)) => {}
+            _ => return Ok(None),
         }
         Ok(fs
             .read_head(p, MAX_RELEASE_FILE)?
