@@ -10,11 +10,17 @@
 //!   `.reg` files, structural check.
 //! - [`ntfs`]: the NTFS reader and writer.
 //! - [`volume`]: which volume of a disk holds the NTFS file system to work on, and opening it.
+//! - [`fsdetect`]: which file system a volume holds, and the details of the Linux ones.
+//! - [`lvm`]: LVM2 physical volumes, their metadata, and reading a logical volume.
+//! - [`ext4`]: reading ext2/ext3/ext4 file systems (read-only, through the `ext4-view` crate).
 //! - [`iso9660`]: ISO 9660 / Joliet images (driver ISOs).
 
 pub mod disk;
+pub mod ext4;
+pub mod fsdetect;
 pub mod hive;
 pub mod iso9660;
+pub mod lvm;
 pub mod ntfs;
 pub mod partition;
 pub mod volume;

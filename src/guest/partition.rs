@@ -2,9 +2,11 @@
 
 use std::collections::HashSet;
 
-use crate::bytes::{Guid, get_le16, get_le32, get_le64};
+use crate::bytes::{Guid, get_le32, get_le64};
 use crate::error::{Error, Result};
 use crate::guest::disk::DiskRead;
+pub use crate::guest::fsdetect::FsKind;
+use crate::guest::fsdetect::{self, PROBE_LEN};
 
 /// The partitioning of a disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -56,26 +58,6 @@ pub struct PartitionTable {
     pub partitions: Vec<Partition>,
 }
 
-/// The file system (or encryption) found at the start of a volume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FsKind {
-    /// NTFS boot sector (`NTFS    ` OEM id).
-    Ntfs,
-    /// BitLocker-encrypted volume (`-FVE-FS-` OEM id).
-    BitLocker,
-    /// FAT12/16/32 (an EFI System Partition, usually).
-    Fat,
-    /// ext2/3/4.
-    Ext,
-    /// XFS.
-    Xfs,
-    /// Linux swap.
-    Swap,
-    /// Anything else.
-    Unknown,
-}
-
 /// A volume: a partition (or the whole disk) and what it holds.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Volume {
@@ -95,16 +77,6 @@ const BOOT_SIGNATURE: [u8; 2] = [0x55, 0xAA];
 const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
 /// MBR type of a protective (or hybrid) MBR's GPT entry.
 const MBR_TYPE_GPT: u8 = 0xEE;
-/// OEM id of an NTFS boot sector (bytes 3..11), "NTFS    ".
-const OEM_NTFS: &[u8; 8] = b"NTFS    ";
-/// OEM id of a BitLocker volume (bytes 3..11), "-FVE-FS-".
-const OEM_BITLOCKER: &[u8; 8] = b"-FVE-FS-";
-/// XFS superblock magic at byte 0, "XFSB".
-const XFS_MAGIC: &[u8; 4] = b"XFSB";
-/// ext2/3/4 superblock magic (`s_magic`, at byte 1024 + 56).
-const EXT_MAGIC: u16 = 0xEF53;
-/// Linux swap signatures in the last 10 bytes of the first 4 KiB page.
-const SWAP_MAGICS: [&[u8; 10]; 2] = [b"SWAPSPACE2", b"SWAP-SPACE"];
 
 /// Largest GPT entry array read (bytes).
 const MAX_GPT_ARRAY: u64 = 4 << 20;
@@ -131,29 +103,10 @@ fn read_upto(disk: &dyn DiskRead, offset: u64, len: usize) -> Result<Vec<u8>> {
     Ok(b)
 }
 
-/// The file system whose boot sector / superblock starts `head` (the first 8 KiB or less).
+/// The file system whose boot sector / superblock starts `head` (the first
+/// [`PROBE_LEN`] bytes or less).
 fn fs_kind(head: &[u8]) -> FsKind {
-    let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
-    if at(3, OEM_NTFS) {
-        FsKind::Ntfs
-    } else if at(3, OEM_BITLOCKER) {
-        FsKind::BitLocker
-    } else if at(0, XFS_MAGIC) {
-        FsKind::Xfs
-    } else if head.len() >= 1024 + 58 && get_le16(head, 1024 + 56).unwrap_or(0) == EXT_MAGIC {
-        FsKind::Ext
-    } else if SWAP_MAGICS.iter().any(|m| at(4096 - 10, &m[..])) {
-        FsKind::Swap
-    } else if at(510, &BOOT_SIGNATURE)
-        && (at(54, b"FAT12   ")
-            || at(54, b"FAT16   ")
-            || at(54, b"FAT     ")
-            || at(82, b"FAT32   "))
-    {
-        FsKind::Fat
-    } else {
-        FsKind::Unknown
-    }
+    fsdetect::probe(head)
 }
 
 /// Reads the partition table: GPT (primary header, or the backup when the primary is damaged;
@@ -178,7 +131,7 @@ pub fn read_partition_table(disk: &dyn DiskRead) -> Result<PartitionTable> {
     }
     // A volume boot sector (a file system over the whole disk) also ends in 55 AA; its bytes
     // at 446 are boot code, not a table.
-    if fs_kind(&read_upto(disk, 0, 8192)?) != FsKind::Unknown {
+    if fs_kind(&read_upto(disk, 0, PROBE_LEN)?) != FsKind::Unknown {
         return Ok(none);
     }
     let slots: Vec<MbrSlot> = (0..4).map(|i| MbrSlot::parse(&mbr, 446 + 16 * i)).collect();
@@ -543,7 +496,7 @@ fn read_gpt(disk: &dyn DiskRead) -> Result<PartitionTable> {
 pub fn find_volumes(disk: &dyn DiskRead) -> Result<Vec<Volume>> {
     let table = read_partition_table(disk)?;
     if table.scheme == Scheme::None {
-        let head = read_upto(disk, 0, 8192)?;
+        let head = read_upto(disk, 0, PROBE_LEN)?;
         return Ok(vec![Volume {
             partition: None,
             start: 0,
@@ -553,7 +506,7 @@ pub fn find_volumes(disk: &dyn DiskRead) -> Result<Vec<Volume>> {
     }
     let mut out = Vec::new();
     for p in table.partitions {
-        let head = read_upto(disk, p.start, (p.len.min(8192)) as usize)?;
+        let head = read_upto(disk, p.start, (p.len.min(PROBE_LEN as u64)) as usize)?;
         out.push(Volume {
             start: p.start,
             len: p.len,

@@ -18,6 +18,9 @@ pub fn summary(v: &Volume) -> String {
         FsKind::Ext => "ext",
         FsKind::Xfs => "XFS",
         FsKind::Swap => "swap",
+        FsKind::Btrfs => "btrfs",
+        FsKind::Luks => "LUKS",
+        FsKind::Lvm => "LVM2 PV",
         FsKind::Unknown => "unknown",
     };
     match &v.partition {

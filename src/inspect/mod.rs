@@ -4,8 +4,11 @@
 //! volume (read-only: a dirty or hibernated volume is still read, and its state says why it
 //! could not be written) and, on the volumes that hold `Windows\System32\config\SYSTEM`, reads
 //! the SYSTEM and SOFTWARE hives (a dirty hive is replayed from its `.LOG1`/`.LOG2` in memory;
-//! the image is never written) to tell which Windows is installed.
+//! the image is never written) to tell which Windows is installed. [`linux`] finds the Linux
+//! volumes (ext2/3/4, XFS, btrfs, swap, LUKS, LVM2 PVs and their logical volumes) and reads the
+//! distribution, architecture and kernels of each ext2/3/4 Linux root.
 
+pub mod linux;
 pub mod windows;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +21,7 @@ use crate::guest::partition::{self, FsKind, PartitionTable, Volume};
 use crate::guest::volume::open_ntfs;
 use crate::image::{Format, ImageReader};
 use crate::open::OpenOptions;
+use linux::LinuxReport;
 use windows::WindowsInfo;
 
 /// The SYSTEM hive's path on a Windows volume, from the root of the volume.
@@ -131,6 +135,9 @@ pub struct InspectReport {
     pub partition_table: PartitionTable,
     /// Every volume.
     pub volumes: Vec<VolumeReport>,
+    /// The Linux volumes (file systems, LVM2 PVs and logical volumes, swap, LUKS) and the
+    /// Linux roots read from them.
+    pub linux: LinuxReport,
 }
 
 impl InspectReport {
@@ -152,6 +159,9 @@ fn fs_name(fs: FsKind) -> &'static str {
         FsKind::Ext => "ext",
         FsKind::Xfs => "xfs",
         FsKind::Swap => "swap",
+        FsKind::Btrfs => "btrfs",
+        FsKind::Luks => "luks",
+        FsKind::Lvm => "lvm2-pv",
         FsKind::Unknown => "unknown",
     }
 }
@@ -211,7 +221,7 @@ fn inspect_volume(disk: &dyn ImageReader, v: &Volume) -> VolumeReport {
 /// Opens the image at `path` read-only and reports its format, size, partitions, volumes and
 /// the Windows installed on them. Nothing is written to the image.
 pub fn inspect_image(path: &Path, opts: &OpenOptions) -> Result<InspectReport> {
-    let reader = crate::open(path, opts)?;
+    let reader: std::sync::Arc<dyn ImageReader> = crate::open(path, opts)?.into();
     let format = reader.format();
     let virtual_size = reader.virtual_size();
     if virtual_size == 0 {
@@ -225,11 +235,13 @@ pub fn inspect_image(path: &Path, opts: &OpenOptions) -> Result<InspectReport> {
     let partition_table = partition::read_partition_table(&disk).map_err(|e| e.in_file(path))?;
     let found = partition::find_volumes(&disk).map_err(|e| e.in_file(path))?;
     let volumes = found.iter().map(|v| inspect_volume(disk, v)).collect();
+    let linux = linux::find_linux(reader.clone(), &found);
     Ok(InspectReport {
         path: path.to_path_buf(),
         format,
         virtual_size,
         partition_table,
         volumes,
+        linux,
     })
 }

@@ -25,6 +25,7 @@ mod hive_windows;
 mod image_lock;
 mod inject_windows;
 mod inspect_cli;
+mod inspect_linux;
 mod msrv;
 mod nbd_client;
 mod nbd_push;

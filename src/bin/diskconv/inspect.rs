@@ -1,4 +1,4 @@
-//! `diskconv inspect`: partitions, file systems and the installed Windows of an image.
+//! `diskconv inspect`: partitions, file systems and the installed Windows and Linux of an image.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -135,5 +135,67 @@ fn human(r: &InspectReport) -> String {
     if r.windows().next().is_none() {
         let _ = writeln!(s, "windows:    none found");
     }
+    linux(&mut s, r);
     s
+}
+
+fn linux(s: &mut String, r: &InspectReport) {
+    use std::fmt::Write;
+    if r.linux.volumes.is_empty() {
+        let _ = writeln!(s, "linux:      none found");
+        return;
+    }
+    for v in &r.linux.volumes {
+        let mut what = match &v.fs {
+            Some(f) => f.kind.name().to_string(),
+            None => "?".to_string(),
+        };
+        if let Some(f) = &v.fs {
+            if let Some(l) = &f.label {
+                let _ = write!(what, ", label \"{l}\"");
+            }
+            if let Some(u) = &f.uuid {
+                let _ = write!(what, ", UUID {u}");
+            }
+            if f.needs_recovery {
+                what.push_str(", journal needs recovery");
+            }
+        }
+        if let (Some(vg), None) = (&v.vg, &v.lv) {
+            let _ = write!(what, ", volume group {vg}");
+        }
+        let _ = writeln!(
+            s,
+            "linux:      {}: {what}, {}",
+            v.location,
+            human_bytes(v.size)
+        );
+        if let Some(root) = &v.root {
+            let d = &root.distribution;
+            let _ = writeln!(s, "  root:     {}", d.describe());
+            let _ = writeln!(
+                s,
+                "            id {}, version {}, from {}",
+                d.id,
+                d.version.as_deref().unwrap_or("?"),
+                d.source
+            );
+            let _ = writeln!(
+                s,
+                "            architecture {}, kernels: {}",
+                root.arch.as_deref().unwrap_or("unknown"),
+                if root.kernels.is_empty() {
+                    "none in /boot".to_string()
+                } else {
+                    root.kernels.join(", ")
+                }
+            );
+        }
+        if !v.boot_kernels.is_empty() {
+            let _ = writeln!(s, "  kernels:  {}", v.boot_kernels.join(", "));
+        }
+        if let Some(n) = &v.note {
+            let _ = writeln!(s, "  note:     {n}");
+        }
+    }
 }
