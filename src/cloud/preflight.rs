@@ -9,6 +9,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -26,6 +27,7 @@ use crate::inject::adapt::{CloudTarget, cloud_inbox_drivers};
 use crate::inject::windows::{
     BootStorageDriver, EditPlan, InboxDriver, SERVICE_BOOT_START, plan_inbox_driver,
 };
+use crate::inspect::linux::find_linux;
 use crate::inspect::windows::{WindowsInfo, current_control_set, windows_info};
 use crate::inspect::{describe_volume, read_hive, windows_root};
 use crate::open::OpenOptions;
@@ -113,9 +115,12 @@ pub enum OsKind {
 pub struct FoundOs {
     /// Windows or Linux.
     pub kind: OsKind,
-    /// Partition number of its volume (`None`: the whole disk).
+    /// Partition number of its volume (`None`: the whole disk, or a logical volume).
     pub partition: Option<u32>,
-    /// One line: product, version, build, architecture.
+    /// A logical volume it is on (`LV vg0/root (on partition 2)`), when it is on one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logical_volume: Option<String>,
+    /// One line: product (or distribution), version, build, architecture.
     pub description: String,
     /// The Windows details, for Windows.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -231,15 +236,15 @@ impl PreflightReport {
 
 /// Opens the image at `path` read-only and checks it for `opts.target`.
 pub fn preflight(path: &Path, opts: &PreflightOptions) -> Result<PreflightReport> {
-    let reader = crate::open(path, &opts.open)?;
-    preflight_reader(reader.as_ref(), path, opts)
+    let reader: Arc<dyn ImageReader> = Arc::from(crate::open(path, &opts.open)?);
+    preflight_reader(&reader, path, opts)
 }
 
 /// Checks the open image `reader` (opened from `path`, which the report and the fixes name)
 /// for `opts.target`. Errors are only for an image that cannot be read at all; everything
 /// else is a check.
 pub fn preflight_reader(
-    reader: &dyn ImageReader,
+    reader: &Arc<dyn ImageReader>,
     path: &Path,
     opts: &PreflightOptions,
 ) -> Result<PreflightReport> {
@@ -271,7 +276,7 @@ pub fn preflight_reader(
     ));
     checks.push(size_check(p, size, opts.output.as_ref(), &convert_fix));
 
-    let disk: &dyn ImageReader = reader;
+    let disk: &dyn ImageReader = reader.as_ref();
     if size == 0 {
         return Err(Error::InvalidArgument(format!(
             "the {} image is empty (0 bytes): nothing to check",
@@ -330,6 +335,7 @@ pub fn preflight_reader(
                         found.push(FoundOs {
                             kind: OsKind::Windows,
                             partition: v.partition.as_ref().map(|p| p.number),
+                            logical_volume: None,
                             description: s.info.describe(),
                             windows: Some(s.info.clone()),
                         });
@@ -339,6 +345,23 @@ pub fn preflight_reader(
                 Err(e) => os_errors.push(format!("{}: {}", describe_volume(v), e.chain())),
             },
             _ => {}
+        }
+    }
+    // Linux: each root the read-only detection finds (ext2/3/4 read; XFS, btrfs, LVM layouts
+    // it cannot read are left to `os_check`'s list of Linux volumes).
+    let linux = find_linux(reader.clone(), &volumes);
+    for (v, r) in linux.roots() {
+        found.push(FoundOs {
+            kind: OsKind::Linux,
+            partition: v.partition.filter(|&n| n > 0),
+            logical_volume: v.lv.as_ref().map(|_| v.location.clone()),
+            description: r.describe(),
+            windows: None,
+        });
+    }
+    for v in linux.volumes.iter().filter(|v| v.root.is_none()) {
+        if let Some(note) = &v.note {
+            os_errors.push(format!("{}: {note}", v.location));
         }
     }
     checks.push(os_check(&found, &volumes, &os_errors));
@@ -950,9 +973,10 @@ pub fn os_check(found: &[FoundOs], volumes: &[Volume], errors: &[String]) -> Che
                 format!(
                     "{} on {}",
                     o.description,
-                    match o.partition {
-                        Some(n) => format!("partition {n}"),
-                        None => "the whole disk".to_string(),
+                    match (&o.logical_volume, o.partition) {
+                        (Some(lv), _) => lv.clone(),
+                        (None, Some(n)) => format!("partition {n}"),
+                        (None, None) => "the whole disk".to_string(),
                     }
                 )
             })
@@ -974,8 +998,9 @@ pub fn os_check(found: &[FoundOs], volumes: &[Volume], errors: &[String]) -> Che
             "os",
             Status::Warn,
             format!(
-                "no Windows found; Linux volumes: {}. The Linux checks (distribution, kernel, \
-                 initramfs drivers, fstab) are not there yet: check the guest yourself{err_text}",
+                "no Windows found and no Linux root read; Linux volumes: {}. diskconv reads the \
+                 distribution of ext2/3/4 roots only (not XFS, btrfs or LVM layouts it cannot \
+                 map): check this guest yourself{err_text}",
                 linux.join(", ")
             ),
         );
@@ -1540,12 +1565,13 @@ mod tests {
             "{}",
             c.reason
         );
-        assert!(c.reason.contains("Linux checks"), "{}", c.reason);
+        assert!(c.reason.contains("no Linux root read"), "{}", c.reason);
         let c = os_check(&[], &[vol(1, FsKind::Fat, PartitionType::Mbr(0x0c))], &[]);
         assert!(c.reason.contains("no operating system"), "{}", c.reason);
         let linux = FoundOs {
             kind: OsKind::Linux,
             partition: Some(1),
+            logical_volume: None,
             description: "Debian 12".into(),
             windows: None,
         };

@@ -684,3 +684,61 @@ fn every_kind_and_uuid_and_label_as_blkid_sees_them() {
         }
     }
 }
+
+/// The preflight's operating-system check names the Linux root it found (distribution,
+/// architecture, where), in text and JSON; an XFS root is found but not read (a warning).
+#[test]
+fn preflight_names_the_linux_root() {
+    if !(util::require("mke2fs") && util::require("sfdisk")) {
+        return;
+    }
+    let dir = util::tmpdir();
+    let tree = debian_tree(dir.path());
+    let fs = dir.path().join("fs.img");
+    mkfs_ext("ext4", &tree, &fs, 16);
+    let mbr = dir.path().join("mbr.raw");
+    partitioned(&fs, &mbr, "dos");
+    let out = util::diskconv()
+        .args(["preflight", "--target", "kvm", "--json"])
+        .arg(&mbr)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let os = j["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "os")
+        .unwrap();
+    assert_eq!(os["status"], "pass", "{os:#}");
+    let reason = os["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("Debian GNU/Linux 12 (bookworm)"),
+        "{reason}"
+    );
+    assert!(reason.contains("partition 1"), "{reason}");
+    assert!(reason.contains(std::env::consts::ARCH), "{reason}");
+    let found = &j["operating_systems"][0];
+    assert_eq!(found["kind"], "linux", "{j:#}");
+    assert_eq!(found["partition"], 1);
+
+    if util::require("mkfs.xfs") {
+        let xfs = dir.path().join("xfs.img");
+        std::fs::File::create(&xfs)
+            .unwrap()
+            .set_len(300 << 20)
+            .unwrap();
+        run(Command::new("mkfs.xfs").arg("-q").arg(&xfs));
+        let out = util::diskconv()
+            .args(["preflight", "--target", "kvm"])
+            .arg(&xfs)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(out.status.code(), Some(0), "{text}");
+        let line = text.lines().find(|l| l.contains(" os ")).unwrap_or("");
+        assert!(line.trim_start().starts_with("WARN"), "{text}");
+        assert!(text.contains("XFS"), "{text}");
+    }
+}

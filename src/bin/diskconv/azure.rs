@@ -39,7 +39,8 @@ pub fn convert(
 ) -> Result<ExitCode> {
     let shown = url.display();
     let out = output_options(&a).map_err(|e| e.in_file(&shown))?;
-    let src = crate::open_input(&a.src, &a.input, policy)?;
+    let src: std::sync::Arc<dyn diskconv::ImageReader> =
+        crate::open_input(&a.src, &a.input, policy)?.into();
     // `--target`: a page blob is Azure's; its preflight runs first (the size rules are the
     // upload's own: whole MiB, at least 20 MiB).
     if let Some((t, to)) = crate::target_choice(&a)? {
@@ -49,7 +50,7 @@ pub fn convert(
                  (or write the {t} artifact to a file or an s3:// object)"
             )));
         }
-        if let Some(code) = crate::preflight::before_convert(&a, t, &to, src.as_ref(), policy)? {
+        if let Some(code) = crate::preflight::before_convert(&a, t, &to, &src, policy)? {
             return Ok(code);
         }
     }

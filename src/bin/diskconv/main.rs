@@ -217,11 +217,11 @@ fn convert(a: args::ConvertArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     }
     // Every output path is checked before the source is opened (the library checks again).
     let target = diskconv::output::check_output(&a.dst, &out).in_file(&a.dst)?;
-    let src = open_input(&a.src, &a.input, policy)?;
+    let src: std::sync::Arc<dyn ImageReader> = open_input(&a.src, &a.input, policy)?.into();
     let size = src.virtual_size();
     let target_out = target_choice(&a)?;
     if let Some((t, to)) = &target_out {
-        if let Some(code) = preflight::before_convert(&a, *t, to, src.as_ref(), policy)? {
+        if let Some(code) = preflight::before_convert(&a, *t, to, &src, policy)? {
             return Ok(code);
         }
     }

@@ -87,7 +87,7 @@ pub fn before_convert(
     a: &crate::args::ConvertArgs,
     target: Target,
     to: &TargetOutput,
-    src: &dyn ImageReader,
+    src: &std::sync::Arc<dyn ImageReader>,
     policy: ReferencePolicy,
 ) -> Result<Option<ExitCode>> {
     let opts = PreflightOptions {

@@ -51,11 +51,12 @@ pub fn convert(
     let url = S3Url::parse(dst)?;
     let out = crate::output_options(a)?;
     let cfg = config(&a.s3)?;
-    let src = crate::open_input(&a.src, &a.input, policy)?;
+    let src: std::sync::Arc<dyn diskconv::ImageReader> =
+        crate::open_input(&a.src, &a.input, policy)?.into();
     // `--target`: its preflight first, and the disk padded to the target's size rules.
     let target_out = crate::target_choice(a)?;
     if let Some((t, to)) = &target_out {
-        if let Some(code) = crate::preflight::before_convert(a, *t, to, src.as_ref(), policy)? {
+        if let Some(code) = crate::preflight::before_convert(a, *t, to, &src, policy)? {
             return Ok(code);
         }
     }
