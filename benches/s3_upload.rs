@@ -150,6 +150,21 @@ fn run(a: &Args) -> std::io::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let endpoint = format!("http://127.0.0.1:{port}");
+    // The server's CPU seconds so far (utime + stime of /proc/PID/stat): it runs on the same
+    // cores as the conversion, so its share is printed beside each step.
+    let server_pid = server.id();
+    let server_cpu = move || -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{server_pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
+            .sum();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        ticks / hz.max(1.0)
+    };
     let state = a.workdir.join("s3-state");
     let env = |c: &mut Command| {
         c.env("AWS_ACCESS_KEY_ID", KEY)
@@ -172,6 +187,7 @@ fn run(a: &Args) -> std::io::Result<()> {
             &err,
         )?;
         // 2. The file uploaded with the same client.
+        let cpu0 = server_cpu();
         let mut c = Command::new(std::env::current_exe()?);
         c.arg("--upload-file")
             .arg(&file)
@@ -179,6 +195,8 @@ fn run(a: &Args) -> std::io::Result<()> {
             .arg(&endpoint);
         env(&mut c);
         let up = measure::run(&mut c, &err)?;
+        let up_server_cpu = server_cpu() - cpu0;
+        let cpu0 = server_cpu();
         // 3. Converted and uploaded at once.
         let mut c = Command::new(DISKCONV);
         c.args(["convert", "-O", ext])
@@ -187,6 +205,7 @@ fn run(a: &Args) -> std::io::Result<()> {
             .args(["--endpoint", &endpoint]);
         env(&mut c);
         let stream = measure::run(&mut c, &err)?;
+        let stream_server_cpu = server_cpu() - cpu0;
         // The uploaded file is the file byte for byte; the streamed object is another run of
         // the conversion (a VMDK's descriptor carries a random CID), so its content is compared
         // with the source by qemu-img.
@@ -217,6 +236,10 @@ fn run(a: &Args) -> std::io::Result<()> {
         line("convert and upload at once (streaming)", &stream, a.size);
         let ratio = stream.wall_s / conv.wall_s;
         println!(
+            "s3s-fs CPU: {up_server_cpu:.2} s while the file was uploaded, {stream_server_cpu:.2} s \
+             while streaming (the same cores the conversion uses)"
+        );
+        println!(
             "streaming / conversion alone: {ratio:.3} (aim <= 1.10: {}); uploaded file equal \
              to the local one: {file_equal}; streamed object equal to the source (qemu-img \
              compare): {stream_equal}",
@@ -230,6 +253,8 @@ fn run(a: &Args) -> std::io::Result<()> {
             "upload_file": up,
             "stream": stream,
             "stream_over_convert": ratio,
+            "server_cpu_upload_file_s": up_server_cpu,
+            "server_cpu_stream_s": stream_server_cpu,
             "file_object_equal": file_equal,
             "stream_object_equal": stream_equal,
         });
