@@ -8,9 +8,7 @@ use std::time::Instant;
 
 use diskconv::cloud::azure::{self, PageBlobOptions, PageBlobUrl};
 use diskconv::util::human_bytes;
-use diskconv::{
-    ConvertOptions, Error, ErrorKind, Format, OutputOptions, Progress, ReferencePolicy, Result,
-};
+use diskconv::{ConvertOptions, Error, ErrorKind, Format, OutputOptions, ReferencePolicy, Result};
 
 /// The output options for a page blob: a fixed VHD unless `-O`/`-o` say otherwise (which the
 /// library then refuses, saying what Azure takes).
@@ -65,22 +63,7 @@ pub fn convert(
         ..PageBlobOptions::default()
     };
     let start = Instant::now();
-    let mut last = None;
-    let progress = a.progress;
-    let mut cb = |p: Progress| {
-        if progress {
-            let pct = p.done.saturating_mul(10).checked_div(p.total).unwrap_or(10);
-            if last != Some(pct) {
-                last = Some(pct);
-                errln!(
-                    "diskconv: {}% ({} of {})",
-                    pct * 10,
-                    human_bytes(p.done),
-                    human_bytes(p.total)
-                );
-            }
-        }
-    };
+    let mut cb = crate::term::percent_lines(a.progress);
     let stats = match azure::convert_to_page_blob(
         src.as_ref(),
         &url,

@@ -12,7 +12,7 @@ use diskconv::image::{ImageInfo, PackageInfo};
 use diskconv::storage::FileStorage;
 use diskconv::util::human_bytes;
 use diskconv::{
-    ConvertOptions, Error, Format, ImageReader, OpenOptions, Progress, ReferencePolicy, Result,
+    ConvertOptions, Error, Format, ImageReader, OpenOptions, ReferencePolicy, Result,
     convert_files, disk_output_path,
 };
 
@@ -281,21 +281,7 @@ pub fn convert_all_disks(a: &ConvertArgs, policy: ReferencePolicy) -> Result<Exi
         .zip(&targets)
         .map(|(d, t)| (d.as_ref(), t.as_path()))
         .collect();
-    let mut last = None;
-    let mut cb = |p: Progress| {
-        if a.progress {
-            let pct = p.done.saturating_mul(10).checked_div(p.total).unwrap_or(10);
-            if last != Some(pct) {
-                last = Some(pct);
-                errln!(
-                    "diskconv: {}% ({} of {})",
-                    pct * 10,
-                    human_bytes(p.done),
-                    human_bytes(p.total)
-                );
-            }
-        }
-    };
+    let mut cb = crate::term::percent_lines(a.progress);
     let cancel = crate::term::cancel_on_signals()?;
     let opts = ConvertOptions {
         cancel: Some(cancel),

@@ -45,7 +45,7 @@ pub fn convert(
     policy: diskconv::ReferencePolicy,
 ) -> Result<ExitCode> {
     use diskconv::cloud::s3::{S3UploadOptions, S3Url, convert_to_s3};
-    use diskconv::{ConvertOptions, ErrorKind, Progress};
+    use diskconv::{ConvertOptions, ErrorKind};
 
     let dst = a.dst.to_str().unwrap_or_default();
     let url = S3Url::parse(dst)?;
@@ -73,21 +73,7 @@ pub fn convert(
         ..ConvertOptions::default()
     };
     let start = std::time::Instant::now();
-    let mut last = None;
-    let mut cb = |p: Progress| {
-        if a.progress {
-            let pct = p.done.saturating_mul(10).checked_div(p.total).unwrap_or(10);
-            if last != Some(pct) {
-                last = Some(pct);
-                errln!(
-                    "diskconv: {}% ({} of {})",
-                    pct * 10,
-                    diskconv::util::human_bytes(p.done),
-                    diskconv::util::human_bytes(p.total)
-                );
-            }
-        }
-    };
+    let mut cb = crate::term::percent_lines(a.progress);
     let upload = S3UploadOptions {
         resume: a.resume,
         ..S3UploadOptions::default()

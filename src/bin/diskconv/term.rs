@@ -147,3 +147,24 @@ pub fn interrupted(what: &str) -> ExitCode {
     errln!("diskconv: interrupted by {}: {what}", signal_name(sig));
     ExitCode::from(128u8.saturating_add(u8::try_from(sig).unwrap_or(0)))
 }
+
+/// A progress callback printing one line per 10 % on stderr when `enabled` (for logs and
+/// outputs without a progress bar).
+pub fn percent_lines(enabled: bool) -> impl FnMut(diskconv::Progress) {
+    let mut last = None;
+    move |p: diskconv::Progress| {
+        if !enabled {
+            return;
+        }
+        let pct = p.done.saturating_mul(10).checked_div(p.total).unwrap_or(10);
+        if last != Some(pct) {
+            last = Some(pct);
+            errln!(
+                "diskconv: {}% ({} of {})",
+                pct * 10,
+                diskconv::util::human_bytes(p.done),
+                diskconv::util::human_bytes(p.total)
+            );
+        }
+    }
+}
