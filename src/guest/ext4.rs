@@ -15,6 +15,7 @@ use ext4_view::{Ext4, Ext4Error, Ext4Read};
 
 use crate::error::{Error, Result};
 use crate::guest::disk::DiskRead;
+use crate::guest::fs::{FileKind, GuestFs};
 
 /// Our disk as the crate's reader.
 struct Reader<D>(D);
@@ -83,18 +84,8 @@ fn optional<T>(
     }
 }
 
-/// What a path names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ext4Kind {
-    /// A regular file of this many bytes.
-    File(u64),
-    /// A directory.
-    Dir,
-    /// A symbolic link.
-    Symlink,
-    /// A device, FIFO or socket.
-    Other,
-}
+/// What a path names (the name this module used before [`FileKind`] was shared).
+pub type Ext4Kind = FileKind;
 
 impl Ext4Volume {
     /// Opens the file system on `disk` (its superblock, group descriptors and journal are read
@@ -159,6 +150,31 @@ impl Ext4Volume {
             }
             Ok(names)
         })
+    }
+}
+
+impl GuestFs for Ext4Volume {
+    fn fs_name(&self) -> &'static str {
+        "ext4"
+    }
+    fn stat(&self, path: &str) -> Result<Option<FileKind>> {
+        Ext4Volume::stat(self, path)
+    }
+    fn lstat(&self, path: &str) -> Result<Option<FileKind>> {
+        Ext4Volume::lstat(self, path)
+    }
+    fn read_head(&self, path: &str, max: usize) -> Result<Option<Vec<u8>>> {
+        Ext4Volume::read_head(self, path, max)
+    }
+    fn list_dir(&self, path: &str, max: usize) -> Result<Option<Vec<String>>> {
+        Ext4Volume::list_dir(self, path, max)
+    }
+    fn read_link(&self, path: &str) -> Result<Option<String>> {
+        if Ext4Volume::lstat(self, path)? != Some(FileKind::Symlink) {
+            return Ok(None);
+        }
+        optional(path, || self.fs.read_link(path))
+            .map(|t| t.map(|t| String::from_utf8_lossy(t.as_ref()).into_owned()))
     }
 }
 

@@ -10,6 +10,8 @@
 //!   `.reg` files, structural check.
 //! - [`ntfs`]: the NTFS reader and writer.
 //! - [`volume`]: which volume of a disk holds the NTFS file system to work on, and opening it.
+//! - [`fs`]: [`GuestFs`](fs::GuestFs), the read-only file access every guest file system
+//!   reader offers (ext4 today), used by inspection and adaptation.
 //! - [`fsdetect`]: which file system a volume holds, and the details of the Linux ones.
 //! - [`lvm`]: LVM2 physical volumes, their metadata, and reading a logical volume.
 //! - [`ext4`]: reading ext2/ext3/ext4 file systems (read-only, through the `ext4-view` crate).
@@ -17,6 +19,7 @@
 
 pub mod disk;
 pub mod ext4;
+pub mod fs;
 pub mod fsdetect;
 pub mod hive;
 pub mod iso9660;

@@ -25,7 +25,8 @@
 
 use crate::error::Result;
 use crate::guest::disk::{DiskRead, Window};
-use crate::guest::ext4::{Ext4Kind, Ext4Volume};
+use crate::guest::ext4::Ext4Volume;
+use crate::guest::fs::{FileKind, GuestFs};
 use crate::guest::fsdetect::{LinuxFs, LinuxFsKind, PROBE_LEN, linux_fs};
 use crate::guest::lvm::{LvDisk, VgInfo, parse_metadata, read_pv};
 use crate::guest::partition::{FsKind, Volume};
@@ -377,35 +378,41 @@ fn look_inside<D: DiskRead + 'static>(d: D, kind: LinuxFsKind, v: &mut LinuxVolu
     };
 }
 
-enum Found {
+pub(crate) enum Found {
     Root(LinuxRoot),
     NotRoot(Vec<String>),
 }
 
 fn read_ext_root<D: DiskRead + 'static>(d: D) -> Result<Found> {
     let fs = Ext4Volume::open(d)?;
-    let Some(distribution) = distribution(&fs)? else {
-        return Ok(Found::NotRoot(kernels(&fs, "/")?));
+    read_root(&fs)
+}
+
+/// The release, architecture and kernels of the root file system `fs`, or the kernels of a
+/// file system that is not a root (a separate `/boot`).
+pub(crate) fn read_root(fs: &dyn GuestFs) -> Result<Found> {
+    let Some(distribution) = distribution(fs)? else {
+        return Ok(Found::NotRoot(kernels(fs, "/")?));
     };
     Ok(Found::Root(LinuxRoot {
         distribution,
-        arch: arch(&fs),
-        kernels: kernels(&fs, "/boot")?,
+        arch: arch(fs),
+        kernels: kernels(fs, "/boot")?,
     }))
 }
 
 /// The distribution from the release files, in the order of trust: `/etc/os-release` (often a
 /// symbolic link to `../usr/lib/os-release`), `/usr/lib/os-release`, then the files that came
 /// before os-release. `None` when `/etc` holds none of them.
-fn distribution(fs: &Ext4Volume) -> Result<Option<Distribution>> {
-    if fs.stat("/etc")? != Some(Ext4Kind::Dir) {
+fn distribution(fs: &dyn GuestFs) -> Result<Option<Distribution>> {
+    if fs.stat("/etc")? != Some(FileKind::Dir) {
         return Ok(None);
     }
     let read = |p: &str| -> Result<Option<String>> {
         // A path that does not resolve (a dangling link into a /usr that is another file
         // system, a link loop) is a file that is not there: the next one is tried.
         match fs.stat(p)? {
-            Some(Ext4Kind::File(_)) => {}
+            Some(FileKind::File(_)) => {}
             _ => return Ok(None),
         }
         Ok(fs
@@ -650,7 +657,7 @@ pub fn elf_arch(h: &[u8]) -> Option<&'static str> {
 
 /// The architecture from the ELF header of the first of `/bin/sh`, `/usr/bin/env`, `/bin/ls`
 /// that can be read (symbolic links followed inside the file system).
-fn arch(fs: &Ext4Volume) -> Option<String> {
+fn arch(fs: &dyn GuestFs) -> Option<String> {
     ["/bin/sh", "/usr/bin/env", "/bin/ls"].iter().find_map(|p| {
         let head = fs.read_head(p, 64).ok()??;
         elf_arch(&head).map(str::to_string)
@@ -658,7 +665,7 @@ fn arch(fs: &Ext4Volume) -> Option<String> {
 }
 
 /// The kernel versions of the `vmlinuz-*` and `vmlinux-*` files in `dir`, sorted.
-fn kernels(fs: &Ext4Volume, dir: &str) -> Result<Vec<String>> {
+fn kernels(fs: &dyn GuestFs, dir: &str) -> Result<Vec<String>> {
     let Some(names) = fs.list_dir(dir, MAX_BOOT_ENTRIES)? else {
         return Ok(Vec::new());
     };
