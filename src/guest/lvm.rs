@@ -21,7 +21,7 @@
 
 use crate::bytes::{get_le32, get_le64};
 use crate::error::{Error, Result};
-use crate::guest::disk::DiskRead;
+use crate::guest::disk::{DiskIo, DiskRead};
 pub use crate::guest::fsdetect::format_lvm_uuid;
 use crate::guest::fsdetect::lvm_label_sector;
 
@@ -690,19 +690,23 @@ impl<D: DiskRead> LvDisk<D> {
     }
 }
 
-impl<D: DiskRead> DiskRead for LvDisk<D> {
-    fn len(&self) -> u64 {
-        self.len
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+impl<D> LvDisk<D> {
+    /// Calls `f(range in the buffer, offset on the disk)` for each piece of the LV that
+    /// `len` bytes from `offset` cover, in order.
+    fn walk(
+        &self,
+        what: &str,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(std::ops::Range<usize>, u64) -> Result<()>,
+    ) -> Result<()> {
         let end = offset
-            .checked_add(buf.len() as u64)
+            .checked_add(len as u64)
             .filter(|&e| e <= self.len)
             .ok_or_else(|| {
                 Error::InvalidArgument(format!(
-                    "reading the logical volume: {} bytes at offset {offset:#x} reach past the \
-                     end ({:#x} bytes)",
-                    buf.len(),
+                    "{what} the logical volume: {len} bytes at offset {offset:#x} reach past \
+                     the end ({:#x} bytes)",
                     self.len
                 ))
             })?;
@@ -717,11 +721,36 @@ impl<D: DiskRead> DiskRead for LvDisk<D> {
             };
             let n = (p.lv_start + p.len).min(end) - pos;
             let b = (pos - offset) as usize;
-            self.disk.read_at(
-                &mut buf[b..b + n as usize],
-                p.disk_start + (pos - p.lv_start),
-            )?;
+            f(b..b + n as usize, p.disk_start + (pos - p.lv_start))?;
             pos += n;
+        }
+        Ok(())
+    }
+}
+
+impl<D: DiskRead> DiskRead for LvDisk<D> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let disk = &self.disk;
+        self.walk("reading", offset, buf.len(), |r, at| {
+            disk.read_at(&mut buf[r], at)
+        })
+    }
+}
+
+/// Writes go through the same linear segments onto the PVs' disk (an LV of a guest being
+/// adapted, over a [`TxDisk`](crate::guest::disk::TxDisk)).
+impl<D: DiskIo> DiskIo for LvDisk<D> {
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        let mut pieces = Vec::new();
+        self.walk("writing", offset, buf.len(), |r, at| {
+            pieces.push((r, at));
+            Ok(())
+        })?;
+        for (r, at) in pieces {
+            self.disk.write_at(&buf[r], at)?;
         }
         Ok(())
     }
@@ -839,7 +868,7 @@ creation_time = 1796000000 # Mon Dec  7 04:00:00 2026
             let at = (pv_start + (1 << 20) + (e << 20)) as usize;
             d[at..at + (1 << 20)].fill(e as u8 + 1);
         }
-        let disk = MemStorage::from_vec(d);
+        let disk = MemStorage::from_vec(d.clone());
         let pv_at = |n: &str| (n == "pv0").then_some((pv_start, 8u64 << 20));
         let lv = LvDisk::new(&disk, &vg, &vg.lvs[0], pv_at).unwrap();
         assert_eq!(lv.len(), 3 << 20);
@@ -850,6 +879,16 @@ creation_time = 1796000000 # Mon Dec  7 04:00:00 2026
         lv.read_at(&mut b, (3 << 20) - 4).unwrap();
         assert_eq!(b, [2, 2, 2, 2]);
         assert!(lv.read_at(&mut b, (3 << 20) - 3).is_err());
+        // Writes land on the PV extents the reads come from, across the same boundary.
+        let mut copy = MemStorage::from_vec(d);
+        let mut lvw = LvDisk::new(&mut copy, &vg, &vg.lvs[0], pv_at).unwrap();
+        lvw.write_at(&[9, 8, 7, 6], (1 << 20) - 2).unwrap();
+        assert!(lvw.write_at(&[0; 4], (3 << 20) - 3).is_err());
+        let mut b2 = vec![0u8; 4];
+        lvw.read_at(&mut b2, (1 << 20) - 2).unwrap();
+        assert_eq!(b2, [9, 8, 7, 6]);
+        lv.read_at(&mut b, (1 << 20) - 2).unwrap();
+        assert_eq!(b, [5, 5, 1, 1], "the original disk is untouched");
         let e = LvDisk::new(&disk, &vg, &vg.lvs[1], pv_at).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
         assert!(e.to_string().contains("2 stripe(s)"), "{e}");
