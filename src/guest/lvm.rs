@@ -598,6 +598,48 @@ pub struct LvDisk<D> {
     pieces: Vec<Piece>,
 }
 
+/// Where a volume's bytes lie on its disk: the linear pieces of a logical volume, or one
+/// stretch for a partition; kept by inspection so that adaptation opens the same volume again
+/// (for writing) without reading the LVM metadata twice.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VolumeLayout {
+    len: u64,
+    pieces: Vec<Piece>,
+}
+
+impl VolumeLayout {
+    /// One stretch of `len` bytes from `start` (a partition, the whole disk).
+    pub fn contiguous(start: u64, len: u64) -> VolumeLayout {
+        VolumeLayout {
+            len,
+            pieces: vec![Piece {
+                lv_start: 0,
+                len,
+                disk_start: start,
+            }],
+        }
+    }
+
+    /// Size of the volume in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the volume is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The volume on `disk` (the same disk it was found on, or a transaction over it).
+    pub fn on<D>(&self, disk: D) -> LvDisk<D> {
+        LvDisk {
+            disk,
+            len: self.len,
+            pieces: self.pieces.clone(),
+        }
+    }
+}
+
 impl<D: DiskRead> LvDisk<D> {
     /// The logical volume `lv` of `vg` on `disk`; `pv_at` gives where each PV (by its name in
     /// the metadata) starts on `disk` and how long it is, or `None` when that PV is not on
@@ -691,6 +733,14 @@ impl<D: DiskRead> LvDisk<D> {
 }
 
 impl<D> LvDisk<D> {
+    /// Where this volume lies on its disk.
+    pub fn layout(&self) -> VolumeLayout {
+        VolumeLayout {
+            len: self.len,
+            pieces: self.pieces.clone(),
+        }
+    }
+
     /// Calls `f(range in the buffer, offset on the disk)` for each piece of the LV that
     /// `len` bytes from `offset` cover, in order.
     fn walk(

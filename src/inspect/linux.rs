@@ -28,7 +28,7 @@ use crate::guest::disk::{DiskRead, Window};
 use crate::guest::ext4::Ext4Volume;
 use crate::guest::fs::{FileKind, GuestFs};
 use crate::guest::fsdetect::{LinuxFs, LinuxFsKind, PROBE_LEN, linux_fs};
-use crate::guest::lvm::{LvDisk, VgInfo, parse_metadata, read_pv};
+use crate::guest::lvm::{LvDisk, VgInfo, VolumeLayout, parse_metadata, read_pv};
 use crate::guest::partition::{FsKind, Volume};
 
 /// The largest release file read (os-release files are a few hundred bytes).
@@ -113,6 +113,10 @@ pub struct LinuxVolume {
     pub boot_kernels: Vec<String>,
     /// Why it was not read, or what reading it found wrong (the search goes on).
     pub note: Option<String>,
+    /// Where its bytes lie on the disk (`None` for a logical volume that could not be
+    /// mapped), to open it again: [`VolumeLayout::on`].
+    #[serde(skip)]
+    pub layout: Option<VolumeLayout>,
 }
 
 /// What [`find_linux`] found.
@@ -210,6 +214,7 @@ pub fn find_linux<D: DiskRead + Clone + 'static>(disk: D, volumes: &[Volume]) ->
             root: None,
             boot_kernels: Vec::new(),
             note: None,
+            layout: Some(VolumeLayout::contiguous(v.start, v.len)),
         };
         if fs.kind == LinuxFsKind::Lvm2Pv {
             match read_pv(&window) {
@@ -250,6 +255,7 @@ fn unread(location: String, partition: Option<u32>, size: u64, note: String) -> 
         root: None,
         boot_kernels: Vec::new(),
         note: Some(note),
+        layout: None,
     }
 }
 
@@ -317,6 +323,7 @@ fn logical_volumes<D: DiskRead + Clone + 'static>(disk: D, pvs: &[FoundPv]) -> V
                 root: None,
                 boot_kernels: Vec::new(),
                 note: None,
+                layout: None,
             };
             let lvd = LvDisk::new(disk.clone(), vg, lvi, |n| find(n).map(|q| (q.start, q.len)));
             let lvd = match lvd {
@@ -327,6 +334,7 @@ fn logical_volumes<D: DiskRead + Clone + 'static>(disk: D, pvs: &[FoundPv]) -> V
                     continue;
                 }
             };
+            v.layout = Some(lvd.layout());
             match probe_head(&lvd).map(|h| linux_fs(&h)) {
                 Ok(Some(fs)) => {
                     let kind = fs.kind;
@@ -758,6 +766,7 @@ mod tests {
                 root,
                 boot_kernels: Vec::new(),
                 note: note.map(str::to_string),
+                layout: None,
             };
         let swap_only = LinuxReport {
             volumes: vec![vol(Some(LinuxFsKind::Swap), None, None)],
