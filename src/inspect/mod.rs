@@ -6,8 +6,10 @@
 //! the SYSTEM and SOFTWARE hives (a dirty hive is replayed from its `.LOG1`/`.LOG2` in memory;
 //! the image is never written) to tell which Windows is installed. [`linux`] finds the Linux
 //! volumes (ext2/3/4, XFS, btrfs, swap, LUKS, LVM2 PVs and their logical volumes) and reads the
-//! distribution, architecture and kernels of each ext2/3/4 Linux root.
+//! distribution, architecture and kernels of each ext2/3/4 Linux root; [`boot`] finds each
+//! kernel's initramfs and module tree.
 
+pub mod boot;
 pub mod linux;
 pub mod windows;
 
