@@ -213,7 +213,7 @@ const COMPARE_CHUNK: u64 = 4 << 20;
 /// writes stay in memory (in 4096-byte pages) until the [`ImageTx`] holding it commits them.
 /// Dropping it without committing leaves the image untouched.
 pub struct TxDisk {
-    reader: Box<dyn ImageReader>,
+    reader: std::sync::Arc<dyn ImageReader>,
     /// Page index -> the page's bytes as written (the last page may be shorter than [`PAGE`]).
     pages: BTreeMap<u64, Box<[u8]>>,
 }
@@ -232,7 +232,7 @@ impl TxDisk {
     /// A transaction over `reader`'s virtual disk.
     pub fn new(reader: Box<dyn ImageReader>) -> TxDisk {
         TxDisk {
-            reader,
+            reader: reader.into(),
             pages: BTreeMap::new(),
         }
     }
@@ -240,6 +240,12 @@ impl TxDisk {
     /// The image being read.
     pub fn reader(&self) -> &dyn ImageReader {
         self.reader.as_ref()
+    }
+
+    /// A shared handle on the image as it was before this transaction (its writes are not
+    /// seen through it): for reading what to plan, with readers that need to own their disk.
+    pub fn original(&self) -> std::sync::Arc<dyn ImageReader> {
+        self.reader.clone()
     }
 
     /// Whether nothing has been written.
