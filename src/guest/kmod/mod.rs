@@ -33,16 +33,16 @@ pub mod resolve;
 pub mod status;
 
 pub use index::{
-    Alias, BuiltinModinfo, DepEntry, ModuleList, ModulesDep, SoftDep, module_name, normalize_alias,
-    normalize_name, parse_modules_alias, parse_modules_builtin, parse_modules_builtin_modinfo,
-    parse_modules_dep, parse_modules_order, parse_modules_softdep,
+    Alias, BuiltinModinfo, DepEntry, ModuleList, ModulesDep, SoftDep, glob_match, module_name,
+    normalize_alias, normalize_name, parse_modules_alias, parse_modules_builtin,
+    parse_modules_builtin_modinfo, parse_modules_dep, parse_modules_order, parse_modules_softdep,
 };
 pub use need::{DriverGroup, DriverNeed, DriverRole, ModuleTarget, Need, boot_drivers};
 pub use plan::{
     ArchiveFile, EarlyModulesPlan, ExistingInitramfs, InitramfsFlavour, MissingModule,
     MissingReason, plan_early_modules,
 };
-pub use resolve::{KernelModules, ProbeList, Resolved};
+pub use resolve::{KernelModules, MAX_SOFTDEP_DEPTH, ProbeList, Resolved};
 pub use status::{
     Decompress, ModuleState, ModuleStatus, VermagicCheck, check_vermagic, compression,
     driver_status, guest_status,

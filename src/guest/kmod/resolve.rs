@@ -41,7 +41,13 @@ pub struct ProbeList {
     pub builtin: Vec<String>,
     /// Soft-dependency names that resolve to nothing (kmod skips them too).
     pub unresolved: Vec<String>,
+    /// Whether a chain of soft dependencies deeper than [`MAX_SOFTDEP_DEPTH`] was cut (a
+    /// hostile or broken index; real chains are two or three deep).
+    pub truncated: bool,
 }
+
+/// Deepest chain of soft dependencies followed (each link recurses).
+pub const MAX_SOFTDEP_DEPTH: usize = 32;
 
 /// A kernel's module index, parsed.
 #[derive(Debug, Clone, Default)]
@@ -202,6 +208,7 @@ impl KernelModules {
             k: self,
             visited: HashSet::new(),
             seen: HashSet::new(),
+            depth: 0,
             out: ProbeList::default(),
         };
         st.probe(&normalize_name(name), path);
@@ -216,6 +223,8 @@ struct Probe<'a> {
     visited: HashSet<String>,
     /// Modules already in the output.
     seen: HashSet<String>,
+    /// Soft dependencies being followed.
+    depth: usize,
     out: ProbeList,
 }
 
@@ -252,13 +261,21 @@ impl Probe<'_> {
     }
 
     fn soft(&mut self, soft: &str) {
+        if self.depth >= MAX_SOFTDEP_DEPTH {
+            self.out.truncated = true;
+            return;
+        }
         let found = self.k.lookup(soft);
         if found.is_empty() && !self.out.unresolved.iter().any(|u| u == soft) {
             self.out.unresolved.push(soft.to_string());
         }
         for r in found {
             match r {
-                Resolved::Module { name, path } => self.probe(&name, &path),
+                Resolved::Module { name, path } => {
+                    self.depth += 1;
+                    self.probe(&name, &path);
+                    self.depth -= 1;
+                }
                 Resolved::Builtin(b) => {
                     if !self.out.builtin.contains(&b) {
                         self.out.builtin.push(b);
@@ -364,5 +381,26 @@ alias crypto-crct10dif crct10dif_generic\nalias pci:v00001AF4d00001001sv*sd*bc*s
         let p = k.probe_list("virtio_net", "kernel/drivers/net/virtio_net.ko.xz");
         assert_eq!(p.unresolved, ["nosuchthing"]);
         assert_eq!(p.modules.len(), 4);
+        assert!(!p.truncated);
+    }
+
+    #[test]
+    fn a_long_softdep_chain_is_cut_not_a_stack_overflow() {
+        // m0 pre: m1, m1 pre: m2, ... 100000 deep.
+        let n = 100_000;
+        let mut dep = String::new();
+        let mut soft = String::new();
+        for i in 0..n {
+            dep.push_str(&format!("m{i}.ko:\n"));
+            soft.push_str(&format!("softdep m{i} pre: m{}\n", i + 1));
+        }
+        let k = KernelModules {
+            dep: parse_modules_dep(dep.as_bytes(), 0).unwrap(),
+            softdeps: parse_modules_softdep(soft.as_bytes(), 0).unwrap(),
+            ..KernelModules::default()
+        };
+        let p = k.probe_list("m0", "m0.ko");
+        assert!(p.truncated);
+        assert_eq!(p.modules.len(), MAX_SOFTDEP_DEPTH + 1);
     }
 }
