@@ -16,6 +16,8 @@
 //! - [`lvm`]: LVM2 physical volumes, their metadata, and reading a logical volume.
 //! - [`ext4`]: reading ext2/ext3/ext4 file systems (read-only, through the `ext4-view` crate).
 //! - [`iso9660`]: ISO 9660 / Joliet images (driver ISOs).
+//! - [`kmod`]: kernel modules for early boot: the index files, each target's drivers, their
+//!   status and the extra initramfs archive that provides them.
 
 pub mod disk;
 pub mod ext4;
@@ -23,6 +25,7 @@ pub mod fs;
 pub mod fsdetect;
 pub mod hive;
 pub mod iso9660;
+pub mod kmod;
 pub mod lvm;
 pub mod ntfs;
 pub mod partition;

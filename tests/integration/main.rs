@@ -26,6 +26,7 @@ mod image_lock;
 mod inject_windows;
 mod inspect_cli;
 mod inspect_linux;
+mod kmod;
 mod msrv;
 mod nbd_client;
 mod nbd_push;
