@@ -15,12 +15,14 @@
 //! - [`fsdetect`]: which file system a volume holds, and the details of the Linux ones.
 //! - [`lvm`]: LVM2 physical volumes, their metadata, and reading a logical volume.
 //! - [`ext4`]: reading ext2/ext3/ext4 file systems (read-only, through the `ext4-view` crate).
+//! - [`extfs`]: writing ext2/ext3/ext4 file systems offline ([`Ext4Writer`](extfs::Ext4Writer)).
 //! - [`iso9660`]: ISO 9660 / Joliet images (driver ISOs).
 //! - [`kmod`]: kernel modules for early boot: the index files, each target's drivers, their
 //!   status and the extra initramfs archive that provides them.
 
 pub mod disk;
 pub mod ext4;
+pub mod extfs;
 pub mod fs;
 pub mod fsdetect;
 pub mod hive;

@@ -16,6 +16,7 @@ mod convert_stats;
 mod disk_partition;
 mod drivers_iso;
 mod errors_name_files;
+mod ext4_write;
 mod gcp;
 mod hive_cli;
 mod hive_core;
