@@ -16,12 +16,17 @@
 //! - [`lvm`]: LVM2 physical volumes, their metadata, and reading a logical volume.
 //! - [`ext4`]: reading ext2/ext3/ext4 file systems (read-only, through the `ext4-view` crate).
 //! - [`iso9660`]: ISO 9660 / Joliet images (driver ISOs).
+//! - [`compress`]: the compressed streams of initramfs archives and kernel modules.
+//! - [`initramfs`]: reading initramfs images (cpio segments, compressed or not) and writing a
+//!   newc archive to append to one.
 
+pub mod compress;
 pub mod disk;
 pub mod ext4;
 pub mod fs;
 pub mod fsdetect;
 pub mod hive;
+pub mod initramfs;
 pub mod iso9660;
 pub mod lvm;
 pub mod ntfs;
