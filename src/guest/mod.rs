@@ -19,13 +19,18 @@
 //! - [`iso9660`]: ISO 9660 / Joliet images (driver ISOs).
 //! - [`kmod`]: kernel modules for early boot: the index files, each target's drivers, their
 //!   status and the extra initramfs archive that provides them.
+//! - [`compress`]: the compressed streams of initramfs archives and kernel modules.
+//! - [`initramfs`]: reading initramfs images (cpio segments, compressed or not) and writing a
+//!   newc archive to append to one.
 
+pub mod compress;
 pub mod disk;
 pub mod ext4;
 pub mod extfs;
 pub mod fs;
 pub mod fsdetect;
 pub mod hive;
+pub mod initramfs;
 pub mod iso9660;
 pub mod kmod;
 pub mod lvm;
