@@ -26,6 +26,8 @@ mod image_lock;
 mod inject_windows;
 mod inspect_cli;
 mod inspect_linux;
+mod linux_boot;
+mod linux_fixture;
 mod msrv;
 mod nbd_client;
 mod nbd_push;
