@@ -28,6 +28,8 @@ mod inject_windows;
 mod inspect_cli;
 mod inspect_linux;
 mod kmod;
+mod linux_boot;
+mod linux_fixture;
 mod msrv;
 mod nbd_client;
 mod nbd_push;

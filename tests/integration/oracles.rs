@@ -68,6 +68,9 @@ impl Oracle {
                 "put the corpus at {} or set DISKCONV_TEST_CORPUS",
                 util::DEFAULT_CORPUS
             ),
+            (_, "boot-oracles") => {
+                "run .ci/boot-oracles as root (or set DISKCONV_BOOT_ORACLES to where it ran)".into()
+            }
             _ => unreachable!("condition {} has no check", self.name),
         }
     }
@@ -189,6 +192,7 @@ pub fn check(o: &Oracle) -> Result<(), String> {
                 .then_some(())
                 .ok_or_else(|| format!("is absent: no folder {}", root.display()))
         }
+        (Kind::Condition, "boot-oracles") => crate::linux_fixture::BootOracles::find().map(|_| ()),
         (Kind::Condition, name) => unreachable!("condition {name} has no check"),
     }
 }
@@ -222,6 +226,7 @@ fn markers(o: &Oracle) -> Vec<String> {
         (Kind::Library, _) => Vec::new(),
         (Kind::Condition, "loop-device") => vec!["\"losetup\"".into(), "\"loop-device\"".into()],
         (Kind::Condition, "corpus") => vec!["corpus_root(".into()],
+        (Kind::Condition, "boot-oracles") => vec!["\"boot-oracles\"".into()],
         (Kind::Condition, _) => unreachable!("condition {n} has no markers"),
     }
 }
