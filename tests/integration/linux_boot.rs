@@ -114,8 +114,8 @@ fn fixture_does_not_boot_from_virtio() {
 /// /lib/modules has (with their dependencies), the guest's modules.* indexes and a
 /// conf/modules that is the initramfs's own plus virtio_pci and virtio_blk. Paths are under
 /// `usr/lib/modules` and there is no `lib` entry: the initramfs is merged-/usr (`lib ->
-/// usr/lib`), and a `lib` folder entry would replace that link (the kernel removes an
-/// existing entry of another type).
+/// usr/lib`), and a `lib` folder entry would replace that link (the kernel's `clean_path`
+/// removes an existing entry of another type; not tried here).
 fn virtio_archive(f: &Fixture, initrd: &Path, work: &Path) -> Vec<u8> {
     let unpacked = work.join("unpacked");
     util::run(Command::new("unmkinitramfs").arg(initrd).arg(&unpacked));
