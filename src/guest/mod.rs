@@ -16,6 +16,8 @@
 //! - [`lvm`]: LVM2 physical volumes, their metadata, and reading a logical volume.
 //! - [`ext4`]: reading ext2/ext3/ext4 file systems (read-only, through the `ext4-view` crate).
 //! - [`iso9660`]: ISO 9660 / Joliet images (driver ISOs).
+//! - [`linuxcfg`]: a Linux guest's configuration that breaks on another platform (fstab, boot
+//!   loader, MAC-bound network, guest tools), and the file changes that fix it.
 
 pub mod disk;
 pub mod ext4;
@@ -23,6 +25,7 @@ pub mod fs;
 pub mod fsdetect;
 pub mod hive;
 pub mod iso9660;
+pub mod linuxcfg;
 pub mod lvm;
 pub mod ntfs;
 pub mod partition;

@@ -26,6 +26,7 @@ mod image_lock;
 mod inject_windows;
 mod inspect_cli;
 mod inspect_linux;
+mod linux_config;
 mod msrv;
 mod nbd_client;
 mod nbd_push;
