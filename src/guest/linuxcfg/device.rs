@@ -131,7 +131,7 @@ pub fn classify(spec: &str) -> Naming {
     if dev.starts_with("mapper/") {
         return Naming::Mapper;
     }
-    if dev.starts_with("md/") || dev.strip_prefix("md").is_some_and(|r| digits(r)) {
+    if dev.starts_with("md/") || dev.strip_prefix("md").is_some_and(digits) {
         return Naming::Md;
     }
     if dev.strip_prefix("dm-").is_some_and(digits) {

@@ -663,7 +663,7 @@ fn yaml_lines(text: &str) -> Vec<YLine> {
 }
 
 /// The children of node `of` (`None`: the top level).
-fn children<'y>(y: &'y [YLine], of: Option<usize>) -> impl Iterator<Item = (usize, &'y YLine)> {
+fn children(y: &[YLine], of: Option<usize>) -> impl Iterator<Item = (usize, &YLine)> {
     y.iter().enumerate().filter(move |(_, n)| n.parent == of)
 }
 
