@@ -22,6 +22,8 @@
 //! - [`compress`]: the compressed streams of initramfs archives and kernel modules.
 //! - [`initramfs`]: reading initramfs images (cpio segments, compressed or not) and writing a
 //!   newc archive to append to one.
+//! - [`linuxcfg`]: a Linux guest's configuration that breaks on another platform (fstab, boot
+//!   loader, MAC-bound network, guest tools), and the file changes that fix it.
 
 pub mod compress;
 pub mod disk;
@@ -33,6 +35,7 @@ pub mod hive;
 pub mod initramfs;
 pub mod iso9660;
 pub mod kmod;
+pub mod linuxcfg;
 pub mod lvm;
 pub mod ntfs;
 pub mod partition;

@@ -30,6 +30,7 @@ mod inspect_linux;
 mod kmod;
 mod linux_boot;
 mod linux_fixture;
+mod linux_config;
 mod msrv;
 mod nbd_client;
 mod nbd_push;
