@@ -568,3 +568,77 @@ fn damaged_metadata() {
         }
     }
 }
+
+/// The real path: a qcow2 image opened as an `ImageTx`, the writer on its transaction disk;
+/// dropping the transaction leaves the image as it was, committing it gives e2fsck a clean
+/// file system with the new files.
+#[test]
+fn through_an_image_transaction() {
+    if !(tools() && util::require("qemu-img")) {
+        return;
+    }
+    use diskconv::OpenOptions;
+    use diskconv::guest::disk::ImageTx;
+    let dir = util::tmpdir();
+    let t = tree(dir.path());
+    let raw = dir.path().join("fs.img");
+    mkfs(&raw, &t, &["-t", "ext4", "-b", "4096"], 16 * 1024);
+    let qcow = dir.path().join("fs.qcow2");
+    util::qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        qcow.to_str().unwrap(),
+    ]);
+    let before = util::sha256_file(&qcow);
+    {
+        let mut tx = ImageTx::open(&qcow, &OpenOptions::default()).unwrap();
+        let mut w = Ext4Writer::open(&mut tx.disk).unwrap();
+        w.create_file("/etc/dropped", b"never", 0o644, 0, 0)
+            .unwrap();
+        // Dropped without commit.
+    }
+    assert_eq!(
+        util::sha256_file(&qcow),
+        before,
+        "an uncommitted edit reached the image"
+    );
+    let mut tx = ImageTx::open(&qcow, &OpenOptions::default()).unwrap();
+    {
+        let mut w = Ext4Writer::open(&mut tx.disk).unwrap();
+        w.create_file(
+            "/etc/dracut.conf.d/virtio.conf",
+            b"add_drivers+=\" virtio_scsi \"\n",
+            0o644,
+            0,
+            0,
+        )
+        .unwrap();
+        w.replace_file("/etc/fstab", b"UUID=abc / ext4 defaults 0 1\n")
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    let back = dir.path().join("back.img");
+    util::qemu_img(&[
+        "convert",
+        "-f",
+        "qcow2",
+        "-O",
+        "raw",
+        qcow.to_str().unwrap(),
+        back.to_str().unwrap(),
+    ]);
+    assert_fsck(&back, "commit through ImageTx");
+    assert_eq!(
+        debugfs(&back, "cat /etc/dracut.conf.d/virtio.conf"),
+        b"add_drivers+=\" virtio_scsi \"\n"
+    );
+    assert_eq!(
+        debugfs(&back, "cat /etc/fstab"),
+        b"UUID=abc / ext4 defaults 0 1\n"
+    );
+    assert!(debugfs(&back, "cat /etc/dropped").is_empty());
+}
