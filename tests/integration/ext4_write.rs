@@ -642,3 +642,37 @@ fn through_an_image_transaction() {
     );
     assert!(debugfs(&back, "cat /etc/dropped").is_empty());
 }
+
+/// Files with an extended attribute block (set by debugfs `ea_set`, too large for the inode):
+/// unlinking frees the block; e2fsck checks the bitmaps and counts.
+#[test]
+fn unlink_with_xattr_block() {
+    if !tools() {
+        return;
+    }
+    let dir = util::tmpdir();
+    let t = tree(dir.path());
+    let img = dir.path().join("fs.img");
+    mkfs(&img, &t, &["-t", "ext4", "-b", "4096"], 16 * 1024);
+    let value = dir.path().join("value");
+    std::fs::write(&value, vec![b'v'; 1500]).unwrap();
+    run(Command::new("debugfs")
+        .args([
+            "-w",
+            "-R",
+            &format!("ea_set -f {} /etc/hostname user.big", value.display()),
+        ])
+        .arg(&img));
+    let st = debugfs_text(&img, "stat /etc/hostname");
+    assert!(
+        st.contains("File ACL: ") && !st.contains("File ACL: 0"),
+        "{st}"
+    );
+    assert_fsck(&img, "ea_set");
+    let free_before = free_blocks(&img);
+    let mut fx = Fx::open(&img);
+    fx.w().unlink("/etc/hostname").unwrap();
+    fx.check("unlink of a file with an xattr block");
+    // The data block and the xattr block came back.
+    assert_eq!(free_blocks(&img), free_before + 2);
+}

@@ -1182,7 +1182,8 @@ impl<D: DiskIo> Ext4Writer<D> {
     }
 
     /// Removes the regular file or symbolic link `path`: its directory entry, one link; at no
-    /// links left, its blocks and its inode are freed (deletion time set).
+    /// links left, its blocks, its extended attribute block (or one reference to a shared
+    /// one) and its inode are freed (deletion time set).
     pub fn unlink(&mut self, path: &str) -> Result<(), Error> {
         let mut tx = self.tx();
         let (dir, name) = tx.resolve_parent(path)?;
@@ -1199,13 +1200,6 @@ impl<D: DiskIo> Ext4Writer<D> {
             .into());
         }
         let last = i.links() <= 1;
-        if last && i.file_acl() != 0 {
-            return Err(ExtfsError::Unsupported(format!(
-                "'{path}' (inode {ino}) has an extended attribute block; removing it is not \
-                 implemented"
-            ))
-            .into());
-        }
         // The entry.
         let di = tx.inode(dir)?;
         let m = tx.mapping(dir, &di)?;
@@ -1243,6 +1237,10 @@ impl<D: DiskIo> Ext4Writer<D> {
                 let m = tx.mapping(ino, &i)?;
                 tx.free_mapping(&m)?;
             }
+            let acl = i.file_acl();
+            if acl != 0 {
+                tx.release_xattr_block(ino, acl)?;
+            }
             i.set_links(0);
             i.set_dtime(tx.now.0);
             i.touch_c(tx.now.0, tx.now.1);
@@ -1258,6 +1256,35 @@ impl<D: DiskIo> Ext4Writer<D> {
 }
 
 impl<D: DiskRead> Tx<'_, D> {
+    /// Drops inode `ino`'s reference to its extended attribute block `blk`: frees it at the
+    /// last reference, else decrements `h_refcount` (and recomputes its checksum).
+    fn release_xattr_block(&mut self, ino: u32, blk: u64) -> Result<(), ExtfsError> {
+        let mut b = self.read_block(blk)?;
+        let off = blk * u64::from(self.sb.block_size);
+        let magic = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let refs = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        let nblocks = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+        if magic != 0xEA02_0000 || nblocks != 1 {
+            return Err(ExtfsError::invalid(
+                format!("extended attribute block of inode {ino}"),
+                off,
+                format!("expected magic 0xea020000 and 1 block, found {magic:#010x} and {nblocks}"),
+            ));
+        }
+        if refs <= 1 {
+            return self.mark_blocks(blk, 1, false);
+        }
+        b[4..8].copy_from_slice(&(refs - 1).to_le_bytes());
+        if self.sb.metadata_csum() {
+            b[0x10..0x14].fill(0);
+            let c = csum::ext4_crc32c(self.sb.csum_seed, &blk.to_le_bytes());
+            let c = csum::ext4_crc32c(c, &b);
+            b[0x10..0x14].copy_from_slice(&c.to_le_bytes());
+        }
+        self.write_block(blk, b);
+        Ok(())
+    }
+
     /// Allocates and initialises a new inode near directory `dir`.
     fn new_inode(
         &mut self,
