@@ -29,6 +29,8 @@ pub(crate) struct Entry {
     pub inode: u32,
     pub rec_len: usize,
     pub name: Vec<u8>,
+    /// The file type byte (0 without the filetype feature).
+    pub ftype: u8,
 }
 
 /// Size an entry with a name of `n` bytes needs.
@@ -98,6 +100,7 @@ pub(crate) fn entries(
             inode,
             rec_len,
             name: b[o + 8..o + 8 + name_len].to_vec(),
+            ftype: if filetype { b[o + 7] } else { 0 },
         });
         o += rec_len;
     }
@@ -207,6 +210,69 @@ fn put_tail(b: &mut [u8]) {
     b[t + 7] = TAIL_FT;
 }
 
+/// A leaf block holding `ents` (inode, name, file type) packed from the start, the last one
+/// spanning the rest, with a tail when `tail`; `None` when they do not fit.
+pub(crate) fn pack_leaf(
+    ents: &[(u32, Vec<u8>, u8)],
+    bs: usize,
+    tail: bool,
+    filetype: bool,
+) -> Option<Vec<u8>> {
+    let end = if tail { bs - TAIL_LEN } else { bs };
+    let total: usize = ents.iter().map(|e| entry_size(e.1.len())).sum();
+    if total > end || ents.is_empty() {
+        return None;
+    }
+    let mut b = vec![0u8; bs];
+    let mut o = 0;
+    for (k, (ino, name, ft)) in ents.iter().enumerate() {
+        let len = if k + 1 == ents.len() {
+            end - o
+        } else {
+            entry_size(name.len())
+        };
+        put_entry(&mut b, o, *ino, len, name, filetype.then_some(*ft));
+        o += len;
+    }
+    if tail {
+        put_tail(&mut b);
+    }
+    Some(b)
+}
+
+/// Inserts the dx entry (`hash`, `block`) after position `pos` of the dx node whose count and
+/// limit are at `count_off`; false when the node is full.
+pub(crate) fn dx_insert(b: &mut [u8], count_off: usize, pos: usize, hash: u32, block: u32) -> bool {
+    let limit = usize::from(le16(b, count_off));
+    let count = usize::from(le16(b, count_off + 2));
+    if count >= limit || pos >= count {
+        return false;
+    }
+    let at = count_off + 8 * (pos + 1);
+    let end = count_off + 8 * count;
+    b.copy_within(at..end, at + 8);
+    b[at..at + 4].copy_from_slice(&hash.to_le_bytes());
+    b[at + 4..at + 8].copy_from_slice(&block.to_le_bytes());
+    b[count_off + 2..count_off + 4].copy_from_slice(&((count + 1) as u16).to_le_bytes());
+    true
+}
+
+/// Recomputes the dx tail checksum of a dx node (root or interior; metadata_csum): crc32c of
+/// the node up to its last entry, then of the tail with its checksum as zero.
+pub(crate) fn set_dx_csum(b: &mut [u8], count_off: usize, ino_seed: u32) -> bool {
+    let limit = usize::from(le16(b, count_off));
+    let count = usize::from(le16(b, count_off + 2));
+    let t = count_off + 8 * limit;
+    if t + 8 > b.len() {
+        return false;
+    }
+    let c = ext4_crc32c(ino_seed, &b[..count_off + 8 * count]);
+    let c = ext4_crc32c(c, &b[t..t + 4]);
+    let c = ext4_crc32c(c, &[0; 4]);
+    b[t + 4..t + 8].copy_from_slice(&c.to_le_bytes());
+    true
+}
+
 /// Recomputes the checksum in the tail of leaf block `b` (metadata_csum).
 pub(crate) fn set_leaf_csum(b: &mut [u8], ino_seed: u32) {
     let t = b.len() - TAIL_LEN;
@@ -271,19 +337,6 @@ pub(crate) fn dx_entries(
         v.push((hash, le32(b, o + 4)));
     }
     Ok(v)
-}
-
-/// The block of the dx entries to follow for `hash`: the last entry whose hash is <= it.
-pub(crate) fn dx_pick(entries: &[(u32, u32)], hash: u32) -> u32 {
-    let mut blk = entries[0].1;
-    for &(h, b) in &entries[1..] {
-        if h <= hash {
-            blk = b;
-        } else {
-            break;
-        }
-    }
-    blk
 }
 
 /// The directory hash of `name` (`ext4fs_dirhash`): `version` 0 legacy, 1 half-MD4, 2 TEA (3,

@@ -531,10 +531,14 @@ impl<D: DiskRead> Tx<'_, D> {
         let seed = self.ino_seed(dir, &di);
         let indexed = di.flags() & FL_INDEX != 0 && self.sb.compat & COMPAT_DIR_INDEX != 0;
         let nblocks = (di.size().div_ceil(bs as u64)).min(u64::from(u32::MAX)) as u32;
-        let candidates: Vec<u32> = if indexed {
-            vec![self.dx_leaf(dir, &m, name)?]
+        let dx = if indexed {
+            Some(self.dx_leaf(dir, &m, name)?)
         } else {
-            (0..nblocks).collect()
+            None
+        };
+        let candidates: Vec<u32> = match &dx {
+            Some(d) => vec![d.leaf],
+            None => (0..nblocks).collect(),
         };
         for l in candidates.iter().copied() {
             let Some(p) = m.lookup(l) else { continue };
@@ -556,13 +560,10 @@ impl<D: DiskRead> Tx<'_, D> {
                 return Ok(());
             }
         }
-        if indexed {
-            return Err(ExtfsError::Unsupported(format!(
-                "the htree leaf (logical block {}) of directory inode {dir} that '{}' hashes \
-                 to is full; splitting htree leaves is not implemented",
-                candidates[0],
-                String::from_utf8_lossy(name)
-            )));
+        if let Some(d) = dx {
+            self.dx_split(dir, &mut di, &m, &d, name, ino, ft)?;
+            self.put_inode(dir, di);
+            return Ok(());
         }
         // A new block at the end of the directory.
         let goal = (dir - 1) / self.sb.inodes_per_group;
@@ -574,25 +575,14 @@ impl<D: DiskRead> Tx<'_, D> {
             dir::set_leaf_csum(&mut b, seed);
         }
         self.write_block(p, b);
-        let mut runs = m.runs.clone();
-        match runs.last_mut() {
-            Some(r) if r.phys + u64::from(r.len) == p && r.logical + r.len == nblocks => r.len += 1,
-            _ => runs.push(Run {
-                logical: nblocks,
-                phys: p,
-                len: 1,
-            }),
-        }
-        let meta = self.set_mapping(dir, &mut di, &runs, &m.meta)?;
-        di.set_size(u64::from(nblocks + 1) * bs as u64);
-        self.set_blocks(&mut di, m.data_blocks() + 1 + meta);
-        di.touch_mc(self.now.0, self.now.1);
+        self.append_dir_block(dir, &mut di, &m, p, nblocks)?;
         self.put_inode(dir, di);
         Ok(())
     }
 
-    /// The leaf block (logical) of an indexed directory that `name` belongs in.
-    fn dx_leaf(&mut self, dir: u32, m: &Mapping, name: &[u8]) -> Result<u32, ExtfsError> {
+    /// Where `name` belongs in an indexed directory: the leaf (logical block), the dx node
+    /// pointing to it and the hash version used.
+    fn dx_leaf(&mut self, dir: u32, m: &Mapping, name: &[u8]) -> Result<DxPath, ExtfsError> {
         let bs = self.bs() as u64;
         let Some(p0) = m.lookup(0) else {
             return Err(ExtfsError::corrupt(
@@ -618,7 +608,9 @@ impl<D: DiskRead> Tx<'_, D> {
                 root.hash_version
             ))
         })?;
-        let mut blk = dir::dx_pick(&root.entries, hash);
+        let mut pos = dx_pos(&root.entries, hash);
+        let mut blk = root.entries[pos].1;
+        let mut node = (p0, 0x20usize);
         for _ in 0..root.levels {
             let Some(p) = m.lookup(blk) else {
                 return Err(ExtfsError::corrupt(
@@ -630,9 +622,134 @@ impl<D: DiskRead> Tx<'_, D> {
             let nb = self.read_block(p)?;
             let ents =
                 dir::dx_entries(&nb, 8, &format!("directory inode {dir} htree node"), p * bs)?;
-            blk = dir::dx_pick(&ents, hash);
+            pos = dx_pos(&ents, hash);
+            blk = ents[pos].1;
+            node = (p, 8);
         }
-        Ok(blk)
+        Ok(DxPath {
+            leaf: blk,
+            node: node.0,
+            count_off: node.1,
+            pos,
+            version,
+        })
+    }
+
+    /// Splits the full leaf of `path` in an indexed directory: its entries and the new one,
+    /// ordered by hash, go half to the leaf, half to a new block appended to the directory,
+    /// whose first hash joins the dx node after the leaf's entry.
+    #[allow(clippy::too_many_arguments)]
+    fn dx_split(
+        &mut self,
+        dir: u32,
+        di: &mut Inode,
+        m: &Mapping,
+        path: &DxPath,
+        name: &[u8],
+        ino: u32,
+        ft: u8,
+    ) -> Result<(), ExtfsError> {
+        let bs = self.bs();
+        let filetype = self.sb.incompat & INCOMPAT_FILETYPE != 0;
+        let csum = self.sb.metadata_csum();
+        let seed = self.ino_seed(dir, di);
+        let full = |what: &str| {
+            ExtfsError::Unsupported(format!(
+                "the htree of directory inode {dir} cannot take '{}': {what}",
+                String::from_utf8_lossy(name)
+            ))
+        };
+        let Some(lp) = m.lookup(path.leaf) else {
+            return Err(ExtfsError::corrupt(
+                format!("directory inode {dir} htree"),
+                0,
+                format!("the index points to unmapped block {}", path.leaf),
+            ));
+        };
+        let b = self.read_block(lp)?;
+        let where_ = format!("directory inode {dir} block {}", path.leaf);
+        let mut all: Vec<(u32, u32, Vec<u8>, u8)> = Vec::new();
+        for e in dir::entries(&b, filetype, &where_, lp * bs as u64)? {
+            if e.inode != 0 {
+                let h = dir::name_hash(&e.name, path.version, &self.sb.hash_seed).unwrap_or(0);
+                all.push((h, e.inode, e.name, e.ftype));
+            }
+        }
+        let h = dir::name_hash(name, path.version, &self.sb.hash_seed).unwrap_or(0);
+        all.push((h, ino, name.to_vec(), ft));
+        all.sort_by_key(|e| e.0);
+        // Split in the middle, never between two equal hashes.
+        let mut k = all.len() / 2;
+        while k < all.len() && k > 0 && all[k].0 == all[k - 1].0 {
+            k += 1;
+        }
+        if k == all.len() {
+            k = all.len() / 2;
+            while k > 1 && all[k].0 == all[k - 1].0 {
+                k -= 1;
+            }
+        }
+        if k == 0 || k >= all.len() || all[k].0 == all[k - 1].0 {
+            return Err(full("its leaf holds names of one hash only"));
+        }
+        let split_hash = all[k].0;
+        let pack = |v: &[(u32, u32, Vec<u8>, u8)]| {
+            let ents: Vec<(u32, Vec<u8>, u8)> = v.iter().map(|e| (e.1, e.2.clone(), e.3)).collect();
+            dir::pack_leaf(&ents, bs, csum, filetype)
+        };
+        let (Some(mut lo), Some(mut hi)) = (pack(&all[..k]), pack(&all[k..])) else {
+            return Err(full("the halves of the split leaf do not fit a block"));
+        };
+        let mut node = self.read_block(path.node)?;
+        let nblocks = (di.size().div_ceil(bs as u64)).min(u64::from(u32::MAX)) as u32;
+        if !dir::dx_insert(&mut node, path.count_off, path.pos, split_hash, nblocks) {
+            return Err(full(
+                "its index node is full (growing the index is not implemented)",
+            ));
+        }
+        if csum && !dir::set_dx_csum(&mut node, path.count_off, seed) {
+            return Err(ExtfsError::corrupt(
+                format!("directory inode {dir} htree node"),
+                path.node * bs as u64,
+                "no room for the dx tail",
+            ));
+        }
+        let goal = (dir - 1) / self.sb.inodes_per_group;
+        let (p, _) = self.alloc_blocks(1, goal)?[0];
+        if csum {
+            dir::set_leaf_csum(&mut lo, seed);
+            dir::set_leaf_csum(&mut hi, seed);
+        }
+        self.write_block(path.node, node);
+        self.write_block(lp, lo);
+        self.write_block(p, hi);
+        self.append_dir_block(dir, di, m, p, nblocks)
+    }
+
+    /// Appends physical block `p` as logical block `nblocks` of directory `dir`.
+    fn append_dir_block(
+        &mut self,
+        dir: u32,
+        di: &mut Inode,
+        m: &Mapping,
+        p: u64,
+        nblocks: u32,
+    ) -> Result<(), ExtfsError> {
+        let bs = self.bs() as u64;
+        let mut runs = m.runs.clone();
+        match runs.last_mut() {
+            Some(r) if r.phys + u64::from(r.len) == p && r.logical + r.len == nblocks => r.len += 1,
+            _ => runs.push(Run {
+                logical: nblocks,
+                phys: p,
+                len: 1,
+            }),
+        }
+        let meta = self.set_mapping(dir, di, &runs, &m.meta)?;
+        di.set_size(u64::from(nblocks + 1) * bs);
+        self.set_blocks(di, m.data_blocks() + 1 + meta);
+        di.touch_mc(self.now.0, self.now.1);
+        Ok(())
     }
 
     /// Stores `i_blocks` for `n` file-system blocks (plus the xattr block if any).
@@ -703,6 +820,33 @@ impl<D: DiskRead> Tx<'_, D> {
             sb_state: self.sb,
         })
     }
+}
+
+/// The way from the dx root to the leaf a name belongs in.
+struct DxPath {
+    /// The leaf's logical block.
+    leaf: u32,
+    /// The physical block of the dx node (root or interior) pointing to the leaf.
+    node: u64,
+    /// Where that node's count and limit are (0x20 in the root, 8 in an interior node).
+    count_off: usize,
+    /// The index of the leaf's entry in that node.
+    pos: usize,
+    /// The hash version (unsigned variants included).
+    version: u8,
+}
+
+/// The index of the last dx entry whose hash is <= `hash`.
+fn dx_pos(entries: &[(u32, u32)], hash: u32) -> usize {
+    let mut pos = 0;
+    for (k, &(h, _)) in entries.iter().enumerate().skip(1) {
+        if h <= hash {
+            pos = k;
+        } else {
+            break;
+        }
+    }
+    pos
 }
 
 /// Whether a directory block is an htree interior node (a fake entry spanning the block).
@@ -1038,7 +1182,8 @@ impl<D: DiskIo> Ext4Writer<D> {
     }
 
     /// Removes the regular file or symbolic link `path`: its directory entry, one link; at no
-    /// links left, its blocks and its inode are freed (deletion time set).
+    /// links left, its blocks, its extended attribute block (or one reference to a shared
+    /// one) and its inode are freed (deletion time set).
     pub fn unlink(&mut self, path: &str) -> Result<(), Error> {
         let mut tx = self.tx();
         let (dir, name) = tx.resolve_parent(path)?;
@@ -1055,13 +1200,6 @@ impl<D: DiskIo> Ext4Writer<D> {
             .into());
         }
         let last = i.links() <= 1;
-        if last && i.file_acl() != 0 {
-            return Err(ExtfsError::Unsupported(format!(
-                "'{path}' (inode {ino}) has an extended attribute block; removing it is not \
-                 implemented"
-            ))
-            .into());
-        }
         // The entry.
         let di = tx.inode(dir)?;
         let m = tx.mapping(dir, &di)?;
@@ -1099,6 +1237,10 @@ impl<D: DiskIo> Ext4Writer<D> {
                 let m = tx.mapping(ino, &i)?;
                 tx.free_mapping(&m)?;
             }
+            let acl = i.file_acl();
+            if acl != 0 {
+                tx.release_xattr_block(ino, acl)?;
+            }
             i.set_links(0);
             i.set_dtime(tx.now.0);
             i.touch_c(tx.now.0, tx.now.1);
@@ -1114,6 +1256,35 @@ impl<D: DiskIo> Ext4Writer<D> {
 }
 
 impl<D: DiskRead> Tx<'_, D> {
+    /// Drops inode `ino`'s reference to its extended attribute block `blk`: frees it at the
+    /// last reference, else decrements `h_refcount` (and recomputes its checksum).
+    fn release_xattr_block(&mut self, ino: u32, blk: u64) -> Result<(), ExtfsError> {
+        let mut b = self.read_block(blk)?;
+        let off = blk * u64::from(self.sb.block_size);
+        let magic = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let refs = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        let nblocks = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+        if magic != 0xEA02_0000 || nblocks != 1 {
+            return Err(ExtfsError::invalid(
+                format!("extended attribute block of inode {ino}"),
+                off,
+                format!("expected magic 0xea020000 and 1 block, found {magic:#010x} and {nblocks}"),
+            ));
+        }
+        if refs <= 1 {
+            return self.mark_blocks(blk, 1, false);
+        }
+        b[4..8].copy_from_slice(&(refs - 1).to_le_bytes());
+        if self.sb.metadata_csum() {
+            b[0x10..0x14].fill(0);
+            let c = csum::ext4_crc32c(self.sb.csum_seed, &blk.to_le_bytes());
+            let c = csum::ext4_crc32c(c, &b);
+            b[0x10..0x14].copy_from_slice(&c.to_le_bytes());
+        }
+        self.write_block(blk, b);
+        Ok(())
+    }
+
     /// Allocates and initialises a new inode near directory `dir`.
     fn new_inode(
         &mut self,

@@ -260,7 +260,7 @@ impl Superblock {
                 format!("expected a power of two in 128..={block_size}, found {inode_size}"),
             );
         }
-        if is64 && (desc_size < 64 || desc_size > 1024 || !desc_size.is_power_of_two()) {
+        if is64 && (!(64..=1024).contains(&desc_size) || !desc_size.is_power_of_two()) {
             return bad(
                 "s_desc_size",
                 0xFE,
