@@ -395,6 +395,47 @@ fn closures_match_modprobe_for_every_target() {
     }
 }
 
+/// Modules the initramfs already holds are left out of the archive, their dependencies not.
+#[test]
+fn modules_already_in_the_initramfs_are_not_added() {
+    if !util::require("mke2fs") {
+        return;
+    }
+    let Some(k) = kernel() else { return };
+    let tmp = util::tmpdir();
+    let need = boot_drivers(ModuleTarget::Kvm);
+    let mut want = BTreeSet::new();
+    for m in need.modules() {
+        want.extend(modprobe_depends(&k.root, &k.version, m).unwrap().0);
+    }
+    let tree = guest_tree(tmp.path(), k, &want, None);
+    let fs = ext4_of(&tree, &tmp.path().join("root.ext4"));
+    let mut ex = existing_tools();
+    ex.module_names = vec!["virtio".into(), "scsi-mod".into(), "virtio_blk".into()];
+    let plan = plan_early_modules(&k.version, &need, &fs, &ex, None).unwrap();
+    let moddir = format!("lib/modules/{}/", k.version);
+    let got: BTreeSet<String> = plan
+        .files
+        .iter()
+        .filter(|f| !f.is_dir())
+        .filter_map(|f| f.path.strip_prefix(&moddir))
+        .filter(|p| p.contains('/'))
+        .map(str::to_string)
+        .collect();
+    let left_out = ["/virtio.ko", "/scsi_mod.ko", "/virtio_blk.ko"];
+    let expected: BTreeSet<String> = want
+        .iter()
+        .filter(|p| !left_out.iter().any(|l| p.ends_with(l)))
+        .cloned()
+        .collect();
+    assert_eq!(want.len(), expected.len() + 3, "{want:?}");
+    assert_eq!(got, expected);
+    // virtio_blk is in the initramfs: still loaded and kept across rebuilds.
+    assert!(plan.load.contains(&"virtio_blk".to_string()));
+    assert!(plan.guest_config[0].1.lines().any(|l| l == "virtio_blk"));
+    assert!(plan.missing.is_empty(), "{:?}", plan.missing);
+}
+
 #[test]
 fn status_and_vermagic_match_modinfo() {
     if !util::require("mke2fs") {

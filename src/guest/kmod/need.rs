@@ -223,8 +223,14 @@ pub fn boot_drivers(target: ModuleTarget) -> DriverNeed {
             g.push(group(
                 DriverRole::Storage,
                 Need::Optional,
-                &["xen_blkfront", "xen_netfront"],
-                "Huawei's import guide adds the Xen front ends for its older Xen flavours",
+                &["xen_blkfront"],
+                "Huawei's import guide adds the Xen disk front end for its older Xen flavours",
+            ));
+            g.push(group(
+                DriverRole::Network,
+                Need::Optional,
+                &["xen_netfront"],
+                "Huawei's import guide adds the Xen network front end for its older Xen flavours",
             ));
             g
         }

@@ -150,9 +150,10 @@ pub fn driver_status(
         .collect()
 }
 
-/// [`driver_status`] on a guest's index, with the vermagic of every module file on disk
-/// checked against the kernel version (a module in the initramfs or on disk whose file names
-/// another kernel becomes [`ModuleState::OtherKernel`]).
+/// [`driver_status`] on a guest's index, with the vermagic of the file of every module that
+/// is on disk but not in the initramfs checked against the kernel version (one whose file
+/// names another kernel becomes [`ModuleState::OtherKernel`]; a file `modules.dep` lists but
+/// the guest lacks becomes [`ModuleState::Absent`]).
 pub fn guest_status(
     guest: &dyn GuestFs,
     modules_index: &KernelModules,
