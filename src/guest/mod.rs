@@ -15,8 +15,11 @@
 //! - [`fsdetect`]: which file system a volume holds, and the details of the Linux ones.
 //! - [`lvm`]: LVM2 physical volumes, their metadata, and reading a logical volume.
 //! - [`ext4`]: reading ext2/ext3/ext4 file systems (read-only, through the `ext4-view` crate).
+//! - [`btrfs`]: reading btrfs file systems (read-only; the default subvolume's files, the
+//!   subvolumes).
 //! - [`iso9660`]: ISO 9660 / Joliet images (driver ISOs).
 
+pub mod btrfs;
 pub mod disk;
 pub mod ext4;
 pub mod fs;
