@@ -507,7 +507,10 @@ impl BtrfsVolume {
 
     /// Resolves `path` in the default subvolume; a final symbolic link is followed when
     /// `follow` is set. `None`: it does not exist or does not resolve.
+    /// A trailing `/` asks for a directory (a final link is followed), as on Linux.
     fn resolve(&self, path: &str, follow: bool) -> Result<Option<(Loc, Inode)>> {
+        let want_dir = path.ends_with('/');
+        let follow = follow || want_dir;
         let top = self.top()?;
         let mut stack = vec![top];
         let mut queue: VecDeque<Vec<u8>> = path
@@ -565,7 +568,11 @@ impl BtrfsVolume {
             }
             stack.push((loc, inode));
         }
-        Ok(stack.last().copied())
+        let last = stack.last().copied();
+        if want_dir && last.is_some_and(|(_, i)| i.kind() != InodeKind::Dir) {
+            return Ok(None);
+        }
+        Ok(last)
     }
 
     /// The first `max` bytes (at most) of inode `loc`'s data.
