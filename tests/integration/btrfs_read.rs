@@ -468,6 +468,23 @@ fn kernel_written_compression_prealloc_and_subvolumes() {
     want.sort();
     assert_eq!(got, want);
     assert_eq!(want.len(), 4);
+    // Another subvolume as the root (a root mounted with `subvol=`), and the top level.
+    let mut v = v;
+    let at = want.iter().find(|(_, p)| p == "@").unwrap().0;
+    v.use_subvolume(at).unwrap();
+    assert_eq!(v.root_subvolume(), at);
+    assert_eq!(
+        v.read_text("/.snapshots/1/snapshot/home/user/.profile", 100)
+            .unwrap()
+            .as_deref(),
+        Some("export A=1\n")
+    );
+    v.use_subvolume(5).unwrap();
+    let mut top = v.list_dir("/", 10).unwrap().unwrap();
+    top.sort();
+    assert_eq!(top, vec!["@".to_string()]);
+    assert!(v.use_subvolume(4242).is_err());
+    assert_eq!(v.root_subvolume(), 5);
     assert!(
         get_default.starts_with(&format!("ID {default_id} ")),
         "{get_default}"

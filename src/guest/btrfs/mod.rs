@@ -2,6 +2,9 @@
 //! partition [`Window`](crate::guest::disk::Window), a logical volume), then the files of the
 //! default subvolume by absolute path ([`GuestFs`]), the subvolumes by name.
 //!
+//! [`BtrfsVolume::use_subvolume`] makes paths resolve in another subvolume (a root mounted
+//! with `subvol=`).
+//!
 //! What is read: the primary superblock (64 KiB; CRC-32C, xxHash64 or SHA-256 checksums;
 //! BLAKE2b is refused), the chunk tree (SINGLE, DUP and RAID1-style chunks; RAID0/10/5/6 are
 //! refused when a read reaches them), the root tree and the subvolume trees (every tree block's
@@ -108,6 +111,9 @@ pub struct BtrfsVolume {
     cache: RefCell<HashMap<u64, Rc<Node>>>,
     roots: RefCell<HashMap<u64, RootItem>>,
     default_subvol: u64,
+    /// The subvolume paths resolve in: the default one unless [`BtrfsVolume::use_subvolume`]
+    /// chose another.
+    root_subvol: u64,
 }
 
 impl std::fmt::Debug for BtrfsVolume {
@@ -193,6 +199,7 @@ impl BtrfsVolume {
             cache: RefCell::new(HashMap::new()),
             roots: RefCell::new(HashMap::new()),
             default_subvol: FS_TREE,
+            root_subvol: FS_TREE,
         };
         // The chunk tree: every chunk, the bootstrap ones again among them.
         let mut found = Vec::new();
@@ -214,7 +221,7 @@ impl BtrfsVolume {
         v.cache.borrow_mut().clear();
         v.default_subvol = v.find_default()?;
         // The default subvolume must be readable.
-        v.tree_root(v.default_subvol)?;
+        v.use_subvolume(v.default_subvol)?;
         Ok(v)
     }
 
@@ -240,6 +247,33 @@ impl BtrfsVolume {
     /// tree's "default" entry, or the top level ([`FS_TREE`], 5) when there is none.
     pub fn default_subvolume(&self) -> u64 {
         self.default_subvol
+    }
+
+    /// Makes paths resolve in subvolume `id` (from [`subvolumes`](Self::subvolumes), or
+    /// [`FS_TREE`] for the top level) instead of the default one: a root mounted with
+    /// `subvol=` (Fedora mounts `root` of a top level that stays the default). An error when
+    /// the subvolume or its top directory cannot be read.
+    pub fn use_subvolume(&mut self, id: u64) -> Result<()> {
+        let r = self.tree_root(id)?;
+        let loc = Loc {
+            tree: id,
+            ino: r.root_dirid,
+        };
+        match self.inode(loc)? {
+            Some(i) if i.kind() == InodeKind::Dir => {
+                self.root_subvol = id;
+                Ok(())
+            }
+            _ => Err(Error::Corrupt(format!(
+                "btrfs: subvolume {id} has no directory inode {} at its top",
+                loc.ino
+            ))),
+        }
+    }
+
+    /// The subvolume paths resolve in (see [`use_subvolume`](Self::use_subvolume)).
+    pub fn root_subvolume(&self) -> u64 {
+        self.root_subvol
     }
 
     /// Every subvolume and snapshot (not the top level) with its path from the top level, as
@@ -489,11 +523,11 @@ impl BtrfsVolume {
         }
     }
 
-    /// The top directory of the default subvolume.
+    /// The top directory of the subvolume paths resolve in.
     fn top(&self) -> Result<(Loc, Inode)> {
-        let r = self.tree_root(self.default_subvol)?;
+        let r = self.tree_root(self.root_subvol)?;
         let loc = Loc {
-            tree: self.default_subvol,
+            tree: self.root_subvol,
             ino: r.root_dirid,
         };
         let ino = self.inode(loc)?.ok_or_else(|| {
