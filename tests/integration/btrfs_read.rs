@@ -696,3 +696,115 @@ fn several_devices_are_refused() {
     assert_eq!(e.kind(), ErrorKind::Unsupported);
     assert!(e.to_string().contains("2 devices"), "{e}");
 }
+
+/// The LZO1X blocks of an lzop file (its format: magic, header, then blocks of decoded length,
+/// stored length, checksums and data; a block whose stored length equals its decoded length
+/// is not compressed): (decoded length, bytes, whether compressed) of each block.
+fn lzop_blocks(f: &[u8]) -> Vec<(usize, Vec<u8>, bool)> {
+    let be32 = |at: usize| u32::from_be_bytes(f[at..at + 4].try_into().unwrap());
+    assert_eq!(&f[..9], b"\x89LZO\x00\r\n\x1a\n", "lzop magic");
+    let version = u16::from_be_bytes([f[9], f[10]]);
+    let mut at = 13; // version, library version
+    if version >= 0x0940 {
+        at += 2; // version needed
+    }
+    at += 1; // method
+    if version >= 0x0940 {
+        at += 1; // level
+    }
+    let flags = be32(at);
+    at += 4;
+    if flags & 0x800 != 0 {
+        at += 4; // filter
+    }
+    at += 8; // mode, mtime low
+    if version >= 0x0940 {
+        at += 4; // mtime high
+    }
+    let name_len = f[at] as usize;
+    at += 1 + name_len + 4; // name, header checksum
+    assert_eq!(flags & 0x40, 0, "no extra field");
+    let mut out = Vec::new();
+    loop {
+        let dst = be32(at) as usize;
+        at += 4;
+        if dst == 0 {
+            break;
+        }
+        let src = be32(at) as usize;
+        at += 4;
+        if flags & 0x1 != 0 {
+            at += 4; // adler32 of the decoded data
+        }
+        if flags & 0x100 != 0 {
+            at += 4; // crc32 of the decoded data
+        }
+        if src < dst {
+            if flags & 0x2 != 0 {
+                at += 4; // adler32 of the compressed data
+            }
+            if flags & 0x200 != 0 {
+                at += 4; // crc32 of the compressed data
+            }
+        }
+        out.push((dst, f[at..at + src].to_vec(), src < dst));
+        at += src;
+    }
+    out
+}
+
+#[test]
+fn lzo1x_blocks_made_by_lzop_decode() {
+    use diskconv::guest::btrfs::extent::lzo1x_decompress;
+    if !util::require("lzop") {
+        return;
+    }
+    let dir = util::tmpdir();
+    let mut rng = Rng::new(3);
+    // Text with long and short repeats, runs of zeros and random stretches.
+    let mut text = Vec::new();
+    while text.len() < 700_000 {
+        match rng.below(4) {
+            0 => text.extend_from_slice(b"/lib/modules/6.4.0-150600/kernel/drivers/"),
+            1 => text.extend(std::iter::repeat_n(0u8, rng.below(3000) as usize)),
+            2 => {
+                let n = rng.below(200) as usize;
+                text.extend(rng.bytes(n))
+            }
+            _ => text.extend(format!("virtio_{} ", rng.below(1000)).bytes()),
+        }
+    }
+    let src = dir.path().join("t.bin");
+    std::fs::write(&src, &text).unwrap();
+    for level in ["-1", "-9"] {
+        let out = run(Command::new("lzop").args([level, "-c"]).arg(&src));
+        let blocks = lzop_blocks(&out.stdout);
+        assert!(
+            blocks.iter().any(|b| b.2),
+            "lzop {level} compressed nothing"
+        );
+        let mut decoded = Vec::new();
+        for (dst, data, compressed) in &blocks {
+            if *compressed {
+                let mut buf = vec![0u8; *dst];
+                let n = lzo1x_decompress(data, &mut buf)
+                    .unwrap_or_else(|e| panic!("lzop {level}: {e}"));
+                assert_eq!(n, *dst);
+                decoded.extend_from_slice(&buf);
+            } else {
+                decoded.extend_from_slice(data);
+            }
+        }
+        assert!(decoded == text, "lzop {level}: the decoded stream differs");
+        let blocks: Vec<(usize, Vec<u8>)> = blocks
+            .into_iter()
+            .filter(|b| b.2)
+            .map(|b| (b.0, b.1))
+            .collect();
+        // A cut block is an error, not a panic.
+        let (dst, data) = &blocks[0];
+        for cut in [1, data.len() / 2, data.len() - 1] {
+            assert!(lzo1x_decompress(&data[..cut], &mut vec![0u8; *dst]).is_err());
+        }
+    }
+}
