@@ -198,7 +198,7 @@ pub trait BlockReader {
 /// Visits, in key order, the leaf items of the tree rooted at `root` (level `level`) whose
 /// keys lie in `lo..=hi`; `f` gets the leaf and the item's index and returns `false` to stop.
 /// Children must be one level below their parent, so a search ends; at most
-/// [`MAX_VISITS`] blocks are read.
+/// 2^20 blocks are read.
 pub fn search(
     r: &dyn BlockReader,
     root: u64,
