@@ -16,6 +16,8 @@
 //! - [`lvm`]: LVM2 physical volumes, their metadata, and reading a logical volume.
 //! - [`ext4`]: reading ext2/ext3/ext4 file systems (read-only, through the `ext4-view` crate).
 //! - [`extfs`]: writing ext2/ext3/ext4 file systems offline ([`Ext4Writer`](extfs::Ext4Writer)).
+//! - [`btrfs`]: reading btrfs file systems (read-only; the default subvolume's files, the
+//!   subvolumes).
 //! - [`iso9660`]: ISO 9660 / Joliet images (driver ISOs).
 //! - [`kmod`]: kernel modules for early boot: the index files, each target's drivers, their
 //!   status and the extra initramfs archive that provides them.
@@ -26,6 +28,7 @@
 //!   loader, MAC-bound network, guest tools), and the file changes that fix it.
 
 pub mod compress;
+pub mod btrfs;
 pub mod disk;
 pub mod ext4;
 pub mod extfs;

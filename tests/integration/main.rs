@@ -6,6 +6,7 @@
 //! fails instead), and `zz_oracles::summary` reports whatever is missing.
 
 mod azure_upload;
+mod btrfs_read;
 mod check_formats;
 mod cli;
 mod cli_text;
