@@ -16,6 +16,7 @@
 //! - [`lvm`]: LVM2 physical volumes, their metadata, and reading a logical volume.
 //! - [`ext4`]: reading ext2/ext3/ext4 file systems (read-only, through the `ext4-view` crate).
 //! - [`iso9660`]: ISO 9660 / Joliet images (driver ISOs).
+//! - [`xfs`]: reading XFS v4 and v5 file systems (read-only, our own reader).
 
 pub mod disk;
 pub mod ext4;
@@ -27,3 +28,4 @@ pub mod lvm;
 pub mod ntfs;
 pub mod partition;
 pub mod volume;
+pub mod xfs;
