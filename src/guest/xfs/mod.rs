@@ -5,20 +5,20 @@
 //! [`XfsVolume::open`] reads and checks the superblock and the headers of the allocation
 //! groups (AGF, AGI); then files are found by absolute path through the directories:
 //! short-form (inside the inode), block, leaf and node directories (whose data blocks hold
-//! every entry: [`dir`] reads them in order and does not need the hash index). File data comes
-//! from the inode's extent list or its extent B+tree ([`bmap`]); holes and unwritten extents
+//! every entry: `dir.rs` reads them in order and does not need the hash index). File data comes
+//! from the inode's extent list or its extent B+tree (`bmap.rs`); holes and unwritten extents
 //! read as zeros. Symbolic links, local or in blocks, are followed inside the file system
 //! (40 at most per path, like Linux). On v5 every metadata block read is checked: magic, CRC32C,
 //! its own address and owner where the block records them.
 //!
 //! Everything read from disk is bounded before it is used: AG geometry, inode numbers,
-//! extent counts ([`bmap::MAX_EXTENTS`]), B+tree depth ([`bmap::MAX_LEVELS`]) and block count,
-//! symbolic link length (1024 bytes), directory entries. A malformed volume gives an
-//! [`Error::Typed`] holding a [`StructureError`] that names the structure (superblock, AGF 2,
-//! inode 131, directory block of inode 128, ...), its byte offset on the volume and what was
-//! expected and found.
+//! extent counts (2^21 per fork), B+tree depth (9 levels) and block count (the inode's own),
+//! symbolic link length (1024 bytes), directory data (2 GiB), every entry's length. A
+//! malformed volume gives an [`Error::Typed`] holding a [`StructureError`] that names the
+//! structure (superblock, AGF of allocation group 2, inode 131, directory block of inode 128,
+//! ...), its byte offset on the volume and what was expected and found.
 //!
-//! [`XfsVolume::log_is_clean`] says whether the log needs replaying ([`log`] documents what
+//! [`XfsVolume::log_is_clean`] says whether the log needs replaying (`log.rs` documents what
 //! is checked); the reader never replays it, it reads the file system as it is on disk.
 
 mod bmap;
@@ -48,6 +48,8 @@ const AGI_MAGIC: u32 = 0x5841_4749;
 const AGI_CRC_OFF: usize = 312;
 /// AG headers checked at open (the others are not read).
 const MAX_AGS_CHECKED: u32 = 4096;
+/// The most directory data read for one listing or lookup (2 GiB: some 40 million entries).
+const MAX_DIR_BYTES: u64 = 2 << 30;
 /// Symbolic links resolved for one path (Linux's `MAXSYMLINKS`).
 const MAX_LINKS: u32 = 40;
 /// The longest symbolic link target (`XFS_SYMLINK_MAXLEN`).
@@ -322,8 +324,12 @@ impl XfsVolume {
     }
 
     /// Whether the log is clean (nothing to replay): its last record is an unmount record
-    /// that ends at the head, so its tail equals its head (see the [`log`](self) module
-    /// docs in the source for what is and is not checked). An external log device cannot be
+    /// that ends at the head, so its tail equals its head. Checked: the head (the cycle
+    /// numbers of the log's blocks, by binary search), the nearest record header before it,
+    /// and that this record is a one-operation unmount record (`XLOG_UNMOUNT_TRANS`) ending
+    /// exactly at the head, as the kernel's recovery decides; a log that was never written
+    /// (cycle 0) is clean. Not checked: torn writes of in-flight log buffers and record CRCs
+    /// (they cannot make a dirty log look clean). An external log device cannot be
     /// checked from the data volume: an [`Error::Unsupported`].
     pub fn log_is_clean(&self) -> Result<bool> {
         Ok(self.log_state()?.clean)
@@ -450,10 +456,12 @@ impl XfsVolume {
         let end = pos + buf.len() as u64;
         let bl = self.sb.blocklog;
         // Extents before `pos` are skipped by a binary search on their end.
+        // Sorted and disjoint (checked when decoded), so the predicate is monotone.
+        let bs = u64::from(self.sb.blocksize);
         let first = ext.partition_point(|e| {
             (e.startoff + e.blockcount)
-                .checked_shl(u32::from(bl))
-                .is_some_and(|x| (x >> bl) == e.startoff + e.blockcount && x <= pos)
+                .checked_mul(bs)
+                .is_some_and(|x| x <= pos)
         });
         for e in &ext[first..] {
             let Some(e_start) = e.startoff.checked_mul(u64::from(self.sb.blocksize)) else {
@@ -510,6 +518,7 @@ impl XfsVolume {
         let leaf_blk = dir::LEAF_OFFSET / dbs; // first directory block of the leaf section
         let mut buf = vec![0u8; dbs as usize];
         let mut last_done: Option<u64> = None;
+        let mut read_bytes = 0u64;
         for e in &ext {
             let first = e.startoff / fsb_per_dirblk;
             let end = (e.startoff + e.blockcount)
@@ -520,6 +529,14 @@ impl XfsVolume {
                     continue;
                 }
                 last_done = Some(d);
+                read_bytes += dbs;
+                if read_bytes > MAX_DIR_BYTES {
+                    return Err(unsupported(format!(
+                        "the XFS directory of inode {} holds more than {MAX_DIR_BYTES} bytes of \
+                         entries, more than this reader reads",
+                        ip.ino
+                    )));
+                }
                 let lblock = d * fsb_per_dirblk;
                 let Some(at) = self.map_block(ip, &ext, lblock)? else {
                     return Err(corrupt(
