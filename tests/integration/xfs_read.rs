@@ -454,6 +454,12 @@ fn protofile_v5() {
     check_proto_volume(&[], 5);
 }
 
+/// Large extent counters (`-i nrext64=1`): the data fork's count moves to the 64-bit field.
+#[test]
+fn protofile_v5_large_extent_counters() {
+    check_proto_volume(&["-i", "nrext64=1"], 5);
+}
+
 #[test]
 fn protofile_v4_without_ftype() {
     check_proto_volume(&["-m", "crc=0", "-n", "ftype=0"], 4);
@@ -585,6 +591,36 @@ fn mounted_sparse_fragmented_preallocated_and_dirty_log() {
             db_inode_field(&img, info.ino, "core.nextents")
         );
         assert!(info.nextents >= 700, "{}", info.nextents);
+        // A damaged B+tree block is named (on v5 by its CRC, on v4 by its magic).
+        let fork = if version == 5 { "u3" } else { "u" };
+        let out = xfs_db(
+            &img,
+            &["path /frag", &format!("addr {fork}.bmbt.ptrs[1]"), "daddr"],
+        );
+        let daddr: u64 = out
+            .trim()
+            .strip_prefix("current daddr is ")
+            .unwrap_or_else(|| panic!("{out}"))
+            .parse()
+            .unwrap();
+        let bytes = Arc::new(std::fs::read(&img).unwrap());
+        let at = daddr * 512 + if version == 5 { 100 } else { 0 };
+        let bad = Patched {
+            len: bytes.len() as u64,
+            patch: [(at, bytes[at as usize] ^ 1)].into_iter().collect(),
+            base: bytes,
+        };
+        let e = XfsVolume::open(bad)
+            .unwrap()
+            .read_file("/frag", 1 << 30)
+            .unwrap_err()
+            .chain();
+        let want = format!(
+            "extent B+tree block of inode {} at {:#x}",
+            info.ino,
+            daddr * 512
+        );
+        assert!(e.contains(&want), "{e}");
         assert!(vol.read_file("/frag", 1 << 30).unwrap().unwrap() == frag_want);
         let s = vol.read_file("/sparse", 1 << 30).unwrap().unwrap();
         assert_eq!(s.len(), (50 << 20) + 7);
