@@ -204,6 +204,14 @@ pub fn parse_data_block(
             at += len;
             continue;
         }
+        // The smallest entry is 16 bytes (8-byte number, length, 1-byte name, tag).
+        if end - at < 16 {
+            return Err(corrupt(
+                &what,
+                here,
+                format!("an entry in the last {} bytes of the data area", end - at),
+            ));
+        }
         let ino = be64(b, at);
         let namelen = usize::from(b[at + 8]);
         let len = (8 + 1 + namelen + usize::from(ftype) + 2).div_ceil(8) * 8;
@@ -285,6 +293,20 @@ mod tests {
         let mut bad = b.clone();
         bad[16 + 15] ^= 1;
         assert!(parse_data_block(&bad, 0, false, false, 128).is_err());
+        // A data block (no tail) whose last 8 bytes hold neither an entry nor free space.
+        let mut data = vec![0u8; 64];
+        data[..4].copy_from_slice(b"XD2D");
+        let e = entry(128, b"x", 16);
+        data[16..16 + e.len()].copy_from_slice(&e);
+        data[32..34].copy_from_slice(&FREETAG.to_be_bytes());
+        data[34..36].copy_from_slice(&32u16.to_be_bytes());
+        assert_eq!(
+            parse_data_block(&data, 0, false, false, 128).unwrap().len(),
+            1
+        );
+        data[34..36].copy_from_slice(&24u16.to_be_bytes());
+        data[56] = 0x12;
+        assert!(parse_data_block(&data, 0, false, false, 128).is_err());
         // A leaf count that does not fit.
         let mut bad = b.clone();
         bad[504..508].copy_from_slice(&1000u32.to_be_bytes());

@@ -200,8 +200,9 @@ impl XfsVolume {
                 "sb_inprogress is set: mkfs did not finish making this file system",
             ));
         }
-        let size = sb.dblocks << sb.blocklog;
-        if size > len {
+        let size = sb.dblocks.checked_mul(u64::from(sb.blocksize));
+        if size.is_none_or(|s| s > len) {
+            let size = u128::from(sb.dblocks) * u128::from(sb.blocksize);
             return Err(corrupt(
                 "superblock",
                 8,
