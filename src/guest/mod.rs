@@ -26,6 +26,7 @@
 //!   newc archive to append to one.
 //! - [`linuxcfg`]: a Linux guest's configuration that breaks on another platform (fstab, boot
 //!   loader, MAC-bound network, guest tools), and the file changes that fix it.
+//! - [`xfs`]: reading XFS v4 and v5 file systems (read-only, our own reader).
 
 pub mod compress;
 pub mod btrfs;
@@ -43,3 +44,4 @@ pub mod lvm;
 pub mod ntfs;
 pub mod partition;
 pub mod volume;
+pub mod xfs;

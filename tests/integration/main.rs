@@ -64,4 +64,5 @@ mod vhd;
 mod vhdx;
 mod vmdk_read;
 mod vmdk_write;
+mod xfs_read;
 mod zz_oracles;
