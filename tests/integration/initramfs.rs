@@ -118,13 +118,13 @@ fn normalize(p: &str) -> String {
 /// Compresses `data` with the command-line tool of `kind`.
 fn compress_cli(kind: Compression, data: &[u8]) -> Vec<u8> {
     let (tool, args): (&str, &[&str]) = match kind {
-        Compression::Gzip => ("gzip", &["-c", "-9", "-n"]),
-        Compression::Xz => ("xz", &["-c", "--check=crc32"]),
-        Compression::Lzma => ("xz", &["-c", "--format=lzma"]),
-        Compression::Zstd => ("zstd", &["-q", "-c", "-9"]),
+        Compression::Gzip => ("gzip", &["-c", "-n"]),
+        Compression::Xz => ("xz", &["-c", "-0", "--check=crc32"]),
+        Compression::Lzma => ("xz", &["-c", "-0", "--format=lzma"]),
+        Compression::Zstd => ("zstd", &["-q", "-c"]),
         Compression::Lz4Legacy => ("lz4", &["-q", "-c", "-l"]),
         Compression::Lz4Frame => ("lz4", &["-q", "-c", "--content-size", "-BD"]),
-        Compression::Bzip2 => ("bzip2", &["-c", "-9"]),
+        Compression::Bzip2 => ("bzip2", &["-c", "-1"]),
     };
     pipe(Command::new(tool).args(args), data)
 }
