@@ -521,11 +521,7 @@ fn zstd(input: &[u8], offset: u64, cap: usize) -> Result<Decoded> {
     let k = Compression::Zstd;
     let mut out: Vec<u8> = Vec::new();
     let mut pos = 0usize;
-    loop {
-        let magic = match le32(input, pos) {
-            Some(m) => m,
-            None => break,
-        };
+    while let Some(magic) = le32(input, pos) {
         let is_frame = magic == u32::from_le_bytes(ZSTD_MAGIC);
         let skippable = magic & ZSTD_SKIPPABLE_MASK == ZSTD_SKIPPABLE;
         if !is_frame && !skippable {
@@ -543,7 +539,7 @@ fn zstd(input: &[u8], offset: u64, cap: usize) -> Result<Decoded> {
                 ),
             )
         })?;
-        let frame = frame.get(..len).ok_or_else(|| {
+        let frame = frame.get(..len).filter(|f| f.len() >= 4).ok_or_else(|| {
             bad(
                 k,
                 "frame",
