@@ -269,7 +269,10 @@ fn gzip(input: &[u8], offset: u64, cap: usize) -> Result<Decoded> {
             k,
             "header",
             offset,
-            format!("expected magic 1f 8b, found {:02x} {:02x}", input[0], input[1]),
+            format!(
+                "expected magic 1f 8b, found {:02x} {:02x}",
+                input[0], input[1]
+            ),
         ));
     }
     if input[2] != 8 {
@@ -277,7 +280,10 @@ fn gzip(input: &[u8], offset: u64, cap: usize) -> Result<Decoded> {
             k,
             "header",
             at(offset, 2),
-            format!("expected compression method 8 (deflate), found {}", input[2]),
+            format!(
+                "expected compression method 8 (deflate), found {}",
+                input[2]
+            ),
         ));
     }
     let flags = input[3];
@@ -452,7 +458,11 @@ fn lzma_rs_run(
     kind: Compression,
     input: &[u8],
     cap: usize,
-) -> (std::result::Result<(), lzma_rs::error::Error>, Capped, usize) {
+) -> (
+    std::result::Result<(), lzma_rs::error::Error>,
+    Capped,
+    usize,
+) {
     let mut reader = Counted {
         data: input,
         pos: 0,
@@ -511,11 +521,7 @@ fn zstd(input: &[u8], offset: u64, cap: usize) -> Result<Decoded> {
     let k = Compression::Zstd;
     let mut out: Vec<u8> = Vec::new();
     let mut pos = 0usize;
-    loop {
-        let magic = match le32(input, pos) {
-            Some(m) => m,
-            None => break,
-        };
+    while let Some(magic) = le32(input, pos) {
         let is_frame = magic == u32::from_le_bytes(ZSTD_MAGIC);
         let skippable = magic & ZSTD_SKIPPABLE_MASK == ZSTD_SKIPPABLE;
         if !is_frame && !skippable {
@@ -533,7 +539,7 @@ fn zstd(input: &[u8], offset: u64, cap: usize) -> Result<Decoded> {
                 ),
             )
         })?;
-        let frame = frame.get(..len).ok_or_else(|| {
+        let frame = frame.get(..len).filter(|f| f.len() >= 4).ok_or_else(|| {
             bad(
                 k,
                 "frame",
@@ -557,7 +563,12 @@ fn zstd(input: &[u8], offset: u64, cap: usize) -> Result<Decoded> {
         pos += len;
     }
     if pos == 0 {
-        return Err(bad(k, "frame", offset, "expected the zstd magic 28 b5 2f fd"));
+        return Err(bad(
+            k,
+            "frame",
+            offset,
+            "expected the zstd magic 28 b5 2f fd",
+        ));
     }
     Ok(Decoded {
         data: out,
@@ -630,7 +641,9 @@ fn lz4_frame(input: &[u8], offset: u64, cap: usize) -> Result<Decoded> {
             k,
             "frame descriptor",
             at(offset, 4),
-            format!("expected version 01 and zero reserved bits, found FLG {flg:#04x} BD {bd:#04x}"),
+            format!(
+                "expected version 01 and zero reserved bits, found FLG {flg:#04x} BD {bd:#04x}"
+            ),
         ));
     }
     let independent = flg & 0x20 != 0;
@@ -793,14 +806,9 @@ fn bzip2(input: &[u8], offset: u64, cap: usize) -> Result<Decoded> {
         let used = usize::try_from(dec.total_in()).unwrap_or(usize::MAX);
         let before_out = dec.total_out();
         let rest = input.get(used..).unwrap_or(&[]);
-        let status = dec.decompress_vec(rest, &mut out).map_err(|e| {
-            bad(
-                k,
-                "stream",
-                at(offset, used),
-                format!("undecodable: {e}"),
-            )
-        })?;
+        let status = dec
+            .decompress_vec(rest, &mut out)
+            .map_err(|e| bad(k, "stream", at(offset, used), format!("undecodable: {e}")))?;
         if status == bzip2::Status::StreamEnd {
             break;
         }
@@ -843,8 +851,14 @@ mod tests {
         assert_eq!(detect(b"\xfd7zXZ\0\0"), Some(Compression::Xz));
         assert_eq!(detect(&[0x5d, 0, 0, 0x80]), Some(Compression::Lzma));
         assert_eq!(detect(&[0x28, 0xb5, 0x2f, 0xfd]), Some(Compression::Zstd));
-        assert_eq!(detect(&[0x02, 0x21, 0x4c, 0x18]), Some(Compression::Lz4Legacy));
-        assert_eq!(detect(&[0x04, 0x22, 0x4d, 0x18]), Some(Compression::Lz4Frame));
+        assert_eq!(
+            detect(&[0x02, 0x21, 0x4c, 0x18]),
+            Some(Compression::Lz4Legacy)
+        );
+        assert_eq!(
+            detect(&[0x04, 0x22, 0x4d, 0x18]),
+            Some(Compression::Lz4Frame)
+        );
         assert_eq!(detect(b"BZh9"), Some(Compression::Bzip2));
         assert_eq!(detect(b"070701"), None);
         assert_eq!(detect(b""), None);
@@ -937,7 +951,10 @@ mod tests {
     #[test]
     fn module_names() {
         assert_eq!(module_name("virtio_blk.ko").as_deref(), Some("virtio_blk"));
-        assert_eq!(module_name("virtio-blk.ko.xz").as_deref(), Some("virtio_blk"));
+        assert_eq!(
+            module_name("virtio-blk.ko.xz").as_deref(),
+            Some("virtio_blk")
+        );
         assert_eq!(
             module_name("kernel/drivers/nvme/host/nvme.ko.zst").as_deref(),
             Some("nvme")

@@ -25,6 +25,7 @@ mod hive_log;
 mod hive_reg;
 mod hive_windows;
 mod image_lock;
+mod initramfs;
 mod inject_windows;
 mod inspect_cli;
 mod inspect_linux;
