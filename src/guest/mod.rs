@@ -28,8 +28,8 @@
 //!   loader, MAC-bound network, guest tools), and the file changes that fix it.
 //! - [`xfs`]: reading XFS v4 and v5 file systems (read-only, our own reader).
 
-pub mod compress;
 pub mod btrfs;
+pub mod compress;
 pub mod disk;
 pub mod ext4;
 pub mod extfs;
