@@ -398,6 +398,7 @@ impl Command {
             Command::Serve(a) => a.refs,
             Command::Inject(a) => match &a.command {
                 InjectCommand::Windows(w) => w.refs,
+                InjectCommand::Linux(l) => l.refs,
             },
             Command::Ntfs(a) => match &a.command {
                 NtfsCommand::Info { target, .. }
@@ -426,6 +427,7 @@ impl Command {
             Command::Preflight(a) => (&a.nbd_tls, vec![&mut a.image]),
             Command::Inject(a) => match &mut a.command {
                 InjectCommand::Windows(w) => (&w.nbd_tls, vec![&mut w.image]),
+                InjectCommand::Linux(l) => (&l.nbd_tls, vec![&mut l.image]),
             },
             Command::Ntfs(a) => match &mut a.command {
                 NtfsCommand::Info { target, .. }

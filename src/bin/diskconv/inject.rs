@@ -1,12 +1,15 @@
-//! `diskconv inject windows`: offline driver injection into a Windows guest.
+//! `diskconv inject windows` and `diskconv inject linux`: offline adaptation of a Windows or
+//! Linux guest.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use diskconv::guest::linuxcfg::FixOptions;
 use diskconv::inject::adapt::{
     BlockDriver, CloudTarget, InjectOptions, InjectReport, inject_windows,
 };
+use diskconv::inject::linux::{LinuxInjectOptions, LinuxInjectReport, inject_linux};
 use diskconv::{Error, Format, OpenOptions, ReferencePolicy, Result};
 
 /// `diskconv inject`.
@@ -22,6 +25,9 @@ pub struct InjectArgs {
 pub enum InjectCommand {
     /// Make a Windows guest boot on KVM (virtio-win drivers) or a cloud's inbox drivers.
     Windows(WindowsArgs),
+    /// Make a Linux guest boot on a target: early-boot storage modules, fstab and boot loader
+    /// by UUID, MAC bindings and other platforms' guest tools removed.
+    Linux(LinuxArgs),
 }
 
 /// `diskconv inject windows IMG ...`.
@@ -58,7 +64,166 @@ pub struct WindowsArgs {
 pub fn run(args: InjectArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     match args.command {
         InjectCommand::Windows(a) => windows(a, policy),
+        InjectCommand::Linux(a) => linux(a, policy),
     }
+}
+
+/// `diskconv inject linux IMG --target T ...`.
+#[derive(Debug, Args)]
+pub struct LinuxArgs {
+    /// The image to edit in place (raw, qcow2, VHD, VHDX, sparse VMDK).
+    pub image: PathBuf,
+    /// The platform the guest moves to: kvm, openstack, alibaba, huawei, aws, azure, gcp,
+    /// vsphere, hyperv.
+    #[arg(long, value_name = "TARGET")]
+    pub target: String,
+    /// The kernel whose initramfs to extend (default: the newest with an initramfs).
+    #[arg(long, value_name = "VERSION")]
+    pub kernel: Option<String>,
+    /// Make the first network interface use DHCP (replacing its static addresses).
+    #[arg(long)]
+    pub dhcp: bool,
+    /// Leave other platforms' guest tools enabled.
+    #[arg(long)]
+    pub keep_tools: bool,
+    /// Print the plan; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Image format (detected from the content when omitted).
+    #[arg(short = 'f', long = "format", value_name = "FMT")]
+    pub format: Option<String>,
+    #[command(flatten)]
+    pub refs: crate::args::RefArgs,
+    #[command(flatten)]
+    pub nbd_tls: crate::args::NbdTlsArgs,
+}
+
+fn linux(a: LinuxArgs, policy: ReferencePolicy) -> Result<ExitCode> {
+    let mut open = OpenOptions::new().references(policy);
+    if let Some(f) = &a.format {
+        open = open.format(f.parse()?);
+    }
+    let opts = LinuxInjectOptions {
+        target: a.target.clone(),
+        fix: FixOptions {
+            dhcp_first_interface: a.dhcp,
+            disable_foreign_tools: !a.keep_tools,
+        },
+        kernel: a.kernel.clone(),
+        dry_run: a.dry_run,
+        open,
+    };
+    let report = inject_linux(&a.image, &opts)?;
+    if a.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::InvalidArgument(format!("writing JSON: {e}")))?;
+        outln!("{text}")?;
+    } else {
+        out!("{}", human_linux(&report, a.dry_run))?;
+    }
+    // A boot-critical module that cannot be provided: the guest will not boot on the target.
+    if report.missing.iter().any(|m| m.required) {
+        return Ok(ExitCode::from(crate::exit::PREFLIGHT_FAILED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_linux(r: &LinuxInjectReport, dry_run: bool) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "linux:      {} on {}", r.root, r.root_volume);
+    if let Some(b) = &r.boot_volume {
+        let _ = writeln!(s, "/boot:      {b}");
+    }
+    if let Some(k) = &r.kernel {
+        let _ = writeln!(
+            s,
+            "kernel:     {k}{}",
+            r.initramfs
+                .as_deref()
+                .map(|i| format!(", initramfs {i}"))
+                .unwrap_or_default()
+        );
+    }
+    if !r.modules_builtin.is_empty() {
+        let _ = writeln!(s, "built in:   {}", r.modules_builtin.join(" "));
+    }
+    if !r.modules_added.is_empty() {
+        let _ = writeln!(s, "adds:       {}", r.modules_added.join(" "));
+    }
+    for m in &r.missing {
+        let _ = writeln!(
+            s,
+            "missing:    {}{}: {}\n            fix on the source: {}",
+            m.name,
+            if m.required { " (needed to boot)" } else { "" },
+            m.message,
+            m.fix
+        );
+    }
+    let verb = if dry_run { "would change" } else { "changes" };
+    let _ = writeln!(s, "{verb}:");
+    for c in &r.changes {
+        let _ = writeln!(s, "  {} {} ({}): {}", c.action, c.path, c.volume, c.reason);
+        if let (Some(b), Some(a)) = (&c.before, &c.after) {
+            for l in diff_lines(b, a) {
+                let _ = writeln!(s, "      {l}");
+            }
+        }
+    }
+    for t in &r.tools {
+        let _ = writeln!(
+            s,
+            "tool:       {}: {} ({})",
+            t.id,
+            if t.disabled {
+                "disabled"
+            } else {
+                "left enabled"
+            },
+            t.reason
+        );
+    }
+    for u in &r.unresolved {
+        let _ = writeln!(s, "unresolved: {u}");
+    }
+    for n in &r.notes {
+        let _ = writeln!(s, "note:       {n}");
+    }
+    let _ = writeln!(
+        s,
+        "{}",
+        if dry_run {
+            "dry run: nothing written"
+        } else if r.written {
+            "written"
+        } else {
+            "nothing to write: the guest already holds this plan"
+        }
+    );
+    s
+}
+
+/// The lines that differ between two texts: `- old` and `+ new`, in order (a plain
+/// line-by-line comparison; the changes are small edits of configuration files).
+fn diff_lines(before: &str, after: &str) -> Vec<String> {
+    let b: Vec<&str> = before.lines().collect();
+    let a: Vec<&str> = after.lines().collect();
+    let mut out = Vec::new();
+    for l in &b {
+        if !a.contains(l) {
+            out.push(format!("- {l}"));
+        }
+    }
+    for l in &a {
+        if !b.contains(l) {
+            out.push(format!("+ {l}"));
+        }
+    }
+    out
 }
 
 fn windows(a: WindowsArgs, policy: ReferencePolicy) -> Result<ExitCode> {

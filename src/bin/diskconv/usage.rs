@@ -60,6 +60,10 @@ pub fn check(cmd: &Command) -> Result<Vec<String>> {
         }
         Command::Inject(a) => match &a.command {
             InjectCommand::Windows(w) => crate::inject::check_usage(w)?,
+            InjectCommand::Linux(l) => {
+                format(l.format.as_deref(), "-f")?;
+                l.target.parse::<diskconv::guest::kmod::ModuleTarget>()?;
+            }
         },
         Command::Ntfs(a) => match &a.command {
             NtfsCommand::Info { target, .. }
