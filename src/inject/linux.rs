@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::guest::disk::{DiskIo, ImageTx};
-use crate::guest::ext4::Ext4Volume;
 use crate::guest::extfs::Ext4Writer;
 use crate::guest::fs::GuestFs;
 use crate::guest::fsdetect::LinuxFs;
@@ -32,7 +31,7 @@ use crate::guest::linuxcfg::{
 use crate::guest::partition::find_volumes;
 use crate::image::ImageReader;
 use crate::inspect::boot::{BootFs, KernelFiles, kernel_files};
-use crate::inspect::linux::{LinuxVolume, find_linux};
+use crate::inspect::linux::{LinuxVolume, find_linux, open_guest_fs};
 use crate::open::OpenOptions;
 
 /// The largest initramfs read and rewritten: 1 GiB.
@@ -121,20 +120,19 @@ fn open_fs(disk: Arc<dyn ImageReader>, v: &LinuxVolume) -> Result<Box<dyn GuestF
     let layout = v.layout.as_ref().ok_or_else(|| {
         Error::Unsupported(format!("{}: its bytes could not be located", v.location))
     })?;
-    let kind = v.fs.as_ref().map(|f| f.kind);
-    match kind {
-        Some(k) if k.is_ext() => Ok(Box::new(Ext4Volume::open(layout.on(disk))?)),
-        // XFS and btrfs: wired as their readers land.
-        Some(k) => Err(Error::Unsupported(format!(
-            "{}: reading {} is not supported",
-            v.location,
-            k.name()
-        ))),
-        None => Err(Error::Unsupported(format!(
+    let Some(kind) = v.fs.as_ref().map(|f| f.kind) else {
+        return Err(Error::Unsupported(format!(
             "{}: no file system",
             v.location
-        ))),
-    }
+        )));
+    };
+    open_guest_fs(layout.on(disk), kind)?.ok_or_else(|| {
+        Error::Unsupported(format!(
+            "{}: {} holds no files to read",
+            v.location,
+            kind.name()
+        ))
+    })
 }
 
 /// The volume an fstab `spec` names: `UUID=`, `LABEL=`, an LVM name, or a device path of the
@@ -273,6 +271,21 @@ pub fn inject_linux(image: &Path, opts: &LinuxInjectOptions) -> Result<LinuxInje
     let volumes = find_volumes(&tx.disk).map_err(|e| e.in_file(image))?;
     let found = find_linux(disk.clone(), &volumes);
     let Some((root_vol, root)) = found.roots().next() else {
+        // A root that could not be read because its journal needs replaying: say that first.
+        if let Some(v) = found
+            .volumes
+            .iter()
+            .find(|v| v.fs.as_ref().is_some_and(|f| f.needs_recovery))
+        {
+            return Err(Error::Unsupported(format!(
+                "the {} file system on {}: its journal needs recovery (it was not cleanly \
+                 unmounted); mount and unmount it on the source, or run e2fsck, then sync \
+                 again; nothing was written",
+                v.fs.as_ref().map(|f| f.kind.name()).unwrap_or("Linux"),
+                v.location
+            ))
+            .in_file(image));
+        }
         return Err(Error::InvalidArgument(match found.describe() {
             Some(d) => format!("no Linux root file system could be read: {d}"),
             None => "no Linux installation found in the image".into(),

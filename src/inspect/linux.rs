@@ -1,13 +1,12 @@
 //! Finding Linux guests, read-only: [`find_linux`] looks at every volume of a disk (partitions
 //! or the whole disk, and the logical volumes of the LVM2 volume groups found on them), tells
-//! which Linux file system each holds, and on every ext2/ext3/ext4 one that has `/etc` with an
-//! os-release or older release file reads the distribution, the architecture and the kernels
-//! under `/boot` ([`LinuxRoot`]).
+//! which Linux file system each holds, and on every ext2/ext3/ext4, XFS or btrfs one (the
+//! default subvolume) that has `/etc` with an os-release or older release file reads the
+//! distribution, the architecture and the kernels under `/boot` ([`LinuxRoot`]).
 //!
-//! What cannot be read yet is still reported, so that a caller can tell a Linux guest is
-//! probably there: XFS and btrfs file systems ("Linux file system found, not read yet"), LUKS
-//! containers (not opened), logical volumes that are striped, thin, RAID or on PVs that are
-//! not on this disk.
+//! What cannot be read is still reported, so that a caller can tell a Linux guest is probably
+//! there: LUKS containers (not opened), logical volumes that are striped, thin, RAID or on PVs
+//! that are not on this disk, file systems whose reader refused them (the note says why).
 //!
 //! ```no_run
 //! # fn main() -> diskconv::Result<()> {
@@ -24,12 +23,14 @@
 //! ```
 
 use crate::error::Result;
+use crate::guest::btrfs::BtrfsVolume;
 use crate::guest::disk::{DiskRead, Window};
 use crate::guest::ext4::Ext4Volume;
 use crate::guest::fs::{FileKind, GuestFs};
 use crate::guest::fsdetect::{LinuxFs, LinuxFsKind, PROBE_LEN, linux_fs};
 use crate::guest::lvm::{LvDisk, VgInfo, VolumeLayout, parse_metadata, read_pv};
 use crate::guest::partition::{FsKind, Volume};
+use crate::guest::xfs::XfsVolume;
 
 /// The largest release file read (os-release files are a few hundred bytes).
 const MAX_RELEASE_FILE: usize = 64 << 10;
@@ -354,46 +355,59 @@ fn logical_volumes<D: DiskRead + Clone + 'static>(disk: D, pvs: &[FoundPv]) -> V
     out
 }
 
-/// Reads what `kind` allows from `d`: the root of an ext2/3/4 file system; a note for the rest.
-fn look_inside<D: DiskRead + 'static>(d: D, kind: LinuxFsKind, v: &mut LinuxVolume) {
-    if kind.is_ext() {
-        match read_ext_root(d) {
-            Ok(Found::Root(r)) => v.root = Some(r),
-            Ok(Found::NotRoot(kernels)) => {
-                v.boot_kernels = kernels;
-                v.note = Some(format!(
-                    "{} file system without /etc/os-release or a release file: not a Linux root",
-                    kind.name()
-                ));
-            }
-            Err(e) => v.note = Some(format!("{} not read: {}", kind.name(), e.chain())),
+/// Opens the file system of `kind` on `d` for reading: ext2/3/4, XFS or btrfs; `None` for the
+/// kinds that hold no readable files (swap, LUKS, an LVM2 PV, an external journal).
+pub fn open_guest_fs<D: DiskRead + 'static>(
+    d: D,
+    kind: LinuxFsKind,
+) -> Result<Option<Box<dyn GuestFs>>> {
+    Ok(match kind {
+        k if k.is_ext() => Some(Box::new(Ext4Volume::open(d)?)),
+        LinuxFsKind::XfsV4 | LinuxFsKind::XfsV5 | LinuxFsKind::XfsOther => {
+            Some(Box::new(XfsVolume::open(d)?))
         }
-        return;
-    }
-    v.note = match kind {
-        LinuxFsKind::XfsV4 | LinuxFsKind::XfsV5 | LinuxFsKind::XfsOther | LinuxFsKind::Btrfs => {
-            Some(format!(
-                "Linux file system found, not read yet ({})",
-                kind.name()
-            ))
-        }
-        LinuxFsKind::Luks1 | LinuxFsKind::Luks2 | LinuxFsKind::LuksOther => Some(format!(
-            "encrypted ({}): not opened; a Linux guest probably lies inside",
-            kind.name()
-        )),
-        LinuxFsKind::ExtJournal => Some("an external ext3/4 journal".into()),
+        LinuxFsKind::Btrfs => Some(Box::new(BtrfsVolume::open(d)?)),
         _ => None,
+    })
+}
+
+/// Reads what `kind` allows from `d`: the root of an ext2/3/4, XFS or btrfs file system (the
+/// default subvolume of btrfs); a note for the rest.
+fn look_inside<D: DiskRead + 'static>(d: D, kind: LinuxFsKind, v: &mut LinuxVolume) {
+    let fs = match open_guest_fs(d, kind) {
+        Ok(Some(fs)) => fs,
+        Ok(None) => {
+            v.note = match kind {
+                LinuxFsKind::Luks1 | LinuxFsKind::Luks2 | LinuxFsKind::LuksOther => Some(format!(
+                    "encrypted ({}): not opened; a Linux guest probably lies inside",
+                    kind.name()
+                )),
+                LinuxFsKind::ExtJournal => Some("an external ext3/4 journal".into()),
+                _ => None,
+            };
+            return;
+        }
+        Err(e) => {
+            v.note = Some(format!("{} not read: {}", kind.name(), e.chain()));
+            return;
+        }
     };
+    match read_root(fs.as_ref()) {
+        Ok(Found::Root(r)) => v.root = Some(r),
+        Ok(Found::NotRoot(kernels)) => {
+            v.boot_kernels = kernels;
+            v.note = Some(format!(
+                "{} file system without /etc/os-release or a release file: not a Linux root",
+                kind.name()
+            ));
+        }
+        Err(e) => v.note = Some(format!("{} not read: {}", kind.name(), e.chain())),
+    }
 }
 
 pub(crate) enum Found {
     Root(LinuxRoot),
     NotRoot(Vec<String>),
-}
-
-fn read_ext_root<D: DiskRead + 'static>(d: D) -> Result<Found> {
-    let fs = Ext4Volume::open(d)?;
-    read_root(&fs)
 }
 
 /// The release, architecture and kernels of the root file system `fs`, or the kernels of a

@@ -307,7 +307,6 @@ fn appended_zstd_archive_boots_from_virtio() {
 /// The final proof: `diskconv inject linux IMG.qcow2 --target kvm` on the fixture, which then
 /// boots from a virtio disk to its root's init.
 #[test]
-#[ignore = "needs inject linux (issue 17), enabled when it lands"]
 fn inject_linux_kvm_boots_with_virtio() {
     let Some((o, dir, f)) = setup() else { return };
     let out = util::diskconv()
