@@ -17,6 +17,7 @@ use crate::cloud::profile::{BootMode, Profile, Sector4k, Target, boot_modes_for,
 use crate::error::{Error, Result};
 use crate::guest::disk::DiskRead;
 use crate::guest::hive::{Hive, RegData};
+use crate::guest::kmod::{DriverRole, ModuleState, ModuleTarget, Need, boot_drivers};
 use crate::guest::ntfs::{NtfsOpenOptions, NtfsVolume, VolumeState};
 use crate::guest::partition::{
     self, FsKind, PartitionTable, PartitionType, Scheme, Volume, find_volumes,
@@ -27,7 +28,7 @@ use crate::inject::adapt::{CloudTarget, cloud_inbox_drivers};
 use crate::inject::windows::{
     BootStorageDriver, EditPlan, InboxDriver, SERVICE_BOOT_START, plan_inbox_driver,
 };
-use crate::inspect::linux::find_linux;
+use crate::inspect::linux::{LinuxRoot, LinuxVolume, find_linux};
 use crate::inspect::windows::{WindowsInfo, current_control_set, windows_info};
 use crate::inspect::{describe_volume, read_hive, windows_root};
 use crate::open::OpenOptions;
@@ -64,7 +65,7 @@ impl Status {
 pub struct Check {
     /// Stable name of the check: `format`, `references`, `size`, `sector-size`,
     /// `partition-table`, `boot-mode`, `os`, `ntfs`, `boot-driver`, `network-driver`,
-    /// `free-space`.
+    /// `free-space`, `linux-config`.
     pub id: &'static str,
     /// Pass, warn or fail.
     pub status: Status,
@@ -365,6 +366,9 @@ pub fn preflight_reader(
         }
     }
     checks.push(os_check(&found, &volumes, &os_errors));
+    for (v, r) in linux.roots() {
+        checks.extend(linux_checks(p, v, r, &img));
+    }
     if !ntfs_notes.is_empty() || !scans.is_empty() {
         checks.push(ntfs_check(&ntfs_notes));
     }
@@ -1013,6 +1017,162 @@ pub fn os_check(found: &[FoundOs], volumes: &[Volume], errors: &[String]) -> Che
             volumes.len()
         ),
     )
+}
+
+/// The Linux checks of one root for the target: whether the initramfs of the kernel that
+/// boots (the newest with an initramfs) lets the guest find its disk (`boot-driver`) and its
+/// network (`network-driver`), and whether its fstab, boot loader and network configuration
+/// name things that change on another platform (`linux-config`).
+fn linux_checks(p: &Profile, v: &LinuxVolume, r: &LinuxRoot, img: &str) -> Vec<Check> {
+    let mut out = Vec::new();
+    let inject = format!("diskconv inject linux {img} --target {}", p.target.name());
+    let Ok(mt) = p.target.name().parse::<ModuleTarget>() else {
+        return out;
+    };
+    let kernel = r
+        .kernel_files
+        .iter()
+        .rev()
+        .find(|k| k.initramfs.is_some())
+        .or(r.kernel_files.last());
+    match kernel {
+        None => out.push(Check::new(
+            "boot-driver",
+            Status::Warn,
+            format!(
+                "Linux on {}: no kernel found under /boot, the boot drivers were not checked",
+                v.location
+            ),
+        )),
+        Some(k) if k.drivers.is_empty() => out.push(Check::new(
+            "boot-driver",
+            Status::Warn,
+            format!(
+                "Linux on {}, kernel {}: its drivers could not be read ({})",
+                v.location,
+                k.version,
+                k.note.as_deref().unwrap_or("no module index")
+            ),
+        )),
+        Some(k) => {
+            let state = |m: &str| k.drivers.iter().find(|d| d.name == m).map(|d| &d.state);
+            let usable = |m: &str| {
+                matches!(
+                    state(m),
+                    Some(ModuleState::BuiltIn | ModuleState::InInitramfs)
+                )
+            };
+            let on_disk = |m: &str| matches!(state(m), Some(ModuleState::OnDisk { .. }));
+            for (id, roles) in [
+                ("boot-driver", &[DriverRole::Storage, DriverRole::Bus][..]),
+                ("network-driver", &[DriverRole::Network][..]),
+            ] {
+                let mut missing = Vec::new();
+                let mut fixable = true;
+                for g in boot_drivers(mt)
+                    .groups
+                    .iter()
+                    .filter(|g| roles.contains(&g.role) && g.need != Need::Optional)
+                {
+                    let ok = match g.need {
+                        Need::Each => g.modules.iter().all(|m| usable(m)),
+                        _ => g.modules.iter().any(|m| usable(m)),
+                    };
+                    if !ok {
+                        missing.push(format!("{} ({})", g.modules.join(" or "), g.why));
+                        if !g.modules.iter().any(|m| on_disk(m) || usable(m)) {
+                            fixable = false;
+                        }
+                    }
+                }
+                let what = if id == "boot-driver" {
+                    "find its disk"
+                } else {
+                    "reach the network"
+                };
+                out.push(if missing.is_empty() {
+                    Check::new(
+                        id,
+                        Status::Pass,
+                        format!(
+                            "Linux on {}, kernel {}: built in or in the initramfs, what it needs \
+                             to {what} on {}",
+                            v.location, k.version, p.title
+                        ),
+                    )
+                } else {
+                    let status = if id == "boot-driver" {
+                        Status::Fail
+                    } else {
+                        Status::Warn
+                    };
+                    let c = Check::new(
+                        id,
+                        status,
+                        format!(
+                            "Linux on {}, kernel {}: to {what} on {} it needs {}, which {}",
+                            v.location,
+                            k.version,
+                            p.title,
+                            missing.join("; "),
+                            if fixable {
+                                "are modules on its disk but not in its initramfs"
+                            } else {
+                                "this kernel does not have"
+                            }
+                        ),
+                    );
+                    if fixable {
+                        c.fix(inject.clone())
+                    } else {
+                        c.fix(format!(
+                            "install a kernel with these drivers on the source, then sync \
+                             again (`{inject} --dry-run` names the commands)"
+                        ))
+                    }
+                });
+            }
+        }
+    }
+    if let Some(c) = &r.config {
+        let mut changing = Vec::new();
+        if let Some(f) = &c.fstab {
+            for e in f.entries.iter().filter(|e| e.stable == Some(false)) {
+                changing.push(format!("fstab names {} by {}", e.mount_point, e.spec));
+            }
+        }
+        for b in &c.boot {
+            for bp in b.params.iter().filter(|bp| bp.stable == Some(false)) {
+                changing.push(format!("{} has {}={}", b.path, bp.name, bp.value));
+            }
+        }
+        for n in c.network.iter().filter(|n| !n.macs.is_empty()) {
+            changing.push(format!("{} is bound to MAC {}", n.path, n.macs.join(", ")));
+        }
+        out.push(if changing.is_empty() {
+            Check::new(
+                "linux-config",
+                Status::Pass,
+                format!(
+                    "Linux on {}: fstab, boot loader and network name nothing that changes on \
+                     another platform",
+                    v.location
+                ),
+            )
+        } else {
+            Check::new(
+                "linux-config",
+                Status::Warn,
+                format!(
+                    "Linux on {}: names that change on another platform: {}",
+                    v.location,
+                    changing.join("; ")
+                ),
+            )
+            .fix(inject.clone())
+        });
+    }
+    out
 }
 
 fn ntfs_check(notes: &[(Status, String)]) -> Check {

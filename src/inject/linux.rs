@@ -13,25 +13,20 @@
 //! file system is refused with the exact changes and the commands to run on the source.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::guest::disk::{DiskIo, ImageTx};
 use crate::guest::extfs::Ext4Writer;
-use crate::guest::fs::GuestFs;
-use crate::guest::fsdetect::LinuxFs;
 use crate::guest::initramfs::{Initramfs, NewcFile, write_newc};
 use crate::guest::kmod::{
-    ExistingInitramfs, InitramfsFlavour, MissingModule, ModuleTarget, boot_drivers,
-    plan_early_modules,
+    InitramfsFlavour, MissingModule, ModuleTarget, boot_drivers, plan_early_modules,
 };
 use crate::guest::linuxcfg::{
     ChangeAction, FixOptions, FsRole, ToolDecision, VolumeMap, plan_fixes, read_config,
 };
 use crate::guest::partition::find_volumes;
-use crate::image::ImageReader;
 use crate::inspect::boot::{BootFs, KernelFiles, kernel_files};
-use crate::inspect::linux::{LinuxVolume, find_linux, open_guest_fs};
+use crate::inspect::linux::{LinuxVolume, existing_initramfs, find_linux, open_volume, volume_for};
 use crate::open::OpenOptions;
 
 /// The largest initramfs read and rewritten: 1 GiB.
@@ -115,84 +110,6 @@ enum Op {
     Remove(String),
 }
 
-/// Opens the Linux file system of `v` on `disk` for reading.
-fn open_fs(disk: Arc<dyn ImageReader>, v: &LinuxVolume) -> Result<Box<dyn GuestFs>> {
-    let layout = v.layout.as_ref().ok_or_else(|| {
-        Error::Unsupported(format!("{}: its bytes could not be located", v.location))
-    })?;
-    let Some(kind) = v.fs.as_ref().map(|f| f.kind) else {
-        return Err(Error::Unsupported(format!(
-            "{}: no file system",
-            v.location
-        )));
-    };
-    open_guest_fs(layout.on(disk), kind)?.ok_or_else(|| {
-        Error::Unsupported(format!(
-            "{}: {} holds no files to read",
-            v.location,
-            kind.name()
-        ))
-    })
-}
-
-/// The volume an fstab `spec` names: `UUID=`, `LABEL=`, an LVM name, or a device path of the
-/// first disk (`/dev/sda2`, `/dev/vda2`, `/dev/xvda2`, `/dev/nvme0n1p2`, `/dev/hda2`).
-fn volume_for<'a>(volumes: &'a [LinuxVolume], spec: &str) -> Option<&'a LinuxVolume> {
-    let fs_is =
-        |f: &dyn Fn(&LinuxFs) -> bool| volumes.iter().find(|v| v.fs.as_ref().is_some_and(f));
-    if let Some(u) = spec.strip_prefix("UUID=") {
-        let u = u.trim_matches('"').to_ascii_lowercase();
-        return fs_is(&|f| {
-            f.uuid
-                .as_deref()
-                .is_some_and(|x| x.eq_ignore_ascii_case(&u))
-        });
-    }
-    if let Some(l) = spec.strip_prefix("LABEL=") {
-        let l = l.trim_matches('"');
-        return fs_is(&|f| f.label.as_deref() == Some(l));
-    }
-    if let Some(u) = spec.strip_prefix("/dev/disk/by-uuid/") {
-        return fs_is(&|f| f.uuid.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(u)));
-    }
-    if let Some(l) = spec.strip_prefix("/dev/disk/by-label/") {
-        return fs_is(&|f| f.label.as_deref() == Some(l));
-    }
-    // LVM: /dev/VG/LV and /dev/mapper/VG-LV (a dash in a name doubled).
-    for v in volumes {
-        let Some(lv) = &v.lv else { continue };
-        let Some((vg, name)) = lv.split_once('/') else {
-            continue;
-        };
-        let mapper = format!(
-            "/dev/mapper/{}-{}",
-            vg.replace('-', "--"),
-            name.replace('-', "--")
-        );
-        if spec == format!("/dev/{vg}/{name}") || spec == mapper {
-            return Some(v);
-        }
-    }
-    let n = partition_of_device(spec)?;
-    volumes.iter().find(|v| v.partition == Some(n))
-}
-
-/// The partition number of a device path of the first disk, as the old platform named it.
-fn partition_of_device(spec: &str) -> Option<u32> {
-    let d = spec.strip_prefix("/dev/")?;
-    let rest = if let Some(r) = d
-        .strip_prefix("nvme0n1p")
-        .or_else(|| d.strip_prefix("mmcblk0p"))
-    {
-        r
-    } else {
-        ["sda", "vda", "xvda", "hda"]
-            .iter()
-            .find_map(|p| d.strip_prefix(p))?
-    };
-    rest.parse().ok().filter(|n| *n > 0)
-}
-
 /// The old platform's device names of every partition with a file system, and the
 /// logical volumes' names, mapped to the file system's UUID.
 fn volume_map(volumes: &[LinuxVolume]) -> VolumeMap {
@@ -218,36 +135,6 @@ fn volume_map(volumes: &[LinuxVolume]) -> VolumeMap {
         }
     }
     m
-}
-
-/// What the guest's initramfs holds, for the module plan.
-fn existing_initramfs(ird: &Initramfs) -> ExistingInitramfs {
-    let module_names = ird.kernel_modules().into_iter().map(|m| m.name).collect();
-    let conf_modules = ird
-        .file("conf/modules")
-        .map(|b| String::from_utf8_lossy(b).into_owned());
-    let has = |p: &str| ird.lookup(p).is_some() || ird.resolve(p).is_some();
-    let flavour = if has("scripts/init-top") || has("conf/initramfs.conf") {
-        InitramfsFlavour::InitramfsTools
-    } else if has("usr/lib/dracut") || has("etc/initrd-release") {
-        InitramfsFlavour::Dracut
-    } else {
-        InitramfsFlavour::Unknown
-    };
-    let has_modules_load_d =
-        has("usr/lib/systemd/systemd-modules-load") || has("lib/systemd/systemd-modules-load");
-    let symlinks = ird
-        .entries()
-        .iter()
-        .filter_map(|e| e.symlink_target.clone().map(|t| (e.path.clone(), t)))
-        .collect();
-    ExistingInitramfs {
-        module_names,
-        conf_modules,
-        has_modules_load_d,
-        flavour,
-        symlinks,
-    }
 }
 
 /// The initramfs with `archive` appended: the old bytes, zero padding to a multiple of 4
@@ -292,7 +179,7 @@ pub fn inject_linux(image: &Path, opts: &LinuxInjectOptions) -> Result<LinuxInje
         })
         .in_file(image));
     };
-    let root_fs = open_fs(disk.clone(), root_vol)?;
+    let root_fs = open_volume(&disk, root_vol)?;
     let first = read_config(root_fs.as_ref(), None)?;
     let boot_vol = first
         .fstab
@@ -301,7 +188,7 @@ pub fn inject_linux(image: &Path, opts: &LinuxInjectOptions) -> Result<LinuxInje
         .and_then(|e| volume_for(&found.volumes, &e.spec))
         .filter(|v| v.layout != root_vol.layout);
     let boot_fs = match boot_vol {
-        Some(v) => Some(open_fs(disk.clone(), v)?),
+        Some(v) => Some(open_volume(&disk, v)?),
         None => None,
     };
     let cfg = read_config(root_fs.as_ref(), boot_fs.as_deref())?;

@@ -22,15 +22,22 @@
 //! # Ok(()) }
 //! ```
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::guest::btrfs::BtrfsVolume;
 use crate::guest::disk::{DiskRead, Window};
 use crate::guest::ext4::Ext4Volume;
 use crate::guest::fs::{FileKind, GuestFs};
 use crate::guest::fsdetect::{LinuxFs, LinuxFsKind, PROBE_LEN, linux_fs};
+use crate::guest::initramfs::Initramfs;
+use crate::guest::kmod::{
+    ExistingInitramfs, InitramfsFlavour, KernelModules, ModuleStatus, ModuleTarget, boot_drivers,
+    guest_status,
+};
+use crate::guest::linuxcfg::{LinuxConfig, read_config};
 use crate::guest::lvm::{LvDisk, VgInfo, VolumeLayout, parse_metadata, read_pv};
 use crate::guest::partition::{FsKind, Volume};
 use crate::guest::xfs::XfsVolume;
+use crate::inspect::boot::{BootFs, KernelFiles, kernel_files};
 
 /// The largest release file read (os-release files are a few hundred bytes).
 const MAX_RELEASE_FILE: usize = 64 << 10;
@@ -75,6 +82,52 @@ pub struct LinuxRoot {
     pub arch: Option<String>,
     /// The kernel versions installed: the `vmlinuz-*` (and `vmlinux-*`) under `/boot`, sorted.
     pub kernels: Vec<String>,
+    /// The volume of its separate `/boot` (found through `/etc/fstab`), if any.
+    pub boot_volume: Option<String>,
+    /// Each kernel (on the root or the separate `/boot`) with its initramfs and the drivers
+    /// of [`reported_drivers`]: built in, in the initramfs, a module on disk, or absent.
+    pub kernel_files: Vec<KernelReport>,
+    /// What of its configuration breaks on another platform: fstab, boot loader, network
+    /// bound to MAC addresses, guest tools, cloud-init, SELinux.
+    pub config: Option<LinuxConfig>,
+    /// What could not be read of the above.
+    pub notes: Vec<String>,
+}
+
+/// The drivers [`LinuxRoot::kernel_files`] reports for each kernel: every module any target
+/// needs ([`boot_drivers`]: virtio, NVMe, ENA, Hyper-V VMBus/storvsc/netvsc, Xen front ends,
+/// PVSCSI, VMXNET3...), each once.
+pub fn reported_drivers() -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for t in ModuleTarget::ALL {
+        for m in boot_drivers(t).modules() {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+    }
+    out
+}
+
+/// One kernel of a Linux root, its initramfs and where the target drivers stand.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KernelReport {
+    /// The kernel version.
+    pub version: String,
+    /// The kernel image, as the guest sees its path.
+    pub kernel: String,
+    /// Its initramfs, if one of the usual names exists.
+    pub initramfs: Option<String>,
+    /// Which tool built that initramfs.
+    pub initramfs_builder: Option<InitramfsFlavour>,
+    /// How the initramfs is stored: its segments' compressions (`none` for a plain archive).
+    pub initramfs_segments: Vec<String>,
+    /// Its module tree, if present.
+    pub modules_dir: Option<String>,
+    /// Each of [`reported_drivers`]: built in, in the initramfs, on disk only, or absent.
+    pub drivers: Vec<ModuleStatus>,
+    /// What could not be read.
+    pub note: Option<String>,
 }
 
 impl LinuxRoot {
@@ -241,8 +294,256 @@ pub fn find_linux<D: DiskRead + Clone + 'static>(disk: D, volumes: &[Volume]) ->
         }
         out.push(lv);
     }
-    out.extend(logical_volumes(disk, &pvs));
+    out.extend(logical_volumes(disk.clone(), &pvs));
+    add_details(&disk, &mut out);
     LinuxReport { volumes: out }
+}
+
+/// The largest initramfs read for the report: 1 GiB.
+const MAX_INITRAMFS: u64 = 1 << 30;
+
+/// For each root: its separate `/boot`, its configuration and each kernel's initramfs and
+/// drivers. What cannot be read becomes a note of the root.
+fn add_details<D: DiskRead + Clone + 'static>(disk: &D, volumes: &mut [LinuxVolume]) {
+    for i in 0..volumes.len() {
+        if volumes[i].root.is_none() {
+            continue;
+        }
+        let mut notes = Vec::new();
+        let (boot_volume, config, kernels) = root_details(disk, volumes, &volumes[i], &mut notes);
+        if let Some(r) = volumes[i].root.as_mut() {
+            r.boot_volume = boot_volume;
+            r.config = config;
+            r.kernel_files = kernels;
+            r.notes = notes;
+        }
+    }
+}
+
+/// Opens the file system of `v` on `disk`, with its layout.
+pub fn open_volume<D: DiskRead + Clone + 'static>(
+    disk: &D,
+    v: &LinuxVolume,
+) -> Result<Box<dyn GuestFs>> {
+    let layout = v.layout.as_ref().ok_or_else(|| {
+        Error::Unsupported(format!("{}: its bytes could not be located", v.location))
+    })?;
+    let Some(kind) = v.fs.as_ref().map(|f| f.kind) else {
+        return Err(Error::Unsupported(format!(
+            "{}: no file system",
+            v.location
+        )));
+    };
+    open_guest_fs(layout.on(disk.clone()), kind)?.ok_or_else(|| {
+        Error::Unsupported(format!("{}: {} holds no files", v.location, kind.name()))
+    })
+}
+
+type RootDetails = (Option<String>, Option<LinuxConfig>, Vec<KernelReport>);
+
+fn root_details<D: DiskRead + Clone + 'static>(
+    disk: &D,
+    volumes: &[LinuxVolume],
+    v: &LinuxVolume,
+    notes: &mut Vec<String>,
+) -> RootDetails {
+    let root = match open_volume(disk, v) {
+        Ok(f) => f,
+        Err(e) => {
+            notes.push(e.chain());
+            return (None, None, Vec::new());
+        }
+    };
+    let boot_vol = match read_config(root.as_ref(), None) {
+        Ok(c) => c
+            .fstab
+            .as_ref()
+            .and_then(|f| f.entries.iter().find(|e| e.mount_point == "/boot"))
+            .and_then(|e| volume_for(volumes, &e.spec))
+            .filter(|b| b.layout != v.layout),
+        Err(e) => {
+            notes.push(format!("configuration not read: {}", e.chain()));
+            None
+        }
+    };
+    let boot = match boot_vol.map(|b| open_volume(disk, b)) {
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => {
+            notes.push(format!("the separate /boot not read: {}", e.chain()));
+            None
+        }
+        None => None,
+    };
+    let config = match read_config(root.as_ref(), boot.as_deref()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            notes.push(format!("configuration not read: {}", e.chain()));
+            None
+        }
+    };
+    let fs = BootFs {
+        root: root.as_ref(),
+        boot: boot.as_deref(),
+    };
+    let kernels = match kernel_files(&fs) {
+        Ok(k) => k.iter().map(|k| kernel_report(&fs, k)).collect(),
+        Err(e) => {
+            notes.push(format!("kernels not read: {}", e.chain()));
+            Vec::new()
+        }
+    };
+    (boot_vol.map(|b| b.location.clone()), config, kernels)
+}
+
+/// Decompresses a module file (xz, zstd, gzip...) for its vermagic.
+fn decompress_module(b: &[u8]) -> Result<Vec<u8>> {
+    match crate::guest::compress::decompress_detected(b, 0, 64 << 20)? {
+        Some(d) => Ok(d.data),
+        None => Ok(b.to_vec()),
+    }
+}
+
+fn kernel_report(fs: &BootFs, k: &KernelFiles) -> KernelReport {
+    let mut r = KernelReport {
+        version: k.version.clone(),
+        kernel: k.kernel.clone(),
+        initramfs: k.initramfs.clone(),
+        initramfs_builder: None,
+        initramfs_segments: Vec::new(),
+        modules_dir: k.modules_dir.clone(),
+        drivers: Vec::new(),
+        note: None,
+    };
+    let mut in_initramfs: Vec<String> = Vec::new();
+    if let Some(p) = &k.initramfs {
+        let (ifs, ip) = fs.locate(p);
+        match ifs
+            .read_file(&ip, MAX_INITRAMFS)
+            .and_then(|b| b.map(|b| Initramfs::parse(&b)).transpose())
+        {
+            Ok(Some(ird)) => {
+                let ex = existing_initramfs(&ird);
+                r.initramfs_builder = Some(ex.flavour);
+                r.initramfs_segments = ird
+                    .segments()
+                    .iter()
+                    .map(|s| {
+                        s.compression
+                            .map(|c| c.name())
+                            .unwrap_or("none")
+                            .to_string()
+                    })
+                    .collect();
+                in_initramfs = ex.module_names;
+            }
+            Ok(None) => {}
+            Err(e) => r.note = Some(format!("{p} not read: {}", e.chain())),
+        }
+    }
+    match KernelModules::load(fs.root, &k.version) {
+        Ok(Some(m)) => match guest_status(
+            fs.root,
+            &m,
+            &in_initramfs,
+            &reported_drivers(),
+            Some(&decompress_module),
+        ) {
+            Ok(d) => r.drivers = d,
+            Err(e) => r.note = Some(format!("drivers not read: {}", e.chain())),
+        },
+        Ok(None) => {
+            if r.note.is_none() {
+                r.note = Some(format!("no module tree for {}", k.version));
+            }
+        }
+        Err(e) => r.note = Some(format!("module index not read: {}", e.chain())),
+    }
+    r
+}
+
+/// What an initramfs holds, as the early-boot module plan needs it: module names, the
+/// initramfs-tools `conf/modules`, whether systemd-modules-load is inside, which tool built
+/// it, its symbolic links.
+pub fn existing_initramfs(ird: &Initramfs) -> ExistingInitramfs {
+    let module_names = ird.kernel_modules().into_iter().map(|m| m.name).collect();
+    let conf_modules = ird
+        .file("conf/modules")
+        .map(|b| String::from_utf8_lossy(b).into_owned());
+    let has = |p: &str| ird.lookup(p).is_some() || ird.resolve(p).is_some();
+    let flavour = if has("scripts/init-top") || has("conf/initramfs.conf") {
+        InitramfsFlavour::InitramfsTools
+    } else if has("usr/lib/dracut") || has("etc/initrd-release") {
+        InitramfsFlavour::Dracut
+    } else {
+        InitramfsFlavour::Unknown
+    };
+    let has_modules_load_d =
+        has("usr/lib/systemd/systemd-modules-load") || has("lib/systemd/systemd-modules-load");
+    let symlinks = ird
+        .entries()
+        .iter()
+        .filter_map(|e| e.symlink_target.clone().map(|t| (e.path.clone(), t)))
+        .collect();
+    ExistingInitramfs {
+        module_names,
+        conf_modules,
+        has_modules_load_d,
+        flavour,
+        symlinks,
+    }
+}
+
+/// The volume an fstab `spec` names: `UUID=`, `LABEL=`, `/dev/disk/by-uuid|by-label/`, an LVM
+/// name (`/dev/VG/LV`, `/dev/mapper/VG-LV`), or a device path of the first disk (`/dev/sda2`,
+/// `/dev/vda2`, `/dev/xvda2`, `/dev/hda2`, `/dev/nvme0n1p2`, `/dev/mmcblk0p2`).
+pub fn volume_for<'a>(volumes: &'a [LinuxVolume], spec: &str) -> Option<&'a LinuxVolume> {
+    let fs_is =
+        |f: &dyn Fn(&LinuxFs) -> bool| volumes.iter().find(|v| v.fs.as_ref().is_some_and(f));
+    let spec = spec.trim_matches('"');
+    if let Some(u) = spec
+        .strip_prefix("UUID=")
+        .or_else(|| spec.strip_prefix("/dev/disk/by-uuid/"))
+    {
+        let u = u.trim_matches('"');
+        return fs_is(&|f| f.uuid.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(u)));
+    }
+    if let Some(l) = spec
+        .strip_prefix("LABEL=")
+        .or_else(|| spec.strip_prefix("/dev/disk/by-label/"))
+    {
+        let l = l.trim_matches('"');
+        return fs_is(&|f| f.label.as_deref() == Some(l));
+    }
+    for v in volumes {
+        let Some((vg, name)) = v.lv.as_ref().and_then(|l| l.split_once('/')) else {
+            continue;
+        };
+        let mapper = format!(
+            "/dev/mapper/{}-{}",
+            vg.replace('-', "--"),
+            name.replace('-', "--")
+        );
+        if spec == format!("/dev/{vg}/{name}") || spec == mapper {
+            return Some(v);
+        }
+    }
+    let n = partition_of_device(spec)?;
+    volumes.iter().find(|v| v.partition == Some(n))
+}
+
+/// The partition number of a device path of the first disk, as the old platform named it.
+fn partition_of_device(spec: &str) -> Option<u32> {
+    let d = spec.strip_prefix("/dev/")?;
+    let rest = match d
+        .strip_prefix("nvme0n1p")
+        .or_else(|| d.strip_prefix("mmcblk0p"))
+    {
+        Some(r) => r,
+        None => ["sda", "vda", "xvda", "hda"]
+            .iter()
+            .find_map(|p| d.strip_prefix(p))?,
+    };
+    rest.parse().ok().filter(|n| *n > 0)
 }
 
 fn unread(location: String, partition: Option<u32>, size: u64, note: String) -> LinuxVolume {
@@ -393,7 +694,7 @@ fn look_inside<D: DiskRead + 'static>(d: D, kind: LinuxFsKind, v: &mut LinuxVolu
         }
     };
     match read_root(fs.as_ref()) {
-        Ok(Found::Root(r)) => v.root = Some(r),
+        Ok(Found::Root(r)) => v.root = Some(*r),
         Ok(Found::NotRoot(kernels)) => {
             v.boot_kernels = kernels;
             v.note = Some(format!(
@@ -406,7 +707,7 @@ fn look_inside<D: DiskRead + 'static>(d: D, kind: LinuxFsKind, v: &mut LinuxVolu
 }
 
 pub(crate) enum Found {
-    Root(LinuxRoot),
+    Root(Box<LinuxRoot>),
     NotRoot(Vec<String>),
 }
 
@@ -416,11 +717,15 @@ pub(crate) fn read_root(fs: &dyn GuestFs) -> Result<Found> {
     let Some(distribution) = distribution(fs)? else {
         return Ok(Found::NotRoot(kernels(fs, "/")?));
     };
-    Ok(Found::Root(LinuxRoot {
+    Ok(Found::Root(Box::new(LinuxRoot {
         distribution,
         arch: arch(fs),
         kernels: kernels(fs, "/boot")?,
-    }))
+        boot_volume: None,
+        kernel_files: Vec::new(),
+        config: None,
+        notes: Vec::new(),
+    })))
 }
 
 /// The distribution from the release files, in the order of trust: `/etc/os-release` (often a
@@ -799,6 +1104,10 @@ mod tests {
             distribution: parse_os_release("NAME=Debian\nVERSION_ID=12\n", "x").unwrap(),
             arch: Some("x86_64".into()),
             kernels: vec!["6.1".into()],
+            boot_volume: None,
+            kernel_files: Vec::new(),
+            config: None,
+            notes: Vec::new(),
         };
         let r = LinuxReport {
             volumes: vec![

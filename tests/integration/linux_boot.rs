@@ -309,6 +309,17 @@ fn appended_zstd_archive_boots_from_virtio() {
 #[test]
 fn inject_linux_kvm_boots_with_virtio() {
     let Some((o, dir, f)) = setup() else { return };
+    // Before: the preflight fails on the boot driver and names the fix; inspect says where
+    // virtio_blk is (a module on disk, not in the initramfs).
+    let (code, j) = preflight_json(&f.qcow2);
+    assert_eq!(code, Some(3), "{j:#}");
+    let c = check(&j, "boot-driver");
+    assert_eq!(c["status"], "fail", "{j:#}");
+    assert!(
+        c["fix"].as_str().unwrap().contains("diskconv inject linux"),
+        "{c:#}"
+    );
+    assert_eq!(virtio_blk_state(&f.qcow2), "on-disk");
     let out = util::diskconv()
         .args(["inject", "linux"])
         .arg(&f.qcow2)
@@ -345,6 +356,68 @@ fn inject_linux_kvm_boots_with_virtio() {
         "inject linux left {} as it was",
         f.initrd_path()
     );
+    // After: in the initramfs; the preflight's boot-driver check passes.
+    assert_eq!(virtio_blk_state(&f.qcow2), "in-initramfs");
+    let (_, j) = preflight_json(&f.qcow2);
+    assert_eq!(check(&j, "boot-driver")["status"], "pass", "{j:#}");
     let b = fx::boot(&o, &f.qcow2, "qcow2", "virtio", dir.path(), "injected", &[]);
     assert_booted(&b, "/dev/vda1");
+}
+
+/// `diskconv preflight --target kvm --json IMG`: its exit code and report.
+fn preflight_json(img: &std::path::Path) -> (Option<i32>, serde_json::Value) {
+    let out = util::diskconv()
+        .args(["preflight", "--target", "kvm", "--json"])
+        .arg(img)
+        .output()
+        .expect("diskconv preflight");
+    let j = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "preflight JSON: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), j)
+}
+
+/// The first check with this id.
+fn check<'a>(j: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    j["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no {id} check: {j:#}"))
+}
+
+/// Where `diskconv inspect --json` says virtio_blk stands for the fixture's kernel.
+fn virtio_blk_state(img: &std::path::Path) -> String {
+    let out = util::diskconv()
+        .args(["inspect", "--json"])
+        .arg(img)
+        .output()
+        .expect("diskconv inspect");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let root = j["linux"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|v| v["root"].as_object())
+        .unwrap_or_else(|| panic!("no Linux root: {j:#}"));
+    let k = &root["kernel_files"][0];
+    k["drivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "virtio_blk")
+        .unwrap_or_else(|| panic!("virtio_blk not reported: {k:#}"))["state"]["state"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{k:#}"))
+        .to_string()
 }

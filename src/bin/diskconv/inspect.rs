@@ -139,6 +139,122 @@ fn human(r: &InspectReport) -> String {
     s
 }
 
+/// A Linux root's /boot, kernels with their initramfs and drivers, and configuration.
+fn linux_details(s: &mut String, root: &diskconv::inspect::linux::LinuxRoot) {
+    use diskconv::guest::kmod::ModuleState;
+    use std::fmt::Write;
+    if let Some(b) = &root.boot_volume {
+        let _ = writeln!(s, "  /boot:    {b}");
+    }
+    for k in &root.kernel_files {
+        let _ = writeln!(
+            s,
+            "  kernel:   {} ({}{})",
+            k.version,
+            k.initramfs.as_deref().unwrap_or("no initramfs"),
+            if k.initramfs_segments.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", k.initramfs_segments.join(" + "))
+            }
+        );
+        let group = |want: fn(&ModuleState) -> bool| -> String {
+            k.drivers
+                .iter()
+                .filter(|d| want(&d.state))
+                .map(|d| d.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        for (label, names) in [
+            ("built in", group(|m| matches!(m, ModuleState::BuiltIn))),
+            (
+                "initramfs",
+                group(|m| matches!(m, ModuleState::InInitramfs)),
+            ),
+            (
+                "disk only",
+                group(|m| matches!(m, ModuleState::OnDisk { .. })),
+            ),
+            (
+                "other kernel",
+                group(|m| matches!(m, ModuleState::OtherKernel { .. })),
+            ),
+            ("absent", group(|m| matches!(m, ModuleState::Absent))),
+        ] {
+            if !names.is_empty() {
+                let _ = writeln!(s, "            {label}: {names}");
+            }
+        }
+        if let Some(n) = &k.note {
+            let _ = writeln!(s, "            note: {n}");
+        }
+    }
+    if let Some(c) = &root.config {
+        if let Some(f) = &c.fstab {
+            for e in &f.entries {
+                if e.stable == Some(false) {
+                    let _ = writeln!(
+                        s,
+                        "  fstab:    line {}: {} on {} names its device by a path that changes",
+                        e.line, e.spec, e.mount_point
+                    );
+                }
+            }
+        }
+        for b in &c.boot {
+            for p in &b.params {
+                let _ = writeln!(
+                    s,
+                    "  boot:     {}: {}={}{}",
+                    b.path,
+                    p.name,
+                    p.value,
+                    if p.stable == Some(false) {
+                        " (a device path that changes)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        for n in &c.network {
+            if !n.macs.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "  network:  {} bound to MAC {}",
+                    n.path,
+                    n.macs.join(", ")
+                );
+            }
+        }
+        for t in &c.tools {
+            let _ = writeln!(s, "  tools:    {} ({})", t.name, t.id);
+        }
+        if !c.cloud_init.installed.is_empty() {
+            let _ = writeln!(
+                s,
+                "  cloud-init: installed{}",
+                if c.cloud_init.disabled {
+                    ", disabled"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Some(se) = &c.selinux {
+            let _ = writeln!(
+                s,
+                "  selinux:  {}",
+                se.mode.as_deref().unwrap_or("mode not set")
+            );
+        }
+    }
+    for n in &root.notes {
+        let _ = writeln!(s, "  note:     {n}");
+    }
+}
+
 fn linux(s: &mut String, r: &InspectReport) {
     use std::fmt::Write;
     if r.linux.volumes.is_empty() {
@@ -190,6 +306,9 @@ fn linux(s: &mut String, r: &InspectReport) {
                     root.kernels.join(", ")
                 }
             );
+        }
+        if let Some(root) = &v.root {
+            linux_details(s, root);
         }
         if !v.boot_kernels.is_empty() {
             let _ = writeln!(s, "  kernels:  {}", v.boot_kernels.join(", "));
