@@ -449,8 +449,17 @@ fn lvm_linear_lv_is_read_striped_lv_is_reported() {
         root_segs.push((start, x, y - x + 1));
     }
     assert_eq!(root_segs.len(), 2, "lvs: {segs}");
-    // An ext4 root written into root's extents where lvm2 says they are.
+    // An ext4 root written into root's extents where lvm2 says they are (with a persistent
+    // network rule for `inject linux` to remove at the end).
     let tree = debian_tree(dir.path());
+    // The tree's one-byte initrd is no initramfs: `inject linux` would refuse it by name.
+    std::fs::remove_file(tree.join("boot/initrd.img-6.1.0-99-test")).unwrap();
+    std::fs::create_dir_all(tree.join("etc/udev/rules.d")).unwrap();
+    std::fs::write(
+        tree.join("etc/udev/rules.d/70-persistent-net.rules"),
+        "SUBSYSTEM==\"net\", ATTR{address}==\"00:50:56:01:02:03\", NAME=\"eth0\"\n",
+    )
+    .unwrap();
     let fs = dir.path().join("fs.img");
     mkfs_ext("ext4", &tree, &fs, 12);
     let fs_bytes = std::fs::read(&fs).unwrap();
@@ -530,6 +539,50 @@ fn lvm_linear_lv_is_read_striped_lv_is_reported() {
     assert!(
         text.contains(&format!("linux:      LV {vg}/root (on partition 1): ext4")),
         "{text}"
+    );
+
+    // `inject linux` writes the root through the LV's two segments: the file system read back
+    // from where lvm2 put its extents is clean (e2fsck) and has the rule removed (debugfs).
+    let out = util::diskconv()
+        .args(["inject", "linux", "--target", "kvm"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("LV {vg}/root")), "{stdout}");
+    let bytes = std::fs::read(&disk).unwrap();
+    let mut back = vec![0u8; 12 << 20];
+    for &(lv_pe, pv_pe, n) in &root_segs {
+        let at = (2048 * 512 + pe_start + (pv_pe << 20)) as usize;
+        let len = (n << 20) as usize;
+        back[(lv_pe << 20) as usize..(lv_pe << 20) as usize + len]
+            .copy_from_slice(&bytes[at..at + len]);
+    }
+    let back_img = dir.path().join("root-after.img");
+    std::fs::write(&back_img, &back).unwrap();
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&back_img)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let ls = run(Command::new("debugfs")
+        .args(["-R", "ls /etc/udev/rules.d"])
+        .arg(&back_img));
+    assert!(
+        !String::from_utf8_lossy(&ls.stdout).contains("70-persistent-net.rules"),
+        "{}",
+        String::from_utf8_lossy(&ls.stdout)
     );
 }
 
