@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use diskconv::formats::vdi::{VdiHeader, VdiUpdater, blockmap};
 use diskconv::storage::MemStorage;
-use diskconv::{Format, ImageUpdater, OpenOptions};
+use diskconv::{Format, ImageReader, ImageUpdater, OpenOptions};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut up) = VdiUpdater::open_storage(mem.clone()) else {
         return;
     };
-    let size = ImageUpdater::virtual_size(&up);
+    let size = ImageReader::virtual_size(&up);
     if size == 0 {
         return;
     }
