@@ -5,7 +5,7 @@
 //! nothing. Any panic is a bug; errors are fine.
 #![no_main]
 
-use diskconv::guest::linuxcfg::{FixOptions, FsRole, MemFs, VolumeMap, plan_fixes, read_config};
+use diskconv::guest::linuxcfg::{ApplyChanges, FixOptions, FsRole, MemFs, VolumeMap, plan_fixes, read_config};
 use libfuzzer_sys::fuzz_target;
 
 const PATHS: [&str; 15] = [

@@ -106,9 +106,10 @@ impl MemFs {
     }
 
     /// Adds (or replaces) the regular file `path`.
-    pub fn file(&mut self, path: &str, data: impl Into<Vec<u8>>) -> &mut MemFs {
+    pub fn file(&mut self, path: &str, data: impl AsRef<[u8]>) -> &mut MemFs {
         self.add_parents(path);
-        self.nodes.insert(clean(path), MemNode::File(data.into()));
+        self.nodes
+            .insert(clean(path), MemNode::File(data.as_ref().to_vec()));
         self
     }
 

@@ -676,52 +676,12 @@ fn guest_config(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
     use crate::guest::kmod::elf::test_elf;
     use crate::guest::kmod::need::{ModuleTarget, boot_drivers};
 
-    /// An in-memory guest: files and directories by absolute path.
-    #[derive(Default)]
-    pub(crate) struct MemFs {
-        files: BTreeMap<String, Vec<u8>>,
-    }
-
-    impl MemFs {
-        fn put(&mut self, path: &str, data: &[u8]) {
-            self.files.insert(path.to_string(), data.to_vec());
-        }
-        fn is_dir(&self, path: &str) -> bool {
-            let p = format!("{}/", path.trim_end_matches('/'));
-            self.files.keys().any(|k| k.starts_with(&p))
-        }
-    }
-
-    impl GuestFs for MemFs {
-        fn fs_name(&self) -> &'static str {
-            "memory"
-        }
-        fn stat(&self, path: &str) -> Result<Option<FileKind>> {
-            Ok(match self.files.get(path) {
-                Some(b) => Some(FileKind::File(b.len() as u64)),
-                None if self.is_dir(path) => Some(FileKind::Dir),
-                None => None,
-            })
-        }
-        fn lstat(&self, path: &str) -> Result<Option<FileKind>> {
-            self.stat(path)
-        }
-        fn read_head(&self, path: &str, max: usize) -> Result<Option<Vec<u8>>> {
-            Ok(self.files.get(path).map(|b| b[..b.len().min(max)].to_vec()))
-        }
-        fn list_dir(&self, _path: &str, _max: usize) -> Result<Option<Vec<String>>> {
-            Ok(None)
-        }
-        fn read_link(&self, _path: &str) -> Result<Option<String>> {
-            Ok(None)
-        }
-    }
+    use crate::guest::fs::MemFs;
 
     const V: &str = "6.1.0-test";
 
@@ -737,7 +697,7 @@ mod tests {
     /// net_failover), virtio and virtio_ring modules; virtio_pci built in; initramfs-tools.
     fn guest() -> MemFs {
         let d = format!("/lib/modules/{V}");
-        let mut fs = MemFs::default();
+        let mut fs = MemFs::new();
         let dep = "kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
 kernel/drivers/scsi/virtio_scsi.ko: kernel/drivers/scsi/scsi_mod.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
 kernel/drivers/scsi/scsi_mod.ko:\n\
@@ -745,17 +705,17 @@ kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\n\
 kernel/drivers/virtio/virtio_ring.ko:\n\
 kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
 kernel/drivers/net/net_failover.ko:\n";
-        fs.put(&format!("{d}/modules.dep"), dep.as_bytes());
-        fs.put(&format!("{d}/modules.dep.bin"), b"binary index");
-        fs.put(
+        fs.file(&format!("{d}/modules.dep"), dep.as_bytes());
+        fs.file(&format!("{d}/modules.dep.bin"), b"binary index");
+        fs.file(
             &format!("{d}/modules.alias"),
             b"alias virtio:d00000002v* virtio_blk\n",
         );
-        fs.put(
+        fs.file(
             &format!("{d}/modules.builtin"),
             b"kernel/drivers/virtio/virtio_pci.ko\n",
         );
-        fs.put(
+        fs.file(
             &format!("{d}/modules.order"),
             b"kernel/drivers/virtio/virtio_ring.ko\nkernel/drivers/virtio/virtio.ko\n\
 kernel/drivers/scsi/scsi_mod.ko\nkernel/drivers/scsi/virtio_scsi.ko\n\
@@ -763,10 +723,10 @@ kernel/drivers/block/virtio_blk.ko\nkernel/drivers/net/virtio_net.ko\n",
         );
         for l in dep.lines() {
             let p = l.split(':').next().unwrap();
-            fs.put(&format!("{d}/{p}"), &module(V));
+            fs.file(&format!("{d}/{p}"), module(V));
         }
-        fs.put("/etc/initramfs-tools/modules", b"# List of modules\nloop\n");
-        fs.put("/etc/initramfs-tools/initramfs.conf", b"MODULES=dep\n");
+        fs.file("/etc/initramfs-tools/modules", b"# List of modules\nloop\n");
+        fs.file("/etc/initramfs-tools/initramfs.conf", b"MODULES=dep\n");
         fs
     }
 
@@ -854,12 +814,11 @@ kernel/drivers/block/virtio_blk.ko\nkernel/drivers/net/virtio_net.ko\n",
     fn missing_and_foreign_modules() {
         let mut g = guest();
         // virtio_blk built for another kernel; virtio_scsi's dependency file gone.
-        g.put(
+        g.file(
             &format!("/lib/modules/{V}/kernel/drivers/block/virtio_blk.ko"),
-            &module("5.10.0-old"),
+            module("5.10.0-old"),
         );
-        g.files
-            .remove(&format!("/lib/modules/{V}/kernel/drivers/scsi/scsi_mod.ko"));
+        g.remove(&format!("/lib/modules/{V}/kernel/drivers/scsi/scsi_mod.ko"));
         let mut ex = existing();
         ex.module_names.clear();
         let p = plan_early_modules(V, &boot_drivers(ModuleTarget::Kvm), &g, &ex, None).unwrap();
@@ -886,9 +845,8 @@ kernel/drivers/block/virtio_blk.ko\nkernel/drivers/net/virtio_net.ko\n",
 
         // Azure on this guest: nothing is there; the dracut command when the guest uses dracut.
         let mut g = guest();
-        g.files
-            .retain(|k, _| !k.starts_with("/etc/initramfs-tools"));
-        g.put("/etc/dracut.conf.d/01-dist.conf", b"");
+        g.remove("/etc/initramfs-tools");
+        g.file("/etc/dracut.conf.d/01-dist.conf", b"");
         let p = plan_early_modules(V, &boot_drivers(ModuleTarget::Azure), &g, &ex, None).unwrap();
         assert!(p.files.is_empty());
         let st = p.missing.iter().find(|m| m.name == "hv_storvsc").unwrap();
@@ -919,9 +877,8 @@ kernel/drivers/block/virtio_blk.ko\nkernel/drivers/net/virtio_net.ko\n",
     #[test]
     fn dracut_merged_usr_initramfs() {
         let mut g = guest();
-        g.files
-            .retain(|k, _| !k.starts_with("/etc/initramfs-tools"));
-        g.put("/usr/lib/dracut/dracut-version.sh", b"");
+        g.remove("/etc/initramfs-tools");
+        g.file("/usr/lib/dracut/dracut-version.sh", b"");
         let ex = ExistingInitramfs {
             module_names: vec![],
             conf_modules: None,

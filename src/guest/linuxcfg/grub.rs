@@ -366,6 +366,7 @@ fn plan_device_map(p: &mut Planner<'_>, fs: FsRole, path: &str, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guest::linuxcfg::ApplyChanges;
     use crate::guest::linuxcfg::{
         ChangeAction, FixOptions, MemFs, VolumeMap, plan_fixes, read_config,
     };

@@ -23,7 +23,7 @@
 //! change.
 //!
 //! ```
-//! use diskconv::guest::linuxcfg::{FixOptions, FsRole, MemFs, VolumeMap, plan_fixes, read_config};
+//! use diskconv::guest::linuxcfg::{ApplyChanges, FixOptions, FsRole, MemFs, VolumeMap, plan_fixes, read_config};
 //! let mut fs = MemFs::new();
 //! fs.file("/etc/fstab", "/dev/sda1 / ext4 defaults 0 1\n");
 //! let cfg = read_config(&fs, None)?;
@@ -52,10 +52,11 @@ use std::collections::BTreeMap;
 use crate::error::{Error, Result};
 use crate::guest::fs::{FileKind, GuestFs};
 
+pub use crate::guest::fs::MemFs;
 pub use device::{Naming, VolumeMap, classify};
 pub use fstab::{Fstab, FstabComment, FstabEntry};
 pub use grub::{BootFile, BootFileKind, BootParam, DeviceMapEntry};
-pub use memfs::MemFs;
+pub use memfs::ApplyChanges;
 pub use misc::{CloudInit, Selinux};
 pub use network::{AddrMethod, NetConfig, NetSource};
 pub use tools::{GuestTool, ToolDecision};
@@ -738,6 +739,7 @@ pub(crate) fn mac(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guest::linuxcfg::ApplyChanges;
 
     #[test]
     fn params_at_word_starts_only() {

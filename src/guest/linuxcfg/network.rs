@@ -1091,6 +1091,7 @@ fn dhcp_interfaces(text: &str, iface: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guest::linuxcfg::ApplyChanges;
     use crate::guest::linuxcfg::{
         ChangeAction, FixOptions, MemFs, VolumeMap, plan_fixes, read_config,
     };

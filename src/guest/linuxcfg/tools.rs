@@ -399,6 +399,7 @@ pub(crate) fn plan(p: &mut Planner<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guest::linuxcfg::ApplyChanges;
     use crate::guest::linuxcfg::{
         ChangeAction, FixOptions, MemFs, VolumeMap, plan_fixes, read_config,
     };
