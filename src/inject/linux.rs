@@ -26,7 +26,9 @@ use crate::guest::linuxcfg::{
 };
 use crate::guest::partition::find_volumes;
 use crate::inspect::boot::{BootFs, KernelFiles, kernel_files};
-use crate::inspect::linux::{LinuxVolume, existing_initramfs, find_linux, open_volume, volume_for};
+use crate::inspect::linux::{
+    LinuxVolume, boot_volume_of, existing_initramfs, find_linux, open_volume,
+};
 use crate::open::OpenOptions;
 
 /// The largest initramfs read and rewritten: 1 GiB.
@@ -180,13 +182,11 @@ pub fn inject_linux(image: &Path, opts: &LinuxInjectOptions) -> Result<LinuxInje
         .in_file(image));
     };
     let root_fs = open_volume(&disk, root_vol)?;
-    let first = read_config(root_fs.as_ref(), None)?;
-    let boot_vol = first
-        .fstab
-        .as_ref()
-        .and_then(|f| f.entries.iter().find(|e| e.mount_point == "/boot"))
-        .and_then(|e| volume_for(&found.volumes, &e.spec))
-        .filter(|v| v.layout != root_vol.layout);
+    let boot_vol = boot_volume_of(
+        &found.volumes,
+        root_vol,
+        &read_config(root_fs.as_ref(), None)?,
+    );
     let boot_fs = match boot_vol {
         Some(v) => Some(open_volume(&disk, v)?),
         None => None,

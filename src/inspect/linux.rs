@@ -355,12 +355,7 @@ fn root_details<D: DiskRead + Clone + 'static>(
         }
     };
     let boot_vol = match read_config(root.as_ref(), None) {
-        Ok(c) => c
-            .fstab
-            .as_ref()
-            .and_then(|f| f.entries.iter().find(|e| e.mount_point == "/boot"))
-            .and_then(|e| volume_for(volumes, &e.spec))
-            .filter(|b| b.layout != v.layout),
+        Ok(c) => boot_volume_of(volumes, v, &c),
         Err(e) => {
             notes.push(format!("configuration not read: {}", e.chain()));
             None
@@ -491,6 +486,20 @@ pub fn existing_initramfs(ird: &Initramfs) -> ExistingInitramfs {
         flavour,
         symlinks,
     }
+}
+
+/// The separate `/boot` of the root on `root`: the volume its fstab mounts on `/boot`, when
+/// that is another volume.
+pub fn boot_volume_of<'a>(
+    volumes: &'a [LinuxVolume],
+    root: &LinuxVolume,
+    cfg: &LinuxConfig,
+) -> Option<&'a LinuxVolume> {
+    cfg.fstab
+        .as_ref()
+        .and_then(|f| f.entries.iter().find(|e| e.mount_point == "/boot"))
+        .and_then(|e| volume_for(volumes, &e.spec))
+        .filter(|b| b.layout != root.layout)
 }
 
 /// The volume an fstab `spec` names: `UUID=`, `LABEL=`, `/dev/disk/by-uuid|by-label/`, an LVM

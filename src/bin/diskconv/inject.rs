@@ -60,6 +60,31 @@ pub struct WindowsArgs {
     pub nbd_tls: crate::args::NbdTlsArgs,
 }
 
+/// How to open the image: the reference policy and the `-f` format, if given.
+fn open_options(format: Option<&str>, policy: ReferencePolicy) -> Result<OpenOptions> {
+    let open = OpenOptions::new().references(policy);
+    Ok(match format {
+        Some(f) => open.format(f.parse()?),
+        None => open,
+    })
+}
+
+/// Prints a report as JSON or as the text `human` makes.
+fn print_report<T: serde::Serialize>(
+    report: &T,
+    json: bool,
+    human: impl FnOnce() -> String,
+) -> Result<()> {
+    if json {
+        let text = serde_json::to_string_pretty(report)
+            .map_err(|e| Error::InvalidArgument(format!("writing JSON: {e}")))?;
+        outln!("{text}")?;
+    } else {
+        out!("{}", human())?;
+    }
+    Ok(())
+}
+
 /// Runs the command.
 pub fn run(args: InjectArgs, policy: ReferencePolicy) -> Result<ExitCode> {
     match args.command {
@@ -102,10 +127,7 @@ pub struct LinuxArgs {
 }
 
 fn linux(a: LinuxArgs, policy: ReferencePolicy) -> Result<ExitCode> {
-    let mut open = OpenOptions::new().references(policy);
-    if let Some(f) = &a.format {
-        open = open.format(f.parse()?);
-    }
+    let open = open_options(a.format.as_deref(), policy)?;
     let opts = LinuxInjectOptions {
         target: a.target.clone(),
         fix: FixOptions {
@@ -117,13 +139,7 @@ fn linux(a: LinuxArgs, policy: ReferencePolicy) -> Result<ExitCode> {
         open,
     };
     let report = inject_linux(&a.image, &opts)?;
-    if a.json {
-        let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| Error::InvalidArgument(format!("writing JSON: {e}")))?;
-        outln!("{text}")?;
-    } else {
-        out!("{}", human_linux(&report, a.dry_run))?;
-    }
+    print_report(&report, a.json, || human_linux(&report, a.dry_run))?;
     // A boot-critical module that cannot be provided: the guest will not boot on the target.
     if report.missing.iter().any(|m| m.required) {
         return Ok(ExitCode::from(crate::exit::PREFLIGHT_FAILED));
@@ -227,10 +243,7 @@ fn diff_lines(before: &str, after: &str) -> Vec<String> {
 }
 
 fn windows(a: WindowsArgs, policy: ReferencePolicy) -> Result<ExitCode> {
-    let mut open = OpenOptions::new().references(policy);
-    if let Some(f) = &a.format {
-        open = open.format(f.parse()?);
-    }
+    let open = open_options(a.format.as_deref(), policy)?;
     let opts = InjectOptions {
         drivers: a.drivers.clone(),
         block_driver: a.block_driver.as_deref().unwrap_or("viostor").parse()?,
@@ -239,13 +252,7 @@ fn windows(a: WindowsArgs, policy: ReferencePolicy) -> Result<ExitCode> {
         open,
     };
     let report = inject_windows(&a.image, &opts)?;
-    if a.json {
-        let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| Error::InvalidArgument(format!("writing JSON: {e}")))?;
-        outln!("{text}")?;
-    } else {
-        out!("{}", human(&report, a.dry_run))?;
-    }
+    print_report(&report, a.json, || human(&report, a.dry_run))?;
     Ok(ExitCode::SUCCESS)
 }
 
